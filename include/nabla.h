@@ -1,0 +1,387 @@
+/*
+ * nabla: reverse-mode automatic differentiation for C.
+ *
+ * The model in five lines:
+ *   - Leaves (parameters, inputs) are made with nb_tensor_* constructors; you own them and free them
+ *     with nb_tensor_free. Their gradients (nb_tensor_grad) are owned by the leaf.
+ *   - Ops are bare verbs (nb_add, nb_matmul, ...). Their results belong to the current tape's arena and
+ *     are released together by nb_tape_reset or nb_tape_free. You never free an op result.
+ *   - A tape becomes current for the calling thread with nb_tape_begin and stops being so with
+ *     nb_tape_end. Every op with an input that requires grad appends a node to the current tape.
+ *   - nb_backward walks the recorded nodes in reverse and accumulates into leaf gradients; nb_grad
+ *     returns gradients as tensors instead (and, with NB_CREATE_GRAPH, records the backward too).
+ *   - Errors are sticky: a failing call returns NULL (or a status) and records a message; a call given
+ *     NULL returns NULL and keeps the first message, so a chain of calls can be checked once.
+ *
+ * Leaves must outlive every tape that recorded them until that tape is reset. Op results must not be
+ * used after their tape is reset. A tape belongs to one thread at a time.
+ */
+#ifndef NABLA_H
+#define NABLA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NB_VERSION_MAJOR 0
+#define NB_VERSION_MINOR 1
+#define NB_VERSION_PATCH 0
+
+/* Most dimensions a tensor may have. */
+#define NB_MAX_DIMS 8
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Basic types                                                                                     */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_dtype {
+    NB_F32 = 0, /* float */
+    NB_F64 = 1, /* double */
+    NB_I64 = 2, /* int64_t: indices and labels; not differentiable */
+    NB_DTYPE_COUNT
+} nb_dtype;
+
+typedef enum nb_status {
+    NB_OK = 0,
+    NB_ERR_ARG,     /* a NULL or out-of-range argument */
+    NB_ERR_SHAPE,   /* shapes that do not fit together */
+    NB_ERR_DTYPE,   /* dtypes that do not fit together */
+    NB_ERR_STATE,   /* a call at the wrong time (no current tape, graph already released, ...) */
+    NB_ERR_NOMEM,   /* an allocation failed */
+    NB_ERR_IO,      /* a file could not be read or written */
+    NB_ERR_FORMAT,  /* a file's contents are malformed */
+    NB_ERR_NUMERIC, /* anomaly mode found a NaN or an infinity */
+    NB_ERR_UNSUPPORTED, /* a valid request this build cannot serve */
+    NB_STATUS_COUNT
+} nb_status;
+
+/* Opaque handles. */
+typedef struct nb_tensor nb_tensor;
+typedef struct nb_tape nb_tape;
+
+/* Shape and axis literals: nb_tensor_zeros(NB_F64, NB_SHAPE(2, 3)) passes ndim=2 and {2, 3}. */
+#define NB_SHAPE(...) \
+    (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__}
+#define NB_AXES(...) \
+    (int)(sizeof((const int[]){__VA_ARGS__}) / sizeof(int)), (const int[]){__VA_ARGS__}
+
+/* Size in bytes of one element of dtype, 0 for an invalid dtype. */
+size_t nb_dtype_size(nb_dtype dtype);
+/* "f32", "f64", "i64"; "?" for an invalid dtype. */
+const char *nb_dtype_name(nb_dtype dtype);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Errors                                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* The first error recorded on this thread since the last nb_error_clear: its status (NB_OK if none). */
+nb_status nb_error_code(void);
+/* Its message, e.g. "nb_matmul: [32,784] x [512,256]: inner dimensions 784 and 512 differ";
+ * "" if none. The string is owned by the library and valid until the next nb_error_clear. */
+const char *nb_error_message(void);
+/* Forget the recorded error on this thread. */
+void nb_error_clear(void);
+/* "NB_ERR_SHAPE" and so on. */
+const char *nb_status_name(nb_status status);
+
+/* Called once for every error that is recorded (not for calls that merely pass a NULL along).
+ * Process-wide; NULL restores the default, which does nothing. */
+typedef void (*nb_error_handler)(nb_status status, const char *message, void *user);
+void nb_set_error_handler(nb_error_handler handler, void *user);
+/* Ready-made handlers: print the message to stderr; print it and abort(). */
+void nb_error_handler_print(nb_status status, const char *message, void *user);
+void nb_error_handler_abort(nb_status status, const char *message, void *user);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Memory                                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Every heap allocation nabla makes goes through these (OpenBLAS's own do not). Set before creating
+ * any object; NULL functions restore malloc/realloc/free. size is the size of the block being freed. */
+typedef struct nb_allocator {
+    void *(*alloc)(size_t size, void *user);
+    void *(*realloc)(void *ptr, size_t old_size, size_t new_size, void *user);
+    void (*free)(void *ptr, size_t size, void *user);
+    void *user;
+} nb_allocator;
+void nb_set_allocator(const nb_allocator *allocator);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Random numbers: explicit, seeded state (xoshiro256**). Copy the struct to fork a stream.        */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct nb_rng {
+    uint64_t s[4];
+} nb_rng;
+
+/* Seed the state; the same seed gives the same stream on every platform. */
+void nb_rng_seed(nb_rng *rng, uint64_t seed);
+uint64_t nb_rng_u64(nb_rng *rng);
+/* Uniform in [0, 1) with 53 random bits. */
+double nb_rng_uniform(nb_rng *rng);
+/* Standard normal (Box-Muller; one draw consumes two uniforms). */
+double nb_rng_normal(nb_rng *rng);
+/* Uniform integer in [0, n); n > 0. Unbiased. */
+uint64_t nb_rng_below(nb_rng *rng, uint64_t n);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Leaf tensors: owned by the caller, freed with nb_tensor_free                                    */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Each returns a new contiguous row-major tensor that the caller owns, or NULL on error.
+ * ndim is 0..NB_MAX_DIMS; every extent must be >= 0. */
+nb_tensor *nb_tensor_zeros(nb_dtype dtype, int ndim, const int64_t *shape);
+nb_tensor *nb_tensor_ones(nb_dtype dtype, int ndim, const int64_t *shape);
+nb_tensor *nb_tensor_full(nb_dtype dtype, int ndim, const int64_t *shape, double value);
+/* Copies numel elements of dtype from data. */
+nb_tensor *nb_tensor_from_data(nb_dtype dtype, int ndim, const int64_t *shape, const void *data);
+/* 1-D: start, start+step, ... while < stop (> stop for a negative step). */
+nb_tensor *nb_tensor_arange(nb_dtype dtype, double start, double stop, double step);
+/* Uniform in [low, high) and normal(mean, std), drawn in row-major order from rng. */
+nb_tensor *nb_tensor_uniform(nb_dtype dtype, int ndim, const int64_t *shape, double low, double high,
+                             nb_rng *rng);
+nb_tensor *nb_tensor_normal(nb_dtype dtype, int ndim, const int64_t *shape, double mean, double std,
+                            nb_rng *rng);
+/* A caller-owned deep copy of any tensor (a leaf or an op result): data only, no gradient, no graph. */
+nb_tensor *nb_tensor_clone(const nb_tensor *t);
+/* Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape). */
+void nb_tensor_free(nb_tensor *t);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tensor accessors (any tensor)                                                                   */
+/* ---------------------------------------------------------------------------------------------- */
+
+nb_dtype nb_tensor_dtype(const nb_tensor *t);
+int nb_tensor_ndim(const nb_tensor *t);
+/* Extent of dimension dim; negative dim counts from the end; -1 on a bad argument. */
+int64_t nb_tensor_dim(const nb_tensor *t, int dim);
+/* Pointer to ndim extents, owned by the tensor. */
+const int64_t *nb_tensor_shape(const nb_tensor *t);
+int64_t nb_tensor_numel(const nb_tensor *t);
+/* The element buffer (row-major, contiguous), owned by the tensor. Writing through it into a tensor
+ * that a tape has recorded makes that tape's backward wrong; use nb_tensor_mark_dirty after writing
+ * into a leaf so that the next backward reports it instead. */
+void *nb_tensor_data(nb_tensor *t);
+const void *nb_tensor_cdata(const nb_tensor *t);
+/* Element at a flat row-major index, converted to double; NaN on a bad argument. */
+double nb_tensor_get(const nb_tensor *t, int64_t index);
+/* The single element of a one-element tensor; NaN otherwise (with an error recorded). */
+double nb_tensor_item(const nb_tensor *t);
+/* Store value at a flat index of a leaf. */
+nb_status nb_tensor_set(nb_tensor *t, int64_t index, double value);
+/* Copy numel elements of the tensor's dtype from data into a leaf. */
+nb_status nb_tensor_copy_from(nb_tensor *t, const void *data);
+/* Fill a leaf with value. */
+nb_status nb_tensor_fill(nb_tensor *t, double value);
+/* y += alpha * x, elementwise, for a leaf y and a tensor x of the same shape and dtype. */
+nb_status nb_tensor_axpy(nb_tensor *y, double alpha, const nb_tensor *x);
+/* Record that a leaf's data was changed in place, so that a backward through a node that saved it
+ * reports an error rather than a wrong gradient. The in-place functions above call it. */
+void nb_tensor_mark_dirty(nb_tensor *t);
+
+/* Leaves only: whether backward computes a gradient for this tensor. */
+nb_status nb_tensor_set_requires_grad(nb_tensor *t, int requires_grad);
+/* Whether ops with this input are recorded (a leaf's flag, or an op result on the graph). */
+int nb_tensor_requires_grad(const nb_tensor *t);
+/* Whether the tensor is a leaf (made by a constructor, owned by the caller). */
+int nb_tensor_is_leaf(const nb_tensor *t);
+/* The accumulated gradient of a leaf, owned by the leaf; NULL until a backward reaches it. After a
+ * backward with NB_CREATE_GRAPH it is a tensor on that tape, itself differentiable, valid until the
+ * tape is reset. */
+nb_tensor *nb_tensor_grad(const nb_tensor *t);
+/* Set the gradient of a leaf to zero (keeps its buffer, so steady-state steps do not allocate). */
+void nb_tensor_zero_grad(nb_tensor *t);
+/* A name shown in graph exports and error messages. The string is copied for leaves; for op results
+ * it must outlive the tape's current recording. */
+nb_status nb_tensor_set_name(nb_tensor *t, const char *name);
+const char *nb_tensor_name(const nb_tensor *t);
+
+/* Formats "[2,3]" into buf (always NUL-terminated) and returns buf. */
+char *nb_shape_str(const nb_tensor *t, char *buf, size_t size);
+/* Prints dtype, shape and values (at most max_elems of them, 0 for all) to f. */
+void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tapes                                                                                           */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* A new empty tape (its arena grows in chunks as needed). Free with nb_tape_free. */
+nb_tape *nb_tape_new(void);
+/* Frees a tape and everything made on it. NULL is ignored. It must not be current on any thread. */
+void nb_tape_free(nb_tape *tape);
+/* Make tape the current tape of this thread; begin/end pairs nest (end restores the one before). */
+nb_status nb_tape_begin(nb_tape *tape);
+nb_status nb_tape_end(nb_tape *tape);
+/* The current tape of this thread, or NULL. */
+nb_tape *nb_tape_current(void);
+/* Release every node and op result on the tape at once; the arena's memory is kept for reuse, so a
+ * steady-state step allocates nothing. */
+void nb_tape_reset(nb_tape *tape);
+/* Nodes recorded, and bytes of arena in use / reserved. */
+size_t nb_tape_node_count(const nb_tape *tape);
+size_t nb_tape_bytes_used(const nb_tape *tape);
+size_t nb_tape_bytes_reserved(const nb_tape *tape);
+/* Name of the op of node i ("matmul"), NULL if out of range; its output tensor. */
+const char *nb_tape_node_op(const nb_tape *tape, size_t i);
+nb_tensor *nb_tape_node_output(const nb_tape *tape, size_t i);
+
+/* No-grad scope for this thread: ops still run (results on the current tape) but record nothing.
+ * Scopes nest. */
+void nb_no_grad_begin(void);
+void nb_no_grad_end(void);
+int nb_grad_enabled(void);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Backward                                                                                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+enum {
+    NB_RETAIN_GRAPH = 1u << 0, /* keep the graph for another backward over it */
+    NB_CREATE_GRAPH = 1u << 1, /* record the backward itself, for gradients of gradients (implies
+                                  NB_RETAIN_GRAPH) */
+};
+
+/* Accumulate d(output)/d(leaf) * seed into every leaf that requires grad and leads to output.
+ * seed: NULL means 1 and is allowed for a one-element output only; otherwise a tensor of output's
+ * shape and dtype. Without NB_RETAIN_GRAPH the nodes used are released: a second backward through
+ * them is an error. */
+nb_status nb_backward(nb_tensor *output, nb_tensor *seed, unsigned flags);
+
+/* Functional form: grads[i] = d(output)/d(inputs[i]) * seed, as tensors on output's tape, without
+ * touching any leaf gradient. inputs may be leaves or op results. An input that output does not
+ * depend on gets zeros. With NB_CREATE_GRAPH the gradients are themselves differentiable. */
+nb_status nb_grad(nb_tensor *output, nb_tensor *seed, int n_inputs, nb_tensor *const *inputs,
+                  nb_tensor **grads, unsigned flags);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tape constants: results on the current tape, no gradient                                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+nb_tensor *nb_zeros(nb_dtype dtype, int ndim, const int64_t *shape);
+nb_tensor *nb_ones(nb_dtype dtype, int ndim, const int64_t *shape);
+nb_tensor *nb_full(nb_dtype dtype, int ndim, const int64_t *shape, double value);
+nb_tensor *nb_constant(nb_dtype dtype, int ndim, const int64_t *shape, const void *data);
+nb_tensor *nb_zeros_like(const nb_tensor *x);
+nb_tensor *nb_full_like(const nb_tensor *x, double value);
+/* The same data, cut off from the graph (a view: no copy). */
+nb_tensor *nb_detach(nb_tensor *x);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Differentiable ops. Each returns its result on the current tape, or NULL on error.              */
+/* Binary elementwise ops broadcast as NumPy does; both inputs must have the same dtype.           */
+/* ---------------------------------------------------------------------------------------------- */
+
+nb_tensor *nb_add(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_sub(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_mul(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_div(nb_tensor *a, nb_tensor *b);
+
+/* Scalar forms: x + s, x * s, s - x, x / s, s / x (float32 tensors compute in float32). */
+nb_tensor *nb_add_scalar(nb_tensor *x, double s);
+nb_tensor *nb_mul_scalar(nb_tensor *x, double s);
+nb_tensor *nb_rsub_scalar(double s, nb_tensor *x);
+nb_tensor *nb_div_scalar(nb_tensor *x, double s);
+/* a * x + b in one op. */
+nb_tensor *nb_affine(nb_tensor *x, double a, double b);
+
+nb_tensor *nb_neg(nb_tensor *x);
+nb_tensor *nb_exp(nb_tensor *x);
+nb_tensor *nb_log(nb_tensor *x);
+nb_tensor *nb_tanh(nb_tensor *x);
+/* 1 / (1 + exp(-x)), computed without overflow for any x. */
+nb_tensor *nb_sigmoid(nb_tensor *x);
+/* max(x, 0); the gradient at 0 is 0. */
+nb_tensor *nb_relu(nb_tensor *x);
+
+/* Comparisons: 1 where true, 0 where false, in the inputs' dtype. Not differentiable. */
+nb_tensor *nb_eq(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_ne(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_lt(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_le(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_gt(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_ge(nb_tensor *a, nb_tensor *b);
+
+/* Matrix product of 2-D a [m,k] and b [k,n] -> [m,n]. */
+nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b);
+/* op(a) op(b), where NB_TRANS_A / NB_TRANS_B in flags take a or b transposed (no copy is made). */
+enum { NB_TRANS_A = 1u << 0, NB_TRANS_B = 1u << 1 };
+nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags);
+
+/* Sum / mean over the listed axes (negative axes count from the end); naxes = 0 reduces all axes.
+ * keepdim keeps reduced axes with extent 1. float32 sums accumulate in double. */
+nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim);
+nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim);
+/* Sum / mean of every element, as a 0-d tensor. */
+nb_tensor *nb_sum_all(nb_tensor *x);
+nb_tensor *nb_mean_all(nb_tensor *x);
+/* Sum a broadcast result back to shape (the reduction that undoes broadcasting). */
+nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape);
+
+/* The same elements in a new shape (numel must match; one extent may be -1 and is inferred).
+ * No copy is made. */
+nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape);
+/* Swap two dimensions (a copy in the new row-major order). */
+nb_tensor *nb_transpose(nb_tensor *x, int dim0, int dim1);
+/* Reorder dimensions: result dim i is x's dim perm[i]. */
+nb_tensor *nb_permute(nb_tensor *x, int ndim, const int *perm);
+/* Broadcast x to shape (NumPy rules). */
+nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape);
+/* Convert to another dtype (differentiable between f32 and f64). */
+nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Gradient checking                                                                               */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Builds one output from the inputs using nabla ops. Called many times; must be deterministic. */
+typedef nb_tensor *(*nb_func)(void *user, nb_tensor *const *inputs);
+
+#define NB_GRADCHECK_MAX_INPUTS 16
+
+typedef struct nb_gradcheck_opts {
+    double eps;  /* central-difference step (default 1e-6) */
+    double atol; /* pass when |analytic - numeric| <= atol + rtol * |numeric| (default 1e-5) */
+    double rtol; /* (default 1e-3) */
+    uint64_t seed; /* gradgradcheck: seed of the random output weights (default 0) */
+} nb_gradcheck_opts;
+
+typedef struct nb_gradcheck_input_report {
+    int checked;          /* 0 if the input does not require grad (then it is held constant) */
+    int ok;
+    double max_abs_err;   /* largest |analytic - numeric| over the Jacobian block */
+    double max_rel_err;   /* largest |analytic - numeric| / max(|numeric|, tiny) */
+    int64_t worst_index;  /* flat index of the input element with the largest violation */
+    int64_t worst_output; /* flat index of the output element there */
+    double analytic, numeric; /* the two values at that spot */
+} nb_gradcheck_input_report;
+
+typedef struct nb_gradcheck_report {
+    int ok;
+    int deterministic; /* two backward passes gave identical Jacobians */
+    int n_inputs;
+    nb_gradcheck_input_report input[NB_GRADCHECK_MAX_INPUTS];
+    char message[512]; /* a summary line, or why the check could not run */
+} nb_gradcheck_report;
+
+/* Compare the Jacobian from backward with central finite differences, for every float64 input that
+ * requires grad. inputs are caller-owned leaves; their values are restored on return. opts NULL
+ * gives PyTorch's defaults. report may be NULL. Returns NB_OK when the check passes, NB_ERR_NUMERIC
+ * when it fails, another status when it could not run. Uses private tapes: no tape need be current. */
+nb_status nb_gradcheck(nb_func f, void *user, int n_inputs, nb_tensor *const *inputs,
+                       const nb_gradcheck_opts *opts, nb_gradcheck_report *report);
+/* The same check applied to the gradient: the function x -> d<f(x), v>/dx, with v a fixed random
+ * tensor, differentiated through NB_CREATE_GRAPH. */
+nb_status nb_gradgradcheck(nb_func f, void *user, int n_inputs, nb_tensor *const *inputs,
+                           const nb_gradcheck_opts *opts, nb_gradcheck_report *report);
+/* Print a report, one line per input. */
+void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NABLA_H */

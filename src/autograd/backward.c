@@ -1,0 +1,269 @@
+/* The backward engine. One pass marks the nodes that lead to the output (a reverse sweep over the
+ * append-only tape, no recursion); a second sweep calls each node's backward rule, which is written
+ * with nabla ops, so with NB_CREATE_GRAPH the backward is itself recorded. Gradients are summed per
+ * tensor within a pass (op results by node index, leaves by a per-pass slot), then leaf gradients are
+ * accumulated into .grad (nb_backward) or handed back (nb_grad). */
+#include "internal.h"
+
+#include <string.h>
+
+static _Thread_local uint64_t t_epoch = 0;
+
+
+typedef struct pass {
+    const char *who;
+    nb_tape *tape;
+    unsigned flags;
+    size_t n;             /* nodes considered: 0..out->node->index */
+    uint8_t *need;        /* [n] */
+    nb_tensor **g;        /* [n] gradient of each node's output */
+    uint8_t *owned;       /* [n] g[i] was made here by accumulation, safe to add into in place */
+    nb_tensor **leaf;     /* [n_leaf_cap] leaves reached */
+    nb_tensor **lg;       /* [n_leaf_cap] their gradients */
+    uint8_t *lowned;
+    int64_t n_leaf, n_leaf_cap;
+    uint64_t epoch;
+} pass;
+
+/* Sum g into *slot. */
+static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
+{
+    if (!*slot) {
+        *slot = g;
+        *owned = 0;
+        return true;
+    }
+    if (*owned && !(p->flags & NB_CREATE_GRAPH)) return nb__add_inplace(*slot, g) == NB_OK;
+    nb_tensor *s = nb_add(*slot, g);
+    if (!s) return false;
+    *slot = s;
+    *owned = 1;
+    return true;
+}
+
+static int64_t leaf_slot(pass *p, nb_tensor *leaf)
+{
+    if (leaf->bw_epoch == p->epoch) return leaf->bw_slot;
+    if (p->n_leaf >= p->n_leaf_cap) return -1; /* cannot happen: the cap counts every leaf input */
+    leaf->bw_epoch = p->epoch;
+    leaf->bw_slot = p->n_leaf;
+    p->leaf[p->n_leaf] = leaf;
+    p->lg[p->n_leaf] = NULL;
+    p->lowned[p->n_leaf] = 0;
+    return p->n_leaf++;
+}
+
+/* Mark the nodes leading to out and check that each can still be differentiated. */
+static nb_status mark(pass *p, nb_tensor *out)
+{
+    nb_node **nodes = p->tape->nodes;
+    int64_t leaf_inputs = 0;
+    p->need[out->node->index] = 1;
+    for (size_t i = p->n; i-- > 0;) {
+        if (!p->need[i]) continue;
+        nb_node *nd = nodes[i];
+        if (nd->flags & NB_NODE_RELEASED)
+            return nb__fail_status(NB_ERR_STATE, "%s: node %zu (%s) was released by an earlier backward; "
+                                   "pass NB_RETAIN_GRAPH to that backward to run another", p->who, i,
+                                   nd->op->name);
+        for (int j = 0; j < nd->n_in; j++) {
+            nb_tensor *x = nd->in[j];
+            if (x->version != nd->in_version[j])
+                return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
+                                       "place after it was recorded", p->who, j, NB_SHP(x), i,
+                                       nd->op->name);
+            if (!nb__needs_grad(x)) continue;
+            if (x->node && x->tape == p->tape)
+                p->need[x->node->index] = 1;
+            else
+                leaf_inputs++;
+        }
+    }
+    p->n_leaf_cap = leaf_inputs;
+    return NB_OK;
+}
+
+static nb_status sweep(pass *p, size_t top)
+{
+    nb_node **nodes = p->tape->nodes;
+    nb_tensor *gin_small[8];
+    for (size_t i = top + 1; i-- > 0;) {
+        if (!p->need[i] || !p->g[i]) continue;
+        nb_node *nd = nodes[i];
+        nb_tensor **gin = gin_small;
+        if (nd->n_in > 8) {
+            gin = nb__tape_alloc(p->tape, (size_t)nd->n_in * sizeof *gin);
+            if (!gin) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
+        }
+        for (int j = 0; j < nd->n_in; j++) gin[j] = NULL;
+        nd->op->backward(nd, p->g[i], gin);
+        if (nb_error_code() != NB_OK) return nb_error_code();
+        for (int j = 0; j < nd->n_in; j++) {
+            nb_tensor *x = nd->in[j], *gx = gin[j];
+            if (!gx || !nb__needs_grad(x)) continue;
+            if (gx->dtype != x->dtype || !nb__same_shape(gx, x))
+                return nb__fail_status(NB_ERR_STATE, "%s: backward of %s (node %zu) gave %s %s for input "
+                                       "%d of %s %s", p->who, nd->op->name, i, nb_dtype_name(gx->dtype),
+                                       NB_SHP(gx), j, nb_dtype_name(x->dtype), NB_SHP(x));
+            bool ok;
+            if (x->node && x->tape == p->tape) {
+                size_t k = x->node->index;
+                ok = accumulate(p, &p->g[k], &p->owned[k], gx);
+            } else {
+                int64_t s = leaf_slot(p, x);
+                ok = s >= 0 && accumulate(p, &p->lg[s], &p->lowned[s], gx);
+            }
+            if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
+        }
+        if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;
+    }
+    return NB_OK;
+}
+
+/* Store a pass's gradient g of leaf into its .grad. */
+static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
+{
+    if (!leaf->grad) {
+        nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
+        if (!z) return nb_error_code();
+        leaf->grad = z;
+    }
+    if (p->flags & NB_CREATE_GRAPH) {
+        nb_tensor *prev = leaf->grad_graph;
+        nb_tensor *sum = g;
+        if (prev) {
+            sum = nb_add(prev, g);
+        } else {
+            /* earlier, graph-less contributions enter as a constant copy */
+            bool any = false;
+            for (int64_t i = 0; i < leaf->grad->numel && !any; i++) any = nb__get(leaf->grad, i) != 0;
+            if (any) sum = nb_add(nb_constant(leaf->dtype, leaf->ndim, leaf->shape, leaf->grad->data), g);
+        }
+        if (!sum || !nb__tape_track_leaf(p->tape, leaf))
+            return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
+        leaf->grad_graph = sum;
+        memcpy(leaf->grad->data, sum->data, (size_t)sum->numel * nb_dtype_size(sum->dtype));
+        return NB_OK;
+    }
+    return nb__add_inplace(leaf->grad, g);
+}
+
+static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt, nb_tensor *const *wrt,
+                     nb_tensor **grads, unsigned flags)
+{
+    if (flags & NB_CREATE_GRAPH) flags |= NB_RETAIN_GRAPH;
+    if (!out) return nb__fail_status(NB_ERR_ARG, "%s: output is NULL", who);
+    if (!nb__is_float(out->dtype))
+        return nb__fail_status(NB_ERR_DTYPE, "%s: output %s %s is not a floating-point tensor", who,
+                               nb_dtype_name(out->dtype), NB_SHP(out));
+    if (seed) {
+        if (seed->dtype != out->dtype || !nb__same_shape(seed, out))
+            return nb__fail_status(NB_ERR_SHAPE, "%s: seed %s %s does not match output %s %s", who,
+                                   nb_dtype_name(seed->dtype), NB_SHP(seed), nb_dtype_name(out->dtype),
+                                   NB_SHP(out));
+    } else if (out->numel != 1) {
+        return nb__fail_status(NB_ERR_SHAPE, "%s: output %s has %lld elements; a seed of its shape is "
+                               "needed unless it has one element", who, NB_SHP(out),
+                               (long long)out->numel);
+    }
+    if (grads)
+        for (int i = 0; i < n_wrt; i++) grads[i] = NULL;
+    for (int i = 0; i < n_wrt; i++)
+        if (!wrt[i]) return nb__fail_status(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+
+    nb_tape *tape = out->tape;
+    if (!out->node && !grads) {
+        if (!(out->flags & NB_TF_LEAF) || !nb__needs_grad(out))
+            return nb__fail_status(NB_ERR_STATE, "%s: output %s does not require grad: no recorded "
+                                   "operation leads to it", who, NB_SHP(out));
+    }
+    if (!tape) tape = nb__current_tape();
+    if (!tape)
+        return nb__fail_status(NB_ERR_STATE, "%s: the output is a leaf and no tape is current", who);
+
+    nb_tape *prev_tape = nb__swap_current(tape);
+    int saved_mode = nb__set_grad_mode((flags & NB_CREATE_GRAPH) != 0);
+    nb_status st = NB_OK;
+    pass p = {.who = who, .tape = tape, .flags = flags, .epoch = ++t_epoch};
+
+    if (!seed) seed = nb_full_like(out, 1.0);
+    if (!seed) {
+        st = nb_error_code();
+        goto done;
+    }
+
+    if (out->node) {
+        p.n = out->node->index + 1;
+        p.need = nb__tape_alloc(tape, p.n);
+        p.g = nb__tape_alloc(tape, p.n * sizeof *p.g);
+        p.owned = nb__tape_alloc(tape, p.n);
+        if (!p.need || !p.g || !p.owned) {
+            st = nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", who);
+            goto done;
+        }
+        memset(p.need, 0, p.n);
+        memset(p.g, 0, p.n * sizeof *p.g);
+        memset(p.owned, 0, p.n);
+        if ((st = mark(&p, out)) != NB_OK) goto done;
+    }
+    p.n_leaf_cap += 1; /* room for a leaf output */
+    p.leaf = nb__tape_alloc(tape, (size_t)p.n_leaf_cap * sizeof *p.leaf);
+    p.lg = nb__tape_alloc(tape, (size_t)p.n_leaf_cap * sizeof *p.lg);
+    p.lowned = nb__tape_alloc(tape, (size_t)p.n_leaf_cap);
+    if (!p.leaf || !p.lg || !p.lowned) {
+        st = nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", who);
+        goto done;
+    }
+
+    if (out->node) {
+        p.g[out->node->index] = seed;
+        if ((st = sweep(&p, out->node->index)) != NB_OK) goto done;
+    } else if (nb__needs_grad(out)) {
+        int64_t s = leaf_slot(&p, out);
+        p.lg[s] = seed;
+    }
+
+    if (grads) {
+        for (int i = 0; i < n_wrt; i++) {
+            nb_tensor *x = wrt[i], *gx = NULL;
+            if (x == out)
+                gx = seed;
+            else if (x->node && x->tape == tape && out->node && x->node->index < p.n)
+                gx = p.g[x->node->index];
+            else if (!x->node && x->bw_epoch == p.epoch)
+                gx = p.lg[x->bw_slot];
+            if (!gx) gx = nb_zeros_like(x);
+            if (!gx) {
+                st = nb_error_code();
+                goto done;
+            }
+            grads[i] = gx;
+        }
+    } else {
+        for (int64_t s = 0; s < p.n_leaf; s++) {
+            if (!p.lg[s]) continue;
+            if ((st = store_leaf_grad(&p, p.leaf[s], p.lg[s])) != NB_OK) goto done;
+        }
+    }
+
+done:
+    nb__restore_grad_mode(saved_mode);
+    nb__swap_current(prev_tape);
+    if (st != NB_OK && grads)
+        for (int i = 0; i < n_wrt; i++) grads[i] = NULL;
+    return st;
+}
+
+nb_status nb_backward(nb_tensor *output, nb_tensor *seed, unsigned flags)
+{
+    return run("nb_backward", output, seed, 0, NULL, NULL, flags);
+}
+
+nb_status nb_grad(nb_tensor *output, nb_tensor *seed, int n_inputs, nb_tensor *const *inputs,
+                  nb_tensor **grads, unsigned flags)
+{
+    if (n_inputs < 0 || (n_inputs > 0 && (!inputs || !grads)))
+        return nb__fail_status(NB_ERR_ARG, "nb_grad: %d inputs with inputs=%p grads=%p", n_inputs,
+                               (const void *)inputs, (void *)grads);
+    return run("nb_grad", output, seed, n_inputs, inputs, grads, flags);
+}

@@ -1,0 +1,187 @@
+/* Private structures of nabla: tensors, tape nodes, the op table, the arena. Not installed. */
+#ifndef NB_INTERNAL_H
+#define NB_INTERNAL_H
+
+#include "nabla.h"
+
+#include <stdbool.h>
+
+/* ---- tensors ---------------------------------------------------------------------------------- */
+
+enum {
+    NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
+    NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
+};
+
+struct nb_tensor {
+    nb_dtype dtype;
+    int ndim;
+    uint32_t flags;
+    uint32_t version; /* bumped by every in-place change of a leaf */
+    int64_t numel;
+    int64_t shape[NB_MAX_DIMS];
+    void *data;
+    nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
+    struct nb_node *node; /* the node that made it, when recorded */
+    const char *name;     /* leaves: an owned copy; op results: borrowed */
+    /* leaves only */
+    nb_tensor *grad;       /* accumulated values, owned (heap) */
+    nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
+    nb_tape *grad_tape;
+    uint64_t bw_epoch; /* which backward pass bw_slot belongs to */
+    int64_t bw_slot;   /* this leaf's gradient slot in that pass */
+};
+
+static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
+
+/* ---- ops -------------------------------------------------------------------------------------- */
+
+typedef enum nb_op_id {
+    NB_OP_VIEW,       /* reshape: shares the input's data */
+    NB_OP_ADD,
+    NB_OP_SUB,
+    NB_OP_MUL,
+    NB_OP_DIV,
+    NB_OP_CMP,        /* comparisons: i[0] = nb_binop; not differentiable */
+    NB_OP_AFFINE,     /* f[0] * x + f[1] */
+    NB_OP_EXP,
+    NB_OP_LOG,
+    NB_OP_TANH,
+    NB_OP_SIGMOID,
+    NB_OP_RELU,
+    NB_OP_MATMUL,     /* i[0] = NB_TRANS_* flags */
+    NB_OP_SUM,        /* i[0] = bitmask of reduced axes, i[1] = keepdim */
+    NB_OP_PERMUTE,    /* i[0..ndim) = perm */
+    NB_OP_BROADCAST,  /* out shape is the target */
+    NB_OP_CAST,
+    NB_OP_COUNT
+} nb_op_id;
+
+typedef struct nb_attrs {
+    int64_t i[NB_MAX_DIMS];
+    double f[2];
+} nb_attrs;
+
+typedef struct nb_node nb_node;
+
+/* Forward kernel: fill out (already shaped and allocated) from in. */
+typedef void (*nb_forward_fn)(nb_tensor *out, nb_tensor *const *in, const nb_attrs *attrs);
+/* Backward rule, written with nabla ops: given gout = dL/d(out), set gin[i] = dL/d(in[i]) for every
+ * input that needs it (nb__needs_grad); leave the others NULL. Results must have the input's shape. */
+typedef void (*nb_backward_fn)(const nb_node *node, nb_tensor *gout, nb_tensor **gin);
+
+typedef struct nb_opdef {
+    const char *name;
+    int n_inputs;          /* -1: any */
+    nb_forward_fn forward; /* NULL for views and constants */
+    nb_backward_fn backward; /* NULL: not differentiable (zero gradient) */
+} nb_opdef;
+
+extern const nb_opdef nb__ops[]; /* NB_OP_COUNT entries, in optable.c */
+
+enum { NB_NODE_RELEASED = 1u << 0 };
+
+struct nb_node {
+    const nb_opdef *op;
+    nb_tensor *out;
+    nb_tensor **in;
+    uint32_t *in_version;
+    int n_in;
+    uint32_t flags;
+    size_t index;
+    nb_attrs attrs;
+};
+
+static inline bool nb__needs_grad(const nb_tensor *t) { return t && (t->flags & NB_TF_REQUIRES_GRAD); }
+
+/* Run op on in with attrs into a new tensor of the given dtype and shape on the current tape,
+ * recording a node when grad mode is on and an input requires grad. `who` names the public function
+ * for error messages. NULL on error. */
+nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *in, const nb_attrs *attrs,
+                     nb_dtype dtype, int ndim, const int64_t *shape);
+/* y += x for tensors of equal shape and float dtype (backward accumulation). */
+nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x);
+/* A new uninitialised tensor on the current tape (no node). */
+nb_tensor *nb__tape_tensor(const char *who, nb_dtype dtype, int ndim, const int64_t *shape);
+
+/* ---- tape ------------------------------------------------------------------------------------- */
+
+typedef struct nb_chunk nb_chunk;
+
+typedef struct nb_arena {
+    nb_chunk *head;   /* first chunk */
+    nb_chunk *cur;    /* chunk being filled */
+    size_t used;      /* bytes used in all chunks before cur, plus cur's fill */
+    size_t reserved;  /* bytes of all chunks */
+    size_t peak;      /* largest `used` since creation: the size a reset coalesces to */
+} nb_arena;
+
+void *nb__arena_alloc(nb_arena *a, size_t size);
+void nb__arena_reset(nb_arena *a);
+void nb__arena_free(nb_arena *a);
+
+struct nb_tape {
+    nb_arena arena;
+    nb_node **nodes;
+    size_t n_nodes, cap_nodes;
+    nb_tape *prev;  /* the tape that was current before nb_tape_begin */
+    int active;     /* begun and not yet ended */
+    /* leaves whose grad_graph points into this tape (cleared on reset) */
+    nb_tensor **graph_leaves;
+    size_t n_graph_leaves, cap_graph_leaves;
+};
+
+nb_tape *nb__current_tape(void);
+/* Make t current without begin/end bookkeeping (backward runs on the output's tape); returns the
+ * previous one. */
+nb_tape *nb__swap_current(nb_tape *t);
+/* Set grad mode for internal work; returns the previous no-grad depth for nb__restore_grad_mode. */
+int nb__set_grad_mode(bool enabled);
+void nb__restore_grad_mode(int saved);
+void *nb__tape_alloc(nb_tape *t, size_t size);
+void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf);
+bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf);
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+
+void *nb__malloc(size_t size);
+void *nb__calloc(size_t size);
+void *nb__realloc(void *p, size_t old_size, size_t new_size);
+void nb__free(void *p, size_t size);
+
+/* ---- errors ----------------------------------------------------------------------------------- */
+
+/* Record an error (kept only if none is pending); always returns NULL so `return nb__fail(...)`. */
+void *nb__fail(nb_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+nb_status nb__fail_status(nb_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* "[2,3]" of a shape, in one of a few rotating thread-local buffers (for messages). */
+const char *nb__shape_str(int ndim, const int64_t *shape);
+#define NB_SHP(t) nb__shape_str((t)->ndim, (t)->shape)
+
+/* ---- shape helpers ---------------------------------------------------------------------------- */
+
+int64_t nb__numel(int ndim, const int64_t *shape);
+bool nb__same_shape(const nb_tensor *a, const nb_tensor *b);
+/* Broadcast shapes a and b into out (ndim returned through out_ndim); false if they do not fit. */
+bool nb__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *out_ndim,
+                          int64_t *out);
+/* Normalise a possibly-negative axis; -1 if out of range. */
+int nb__axis(int axis, int ndim);
+/* Check that a tensor argument is usable by op `who` (not NULL is checked by the caller). */
+bool nb__check_float(const char *who, const nb_tensor *t);
+
+/* ---- numerics shared by kernels and gradcheck ------------------------------------------------- */
+
+double nb__get(const nb_tensor *t, int64_t i);
+void nb__set(nb_tensor *t, int64_t i, double v);
+
+#endif

@@ -1,0 +1,143 @@
+/* Instantiates kernels_impl.h for float and double, and the type-independent plans and copies. */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#define NB_T float
+#define NB_ACC double
+#define NB_SFX f32
+#define NB_M(fn) fn##f
+#define NB_GEMM cblas_sgemm
+#include "kernels_impl.h"
+#undef NB_T
+#undef NB_ACC
+#undef NB_SFX
+#undef NB_M
+#undef NB_GEMM
+
+#define NB_T double
+#define NB_ACC double
+#define NB_SFX f64
+#define NB_M(fn) fn
+#define NB_GEMM cblas_dgemm
+#include "kernels_impl.h"
+#undef NB_T
+#undef NB_ACC
+#undef NB_SFX
+#undef NB_M
+#undef NB_GEMM
+
+/* Row-major element strides of t as seen from an output of `ndim` dims (right-aligned), 0 where t
+ * is broadcast. */
+static void bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st)
+{
+    int lead = ndim - t->ndim;
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        int td = d - lead;
+        if (td < 0) {
+            st[d] = 0;
+            continue;
+        }
+        st[d] = (t->shape[td] == 1 && shape[d] != 1) ? 0 : s;
+        s *= t->shape[td];
+    }
+}
+
+void nb__bcast_plan(nb_bcast *bc, int ndim, const int64_t *shape, const nb_tensor *a, const nb_tensor *b)
+{
+    int64_t sa[NB_MAX_DIMS], sb[NB_MAX_DIMS];
+    bcast_strides(a, ndim, shape, sa);
+    bcast_strides(b, ndim, shape, sb);
+    bc->numel = nb__numel(ndim, shape);
+    /* coalesce: dim d merges into the next kept dim when both strides chain contiguously */
+    int n = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 1) continue; /* extent-1 dims carry no iteration */
+        if (n > 0 && bc->sa[n - 1] == sa[d] * shape[d] && bc->sb[n - 1] == sb[d] * shape[d]) {
+            bc->shape[n - 1] *= shape[d];
+            bc->sa[n - 1] = sa[d];
+            bc->sb[n - 1] = sb[d];
+            continue;
+        }
+        bc->shape[n] = shape[d];
+        bc->sa[n] = sa[d];
+        bc->sb[n] = sb[d];
+        n++;
+    }
+    if (n == 0) {
+        bc->shape[0] = 1;
+        bc->sa[0] = bc->sb[0] = 0;
+        n = 1;
+    }
+    bc->ndim = n;
+}
+
+void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t mask)
+{
+    int64_t so[NB_MAX_DIMS];
+    int64_t s = 1;
+    for (int d = x->ndim - 1; d >= 0; d--) {
+        if (mask & (1u << d)) {
+            so[d] = 0;
+        } else {
+            so[d] = s;
+            s *= x->shape[d];
+        }
+    }
+    p->out_numel = s;
+    p->numel = x->numel;
+    int n = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        if (x->shape[d] == 1) continue;
+        if (n > 0 && p->so[n - 1] == so[d] * x->shape[d]) {
+            p->shape[n - 1] *= x->shape[d];
+            p->so[n - 1] = so[d];
+            continue;
+        }
+        p->shape[n] = x->shape[d];
+        p->so[n] = so[d];
+        n++;
+    }
+    if (n == 0) {
+        p->shape[0] = 1;
+        p->so[0] = 0;
+        n = 1;
+    }
+    p->ndim = n;
+}
+
+#define STRIDED_COPY(T)                                                                                \
+    do {                                                                                               \
+        const T *s = src;                                                                              \
+        T *o = dst;                                                                                    \
+        int64_t idx[NB_MAX_DIMS] = {0}, off = 0;                                                       \
+        const int64_t inner = ndim ? shape[ndim - 1] : 1, si = ndim ? st[ndim - 1] : 0;                \
+        const int64_t outer = inner ? total / inner : 0;                                               \
+        for (int64_t r = 0; r < outer; r++) {                                                          \
+            if (si == 1)                                                                               \
+                memcpy(o, s + off, (size_t)inner * sizeof(T));                                         \
+            else                                                                                       \
+                for (int64_t k = 0; k < inner; k++) o[k] = s[off + k * si];                            \
+            o += inner;                                                                                \
+            for (int d = ndim - 2; d >= 0; d--) {                                                      \
+                off += st[d];                                                                          \
+                if (++idx[d] < shape[d]) break;                                                        \
+                off -= st[d] * shape[d];                                                               \
+                idx[d] = 0;                                                                            \
+            }                                                                                          \
+        }                                                                                              \
+    } while (0)
+
+void nb__strided_copy(size_t esize, int ndim, const int64_t *shape, const int64_t *st, const void *src,
+                      void *dst)
+{
+    int64_t total = nb__numel(ndim, shape);
+    if (total == 0) return;
+    if (esize == 4)
+        STRIDED_COPY(uint32_t);
+    else
+        STRIDED_COPY(uint64_t);
+}

@@ -1,0 +1,74 @@
+/* Private kernel interface. Each kernel is written once in kernels_impl.h and compiled for float and
+ * double (kernels.c includes it twice), giving plain names such as nb_k_binary_f32 / nb_k_binary_f64. */
+#ifndef NB_KERNELS_H
+#define NB_KERNELS_H
+
+#include "../autograd/internal.h"
+
+typedef enum nb_binop {
+    NB_B_ADD, NB_B_SUB, NB_B_MUL, NB_B_DIV, NB_B_MAX, NB_B_MIN, NB_B_POW,
+    NB_B_EQ, NB_B_NE, NB_B_LT, NB_B_LE, NB_B_GT, NB_B_GE,
+    NB_BINOP_COUNT
+} nb_binop;
+
+typedef enum nb_unop {
+    NB_U_AFFINE,  /* p0 * x + p1 */
+    NB_U_EXP, NB_U_LOG, NB_U_TANH, NB_U_SIGMOID, NB_U_RELU,
+    NB_U_SQRT, NB_U_ABS, NB_U_SIGN, NB_U_SIN, NB_U_COS,
+    NB_U_LEAKY_RELU, /* slope p0 */
+    NB_U_ELU,        /* alpha p0 */
+    NB_U_SOFTPLUS, NB_U_GELU, NB_U_ERF,
+    NB_U_CLAMP,      /* [p0, p1] */
+    NB_U_RECIPROCAL, NB_U_SQUARE,
+    NB_U_POWS,       /* x ^ p0 */
+    NB_U_LOG1P, NB_U_EXPM1,
+    NB_UNOP_COUNT
+} nb_unop;
+
+/* Iteration plan of a broadcast binary op over the output shape, adjacent dimensions coalesced. */
+typedef struct nb_bcast {
+    int ndim;                   /* >= 1 */
+    int64_t numel;
+    int64_t shape[NB_MAX_DIMS];
+    int64_t sa[NB_MAX_DIMS];    /* element strides of a and b; 0 on broadcast dims */
+    int64_t sb[NB_MAX_DIMS];
+} nb_bcast;
+
+/* Plan out[...] = a[...] op b[...] where out has shape (ndim, shape) and a, b broadcast to it. */
+void nb__bcast_plan(nb_bcast *bc, int ndim, const int64_t *shape, const nb_tensor *a, const nb_tensor *b);
+
+/* Plan of a sum over axes: x is iterated in memory order; `so` maps each x dim to the output (0 on
+ * reduced dims). Adjacent dims of the same kind are coalesced. */
+typedef struct nb_reduce_plan {
+    int ndim;                   /* >= 1 */
+    int64_t numel;              /* of x */
+    int64_t out_numel;
+    int64_t shape[NB_MAX_DIMS]; /* x extents */
+    int64_t so[NB_MAX_DIMS];    /* output element strides per x dim */
+} nb_reduce_plan;
+
+void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
+
+#define NB_K_DECLARE(T, ACC, SFX)                                                                      \
+    /* out[bc.numel] = a op b over the broadcast plan bc */                                            \
+    void nb_k_binary_##SFX(nb_binop op, const nb_bcast *bc, const T *a, const T *b, T *out);           \
+    /* y[n] = f(x[n]; p0, p1) */                                                                        \
+    void nb_k_unary_##SFX(nb_unop op, int64_t n, const T *x, T *y, double p0, double p1);              \
+    /* y[n] += alpha * x[n] */                                                                          \
+    void nb_k_axpy_##SFX(int64_t n, double alpha, const T *x, T *y);                                   \
+    /* out[p.out_numel] = scale * sum of x over the plan's reduced dims; acc[p.out_numel] is scratch   \
+     * (may alias out when ACC is T) */                                                                 \
+    void nb_k_sum_##SFX(const nb_reduce_plan *p, const T *x, T *out, ACC *acc, double scale);          \
+    /* c[m,n] = op(a) op(b), op(a) [m,k], op(b) [k,n], row-major; lda/ldb are the stored row lengths */ \
+    void nb_k_gemm_##SFX(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const T *a,        \
+                         int64_t lda, const T *b, int64_t ldb, T *c, double beta);
+
+NB_K_DECLARE(float, double, f32)
+NB_K_DECLARE(double, double, f64)
+
+/* Copy with arbitrary source strides (elements) into a contiguous destination of the given shape,
+ * for elements of esize bytes (4 or 8). */
+void nb__strided_copy(size_t esize, int ndim, const int64_t *shape, const int64_t *src_strides,
+                      const void *src, void *dst);
+
+#endif

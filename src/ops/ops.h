@@ -1,0 +1,40 @@
+/* Forward kernels and backward rules of the built-in ops, one pair per op, defined in the op family's
+ * file and collected into the table in optable.c. */
+#ifndef NB_OPS_H
+#define NB_OPS_H
+
+#include "kernels.h"
+
+#define NB_FW(name) void nb__fw_##name(nb_tensor *out, nb_tensor *const *in, const nb_attrs *at)
+#define NB_BW(name) void nb__bw_##name(const nb_node *n, nb_tensor *g, nb_tensor **gin)
+/* Inside a backward rule: whether input i wants a gradient. */
+#define NB_NEED(i) nb__needs_grad(n->in[i])
+
+/* elementwise.c */
+NB_FW(add); NB_BW(add);
+NB_FW(sub); NB_BW(sub);
+NB_FW(mul); NB_BW(mul);
+NB_FW(div); NB_BW(div);
+NB_FW(cmp);
+NB_FW(affine); NB_BW(affine);
+NB_FW(exp); NB_BW(exp);
+NB_FW(log); NB_BW(log);
+NB_FW(tanh); NB_BW(tanh);
+NB_FW(sigmoid); NB_BW(sigmoid);
+NB_FW(relu); NB_BW(relu);
+/* matmul.c */
+NB_FW(matmul); NB_BW(matmul);
+/* reduce.c */
+NB_FW(sum); NB_BW(sum);
+/* shape.c */
+NB_BW(view);
+NB_FW(permute); NB_BW(permute);
+NB_FW(broadcast); NB_BW(broadcast);
+NB_FW(cast); NB_BW(cast);
+
+/* Shared argument checks. Each records a message naming `who` and returns false on failure. */
+bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);
+/* Scalar 0-d constant of dtype on the current tape. */
+nb_tensor *nb__scalar(nb_dtype dtype, double v);
+
+#endif

@@ -1,0 +1,24 @@
+/* The table of built-in ops: name, arity, forward kernel, backward rule. */
+#include "ops.h"
+
+const nb_opdef nb__ops[] = {
+    [NB_OP_VIEW] = {"reshape", 1, NULL, nb__bw_view},
+    [NB_OP_ADD] = {"add", 2, nb__fw_add, nb__bw_add},
+    [NB_OP_SUB] = {"sub", 2, nb__fw_sub, nb__bw_sub},
+    [NB_OP_MUL] = {"mul", 2, nb__fw_mul, nb__bw_mul},
+    [NB_OP_DIV] = {"div", 2, nb__fw_div, nb__bw_div},
+    [NB_OP_CMP] = {"compare", 2, nb__fw_cmp, NULL},
+    [NB_OP_AFFINE] = {"affine", 1, nb__fw_affine, nb__bw_affine},
+    [NB_OP_EXP] = {"exp", 1, nb__fw_exp, nb__bw_exp},
+    [NB_OP_LOG] = {"log", 1, nb__fw_log, nb__bw_log},
+    [NB_OP_TANH] = {"tanh", 1, nb__fw_tanh, nb__bw_tanh},
+    [NB_OP_SIGMOID] = {"sigmoid", 1, nb__fw_sigmoid, nb__bw_sigmoid},
+    [NB_OP_RELU] = {"relu", 1, nb__fw_relu, nb__bw_relu},
+    [NB_OP_MATMUL] = {"matmul", 2, nb__fw_matmul, nb__bw_matmul},
+    [NB_OP_SUM] = {"sum", 1, nb__fw_sum, nb__bw_sum},
+    [NB_OP_PERMUTE] = {"permute", 1, nb__fw_permute, nb__bw_permute},
+    [NB_OP_BROADCAST] = {"broadcast_to", 1, nb__fw_broadcast, nb__bw_broadcast},
+    [NB_OP_CAST] = {"cast", 1, nb__fw_cast, nb__bw_cast},
+};
+
+_Static_assert(sizeof(nb__ops) / sizeof(nb__ops[0]) == NB_OP_COUNT, "one table entry per nb_op_id");
