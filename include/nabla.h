@@ -333,6 +333,142 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape);
 /* Convert to another dtype (differentiable between f32 and f64). */
 nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype);
 
+/* More elementwise ops. */
+nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b);      /* a ^ b (broadcast); d/db uses log(a), so a > 0 there */
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);  /* ties share the gradient equally, as in PyTorch */
+nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b);
+nb_tensor *nb_sub_scalar(nb_tensor *x, double s);   /* x - s */
+nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x);  /* s / x */
+nb_tensor *nb_pow_scalar(nb_tensor *x, double p);   /* x ^ p */
+nb_tensor *nb_sqrt(nb_tensor *x);
+nb_tensor *nb_abs(nb_tensor *x);                    /* gradient sign(x), 0 at 0 */
+nb_tensor *nb_sign(nb_tensor *x);                   /* -1, 0, 1; not differentiable */
+nb_tensor *nb_sin(nb_tensor *x);
+nb_tensor *nb_cos(nb_tensor *x);
+nb_tensor *nb_erf(nb_tensor *x);
+nb_tensor *nb_log1p(nb_tensor *x);
+nb_tensor *nb_expm1(nb_tensor *x);
+nb_tensor *nb_leaky_relu(nb_tensor *x, double slope);
+nb_tensor *nb_elu(nb_tensor *x, double alpha);
+nb_tensor *nb_softplus(nb_tensor *x);               /* log(1 + e^x), stable for any x */
+nb_tensor *nb_gelu(nb_tensor *x);                   /* exact: x Phi(x) */
+nb_tensor *nb_clamp(nb_tensor *x, double lo, double hi); /* gradient 1 inside [lo, hi], 0 outside */
+nb_tensor *nb_reciprocal(nb_tensor *x);
+nb_tensor *nb_square(nb_tensor *x);
+/* cond ? a : b elementwise, cond a mask (non-zero is true) of the same dtype; all three broadcast.
+ * Differentiable in a and b. */
+nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
+
+/* Batched matrix product with NumPy semantics: a [..., m, k] x b [..., k, n] -> [..., m, n], the
+ * leading (batch) dims broadcast; a 1-D a is a row vector and a 1-D b a column vector, and that
+ * dimension is dropped from the result. nb_matmul handles every case; NB_TRANS_* apply to the last
+ * two dims of 2-D-or-more operands. */
+nb_tensor *nb_bmm_ex(nb_tensor *a, nb_tensor *b, unsigned flags);
+
+/* Reductions over axes (naxes = 0: all). max/min send the gradient to the first maximal (minimal)
+ * element of each reduced group. */
+nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim);
+nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim);
+/* log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input. */
+nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim);
+/* Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default). */
+nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
+nb_tensor *nb_std(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
+/* Index of the first maximal (minimal) element along axis, as an i64 tensor. Not differentiable. */
+nb_tensor *nb_argmax(nb_tensor *x, int axis, int keepdim);
+nb_tensor *nb_argmin(nb_tensor *x, int axis, int keepdim);
+/* Softmax and log-softmax along axis, stable for inputs of any finite magnitude. */
+nb_tensor *nb_softmax(nb_tensor *x, int axis);
+nb_tensor *nb_log_softmax(nb_tensor *x, int axis);
+
+/* Shape and indexing. All are differentiable in their tensor inputs (never in indices). */
+/* x[..., start:stop:step, ...] along axis; negative start/stop count from the end and are clamped as
+ * in Python; step > 0. */
+nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t step);
+/* Join n tensors along an existing axis (all other extents equal). */
+nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis);
+/* Join n tensors of equal shape along a new axis. */
+nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis);
+/* Split along axis into pieces of the given sizes (summing to the extent); outs[i] receives piece i. */
+nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tensor **outs);
+/* Split into n pieces of ceil(extent / n) (the last may be smaller; fewer if the extent is short:
+ * the rest of outs is set to NULL); returns the number of pieces, or -1. */
+int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs);
+/* Remove an extent-1 axis / insert one (views). */
+nb_tensor *nb_squeeze(nb_tensor *x, int axis);
+nb_tensor *nb_unsqueeze(nb_tensor *x, int axis);
+/* Pad with a constant: pads[2*i], pads[2*i+1] elements before and after along dim i (ndim pairs). */
+nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value);
+/* x's slices along axis at the i64 1-D indices idx (repeats allowed): the result has idx's length
+ * there. Backward adds up the gradients of repeated indices. */
+nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx);
+/* torch.gather: out[i][j][k] = x[i][idx[i][j][k]][k] for axis 1, idx i64 with x's ndim. */
+nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx);
+/* The adjoint of gather: zeros of shape with src added at idx along axis (repeats accumulate). */
+nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *idx, nb_tensor *src);
+/* One-hot rows of i64 labels: idx [...] -> [..., num_classes] in dtype. Not differentiable. */
+nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype);
+
+/* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
+nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
+/* x * nb_dropout_mask(...): inverted dropout. p = 0 returns x itself. */
+nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Custom ops                                                                                      */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* An op defined outside the library. forward fills out (already allocated with the shape and dtype
+ * given to nb_custom) from the inputs' buffers. Give one of the two backwards:
+ *   backward:     build gin[i] (input i's shape, or NULL if not needed) from nabla ops; then
+ *                 gradients of gradients work through the op.
+ *   backward_raw: fill the preallocated gin[i] buffers (NULL where not needed) directly; then a
+ *                 backward with NB_CREATE_GRAPH through the op fails with a clear error.
+ * Each returns NB_OK or an error status (record a message with nb_error_set). The struct and user
+ * must outlive the tapes that record the op. */
+typedef struct nb_custom_op {
+    const char *name;
+    nb_status (*forward)(void *user, int n_in, const nb_tensor *const *in, nb_tensor *out);
+    nb_status (*backward)(void *user, int n_in, nb_tensor *const *in, nb_tensor *out, nb_tensor *gout,
+                          nb_tensor **gin);
+    nb_status (*backward_raw)(void *user, int n_in, const nb_tensor *const *in, const nb_tensor *out,
+                              const nb_tensor *gout, nb_tensor *const *gin);
+    void *user;
+} nb_custom_op;
+
+/* Apply a custom op to n_in inputs (at most 16), producing a result of the given dtype and shape on
+ * the current tape. */
+nb_tensor *nb_custom(const nb_custom_op *op, int n_in, nb_tensor *const *in, nb_dtype dtype, int ndim,
+                     const int64_t *shape);
+/* Record an error from user code (a custom op, a gradient hook), as the library does. */
+void nb_error_set(nb_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Looking inside                                                                                  */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Write the graph recorded on tape as Graphviz DOT: the nodes leading to output (all nodes if output
+ * is NULL), each with its op, output shape and dtype; leaves and constants as boxes (with their
+ * names); edges from inputs to outputs. */
+nb_status nb_tape_write_dot(const nb_tape *tape, const nb_tensor *output, FILE *f);
+
+/* Anomaly mode (process-wide, off by default): after every op in forward and every backward rule,
+ * look for NaN or infinity and fail with NB_ERR_NUMERIC naming the op, its node index, and (in
+ * backward) the forward op the rule belongs to. Slows everything down; for debugging. */
+void nb_set_anomaly_mode(int on);
+int nb_anomaly_mode(void);
+
+/* A gradient hook: called during backward with the gradient arriving at t (the total of the pass);
+ * returns the gradient to use instead (grad itself to keep it, or a new tensor of the same shape and
+ * dtype made with nabla ops), or NULL to fail the backward. One hook per tensor; NULL removes it. For
+ * an op result the hook lasts as long as the tensor. */
+typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
+nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Gradient checking                                                                               */
 /* ---------------------------------------------------------------------------------------------- */

@@ -54,12 +54,22 @@ typedef enum nb_op_id {
     NB_OP_PERMUTE,    /* i[0..ndim) = perm */
     NB_OP_BROADCAST,  /* out shape is the target */
     NB_OP_CAST,
+    /* index.c */
+    NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step; out extent along axis from out */
+    NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
+    NB_OP_PAD,          /* i[d] = elements before along dim d; f[0] = fill value */
+    NB_OP_CONCAT,       /* any number of inputs; i[0] = axis */
+    NB_OP_INDEX_SELECT, /* inputs x, idx (i64 1-D); i[0] = axis */
+    NB_OP_INDEX_ADD,    /* inputs idx, src; zeros of out's shape with src added at idx along i[0] */
+    NB_OP_GATHER,       /* inputs x, idx (i64, x's ndim); i[0] = axis */
+    NB_OP_SCATTER_ADD,  /* inputs idx, src; zeros of out's shape with src added at idx along i[0] */
     NB_OP_COUNT
 } nb_op_id;
 
 typedef struct nb_attrs {
     int64_t i[NB_MAX_DIMS];
     double f[2];
+    const void *p; /* op-specific pointer (custom ops: their nb_custom_op) */
 } nb_attrs;
 
 typedef struct nb_node nb_node;

@@ -31,6 +31,15 @@ NB_BW(view);
 NB_FW(permute); NB_BW(permute);
 NB_FW(broadcast); NB_BW(broadcast);
 NB_FW(cast); NB_BW(cast);
+/* index.c */
+NB_FW(slice); NB_BW(slice);
+NB_FW(slice_embed); NB_BW(slice_embed);
+NB_FW(pad); NB_BW(pad);
+NB_FW(concat); NB_BW(concat);
+NB_FW(index_select); NB_BW(index_select);
+NB_FW(index_add); NB_BW(index_add);
+NB_FW(gather); NB_BW(gather);
+NB_FW(scatter_add); NB_BW(scatter_add);
 
 /* Shared argument checks. Each records a message naming `who` and returns false on failure. */
 bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);

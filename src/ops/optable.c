@@ -19,6 +19,14 @@ const nb_opdef nb__ops[] = {
     [NB_OP_PERMUTE] = {"permute", 1, nb__fw_permute, nb__bw_permute},
     [NB_OP_BROADCAST] = {"broadcast_to", 1, nb__fw_broadcast, nb__bw_broadcast},
     [NB_OP_CAST] = {"cast", 1, nb__fw_cast, nb__bw_cast},
+    [NB_OP_SLICE] = {"slice", 1, nb__fw_slice, nb__bw_slice},
+    [NB_OP_SLICE_EMBED] = {"slice_embed", 1, nb__fw_slice_embed, nb__bw_slice_embed},
+    [NB_OP_PAD] = {"pad", 1, nb__fw_pad, nb__bw_pad},
+    [NB_OP_CONCAT] = {"concat", -1, nb__fw_concat, nb__bw_concat},
+    [NB_OP_INDEX_SELECT] = {"index_select", 2, nb__fw_index_select, nb__bw_index_select},
+    [NB_OP_INDEX_ADD] = {"index_add", 2, nb__fw_index_add, nb__bw_index_add},
+    [NB_OP_GATHER] = {"gather", 2, nb__fw_gather, nb__bw_gather},
+    [NB_OP_SCATTER_ADD] = {"scatter_add", 2, nb__fw_scatter_add, nb__bw_scatter_add},
 };
 
 _Static_assert(sizeof(nb__ops) / sizeof(nb__ops[0]) == NB_OP_COUNT, "one table entry per nb_op_id");
