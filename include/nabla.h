@@ -305,9 +305,12 @@ nb_tensor *nb_le(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_gt(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_ge(nb_tensor *a, nb_tensor *b);
 
-/* Matrix product of 2-D a [m,k] and b [k,n] -> [m,n]. */
+/* Matrix product with NumPy semantics: a [..., m, k] x b [..., k, n] -> [..., m, n], where the leading
+ * (batch) dims broadcast; a 1-D a is a row vector and a 1-D b a column vector, and that dim is
+ * dropped from the result. */
 nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b);
-/* op(a) op(b), where NB_TRANS_A / NB_TRANS_B in flags take a or b transposed (no copy is made). */
+/* op(a) op(b), where NB_TRANS_A / NB_TRANS_B in flags transpose the last two dims of a or b (no copy
+ * is made: BLAS reads the transpose). Both operands need at least 2 dims. */
 enum { NB_TRANS_A = 1u << 0, NB_TRANS_B = 1u << 1 };
 nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags);
 
@@ -358,12 +361,6 @@ nb_tensor *nb_square(nb_tensor *x);
 /* cond ? a : b elementwise, cond a mask (non-zero is true) of the same dtype; all three broadcast.
  * Differentiable in a and b. */
 nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
-
-/* Batched matrix product with NumPy semantics: a [..., m, k] x b [..., k, n] -> [..., m, n], the
- * leading (batch) dims broadcast; a 1-D a is a row vector and a 1-D b a column vector, and that
- * dimension is dropped from the result. nb_matmul handles every case; NB_TRANS_* apply to the last
- * two dims of 2-D-or-more operands. */
-nb_tensor *nb_bmm_ex(nb_tensor *a, nb_tensor *b, unsigned flags);
 
 /* Reductions over axes (naxes = 0: all). max/min send the gradient to the first maximal (minimal)
  * element of each reduced group. */
@@ -497,6 +494,7 @@ typedef struct nb_gradcheck_input_report {
 
 typedef struct nb_gradcheck_report {
     int ok;
+    int completed;     /* the comparison ran (0: the function or a backward failed; see message) */
     int deterministic; /* two backward passes gave identical Jacobians */
     int n_inputs;
     nb_gradcheck_input_report input[NB_GRADCHECK_MAX_INPUTS];

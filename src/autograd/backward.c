@@ -7,8 +7,6 @@
 
 #include <string.h>
 
-static _Thread_local uint64_t t_epoch = 0;
-
 
 typedef struct pass {
     const char *who;
@@ -51,6 +49,35 @@ static int64_t leaf_slot(pass *p, nb_tensor *leaf)
     p->lg[p->n_leaf] = NULL;
     p->lowned[p->n_leaf] = 0;
     return p->n_leaf++;
+}
+
+/* Call t's gradient hook on g; NULL (with an error recorded) if it fails or returns a bad tensor. */
+static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
+{
+    uint64_t errors = nb__error_count();
+    nb_tensor *r = t->hook(g, t->hook_user);
+    if (!r) {
+        if (nb__error_count() == errors)
+            nb__fail(NB_ERR_STATE, "%s: the gradient hook of %s returned NULL", p->who, NB_SHP(t));
+        return NULL;
+    }
+    if (r->dtype != t->dtype || !nb__same_shape(r, t))
+        return nb__fail(NB_ERR_SHAPE, "%s: the gradient hook of %s %s returned %s %s", p->who,
+                        nb_dtype_name(t->dtype), NB_SHP(t), nb_dtype_name(r->dtype), NB_SHP(r));
+    return r;
+}
+
+static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tensor *gx)
+{
+    for (int64_t k = 0; k < gx->numel; k++) {
+        double v = nb__get(gx, k);
+        if (v == v && v - v == 0) continue; /* finite */
+        nb__fail(NB_ERR_NUMERIC, "%s: anomaly: the backward of %s (node %zu on the tape) produced %s at "
+                 "element %lld of the gradient of its input %d %s", p->who, nb__node_name(nd), nd->index,
+                 v != v ? "NaN" : "infinity", (long long)k, j, NB_SHP(gx));
+        return false;
+    }
+    return true;
 }
 
 /* Mark the nodes leading to out and check that each can still be differentiated. */
@@ -96,11 +123,17 @@ static nb_status sweep(pass *p, size_t top)
             if (!gin) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
         }
         for (int j = 0; j < nd->n_in; j++) gin[j] = NULL;
-        nd->op->backward(nd, p->g[i], gin);
-        if (nb_error_code() != NB_OK) return nb_error_code();
+        nb_tensor *g = p->g[i];
+        if (nd->out->hook && !(g = run_hook(p, nd->out, g))) return nb_error_code();
+        uint64_t errors = nb__error_count();
+        nb__in_backward_of = nd;
+        nd->op->backward(nd, g, gin);
+        nb__in_backward_of = NULL;
+        if (nb__error_count() != errors) return nb_error_code();
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];
             if (!gx || !nb__needs_grad(x)) continue;
+            if (nb__anomaly_on && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
             if (gx->dtype != x->dtype || !nb__same_shape(gx, x))
                 return nb__fail_status(NB_ERR_STATE, "%s: backward of %s (node %zu) gave %s %s for input "
                                        "%d of %s %s", p->who, nd->op->name, i, nb_dtype_name(gx->dtype),
@@ -184,7 +217,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_tape *prev_tape = nb__swap_current(tape);
     int saved_mode = nb__set_grad_mode((flags & NB_CREATE_GRAPH) != 0);
     nb_status st = NB_OK;
-    pass p = {.who = who, .tape = tape, .flags = flags, .epoch = ++t_epoch};
+    pass p = {.who = who, .tape = tape, .flags = flags, .epoch = nb__next_epoch()};
 
     if (!seed) seed = nb_full_like(out, 1.0);
     if (!seed) {
@@ -223,6 +256,13 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
         p.lg[s] = seed;
     }
 
+    for (int64_t s = 0; s < p.n_leaf; s++) {
+        nb_tensor *leaf = p.leaf[s];
+        if (p.lg[s] && leaf->hook && !(p.lg[s] = run_hook(&p, leaf, p.lg[s]))) {
+            st = nb_error_code();
+            goto done;
+        }
+    }
     if (grads) {
         for (int i = 0; i < n_wrt; i++) {
             nb_tensor *x = wrt[i], *gx = NULL;
@@ -247,6 +287,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
 
 done:
+    nb__in_backward_of = NULL;
     nb__restore_grad_mode(saved_mode);
     nb__swap_current(prev_tape);
     if (st != NB_OK && grads)

@@ -7,6 +7,9 @@
 
 static _Thread_local nb_status t_code = NB_OK;
 static _Thread_local char t_msg[1024];
+static _Thread_local uint64_t t_count = 0;
+
+uint64_t nb__error_count(void) { return t_count; }
 
 static nb_error_handler g_handler = NULL;
 static void *g_handler_user = NULL;
@@ -61,6 +64,7 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user)
 
 static void record(nb_status status, const char *fmt, va_list ap)
 {
+    t_count++;
     if (t_code != NB_OK) return; /* keep the first error */
     t_code = status;
     vsnprintf(t_msg, sizeof t_msg, fmt, ap);
@@ -97,4 +101,13 @@ const char *nb__shape_str(int ndim, const int64_t *shape)
         off += (size_t)snprintf(b + off, sizeof bufs[0] - off, i ? ",%lld" : "%lld", (long long)shape[i]);
     if (off < sizeof bufs[0]) snprintf(b + off, sizeof bufs[0] - off, "]");
     return b;
+}
+
+void nb_error_set(nb_status status, const char *fmt, ...)
+{
+    if (status == NB_OK || (unsigned)status >= NB_STATUS_COUNT) status = NB_ERR_ARG;
+    va_list ap;
+    va_start(ap, fmt);
+    record(status, fmt ? fmt : "(no message)", ap);
+    va_end(ap);
 }

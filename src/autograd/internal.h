@@ -24,6 +24,8 @@ struct nb_tensor {
     nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
     struct nb_node *node; /* the node that made it, when recorded */
     const char *name;     /* leaves: an owned copy; op results: borrowed */
+    nb_grad_hook hook;
+    void *hook_user;
     /* leaves only */
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
@@ -54,6 +56,30 @@ typedef enum nb_op_id {
     NB_OP_PERMUTE,    /* i[0..ndim) = perm */
     NB_OP_BROADCAST,  /* out shape is the target */
     NB_OP_CAST,
+    NB_OP_POW,
+    NB_OP_MAXIMUM,
+    NB_OP_MINIMUM,
+    NB_OP_SQRT,
+    NB_OP_ABS,
+    NB_OP_SIGN,       /* not differentiable */
+    NB_OP_SIN,
+    NB_OP_COS,
+    NB_OP_ERF,
+    NB_OP_LOG1P,
+    NB_OP_EXPM1,
+    NB_OP_LEAKY_RELU, /* f[0] = slope */
+    NB_OP_ELU,        /* f[0] = alpha */
+    NB_OP_SOFTPLUS,
+    NB_OP_GELU,
+    NB_OP_CLAMP,      /* f[0] = lo, f[1] = hi */
+    NB_OP_RECIPROCAL,
+    NB_OP_SQUARE,
+    NB_OP_POWS,       /* f[0] = exponent */
+    NB_OP_WHERE,      /* inputs cond, a, b */
+    NB_OP_ARGMAX,     /* i[0] = axis, i[1] = 1 for argmin; i64 result, not differentiable */
+    NB_OP_SOFTMAX,    /* i[0] = axis */
+    NB_OP_LOG_SOFTMAX,/* i[0] = axis */
+    NB_OP_CUSTOM,     /* p = the nb_custom_op */
     /* index.c */
     NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step; out extent along axis from out */
     NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
@@ -116,11 +142,11 @@ nb_tensor *nb__tape_tensor(const char *who, nb_dtype dtype, int ndim, const int6
 
 /* ---- tape ------------------------------------------------------------------------------------- */
 
-typedef struct nb_chunk nb_chunk;
+typedef struct nb_arena_chunk nb_arena_chunk;
 
 typedef struct nb_arena {
-    nb_chunk *head;   /* first chunk */
-    nb_chunk *cur;    /* chunk being filled */
+    nb_arena_chunk *head;   /* first chunk */
+    nb_arena_chunk *cur;    /* chunk being filled */
     size_t used;      /* bytes used in all chunks before cur, plus cur's fill */
     size_t reserved;  /* bytes of all chunks */
     size_t peak;      /* largest `used` since creation: the size a reset coalesces to */
@@ -172,6 +198,21 @@ nb_status nb__fail_status(nb_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
+
+/* Number of errors recorded on this thread (kept or not): compare before and after a call to learn
+ * whether it failed even when an older error is pending. */
+uint64_t nb__error_count(void);
+
+/* The name of a node's op (a custom op's own name). */
+const char *nb__node_name(const nb_node *n);
+/* A fresh pass number for per-tensor scratch stamps (bw_epoch / bw_slot). */
+uint64_t nb__next_epoch(void);
+/* Anomaly mode: scan t for NaN/inf; on one, record NB_ERR_NUMERIC with a message built from `what`
+ * and return false. */
+bool nb__anomaly_check(const nb_tensor *t, const char *what);
+extern int nb__anomaly_on;
+/* Set by the backward engine while a rule runs, so anomaly messages name the node. */
+extern _Thread_local const nb_node *nb__in_backward_of;
 
 /* "[2,3]" of a shape, in one of a few rotating thread-local buffers (for messages). */
 const char *nb__shape_str(int ndim, const int64_t *shape);

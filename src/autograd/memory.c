@@ -50,8 +50,8 @@ void nb__free(void *p, size_t size)
 #define NB_ALIGN 64
 #define NB_CHUNK_MIN ((size_t)1 << 20)
 
-struct nb_chunk {
-    nb_chunk *next;
+struct nb_arena_chunk {
+    nb_arena_chunk *next;
     size_t size; /* usable bytes after the header */
     size_t fill;
     size_t raw_size;
@@ -60,18 +60,18 @@ struct nb_chunk {
 
 static size_t align_up(size_t n) { return (n + (NB_ALIGN - 1)) & ~(size_t)(NB_ALIGN - 1); }
 
-static unsigned char *chunk_base(nb_chunk *c)
+static unsigned char *chunk_base(nb_arena_chunk *c)
 {
-    return (unsigned char *)c + align_up(sizeof(nb_chunk));
+    return (unsigned char *)c + align_up(sizeof(nb_arena_chunk));
 }
 
-static nb_chunk *chunk_new(size_t size)
+static nb_arena_chunk *chunk_new(size_t size)
 {
-    size_t raw_size = size + align_up(sizeof(nb_chunk)) + NB_ALIGN;
+    size_t raw_size = size + align_up(sizeof(nb_arena_chunk)) + NB_ALIGN;
     void *raw = nb__malloc(raw_size);
     if (!raw) return NULL;
     uintptr_t p = ((uintptr_t)raw + (NB_ALIGN - 1)) & ~(uintptr_t)(NB_ALIGN - 1);
-    nb_chunk *c = (nb_chunk *)p;
+    nb_arena_chunk *c = (nb_arena_chunk *)p;
     c->next = NULL;
     c->size = size;
     c->fill = 0;
@@ -83,7 +83,7 @@ static nb_chunk *chunk_new(size_t size)
 void *nb__arena_alloc(nb_arena *a, size_t size)
 {
     size = align_up(size ? size : 1);
-    nb_chunk *c = a->cur;
+    nb_arena_chunk *c = a->cur;
     while (c && c->fill + size > c->size) {
         /* move on to the next retained chunk, if one is free */
         if (!c->next) break;
@@ -94,7 +94,7 @@ void *nb__arena_alloc(nb_arena *a, size_t size)
     if (!c || c->fill + size > c->size) {
         size_t want = a->reserved > NB_CHUNK_MIN ? a->reserved : NB_CHUNK_MIN;
         if (want < size) want = size;
-        nb_chunk *n = chunk_new(want);
+        nb_arena_chunk *n = chunk_new(want);
         if (!n) return NULL;
         if (c) {
             n->next = c->next;
@@ -120,7 +120,7 @@ void nb__arena_reset(nb_arena *a)
         size_t want = a->peak;
         nb__arena_free(a);
         a->peak = want;
-        nb_chunk *c = chunk_new(want);
+        nb_arena_chunk *c = chunk_new(want);
         if (c) {
             a->head = a->cur = c;
             a->reserved = c->size;
@@ -133,9 +133,9 @@ void nb__arena_reset(nb_arena *a)
 
 void nb__arena_free(nb_arena *a)
 {
-    nb_chunk *c = a->head;
+    nb_arena_chunk *c = a->head;
     while (c) {
-        nb_chunk *next = c->next;
+        nb_arena_chunk *next = c->next;
         nb__free(c->raw, c->raw_size);
         c = next;
     }

@@ -170,7 +170,12 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
     } else {
         out = nb__tape_tensor(who, dtype, ndim, shape);
         if (!out) return NULL;
-        if (def->forward) def->forward(out, in, attrs);
+        if (def->forward) {
+            uint64_t errors = nb__error_count();
+            def->forward(out, in, attrs);
+            if (nb__error_count() != errors) return NULL;
+        }
+        if (nb__anomaly_on && !nb__anomaly_check(out, who)) return NULL;
     }
 
     bool record = false;

@@ -195,3 +195,242 @@ NB_BW(relu)
     if (NB_NEED(0)) gin[0] = nb_mul(g, nb_gt(n->in[0], nb__scalar(n->in[0]->dtype, 0.0)));
 }
 nb_tensor *nb_relu(nb_tensor *x) { return unary("nb_relu", NB_OP_RELU, x, 0, 0); }
+
+/* ---- more binary ops -------------------------------------------------------------------------- */
+
+NB_FW(pow) { (void)at; binary_kernel(NB_B_POW, out, in[0], in[1]); }
+/* d a^b = b a^(b-1) da + a^b log(a) db */
+NB_BW(pow)
+{
+    nb_tensor *a = n->in[0], *b = n->in[1];
+    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, nb_mul(b, nb_pow(a, nb_sub_scalar(b, 1.0)))));
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, nb_mul(n->out, nb_log(a))));
+}
+nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b) { return binary("nb_pow", NB_OP_POW, a, b, 0); }
+
+/* The share of the gradient that goes to a in max(a, b) (min: swap the comparisons): 1 where a wins,
+ * 1/2 at ties, 0 where b wins. */
+static nb_tensor *winner_share(nb_tensor *wins, nb_tensor *a, nb_tensor *b)
+{
+    return nb_add(wins, nb_mul_scalar(nb_eq(a, b), 0.5));
+}
+
+NB_FW(maximum) { (void)at; binary_kernel(NB_B_MAX, out, in[0], in[1]); }
+/* d max(a,b) = [a > b] da + [a < b] db, ties split evenly */
+NB_BW(maximum)
+{
+    nb_tensor *a = n->in[0], *b = n->in[1];
+    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
+}
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b) { return binary("nb_maximum", NB_OP_MAXIMUM, a, b, 0); }
+
+NB_FW(minimum) { (void)at; binary_kernel(NB_B_MIN, out, in[0], in[1]); }
+/* d min(a,b) = [a < b] da + [a > b] db, ties split evenly */
+NB_BW(minimum)
+{
+    nb_tensor *a = n->in[0], *b = n->in[1];
+    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+}
+nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b) { return binary("nb_minimum", NB_OP_MINIMUM, a, b, 0); }
+
+nb_tensor *nb_sub_scalar(nb_tensor *x, double s) { return unary("nb_sub_scalar", NB_OP_AFFINE, x, 1.0, -s); }
+nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x) { return nb_mul_scalar(nb_reciprocal(x), s); }
+
+/* ---- where ------------------------------------------------------------------------------------ */
+
+/* out = cond != 0 ? a : b, all three broadcast to out's shape */
+NB_FW(where)
+{
+    (void)at;
+    int64_t sc[NB_MAX_DIMS], sa[NB_MAX_DIMS], sb[NB_MAX_DIMS];
+    nb__bcast_strides(in[0], out->ndim, out->shape, sc);
+    nb__bcast_strides(in[1], out->ndim, out->shape, sa);
+    nb__bcast_strides(in[2], out->ndim, out->shape, sb);
+    if (out->dtype == NB_F32)
+        nb_k_where_f32(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
+    else
+        nb_k_where_f64(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
+}
+/* d where(c, a, b) = where(c, 1, 0) da + where(c, 0, 1) db */
+NB_BW(where)
+{
+    nb_tensor *c = n->in[0], *zero = nb__scalar(g->dtype, 0.0);
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_where(c, g, zero));
+    if (NB_NEED(2)) gin[2] = TO_IN(2, nb_where(c, zero, g));
+}
+
+nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
+{
+    const char *who = "nb_where";
+    int nd1, nd2;
+    int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
+    if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
+    if (!nb__check_binary(who, a, b, &nd1, s1)) return NULL;
+    if (cond->dtype != a->dtype)
+        return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "
+                        "have the values' dtype)", who, nb_dtype_name(cond->dtype), NB_SHP(cond),
+                        nb_dtype_name(a->dtype));
+    if (!nb__broadcast_shapes(cond->ndim, cond->shape, nd1, s1, &nd2, s2))
+        return nb__fail(NB_ERR_SHAPE, "%s: cond %s, a %s, b %s: shapes do not broadcast", who, NB_SHP(cond),
+                        NB_SHP(a), NB_SHP(b));
+    nb_tensor *in[3] = {cond, a, b};
+    return nb__apply(who, NB_OP_WHERE, 3, in, NULL, a->dtype, nd2, s2);
+}
+
+/* ---- more unary functions --------------------------------------------------------------------- */
+
+#define UNARY_FW(name, KIND) \
+    NB_FW(name) { unary_kernel(KIND, out, in[0], at->f[0], at->f[1]); }
+
+UNARY_FW(sqrt, NB_U_SQRT)
+/* d sqrt(x) = dx / (2 sqrt(x)) */
+NB_BW(sqrt)
+{
+    if (NB_NEED(0)) gin[0] = nb_div(nb_mul_scalar(g, 0.5), n->out);
+}
+nb_tensor *nb_sqrt(nb_tensor *x) { return unary("nb_sqrt", NB_OP_SQRT, x, 0, 0); }
+
+UNARY_FW(abs, NB_U_ABS)
+/* d |x| = sign(x) dx */
+NB_BW(abs)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_sign(n->in[0]));
+}
+nb_tensor *nb_abs(nb_tensor *x) { return unary("nb_abs", NB_OP_ABS, x, 0, 0); }
+
+UNARY_FW(sign, NB_U_SIGN)
+nb_tensor *nb_sign(nb_tensor *x) { return unary("nb_sign", NB_OP_SIGN, x, 0, 0); }
+
+UNARY_FW(sin, NB_U_SIN)
+/* d sin(x) = cos(x) dx */
+NB_BW(sin)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_cos(n->in[0]));
+}
+nb_tensor *nb_sin(nb_tensor *x) { return unary("nb_sin", NB_OP_SIN, x, 0, 0); }
+
+UNARY_FW(cos, NB_U_COS)
+/* d cos(x) = -sin(x) dx */
+NB_BW(cos)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_neg(nb_sin(n->in[0])));
+}
+nb_tensor *nb_cos(nb_tensor *x) { return unary("nb_cos", NB_OP_COS, x, 0, 0); }
+
+UNARY_FW(erf, NB_U_ERF)
+/* d erf(x) = 2/sqrt(pi) exp(-x^2) dx */
+NB_BW(erf)
+{
+    if (NB_NEED(0))
+        gin[0] = nb_mul(g, nb_mul_scalar(nb_exp(nb_neg(nb_square(n->in[0]))), 1.12837916709551257390));
+}
+nb_tensor *nb_erf(nb_tensor *x) { return unary("nb_erf", NB_OP_ERF, x, 0, 0); }
+
+UNARY_FW(log1p, NB_U_LOG1P)
+/* d log(1 + x) = dx / (1 + x) */
+NB_BW(log1p)
+{
+    if (NB_NEED(0)) gin[0] = nb_div(g, nb_add_scalar(n->in[0], 1.0));
+}
+nb_tensor *nb_log1p(nb_tensor *x) { return unary("nb_log1p", NB_OP_LOG1P, x, 0, 0); }
+
+UNARY_FW(expm1, NB_U_EXPM1)
+/* d (e^x - 1) = e^x dx */
+NB_BW(expm1)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_add_scalar(n->out, 1.0));
+}
+nb_tensor *nb_expm1(nb_tensor *x) { return unary("nb_expm1", NB_OP_EXPM1, x, 0, 0); }
+
+UNARY_FW(leaky_relu, NB_U_LEAKY_RELU)
+/* d leaky(x) = ([x > 0] (1 - slope) + slope) dx */
+NB_BW(leaky_relu)
+{
+    double s = n->attrs.f[0];
+    if (NB_NEED(0))
+        gin[0] = nb_mul(g, nb_affine(nb_gt(n->in[0], nb__scalar(g->dtype, 0.0)), 1.0 - s, s));
+}
+nb_tensor *nb_leaky_relu(nb_tensor *x, double slope) { return unary("nb_leaky_relu", NB_OP_LEAKY_RELU, x, slope, 0); }
+
+UNARY_FW(elu, NB_U_ELU)
+/* d elu(x) = dx for x > 0, (elu(x) + alpha) dx otherwise */
+NB_BW(elu)
+{
+    if (NB_NEED(0)) {
+        nb_tensor *pos = nb_gt(n->in[0], nb__scalar(g->dtype, 0.0));
+        gin[0] = nb_mul(g, nb_where(pos, nb__scalar(g->dtype, 1.0), nb_add_scalar(n->out, n->attrs.f[0])));
+    }
+}
+nb_tensor *nb_elu(nb_tensor *x, double alpha) { return unary("nb_elu", NB_OP_ELU, x, alpha, 0); }
+
+UNARY_FW(softplus, NB_U_SOFTPLUS)
+/* d log(1 + e^x) = sigmoid(x) dx */
+NB_BW(softplus)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_sigmoid(n->in[0]));
+}
+nb_tensor *nb_softplus(nb_tensor *x) { return unary("nb_softplus", NB_OP_SOFTPLUS, x, 0, 0); }
+
+UNARY_FW(gelu, NB_U_GELU)
+/* d x Phi(x) = (Phi(x) + x phi(x)) dx, Phi(x) = (1 + erf(x / sqrt 2)) / 2, phi(x) = e^(-x^2/2) / sqrt(2 pi) */
+NB_BW(gelu)
+{
+    if (!NB_NEED(0)) return;
+    nb_tensor *x = n->in[0];
+    nb_tensor *cdf = nb_affine(nb_erf(nb_mul_scalar(x, 0.70710678118654752440)), 0.5, 0.5);
+    nb_tensor *pdf = nb_mul_scalar(nb_exp(nb_mul_scalar(nb_square(x), -0.5)), 0.39894228040143267794);
+    gin[0] = nb_mul(g, nb_add(cdf, nb_mul(x, pdf)));
+}
+nb_tensor *nb_gelu(nb_tensor *x) { return unary("nb_gelu", NB_OP_GELU, x, 0, 0); }
+
+UNARY_FW(clamp, NB_U_CLAMP)
+/* d clamp(x, lo, hi) = [lo <= x <= hi] dx */
+NB_BW(clamp)
+{
+    if (!NB_NEED(0)) return;
+    nb_tensor *x = n->in[0];
+    nb_tensor *inside = nb_mul(nb_ge(x, nb__scalar(g->dtype, n->attrs.f[0])),
+                               nb_le(x, nb__scalar(g->dtype, n->attrs.f[1])));
+    gin[0] = nb_mul(g, inside);
+}
+nb_tensor *nb_clamp(nb_tensor *x, double lo, double hi)
+{
+    if (x && !(lo <= hi))
+        return nb__fail(NB_ERR_ARG, "nb_clamp: %s: lo %g > hi %g", NB_SHP(x), lo, hi);
+    return unary("nb_clamp", NB_OP_CLAMP, x, lo, hi);
+}
+
+UNARY_FW(reciprocal, NB_U_RECIPROCAL)
+/* d (1/x) = -(1/x)^2 dx */
+NB_BW(reciprocal)
+{
+    if (NB_NEED(0)) gin[0] = nb_neg(nb_mul(g, nb_square(n->out)));
+}
+nb_tensor *nb_reciprocal(nb_tensor *x) { return unary("nb_reciprocal", NB_OP_RECIPROCAL, x, 0, 0); }
+
+UNARY_FW(square, NB_U_SQUARE)
+/* d x^2 = 2 x dx */
+NB_BW(square)
+{
+    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_mul_scalar(n->in[0], 2.0));
+}
+nb_tensor *nb_square(nb_tensor *x) { return unary("nb_square", NB_OP_SQUARE, x, 0, 0); }
+
+UNARY_FW(pows, NB_U_POWS)
+/* d x^p = p x^(p-1) dx (0 for p = 0) */
+NB_BW(pows)
+{
+    if (!NB_NEED(0)) return;
+    double p = n->attrs.f[0];
+    if (p == 0.0)
+        gin[0] = nb_zeros_like(g);
+    else if (p == 1.0)
+        gin[0] = g;
+    else if (p == 2.0)
+        gin[0] = nb_mul(g, nb_mul_scalar(n->in[0], 2.0));
+    else
+        gin[0] = nb_mul(g, nb_mul_scalar(nb_pow_scalar(n->in[0], p - 1.0), p));
+}
+nb_tensor *nb_pow_scalar(nb_tensor *x, double p) { return unary("nb_pow_scalar", NB_OP_POWS, x, p, 0); }

@@ -31,7 +31,7 @@
 
 /* Row-major element strides of t as seen from an output of `ndim` dims (right-aligned), 0 where t
  * is broadcast. */
-static void bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st)
+void nb__bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st)
 {
     int lead = ndim - t->ndim;
     int64_t s = 1;
@@ -49,8 +49,8 @@ static void bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, in
 void nb__bcast_plan(nb_bcast *bc, int ndim, const int64_t *shape, const nb_tensor *a, const nb_tensor *b)
 {
     int64_t sa[NB_MAX_DIMS], sb[NB_MAX_DIMS];
-    bcast_strides(a, ndim, shape, sa);
-    bcast_strides(b, ndim, shape, sb);
+    nb__bcast_strides(a, ndim, shape, sa);
+    nb__bcast_strides(b, ndim, shape, sb);
     bc->numel = nb__numel(ndim, shape);
     /* coalesce: dim d merges into the next kept dim when both strides chain contiguously */
     int n = 0;

@@ -61,10 +61,23 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
     void nb_k_sum_##SFX(const nb_reduce_plan *p, const T *x, T *out, ACC *acc, double scale);          \
     /* c[m,n] = op(a) op(b), op(a) [m,k], op(b) [k,n], row-major; lda/ldb are the stored row lengths */ \
     void nb_k_gemm_##SFX(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const T *a,        \
-                         int64_t lda, const T *b, int64_t ldb, T *c, double beta);
+                         int64_t lda, const T *b, int64_t ldb, T *c, double beta);                     \
+    /* out[shape] = c != 0 ? a : b, with per-input element strides (0 where broadcast) */              \
+    void nb_k_where_##SFX(int ndim, const int64_t *shape, const int64_t *sc, const int64_t *sa,        \
+                          const int64_t *sb, const T *c, const T *a, const T *b, T *out);              \
+    /* x viewed as [outer, n, inner]: out[outer, inner] = index of the first max (min) along n;        \
+     * NaN counts as the maximum (and the minimum), as in PyTorch */                                  \
+    void nb_k_argmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, int64_t *out,         \
+                           int is_min);                                                                \
+    /* x, y [outer, n, inner]: y = softmax of x along n (log-softmax when take_log), max-shifted */    \
+    void nb_k_softmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, T *y, int take_log);
 
 NB_K_DECLARE(float, double, f32)
 NB_K_DECLARE(double, double, f64)
+
+/* Element strides of t seen from an output of (ndim, shape) that t broadcasts to: 0 on broadcast
+ * dims. */
+void nb__bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st);
 
 /* Copy with arbitrary source strides (elements) into a contiguous destination of the given shape,
  * for elements of esize bytes (4 or 8). */

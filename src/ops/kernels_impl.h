@@ -158,6 +158,73 @@ void NB_K(gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
             (blasint)n);
 }
 
+void NB_K(where)(int ndim, const int64_t *shape, const int64_t *sc, const int64_t *sa, const int64_t *sb,
+                 const NB_T *c, const NB_T *a, const NB_T *b, NB_T *out)
+{
+    int64_t total = nb__numel(ndim, shape);
+    if (total == 0) return;
+    int64_t idx[NB_MAX_DIMS] = {0}, oc = 0, oa = 0, ob = 0;
+    const int last = ndim - 1;
+    const int64_t inner = ndim ? shape[last] : 1;
+    const int64_t ic = ndim ? sc[last] : 0, ia = ndim ? sa[last] : 0, ib = ndim ? sb[last] : 0;
+    for (int64_t r = 0; r < total / inner; r++) {
+        for (int64_t k = 0; k < inner; k++) out[k] = c[oc + k * ic] != 0 ? a[oa + k * ia] : b[ob + k * ib];
+        out += inner;
+        for (int d = last - 1; d >= 0; d--) {
+            oc += sc[d];
+            oa += sa[d];
+            ob += sb[d];
+            if (++idx[d] < shape[d]) break;
+            oc -= sc[d] * shape[d];
+            oa -= sa[d] * shape[d];
+            ob -= sb[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+void NB_K(argmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, int64_t *out, int is_min)
+{
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            const NB_T *p = x + o * n * inner + i;
+            int64_t best = 0;
+            NB_T bv = p[0];
+            for (int64_t k = 1; k < n && bv == bv; k++) {
+                NB_T v = p[k * inner];
+                if (v != v || (is_min ? v < bv : v > bv)) {
+                    bv = v;
+                    best = k;
+                }
+            }
+            out[o * inner + i] = best;
+        }
+    }
+}
+
+void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T *y, int take_log)
+{
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            const NB_T *p = x + o * n * inner + i;
+            NB_T *q = y + o * n * inner + i;
+            NB_T m = p[0];
+            for (int64_t k = 1; k < n; k++)
+                if (p[k * inner] > m) m = p[k * inner];
+            if (!(m > -INFINITY && m < INFINITY)) m = (m == m) ? 0 : m; /* all -inf, or +inf: no shift */
+            NB_ACC s = 0;
+            for (int64_t k = 0; k < n; k++) s += (NB_ACC)NB_M(exp)(p[k * inner] - m);
+            if (take_log) {
+                NB_T ls = (NB_T)log(s);
+                for (int64_t k = 0; k < n; k++) q[k * inner] = p[k * inner] - m - ls;
+            } else {
+                NB_ACC r = 1 / s;
+                for (int64_t k = 0; k < n; k++) q[k * inner] = (NB_T)(NB_M(exp)(p[k * inner] - m) * r);
+            }
+        }
+    }
+}
+
 #undef NB_MAP
 #undef NB_BCAST_LOOP
 #undef NB_K

@@ -1,35 +1,81 @@
-/* Matrix product through BLAS gemm; transposes are passed to gemm as flags, never materialised. */
+/* Matrix products through BLAS gemm. Transposes are passed to gemm as flags, never materialised;
+ * batch dims broadcast as in NumPy, and a batch of inputs against one shared matrix is a single gemm. */
 #include "ops.h"
 
-/* out [m,n] = op(a) op(b); a stored [m,k] or [k,m] (NB_TRANS_A), b stored [k,n] or [n,k] (NB_TRANS_B) */
+/* Row-major matrix dims of operand t: rows, cols as stored. */
+#define ROWS(t) ((t)->shape[(t)->ndim - 2])
+#define COLS(t) ((t)->shape[(t)->ndim - 1])
+
+static void gemm(nb_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
+                 const void *b, int64_t ldb, void *c)
+{
+    if (dt == NB_F32)
+        nb_k_gemm_f32(ta, tb, m, n, k, a, lda, b, ldb, c, 0.0);
+    else
+        nb_k_gemm_f64(ta, tb, m, n, k, a, lda, b, ldb, c, 0.0);
+}
+
+/* out [..., m, n] = op(a) op(b); a [..., m, k] (or [..., k, m] with NB_TRANS_A), b [..., k, n] (or
+ * [..., n, k] with NB_TRANS_B); batch dims of a and b broadcast to out's. */
 NB_FW(matmul)
 {
     const nb_tensor *a = in[0], *b = in[1];
     int ta = (at->i[0] & NB_TRANS_A) != 0, tb = (at->i[0] & NB_TRANS_B) != 0;
-    int64_t m = out->shape[0], n = out->shape[1], k = ta ? a->shape[0] : a->shape[1];
-    if (out->dtype == NB_F32)
-        nb_k_gemm_f32(ta, tb, m, n, k, a->data, a->shape[1], b->data, b->shape[1], out->data, 0.0);
-    else
-        nb_k_gemm_f64(ta, tb, m, n, k, a->data, a->shape[1], b->data, b->shape[1], out->data, 0.0);
+    int64_t m = out->shape[out->ndim - 2], n = out->shape[out->ndim - 1];
+    int64_t k = ta ? ROWS(a) : COLS(a);
+    size_t es = nb_dtype_size(out->dtype);
+    const char *pa = a->data, *pb = b->data;
+    char *pc = out->data;
+    if (b->ndim == 2 && !ta) {
+        /* every batch of a against one matrix: fold the batch into the rows of a single gemm */
+        if (n > 0) gemm(out->dtype, 0, tb, out->numel / n, n, k, pa, COLS(a), pb, COLS(b), pc);
+        return;
+    }
+    /* batch loop: the batch of out is broadcast from those of a and b (as matrices) */
+    int bnd = out->ndim - 2;
+    int64_t bshape[NB_MAX_DIMS], sa[NB_MAX_DIMS], sb[NB_MAX_DIMS], idx[NB_MAX_DIMS] = {0};
+    for (int d = 0; d < bnd; d++) bshape[d] = out->shape[d];
+    int64_t s_a = 1, s_b = 1;
+    for (int d = bnd - 1; d >= 0; d--) {
+        int da = d - (bnd - (a->ndim - 2)), db = d - (bnd - (b->ndim - 2));
+        int64_t ea = da >= 0 ? a->shape[da] : 1, eb = db >= 0 ? b->shape[db] : 1;
+        sa[d] = ea == 1 ? 0 : s_a;
+        sb[d] = eb == 1 ? 0 : s_b;
+        s_a *= ea;
+        s_b *= eb;
+    }
+    int64_t batches = nb__numel(bnd, bshape), ma = ROWS(a) * COLS(a), mb = ROWS(b) * COLS(b);
+    int64_t oa = 0, ob = 0;
+    for (int64_t r = 0; r < batches; r++) {
+        gemm(out->dtype, ta, tb, m, n, k, pa + (size_t)(oa * ma) * es, COLS(a), pb + (size_t)(ob * mb) * es,
+             COLS(b), pc + (size_t)(r * m * n) * es);
+        for (int d = bnd - 1; d >= 0; d--) {
+            oa += sa[d];
+            ob += sb[d];
+            if (++idx[d] < bshape[d]) break;
+            oa -= sa[d] * bshape[d];
+            ob -= sb[d] * bshape[d];
+            idx[d] = 0;
+        }
+    }
 }
 
 /* C = op(A) op(B), G = dL/dC:
- *   dL/dop(A) = G op(B)^T,  dL/dop(B) = op(A)^T G;  transposing back where op is a transpose. */
+ *   dL/dop(A) = G op(B)^T,  dL/dop(B) = op(A)^T G;  transposed back where op is a transpose, then
+ *   summed over the batch dims that were broadcast. */
 NB_BW(matmul)
 {
     nb_tensor *a = n->in[0], *b = n->in[1];
     unsigned ta = (n->attrs.i[0] & NB_TRANS_A) != 0, tb = (n->attrs.i[0] & NB_TRANS_B) != 0;
     if (NB_NEED(0)) {
-        if (!ta) /* dA = G op(B)^T */
-            gin[0] = nb_matmul_ex(g, b, tb ? 0u : NB_TRANS_B);
-        else /* dA = (G op(B)^T)^T = op(B) G^T */
-            gin[0] = nb_matmul_ex(b, g, (tb ? NB_TRANS_A : 0u) | NB_TRANS_B);
+        nb_tensor *ga = !ta ? nb_matmul_ex(g, b, tb ? 0u : NB_TRANS_B)                   /* G op(B)^T */
+                            : nb_matmul_ex(b, g, (tb ? NB_TRANS_A : 0u) | NB_TRANS_B);   /* op(B) G^T */
+        gin[0] = nb_sum_to(ga, a->ndim, a->shape);
     }
     if (NB_NEED(1)) {
-        if (!tb) /* dB = op(A)^T G */
-            gin[1] = nb_matmul_ex(a, g, ta ? 0u : NB_TRANS_A);
-        else /* dB = (op(A)^T G)^T = G^T op(A) */
-            gin[1] = nb_matmul_ex(g, a, NB_TRANS_A | (ta ? NB_TRANS_B : 0u));
+        nb_tensor *gb = !tb ? nb_matmul_ex(a, g, ta ? 0u : NB_TRANS_A)                   /* op(A)^T G */
+                            : nb_matmul_ex(g, a, NB_TRANS_A | (ta ? NB_TRANS_B : 0u));   /* G^T op(A) */
+        gin[1] = nb_sum_to(gb, b->ndim, b->shape);
     }
 }
 
@@ -43,21 +89,55 @@ nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)
         return nb__fail(NB_ERR_DTYPE, "%s: %s %s and %s %s: dtypes differ (use nb_cast)", who,
                         nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
     if (!nb__check_float(who, a)) return NULL;
-    if (a->ndim != 2 || b->ndim != 2)
-        return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: expected 2-D matrices", who, NB_SHP(a), NB_SHP(b));
+    if (a->ndim < 2 || b->ndim < 2)
+        return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: nb_matmul_ex needs at least 2 dims (nb_matmul takes "
+                        "vectors)", who, NB_SHP(a), NB_SHP(b));
     int ta = (flags & NB_TRANS_A) != 0, tb = (flags & NB_TRANS_B) != 0;
-    int64_t m = ta ? a->shape[1] : a->shape[0], ka = ta ? a->shape[0] : a->shape[1];
-    int64_t kb = tb ? b->shape[1] : b->shape[0], n = tb ? b->shape[0] : b->shape[1];
+    int64_t m = ta ? COLS(a) : ROWS(a), ka = ta ? ROWS(a) : COLS(a);
+    int64_t kb = tb ? COLS(b) : ROWS(b), n = tb ? ROWS(b) : COLS(b);
     if (ka != kb)
         return nb__fail(NB_ERR_SHAPE, "%s: %s%s x %s%s: inner dimensions %lld and %lld differ", who, NB_SHP(a),
                         ta ? "^T" : "", NB_SHP(b), tb ? "^T" : "", (long long)ka, (long long)kb);
-    if (m > INT32_MAX || n > INT32_MAX || ka > INT32_MAX)
+    if (m > INT32_MAX || n > INT32_MAX || ka > INT32_MAX || (ka && a->numel / ka > INT32_MAX))
         return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: dimensions exceed the BLAS integer range", who,
                         NB_SHP(a), NB_SHP(b));
+    int nd;
+    int64_t shape[NB_MAX_DIMS];
+    if (!nb__broadcast_shapes(a->ndim - 2, a->shape, b->ndim - 2, b->shape, &nd, shape))
+        return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: batch dimensions do not broadcast", who, NB_SHP(a),
+                        NB_SHP(b));
+    shape[nd++] = m;
+    shape[nd++] = n;
     nb_tensor *in[2] = {a, b};
     nb_attrs at = {.i = {(int64_t)flags}};
-    int64_t shape[2] = {m, n};
-    return nb__apply(who, NB_OP_MATMUL, 2, in, &at, a->dtype, 2, shape);
+    return nb__apply(who, NB_OP_MATMUL, 2, in, &at, a->dtype, nd, shape);
 }
 
-nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b) { return nb_matmul_ex(a, b, 0); }
+nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b)
+{
+    if (!a || !b) return nb__fail(NB_ERR_ARG, "nb_matmul: input %s is NULL", !a ? "a" : "b");
+    if (a->ndim == 0 || b->ndim == 0)
+        return nb__fail(NB_ERR_SHAPE, "nb_matmul: %s x %s: scalars have no matrix product (use nb_mul)",
+                        NB_SHP(a), NB_SHP(b));
+    if (a->ndim >= 2 && b->ndim >= 2) return nb_matmul_ex(a, b, 0);
+    /* vectors: a [k] is [1, k], b [k] is [k, 1]; the added dim is removed from the result */
+    if (a->ndim == 1 && b->ndim >= 2 && a->shape[0] != ROWS(b))
+        return nb__fail(NB_ERR_SHAPE, "nb_matmul: %s x %s: inner dimensions %lld and %lld differ", NB_SHP(a),
+                        NB_SHP(b), (long long)a->shape[0], (long long)ROWS(b));
+    int64_t ka = a->shape[a->ndim > 0 ? a->ndim - 1 : 0];
+    if (b->ndim == 1 && ka != b->shape[0])
+        return nb__fail(NB_ERR_SHAPE, "nb_matmul: %s x %s: inner dimensions %lld and %lld differ", NB_SHP(a),
+                        NB_SHP(b), (long long)ka, (long long)b->shape[0]);
+    nb_tensor *a2 = a->ndim == 1 ? nb_reshape(a, 2, (const int64_t[]){1, a->shape[0]}) : a;
+    nb_tensor *b2 = b->ndim == 1 ? nb_reshape(b, 2, (const int64_t[]){b->shape[0], 1}) : b;
+    nb_tensor *c = nb_matmul_ex(a2, b2, 0);
+    if (!c) return NULL;
+    int64_t shape[NB_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < c->ndim; d++) {
+        if (a->ndim == 1 && d == c->ndim - 2) continue;
+        if (b->ndim == 1 && d == c->ndim - 1) continue;
+        shape[nd++] = c->shape[d];
+    }
+    return nb_reshape(c, nd, shape);
+}

@@ -22,10 +22,35 @@ NB_FW(log); NB_BW(log);
 NB_FW(tanh); NB_BW(tanh);
 NB_FW(sigmoid); NB_BW(sigmoid);
 NB_FW(relu); NB_BW(relu);
+NB_FW(pow); NB_BW(pow);
+NB_FW(maximum); NB_BW(maximum);
+NB_FW(minimum); NB_BW(minimum);
+NB_FW(where); NB_BW(where);
+NB_FW(sqrt); NB_BW(sqrt);
+NB_FW(abs); NB_BW(abs);
+NB_FW(sign);
+NB_FW(sin); NB_BW(sin);
+NB_FW(cos); NB_BW(cos);
+NB_FW(erf); NB_BW(erf);
+NB_FW(log1p); NB_BW(log1p);
+NB_FW(expm1); NB_BW(expm1);
+NB_FW(leaky_relu); NB_BW(leaky_relu);
+NB_FW(elu); NB_BW(elu);
+NB_FW(softplus); NB_BW(softplus);
+NB_FW(gelu); NB_BW(gelu);
+NB_FW(clamp); NB_BW(clamp);
+NB_FW(reciprocal); NB_BW(reciprocal);
+NB_FW(square); NB_BW(square);
+NB_FW(pows); NB_BW(pows);
 /* matmul.c */
 NB_FW(matmul); NB_BW(matmul);
 /* reduce.c */
 NB_FW(sum); NB_BW(sum);
+NB_FW(argmax);
+NB_FW(softmax); NB_BW(softmax);
+NB_FW(log_softmax); NB_BW(log_softmax);
+/* custom.c */
+NB_FW(custom); NB_BW(custom);
 /* shape.c */
 NB_BW(view);
 NB_FW(permute); NB_BW(permute);

@@ -124,3 +124,219 @@ nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (!nb__check_float("nb_sum_to", x)) return NULL;
     return nb_reshape(sum_mask("nb_sum_to", x, mask, 1), ndim, shape);
 }
+
+/* ---- argmax / argmin -------------------------------------------------------------------------- */
+
+/* x as [outer, n, inner] around one axis */
+static void around_axis(const nb_tensor *x, int axis, int64_t *outer, int64_t *n, int64_t *inner)
+{
+    *outer = 1;
+    *inner = 1;
+    for (int d = 0; d < axis; d++) *outer *= x->shape[d];
+    for (int d = axis + 1; d < x->ndim; d++) *inner *= x->shape[d];
+    *n = x->shape[axis];
+}
+
+/* out[outer, inner] (i64) = first index of the max (min) along axis i[0] */
+NB_FW(argmax)
+{
+    const nb_tensor *x = in[0];
+    int64_t outer, n, inner;
+    around_axis(x, (int)at->i[0], &outer, &n, &inner);
+    if (x->dtype == NB_F32)
+        nb_k_argmax_f32(outer, n, inner, x->data, out->data, (int)at->i[1]);
+    else
+        nb_k_argmax_f64(outer, n, inner, x->data, out->data, (int)at->i[1]);
+}
+
+static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepdim, int is_min)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__check_float(who, x)) return NULL;
+    int d = nb__axis(axis, x->ndim);
+    if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    if (x->shape[d] == 0) return nb__fail(NB_ERR_SHAPE, "%s: %s is empty along axis %d", who, NB_SHP(x), axis);
+    int64_t shape[NB_MAX_DIMS];
+    int nd = 0;
+    for (int k = 0; k < x->ndim; k++) {
+        if (k != d)
+            shape[nd++] = x->shape[k];
+        else if (keepdim)
+            shape[nd++] = 1;
+    }
+    nb_attrs at = {.i = {d, is_min}};
+    return nb__apply(who, NB_OP_ARGMAX, 1, &x, &at, NB_I64, nd, shape);
+}
+
+nb_tensor *nb_argmax(nb_tensor *x, int axis, int keepdim) { return arg_extreme("nb_argmax", x, axis, keepdim, 0); }
+nb_tensor *nb_argmin(nb_tensor *x, int axis, int keepdim) { return arg_extreme("nb_argmin", x, axis, keepdim, 1); }
+
+/* ---- max / min over axes: argmax, then gather (the gradient goes to the selected element) ------ */
+
+/* Move the axes in mask to the end and merge them into one: [kept..., R]. */
+static nb_tensor *group_axes(nb_tensor *x, uint32_t mask)
+{
+    int perm[NB_MAX_DIMS], np = 0;
+    int64_t shape[NB_MAX_DIMS], r = 1;
+    for (int d = 0; d < x->ndim; d++)
+        if (!(mask & (1u << d))) {
+            perm[np] = d;
+            shape[np++] = x->shape[d];
+        }
+    int kept = np;
+    for (int d = 0; d < x->ndim; d++)
+        if (mask & (1u << d)) {
+            perm[np++] = d;
+            r *= x->shape[d];
+        }
+    shape[kept] = r;
+    bool identity = true;
+    for (int d = 0; d < x->ndim; d++) identity = identity && perm[d] == d;
+    nb_tensor *p = identity ? x : nb_permute(x, x->ndim, perm);
+    return nb_reshape(p, kept + 1, shape);
+}
+
+/* Reshape a reduction result [kept...] to the requested output shape. */
+static nb_tensor *reduced_shape(nb_tensor *r, const nb_tensor *x, uint32_t mask, int keepdim)
+{
+    int64_t shape[NB_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        if (!(mask & (1u << d)))
+            shape[nd++] = x->shape[d];
+        else if (keepdim)
+            shape[nd++] = 1;
+    }
+    return nb_reshape(r, nd, shape);
+}
+
+static nb_tensor *extreme(const char *who, nb_tensor *x, int naxes, const int *axes, int keepdim, int is_min)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    uint32_t mask;
+    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    for (int d = 0; d < x->ndim; d++)
+        if ((mask & (1u << d)) && x->shape[d] == 0)
+            return nb__fail(NB_ERR_SHAPE, "%s: %s is empty along axis %d", who, NB_SHP(x), d);
+    nb_tensor *grouped = group_axes(x, mask);
+    if (!grouped) return NULL;
+    int last = grouped->ndim - 1;
+    nb_tensor *idx = arg_extreme(who, grouped, last, 1, is_min);
+    return reduced_shape(nb_gather(grouped, last, idx), x, mask, keepdim);
+}
+
+nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim) { return extreme("nb_max", x, naxes, axes, keepdim, 0); }
+nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim) { return extreme("nb_min", x, naxes, axes, keepdim, 1); }
+
+/* ---- logsumexp, var, std ---------------------------------------------------------------------- */
+
+/* lse(x) = m + log(sum(exp(x - m))) with m = max(x) held constant (lse does not depend on the shift,
+ * so the gradient is the same, and exp never overflows). */
+nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
+{
+    const char *who = "nb_logsumexp";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    uint32_t mask;
+    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
+    nb_tensor *m = extreme(who, x, naxes, axes, 1, 0);
+    nb_no_grad_end();
+    if (!m) return NULL;
+    /* an all -inf (or +inf) group has no finite shift: use 0 there */
+    for (int64_t i = 0; i < m->numel; i++) {
+        double v = nb__get(m, i);
+        if (v - v != 0) nb__set(m, i, 0.0);
+    }
+    nb_tensor *s = nb_log(sum_mask(who, nb_exp(nb_sub(x, m)), mask, 1));
+    return reduced_shape(nb_add(s, m), x, mask, keepdim);
+}
+
+nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
+{
+    const char *who = "nb_var";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    uint32_t mask;
+    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: correction %d is negative", who, correction);
+    int64_t count = 1;
+    for (int d = 0; d < x->ndim; d++)
+        if (mask & (1u << d)) count *= x->shape[d];
+    nb_tensor *mean = nb_mul_scalar(sum_mask(who, x, mask, 1), 1.0 / (double)count);
+    nb_tensor *d2 = nb_square(nb_sub(x, mean));
+    /* count <= correction gives inf or NaN, as in PyTorch */
+    return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)(count - correction));
+}
+
+nb_tensor *nb_std(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
+{
+    return nb_sqrt(nb_var(x, naxes, axes, correction, keepdim));
+}
+
+/* ---- softmax, log_softmax --------------------------------------------------------------------- */
+
+static void softmax_kernel(nb_tensor *out, const nb_tensor *x, int axis, int take_log)
+{
+    int64_t outer, n, inner;
+    around_axis(x, axis, &outer, &n, &inner);
+    if (x->dtype == NB_F32)
+        nb_k_softmax_f32(outer, n, inner, x->data, out->data, take_log);
+    else
+        nb_k_softmax_f64(outer, n, inner, x->data, out->data, take_log);
+}
+
+/* y = exp(x - max) / sum(exp(x - max)) along i[0] */
+NB_FW(softmax) { softmax_kernel(out, in[0], (int)at->i[0], 0); }
+/* dx = y * (g - sum(g y)) along the axis */
+NB_BW(softmax)
+{
+    if (!NB_NEED(0)) return;
+    int axis = (int)n->attrs.i[0];
+    nb_tensor *y = n->out;
+    gin[0] = nb_mul(y, nb_sub(g, nb_sum(nb_mul(g, y), 1, &axis, 1)));
+}
+
+/* y = x - max - log(sum(exp(x - max))) along i[0] */
+NB_FW(log_softmax) { softmax_kernel(out, in[0], (int)at->i[0], 1); }
+/* dx = g - exp(y) sum(g) along the axis */
+NB_BW(log_softmax)
+{
+    if (!NB_NEED(0)) return;
+    int axis = (int)n->attrs.i[0];
+    gin[0] = nb_sub(g, nb_mul(nb_exp(n->out), nb_sum(g, 1, &axis, 1)));
+}
+
+static nb_tensor *softmax_op(const char *who, nb_op_id op, nb_tensor *x, int axis)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__check_float(who, x)) return NULL;
+    int d = nb__axis(axis, x->ndim);
+    if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    nb_attrs at = {.i = {d}};
+    return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
+}
+
+nb_tensor *nb_softmax(nb_tensor *x, int axis) { return softmax_op("nb_softmax", NB_OP_SOFTMAX, x, axis); }
+nb_tensor *nb_log_softmax(nb_tensor *x, int axis) { return softmax_op("nb_log_softmax", NB_OP_LOG_SOFTMAX, x, axis); }
+
+/* ---- dropout ---------------------------------------------------------------------------------- */
+
+nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng)
+{
+    const char *who = "nb_dropout_mask";
+    if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
+    if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: p = %g is not in [0, 1]", who, p);
+    if (!nb__is_float(dtype)) return nb__fail(NB_ERR_DTYPE, "%s: dtype %s is not f32 or f64", who, nb_dtype_name(dtype));
+    nb_tensor *m = nb_zeros(dtype, ndim, shape);
+    if (!m || p >= 1) return m;
+    double keep = 1.0 / (1.0 - p);
+    for (int64_t i = 0; i < m->numel; i++)
+        if (nb_rng_uniform(rng) >= p) nb__set(m, i, keep);
+    return m;
+}
+
+nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "nb_dropout: input is NULL");
+    if (p == 0.0) return x;
+    return nb_mul(x, nb_dropout_mask(x->dtype, x->ndim, x->shape, p, rng));
+}
