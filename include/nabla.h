@@ -229,6 +229,11 @@ size_t nb_tape_bytes_reserved(const nb_tape *tape);
 const char *nb_tape_node_op(const nb_tape *tape, size_t i);
 nb_tensor *nb_tape_node_output(const nb_tape *tape, size_t i);
 
+/* Scratch memory (64-byte aligned) on the current tape's arena, released with the tape's other
+ * contents at reset: for per-step arrays in layers and custom ops. NULL, with an error, when no tape
+ * is current or memory runs out. */
+void *nb_scratch(size_t bytes);
+
 /* No-grad scope for this thread: ops still run (results on the current tape) but record nothing.
  * Scopes nest. */
 void nb_no_grad_begin(void);
@@ -517,5 +522,7 @@ void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
 #ifdef __cplusplus
 }
 #endif
+
+#include "nabla/nn.h"
 
 #endif /* NABLA_H */

@@ -95,7 +95,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                                    nd->op->name);
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
-            if (x->version != nd->in_version[j])
+            if (*x->vp != nd->in_version[j])
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nd->op->name);
@@ -178,6 +178,8 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
         memcpy(leaf->grad->data, sum->data, (size_t)sum->numel * nb_dtype_size(sum->dtype));
         return NB_OK;
     }
+    /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
+    if (leaf->grad_tape) nb__tape_forget_leaf(leaf->grad_tape, leaf);
     return nb__add_inplace(leaf->grad, g);
 }
 
@@ -219,7 +221,9 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_status st = NB_OK;
     pass p = {.who = who, .tape = tape, .flags = flags, .epoch = nb__next_epoch()};
 
-    if (!seed) seed = nb_full_like(out, 1.0);
+    /* the seed enters as a copy on the tape, so no gradient handed back aliases the caller's tensor
+     * (under NB_CREATE_GRAPH the copy is recorded: gradients can flow on into the seed) */
+    seed = seed ? nb_affine(seed, 1.0, 0.0) : nb_full_like(out, 1.0);
     if (!seed) {
         st = nb_error_code();
         goto done;

@@ -18,6 +18,7 @@ struct nb_tensor {
     int ndim;
     uint32_t flags;
     uint32_t version; /* bumped by every in-place change of a leaf */
+    uint32_t *vp;     /* the version counter that guards this data: &version, or a view's base's */
     int64_t numel;
     int64_t shape[NB_MAX_DIMS];
     void *data;
@@ -84,7 +85,7 @@ typedef enum nb_op_id {
     NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step; out extent along axis from out */
     NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
     NB_OP_PAD,          /* i[d] = elements before along dim d; f[0] = fill value */
-    NB_OP_CONCAT,       /* any number of inputs; i[0] = axis */
+    NB_OP_CONCAT,       /* any number of inputs; i[0] = axis, i[1] = number of inputs */
     NB_OP_INDEX_SELECT, /* inputs x, idx (i64 1-D); i[0] = axis */
     NB_OP_INDEX_ADD,    /* inputs idx, src; zeros of out's shape with src added at idx along i[0] */
     NB_OP_GATHER,       /* inputs x, idx (i64, x's ndim); i[0] = axis */

@@ -108,6 +108,14 @@ nb_tensor *nb_tape_node_output(const nb_tape *t, size_t i)
 
 void *nb__tape_alloc(nb_tape *t, size_t size) { return nb__arena_alloc(&t->arena, size); }
 
+void *nb_scratch(size_t bytes)
+{
+    if (!t_current) return nb__fail(NB_ERR_STATE, "nb_scratch: no current tape (call nb_tape_begin first)");
+    void *p = nb__tape_alloc(t_current, bytes);
+    if (!p) return nb__fail(NB_ERR_NOMEM, "nb_scratch: out of memory for %zu bytes", bytes);
+    return p;
+}
+
 bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf)
 {
     if (leaf->grad_tape == t) return true;
@@ -166,6 +174,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         for (int i = 0; i < ndim; i++) out->shape[i] = shape[i];
         out->numel = in[0]->numel;
         out->data = in[0]->data;
+        out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
     } else {
         out = nb__tape_tensor(who, dtype, ndim, shape);
@@ -199,7 +208,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
     n->flags = 0;
     for (int i = 0; i < n_in; i++) {
         n->in[i] = in[i];
-        n->in_version[i] = in[i]->version;
+        n->in_version[i] = *in[i]->vp;
     }
     if (attrs)
         n->attrs = *attrs;

@@ -91,6 +91,7 @@ static void init_header(nb_tensor *t, nb_dtype dt, int ndim, const int64_t *shap
     t->dtype = dt;
     t->ndim = ndim;
     t->numel = n;
+    t->vp = &t->version;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
 }
 

@@ -1,0 +1,280 @@
+/*
+ * nabla/nn: layers, losses and regularisation composed from nabla's differentiable ops (no
+ * hand-written backward anywhere). Included by nabla.h.
+ *
+ * Ownership: a parameter collection (nb_params) owns every parameter tensor registered in it and
+ * frees them all in nb_params_free. Layer structs are plain values holding borrowed pointers to
+ * their parameters; copy or discard them freely, but do not use them after their collection is freed.
+ * Weights follow PyTorch's layouts and names (a Linear weight is [out, in]; LSTM gates are ordered
+ * input, forget, cell, output), so parameters map one-to-one onto PyTorch checkpoints.
+ */
+#ifndef NABLA_NN_H
+#define NABLA_NN_H
+
+#ifndef NABLA_H
+#error "include <nabla.h>, not <nabla/nn.h>"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Parameter collections                                                                           */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct nb_params nb_params;
+
+/* A new, empty collection in training mode. Free with nb_params_free. */
+nb_params *nb_params_new(void);
+/* Frees the collection and every tensor in it. NULL is ignored. */
+void nb_params_free(nb_params *p);
+/* Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
+ * collection takes ownership of t, also on failure (then t is freed and NULL returned). */
+nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
+/* Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
+nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);
+int nb_params_count(const nb_params *p);
+/* The i-th tensor and its name, in registration order; NULL when out of range. */
+nb_tensor *nb_params_tensor(const nb_params *p, int i);
+const char *nb_params_name(const nb_params *p, int i);
+/* Whether the i-th tensor is trained (1) or a buffer (0). */
+int nb_params_trainable(const nb_params *p, int i);
+/* The tensor registered under name, or NULL (no error recorded). */
+nb_tensor *nb_params_find(const nb_params *p, const char *name);
+/* Total number of trainable elements. */
+int64_t nb_params_numel(const nb_params *p);
+/* Zero every parameter's gradient (keeping the buffers). */
+void nb_params_zero_grad(nb_params *p);
+/* Training mode (the default) or evaluation mode; dropout acts only in training mode. */
+void nb_params_set_training(nb_params *p, int training);
+int nb_params_training(const nb_params *p);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Initialisers                                                                                    */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_init_kind {
+    NB_INIT_DEFAULT = 0,     /* the layer's standard initialisation */
+    NB_INIT_ZEROS,
+    NB_INIT_CONSTANT,        /* a */
+    NB_INIT_UNIFORM,         /* U(-a, a) */
+    NB_INIT_NORMAL,          /* N(0, a^2) */
+    NB_INIT_XAVIER_UNIFORM,  /* U(-b, b), b = a sqrt(6 / (fan_in + fan_out)); gain a (0 means 1) */
+    NB_INIT_XAVIER_NORMAL,   /* N(0, s^2), s = a sqrt(2 / (fan_in + fan_out)) */
+    NB_INIT_KAIMING_UNIFORM, /* U(-b, b), b = sqrt(6 / fan_in) (ReLU gain sqrt 2; a: leaky slope) */
+    NB_INIT_KAIMING_NORMAL,  /* N(0, s^2), s = sqrt(2 / ((1 + a^2) fan_in)) */
+    NB_INIT_COUNT
+} nb_init_kind;
+
+typedef struct nb_init {
+    nb_init_kind kind;
+    double a;
+} nb_init;
+
+/* Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer). */
+nb_status nb_init_tensor(nb_tensor *t, nb_init init, int64_t fan_in, int64_t fan_out, nb_rng *rng);
+
+/* Options shared by layer constructors; NULL or a zeroed struct gives the defaults. */
+typedef struct nb_layer_opts {
+    nb_dtype dtype;      /* of the parameters (default NB_F32) */
+    int no_bias;         /* 1: no bias terms */
+    nb_init weight_init; /* default: the layer's standard (PyTorch's, except where noted) */
+    nb_init bias_init;
+    nb_init forget_bias; /* LSTM: the forget gate's input bias; default constant 1 */
+} nb_layer_opts;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Layers                                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_activation {
+    NB_ACT_NONE = 0, NB_ACT_RELU, NB_ACT_TANH, NB_ACT_SIGMOID, NB_ACT_GELU, NB_ACT_LEAKY_RELU,
+    NB_ACT_ELU, NB_ACT_SOFTPLUS, NB_ACT_COUNT
+} nb_activation;
+
+/* Apply an activation (leaky ReLU slope 0.01, ELU alpha 1). */
+nb_tensor *nb_activate(nb_tensor *x, nb_activation act);
+const char *nb_activation_name(nb_activation act);
+
+/* The perceptron: y = x W^T + b, W [out, in] ("name.weight"), b [out] ("name.bias").
+ * Default init: W and b ~ U(-1/sqrt(in), 1/sqrt(in)), as PyTorch. */
+typedef struct nb_linear {
+    nb_tensor *weight, *bias; /* bias NULL with no_bias */
+    int64_t in, out;
+} nb_linear;
+nb_status nb_linear_init(nb_linear *l, nb_params *p, const char *name, int64_t in, int64_t out,
+                         const nb_layer_opts *opts, nb_rng *rng);
+/* x [..., in] -> [..., out] */
+nb_tensor *nb_linear_forward(const nb_linear *l, nb_tensor *x);
+
+#define NB_MLP_MAX_LAYERS 16
+
+/* Linear layers with an activation (and dropout, in training mode) between them, none after the
+ * last. Layer i is "name.<i>". */
+typedef struct nb_mlp {
+    int n_layers;
+    nb_linear layer[NB_MLP_MAX_LAYERS];
+    nb_activation act;
+    double dropout;
+    nb_rng *rng;            /* for dropout; borrowed */
+    const nb_params *owner; /* whose training mode applies */
+} nb_mlp;
+/* sizes: n_sizes >= 2 extents, input first (n_sizes - 1 layers). rng draws the initial weights and,
+ * when dropout > 0, the dropout masks later: it must outlive the MLP then. */
+nb_status nb_mlp_init(nb_mlp *m, nb_params *p, const char *name, int n_sizes, const int64_t *sizes,
+                      nb_activation act, double dropout, const nb_layer_opts *opts, nb_rng *rng);
+nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x);
+
+/* Inverted dropout in training mode of model (identity in evaluation mode or for p = 0). */
+nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
+
+/* Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. */
+typedef struct nb_embedding {
+    nb_tensor *weight;
+    int64_t num, dim;
+} nb_embedding;
+nb_status nb_embedding_init(nb_embedding *e, nb_params *p, const char *name, int64_t num, int64_t dim,
+                            const nb_layer_opts *opts, nb_rng *rng);
+/* idx: i64 [...] -> [..., dim]; indices must be in [0, num). Repeated indices accumulate gradient. */
+nb_tensor *nb_embedding_forward(const nb_embedding *e, nb_tensor *idx);
+
+/* Layer normalisation over the last dim: (x - mean) / sqrt(var + eps) * weight + bias, with the
+ * biased variance; weight ("name.weight") ones, bias ("name.bias") zeros. */
+typedef struct nb_layer_norm {
+    nb_tensor *weight, *bias;
+    int64_t dim;
+    double eps;
+} nb_layer_norm;
+nb_status nb_layer_norm_init(nb_layer_norm *ln, nb_params *p, const char *name, int64_t dim, double eps,
+                             const nb_layer_opts *opts);
+nb_tensor *nb_layer_norm_forward(const nb_layer_norm *ln, nb_tensor *x);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Recurrent layers                                                                                */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_rnn_kind { NB_RNN_TANH = 0, NB_RNN_RELU, NB_LSTM, NB_GRU, NB_RNN_KIND_COUNT } nb_rnn_kind;
+
+/* One recurrent cell: w_ih [G*hidden, input], w_hh [G*hidden, hidden], b_ih, b_hh [G*hidden], with
+ * G = 1 (Elman), 4 (LSTM: input, forget, cell, output) or 3 (GRU: reset, update, new), named
+ * "name.weight_ih", "name.weight_hh", "name.bias_ih", "name.bias_hh". Default init U(-k, k),
+ * k = 1/sqrt(hidden), as PyTorch, except the LSTM forget gate's b_ih (opts->forget_bias, default 1). */
+typedef struct nb_rnn_cell {
+    nb_rnn_kind kind;
+    int64_t input, hidden;
+    nb_tensor *w_ih, *w_hh, *b_ih, *b_hh;
+} nb_rnn_cell;
+nb_status nb_rnn_cell_init(nb_rnn_cell *c, nb_params *p, const char *name, nb_rnn_kind kind, int64_t input,
+                           int64_t hidden, const nb_layer_opts *opts, nb_rng *rng);
+/* Elman: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh); x [B, input], h [B, hidden]. */
+nb_tensor *nb_elman_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h);
+/* LSTM: i, f, g, o = sigma, sigma, tanh, sigma of the gate pre-activations;
+ * c' = f c + i g; h' = o tanh(c'). */
+nb_status nb_lstm_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tensor *cell, nb_tensor **h_out,
+                       nb_tensor **c_out);
+/* GRU: r, z = sigma(...); n = tanh(x W_in^T + b_in + r (h W_hn^T + b_hn)); h' = (1 - z) n + z h. */
+nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h);
+
+#define NB_RNN_MAX_LAYERS 8
+
+/* A multi-layer recurrent network over sequences; layer l's cell is named "name.*_l<l>" as in
+ * torch.nn.RNN/LSTM/GRU ("name.weight_ih_l0", ...). */
+typedef struct nb_rnn {
+    nb_rnn_kind kind;
+    int layers;
+    int64_t input, hidden;
+    int batch_first;        /* x is [B, T, F] rather than [T, B, F] */
+    double dropout;         /* between layers, in training mode */
+    nb_rng *rng;            /* for dropout; borrowed */
+    const nb_params *owner;
+    nb_rnn_cell cell[NB_RNN_MAX_LAYERS];
+} nb_rnn;
+
+typedef struct nb_rnn_opts {
+    nb_layer_opts layer;
+    int batch_first;
+    double dropout;
+} nb_rnn_opts;
+
+nb_status nb_rnn_init(nb_rnn *r, nb_params *p, const char *name, nb_rnn_kind kind, int64_t input,
+                      int64_t hidden, int layers, const nb_rnn_opts *opts, nb_rng *rng);
+
+/* Recurrent state: h [layers, B, hidden], and c of the same shape for an LSTM (NULL otherwise). */
+typedef struct nb_rnn_state {
+    nb_tensor *h, *c;
+} nb_rnn_state;
+
+/* Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
+ * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
+ * length leave its state unchanged and output zeros. out (may be NULL): every step's top-layer
+ * output, [T, B, hidden] (or [B, T, hidden]). final (may be NULL): the state after each sequence's
+ * last step. The input projection of all steps is one matrix product per layer. */
+nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init, const int64_t *lengths,
+                         nb_tensor **out, nb_rnn_state *final);
+
+/* Truncated backpropagation through time: copy a state's values into caller-owned leaves kept in
+ * *keep (allocated on the first call, reused after), which carry the state into the next chunk
+ * without a graph and survive nb_tape_reset. Free with nb_rnn_state_free. */
+nb_status nb_rnn_state_keep(const nb_rnn_state *state, nb_rnn_state *keep);
+void nb_rnn_state_free(nb_rnn_state *keep);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Attention                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* softmax(q k^T / sqrt(d) + masks) v over the last two dims: q [..., Tq, d], k [..., Tk, d],
+ * v [..., Tk, dv] -> [..., Tq, dv]. mask: NULL, or 1 = attend / 0 = masked, broadcastable to
+ * [..., Tq, Tk] (a key padding mask is [B, 1, 1, Tk] for 4-D inputs); causal: position i attends to
+ * keys j <= i only. A query with every key masked yields NaN, as in PyTorch. */
+nb_tensor *nb_attention(nb_tensor *q, nb_tensor *k, nb_tensor *v, nb_tensor *mask, int causal);
+
+/* Multi-head attention with q, k, v and output projections ("name.q_proj", "name.k_proj",
+ * "name.v_proj", "name.out_proj", each a Linear [embed, embed]); heads must divide embed. Default
+ * init: Xavier uniform weights and zero biases, as torch.nn.MultiheadAttention. */
+typedef struct nb_mha {
+    int64_t embed, heads;
+    nb_linear q_proj, k_proj, v_proj, out_proj;
+} nb_mha;
+nb_status nb_mha_init(nb_mha *m, nb_params *p, const char *name, int64_t embed, int64_t heads,
+                      const nb_layer_opts *opts, nb_rng *rng);
+/* q [B, Tq, E], k and v [B, Tk, E] (batch first) -> [B, Tq, E]. key_padding: NULL or [B, Tk] of
+ * 1 = real / 0 = padding, in the inputs' dtype. */
+nb_tensor *nb_mha_forward(const nb_mha *m, nb_tensor *q, nb_tensor *k, nb_tensor *v, nb_tensor *key_padding,
+                  int causal);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Losses and regularisation                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_reduction { NB_REDUCE_MEAN = 0, NB_REDUCE_SUM, NB_REDUCE_NONE, NB_REDUCTION_COUNT } nb_reduction;
+
+/* (pred - target)^2, same shapes. */
+nb_tensor *nb_mse_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction);
+/* Binary cross-entropy from logits x and targets t in [0, 1], same shapes:
+ * max(x, 0) - x t + log(1 + exp(-|x|)), finite for any x. */
+nb_tensor *nb_bce_with_logits(nb_tensor *logits, nb_tensor *target, nb_reduction reduction);
+
+typedef struct nb_ce_opts {
+    nb_reduction reduction;
+    int64_t ignore_index;    /* labels equal to it add nothing (only when use_ignore_index) */
+    int use_ignore_index;
+    double label_smoothing;  /* in [0, 1]: the target is (1 - s) one-hot + s / C uniform */
+} nb_ce_opts;
+
+/* Cross-entropy from logits [N, C] and i64 labels [N] in [0, C) (or the ignore index). opts NULL:
+ * mean, no ignore index, no smoothing. The mean is over the labels not ignored. */
+nb_tensor *nb_cross_entropy(nb_tensor *logits, nb_tensor *labels, const nb_ce_opts *opts);
+/* Negative log-likelihood of log-probabilities [N, C] at i64 labels [N]. */
+nb_tensor *nb_nll_loss(nb_tensor *log_probs, nb_tensor *labels, const nb_ce_opts *opts);
+
+/* coeff * sum of squares of every trainable parameter of p with at least 2 dims (weights, not
+ * biases), as one scalar of dtype: weight decay as a loss term. */
+nb_tensor *nb_l2_penalty(const nb_params *p, double coeff, nb_dtype dtype);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NABLA_NN_H */

@@ -1,0 +1,709 @@
+/* Shape and indexing ops: slice and its adjoint slice_embed, pad, concat, index_select and its adjoint
+ * index_add, gather and its adjoint scatter_add; and the compositions built on them (stack, split,
+ * chunk, squeeze, unsqueeze, one_hot). Copies are generic over the element size, so f32, f64 and i64
+ * data all work; the adjoints add values and are float-only, accumulating in double. Indices are i64
+ * and are checked against their extent before any op runs. */
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- shared helpers --------------------------------------------------------------------------- */
+
+/* Row-major element strides of a contiguous tensor of the given shape. */
+static void contiguous_strides(int ndim, const int64_t *shape, int64_t *st)
+{
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        st[d] = s;
+        s *= shape[d];
+    }
+}
+
+/* t viewed as [outer, t->shape[axis], inner]. */
+static void around_axis(const nb_tensor *t, int axis, int64_t *outer, int64_t *inner)
+{
+    *outer = nb__numel(axis, t->shape);
+    *inner = nb__numel(t->ndim - axis - 1, t->shape + axis + 1);
+}
+
+#define STRIDED_PLACE(T)                                                                               \
+    do {                                                                                               \
+        const T *s = src;                                                                              \
+        T *o = dst;                                                                                    \
+        int64_t idx[NB_MAX_DIMS] = {0}, off = 0;                                                       \
+        const int64_t inner = ndim ? shape[ndim - 1] : 1, si = ndim ? st[ndim - 1] : 0;                \
+        for (int64_t r = 0, outer = total / inner; r < outer; r++) {                                   \
+            if (si == 1)                                                                               \
+                memcpy(o + off, s, (size_t)inner * sizeof(T));                                         \
+            else                                                                                       \
+                for (int64_t k = 0; k < inner; k++) o[off + k * si] = s[k];                            \
+            s += inner;                                                                                \
+            for (int d = ndim - 2; d >= 0; d--) {                                                      \
+                off += st[d];                                                                          \
+                if (++idx[d] < shape[d]) break;                                                        \
+                off -= st[d] * shape[d];                                                               \
+                idx[d] = 0;                                                                            \
+            }                                                                                          \
+        }                                                                                              \
+    } while (0)
+
+/* The scatter counterpart of nb__strided_copy: dst[sum_d i_d st[d]] = src[i] for every index i of
+ * shape, src contiguous [shape], dst strided (element strides st); elements of esize bytes (4 or 8). */
+static void strided_place(size_t esize, int ndim, const int64_t *shape, const int64_t *st, const void *src,
+                          void *dst)
+{
+    int64_t total = nb__numel(ndim, shape);
+    if (total == 0) return;
+    if (esize == 4)
+        STRIDED_PLACE(uint32_t);
+    else
+        STRIDED_PLACE(uint64_t);
+}
+
+/* t[numel] = v in t's dtype: one element converted, then doubled by copies. */
+static void fill(nb_tensor *t, double v)
+{
+    size_t es = nb_dtype_size(t->dtype);
+    char *p = t->data;
+    if (t->numel == 0) return;
+    if (v == 0.0 && !signbit(v)) {
+        memset(p, 0, (size_t)t->numel * es);
+        return;
+    }
+    nb__set(t, 0, v);
+    for (int64_t k = 1; k < t->numel; k *= 2) {
+        int64_t n = k < t->numel - k ? k : t->numel - k;
+        memcpy(p + (size_t)k * es, p, (size_t)n * es);
+    }
+}
+
+/* Accumulator for the adds of index_add and scatter_add: out's own buffer for f64, a double scratch
+ * on the tape for f32 (acc_finish rounds it into out); zeroed. NULL, with out zeroed and an error
+ * recorded, when out of memory. */
+static double *acc_begin(const char *who, nb_tensor *out)
+{
+    size_t bytes = (size_t)out->numel * sizeof(double);
+    double *acc = out->dtype == NB_F64 ? out->data : nb__tape_alloc(out->tape, bytes);
+    if (!acc) {
+        memset(out->data, 0, (size_t)out->numel * nb_dtype_size(out->dtype));
+        nb__fail(NB_ERR_NOMEM, "%s: out of memory for the accumulator of %s", who, NB_SHP(out));
+        return NULL;
+    }
+    memset(acc, 0, bytes);
+    return acc;
+}
+
+static void acc_finish(nb_tensor *out, const double *acc)
+{
+    if (out->dtype != NB_F32) return;
+    float *o = out->data;
+    for (int64_t i = 0; i < out->numel; i++) o[i] = (float)acc[i];
+}
+
+/* Check that idx is an i64 tensor whose entries lie in [0, extent), extent being dim `axis` of `shape`
+ * (the tensor indexed). Records a message naming `who` and the first bad index otherwise. */
+static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const int64_t *shape, int axis)
+{
+    if (idx->dtype != NB_I64) {
+        nb__fail(NB_ERR_DTYPE, "%s: idx is %s %s: expected i64", who, nb_dtype_name(idx->dtype), NB_SHP(idx));
+        return false;
+    }
+    const int64_t *ix = idx->data;
+    for (int64_t e = 0; e < idx->numel; e++) {
+        if (ix[e] < 0 || ix[e] >= shape[axis]) {
+            nb__fail(NB_ERR_ARG, "%s: index %lld out of range for extent %lld of %s along axis %d", who,
+                     (long long)ix[e], (long long)shape[axis], nb__shape_str(ndim, shape), axis);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The same data as x in another shape (the reshape view), with errors naming `who`. */
+static nb_tensor *view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
+{
+    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, shape);
+}
+
+/* ---- slice and slice_embed -------------------------------------------------------------------- */
+
+/* out [.., m, ..] = x [.., n, ..] at start, start + step, ... along axis (i[0], i[1], i[2]) */
+NB_FW(slice)
+{
+    const nb_tensor *x = in[0];
+    if (out->numel == 0) return;
+    int axis = (int)at->i[0];
+    size_t es = nb_dtype_size(x->dtype);
+    int64_t st[NB_MAX_DIMS];
+    contiguous_strides(x->ndim, x->shape, st);
+    const char *base = (const char *)x->data + (size_t)(at->i[1] * st[axis]) * es;
+    st[axis] *= at->i[2];
+    nb__strided_copy(es, out->ndim, out->shape, st, base, out->data);
+}
+
+/* Zeros of shape with g placed at start, start + step, ... along axis: the adjoint of a slice. */
+static nb_tensor *slice_embed(const char *who, nb_tensor *g, int ndim, const int64_t *shape, int axis,
+                              int64_t start, int64_t step)
+{
+    if (!g) return nb__fail(NB_ERR_ARG, "%s: gradient is NULL", who);
+    nb_attrs at = {.i = {axis, start, step}};
+    return nb__apply(who, NB_OP_SLICE_EMBED, 1, &g, &at, g->dtype, ndim, shape);
+}
+
+/* d slice(x) = slice_embed(dout): each output element came from one element of x, the rest get 0 */
+NB_BW(slice)
+{
+    if (!NB_NEED(0)) return;
+    const nb_tensor *x = n->in[0];
+    gin[0] = slice_embed("nb_slice (backward)", g, x->ndim, x->shape, (int)n->attrs.i[0], n->attrs.i[1],
+                         n->attrs.i[2]);
+}
+
+/* out [.., n, ..] = 0 except out[.., start + k step, ..] = x [.., m, ..][.., k, ..] along axis */
+NB_FW(slice_embed)
+{
+    const nb_tensor *x = in[0];
+    size_t es = nb_dtype_size(out->dtype);
+    memset(out->data, 0, (size_t)out->numel * es);
+    if (x->numel == 0) return;
+    int axis = (int)at->i[0];
+    int64_t st[NB_MAX_DIMS];
+    contiguous_strides(out->ndim, out->shape, st);
+    char *base = (char *)out->data + (size_t)(at->i[1] * st[axis]) * es;
+    st[axis] *= at->i[2];
+    strided_place(es, x->ndim, x->shape, st, x->data, base);
+}
+
+/* d slice_embed(x) = slice(dout) at the same positions: the adjoint of the adjoint */
+NB_BW(slice_embed)
+{
+    if (!NB_NEED(0)) return;
+    int axis = (int)n->attrs.i[0];
+    int64_t start = n->attrs.i[1], step = n->attrs.i[2], m = n->in[0]->shape[axis];
+    gin[0] = nb_slice(g, axis, start, m ? start + (m - 1) * step + 1 : start, step);
+}
+
+/* Python's clamping of a slice bound against extent n: negative counts from the end. */
+static int64_t clamp_bound(int64_t b, int64_t n)
+{
+    if (b < 0) b += n;
+    return b < 0 ? 0 : b > n ? n : b;
+}
+
+nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t step)
+{
+    const char *who = "nb_slice";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    if (step <= 0)
+        return nb__fail(NB_ERR_ARG, "%s: step %lld along axis %d of %s: must be positive", who,
+                        (long long)step, axis, NB_SHP(x));
+    int64_t n = x->shape[ax], b = clamp_bound(start, n), e = clamp_bound(stop, n);
+    int64_t m = e > b ? (e - b - 1) / step + 1 : 0;
+    if (m == n) return x; /* the whole axis */
+    int64_t shape[NB_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[ax] = m;
+    nb_attrs at = {.i = {ax, b, step}};
+    return nb__apply(who, NB_OP_SLICE, 1, &x, &at, x->dtype, x->ndim, shape);
+}
+
+nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tensor **outs)
+{
+    const char *who = "nb_split";
+    if (!outs) return nb__fail_status(NB_ERR_ARG, "%s: outs is NULL", who);
+    for (int i = 0; i < n; i++) outs[i] = NULL;
+    if (!x) return nb__fail_status(NB_ERR_ARG, "%s: input is NULL", who);
+    if (n < 1 || !sizes)
+        return nb__fail_status(NB_ERR_ARG, "%s: %s into %d pieces with sizes=%p", who, NB_SHP(x), n,
+                               (const void *)sizes);
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) return nb__fail_status(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    int64_t extent = x->shape[ax], sum = 0;
+    for (int i = 0; i < n; i++) {
+        if (sizes[i] < 0 || sizes[i] > extent - sum)
+            return nb__fail_status(NB_ERR_SHAPE, "%s: size %lld of piece %d does not fit: the sizes must "
+                                   "be >= 0 and sum to the extent %lld of %s along axis %d", who,
+                                   (long long)sizes[i], i, (long long)extent, NB_SHP(x), axis);
+        sum += sizes[i];
+    }
+    if (sum != extent)
+        return nb__fail_status(NB_ERR_SHAPE, "%s: sizes sum to %lld, not to the extent %lld of %s along "
+                               "axis %d", who, (long long)sum, (long long)extent, NB_SHP(x), axis);
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        outs[i] = nb_slice(x, ax, off, off + sizes[i], 1);
+        if (!outs[i]) {
+            for (int j = 0; j < i; j++) outs[j] = NULL;
+            return nb_error_code();
+        }
+        off += sizes[i];
+    }
+    return NB_OK;
+}
+
+int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs)
+{
+    const char *who = "nb_chunk";
+    for (int i = 0; outs && i < n; i++) outs[i] = NULL;
+    if (!x || !outs) {
+        nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "outs");
+        return -1;
+    }
+    if (n < 1) {
+        nb__fail(NB_ERR_ARG, "%s: %s into %d pieces: need at least 1", who, NB_SHP(x), n);
+        return -1;
+    }
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) {
+        nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+        return -1;
+    }
+    int64_t extent = x->shape[ax], size = (extent + n - 1) / n;
+    int pieces = size ? (int)((extent + size - 1) / size) : 1;
+    for (int i = 0; i < pieces; i++) {
+        int64_t b = i * size, e = b + size < extent ? b + size : extent;
+        outs[i] = nb_slice(x, ax, b, e, 1);
+        if (!outs[i]) {
+            for (int j = 0; j < i; j++) outs[j] = NULL;
+            return -1;
+        }
+    }
+    return pieces;
+}
+
+/* ---- squeeze / unsqueeze (views) -------------------------------------------------------------- */
+
+nb_tensor *nb_squeeze(nb_tensor *x, int axis)
+{
+    const char *who = "nb_squeeze";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    if (x->shape[ax] != 1)
+        return nb__fail(NB_ERR_SHAPE, "%s: axis %d of %s has extent %lld, not 1", who, axis, NB_SHP(x),
+                        (long long)x->shape[ax]);
+    int64_t shape[NB_MAX_DIMS];
+    for (int d = 0, k = 0; d < x->ndim; d++)
+        if (d != ax) shape[k++] = x->shape[d];
+    return view(who, x, x->ndim - 1, shape);
+}
+
+nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
+{
+    const char *who = "nb_unsqueeze";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (x->ndim >= NB_MAX_DIMS)
+        return nb__fail(NB_ERR_SHAPE, "%s: %s already has the most dimensions, %d", who, NB_SHP(x), NB_MAX_DIMS);
+    int ax = nb__axis(axis, x->ndim + 1);
+    if (ax < 0)
+        return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for inserting into %s", who, axis, NB_SHP(x));
+    int64_t shape[NB_MAX_DIMS];
+    for (int d = 0, k = 0; d <= x->ndim; d++) shape[d] = d == ax ? 1 : x->shape[k++];
+    return view(who, x, x->ndim + 1, shape);
+}
+
+/* ---- pad -------------------------------------------------------------------------------------- */
+
+/* out [.., before_d + n_d + after_d, ..] = f[0] except x [.., n_d, ..] placed at offsets i[d] */
+NB_FW(pad)
+{
+    const nb_tensor *x = in[0];
+    fill(out, at->f[0]);
+    if (x->numel == 0) return;
+    size_t es = nb_dtype_size(x->dtype);
+    int64_t st[NB_MAX_DIMS], off = 0;
+    contiguous_strides(out->ndim, out->shape, st);
+    for (int d = 0; d < out->ndim; d++) off += at->i[d] * st[d];
+    strided_place(es, x->ndim, x->shape, st, x->data, (char *)out->data + (size_t)off * es);
+}
+
+/* d pad(x) = the window of dout where x was placed: one slice per dim (whole dims cost nothing) */
+NB_BW(pad)
+{
+    if (!NB_NEED(0)) return;
+    const nb_tensor *x = n->in[0];
+    nb_tensor *r = g;
+    for (int d = 0; d < x->ndim && r; d++) r = nb_slice(r, d, n->attrs.i[d], n->attrs.i[d] + x->shape[d], 1);
+    gin[0] = r;
+}
+
+nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
+{
+    const char *who = "nb_pad";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (x->ndim > 0 && !pads) return nb__fail(NB_ERR_ARG, "%s: pads is NULL for %s", who, NB_SHP(x));
+    if (x->dtype == NB_I64 && !(value >= -9.2e18 && value <= 9.2e18 && value == floor(value)))
+        return nb__fail(NB_ERR_ARG, "%s: value %g is not an i64 for %s", who, value, NB_SHP(x));
+    nb_attrs at = {.f = {value}};
+    int64_t shape[NB_MAX_DIMS];
+    bool any = false;
+    for (int d = 0; d < x->ndim; d++) {
+        int64_t b = pads[2 * d], a = pads[2 * d + 1];
+        if (b < 0 || a < 0 || b > INT64_MAX / 4 || a > INT64_MAX / 4)
+            return nb__fail(NB_ERR_ARG, "%s: pads %lld, %lld of dim %d of %s: expected >= 0", who,
+                            (long long)b, (long long)a, d, NB_SHP(x));
+        at.i[d] = b;
+        shape[d] = b + x->shape[d] + a;
+        any = any || b || a;
+    }
+    if (!any) return x;
+    return nb__apply(who, NB_OP_PAD, 1, &x, &at, x->dtype, x->ndim, shape);
+}
+
+/* ---- concat and stack ------------------------------------------------------------------------- */
+
+/* out [.., sum_i n_i, ..] = in[0] [.., n_0, ..], ..., in[k-1] one after another along axis i[0]
+ * (k = i[1]); each out row of the [outer, *] view is the inputs' rows [outer, n_i * inner] in turn */
+NB_FW(concat)
+{
+    int axis = (int)at->i[0], k = (int)at->i[1];
+    size_t es = nb_dtype_size(out->dtype);
+    int64_t outer, inner;
+    around_axis(out, axis, &outer, &inner);
+    char *o = out->data;
+    for (int64_t r = 0; r < outer; r++) {
+        for (int i = 0; i < k; i++) {
+            size_t bytes = (size_t)(in[i]->shape[axis] * inner) * es;
+            memcpy(o, (const char *)in[i]->data + (size_t)r * bytes, bytes);
+            o += bytes;
+        }
+    }
+}
+
+/* d concat(x_0, .., x_{k-1}) = concat(dx_0, ..): input i's gradient is its own block of dout */
+NB_BW(concat)
+{
+    int axis = (int)n->attrs.i[0];
+    int64_t off = 0;
+    for (int i = 0; i < n->n_in; i++) {
+        int64_t e = n->in[i]->shape[axis];
+        if (NB_NEED(i)) gin[i] = nb_slice(g, axis, off, off + e, 1);
+        off += e;
+    }
+}
+
+nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
+{
+    const char *who = "nb_concat";
+    if (n < 1 || !xs) return nb__fail(NB_ERR_ARG, "%s: %d inputs with xs=%p: need at least 1", who, n,
+                                      (const void *)xs);
+    for (int i = 0; i < n; i++)
+        if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    const nb_tensor *x0 = xs[0];
+    if (x0->ndim == 0) return nb__fail(NB_ERR_SHAPE, "%s: input 0 is 0-d: nothing to join along (use nb_stack)", who);
+    int ax = nb__axis(axis, x0->ndim);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x0));
+    int64_t shape[NB_MAX_DIMS];
+    memcpy(shape, x0->shape, sizeof shape);
+    shape[ax] = 0;
+    for (int i = 0; i < n; i++) {
+        const nb_tensor *x = xs[i];
+        if (x->dtype != x0->dtype)
+            return nb__fail(NB_ERR_DTYPE, "%s: input %d is %s %s, input 0 is %s %s", who, i,
+                            nb_dtype_name(x->dtype), NB_SHP(x), nb_dtype_name(x0->dtype), NB_SHP(x0));
+        bool fits = x->ndim == x0->ndim;
+        for (int d = 0; d < x0->ndim && fits; d++) fits = d == ax || x->shape[d] == x0->shape[d];
+        if (!fits)
+            return nb__fail(NB_ERR_SHAPE, "%s: input %d %s does not match %s outside axis %d", who, i,
+                            NB_SHP(x), NB_SHP(x0), axis);
+        if (x->shape[ax] > INT64_MAX / 16 - shape[ax])
+            return nb__fail(NB_ERR_SHAPE, "%s: the extents along axis %d add up to too many", who, axis);
+        shape[ax] += x->shape[ax];
+    }
+    if (n == 1) return xs[0];
+    nb_attrs at = {.i = {ax, n}};
+    return nb__apply(who, NB_OP_CONCAT, n, xs, &at, x0->dtype, x0->ndim, shape);
+}
+
+nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
+{
+    const char *who = "nb_stack";
+    if (n < 1 || !xs) return nb__fail(NB_ERR_ARG, "%s: %d inputs with xs=%p: need at least 1", who, n,
+                                      (const void *)xs);
+    for (int i = 0; i < n; i++)
+        if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    const nb_tensor *x0 = xs[0];
+    for (int i = 1; i < n; i++) {
+        if (xs[i]->dtype != x0->dtype)
+            return nb__fail(NB_ERR_DTYPE, "%s: input %d is %s %s, input 0 is %s %s", who, i,
+                            nb_dtype_name(xs[i]->dtype), NB_SHP(xs[i]), nb_dtype_name(x0->dtype), NB_SHP(x0));
+        if (!nb__same_shape(xs[i], x0))
+            return nb__fail(NB_ERR_SHAPE, "%s: input %d %s does not match input 0 %s", who, i, NB_SHP(xs[i]),
+                            NB_SHP(x0));
+    }
+    if (x0->ndim >= NB_MAX_DIMS)
+        return nb__fail(NB_ERR_SHAPE, "%s: inputs %s already have the most dimensions, %d", who, NB_SHP(x0),
+                        NB_MAX_DIMS);
+    int ax = nb__axis(axis, x0->ndim + 1);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for stacking %s", who, axis, NB_SHP(x0));
+    nb_tape *tape = nb__current_tape();
+    if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
+    nb_tensor **u = nb__tape_alloc(tape, (size_t)n * sizeof *u);
+    if (!u) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %d inputs", who, n);
+    int64_t shape[NB_MAX_DIMS];
+    for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
+    for (int i = 0; i < n; i++)
+        if (!(u[i] = view(who, xs[i], x0->ndim + 1, shape))) return NULL;
+    return nb_concat(n, u, ax);
+}
+
+/* ---- index_select and index_add --------------------------------------------------------------- */
+
+/* out [outer, m, inner] row k = x [outer, n, inner] row idx[k]; idx [m] (i64), axis i[0] */
+NB_FW(index_select)
+{
+    const nb_tensor *x = in[0], *idx = in[1];
+    int axis = (int)at->i[0];
+    int64_t outer, inner, n = x->shape[axis], m = idx->numel;
+    around_axis(x, axis, &outer, &inner);
+    size_t row = (size_t)inner * nb_dtype_size(x->dtype);
+    const int64_t *ix = idx->data;
+    const char *xr = x->data;
+    char *o = out->data;
+    for (int64_t r = 0; r < outer; r++, xr += (size_t)n * row)
+        for (int64_t k = 0; k < m; k++, o += row) memcpy(o, xr + (size_t)ix[k] * row, row);
+}
+
+/* Zeros of shape with src's rows added at idx along axis (repeats add up): the adjoint of
+ * index_select. */
+static nb_tensor *index_add(const char *who, int ndim, const int64_t *shape, int axis, nb_tensor *idx,
+                            nb_tensor *src)
+{
+    if (!idx || !src) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !idx ? "idx" : "src");
+    if (!nb__check_float(who, src) || !check_indices(who, idx, ndim, shape, axis)) return NULL;
+    nb_tensor *in[2] = {idx, src};
+    nb_attrs at = {.i = {axis}};
+    return nb__apply(who, NB_OP_INDEX_ADD, 2, in, &at, src->dtype, ndim, shape);
+}
+
+/* d index_select(x, idx) = index_add(dout): row k of dout goes back to row idx[k] of x, repeats add */
+NB_BW(index_select)
+{
+    if (!NB_NEED(0)) return;
+    const nb_tensor *x = n->in[0];
+    gin[0] = index_add("nb_index_select (backward)", x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
+}
+
+#define INDEX_ADD_ROWS(T)                                                                              \
+    do {                                                                                               \
+        const T *s = src->data;                                                                        \
+        for (int64_t r = 0; r < outer; r++)                                                            \
+            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
+                double *a = acc + (r * n + ix[k]) * inner;                                             \
+                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
+            }                                                                                          \
+    } while (0)
+
+/* out [outer, n, inner] = 0, then row idx[k] += src [outer, m, inner] row k; idx [m], axis i[0] */
+NB_FW(index_add)
+{
+    const nb_tensor *idx = in[0], *src = in[1];
+    int axis = (int)at->i[0];
+    int64_t outer, inner, n = out->shape[axis], m = idx->numel;
+    around_axis(out, axis, &outer, &inner);
+    if (out->numel == 0) return;
+    double *acc = acc_begin("nb_index_select (backward)", out);
+    if (!acc) return;
+    const int64_t *ix = idx->data;
+    if (src->dtype == NB_F32)
+        INDEX_ADD_ROWS(float);
+    else
+        INDEX_ADD_ROWS(double);
+    acc_finish(out, acc);
+}
+
+/* d index_add(idx, src) = index_select(dout, idx): row k of src went to row idx[k] only */
+NB_BW(index_add)
+{
+    if (NB_NEED(1)) gin[1] = nb_index_select(g, (int)n->attrs.i[0], n->in[0]);
+}
+
+nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx)
+{
+    const char *who = "nb_index_select";
+    if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    if (idx->ndim != 1)
+        return nb__fail(NB_ERR_SHAPE, "%s: idx %s must be 1-D (indexing %s)", who, NB_SHP(idx), NB_SHP(x));
+    if (!check_indices(who, idx, x->ndim, x->shape, ax)) return NULL;
+    int64_t shape[NB_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[ax] = idx->numel;
+    nb_tensor *in[2] = {x, idx};
+    nb_attrs at = {.i = {ax}};
+    return nb__apply(who, NB_OP_INDEX_SELECT, 2, in, &at, x->dtype, x->ndim, shape);
+}
+
+/* ---- gather and scatter_add ------------------------------------------------------------------- */
+
+/* A walk over the elements of an index tensor in row-major order (element e = its flat index),
+ * tracking `base`: the offset, in a contiguous target of strides st, of the element with e's
+ * coordinates and the axis coordinate 0. The element torch.gather addresses is base + idx[e] * sa. */
+typedef struct gather_walk {
+    int ndim;
+    int64_t base, sa;
+    int64_t shape[NB_MAX_DIMS], st[NB_MAX_DIMS], c[NB_MAX_DIMS];
+} gather_walk;
+
+/* idx [shape] addresses a contiguous target of tshape (same ndim) along axis. */
+static void walk_init(gather_walk *w, const nb_tensor *idx, const int64_t *tshape, int axis)
+{
+    memset(w, 0, sizeof *w);
+    w->ndim = idx->ndim;
+    memcpy(w->shape, idx->shape, sizeof w->shape);
+    contiguous_strides(idx->ndim, tshape, w->st);
+    w->sa = w->st[axis];
+    w->st[axis] = 0;
+}
+
+static inline void walk_next(gather_walk *w)
+{
+    for (int d = w->ndim - 1; d >= 0; d--) {
+        w->base += w->st[d];
+        if (++w->c[d] < w->shape[d]) return;
+        w->base -= w->st[d] * w->shape[d];
+        w->c[d] = 0;
+    }
+}
+
+#define GATHER(T)                                                                                      \
+    do {                                                                                               \
+        const T *xv = x->data;                                                                         \
+        T *o = out->data;                                                                              \
+        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) o[e] = xv[w.base + ix[e] * w.sa];      \
+    } while (0)
+
+/* out [idx's shape] = x [.., n, ..] at e's coordinates with the axis one (i[0]) replaced by idx[e] */
+NB_FW(gather)
+{
+    const nb_tensor *x = in[0], *idx = in[1];
+    const int64_t *ix = idx->data;
+    gather_walk w;
+    walk_init(&w, idx, x->shape, (int)at->i[0]);
+    if (nb_dtype_size(x->dtype) == 4)
+        GATHER(uint32_t);
+    else
+        GATHER(uint64_t);
+}
+
+/* d gather(x, idx) = scatter_add(dout): each output element came from one element of x, repeats add */
+NB_BW(gather)
+{
+    if (!NB_NEED(0)) return;
+    const nb_tensor *x = n->in[0];
+    gin[0] = nb_scatter_add(x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
+}
+
+#define SCATTER_ADD(T)                                                                                 \
+    do {                                                                                               \
+        const T *s = src->data;                                                                        \
+        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) acc[w.base + ix[e] * w.sa] += s[e];    \
+    } while (0)
+
+/* out [shape] = 0, then out at e's coordinates with the axis one (i[0]) replaced by idx[e] += src[e];
+ * idx and src of one shape */
+NB_FW(scatter_add)
+{
+    const nb_tensor *idx = in[0], *src = in[1];
+    if (out->numel == 0) return;
+    double *acc = acc_begin("nb_scatter_add", out);
+    if (!acc) return;
+    const int64_t *ix = idx->data;
+    gather_walk w;
+    walk_init(&w, idx, out->shape, (int)at->i[0]);
+    if (src->dtype == NB_F32)
+        SCATTER_ADD(float);
+    else
+        SCATTER_ADD(double);
+    acc_finish(out, acc);
+}
+
+/* d scatter_add(idx, src) = gather(dout, idx): src[e] went to one element of out only */
+NB_BW(scatter_add)
+{
+    if (NB_NEED(1)) gin[1] = nb_gather(g, (int)n->attrs.i[0], n->in[0]);
+}
+
+/* idx (same ndim as the target tshape) fits inside tshape outside axis. */
+static bool check_gather_shape(const char *who, const nb_tensor *idx, int ndim, const int64_t *tshape,
+                               int axis, const char *what)
+{
+    bool fits = idx->ndim == ndim;
+    for (int d = 0; d < ndim && fits; d++) fits = d == axis || idx->shape[d] <= tshape[d];
+    if (!fits)
+        nb__fail(NB_ERR_SHAPE, "%s: idx %s does not fit %s %s outside axis %d (same dims, extents at most "
+                 "the %s's)", who, NB_SHP(idx), what, nb__shape_str(ndim, tshape), axis, what);
+    return fits;
+}
+
+nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx)
+{
+    const char *who = "nb_gather";
+    if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    int ax = nb__axis(axis, x->ndim);
+    if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
+    if (!check_gather_shape(who, idx, x->ndim, x->shape, ax, "input") ||
+        !check_indices(who, idx, x->ndim, x->shape, ax))
+        return NULL;
+    nb_tensor *in[2] = {x, idx};
+    nb_attrs at = {.i = {ax}};
+    return nb__apply(who, NB_OP_GATHER, 2, in, &at, x->dtype, idx->ndim, idx->shape);
+}
+
+nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *idx, nb_tensor *src)
+{
+    const char *who = "nb_scatter_add";
+    if (!idx || !src) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !idx ? "idx" : "src");
+    if (ndim < 1 || ndim > NB_MAX_DIMS || !shape)
+        return nb__fail(NB_ERR_SHAPE, "%s: target of %d dimensions (shape=%p): expected 1..%d", who, ndim,
+                        (const void *)shape, NB_MAX_DIMS);
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 0)
+            return nb__fail(NB_ERR_SHAPE, "%s: target %s has a negative extent", who, nb__shape_str(ndim, shape));
+    int ax = nb__axis(axis, ndim);
+    if (ax < 0)
+        return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, nb__shape_str(ndim, shape));
+    if (!nb__check_float(who, src)) return NULL;
+    if (!nb__same_shape(idx, src))
+        return nb__fail(NB_ERR_SHAPE, "%s: idx %s and src %s differ in shape", who, NB_SHP(idx), NB_SHP(src));
+    if (!check_gather_shape(who, idx, ndim, shape, ax, "target") || !check_indices(who, idx, ndim, shape, ax))
+        return NULL;
+    nb_tensor *in[2] = {idx, src};
+    nb_attrs at = {.i = {ax}};
+    return nb__apply(who, NB_OP_SCATTER_ADD, 2, in, &at, src->dtype, ndim, shape);
+}
+
+/* ---- one_hot (a tape constant) ---------------------------------------------------------------- */
+
+nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype)
+{
+    const char *who = "nb_one_hot";
+    if (!idx) return nb__fail(NB_ERR_ARG, "%s: idx is NULL", who);
+    if (idx->dtype != NB_I64)
+        return nb__fail(NB_ERR_DTYPE, "%s: labels are %s %s: expected i64", who, nb_dtype_name(idx->dtype),
+                        NB_SHP(idx));
+    if (num_classes < 1)
+        return nb__fail(NB_ERR_ARG, "%s: %lld classes for labels %s: need at least 1", who,
+                        (long long)num_classes, NB_SHP(idx));
+    if (idx->ndim >= NB_MAX_DIMS)
+        return nb__fail(NB_ERR_SHAPE, "%s: labels %s already have the most dimensions, %d", who, NB_SHP(idx),
+                        NB_MAX_DIMS);
+    const int64_t *lab = idx->data;
+    for (int64_t e = 0; e < idx->numel; e++)
+        if (lab[e] < 0 || lab[e] >= num_classes)
+            return nb__fail(NB_ERR_ARG, "%s: label %lld at flat position %lld of %s out of range for %lld "
+                            "classes", who, (long long)lab[e], (long long)e, NB_SHP(idx),
+                            (long long)num_classes);
+    int64_t shape[NB_MAX_DIMS];
+    memcpy(shape, idx->shape, sizeof shape);
+    shape[idx->ndim] = num_classes;
+    nb_tensor *out = nb__tape_tensor(who, dtype, idx->ndim + 1, shape);
+    if (!out) return NULL;
+    fill(out, 0.0);
+    for (int64_t e = 0; e < idx->numel; e++) nb__set(out, e * num_classes + lab[e], 1.0);
+    return out;
+}
