@@ -110,6 +110,11 @@ typedef struct nb_allocator {
 } nb_allocator;
 void nb_set_allocator(const nb_allocator *allocator);
 
+/* Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
+ * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */
+void nb_set_num_threads(int n);
+int nb_num_threads(void);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Random numbers: explicit, seeded state (xoshiro256**). Copy the struct to fork a stream.        */
 /* ---------------------------------------------------------------------------------------------- */
@@ -524,5 +529,6 @@ void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
 #endif
 
 #include "nabla/nn.h"
+#include "nabla/train.h"
 
 #endif /* NABLA_H */

@@ -162,7 +162,8 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
         leaf->grad = z;
     }
     if (p->flags & NB_CREATE_GRAPH) {
-        nb_tensor *prev = leaf->grad_graph;
+        /* a differentiable gradient from another tape enters as its values */
+        nb_tensor *prev = leaf->grad_tape == p->tape ? leaf->grad_graph : NULL;
         nb_tensor *sum = g;
         if (prev) {
             sum = nb_add(prev, g);

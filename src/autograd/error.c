@@ -7,9 +7,7 @@
 
 static _Thread_local nb_status t_code = NB_OK;
 static _Thread_local char t_msg[1024];
-static _Thread_local uint64_t t_count = 0;
-
-uint64_t nb__error_count(void) { return t_count; }
+_Thread_local uint64_t nb__t_error_count = 0;
 
 static nb_error_handler g_handler = NULL;
 static void *g_handler_user = NULL;
@@ -64,7 +62,7 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user)
 
 static void record(nb_status status, const char *fmt, va_list ap)
 {
-    t_count++;
+    nb__t_error_count++;
     if (t_code != NB_OK) return; /* keep the first error */
     t_code = status;
     vsnprintf(t_msg, sizeof t_msg, fmt, ap);

@@ -81,6 +81,9 @@ typedef enum nb_op_id {
     NB_OP_SOFTMAX,    /* i[0] = axis */
     NB_OP_LOG_SOFTMAX,/* i[0] = axis */
     NB_OP_CUSTOM,     /* p = the nb_custom_op */
+    NB_OP_TANH_BW,    /* inputs g, y = tanh(x): g (1 - y^2) */
+    NB_OP_SIGMOID_BW, /* inputs g, y = sigmoid(x): g y (1 - y) */
+    NB_OP_RELU_BW,    /* inputs g, x: g [x > 0] */
     /* index.c */
     NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step; out extent along axis from out */
     NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
@@ -138,8 +141,10 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
                      nb_dtype dtype, int ndim, const int64_t *shape);
 /* y += x for tensors of equal shape and float dtype (backward accumulation). */
 nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x);
-/* A new uninitialised tensor on the current tape (no node). */
+/* A new uninitialised tensor on the current tape (no node); dtype and shape are validated. */
 nb_tensor *nb__tape_tensor(const char *who, nb_dtype dtype, int ndim, const int64_t *shape);
+/* The same for shapes an op has already derived from valid inputs: no validation (the hot path). */
+nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dtype, int ndim, const int64_t *shape);
 
 /* ---- tape ------------------------------------------------------------------------------------- */
 
@@ -168,7 +173,8 @@ struct nb_tape {
     size_t n_graph_leaves, cap_graph_leaves;
 };
 
-nb_tape *nb__current_tape(void);
+extern _Thread_local nb_tape *nb__t_current;
+static inline nb_tape *nb__current_tape(void) { return nb__t_current; }
 /* Make t current without begin/end bookkeeping (backward runs on the output's tape); returns the
  * previous one. */
 nb_tape *nb__swap_current(nb_tape *t);
@@ -202,7 +208,8 @@ nb_status nb__fail_status(nb_status status, const char *fmt, ...)
 
 /* Number of errors recorded on this thread (kept or not): compare before and after a call to learn
  * whether it failed even when an older error is pending. */
-uint64_t nb__error_count(void);
+extern _Thread_local uint64_t nb__t_error_count;
+static inline uint64_t nb__error_count(void) { return nb__t_error_count; }
 
 /* The name of a node's op (a custom op's own name). */
 const char *nb__node_name(const nb_node *n);

@@ -3,16 +3,15 @@
 
 #include <string.h>
 
-static _Thread_local nb_tape *t_current = NULL;
+_Thread_local nb_tape *nb__t_current = NULL;
 static _Thread_local int t_no_grad = 0;
 
-nb_tape *nb__current_tape(void) { return t_current; }
-nb_tape *nb_tape_current(void) { return t_current; }
+nb_tape *nb_tape_current(void) { return nb__t_current; }
 
 nb_tape *nb__swap_current(nb_tape *t)
 {
-    nb_tape *prev = t_current;
-    t_current = t;
+    nb_tape *prev = nb__t_current;
+    nb__t_current = t;
     return prev;
 }
 
@@ -66,19 +65,19 @@ nb_status nb_tape_begin(nb_tape *t)
 {
     if (!t) return nb__fail_status(NB_ERR_ARG, "nb_tape_begin: tape is NULL");
     if (t->active) return nb__fail_status(NB_ERR_STATE, "nb_tape_begin: the tape is already begun");
-    t->prev = t_current;
+    t->prev = nb__t_current;
     t->active = 1;
-    t_current = t;
+    nb__t_current = t;
     return NB_OK;
 }
 
 nb_status nb_tape_end(nb_tape *t)
 {
     if (!t) return nb__fail_status(NB_ERR_ARG, "nb_tape_end: tape is NULL");
-    if (t_current != t)
+    if (nb__t_current != t)
         return nb__fail_status(NB_ERR_STATE, "nb_tape_end: the tape is not the current one (begin/end "
                                              "must nest)");
-    t_current = t->prev;
+    nb__t_current = t->prev;
     t->prev = NULL;
     t->active = 0;
     return NB_OK;
@@ -110,8 +109,8 @@ void *nb__tape_alloc(nb_tape *t, size_t size) { return nb__arena_alloc(&t->arena
 
 void *nb_scratch(size_t bytes)
 {
-    if (!t_current) return nb__fail(NB_ERR_STATE, "nb_scratch: no current tape (call nb_tape_begin first)");
-    void *p = nb__tape_alloc(t_current, bytes);
+    if (!nb__t_current) return nb__fail(NB_ERR_STATE, "nb_scratch: no current tape (call nb_tape_begin first)");
+    void *p = nb__tape_alloc(nb__t_current, bytes);
     if (!p) return nb__fail(NB_ERR_NOMEM, "nb_scratch: out of memory for %zu bytes", bytes);
     return p;
 }
@@ -177,7 +176,9 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
     } else {
-        out = nb__tape_tensor(who, dtype, ndim, shape);
+        nb_tape *tape = nb__t_current;
+        if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
+        out = nb__tape_result(tape, who, dtype, ndim, shape);
         if (!out) return NULL;
         if (def->forward) {
             uint64_t errors = nb__error_count();

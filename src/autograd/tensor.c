@@ -119,21 +119,43 @@ static size_t leaf_block_size(const nb_tensor *t)
     return head + (size_t)t->numel * nb_dtype_size(t->dtype) + 64;
 }
 
+nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    const size_t head = (sizeof(nb_tensor) + 63) & ~(size_t)63;
+    unsigned char *raw = nb__tape_alloc(tape, head + (size_t)n * nb_dtype_size(dt));
+    if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
+                              nb__shape_str(ndim, shape));
+    nb_tensor *t = (nb_tensor *)raw;
+    /* field by field: clearing the whole header costs more than the op itself on small tensors */
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->flags = 0;
+    t->version = 0;
+    t->vp = &t->version;
+    t->numel = n;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->data = raw + head;
+    t->tape = tape;
+    t->node = NULL;
+    t->name = NULL;
+    t->hook = NULL;
+    t->hook_user = NULL;
+    t->grad = t->grad_graph = NULL;
+    t->grad_tape = NULL;
+    t->bw_epoch = 0;
+    t->bw_slot = 0;
+    return t;
+}
+
 nb_tensor *nb__tape_tensor(const char *who, nb_dtype dt, int ndim, const int64_t *shape)
 {
     nb_tape *tape = nb__current_tape();
     if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
     int64_t n;
     if (!check_spec(who, dt, ndim, shape, &n)) return NULL;
-    size_t head = (sizeof(nb_tensor) + 63) & ~(size_t)63;
-    unsigned char *raw = nb__tape_alloc(tape, head + (size_t)n * nb_dtype_size(dt));
-    if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
-                              nb__shape_str(ndim, shape));
-    nb_tensor *t = (nb_tensor *)raw;
-    init_header(t, dt, ndim, shape, n);
-    t->tape = tape;
-    t->data = raw + head;
-    return t;
+    return nb__tape_result(tape, who, dt, ndim, shape);
 }
 
 double nb__get(const nb_tensor *t, int64_t i)

@@ -39,7 +39,19 @@ bool nb__broadcast_shapes(int na, const int64_t *a, int nbd, const int64_t *b, i
 static void binary_kernel(nb_binop op, nb_tensor *out, const nb_tensor *a, const nb_tensor *b)
 {
     nb_bcast bc;
-    nb__bcast_plan(&bc, out->ndim, out->shape, a, b);
+    if (a->numel == out->numel && b->numel == out->numel) {
+        /* equal shapes (the common case): one flat loop, no plan */
+        bc.ndim = 1;
+        bc.numel = bc.shape[0] = out->numel;
+        bc.sa[0] = bc.sb[0] = 1;
+    } else if (a->numel == out->numel && b->numel == 1) {
+        bc.ndim = 1;
+        bc.numel = bc.shape[0] = out->numel;
+        bc.sa[0] = 1;
+        bc.sb[0] = 0;
+    } else {
+        nb__bcast_plan(&bc, out->ndim, out->shape, a, b);
+    }
     if (out->dtype == NB_F32)
         nb_k_binary_f32(op, &bc, a->data, b->data, out->data);
     else
@@ -48,11 +60,13 @@ static void binary_kernel(nb_binop op, nb_tensor *out, const nb_tensor *a, const
 
 static nb_tensor *binary(const char *who, nb_op_id op, nb_tensor *a, nb_tensor *b, int kind)
 {
+    nb_tensor *in[2] = {a, b};
+    nb_attrs at = {.i = {kind}};
+    if (a && b && a->dtype == b->dtype && nb__is_float(a->dtype) && nb__same_shape(a, b))
+        return nb__apply(who, op, 2, in, &at, a->dtype, a->ndim, a->shape); /* no broadcasting */
     int ndim;
     int64_t shape[NB_MAX_DIMS];
     if (!nb__check_binary(who, a, b, &ndim, shape)) return NULL;
-    nb_tensor *in[2] = {a, b};
-    nb_attrs at = {.i = {kind}};
     return nb__apply(who, op, 2, in, &at, a->dtype, ndim, shape);
 }
 
@@ -176,7 +190,7 @@ NB_FW(tanh) { (void)at; unary_kernel(NB_U_TANH, out, in[0], 0, 0); }
 /* d tanh(x) = (1 - tanh(x)^2) dx */
 NB_BW(tanh)
 {
-    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_affine(nb_mul(n->out, n->out), -1.0, 1.0));
+    if (NB_NEED(0)) gin[0] = binary("tanh_backward", NB_OP_TANH_BW, g, n->out, 0);
 }
 nb_tensor *nb_tanh(nb_tensor *x) { return unary("nb_tanh", NB_OP_TANH, x, 0, 0); }
 
@@ -184,7 +198,7 @@ NB_FW(sigmoid) { (void)at; unary_kernel(NB_U_SIGMOID, out, in[0], 0, 0); }
 /* d s(x) = s(x) (1 - s(x)) dx */
 NB_BW(sigmoid)
 {
-    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_mul(n->out, nb_rsub_scalar(1.0, n->out)));
+    if (NB_NEED(0)) gin[0] = binary("sigmoid_backward", NB_OP_SIGMOID_BW, g, n->out, 0);
 }
 nb_tensor *nb_sigmoid(nb_tensor *x) { return unary("nb_sigmoid", NB_OP_SIGMOID, x, 0, 0); }
 
@@ -192,7 +206,7 @@ NB_FW(relu) { (void)at; unary_kernel(NB_U_RELU, out, in[0], 0, 0); }
 /* d relu(x) = [x > 0] dx (0 at the kink, as in PyTorch) */
 NB_BW(relu)
 {
-    if (NB_NEED(0)) gin[0] = nb_mul(g, nb_gt(n->in[0], nb__scalar(n->in[0]->dtype, 0.0)));
+    if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[0], 0);
 }
 nb_tensor *nb_relu(nb_tensor *x) { return unary("nb_relu", NB_OP_RELU, x, 0, 0); }
 
@@ -434,3 +448,30 @@ NB_BW(pows)
         gin[0] = nb_mul(g, nb_mul_scalar(nb_pow_scalar(n->in[0], p - 1.0), p));
 }
 nb_tensor *nb_pow_scalar(nb_tensor *x, double p) { return unary("nb_pow_scalar", NB_OP_POWS, x, p, 0); }
+
+/* ---- fused backward steps: ops of their own, with backward rules, so create-graph goes through -- */
+
+NB_FW(tanh_bw) { (void)at; binary_kernel(NB_B_TANH_BW, out, in[0], in[1]); }
+/* out = g (1 - y^2): d out = (1 - y^2) dg - 2 g y dy */
+NB_BW(tanh_bw)
+{
+    nb_tensor *gr = n->in[0], *y = n->in[1];
+    if (NB_NEED(0)) gin[0] = binary("tanh_backward", NB_OP_TANH_BW, g, y, 0);
+    if (NB_NEED(1)) gin[1] = nb_mul(g, nb_mul(gr, nb_mul_scalar(y, -2.0)));
+}
+
+NB_FW(sigmoid_bw) { (void)at; binary_kernel(NB_B_SIGMOID_BW, out, in[0], in[1]); }
+/* out = g y (1 - y): d out = y (1 - y) dg + g (1 - 2y) dy */
+NB_BW(sigmoid_bw)
+{
+    nb_tensor *gr = n->in[0], *y = n->in[1];
+    if (NB_NEED(0)) gin[0] = binary("sigmoid_backward", NB_OP_SIGMOID_BW, g, y, 0);
+    if (NB_NEED(1)) gin[1] = nb_mul(g, nb_mul(gr, nb_affine(y, -2.0, 1.0)));
+}
+
+NB_FW(relu_bw) { (void)at; binary_kernel(NB_B_RELU_BW, out, in[0], in[1]); }
+/* out = g [x > 0]: d out = [x > 0] dg (the step has zero derivative) */
+NB_BW(relu_bw)
+{
+    if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[1], 0);
+}

@@ -29,6 +29,20 @@
 #undef NB_M
 #undef NB_GEMM
 
+/* OpenBLAS's own thread control (declared in its cblas.h on Debian; repeated here for others) */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+
+static int g_default_threads = 0;
+
+void nb_set_num_threads(int n)
+{
+    if (!g_default_threads) g_default_threads = openblas_get_num_threads();
+    openblas_set_num_threads(n >= 1 ? n : g_default_threads);
+}
+
+int nb_num_threads(void) { return openblas_get_num_threads(); }
+
 /* Row-major element strides of t as seen from an output of `ndim` dims (right-aligned), 0 where t
  * is broadcast. */
 void nb__bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st)

@@ -8,6 +8,8 @@
 typedef enum nb_binop {
     NB_B_ADD, NB_B_SUB, NB_B_MUL, NB_B_DIV, NB_B_MAX, NB_B_MIN, NB_B_POW,
     NB_B_EQ, NB_B_NE, NB_B_LT, NB_B_LE, NB_B_GT, NB_B_GE,
+    /* fused backward steps, x = the incoming gradient: x (1 - y^2), x y (1 - y), y > 0 ? x : 0 */
+    NB_B_TANH_BW, NB_B_SIGMOID_BW, NB_B_RELU_BW,
     NB_BINOP_COUNT
 } nb_binop;
 

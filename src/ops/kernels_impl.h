@@ -60,6 +60,9 @@ void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b,
     case NB_B_LE: NB_BCAST_LOOP(o[k] = (NB_T)(x <= y)); break;
     case NB_B_GT: NB_BCAST_LOOP(o[k] = (NB_T)(x > y)); break;
     case NB_B_GE: NB_BCAST_LOOP(o[k] = (NB_T)(x >= y)); break;
+    case NB_B_TANH_BW: NB_BCAST_LOOP(o[k] = x * ((NB_T)1 - y * y)); break;
+    case NB_B_SIGMOID_BW: NB_BCAST_LOOP(o[k] = x * y * ((NB_T)1 - y)); break;
+    case NB_B_RELU_BW: NB_BCAST_LOOP(o[k] = y > 0 ? x : (NB_T)0); break;
     default: break;
     }
 }

@@ -42,6 +42,9 @@ NB_FW(clamp); NB_BW(clamp);
 NB_FW(reciprocal); NB_BW(reciprocal);
 NB_FW(square); NB_BW(square);
 NB_FW(pows); NB_BW(pows);
+NB_FW(tanh_bw); NB_BW(tanh_bw);
+NB_FW(sigmoid_bw); NB_BW(sigmoid_bw);
+NB_FW(relu_bw); NB_BW(relu_bw);
 /* matmul.c */
 NB_FW(matmul); NB_BW(matmul);
 /* reduce.c */

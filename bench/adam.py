@@ -1,0 +1,192 @@
+"""One Adam step on 1M float32 parameters, nabla against torch.optim.Adam (one thread each), in one run.
+Target: nabla <= 0.5x PyTorch's time.
+
+The problem (as in bench_adam.c): N parameters (default 1,000,000) in T tensors (default 1), element i
+starting at ((37 i) mod 1000) / 1000 - 0.5, with the gradient ((91 i) mod 2000) / 1000 - 1 set once and
+kept; Adam with torch's defaults (lr 1e-3, betas 0.9/0.999, eps 1e-8). What is timed is one
+optimizer.step() (nb_optim_step on the nabla side), each step alone, median over --repeats steps after
+a warm-up. PyTorch runs in two forms: its default (in torch 1.13 on the CPU, foreach=None means the
+single-tensor loop, i.e. foreach=False) and foreach=True (the multi-tensor ops). Both sides first take
+--check-steps steps from the same start and must reach the same sum(p * g) (the loss, which each step
+lowers by about lr sum |g|, so a different update shows).
+
+Run with Debian's python, which has torch (python3-torch), on a release build:
+    meson setup /tmp/build-rel --buildtype=release && ninja -C /tmp/build-rel
+    /usr/bin/python3 bench/adam.py --nabla-bin /tmp/build-rel/bench/bench_adam [--n 1000000]
+        [--tensors 1] [--repeats 200] [--rounds 5] [--dtype f32|f64] [--amsgrad]
+Each round runs the nabla binary once (subprocess, --json) and then PyTorch; the figures shown are the
+medians over rounds of each round's median.
+"""
+import os
+
+# One thread on both sides; set before torch (and its OpenBLAS) loads, and passed on to the nabla
+# subprocess with the rest of the environment.
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = 0.5  # nabla's step time at most half of PyTorch's
+
+
+def int_in(lo, hi):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a whole number")
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
+        return v
+    return parse
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="One Adam step, nabla against torch.optim.Adam.")
+    p.add_argument("--nabla-bin", default=os.path.join("build", "bench", "bench_adam"),
+                   help="the bench_adam binary (default build/bench/bench_adam, relative to the current "
+                   "directory, else to the repository); use a release build for figures")
+    p.add_argument("--n", type=int_in(1, 100000000), default=1000000, help="parameters (1000000)")
+    p.add_argument("--tensors", type=int_in(1, 1000), default=1, help="tensors they are split into (1)")
+    p.add_argument("--repeats", type=int_in(1, 100000), default=200, help="timed steps (200)")
+    p.add_argument("--warmup", type=int_in(0, 100000), default=10,
+                   help="untimed steps first (10), and at least...")
+    p.add_argument("--warmup-ms", type=int_in(0, 60000), default=300,
+                   help="...this many milliseconds of them (300)")
+    p.add_argument("--check-steps", type=int_in(1, 1000), default=3,
+                   help="steps of the run whose sum(p * g) is compared (3)")
+    p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    p.add_argument("--amsgrad", action="store_true", help="Adam with amsgrad on both sides")
+    p.add_argument("--rounds", type=int_in(1, 100), default=5,
+                   help="alternating nabla/PyTorch rounds; medians over rounds are shown (5)")
+    return p.parse_args()
+
+
+def find_binary(path):
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(REPO, path)
+    return in_repo if os.path.exists(in_repo) else path
+
+
+def run_nabla(binary, a):
+    cmd = [binary, "--json", "--n", str(a.n), "--tensors", str(a.tensors), "--repeats", str(a.repeats),
+           "--warmup", str(a.warmup), "--warmup-ms", str(a.warmup_ms), "--check-steps",
+           str(a.check_steps), "--dtype", a.dtype] + (["--amsgrad"] if a.amsgrad else [])
+    try:
+        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"adam.py: cannot run {binary}: {e.strerror} (build it with `ninja -C build`, or pass "
+                 "--nabla-bin)")
+    if r.returncode != 0:
+        sys.exit(f"adam.py: {' '.join(cmd)} exited with {r.returncode}:\n{r.stderr.strip()}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        sys.exit(f"adam.py: no JSON line from {binary}; it printed:\n{r.stdout}")
+
+
+def make_problem(torch, a):
+    """The parameters (leaves with their gradients set) of bench_adam.c, in the same dtype."""
+    dt = torch.float32 if a.dtype == "f32" else torch.float64
+    params, first = [], 0
+    for t in range(a.tensors):
+        length = a.n // a.tensors + (1 if t < a.n % a.tensors else 0)
+        i = torch.arange(first, first + length, dtype=torch.int64)
+        p = ((37 * i) % 1000).to(dt) / 1000 - 0.5
+        g = ((91 * i) % 2000).to(dt) / 1000 - 1
+        p.requires_grad_(True)
+        p.grad = g
+        params.append(p)
+        first += length
+    return params
+
+
+def run_torch(torch, a, foreach):
+    """Median ns of one step, and the check sum, for torch.optim.Adam(foreach=foreach)."""
+    kw = {} if foreach is None else {"foreach": foreach}
+    params = make_problem(torch, a)
+    opt = torch.optim.Adam(params, amsgrad=a.amsgrad, **kw)
+    for _ in range(a.check_steps):
+        opt.step()
+    check = sum((p.detach().double() * p.grad.double()).sum().item() for p in params)
+
+    params = make_problem(torch, a)
+    opt = torch.optim.Adam(params, amsgrad=a.amsgrad, **kw)
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        start, n = clock(), 0
+        while n < a.warmup or clock() - start < a.warmup_ms * 1e6:
+            opt.step()
+            n += 1
+        samples = []
+        for _ in range(a.repeats):
+            t0 = clock()
+            opt.step()
+            samples.append(clock() - t0)
+    finally:
+        gc.enable()
+    return {"median_ns": statistics.median(samples), "check_sum": check}
+
+
+def main():
+    a = parse_args()
+    binary = find_binary(a.nabla_bin)
+    try:
+        import torch
+    except ImportError:
+        sys.exit("adam.py: torch is not importable by this python; run it with /usr/bin/python3 "
+                 "(Debian's python3-torch)")
+    torch.set_num_threads(1)
+
+    variants = [("PyTorch default", None), ("PyTorch foreach=True", True)]
+    nb_rounds, pt_rounds = [], {name: [] for name, _ in variants}
+    for _ in range(a.rounds):
+        nb_rounds.append(run_nabla(binary, a))
+        for name, fe in variants:
+            pt_rounds[name].append(run_torch(torch, a, fe))
+    nb = statistics.median(r["median_ns"] for r in nb_rounds)
+
+    print(f"one Adam step: {a.n} {a.dtype} parameters in {a.tensors} tensor(s)"
+          f"{', amsgrad' if a.amsgrad else ''}; median of {a.repeats} steps, median of {a.rounds} rounds")
+    print(f"nabla: {binary}; PyTorch {torch.__version__}, {torch.get_num_threads()} thread, "
+          f"{torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, 'cpu') else '?'}; "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'':22s} {'us/step':>10s} {'ns/elem':>9s} {'nabla/this':>11s}   (range over rounds)")
+    spread = lambda rs: "({:.0f}-{:.0f})".format(min(r["median_ns"] for r in rs) / 1e3,
+                                                 max(r["median_ns"] for r in rs) / 1e3)
+    print(f"{'nabla':22s} {nb / 1e3:10.1f} {nb / a.n:9.3f} {1.0:11.3f}   {spread(nb_rounds)}")
+    ratios = {}
+    for name, _ in variants:
+        pt = statistics.median(r["median_ns"] for r in pt_rounds[name])
+        ratios[name] = nb / pt
+        print(f"{name:22s} {pt / 1e3:10.1f} {pt / a.n:9.3f} {nb / pt:11.3f}   {spread(pt_rounds[name])}")
+    r = ratios["PyTorch default"]
+    print(f"target nabla <= {TARGET}x PyTorch (default Adam): {r:.3f}x, {'met' if r <= TARGET else 'NOT met'}"
+          f" (against foreach=True: {ratios['PyTorch foreach=True']:.3f}x)")
+
+    tol = 1e-6 if a.dtype == "f32" else 1e-12
+    nb_sum = nb_rounds[-1]["check_sum"]
+    same = True
+    for name, _ in variants:
+        pt_sum = pt_rounds[name][-1]["check_sum"]
+        if abs(nb_sum - pt_sum) > tol * max(1.0, abs(pt_sum), a.n * 1e-3):
+            print(f"warning: sum(p * g) after {a.check_steps} steps differs: nabla {nb_sum!r}, "
+                  f"{name} {pt_sum!r}", file=sys.stderr)
+            same = False
+    print(f"parameters after {a.check_steps} steps agree (sum(p * g) = {nb_sum:.9g})" if same
+          else "parameters DIFFER (see above)")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

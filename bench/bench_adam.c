@@ -1,0 +1,278 @@
+/* One Adam step on a large parameter collection: what nb_optim_step costs per step and per element.
+ * bench/adam.py runs torch.optim.Adam on the same problem and compares the two.
+ *
+ * The collection: --tensors T float32 (or float64) leaves of about N / T elements each, N in all
+ * (default one tensor of 1,000,000). Element i of the collection (counting across the tensors in
+ * order) starts at p_i = ((37 i) mod 1000) / 1000 - 0.5 and gets the gradient
+ * g_i = ((91 i) mod 2000) / 1000 - 1, set once by a backward of sum(p * g) (so d/dp = g exactly);
+ * every step then reuses it, as an optimizer step does not touch gradients. Adam with torch's
+ * defaults (lr 1e-3, betas 0.9 / 0.999, eps 1e-8, no weight decay; --amsgrad and --weight-decay
+ * change that).
+ *
+ * Check: a fresh collection takes --check-steps steps (default 3) and sum(p * g) (in double) is
+ * printed, for adam.py to compare with PyTorch's. Timing: untimed steps for at least
+ * --warmup-ms, then --repeats timed steps, each timed alone; the median is reported. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <nabla.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_N 100000000L
+#define MAX_TENSORS 1000L
+#define MAX_REPEATS 100000L
+#define MAX_WARMUP_MS 60000L
+
+typedef struct options {
+    long n, tensors, repeats, warmup, warmup_ms, check_steps;
+    nb_dtype dtype;
+    int amsgrad, json;
+    double weight_decay;
+} options;
+
+static void usage(FILE *f, const char *prog)
+{
+    fprintf(f,
+            "usage: %s [--n N] [--tensors T] [--repeats R] [--warmup W] [--warmup-ms MS] [--check-steps S]\n"
+            "          [--dtype f32|f64] [--amsgrad] [--weight-decay WD] [--json]\n"
+            "  Times nb_optim_step of Adam over N parameters in T tensors; prints the median time of\n"
+            "  R timed steps.\n"
+            "  --n N            parameters in all, 1..%ld (default 1000000)\n"
+            "  --tensors T      split into T tensors, 1..%ld (default 1)\n"
+            "  --repeats R      timed steps, 1..%ld (default 200)\n"
+            "  --warmup W       untimed steps first, 0..%ld (default 10), and at least\n"
+            "  --warmup-ms MS   milliseconds of them, 0..%ld (default 300)\n"
+            "  --check-steps S  steps of the check run, 1..1000 (default 3)\n"
+            "  --dtype T        f32 (default) or f64\n"
+            "  --amsgrad        Adam with amsgrad\n"
+            "  --weight-decay WD  L2 weight decay (default 0)\n"
+            "  --json           print one JSON line instead of text\n",
+            prog, MAX_N, MAX_TENSORS, MAX_REPEATS, MAX_REPEATS, MAX_WARMUP_MS);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+/* 0 on success, 1 for --help, 2 on a bad argument (after a message on stderr). */
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){.n = 1000000, .tensors = 1, .repeats = 200, .warmup = 10, .warmup_ms = 300, .check_steps = 3,
+                   .dtype = NB_F32};
+    const char *prog = argc > 0 && argv[0] ? argv[0] : "bench_adam";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout, prog);
+            return 1;
+        } else if (!strcmp(a, "--json")) {
+            o->json = 1;
+            continue;
+        } else if (!strcmp(a, "--amsgrad")) {
+            o->amsgrad = 1;
+            continue;
+        } else if (!strcmp(a, "--n")) {
+            ok = parse_long(v, 1, MAX_N, &o->n);
+        } else if (!strcmp(a, "--tensors")) {
+            ok = parse_long(v, 1, MAX_TENSORS, &o->tensors);
+        } else if (!strcmp(a, "--repeats")) {
+            ok = parse_long(v, 1, MAX_REPEATS, &o->repeats);
+        } else if (!strcmp(a, "--warmup")) {
+            ok = parse_long(v, 0, MAX_REPEATS, &o->warmup);
+        } else if (!strcmp(a, "--warmup-ms")) {
+            ok = parse_long(v, 0, MAX_WARMUP_MS, &o->warmup_ms);
+        } else if (!strcmp(a, "--check-steps")) {
+            ok = parse_long(v, 1, 1000, &o->check_steps);
+        } else if (!strcmp(a, "--weight-decay")) {
+            char *end;
+            errno = 0;
+            o->weight_decay = v ? strtod(v, &end) : -1;
+            ok = v && !errno && *v && !*end && o->weight_decay >= 0 && o->weight_decay < 1;
+        } else if (!strcmp(a, "--dtype")) {
+            if (v && !strcmp(v, "f64"))
+                o->dtype = NB_F64;
+            else if (v && !strcmp(v, "f32"))
+                o->dtype = NB_F32;
+            else
+                ok = 0;
+        } else {
+            fprintf(stderr, "%s: unknown argument '%s'\n", prog, a);
+            usage(stderr, prog);
+            return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "%s: bad value for %s: '%s'\n", prog, a, v ? v : "(nothing)");
+            usage(stderr, prog);
+            return 2;
+        }
+        i++; /* the option's value */
+    }
+    if (o->tensors > o->n) o->tensors = o->n;
+    return 0;
+}
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, long n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* p_i and g_i as in the header, computed in the tensor's dtype (as adam.py does in torch). */
+static void fill(nb_tensor *t, int64_t first, int grad_values)
+{
+    int64_t n = nb_tensor_numel(t);
+    void *d = nb_tensor_data(t);
+    for (int64_t k = 0; k < n; k++) {
+        int64_t i = first + k;
+        int64_t num = grad_values ? (91 * i) % 2000 : (37 * i) % 1000;
+        double off = grad_values ? 1.0 : 0.5;
+        if (nb_tensor_dtype(t) == NB_F32)
+            ((float *)d)[k] = (float)num / 1000.0f - (float)off;
+        else
+            ((double *)d)[k] = (double)num / 1000.0 - off;
+    }
+    nb_tensor_mark_dirty(t);
+}
+
+typedef struct bench {
+    nb_params *ps;
+    nb_optim *opt;
+} bench;
+
+static void bench_free(bench *b)
+{
+    nb_optim_free(b->opt);
+    nb_params_free(b->ps);
+    *b = (bench){0};
+}
+
+/* The collection with its gradients set, and an Adam optimizer over it; 0 on success. */
+static int bench_init(bench *b, const options *o, nb_tape *tape)
+{
+    *b = (bench){0};
+    b->ps = nb_params_new();
+    if (!b->ps) return -1;
+    int64_t first = 0;
+    for (long t = 0; t < o->tensors; t++) {
+        int64_t len = o->n / o->tensors + (t < o->n % o->tensors);
+        char name[32];
+        snprintf(name, sizeof name, "p%ld", t);
+        nb_tensor *p = nb_params_add(b->ps, name, nb_tensor_zeros(o->dtype, NB_SHAPE(len)));
+        nb_tensor *g = nb_tensor_zeros(o->dtype, NB_SHAPE(len));
+        if (!p || !g) {
+            nb_tensor_free(g);
+            return -1;
+        }
+        fill(p, first, 0);
+        fill(g, first, 1);
+        /* d sum(p * g) / dp = g */
+        nb_tensor *l = nb_sum_all(nb_mul(p, g));
+        nb_status st = l ? nb_backward(l, NULL, 0) : NB_ERR_STATE;
+        nb_tape_reset(tape);
+        nb_tensor_free(g);
+        if (st != NB_OK) return -1;
+        first += len;
+    }
+    nb_optim_opts oo = nb_optim_defaults(NB_ADAM);
+    oo.amsgrad = o->amsgrad;
+    oo.weight_decay = o->weight_decay;
+    b->opt = nb_optim_new(NB_ADAM, b->ps, &oo);
+    return b->opt ? 0 : -1;
+}
+
+/* sum of p_i g_i in double: the loss, which every step lowers by about lr sum |g_i| */
+static double check_value(const bench *b)
+{
+    double s = 0;
+    for (int i = 0; i < nb_params_count(b->ps); i++) {
+        const nb_tensor *p = nb_params_tensor(b->ps, i), *g = nb_tensor_grad(p);
+        for (int64_t k = 0; k < nb_tensor_numel(p); k++) s += nb_tensor_get(p, k) * nb_tensor_get(g, k);
+    }
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    int st = parse_args(argc, argv, &o);
+    if (st) return st == 1 ? 0 : 2;
+
+    nb_tape *tape = nb_tape_new();
+    double *samples = malloc((size_t)o.repeats * sizeof *samples);
+    bench b = {0};
+    double check = 0, med = -1, lo = 0, hi = 0;
+    long warm = 0;
+    if (tape && samples && nb_tape_begin(tape) == NB_OK) {
+        /* the check run */
+        int ok = bench_init(&b, &o, tape) == 0;
+        for (long s = 0; ok && s < o.check_steps; s++) ok = nb_optim_step(b.opt) == NB_OK;
+        if (ok) check = check_value(&b);
+        bench_free(&b);
+        /* the timed run, on a fresh collection */
+        ok = ok && bench_init(&b, &o, tape) == 0;
+        double start = now_ns();
+        for (; ok && (warm < o.warmup || now_ns() - start < 1e6 * (double)o.warmup_ms); warm++)
+            ok = nb_optim_step(b.opt) == NB_OK;
+        for (long r = 0; ok && r < o.repeats; r++) {
+            double t0 = now_ns();
+            ok = nb_optim_step(b.opt) == NB_OK;
+            samples[r] = now_ns() - t0;
+        }
+        if (ok) {
+            med = median(samples, o.repeats);
+            lo = samples[0];
+            hi = samples[o.repeats - 1];
+        }
+        bench_free(&b);
+        nb_tape_end(tape);
+    }
+    free(samples);
+    nb_tape_free(tape);
+    if (med < 0 || nb_error_code() != NB_OK) {
+        fprintf(stderr, "bench_adam: %s: %s\n", nb_status_name(nb_error_code()),
+                nb_error_code() != NB_OK ? nb_error_message() : "out of memory");
+        return 1;
+    }
+
+    /* bytes moved per element: read p, g, m, v (and vmax); write p, m, v (and vmax) */
+    double bytes = (double)nb_dtype_size(o.dtype) * (o.amsgrad ? 9 : 7) * (double)o.n;
+    if (o.json) {
+        printf("{\"bench\": \"adam\", \"dtype\": \"%s\", \"n\": %ld, \"tensors\": %ld, \"amsgrad\": %d, "
+               "\"weight_decay\": %.17g, \"repeats\": %ld, \"warmup_steps\": %ld, \"median_ns\": %.1f, "
+               "\"min_ns\": %.1f, \"max_ns\": %.1f, \"check_steps\": %ld, \"check_sum\": %.17g}\n",
+               nb_dtype_name(o.dtype), o.n, o.tensors, o.amsgrad, o.weight_decay, o.repeats, warm, med, lo, hi,
+               o.check_steps, check);
+    } else {
+        printf("nabla Adam step: %ld %s parameters in %ld tensor(s)%s, median of %ld steps\n", o.n,
+               nb_dtype_name(o.dtype), o.tensors, o.amsgrad ? ", amsgrad" : "", o.repeats);
+        printf("  %10.1f us/step (min %.1f, max %.1f), %.3f ns/element, %.1f GB/s\n", med / 1e3, lo / 1e3, hi / 1e3,
+               med / (double)o.n, bytes / med);
+        printf("  sum(p * g) after %ld steps: %.10g\n", o.check_steps, check);
+    }
+    return 0;
+}

@@ -1,0 +1,221 @@
+"""A recurrent layer, nabla against PyTorch: one LSTM and one GRU layer of the same shape (input 64,
+hidden 256, T 50, batch 32, float32 by default), forward + backward of sum(out) and forward alone,
+median milliseconds per pass, and the ratio nabla / PyTorch. The issue's target: nabla's forward +
+backward at most 0.6x PyTorch's time.
+
+Both sides use the same weights and input, closed forms of the flat index j (see bench_rnn.c), so
+they compute the same function; the script checks that sum(out) and the sums of |grad| of the four
+parameters agree. The PyTorch side is torch.nn.LSTM / torch.nn.GRU:
+    out, _ = layer(x); out.sum().backward()
+with the gradients set to None before each pass, as nabla zeroes its own.
+
+Run with Debian's python, which has torch (python3-torch), against a release build:
+    meson setup /tmp/build-rel --buildtype=release && ninja -C /tmp/build-rel
+    /usr/bin/python3 bench/rnn.py --nabla-bin /tmp/build-rel/bench/bench_rnn [--kinds lstm,gru]
+        [--input 64] [--hidden 256] [--steps 50] [--batch 32] [--repeats 20] [--rounds 3] [--dtype f32]
+Each round runs the nabla binary once (subprocess, --json) and then PyTorch, for each kind; the
+figures shown are the medians over rounds of each round's median. One thread on both sides.
+"""
+import os
+
+# Single-threaded BLAS and intra-op work on both sides; set before torch (and its OpenBLAS) loads, and
+# passed on to the nabla subprocess with the rest of the environment.
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = 0.6  # the issue's goal: nabla's forward + backward at most 0.6x PyTorch's time
+KEYS = ("fwd_bwd_ms", "fwd_ms")
+PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# (scale in units of k = 1/sqrt(hidden), a, b) of scale * sin(a j + b), as in bench_rnn.c
+FORMS = {"weight_ih": (1, 0.7, 0.1), "weight_hh": (1, 1.3, 0.2), "bias_ih": (1, 0.9, 0.3),
+         "bias_hh": (1, 1.1, 0.4)}
+
+
+def int_in(lo, hi):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a whole number")
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
+        return v
+    return parse
+
+
+def kinds(s):
+    ks = [k.strip() for k in s.split(",") if k.strip()]
+    if not ks or any(k not in ("lstm", "gru") for k in ks):
+        raise argparse.ArgumentTypeError(f"'{s}': expected a comma-separated list of lstm, gru")
+    return ks
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="One LSTM / GRU layer, forward + backward, in nabla and "
+                                "PyTorch.")
+    p.add_argument("--nabla-bin", default=os.path.join("build", "bench", "bench_rnn"),
+                   help="the bench_rnn binary (default build/bench/bench_rnn, relative to the current "
+                   "directory, else to the repository; use a release build for figures)")
+    p.add_argument("--kinds", type=kinds, default=["lstm", "gru"], help="lstm,gru (both)")
+    p.add_argument("--input", type=int_in(1, 100000), default=64, help="input features (64)")
+    p.add_argument("--hidden", type=int_in(1, 100000), default=256, help="hidden units (256)")
+    p.add_argument("--steps", type=int_in(1, 100000), default=50, help="sequence length T (50)")
+    p.add_argument("--batch", type=int_in(1, 100000), default=32, help="sequences (32)")
+    p.add_argument("--repeats", type=int_in(1, 100000), default=20, help="timed passes (20)")
+    p.add_argument("--warmup", type=int_in(0, 100000), default=3,
+                   help="untimed passes before timing (3), and at least...")
+    p.add_argument("--warmup-ms", type=int_in(0, 60000), default=500,
+                   help="...this many milliseconds of them (500)")
+    p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    p.add_argument("--rounds", type=int_in(1, 100), default=3,
+                   help="alternating nabla/PyTorch rounds; medians over rounds are shown (3)")
+    return p.parse_args()
+
+
+def find_binary(path):
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(REPO, path)
+    return in_repo if os.path.exists(in_repo) else path
+
+
+def run_nabla(binary, kind, a):
+    cmd = [binary, "--json", "--kind", kind, "--input", str(a.input), "--hidden", str(a.hidden),
+           "--steps", str(a.steps), "--batch", str(a.batch), "--repeats", str(a.repeats),
+           "--warmup", str(a.warmup), "--warmup-ms", str(a.warmup_ms), "--dtype", a.dtype]
+    try:
+        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"rnn.py: cannot run {binary}: {e.strerror} (build it with `ninja -C build`, or pass "
+                 "--nabla-bin)")
+    if r.returncode != 0:
+        sys.exit(f"rnn.py: {' '.join(cmd)} exited with {r.returncode}:\n{r.stderr.strip()}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        sys.exit(f"rnn.py: no JSON line from {binary}; it printed:\n{r.stdout}")
+
+
+def sin_form(torch, n, scale, a, b, dtype):
+    j = torch.arange(n, dtype=torch.float64)
+    return (scale * torch.sin(a * j + b)).to(dtype)
+
+
+def make_torch(torch, kind, a):
+    dt = torch.float32 if a.dtype == "f32" else torch.float64
+    cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+    layer = cls(a.input, a.hidden, num_layers=1).to(dt)
+    k = 1 / math.sqrt(a.hidden)
+    with torch.no_grad():
+        for name in PARAMS:
+            p = getattr(layer, name + "_l0")
+            scale, fa, fb = FORMS[name]
+            p.copy_(sin_form(torch, p.numel(), scale * k, fa, fb, dt).view_as(p))
+    x = sin_form(torch, a.steps * a.batch * a.input, 1.0, 0.37, 0.5, dt).view(a.steps, a.batch, a.input)
+    return layer, x
+
+
+def torch_pass(layer, x, backward):
+    layer.zero_grad(set_to_none=True)
+    out, _ = layer(x)
+    y = out.sum()
+    if backward:
+        y.backward()
+    return y  # released by the caller, inside the timed region
+
+
+def run_torch(torch, kind, a):
+    """Median ms per pass of forward + backward and of forward only, and the check values."""
+    layer, x = make_torch(torch, kind, a)
+    clock = time.perf_counter_ns
+    out = {}
+    gc.disable()
+    try:
+        for key, backward in zip(KEYS, (True, False)):
+            start, n = clock(), 0
+            while n < a.warmup or clock() - start < a.warmup_ms * 1e6:
+                torch_pass(layer, x, backward)
+                n += 1
+            samples = []
+            for _ in range(a.repeats):
+                t0 = clock()
+                y = torch_pass(layer, x, backward)
+                del y
+                samples.append(clock() - t0)
+            out[key] = statistics.median(samples) / 1e6
+    finally:
+        gc.enable()
+    y = torch_pass(layer, x, True)
+    out["y"] = y.item()
+    for name in PARAMS:
+        out["grad_" + name] = getattr(layer, name + "_l0").grad.double().abs().sum().item()
+    return out
+
+
+def check_values(kind, nb, pt, dtype):
+    """Both sides must compute the same function and gradients (a guard against benchmarking a
+    different workload by mistake). Sums over many float32 terms: a relative tolerance."""
+    tol = 1e-9 if dtype == "f64" else 2e-3
+    bad = [k for k in ["y"] + ["grad_" + n for n in PARAMS]
+           if abs(nb[k] - pt[k]) > tol * max(1.0, abs(pt[k]))]
+    for k in bad:
+        print(f"warning: {kind}: {k} differs: nabla {nb[k]!r}, PyTorch {pt[k]!r}", file=sys.stderr)
+    return not bad
+
+
+def main():
+    a = parse_args()
+    binary = find_binary(a.nabla_bin)
+    try:
+        import torch
+    except ImportError:
+        sys.exit("rnn.py: torch is not importable by this python; run it with /usr/bin/python3 "
+                 "(Debian's python3-torch)")
+    torch.set_num_threads(1)
+
+    results = {}
+    for kind in a.kinds:
+        nb_rounds, pt_rounds = [], []
+        for _ in range(a.rounds):
+            nb_rounds.append(run_nabla(binary, kind, a))
+            pt_rounds.append(run_torch(torch, kind, a))
+        results[kind] = (nb_rounds, pt_rounds)
+
+    print(f"one recurrent layer: input {a.input}, hidden {a.hidden}, T {a.steps}, batch {a.batch}, "
+          f"{a.dtype}; forward + backward of sum(out); median of {a.repeats} passes, median of "
+          f"{a.rounds} rounds")
+    print(f"nabla: {binary}; PyTorch {torch.__version__}, {torch.get_num_threads()} thread; "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'':24s} {'nabla ms':>10s} {'PyTorch ms':>11s} {'nabla/PyTorch':>14s}"
+          "   (range over rounds: nabla; PyTorch)")
+    all_same, all_met = True, True
+    for kind in a.kinds:
+        nb_rounds, pt_rounds = results[kind]
+        nb = {k: statistics.median(r[k] for r in nb_rounds) for k in KEYS}
+        pt = {k: statistics.median(r[k] for r in pt_rounds) for k in KEYS}
+        for k, label in zip(KEYS, ("forward + backward", "forward only")):
+            spread = "   ({:.1f}-{:.1f}; {:.1f}-{:.1f})".format(
+                min(r[k] for r in nb_rounds), max(r[k] for r in nb_rounds),
+                min(r[k] for r in pt_rounds), max(r[k] for r in pt_rounds))
+            print(f"{kind.upper() + ' ' + label:24s} {nb[k]:10.2f} {pt[k]:11.2f} {nb[k] / pt[k]:14.3f}"
+                  f"{spread}")
+        all_met &= nb[KEYS[0]] / pt[KEYS[0]] <= TARGET
+        all_same &= check_values(kind, nb_rounds[-1], pt_rounds[-1], a.dtype)
+    print(f"target nabla/PyTorch <= {TARGET} (forward + backward): {'met' if all_met else 'NOT met'}")
+    print("values and gradients agree" if all_same else "values or gradients DIFFER (see above)")
+    return 0 if all_same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

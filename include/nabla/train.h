@@ -1,0 +1,211 @@
+/*
+ * nabla/train: what turns gradients into trained models. Optimizers, learning-rate schedules,
+ * gradient clipping and early stopping work on a parameter collection (nb_params); datasets feed
+ * batches onto the current tape; checkpoints are safetensors files. Included by nabla.h.
+ *
+ * Ownership: every object here is created by nb_<object>_new (or a reader) and freed by
+ * nb_<object>_free, which accepts NULL. An optimizer, schedule or early stopper borrows the
+ * collection (or optimizer) it was made for, which must outlive it. Fallible functions return a
+ * status and record a message (nb_error_message).
+ */
+#ifndef NABLA_TRAIN_H
+#define NABLA_TRAIN_H
+
+#ifndef NABLA_H
+#error "include <nabla.h>, not <nabla/train.h>"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Optimizers                                                                                      */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_optim_kind { NB_SGD = 0, NB_ADAM, NB_ADAMW, NB_RMSPROP, NB_ADAGRAD, NB_OPTIM_KIND_COUNT } nb_optim_kind;
+
+/* Hyper-parameters, with the meaning (and, from nb_optim_defaults, the defaults) of torch.optim. */
+typedef struct nb_optim_opts {
+    double lr;
+    double weight_decay;  /* L2 term added to the gradient; AdamW: decoupled decay lr * wd * p */
+    double momentum;      /* SGD, RMSprop */
+    double dampening;     /* SGD */
+    int nesterov;         /* SGD (needs momentum > 0 and dampening 0) */
+    double beta1, beta2;  /* Adam, AdamW */
+    double eps;           /* Adam, AdamW, RMSprop, Adagrad */
+    int amsgrad;          /* Adam, AdamW */
+    double alpha;         /* RMSprop smoothing constant */
+    int centered;         /* RMSprop */
+    double lr_decay;      /* Adagrad */
+    double initial_accumulator; /* Adagrad */
+} nb_optim_opts;
+
+/* torch.optim's defaults for kind (lr 1e-3 for Adam/AdamW/Adagrad 1e-2, RMSprop 1e-2, SGD 1e-2). */
+nb_optim_opts nb_optim_defaults(nb_optim_kind kind);
+
+typedef struct nb_optim nb_optim;
+
+/* An optimizer over the trainable tensors of params (opts NULL: the defaults). Its per-parameter
+ * state is allocated here, once. */
+nb_optim *nb_optim_new(nb_optim_kind kind, nb_params *params, const nb_optim_opts *opts);
+void nb_optim_free(nb_optim *opt);
+/* One update of every parameter that has a gradient: a single fused pass over the parameter, its
+ * gradient and its state. Parameters without a gradient are skipped, as in PyTorch. */
+nb_status nb_optim_step(nb_optim *opt);
+void nb_optim_zero_grad(nb_optim *opt);
+double nb_optim_lr(const nb_optim *opt);
+void nb_optim_set_lr(nb_optim *opt, double lr);
+/* Steps taken (restored by nb_checkpoint_load). */
+int64_t nb_optim_steps(const nb_optim *opt);
+nb_optim_kind nb_optim_get_kind(const nb_optim *opt);
+/* The optimizer's state tensors (exp_avg, momentum buffers...), owned by it, named
+ * "<param>.<state>" (e.g. "fc.weight.exp_avg") for checkpoints. */
+int nb_optim_state_count(const nb_optim *opt);
+nb_tensor *nb_optim_state_tensor(const nb_optim *opt, int i);
+const char *nb_optim_state_name(const nb_optim *opt, int i);
+nb_status nb_optim_set_steps(nb_optim *opt, int64_t steps);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Learning-rate schedules                                                                         */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef enum nb_sched_kind {
+    NB_SCHED_STEP = 0,    /* lr = base * gamma^(floor(epoch / step_size)) */
+    NB_SCHED_MULTISTEP,   /* lr = base * gamma^(number of milestones <= epoch) */
+    NB_SCHED_EXPONENTIAL, /* lr = base * gamma^epoch */
+    NB_SCHED_COSINE,      /* linear warm-up from base * warmup_start over warmup epochs, then cosine
+                             annealing to eta_min at t_max */
+    NB_SCHED_PLATEAU,     /* lr *= factor after `patience` epochs without improvement of the metric */
+    NB_SCHED_KIND_COUNT
+} nb_sched_kind;
+
+#define NB_SCHED_MAX_MILESTONES 32
+
+typedef struct nb_sched_opts {
+    int64_t step_size;                               /* STEP */
+    double gamma;                                    /* STEP, MULTISTEP, EXPONENTIAL */
+    int n_milestones;                                /* MULTISTEP */
+    int64_t milestones[NB_SCHED_MAX_MILESTONES];
+    int64_t t_max;                                   /* COSINE: total epochs, warm-up included */
+    double eta_min;                                  /* COSINE */
+    int64_t warmup;                                  /* COSINE: warm-up epochs (0: none) */
+    double warmup_start;                             /* COSINE: first warm-up factor (e.g. 0.1) */
+    int maximize;                                    /* PLATEAU: the metric improves upwards */
+    double factor;                                   /* PLATEAU (default 0.1) */
+    int64_t patience;                                /* PLATEAU (default 10) */
+    double threshold;                                /* PLATEAU, relative (default 1e-4) */
+    int64_t cooldown;                                /* PLATEAU */
+    double min_lr;                                   /* PLATEAU */
+} nb_sched_opts;
+
+/* torch.optim.lr_scheduler's defaults where it has them. */
+nb_sched_opts nb_sched_defaults(nb_sched_kind kind);
+
+typedef struct nb_sched nb_sched;
+
+/* A schedule driving opt's learning rate from its current value (the base). */
+nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *opts);
+void nb_sched_free(nb_sched *s);
+/* End of an epoch: advance and set the optimizer's lr; metric is read by PLATEAU only. Returns the
+ * new lr (NaN on error). */
+double nb_sched_step(nb_sched *s, double metric);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Clipping and early stopping                                                                     */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Scale every gradient of params by max_norm / (norm + 1e-6) when the global L2 norm exceeds
+ * max_norm; returns the norm before clipping (NaN on error). */
+double nb_clip_grad_norm(nb_params *params, double max_norm);
+/* Clamp every gradient element to [-clip, clip]. */
+nb_status nb_clip_grad_value(nb_params *params, double clip);
+
+typedef struct nb_early_stop nb_early_stop;
+
+/* Watches a metric once per epoch; keeps a copy of params at the best value. */
+nb_early_stop *nb_early_stop_new(nb_params *params, int64_t patience, double min_delta, int maximize);
+void nb_early_stop_free(nb_early_stop *es);
+/* Report this epoch's metric: returns 1 when training should stop (no improvement by more than
+ * min_delta for `patience` epochs), 0 to go on, -1 on error. */
+int nb_early_stop_update(nb_early_stop *es, double metric);
+/* Copy the best parameters back into the collection. */
+nb_status nb_early_stop_restore(nb_early_stop *es);
+double nb_early_stop_best(const nb_early_stop *es);
+int64_t nb_early_stop_best_epoch(const nb_early_stop *es); /* 0-based; -1 before any update */
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Data                                                                                            */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct nb_dataset nb_dataset;
+
+/* Samples are the rows (dim 0) of inputs and targets (targets may be NULL; same row count). The
+ * dataset takes ownership of both leaves and frees them with itself. */
+nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
+void nb_dataset_free(nb_dataset *d);
+int64_t nb_dataset_size(const nb_dataset *d);
+/* The underlying tensors (all rows, owned by the dataset they came from). */
+nb_tensor *nb_dataset_inputs(const nb_dataset *d);
+nb_tensor *nb_dataset_targets(const nb_dataset *d);
+/* A seeded random split into two views of d (no data copied): val gets round(fraction * size)
+ * samples. The views borrow d's tensors: free them before d. */
+nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t seed, nb_dataset **train,
+                           nb_dataset **val);
+
+typedef struct nb_batches nb_batches;
+
+/* Batches over d, shuffled with a seeded stream when shuffle is set (a new order every epoch, the
+ * same orders for the same seed); drop_last skips a final short batch. */
+nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle, int drop_last, uint64_t seed);
+void nb_batches_free(nb_batches *b);
+/* The next batch of the epoch as constants on the current tape (rows gathered, nothing else
+ * copied): returns 1 with *x (and *y when targets exist) set, 0 at the end of the epoch (the next
+ * call starts a new epoch), -1 on error. */
+int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y);
+/* The dataset row indices of the last batch returned, and its size. */
+const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count);
+int64_t nb_batches_per_epoch(const nb_batches *b);
+
+/* Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
+ * data is converted and multiplied by scale (e.g. 1/255); other IDX types keep their values.
+ * Validates the magic number, the dimensions and the file length. */
+nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor **out);
+
+typedef struct nb_vocab nb_vocab;
+
+/* The distinct bytes of text, in byte order. */
+nb_vocab *nb_vocab_build(const char *text, size_t len);
+void nb_vocab_free(nb_vocab *v);
+int nb_vocab_size(const nb_vocab *v);
+/* Id of byte c, -1 if it is not in the vocabulary. */
+int nb_vocab_id(const nb_vocab *v, unsigned char c);
+/* Byte of id, -1 if out of range. */
+int nb_vocab_char(const nb_vocab *v, int id);
+/* Encode len bytes into ids (fails on a byte not in the vocabulary); decode n ids into n bytes. */
+nb_status nb_vocab_encode(const nb_vocab *v, const char *text, size_t len, int64_t *ids);
+nb_status nb_vocab_decode(const nb_vocab *v, const int64_t *ids, size_t n, char *text);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Checkpoints (safetensors)                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Write tensors (F32/F64/I64) with their names, and optional string metadata, as a safetensors
+ * file. Atomic: the data goes to a temporary file in the same folder, is fsync'ed and renamed over
+ * path, so a failure leaves any previous file intact. */
+nb_status nb_safetensors_save(const char *path, int n, const char *const *names, nb_tensor *const *tensors,
+                              int n_meta, const char *const *meta_keys, const char *const *meta_values);
+
+/* The parameters of params, the state of opt (may be NULL) and the step counter in one file. */
+nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
+/* Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
+ * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
+ * dtypes and shapes matching the model); on any failure nothing of params or opt is changed.
+ * step may be NULL. */
+nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NABLA_TRAIN_H */

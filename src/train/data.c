@@ -1,0 +1,322 @@
+/* Datasets, seeded splits and batches. Written against nabla.h only, like user code.
+ *
+ * A dataset owns two leaves whose rows are the samples; a split view borrows them and holds the
+ * rows it covers (an index array, no data copied). Batches shuffle a permutation of those rows
+ * (Fisher-Yates on a stream seeded once) and gather each batch onto the current tape with
+ * nb_index_select: the index tensor is a tape constant, so a batch costs no heap allocation. */
+#include <nabla.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct nb_dataset {
+    nb_tensor *inputs, *targets; /* owned by a root dataset, borrowed by a view */
+    int64_t *rows;               /* a view: its samples as rows of inputs/targets [size] */
+    int64_t size;
+    int is_view;
+};
+
+/* ---- datasets --------------------------------------------------------------------------------- */
+
+/* Free a leaf handed to nb_dataset_new (an op result is not ours to free). */
+static void drop_leaf(nb_tensor *t)
+{
+    if (t && nb_tensor_is_leaf(t)) nb_tensor_free(t);
+}
+
+/* Whether t can hold samples: a leaf with a row dimension that does not require grad. */
+static int check_rows(const nb_tensor *t, const char *what)
+{
+    char buf[96];
+    if (!nb_tensor_is_leaf(t)) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves", what,
+                     nb_shape_str(t, buf, sizeof buf));
+        return 0;
+    }
+    if (nb_tensor_ndim(t) < 1) {
+        nb_error_set(NB_ERR_SHAPE, "nb_dataset_new: %s is 0-d; samples are the rows of dim 0", what);
+        return 0;
+    }
+    if (nb_tensor_requires_grad(t)) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s requires grad; data must not", what,
+                     nb_shape_str(t, buf, sizeof buf));
+        return 0;
+    }
+    return 1;
+}
+
+nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets)
+{
+    const char *who = "nb_dataset_new";
+    if (!inputs) {
+        drop_leaf(targets);
+        nb_error_set(NB_ERR_ARG, "%s: inputs is NULL", who);
+        return NULL;
+    }
+    if (inputs == targets) {
+        drop_leaf(inputs);
+        nb_error_set(NB_ERR_ARG, "%s: inputs and targets are the same tensor", who);
+        return NULL;
+    }
+    if (!check_rows(inputs, "inputs") || (targets && !check_rows(targets, "targets"))) goto fail;
+    if (targets && nb_tensor_dim(targets, 0) != nb_tensor_dim(inputs, 0)) {
+        char a[96], b[96];
+        nb_error_set(NB_ERR_SHAPE, "%s: inputs %s and targets %s have different row counts", who,
+                     nb_shape_str(inputs, a, sizeof a), nb_shape_str(targets, b, sizeof b));
+        goto fail;
+    }
+    nb_dataset *d = calloc(1, sizeof *d);
+    if (!d) {
+        nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
+        goto fail;
+    }
+    d->inputs = inputs;
+    d->targets = targets;
+    d->size = nb_tensor_dim(inputs, 0);
+    return d;
+fail:
+    drop_leaf(inputs);
+    drop_leaf(targets);
+    return NULL;
+}
+
+void nb_dataset_free(nb_dataset *d)
+{
+    if (!d) return;
+    if (d->is_view) {
+        free(d->rows);
+    } else {
+        nb_tensor_free(d->inputs);
+        nb_tensor_free(d->targets);
+    }
+    free(d);
+}
+
+int64_t nb_dataset_size(const nb_dataset *d)
+{
+    if (!d) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_size: dataset is NULL");
+        return -1;
+    }
+    return d->size;
+}
+
+nb_tensor *nb_dataset_inputs(const nb_dataset *d)
+{
+    if (!d) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_inputs: dataset is NULL");
+        return NULL;
+    }
+    return d->inputs;
+}
+
+nb_tensor *nb_dataset_targets(const nb_dataset *d)
+{
+    if (!d) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_targets: dataset is NULL");
+        return NULL;
+    }
+    return d->targets;
+}
+
+/* Row of inputs/targets holding sample i of d. */
+static int64_t row_of(const nb_dataset *d, int64_t i) { return d->rows ? d->rows[i] : i; }
+
+/* rows[0..n) = 0..n-1 shuffled by Fisher-Yates from rng (every permutation equally likely). */
+static void shuffle(int64_t *rows, int64_t n, nb_rng *rng)
+{
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)nb_rng_below(rng, (uint64_t)i + 1);
+        int64_t t = rows[i];
+        rows[i] = rows[j];
+        rows[j] = t;
+    }
+}
+
+/* A view of d's tensors over n rows (taken over by the view). */
+static nb_dataset *view_new(const nb_dataset *d, int64_t *rows, int64_t n)
+{
+    nb_dataset *v = calloc(1, sizeof *v);
+    if (!v) return NULL;
+    v->inputs = d->inputs;
+    v->targets = d->targets;
+    v->rows = rows;
+    v->size = n;
+    v->is_view = 1;
+    return v;
+}
+
+nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t seed, nb_dataset **train,
+                           nb_dataset **val)
+{
+    const char *who = "nb_dataset_split";
+    if (train) *train = NULL;
+    if (val) *val = NULL;
+    if (!d || !train || !val) {
+        nb_error_set(NB_ERR_ARG, "%s: %s is NULL", who, !d ? "dataset" : !train ? "train" : "val");
+        return NB_ERR_ARG;
+    }
+    if (!(val_fraction >= 0.0 && val_fraction <= 1.0)) {
+        nb_error_set(NB_ERR_ARG, "%s: val_fraction %g is not in [0, 1]", who, val_fraction);
+        return NB_ERR_ARG;
+    }
+    int64_t n = d->size, n_val = (int64_t)llround(val_fraction * (double)n);
+    if (n_val > n) n_val = n;
+    /* perm: a seeded permutation of d's samples; its first n_val go to val. Each view keeps its
+     * samples in d's order, so an unshuffled pass over a view reads the data in storage order. */
+    size_t bytes = (size_t)(n ? n : 1) * sizeof(int64_t);
+    int64_t *perm = malloc(bytes);
+    unsigned char *is_val = calloc((size_t)(n ? n : 1), 1);
+    int64_t *rows_train = malloc((size_t)(n - n_val ? n - n_val : 1) * sizeof(int64_t));
+    int64_t *rows_val = malloc((size_t)(n_val ? n_val : 1) * sizeof(int64_t));
+    nb_dataset *t = NULL, *v = NULL;
+    if (!perm || !is_val || !rows_train || !rows_val) goto nomem;
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    nb_rng rng;
+    nb_rng_seed(&rng, seed);
+    shuffle(perm, n, &rng);
+    for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
+    for (int64_t i = 0, a = 0, b = 0; i < n; i++) {
+        if (is_val[i])
+            rows_val[b++] = row_of(d, i);
+        else
+            rows_train[a++] = row_of(d, i);
+    }
+    t = view_new(d, rows_train, n - n_val);
+    if (!t) goto nomem;
+    rows_train = NULL;
+    v = view_new(d, rows_val, n_val);
+    if (!v) goto nomem;
+    free(perm);
+    free(is_val);
+    *train = t;
+    *val = v;
+    return NB_OK;
+nomem:
+    free(perm);
+    free(is_val);
+    free(rows_train);
+    free(rows_val);
+    nb_dataset_free(t);
+    nb_error_set(NB_ERR_NOMEM, "%s: out of memory splitting %lld samples", who, (long long)n);
+    return NB_ERR_NOMEM;
+}
+
+/* ---- batches ---------------------------------------------------------------------------------- */
+
+struct nb_batches {
+    const nb_dataset *d; /* borrowed */
+    int64_t batch_size;
+    int shuffle, drop_last;
+    nb_rng rng;         /* seeded once; every epoch's shuffle continues the stream */
+    int64_t *order;     /* this epoch's rows of d's tensors, in batch order [d->size] */
+    int64_t *last;      /* rows of the last batch returned [min(batch_size, size)] */
+    int64_t last_count;
+    int64_t pos;        /* next position in order */
+    int in_epoch;       /* order is set up for the current epoch */
+};
+
+nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_rows, int drop_last,
+                           uint64_t seed)
+{
+    const char *who = "nb_batches_new";
+    if (!d) {
+        nb_error_set(NB_ERR_ARG, "%s: dataset is NULL", who);
+        return NULL;
+    }
+    if (batch_size < 1) {
+        nb_error_set(NB_ERR_ARG, "%s: batch_size %lld must be >= 1", who, (long long)batch_size);
+        return NULL;
+    }
+    int64_t n = d->size, cap = batch_size < n ? batch_size : n;
+    nb_batches *b = calloc(1, sizeof *b);
+    if (b) {
+        b->order = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+        b->last = malloc((size_t)(cap ? cap : 1) * sizeof(int64_t));
+    }
+    if (!b || !b->order || !b->last) {
+        nb_batches_free(b);
+        nb_error_set(NB_ERR_NOMEM, "%s: out of memory for an order of %lld samples", who, (long long)n);
+        return NULL;
+    }
+    b->d = d;
+    b->batch_size = batch_size;
+    b->shuffle = shuffle_rows ? 1 : 0;
+    b->drop_last = drop_last ? 1 : 0;
+    nb_rng_seed(&b->rng, seed);
+    return b;
+}
+
+void nb_batches_free(nb_batches *b)
+{
+    if (!b) return;
+    free(b->order);
+    free(b->last);
+    free(b);
+}
+
+int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
+{
+    const char *who = "nb_batches_next";
+    if (x) *x = NULL;
+    if (y) *y = NULL;
+    if (!b || !x) {
+        nb_error_set(NB_ERR_ARG, "%s: %s is NULL", who, !b ? "batches" : "x");
+        return -1;
+    }
+    if (!nb_tape_current()) {
+        nb_error_set(NB_ERR_STATE, "%s: no current tape (batches are tape constants: call nb_tape_begin "
+                     "first)", who);
+        return -1;
+    }
+    const nb_dataset *d = b->d;
+    int64_t n = d->size;
+    if (!b->in_epoch) {
+        /* A new epoch: the rows in storage order, then shuffled from the stream. Starting from the
+         * identity makes each epoch's order a function of the stream alone. */
+        for (int64_t i = 0; i < n; i++) b->order[i] = row_of(d, i);
+        if (b->shuffle) shuffle(b->order, n, &b->rng);
+        b->pos = 0;
+        b->in_epoch = 1;
+    }
+    int64_t left = n - b->pos;
+    if (left == 0 || (b->drop_last && left < b->batch_size)) {
+        b->in_epoch = 0;
+        return 0;
+    }
+    int64_t count = left < b->batch_size ? left : b->batch_size;
+    nb_tensor *idx = nb_zeros(NB_I64, 1, &count);
+    if (!idx) return -1;
+    memcpy(nb_tensor_data(idx), b->order + b->pos, (size_t)count * sizeof(int64_t));
+    nb_tensor *bx = nb_index_select(d->inputs, 0, idx);
+    nb_tensor *by = d->targets ? nb_index_select(d->targets, 0, idx) : NULL;
+    if (!bx || (d->targets && !by)) return -1; /* nb_index_select's error stands */
+    memcpy(b->last, b->order + b->pos, (size_t)count * sizeof(int64_t));
+    b->last_count = count;
+    b->pos += count;
+    *x = bx;
+    if (y) *y = by;
+    return 1;
+}
+
+const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count)
+{
+    if (count) *count = 0;
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_indices: batches is NULL");
+        return NULL;
+    }
+    if (count) *count = b->last_count;
+    return b->last;
+}
+
+int64_t nb_batches_per_epoch(const nb_batches *b)
+{
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_per_epoch: batches is NULL");
+        return -1;
+    }
+    int64_t n = b->d->size, bs = b->batch_size;
+    return b->drop_last ? n / bs : n / bs + (n % bs != 0);
+}

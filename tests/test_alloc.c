@@ -1,0 +1,248 @@
+/* Steady-state allocation: after the first training step, a step (forward, backward, update, zero_grad,
+ * reset) makes no heap allocation at all. A counting allocator also checks that every free names the
+ * size of the block it frees, and that nothing leaks once every object is freed. */
+#include "nbtest.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ---- the counting allocator ------------------------------------------------------------------- */
+
+#define MAX_LIVE 4096
+
+typedef struct counter {
+    long allocs, reallocs, frees;
+    long size_mismatches, unknown_frees;
+    size_t live_bytes;
+    void *ptr[MAX_LIVE];
+    size_t size[MAX_LIVE];
+    int n_live;
+    int overflow;
+} counter;
+
+static counter g_count;
+
+static void track(counter *c, void *p, size_t size)
+{
+    if (c->n_live == MAX_LIVE) {
+        c->overflow = 1;
+        return;
+    }
+    c->ptr[c->n_live] = p;
+    c->size[c->n_live] = size;
+    c->n_live++;
+    c->live_bytes += size;
+}
+
+/* remove p; returns its recorded size, or SIZE_MAX if unknown */
+static size_t untrack(counter *c, void *p)
+{
+    for (int i = c->n_live - 1; i >= 0; i--) {
+        if (c->ptr[i] != p) continue;
+        size_t s = c->size[i];
+        c->ptr[i] = c->ptr[c->n_live - 1];
+        c->size[i] = c->size[c->n_live - 1];
+        c->n_live--;
+        c->live_bytes -= s;
+        return s;
+    }
+    return SIZE_MAX;
+}
+
+static void *count_alloc(size_t size, void *user)
+{
+    counter *c = user;
+    c->allocs++;
+    void *p = malloc(size);
+    if (p) track(c, p, size);
+    return p;
+}
+
+static void *count_realloc(void *ptr, size_t old_size, size_t new_size, void *user)
+{
+    counter *c = user;
+    c->reallocs++;
+    size_t s = untrack(c, ptr);
+    if (s == SIZE_MAX)
+        c->unknown_frees++;
+    else if (s != old_size)
+        c->size_mismatches++;
+    void *p = realloc(ptr, new_size);
+    if (p)
+        track(c, p, new_size);
+    else
+        track(c, ptr, s == SIZE_MAX ? old_size : s);
+    return p;
+}
+
+static void count_free(void *ptr, size_t size, void *user)
+{
+    counter *c = user;
+    c->frees++;
+    size_t s = untrack(c, ptr);
+    if (s == SIZE_MAX)
+        c->unknown_frees++;
+    else if (s != size) {
+        if (c->size_mismatches == 0)
+            fprintf(stderr, "  free of %p: size %zu, allocated %zu\n", ptr, size, s);
+        c->size_mismatches++;
+    }
+    free(ptr);
+}
+
+static long total_calls(const counter *c) { return c->allocs + c->reallocs + c->frees; }
+
+/* ---- a small MLP ------------------------------------------------------------------------------ */
+
+typedef struct model {
+    nb_dtype dt;
+    nb_tensor *x, *t;           /* x [batch,in], t [batch,out] */
+    nb_tensor *w1, *b1, *w2, *b2; /* [in,hid], [hid], [hid,out], [out] */
+} model;
+
+static void model_init(model *m, nb_dtype dt, int64_t batch, int64_t in, int64_t hid, int64_t out, uint64_t seed)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, seed);
+    m->dt = dt;
+    m->x = nb_tensor_uniform(dt, NB_SHAPE(batch, in), -1, 1, &rng);
+    m->t = nb_tensor_uniform(dt, NB_SHAPE(batch, out), -1, 1, &rng);
+    double s1 = 1.0 / sqrt((double)in), s2 = 1.0 / sqrt((double)hid);
+    m->w1 = nb_tensor_uniform(dt, NB_SHAPE(in, hid), -s1, s1, &rng);
+    m->b1 = nb_tensor_zeros(dt, NB_SHAPE(hid));
+    m->w2 = nb_tensor_uniform(dt, NB_SHAPE(hid, out), -s2, s2, &rng);
+    m->b2 = nb_tensor_zeros(dt, NB_SHAPE(out));
+    nb_tensor *p[] = {m->w1, m->b1, m->w2, m->b2};
+    for (int i = 0; i < 4; i++) nb_tensor_set_requires_grad(p[i], 1);
+}
+
+static void model_free(model *m)
+{
+    nb_tensor *all[] = {m->x, m->t, m->w1, m->b1, m->w2, m->b2};
+    for (int i = 0; i < 6; i++) nb_tensor_free(all[i]);
+}
+
+/* One training step on tape; returns the loss before the update, NaN on error. */
+static double step(nb_tape *tape, model *m, double lr)
+{
+    if (nb_tape_begin(tape) != NB_OK) return NAN;
+    nb_tensor *h = nb_tanh(nb_add(nb_matmul(m->x, m->w1), m->b1)); /* bias [hid] broadcast over rows */
+    nb_tensor *y = nb_add(nb_matmul(h, m->w2), m->b2);
+    nb_tensor *e = nb_sub(y, m->t);
+    nb_tensor *loss = nb_mean_all(nb_mul(e, e));
+    double value = loss ? nb_tensor_item(loss) : NAN;
+    if (nb_backward(loss, NULL, 0) != NB_OK) value = NAN;
+    nb_tensor *p[] = {m->w1, m->b1, m->w2, m->b2};
+    for (int i = 0; i < 4; i++) {
+        if (nb_tensor_axpy(p[i], -lr, nb_tensor_grad(p[i])) != NB_OK) value = NAN;
+        nb_tensor_zero_grad(p[i]);
+    }
+    if (nb_tape_end(tape) != NB_OK) value = NAN;
+    nb_tape_reset(tape);
+    return value;
+}
+
+/* A step with a gradient penalty: loss + 0.01 * sum over parameters of |d loss / d p|^2, differentiated
+ * through the create-graph gradient (double backward) every step. */
+static double step_penalty(nb_tape *tape, model *m, double lr)
+{
+    if (nb_tape_begin(tape) != NB_OK) return NAN;
+    nb_tensor *h = nb_tanh(nb_add(nb_matmul(m->x, m->w1), m->b1));
+    nb_tensor *e = nb_sub(nb_add(nb_matmul(h, m->w2), m->b2), m->t);
+    nb_tensor *loss = nb_mean_all(nb_mul(e, e));
+    double value = loss ? nb_tensor_item(loss) : NAN;
+    nb_tensor *p[] = {m->w1, m->b1, m->w2, m->b2}, *g[4] = {0};
+    if (nb_grad(loss, NULL, 4, p, g, NB_CREATE_GRAPH) != NB_OK) value = NAN;
+    nb_tensor *total = loss;
+    for (int i = 0; i < 4; i++) total = nb_add(total, nb_mul_scalar(nb_sum_all(nb_mul(g[i], g[i])), 0.01));
+    if (nb_backward(total, NULL, 0) != NB_OK) value = NAN;
+    for (int i = 0; i < 4; i++) {
+        if (nb_tensor_axpy(p[i], -lr, nb_tensor_grad(p[i])) != NB_OK) value = NAN;
+        nb_tensor_zero_grad(p[i]);
+    }
+    if (nb_tape_end(tape) != NB_OK) value = NAN;
+    nb_tape_reset(tape);
+    return value;
+}
+
+typedef double (*step_fn)(nb_tape *tape, model *m, double lr);
+
+static void train(const char *name, step_fn stepf, nb_dtype dt, int64_t batch, int64_t in, int64_t hid,
+                  int64_t out, double lr, int expect_chunks)
+{
+    model m;
+    model_init(&m, dt, batch, in, hid, out, 11);
+    nb_tape *tape = nb_tape_new();
+    CHECK_NO_ERROR();
+
+    double loss[10];
+    long calls[10];
+    size_t reserved[10];
+    for (int it = 0; it < 10; it++) {
+        long before = total_calls(&g_count);
+        loss[it] = stepf(tape, &m, lr);
+        calls[it] = total_calls(&g_count) - before;
+        reserved[it] = nb_tape_bytes_reserved(tape);
+    }
+    CHECK_NO_ERROR();
+    CHECK(calls[0] > 0, "%s: the first step allocated nothing (%ld calls): the counter is not in use", name,
+          calls[0]);
+    for (int it = 1; it < 10; it++)
+        CHECK(calls[it] == 0, "%s: step %d made %ld allocator calls, expected 0", name, it + 1, calls[it]);
+    for (int it = 1; it < 10; it++)
+        CHECK(reserved[it] == reserved[1], "%s: step %d reserved %zu bytes, step 2 %zu", name, it + 1,
+              reserved[it], reserved[1]);
+    if (expect_chunks)
+        CHECK(reserved[1] > ((size_t)1 << 20), "%s: the tape needs more than one 1 MiB chunk (%zu bytes)", name,
+              reserved[1]);
+    int finite = 1, monotone = 1;
+    for (int it = 0; it < 10; it++) finite &= isfinite(loss[it]);
+    for (int it = 1; it < 10; it++) monotone &= loss[it] < loss[it - 1];
+    CHECK(finite, "%s: losses are finite", name);
+    CHECK(monotone, "%s: loss decreases at every step (%g ... %g)", name, loss[0], loss[9]);
+    CHECK(loss[9] < 0.95 * loss[0], "%s: loss %g -> %g", name, loss[0], loss[9]);
+
+    nb_tape_free(tape);
+    model_free(&m);
+}
+
+int main(void)
+{
+    nb_allocator a = {count_alloc, count_realloc, count_free, &g_count};
+    nb_set_allocator(&a);
+
+    train("f64 small", step, NB_F64, 16, 8, 16, 2, 0.2, 0);
+    train("f32 small", step, NB_F32, 16, 8, 16, 2, 0.2, 0);
+    /* activations of [512,256] f64 (1 MiB each): the first step spreads over several arena chunks, the
+     * reset coalesces them, and the later steps fit in one */
+    train("f64 multi-chunk", step, NB_F64, 512, 32, 256, 4, 0.2, 1);
+    /* double backward every step: create-graph gradients live on the tape too */
+    train("f64 gradient penalty", step_penalty, NB_F64, 16, 8, 16, 2, 0.2, 0);
+
+    /* every object freed: nothing live, and every free named the right size */
+    CHECK(!g_count.overflow, "tracking table overflowed");
+    CHECK(g_count.n_live == 0 && g_count.live_bytes == 0, "%d blocks (%zu bytes) still live after freeing all",
+          g_count.n_live, g_count.live_bytes);
+    CHECK(g_count.size_mismatches == 0, "%ld frees named the wrong size", g_count.size_mismatches);
+    CHECK(g_count.unknown_frees == 0, "%ld frees of blocks the allocator never gave out", g_count.unknown_frees);
+    CHECK(g_count.allocs > 0 && g_count.frees > 0, "the allocator was used");
+
+    /* names and gradients of a leaf are freed with it */
+    long before = g_count.allocs;
+    nb_tensor *t = nb_tensor_zeros(NB_F64, NB_SHAPE(3));
+    nb_tensor_set_name(t, "weights");
+    CHECK(g_count.allocs == before + 2, "a leaf and its name: two allocations (%ld)", g_count.allocs - before);
+    nb_tensor_free(t);
+    CHECK(g_count.n_live == 0, "leaf and name freed");
+
+    nb_set_allocator(NULL);
+    /* with the default allocator restored, the counter sees nothing */
+    long calls = total_calls(&g_count);
+    nb_tensor *u = nb_tensor_ones(NB_F32, NB_SHAPE(4));
+    nb_tape *tp = nb_tape_new();
+    nb_tape_free(tp);
+    nb_tensor_free(u);
+    CHECK(total_calls(&g_count) == calls, "default allocator restored");
+    CHECK_NO_ERROR();
+    return nbt_report("alloc");
+}

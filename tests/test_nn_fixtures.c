@@ -1,0 +1,973 @@
+/* PyTorch reference tests for nabla's nn layer: every case of a fixture file written by
+ * tests/gen_nn_fixtures.py (the file format and the nabla <- torch name mapping are documented there)
+ * is run through nabla in float64:
+ *
+ *   test_nn_fixtures FILE
+ *
+ * For each case: a parameter collection with the layer built by its public constructor (f64), every
+ * parameter overwritten with the fixture's values (nb_tensor_copy_from, so nabla's initialisers do
+ * not matter; every nabla parameter must have a fixture value and every fixture parameter must be
+ * used), the inputs as leaves (requiring grad where the fixture has their gradient), the forward
+ * pass, then one nb_backward of L = sum over outputs o of sum(o * seed_o), the scalar the generator
+ * differentiated. Outputs and the gradients of every parameter and input are compared with PyTorch.
+ * The test fails on a fixture layer without a runner and on a runner without a fixture case. */
+#include "nbtest.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tolerance                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* An element passes when |got - want| <= RTOL |want| + ATOL_SCALE * S, S the largest magnitude of
+ * any output or gradient of the case. The relative bound (1e-10) is what is being tested: the layers
+ * chain tens of BLAS products and reductions, each summing in its own order, so results agree to
+ * 1e-13..1e-15 relative, not bit for bit. The floor, 1e-13 of the case's scale (a few hundred ulps
+ * of its largest value), only matters for values that are zero in exact arithmetic and come out as
+ * rounding noise on both sides: the gradient of a key-projection bias in attention (softmax is
+ * invariant to shifting all of a query's scores, so it is exactly 0 and torch reports ~1e-16), and
+ * sums of terms of mixed sign that cancel. It is far below every value that carries information. */
+#define RTOL 1e-10
+#define ATOL_SCALE 1e-13
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fixture data                                                                                    */
+/* ---------------------------------------------------------------------------------------------- */
+
+#define FX_VERSION 1
+#define FX_HEADER "nabla-nn-fixtures"
+#define FX_MAX_TENSORS 48
+#define FX_MAX_ATTRS 16
+#define FX_MAX_ATTR_VALS NB_MAX_DIMS
+#define FX_MAX_NAME 64
+#define FX_MAX_NUMEL ((int64_t)1 << 24)
+
+typedef enum fx_kind { FX_PARAM, FX_IN, FX_OUT, FX_SEED, FX_GRAD, FX_KIND_COUNT } fx_kind;
+static const char *const fx_kind_names[] = {"param", "in", "out", "seed", "grad"};
+_Static_assert(sizeof fx_kind_names / sizeof fx_kind_names[0] == FX_KIND_COUNT, "one name per kind");
+
+typedef struct fx_tensor {
+    fx_kind kind;
+    char name[FX_MAX_NAME];
+    nb_dtype dtype;
+    int ndim;
+    int64_t shape[NB_MAX_DIMS];
+    int64_t numel;
+    double *v; /* numel values (i64 values are integers below 2^53 in magnitude) */
+    int line;
+    bool used; /* consumed by the run (an unused param or input is an error) */
+} fx_tensor;
+
+typedef struct fx_attr {
+    char key[FX_MAX_NAME];
+    int n;
+    double v[FX_MAX_ATTR_VALS];
+    bool used;
+} fx_attr;
+
+typedef struct fx_case {
+    char name[FX_MAX_NAME];
+    char layer[FX_MAX_NAME];
+    int line;
+    int nattr;
+    fx_attr attr[FX_MAX_ATTRS];
+    int nt;
+    fx_tensor t[FX_MAX_TENSORS];
+} fx_case;
+
+typedef struct fx_file {
+    int ncases;
+    fx_case *cases;
+} fx_file;
+
+static void fx_case_free(fx_case *c)
+{
+    for (int i = 0; i < c->nt; i++) {
+        free(c->t[i].v);
+        c->t[i].v = NULL;
+    }
+    c->nt = 0;
+}
+
+static void fx_file_free(fx_file *f)
+{
+    for (int i = 0; i < f->ncases; i++) fx_case_free(&f->cases[i]);
+    free(f->cases);
+    f->cases = NULL;
+    f->ncases = 0;
+}
+
+static fx_tensor *fx_find(fx_case *c, fx_kind kind, const char *name)
+{
+    for (int i = 0; i < c->nt; i++)
+        if (c->t[i].kind == kind && !strcmp(c->t[i].name, name)) return &c->t[i];
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Parser: the whole file in memory, one line at a time, every error named with file and line      */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct fx_parser {
+    const char *fname;
+    int line;
+    char *err;
+    size_t errsize;
+} fx_parser;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static bool fx_fail(fx_parser *p, const char *fmt, ...)
+{
+    va_list ap;
+    int n = snprintf(p->err, p->errsize, "%s:%d: ", p->fname, p->line);
+    if (n < 0 || (size_t)n >= p->errsize) n = 0;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, p->errsize - (size_t)n, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static char *fx_token(char **s)
+{
+    char *q = *s;
+    while (*q == ' ' || *q == '\t' || *q == '\r') q++;
+    if (!*q) {
+        *s = q;
+        return NULL;
+    }
+    char *start = q;
+    while (*q && *q != ' ' && *q != '\t' && *q != '\r') q++;
+    if (*q) *q++ = '\0';
+    *s = q;
+    return start;
+}
+
+static bool fx_int(fx_parser *p, const char *tok, const char *what, int64_t lo, int64_t hi, int64_t *out)
+{
+    if (!tok) return fx_fail(p, "missing %s", what);
+    char *end;
+    errno = 0;
+    long long v = strtoll(tok, &end, 10);
+    if (end == tok || *end || errno) return fx_fail(p, "bad %s \"%s\" (expected an integer)", what, tok);
+    if (v < lo || v > hi) return fx_fail(p, "%s %lld out of range [%lld, %lld]", what, v, (long long)lo, (long long)hi);
+    *out = v;
+    return true;
+}
+
+static bool fx_number(fx_parser *p, const char *tok, const char *what, double *out)
+{
+    if (!tok) return fx_fail(p, "missing %s", what);
+    char *end;
+    double v = strtod(tok, &end);
+    if (end == tok || *end) return fx_fail(p, "bad %s \"%s\" (expected a number)", what, tok);
+    if (isinf(v) && !strstr(tok, "inf")) return fx_fail(p, "%s \"%s\" overflows a double", what, tok);
+    *out = v;
+    return true;
+}
+
+/* A name: 1..FX_MAX_NAME-1 characters of [A-Za-z0-9_.-]. */
+static bool fx_name(fx_parser *p, const char *tok, const char *what, char *out)
+{
+    if (!tok || !*tok) return fx_fail(p, "missing %s", what);
+    size_t n = strlen(tok);
+    if (n >= FX_MAX_NAME) return fx_fail(p, "%s \"%.20s...\" longer than %d characters", what, tok, FX_MAX_NAME - 1);
+    for (size_t i = 0; i < n; i++) {
+        char ch = tok[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+              ch == '.' || ch == '-'))
+            return fx_fail(p, "%s \"%s\" has a character other than letters, digits, _ . -", what, tok);
+    }
+    memcpy(out, tok, n + 1);
+    return true;
+}
+
+static bool fx_same_shape(const fx_tensor *a, const fx_tensor *b)
+{
+    if (a->ndim != b->ndim) return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d]) return false;
+    return true;
+}
+
+/* tensor <kind>:<name> <dtype> <ndim> <dims...> <values...> (the "tensor" token already read) */
+static bool fx_parse_tensor(fx_parser *p, fx_case *c, char *s)
+{
+    char *role = fx_token(&s);
+    if (!role) return fx_fail(p, "tensor: missing role");
+    char *colon = strchr(role, ':');
+    if (!colon) return fx_fail(p, "tensor: role \"%s\" is not <kind>:<name>", role);
+    *colon = '\0';
+    int kind = -1;
+    for (int k = 0; k < FX_KIND_COUNT; k++)
+        if (!strcmp(role, fx_kind_names[k])) kind = k;
+    if (kind < 0) return fx_fail(p, "tensor: unknown kind \"%s\" (param, in, out, seed, grad)", role);
+    if (c->nt == FX_MAX_TENSORS) return fx_fail(p, "case %s: more than %d tensors", c->name, FX_MAX_TENSORS);
+    fx_tensor *t = &c->t[c->nt];
+    memset(t, 0, sizeof *t);
+    t->kind = (fx_kind)kind;
+    if (!fx_name(p, colon + 1, "tensor name", t->name)) return false;
+    fx_tensor *prev = fx_find(c, t->kind, t->name);
+    if (prev) return fx_fail(p, "tensor %s:%s given twice (first at line %d)", role, t->name, prev->line);
+
+    const char *dt = fx_token(&s);
+    if (!dt) return fx_fail(p, "missing dtype");
+    if (!strcmp(dt, "f64"))
+        t->dtype = NB_F64;
+    else if (!strcmp(dt, "i64"))
+        t->dtype = NB_I64;
+    else
+        return fx_fail(p, "unknown dtype \"%s\" (expected f64 or i64)", dt);
+    int64_t ndim;
+    if (!fx_int(p, fx_token(&s), "ndim", 0, NB_MAX_DIMS, &ndim)) return false;
+    t->ndim = (int)ndim;
+    t->numel = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (!fx_int(p, fx_token(&s), "extent", 0, FX_MAX_NUMEL, &t->shape[d])) return false;
+        if (t->shape[d] && t->numel > FX_MAX_NUMEL / t->shape[d])
+            return fx_fail(p, "tensor %s: more than %lld elements", t->name, (long long)FX_MAX_NUMEL);
+        t->numel *= t->shape[d];
+    }
+    t->v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(double));
+    if (!t->v) return fx_fail(p, "tensor %s: out of memory", t->name);
+    t->line = p->line;
+    c->nt++; /* owned by the case from here on (freed with it) */
+    for (int64_t i = 0; i < t->numel; i++) {
+        char *tok = fx_token(&s);
+        if (!tok)
+            return fx_fail(p, "tensor %s: %lld values for %lld elements", t->name, (long long)i, (long long)t->numel);
+        if (t->dtype == NB_I64) {
+            int64_t iv;
+            if (!fx_int(p, tok, "i64 value", -((int64_t)1 << 53), (int64_t)1 << 53, &iv)) return false;
+            t->v[i] = (double)iv;
+        } else if (!fx_number(p, tok, "value", &t->v[i]))
+            return false;
+    }
+    if (fx_token(&s)) return fx_fail(p, "tensor %s: more than %lld values", t->name, (long long)t->numel);
+    return true;
+}
+
+/* The checks that need the whole case, at its `end`. */
+static bool fx_finish_case(fx_parser *p, fx_case *c)
+{
+    int nout = 0;
+    for (int i = 0; i < c->nt; i++) {
+        fx_tensor *t = &c->t[i];
+        fx_tensor *o;
+        switch (t->kind) {
+        case FX_PARAM:
+            if (t->dtype != NB_F64) return fx_fail(p, "case %s: param %s is not f64", c->name, t->name);
+            if (!fx_find(c, FX_GRAD, t->name))
+                return fx_fail(p, "case %s: param %s has no grad (every parameter is differentiated)", c->name,
+                               t->name);
+            break;
+        case FX_IN: break;
+        case FX_OUT:
+            nout++;
+            if (t->dtype != NB_F64) return fx_fail(p, "case %s: out %s is not f64", c->name, t->name);
+            if (!fx_find(c, FX_SEED, t->name)) return fx_fail(p, "case %s: out %s has no seed", c->name, t->name);
+            break;
+        case FX_SEED:
+            o = fx_find(c, FX_OUT, t->name);
+            if (!o) return fx_fail(p, "case %s: seed %s without an out of that name", c->name, t->name);
+            if (t->dtype != NB_F64 || !fx_same_shape(t, o))
+                return fx_fail(p, "case %s: seed %s (line %d) differs from its out in dtype or shape", c->name,
+                               t->name, t->line);
+            break;
+        case FX_GRAD:
+            o = fx_find(c, FX_PARAM, t->name);
+            if (!o) o = fx_find(c, FX_IN, t->name);
+            if (!o) return fx_fail(p, "case %s: grad %s of no param or in", c->name, t->name);
+            if (o->dtype != NB_F64) return fx_fail(p, "case %s: grad %s of an i64 input", c->name, t->name);
+            if (t->dtype != NB_F64 || !fx_same_shape(t, o))
+                return fx_fail(p, "case %s: grad %s (line %d) differs from its tensor in dtype or shape", c->name,
+                               t->name, t->line);
+            break;
+        default: break;
+        }
+    }
+    if (!nout) return fx_fail(p, "case %s: no out tensor", c->name);
+    return true;
+}
+
+static bool fx_parse(char *text, const char *fname, fx_file *f, char *err, size_t errsize)
+{
+    fx_parser p = {fname, 0, err, errsize};
+    int cap = 0;
+    fx_case *c = NULL;
+    bool header = false, ok = true;
+    f->ncases = 0;
+    f->cases = NULL;
+    err[0] = '\0';
+    char *s = text;
+    while (ok && *s) {
+        char *line = s, *nl = strchr(s, '\n');
+        if (nl) {
+            *nl = '\0';
+            s = nl + 1;
+        } else
+            s += strlen(s);
+        p.line++;
+        char *kw = fx_token(&line);
+        if (!kw || kw[0] == '#') continue;
+        if (!header) {
+            int64_t ver;
+            if (strcmp(kw, FX_HEADER))
+                ok = fx_fail(&p, "expected the header \"%s %d\", found \"%s\"", FX_HEADER, FX_VERSION, kw);
+            else if (!fx_int(&p, fx_token(&line), "format version", 0, INT32_MAX, &ver))
+                ok = false;
+            else if (ver != FX_VERSION)
+                ok = fx_fail(&p, "format version %lld; this test reads version %d", (long long)ver, FX_VERSION);
+            else if (fx_token(&line))
+                ok = fx_fail(&p, "unexpected text after the header");
+            header = true;
+            continue;
+        }
+        if (!strcmp(kw, "case")) {
+            if (c) {
+                ok = fx_fail(&p, "case inside case %s (line %d): missing end", c->name, c->line);
+                break;
+            }
+            if (f->ncases == cap) {
+                int ncap = cap ? 2 * cap : 32;
+                fx_case *nc = realloc(f->cases, (size_t)ncap * sizeof(*nc));
+                if (!nc) {
+                    ok = fx_fail(&p, "out of memory");
+                    break;
+                }
+                f->cases = nc;
+                cap = ncap;
+            }
+            c = &f->cases[f->ncases++];
+            memset(c, 0, sizeof(*c));
+            c->line = p.line;
+            ok = fx_name(&p, fx_token(&line), "case name", c->name) && fx_name(&p, fx_token(&line), "layer", c->layer);
+            if (ok && fx_token(&line)) ok = fx_fail(&p, "case %s: unexpected text after the layer", c->name);
+            for (int i = 0; ok && i < f->ncases - 1; i++)
+                if (!strcmp(f->cases[i].name, c->name))
+                    ok = fx_fail(&p, "case %s defined twice (first at line %d)", c->name, f->cases[i].line);
+        } else if (!c) {
+            ok = fx_fail(&p, "\"%s\" outside a case", kw);
+        } else if (!strcmp(kw, "attr")) {
+            if (c->nattr == FX_MAX_ATTRS) {
+                ok = fx_fail(&p, "case %s: more than %d attributes", c->name, FX_MAX_ATTRS);
+                break;
+            }
+            fx_attr *a = &c->attr[c->nattr++];
+            memset(a, 0, sizeof(*a));
+            ok = fx_name(&p, fx_token(&line), "attribute key", a->key);
+            for (int i = 0; ok && i < c->nattr - 1; i++)
+                if (!strcmp(c->attr[i].key, a->key)) ok = fx_fail(&p, "attribute %s given twice", a->key);
+            for (char *tok; ok && (tok = fx_token(&line));) {
+                if (a->n == FX_MAX_ATTR_VALS)
+                    ok = fx_fail(&p, "attribute %s: more than %d values", a->key, FX_MAX_ATTR_VALS);
+                else
+                    ok = fx_number(&p, tok, "attribute value", &a->v[a->n++]);
+            }
+        } else if (!strcmp(kw, "tensor")) {
+            ok = fx_parse_tensor(&p, c, line);
+        } else if (!strcmp(kw, "end")) {
+            if (fx_token(&line))
+                ok = fx_fail(&p, "unexpected text after end");
+            else
+                ok = fx_finish_case(&p, c);
+            c = NULL;
+        } else {
+            ok = fx_fail(&p, "unknown directive \"%s\" (case, attr, tensor, end)", kw);
+        }
+    }
+    if (ok && !header) ok = fx_fail(&p, "empty file: no \"%s %d\" header", FX_HEADER, FX_VERSION);
+    if (ok && c) ok = fx_fail(&p, "case %s (line %d) has no end", c->name, c->line);
+    if (ok && f->ncases == 0) ok = fx_fail(&p, "no cases");
+    if (!ok) fx_file_free(f);
+    return ok;
+}
+
+static bool fx_load(const char *path, fx_file *f, char *err, size_t errsize)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
+        return false;
+    }
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap);
+    while (buf && (n = fread(buf + len, 1, cap - len - 1, fp)) > 0) {
+        len += n;
+        if (len + 1 == cap) {
+            char *grown = realloc(buf, cap * 2);
+            if (!grown) free(buf);
+            buf = grown;
+            cap *= 2;
+        }
+    }
+    bool read_error = ferror(fp);
+    fclose(fp);
+    if (!buf || read_error) {
+        snprintf(err, errsize, "%s: %s", path, buf ? "read error" : "out of memory");
+        free(buf);
+        return false;
+    }
+    buf[len] = '\0';
+    if (strlen(buf) != len) {
+        snprintf(err, errsize, "%s: contains a NUL byte (not a text fixture file)", path);
+        free(buf);
+        return false;
+    }
+    bool ok = fx_parse(buf, path, f, err, errsize);
+    free(buf);
+    return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Running a case                                                                                  */
+/* ---------------------------------------------------------------------------------------------- */
+
+#define MAX_OUTS 4
+
+typedef struct nn_run {
+    fx_case *c;
+    nb_params *p;
+    nb_rng rng;                       /* for the constructors (values are overwritten) */
+    nb_tensor *in[FX_MAX_TENSORS];    /* leaves of the case's in: tensors (indexed like c->t) */
+    int nout;
+    const char *out_name[MAX_OUTS];
+    nb_tensor *out[MAX_OUTS];
+    char err[256];                    /* why a runner gave up before or outside nabla */
+} nn_run;
+
+static bool run_fail(nn_run *r, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static bool run_fail(nn_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, sizeof r->err, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static fx_attr *attr_find(fx_case *c, const char *key)
+{
+    for (int i = 0; i < c->nattr; i++)
+        if (!strcmp(c->attr[i].key, key)) {
+            c->attr[i].used = true;
+            return &c->attr[i];
+        }
+    return NULL;
+}
+
+/* One integer attribute; def when absent (INT64_MIN: required). */
+static bool attr_int(nn_run *r, const char *key, int64_t def, int64_t *out)
+{
+    fx_attr *a = attr_find(r->c, key);
+    if (!a) {
+        *out = def;
+        return def != INT64_MIN || run_fail(r, "missing attribute %s", key);
+    }
+    if (a->n != 1 || a->v[0] != floor(a->v[0]) || fabs(a->v[0]) > 1e15)
+        return run_fail(r, "attribute %s: expected one integer", key);
+    *out = (int64_t)a->v[0];
+    return true;
+}
+
+static bool attr_f64(nn_run *r, const char *key, double def, double *out)
+{
+    fx_attr *a = attr_find(r->c, key);
+    if (!a) {
+        *out = def;
+        return true;
+    }
+    if (a->n != 1) return run_fail(r, "attribute %s: expected one number", key);
+    *out = a->v[0];
+    return true;
+}
+
+/* The leaf of input `name`; NULL (with r->err) if the fixture has none. */
+static nb_tensor *in_leaf(nn_run *r, const char *name, bool required)
+{
+    for (int i = 0; i < r->c->nt; i++)
+        if (r->c->t[i].kind == FX_IN && !strcmp(r->c->t[i].name, name)) {
+            r->c->t[i].used = true;
+            return r->in[i];
+        }
+    if (required) run_fail(r, "no input %s", name);
+    return NULL;
+}
+
+/* Overwrite every parameter of r->p with the fixture's value of the same name. */
+static bool load_params(nn_run *r)
+{
+    char s1[96];
+    for (int i = 0; i < nb_params_count(r->p); i++) {
+        const char *name = nb_params_name(r->p, i);
+        nb_tensor *t = nb_params_tensor(r->p, i);
+        fx_tensor *ft = fx_find(r->c, FX_PARAM, name);
+        if (!ft) return run_fail(r, "nabla parameter %s has no fixture value", name);
+        if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ft->ndim ||
+            memcmp(nb_tensor_shape(t), ft->shape, (size_t)ft->ndim * sizeof(int64_t)))
+            return run_fail(r, "nabla parameter %s is %s %s; the fixture's differs (line %d)", name,
+                            nb_dtype_name(nb_tensor_dtype(t)), nb_shape_str(t, s1, sizeof s1), ft->line);
+        if (nb_tensor_copy_from(t, ft->v) != NB_OK) return run_fail(r, "copy into %s: %s", name, nb_error_message());
+        ft->used = true;
+    }
+    for (int i = 0; i < r->c->nt; i++)
+        if (r->c->t[i].kind == FX_PARAM && !r->c->t[i].used)
+            return run_fail(r, "fixture parameter %s (line %d) is not a parameter of the nabla layer", r->c->t[i].name,
+                            r->c->t[i].line);
+    return true;
+}
+
+static bool put_out(nn_run *r, const char *name, nb_tensor *t)
+{
+    if (!t) return false; /* nabla's error stands */
+    if (r->nout == MAX_OUTS) return run_fail(r, "more than %d outputs", MAX_OUTS);
+    r->out_name[r->nout] = name;
+    r->out[r->nout++] = t;
+    return true;
+}
+
+static const nb_layer_opts F64_OPTS = {.dtype = NB_F64};
+
+/* ---- runners ---------------------------------------------------------------------------------- */
+
+typedef bool (*nn_run_fn)(nn_run *r);
+
+static bool run_rnn(nn_run *r, nb_rnn_kind kind)
+{
+    int64_t layers, input, hidden, bf;
+    if (!attr_int(r, "layers", INT64_MIN, &layers) || !attr_int(r, "input", INT64_MIN, &input) ||
+        !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf))
+        return false;
+    nb_rnn_opts o = {.layer = F64_OPTS, .batch_first = (int)bf};
+    nb_rnn net;
+    if (nb_rnn_init(&net, r->p, "rnn", kind, input, hidden, (int)layers, &o, &r->rng) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *x = in_leaf(r, "x", true), *h0 = in_leaf(r, "h0", true);
+    nb_tensor *c0 = kind == NB_LSTM ? in_leaf(r, "c0", true) : NULL;
+    if (!x || !h0 || (kind == NB_LSTM && !c0)) return false;
+    int64_t lengths[FX_MAX_ATTR_VALS];
+    fx_attr *la = attr_find(r->c, "lengths");
+    if (la) {
+        if (la->n != nb_tensor_dim(x, bf ? 0 : 1)) return run_fail(r, "attribute lengths: %d values for the batch", la->n);
+        for (int i = 0; i < la->n; i++) lengths[i] = (int64_t)la->v[i];
+    }
+    nb_rnn_state init = {h0, c0}, fin;
+    nb_tensor *y;
+    if (nb_rnn_forward(&net, x, &init, la ? lengths : NULL, &y, &fin) != NB_OK) return false;
+    return put_out(r, "y", y) && put_out(r, "h_n", fin.h) && (kind != NB_LSTM || put_out(r, "c_n", fin.c));
+}
+
+static bool run_rnn_tanh(nn_run *r) { return run_rnn(r, NB_RNN_TANH); }
+static bool run_lstm(nn_run *r) { return run_rnn(r, NB_LSTM); }
+static bool run_gru(nn_run *r) { return run_rnn(r, NB_GRU); }
+
+static bool run_mha(nn_run *r)
+{
+    int64_t embed, heads, causal;
+    if (!attr_int(r, "embed", INT64_MIN, &embed) || !attr_int(r, "heads", INT64_MIN, &heads) ||
+        !attr_int(r, "causal", 0, &causal))
+        return false;
+    nb_mha m;
+    if (nb_mha_init(&m, r->p, "mha", embed, heads, &F64_OPTS, &r->rng) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *q = in_leaf(r, "q", true), *k = in_leaf(r, "k", true), *v = in_leaf(r, "v", true);
+    nb_tensor *kp = in_leaf(r, "key_padding", false);
+    if (!q || !k || !v) return false;
+    return put_out(r, "y", nb_mha_forward(&m, q, k, v, kp, (int)causal));
+}
+
+static bool run_layer_norm(nn_run *r)
+{
+    int64_t dim;
+    double eps = 0;
+    if (!attr_int(r, "dim", INT64_MIN, &dim) || !attr_f64(r, "eps", 1e-5, &eps)) return false;
+    nb_layer_norm ln;
+    if (nb_layer_norm_init(&ln, r->p, "ln", dim, eps, &F64_OPTS) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *x = in_leaf(r, "x", true);
+    return x && put_out(r, "y", nb_layer_norm_forward(&ln, x));
+}
+
+static bool run_linear(nn_run *r)
+{
+    int64_t in, out, bias;
+    if (!attr_int(r, "in", INT64_MIN, &in) || !attr_int(r, "out", INT64_MIN, &out) || !attr_int(r, "bias", 1, &bias))
+        return false;
+    nb_layer_opts o = F64_OPTS;
+    o.no_bias = !bias;
+    nb_linear l;
+    if (nb_linear_init(&l, r->p, "lin", in, out, &o, &r->rng) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *x = in_leaf(r, "x", true);
+    return x && put_out(r, "y", nb_linear_forward(&l, x));
+}
+
+static bool reduction_attr(nn_run *r, nb_reduction *red)
+{
+    int64_t v;
+    if (!attr_int(r, "reduction", INT64_MIN, &v)) return false;
+    if (v < 0 || v >= NB_REDUCTION_COUNT) return run_fail(r, "reduction %lld unknown", (long long)v);
+    *red = (nb_reduction)v;
+    return true;
+}
+
+static bool run_mse(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    if (!reduction_attr(r, &red)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_mse_loss(pred, target, red));
+}
+
+static bool run_bce(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    if (!reduction_attr(r, &red)) return false;
+    nb_tensor *x = in_leaf(r, "logits", true), *t = in_leaf(r, "target", true);
+    return x && t && put_out(r, "loss", nb_bce_with_logits(x, t, red));
+}
+
+static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    int64_t ign;
+    if (!reduction_attr(r, &o->reduction) || !attr_int(r, "ignore_index", INT64_MAX, &ign) ||
+        !attr_f64(r, "label_smoothing", 0.0, &o->label_smoothing))
+        return false;
+    if (ign != INT64_MAX) {
+        o->use_ignore_index = 1;
+        o->ignore_index = ign;
+    }
+    return true;
+}
+
+static bool run_cross_entropy(nn_run *r)
+{
+    nb_ce_opts o;
+    if (!ce_opts_attr(r, &o)) return false;
+    nb_tensor *x = in_leaf(r, "logits", true), *y = in_leaf(r, "labels", true);
+    return x && y && put_out(r, "loss", nb_cross_entropy(x, y, &o));
+}
+
+static bool run_nll(nn_run *r)
+{
+    nb_ce_opts o;
+    if (!ce_opts_attr(r, &o)) return false;
+    nb_tensor *x = in_leaf(r, "log_probs", true), *y = in_leaf(r, "labels", true);
+    return x && y && put_out(r, "loss", nb_nll_loss(x, y, &o));
+}
+
+typedef struct nn_layer {
+    const char *name;
+    nn_run_fn run;
+} nn_layer;
+
+static const nn_layer LAYERS[] = {
+    {"rnn_tanh", run_rnn_tanh},
+    {"lstm", run_lstm},
+    {"gru", run_gru},
+    {"mha", run_mha},
+    {"layer_norm", run_layer_norm},
+    {"linear", run_linear},
+    {"mse", run_mse},
+    {"bce", run_bce},
+    {"cross_entropy", run_cross_entropy},
+    {"nll", run_nll},
+};
+#define N_LAYERS ((int)(sizeof(LAYERS) / sizeof(LAYERS[0])))
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Comparing                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct layer_stats {
+    int cases, checks, failures;
+    double max_rel_out, max_rel_grad;
+} layer_stats;
+
+static layer_stats stats[N_LAYERS];
+static double max_rel_all;
+static long long elements_compared;
+
+#define MAX_ELEM_REPORTS 4
+
+#define FAIL_CASE(c, ...)                                                                              \
+    do {                                                                                               \
+        nbt_failures++;                                                                                \
+        st->failures++;                                                                                \
+        fprintf(stderr, "FAIL case %s (%s, line %d): ", (c)->name, (c)->layer, (c)->line);           \
+        fprintf(stderr, __VA_ARGS__);                                                                  \
+        fprintf(stderr, "\n");                                                                         \
+    } while (0)
+
+static void compare(layer_stats *st, const fx_case *c, double atol, const char *what, const nb_tensor *t,
+                    const fx_tensor *ref, double *max_rel)
+{
+    char b1[96];
+    nbt_checks++;
+    st->checks++;
+    if (!t) {
+        FAIL_CASE(c, "%s: no tensor", what);
+        return;
+    }
+    if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ref->ndim ||
+        memcmp(nb_tensor_shape(t), ref->shape, (size_t)ref->ndim * sizeof(int64_t))) {
+        FAIL_CASE(c, "%s: %s %s; the fixture's (line %d) differs", what, nb_dtype_name(nb_tensor_dtype(t)),
+                  nb_shape_str(t, b1, sizeof b1), ref->line);
+        return;
+    }
+    int bad = 0;
+    for (int64_t i = 0; i < ref->numel; i++) {
+        double got = nb_tensor_get(t, i), want = ref->v[i];
+        double diff = fabs(got - want);
+        bool ok = diff <= RTOL * fabs(want) + atol; /* false for a NaN */
+        double rel = diff / fmax(fabs(want), atol / RTOL);
+        if (!(rel <= *max_rel)) *max_rel = isnan(rel) ? INFINITY : rel;
+        if (!(rel <= max_rel_all)) max_rel_all = isnan(rel) ? INFINITY : rel;
+        elements_compared++;
+        if (!ok) {
+            if (!bad) FAIL_CASE(c, "%s differs from PyTorch:", what);
+            if (bad < MAX_ELEM_REPORTS)
+                fprintf(stderr, "    %s flat %lld: got %.17g, expected %.17g (|diff| %.3g, tol %.3g)\n", what,
+                        (long long)i, got, want, diff, RTOL * fabs(want) + atol);
+            bad++;
+        }
+    }
+    if (bad > MAX_ELEM_REPORTS) fprintf(stderr, "    ... %d of %lld elements of %s differ\n", bad, (long long)ref->numel, what);
+}
+
+static nb_tensor *make_leaf(const fx_tensor *ft)
+{
+    if (ft->dtype == NB_F64) return nb_tensor_from_data(NB_F64, ft->ndim, ft->shape, ft->v);
+    int64_t *buf = malloc((size_t)(ft->numel ? ft->numel : 1) * sizeof(int64_t));
+    if (!buf) return NULL;
+    for (int64_t i = 0; i < ft->numel; i++) buf[i] = (int64_t)ft->v[i];
+    nb_tensor *t = nb_tensor_from_data(NB_I64, ft->ndim, ft->shape, buf);
+    free(buf);
+    return t;
+}
+
+static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
+{
+    nn_run r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    nb_rng_seed(&r.rng, 7);
+    nb_tensor *seeds[MAX_OUTS] = {0};
+    nb_tape *tape = nb_tape_new();
+    nb_error_clear();
+    r.p = nb_params_new();
+    if (!tape || !r.p || nb_tape_begin(tape) != NB_OK) {
+        FAIL_CASE(c, "cannot start: %s", nb_error_message());
+        goto done;
+    }
+    for (int i = 0; i < c->nt; i++) {
+        c->t[i].used = false;
+        if (c->t[i].kind != FX_IN) continue;
+        r.in[i] = make_leaf(&c->t[i]);
+        if (!r.in[i] || (fx_find(c, FX_GRAD, c->t[i].name) && nb_tensor_set_requires_grad(r.in[i], 1) != NB_OK)) {
+            FAIL_CASE(c, "cannot make input %s: %s", c->t[i].name, nb_error_message());
+            goto done;
+        }
+    }
+    for (int i = 0; i < c->nattr; i++) c->attr[i].used = false;
+
+    if (!layer->run(&r)) {
+        nbt_checks++;
+        FAIL_CASE(c, "%s", r.err[0] ? r.err : nb_error_message());
+        goto done;
+    }
+    for (int i = 0; i < c->nattr; i++)
+        if (!c->attr[i].used) {
+            nbt_checks++;
+            FAIL_CASE(c, "attribute %s is not read by the %s runner", c->attr[i].key, c->layer);
+            goto done;
+        }
+    for (int i = 0; i < c->nt; i++)
+        if (c->t[i].kind == FX_IN && !c->t[i].used) {
+            nbt_checks++;
+            FAIL_CASE(c, "input %s is not read by the %s runner", c->t[i].name, c->layer);
+            goto done;
+        }
+
+    /* the case's scale: the largest magnitude of any reference output or gradient */
+    double scale = 0;
+    for (int i = 0; i < c->nt; i++)
+        if (c->t[i].kind == FX_OUT || c->t[i].kind == FX_GRAD)
+            for (int64_t j = 0; j < c->t[i].numel; j++)
+                if (isfinite(c->t[i].v[j])) scale = fmax(scale, fabs(c->t[i].v[j]));
+    double atol = ATOL_SCALE * scale;
+
+    /* outputs, and L = sum_o sum(o * seed_o) */
+    nb_tensor *total = NULL;
+    int nout_fx = 0;
+    for (int i = 0; i < c->nt; i++) {
+        if (c->t[i].kind != FX_OUT) continue;
+        nout_fx++;
+        int k = 0;
+        while (k < r.nout && strcmp(r.out_name[k], c->t[i].name)) k++;
+        if (k == r.nout) {
+            nbt_checks++;
+            FAIL_CASE(c, "the runner made no output %s", c->t[i].name);
+            goto done;
+        }
+        char what[80];
+        snprintf(what, sizeof what, "out %s", c->t[i].name);
+        compare(st, c, atol, what, r.out[k], &c->t[i], &st->max_rel_out);
+        seeds[k] = make_leaf(fx_find(c, FX_SEED, c->t[i].name));
+        nb_tensor *term = nb_sum_all(nb_mul(r.out[k], seeds[k]));
+        total = total ? nb_add(total, term) : term;
+    }
+    if (nout_fx != r.nout) {
+        nbt_checks++;
+        FAIL_CASE(c, "the runner made %d outputs, the fixture has %d", r.nout, nout_fx);
+        goto done;
+    }
+    if (!total || nb_backward(total, NULL, 0) != NB_OK) {
+        nbt_checks++;
+        FAIL_CASE(c, "backward failed: %s", nb_error_message());
+        goto done;
+    }
+    for (int i = 0; i < c->nt; i++) {
+        if (c->t[i].kind != FX_GRAD) continue;
+        const char *name = c->t[i].name;
+        nb_tensor *leaf = nb_params_find(r.p, name);
+        if (!leaf) leaf = in_leaf(&r, name, false);
+        char what[80];
+        snprintf(what, sizeof what, "grad %s", name);
+        nb_tensor *g = leaf ? nb_tensor_grad(leaf) : NULL;
+        if (!g) {
+            nbt_checks++;
+            FAIL_CASE(c, "%s: no gradient reached %s", what, leaf ? "the tensor" : "(no such tensor)");
+            continue;
+        }
+        compare(st, c, atol, what, g, &c->t[i], &st->max_rel_grad);
+    }
+    nbt_checks++;
+    if (nb_error_code() != NB_OK) FAIL_CASE(c, "error left recorded: %s", nb_error_message());
+done:
+    nb_error_clear();
+    if (tape) {
+        if (nb_tape_current() == tape) nb_tape_end(tape);
+        nb_tape_free(tape); /* before the leaves it recorded */
+    }
+    for (int k = 0; k < MAX_OUTS; k++) nb_tensor_free(seeds[k]);
+    for (int i = 0; i < c->nt; i++) nb_tensor_free(r.in[i]);
+    nb_params_free(r.p);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The parser rejects malformed files with a message (checked on built-in snippets)               */
+/* ---------------------------------------------------------------------------------------------- */
+
+#define HDR FX_HEADER " 1\n"
+#define GOOD_BODY                                                                                      \
+    "tensor param:l.w f64 1 2 1 2\ntensor in:x f64 0 1\ntensor out:y f64 1 2 1 2\ntensor seed:y f64 1 2 1 1\n" \
+    "tensor grad:l.w f64 1 2 1 1\n"
+
+static void parser_selftest(void)
+{
+    static const struct {
+        const char *text, *needle; /* needle NULL: must parse */
+    } t[] = {
+        {HDR "# ok\ncase a linear\n" GOOD_BODY "end\n", NULL},
+        {HDR "case a linear\r\n" GOOD_BODY "end", NULL},
+        {"", "header"},
+        {"nabla-fixtures 1\n", "expected the header"},
+        {HDR "case a linear\n" GOOD_BODY, "has no end"},
+        {HDR "case a linear\n" GOOD_BODY "end\ncase a linear\n", "defined twice"},
+        {HDR "tensor in:x f64 0 1\n", "outside a case"},
+        {HDR "case a linear\ntensor x f64 0 1\n", "not <kind>:<name>"},
+        {HDR "case a linear\ntensor weight:x f64 0 1\n", "unknown kind"},
+        {HDR "case a linear\ntensor in: f64 0 1\n", "missing tensor name"},
+        {HDR "case a linear\ntensor in:x f32 0 1\n", "unknown dtype"},
+        {HDR "case a linear\ntensor in:x f64 1 3 1 2\n", "2 values for 3 elements"},
+        {HDR "case a linear\ntensor in:x f64 0 1 2\n", "more than 1 values"},
+        {HDR "case a linear\ntensor in:x f64 0 1\ntensor in:x f64 0 1\n", "given twice"},
+        {HDR "case a linear\ntensor in:x f64 0 1\ntensor out:y f64 0 1\nend\n", "has no seed"},
+        {HDR "case a linear\ntensor in:x f64 0 1\ntensor out:y f64 0 1\ntensor seed:y f64 1 1 1\nend\n",
+         "differs from its out"},
+        {HDR "case a linear\ntensor param:w f64 0 1\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\nend\n",
+         "has no grad"},
+        {HDR "case a linear\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\ntensor grad:z f64 0 1\nend\n",
+         "of no param or in"},
+        {HDR "case a linear\ntensor in:n i64 0 1\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\n"
+             "tensor grad:n f64 0 1\nend\n",
+         "of an i64 input"},
+        {HDR "case a linear\ntensor in:x f64 0 1\nend\n", "no out"},
+        {HDR "case a linear\nattr k 1\nattr k 2\n", "given twice"},
+    };
+    char err[512];
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        char *text = malloc(strlen(t[i].text) + 1);
+        if (!text) {
+            CHECK(0, "out of memory");
+            return;
+        }
+        strcpy(text, t[i].text);
+        fx_file f;
+        bool ok = fx_parse(text, "snippet", &f, err, sizeof err);
+        if (!t[i].needle)
+            CHECK(ok, "parser self-test %zu: a valid snippet was rejected: %s", i, err);
+        else
+            CHECK(!ok && strstr(err, t[i].needle) && !strncmp(err, "snippet:", 8),
+                  "parser self-test %zu: expected a rejection naming \"%s\", got %s%s", i, t[i].needle,
+                  ok ? "success" : "", ok ? "" : err);
+        if (ok) fx_file_free(&f);
+        free(text);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s FIXTURE_FILE\n", argc ? argv[0] : "test_nn_fixtures");
+        return 2;
+    }
+    parser_selftest();
+
+    fx_file f;
+    char err[512];
+    if (!fx_load(argv[1], &f, err, sizeof err)) {
+        fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
+        return 1;
+    }
+    int ncases_run = 0;
+    for (int i = 0; i < f.ncases; i++) {
+        fx_case *c = &f.cases[i];
+        int k = 0;
+        while (k < N_LAYERS && strcmp(LAYERS[k].name, c->layer)) k++;
+        nbt_checks++;
+        if (k == N_LAYERS) {
+            NBT_FAIL("case %s (line %d): no runner for layer \"%s\" in LAYERS", c->name, c->line, c->layer);
+            continue;
+        }
+        stats[k].cases++;
+        ncases_run++;
+        run_case(c, &LAYERS[k], &stats[k]);
+    }
+    for (int k = 0; k < N_LAYERS; k++) {
+        nbt_checks++;
+        if (!stats[k].cases) NBT_FAIL("layer %s has a runner but no case in %s", LAYERS[k].name, argv[1]);
+    }
+
+    printf("nn fixtures: %d cases over %d layers, %lld elements compared, max relative error vs PyTorch %.3g "
+           "(tol %g)\n", ncases_run, N_LAYERS, elements_compared, max_rel_all, RTOL);
+    printf("%-14s %6s %7s %7s %13s %13s\n", "layer", "cases", "checks", "failed", "max rel out", "max rel grad");
+    for (int k = 0; k < N_LAYERS; k++)
+        printf("%-14s %6d %7d %7d %13.3g %13.3g%s\n", LAYERS[k].name, stats[k].cases, stats[k].checks,
+               stats[k].failures, stats[k].max_rel_out, stats[k].max_rel_grad, stats[k].failures ? "  <--" : "");
+    fx_file_free(&f);
+    return nbt_report("nn_fixtures");
+}

@@ -1,0 +1,1053 @@
+/* Optimizers, learning-rate schedules, gradient clipping and early stopping.
+ *
+ *   test_optim FILE        FILE: tests/fixtures/optim_f64.txt (written by tests/gen_optim_fixtures.py,
+ *                          which documents the format and the problem)
+ *
+ * Against PyTorch (torch.optim, float64): every optimizer trajectory of the fixture is replayed with
+ * nb_optim_* on the same problem built from nabla ops (loss = sum((X W + b - Y)^2) / n +
+ * 0.1 sum(W^4)), and the parameters at every recorded step and the optimizer's state tensors after
+ * the last step are compared; every schedule is replayed with nb_sched_* and its lr compared at every
+ * epoch. The same trajectories run again with a float32 model for 10 steps, compared with the float64
+ * reference.
+ *
+ * Without PyTorch: nb_clip_grad_norm / nb_clip_grad_value against closed forms, early stopping
+ * (stopping epoch, best value and epoch, restore), parameters without a gradient left alone, state
+ * names and counts, and bad options rejected with a message. */
+#define _POSIX_C_SOURCE 200809L
+
+#include "nbtest.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tolerances                                                                                      */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* A value passes when |got - want| <= RTOL |want| + ATOL.
+ * float64: both sides run the same formulas in float64 and differ only in rounding (the order of the
+ * sums in the loss and its gradient, a * b + c against c + a * b in the update, a closed form lr
+ * against PyTorch's chained products); over 100 steps these stay near 1e-15 relative, so 1e-10 leaves
+ * room for the growth of rounding through the steps and still catches any wrong formula (a misplaced
+ * eps or bias correction moves values by 1e-6 or more). The absolute floor is for values that pass
+ * near zero: they are differences of O(1) quantities, so their error is a few ulps of 1 (1e-16),
+ * not of themselves; 1e-14 is far below any update these problems make (>= 1e-4 per step).
+ * float32 model: 24-bit arithmetic in the loss, its gradient and the update, 10 steps; parameters are
+ * O(1), so 1e-5 relative with a 1e-6 floor. */
+#define TRAJ_RTOL 1e-10
+#define TRAJ_ATOL 1e-14
+#define LR_RTOL 1e-10
+#define F32_RTOL 1e-5
+#define F32_ATOL 1e-6
+#define F32_STEPS 10
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fixture data                                                                                    */
+/* ---------------------------------------------------------------------------------------------- */
+
+#define FX_VERSION 1
+#define MAX_NAME 64
+#define MAX_DATA 256   /* elements of one data tensor */
+#define MAX_P 64       /* elements of W and b together */
+#define MAX_REC 64     /* recorded steps per case */
+#define MAX_STATES 8   /* state tensors per case */
+#define MAX_EPOCHS 1000
+#define MAX_CASES 64
+
+typedef struct fx_data {
+    int present, ndim;
+    int64_t shape[2];
+    int numel;
+    double v[MAX_DATA];
+} fx_data;
+
+typedef struct optim_case {
+    char name[MAX_NAME];
+    int line;
+    nb_optim_kind kind;
+    nb_optim_opts opts;
+    int nrec;
+    int at[MAX_REC];
+    double rec[MAX_REC][MAX_P];
+    int nstate;
+    char sname[MAX_STATES][MAX_NAME];
+    int slen[MAX_STATES];
+    double sval[MAX_STATES][MAX_P];
+} optim_case;
+
+typedef struct sched_case {
+    char name[MAX_NAME];
+    int line;
+    nb_sched_kind kind;
+    nb_sched_opts opts;
+    double lr0;
+    int nmetric, nlr;
+    double metric[MAX_EPOCHS], lr[MAX_EPOCHS + 1];
+} sched_case;
+
+typedef struct fixture {
+    fx_data X, Y, W0, b0;
+    int n_optim, n_sched;
+    optim_case *optim; /* MAX_CASES each */
+    sched_case *sched;
+} fixture;
+
+static const char *const optim_kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
+_Static_assert(sizeof optim_kinds / sizeof optim_kinds[0] == NB_OPTIM_KIND_COUNT, "a name per optimizer");
+static const char *const sched_kinds[] = {"step", "multistep", "exponential", "cosine", "plateau"};
+_Static_assert(sizeof sched_kinds / sizeof sched_kinds[0] == NB_SCHED_KIND_COUNT, "a name per schedule");
+
+/* Option fields settable from the file: name, offset, type ('d' double, 'i' int, 'l' int64_t). */
+typedef struct field {
+    const char *name;
+    size_t off;
+    char type;
+} field;
+#define OF(f, t) {#f, offsetof(nb_optim_opts, f), t}
+static const field optim_fields[] = {
+    OF(lr, 'd'),    OF(weight_decay, 'd'), OF(momentum, 'd'), OF(dampening, 'd'), OF(nesterov, 'i'),
+    OF(beta1, 'd'), OF(beta2, 'd'),        OF(eps, 'd'),      OF(amsgrad, 'i'),   OF(alpha, 'd'),
+    OF(centered, 'i'), OF(lr_decay, 'd'), OF(initial_accumulator, 'd'),
+};
+#undef OF
+#define SF(f, t) {#f, offsetof(nb_sched_opts, f), t}
+static const field sched_fields[] = {
+    SF(step_size, 'l'), SF(gamma, 'd'), SF(t_max, 'l'),     SF(eta_min, 'd'),  SF(warmup, 'l'),   SF(warmup_start, 'd'),
+    SF(maximize, 'i'),  SF(factor, 'd'), SF(patience, 'l'), SF(threshold, 'd'), SF(cooldown, 'l'), SF(min_lr, 'd'),
+};
+#undef SF
+
+typedef struct parser {
+    const char *fname;
+    int line;
+    char err[512];
+} parser;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static int fail(parser *p, const char *fmt, ...)
+{
+    va_list ap;
+    int n = snprintf(p->err, sizeof p->err, "%s:%d: ", p->fname, p->line);
+    if (n < 0 || (size_t)n >= sizeof p->err) n = 0;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, sizeof p->err - (size_t)n, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+/* The next space-separated token of *s (NUL-terminated in place), or NULL at the end. */
+static char *token(char **s)
+{
+    char *q = *s;
+    while (*q == ' ' || *q == '\t' || *q == '\r') q++;
+    if (!*q) {
+        *s = q;
+        return NULL;
+    }
+    char *start = q;
+    while (*q && *q != ' ' && *q != '\t' && *q != '\r') q++;
+    if (*q) *q++ = '\0';
+    *s = q;
+    return start;
+}
+
+static int parse_int(parser *p, const char *tok, const char *what, int64_t lo, int64_t hi, int64_t *out)
+{
+    if (!tok) return fail(p, "missing %s", what);
+    char *end;
+    errno = 0;
+    long long v = strtoll(tok, &end, 10);
+    if (end == tok || *end || errno) return fail(p, "bad %s \"%s\" (expected an integer)", what, tok);
+    if (v < lo || v > hi) return fail(p, "%s %lld out of range [%lld, %lld]", what, v, (long long)lo, (long long)hi);
+    *out = v;
+    return 1;
+}
+
+static int parse_num(parser *p, const char *tok, const char *what, double *out)
+{
+    if (!tok) return fail(p, "missing %s", what);
+    char *end;
+    double v = strtod(tok, &end);
+    if (end == tok || *end || !isfinite(v)) return fail(p, "bad %s \"%s\" (expected a finite number)", what, tok);
+    *out = v;
+    return 1;
+}
+
+static int parse_name(parser *p, const char *tok, const char *what, char *out)
+{
+    if (!tok) return fail(p, "missing %s", what);
+    size_t n = strlen(tok);
+    if (n >= MAX_NAME) return fail(p, "%s \"%.20s...\" longer than %d characters", what, tok, MAX_NAME - 1);
+    memcpy(out, tok, n + 1);
+    return 1;
+}
+
+/* Up to max numbers to the end of the line; *n receives the count. */
+static int parse_list(parser *p, char *s, const char *what, int max, double *v, int *n)
+{
+    *n = 0;
+    for (char *tok; (tok = token(&s));) {
+        if (*n == max) return fail(p, "%s: more than %d values", what, max);
+        if (!parse_num(p, tok, what, &v[(*n)++])) return 0;
+    }
+    return 1;
+}
+
+static int parse_kind(parser *p, const char *tok, const char *const *names, int count, int *kind)
+{
+    for (int k = 0; tok && k < count; k++)
+        if (!strcmp(tok, names[k])) {
+            *kind = k;
+            return 1;
+        }
+    return fail(p, "unknown kind \"%s\"", tok ? tok : "");
+}
+
+/* The value of option `key` (the rest of the line: one number) into the struct at base, described by
+ * fields[n]. */
+static int parse_field(parser *p, const char *key, char *s, void *base, const field *fields, int n)
+{
+    for (int i = 0; key && i < n; i++) {
+        if (strcmp(key, fields[i].name)) continue;
+        char *at = (char *)base + fields[i].off;
+        char *tok = token(&s);
+        int64_t iv;
+        if (fields[i].type == 'd') {
+            if (!parse_num(p, tok, key, (double *)(void *)at)) return 0;
+        } else if (fields[i].type == 'i') { /* the flags */
+            if (!parse_int(p, tok, key, 0, 1, &iv)) return 0;
+            *(int *)(void *)at = (int)iv;
+        } else {
+            if (!parse_int(p, tok, key, 0, INT32_MAX, &iv)) return 0;
+            *(int64_t *)(void *)at = iv;
+        }
+        return token(&s) ? fail(p, "opt %s: more than one value", key) : 1;
+    }
+    return fail(p, "unknown option \"%s\"", key ? key : "");
+}
+
+/* data <name> <ndim> <dims...> <values...> */
+static int parse_data(parser *p, fixture *f, char *s)
+{
+    char *name = token(&s);
+    fx_data *d = !name ? NULL
+                 : !strcmp(name, "X") ? &f->X
+                 : !strcmp(name, "Y") ? &f->Y
+                 : !strcmp(name, "W0") ? &f->W0
+                 : !strcmp(name, "b0") ? &f->b0
+                                       : NULL;
+    if (!d) return fail(p, "data: unknown name \"%s\" (X, Y, W0, b0)", name ? name : "");
+    if (d->present) return fail(p, "data %s given twice", name);
+    int64_t ndim, ext;
+    if (!parse_int(p, token(&s), "ndim", 1, 2, &ndim)) return 0;
+    d->ndim = (int)ndim;
+    d->numel = 1;
+    for (int i = 0; i < d->ndim; i++) {
+        if (!parse_int(p, token(&s), "extent", 1, MAX_DATA, &ext)) return 0;
+        d->shape[i] = ext;
+        d->numel *= (int)ext;
+    }
+    if (d->numel > MAX_DATA) return fail(p, "data %s: more than %d elements", name, MAX_DATA);
+    int n;
+    if (!parse_list(p, s, name, MAX_DATA, d->v, &n)) return 0;
+    if (n != d->numel) return fail(p, "data %s: %d values for %d elements", name, n, d->numel);
+    d->present = 1;
+    return 1;
+}
+
+/* The data must describe X [n, k], Y [n, m], W0 [k, m], b0 [m]. */
+static int check_data(parser *p, const fixture *f)
+{
+    if (!f->X.present || !f->Y.present || !f->W0.present || !f->b0.present)
+        return fail(p, "data X, Y, W0 and b0 must all come before the first case");
+    if (f->X.ndim != 2 || f->Y.ndim != 2 || f->W0.ndim != 2 || f->b0.ndim != 1 || f->X.shape[0] != f->Y.shape[0] ||
+        f->X.shape[1] != f->W0.shape[0] || f->W0.shape[1] != f->Y.shape[1] || f->b0.shape[0] != f->Y.shape[1])
+        return fail(p, "data shapes do not fit X [n, k], Y [n, m], W0 [k, m], b0 [m]");
+    if (f->W0.numel + f->b0.numel > MAX_P) return fail(p, "more than %d parameters", MAX_P);
+    return 1;
+}
+
+static int parse_optim_line(parser *p, const fixture *f, optim_case *c, const char *kw, char *s)
+{
+    int np = f->W0.numel + f->b0.numel, n;
+    if (!strcmp(kw, "opt")) {
+        char *key = token(&s);
+        return parse_field(p, key, s, &c->opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
+    if (!strcmp(kw, "at")) {
+        int64_t step;
+        if (c->nrec == MAX_REC) return fail(p, "more than %d records", MAX_REC);
+        if (!parse_int(p, token(&s), "step", 1, 1000000, &step)) return 0;
+        if (c->nrec && step <= c->at[c->nrec - 1]) return fail(p, "steps must increase");
+        if (!parse_list(p, s, "at", MAX_P, c->rec[c->nrec], &n)) return 0;
+        if (n != np) return fail(p, "at %lld: %d values for %d parameters", (long long)step, n, np);
+        c->at[c->nrec++] = (int)step;
+        return 1;
+    }
+    if (!strcmp(kw, "state")) {
+        if (c->nstate == MAX_STATES) return fail(p, "more than %d states", MAX_STATES);
+        if (!parse_name(p, token(&s), "state name", c->sname[c->nstate])) return 0;
+        if (!parse_list(p, s, "state", MAX_P, c->sval[c->nstate], &c->slen[c->nstate])) return 0;
+        c->nstate++;
+        return 1;
+    }
+    return fail(p, "unexpected \"%s\" in optimizer case %s", kw, c->name);
+}
+
+static int parse_sched_line(parser *p, sched_case *c, const char *kw, char *s)
+{
+    if (!strcmp(kw, "lr0")) return parse_num(p, token(&s), "lr0", &c->lr0);
+    if (!strcmp(kw, "metric")) return parse_list(p, s, "metric", MAX_EPOCHS, c->metric, &c->nmetric);
+    if (!strcmp(kw, "lr")) return parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr, &c->nlr);
+    if (!strcmp(kw, "opt")) {
+        char *key = token(&s);
+        if (key && !strcmp(key, "milestones")) {
+            double v[NB_SCHED_MAX_MILESTONES];
+            if (!parse_list(p, s, "milestones", NB_SCHED_MAX_MILESTONES, v, &c->opts.n_milestones)) return 0;
+            for (int i = 0; i < c->opts.n_milestones; i++) c->opts.milestones[i] = (int64_t)v[i];
+            return 1;
+        }
+        return parse_field(p, key, s, &c->opts, sched_fields, (int)(sizeof sched_fields / sizeof *sched_fields));
+    }
+    return fail(p, "unexpected \"%s\" in schedule case %s", kw, c->name);
+}
+
+static int finish_case(parser *p, const optim_case *oc, const sched_case *sc)
+{
+    if (oc && oc->nrec == 0) return fail(p, "case %s: no records", oc->name);
+    if (sc) {
+        if (sc->nlr < 2) return fail(p, "case %s: no lr values", sc->name);
+        if (sc->lr0 <= 0) return fail(p, "case %s: no lr0", sc->name);
+        if ((sc->kind == NB_SCHED_PLATEAU) != (sc->nmetric > 0))
+            return fail(p, "case %s: metric lines go with plateau schedules, and only with them", sc->name);
+        if (sc->nmetric && sc->nmetric != sc->nlr - 1)
+            return fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr - 1);
+    }
+    return 1;
+}
+
+/* Parse text (modified in place) into f; 0 with p->err set on failure. */
+static int parse(parser *p, char *text, fixture *f)
+{
+    int header = 0;
+    optim_case *oc = NULL;
+    sched_case *sc = NULL;
+    char *s = text;
+    while (*s) {
+        char *line = s, *nl = strchr(s, '\n');
+        if (nl) {
+            *nl = '\0';
+            s = nl + 1;
+        } else {
+            s += strlen(s);
+        }
+        p->line++;
+        char *kw = token(&line);
+        if (!kw || kw[0] == '#') continue;
+        if (!header) {
+            int64_t ver;
+            if (strcmp(kw, "nabla-optim-fixtures")) return fail(p, "expected the header \"nabla-optim-fixtures\"");
+            if (!parse_int(p, token(&line), "format version", 0, INT32_MAX, &ver)) return 0;
+            if (ver != FX_VERSION) return fail(p, "format version %lld; this test reads %d", (long long)ver, FX_VERSION);
+            header = 1;
+            continue;
+        }
+        if (!strcmp(kw, "data")) {
+            if (f->n_optim || f->n_sched) return fail(p, "data after the first case");
+            if (!parse_data(p, f, line)) return 0;
+        } else if (!strcmp(kw, "case")) {
+            if (oc || sc) return fail(p, "case inside a case: missing end");
+            if (!check_data(p, f)) return 0;
+            char *what = token(&line);
+            int kind;
+            if (what && !strcmp(what, "optim")) {
+                if (f->n_optim == MAX_CASES) return fail(p, "more than %d optimizer cases", MAX_CASES);
+                oc = &f->optim[f->n_optim++];
+                if (!parse_name(p, token(&line), "case name", oc->name)) return 0;
+                if (!parse_kind(p, token(&line), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return 0;
+                oc->kind = (nb_optim_kind)kind;
+                oc->opts = nb_optim_defaults(oc->kind);
+                oc->line = p->line;
+            } else if (what && !strcmp(what, "sched")) {
+                if (f->n_sched == MAX_CASES) return fail(p, "more than %d schedule cases", MAX_CASES);
+                sc = &f->sched[f->n_sched++];
+                if (!parse_name(p, token(&line), "case name", sc->name)) return 0;
+                if (!parse_kind(p, token(&line), sched_kinds, NB_SCHED_KIND_COUNT, &kind)) return 0;
+                sc->kind = (nb_sched_kind)kind;
+                sc->opts = nb_sched_defaults(sc->kind);
+                sc->line = p->line;
+            } else {
+                return fail(p, "case: expected optim or sched");
+            }
+            if (token(&line)) return fail(p, "case: unexpected text after the kind");
+        } else if (!strcmp(kw, "end")) {
+            if (!oc && !sc) return fail(p, "end outside a case");
+            if (!finish_case(p, oc, sc)) return 0;
+            oc = NULL;
+            sc = NULL;
+        } else if (oc) {
+            if (!parse_optim_line(p, f, oc, kw, line)) return 0;
+        } else if (sc) {
+            if (!parse_sched_line(p, sc, kw, line)) return 0;
+        } else {
+            return fail(p, "unexpected \"%s\" outside a case", kw);
+        }
+    }
+    if (!header) return fail(p, "empty file");
+    if (oc || sc) return fail(p, "the last case has no end");
+    return 1;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    char *buf = NULL;
+    long n = -1;
+    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, fp) == (size_t)n) {
+        buf[n] = '\0';
+    } else {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(fp);
+    return buf;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The problem in nabla                                                                            */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct model {
+    nb_params *ps;
+    nb_tensor *W, *b; /* owned by ps */
+    nb_tensor *X, *Y; /* owned here */
+    double inv_n;
+} model;
+
+/* A leaf of dtype dt holding d's values. */
+static nb_tensor *leaf(const fx_data *d, nb_dtype dt)
+{
+    nb_tensor *t = nb_tensor_zeros(dt, d->ndim, d->shape);
+    for (int i = 0; t && i < d->numel; i++) nb_tensor_set(t, i, d->v[i]);
+    return t;
+}
+
+static int model_init(model *m, const fixture *f, nb_dtype dt)
+{
+    *m = (model){0};
+    m->ps = nb_params_new();
+    m->W = nb_params_add(m->ps, "W", leaf(&f->W0, dt));
+    m->b = nb_params_add(m->ps, "b", leaf(&f->b0, dt));
+    m->X = leaf(&f->X, dt);
+    m->Y = leaf(&f->Y, dt);
+    m->inv_n = 1.0 / (double)f->X.shape[0];
+    return m->ps && m->W && m->b && m->X && m->Y;
+}
+
+static void model_free(model *m)
+{
+    nb_params_free(m->ps);
+    nb_tensor_free(m->X);
+    nb_tensor_free(m->Y);
+}
+
+/* sum((X W + b - Y)^2) / n + 0.1 sum(W^4), on the current tape (written as gen_optim_fixtures.py's) */
+static nb_tensor *model_loss(const model *m)
+{
+    nb_tensor *r = nb_sub(nb_add(nb_matmul(m->X, m->W), m->b), m->Y);
+    nb_tensor *fit = nb_div_scalar(nb_sum_all(nb_pow_scalar(r, 2)), 1.0 / m->inv_n);
+    return nb_add(fit, nb_mul_scalar(nb_sum_all(nb_pow_scalar(m->W, 4)), 0.1));
+}
+
+/* zero_grad, loss, backward, step; 0 on success */
+static int train_step(const model *m, nb_optim *opt, nb_tape *tape)
+{
+    nb_optim_zero_grad(opt);
+    nb_tensor *loss = model_loss(m);
+    int ok = loss && nb_backward(loss, NULL, 0) == NB_OK;
+    nb_tape_reset(tape);
+    return ok && nb_optim_step(opt) == NB_OK ? 0 : -1;
+}
+
+/* W then b, flattened */
+static void model_values(const model *m, double *v)
+{
+    int64_t nw = nb_tensor_numel(m->W), nb = nb_tensor_numel(m->b);
+    for (int64_t i = 0; i < nw; i++) v[i] = nb_tensor_get(m->W, i);
+    for (int64_t i = 0; i < nb; i++) v[nw + i] = nb_tensor_get(m->b, i);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Comparison with the worst error kept per case                                                   */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct errstat {
+    double max_rel; /* largest |got - want| / |want| (want != 0) */
+    double max_abs; /* largest |got - want| */
+    long compared;
+    int reported;   /* failures printed so far (at most a few per case) */
+} errstat;
+
+static void compare(errstat *e, const char *cname, const char *what, int step, int i, double got, double want,
+                    double rtol, double atol)
+{
+    double d = fabs(got - want);
+    e->compared++;
+    nbt_checks++;
+    if (d > e->max_abs) e->max_abs = d;
+    if (want != 0 && d / fabs(want) > e->max_rel) e->max_rel = d / fabs(want);
+    if (!(d <= rtol * fabs(want) + atol)) {
+        nbt_failures++;
+        if (e->reported++ < 5)
+            fprintf(stderr, "FAIL: %s: %s at step %d, element %d: nabla %.17g, PyTorch %.17g (rel %.3g)\n", cname,
+                    what, step, i, got, want, want != 0 ? d / fabs(want) : d);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Optimizer trajectories                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+static long g_traj_values, g_steps_compared;
+
+/* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. */
+static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, errstat *e)
+{
+    model m;
+    nb_tape *tape = nb_tape_new();
+    nb_optim *opt = NULL;
+    int last = steps ? steps : c->at[c->nrec - 1];
+    int np = f->W0.numel + f->b0.numel;
+    double rtol = dt == NB_F64 ? TRAJ_RTOL : F32_RTOL, atol = dt == NB_F64 ? TRAJ_ATOL : F32_ATOL;
+    if (!model_init(&m, f, dt) || !tape || nb_tape_begin(tape) != NB_OK) {
+        CHECK(0, "%s: setup failed: %s", c->name, nb_error_message());
+        goto done;
+    }
+    opt = nb_optim_new(c->kind, m.ps, &c->opts);
+    CHECK(opt != NULL, "%s: nb_optim_new: %s", c->name, nb_error_message());
+    if (!opt) goto end;
+    for (int step = 1, r = 0; step <= last; step++) {
+        if (train_step(&m, opt, tape)) {
+            CHECK(0, "%s: step %d failed: %s", c->name, step, nb_error_message());
+            break;
+        }
+        if (r < c->nrec && c->at[r] == step) {
+            double v[MAX_P];
+            model_values(&m, v);
+            for (int i = 0; i < np; i++) compare(e, c->name, "parameter", step, i, v[i], c->rec[r][i], rtol, atol);
+            if (dt == NB_F64) {
+                g_traj_values += np;
+                g_steps_compared++;
+            }
+            r++;
+        }
+    }
+    CHECK(nb_optim_steps(opt) == last, "%s: nb_optim_steps %lld, expected %d", c->name,
+          (long long)nb_optim_steps(opt), last);
+    if (dt == NB_F64 && !steps) {
+        /* every state PyTorch has, by name, with its values after the last step; no other */
+        CHECK(nb_optim_state_count(opt) == c->nstate, "%s: %d state tensors, PyTorch has %d", c->name,
+              nb_optim_state_count(opt), c->nstate);
+        for (int k = 0; k < c->nstate; k++) {
+            nb_tensor *st = NULL;
+            for (int i = 0; i < nb_optim_state_count(opt); i++)
+                if (!strcmp(nb_optim_state_name(opt, i), c->sname[k])) st = nb_optim_state_tensor(opt, i);
+            CHECK(st != NULL, "%s: no state named %s", c->name, c->sname[k]);
+            if (!st) continue;
+            CHECK(nb_tensor_numel(st) == c->slen[k], "%s: %s has %lld elements, PyTorch's %d", c->name,
+                  c->sname[k], (long long)nb_tensor_numel(st), c->slen[k]);
+            for (int i = 0; i < c->slen[k] && i < nb_tensor_numel(st); i++)
+                compare(e, c->name, c->sname[k], last, i, nb_tensor_get(st, i), c->sval[k][i], rtol, atol);
+        }
+    }
+end:
+    nb_tape_end(tape);
+done:
+    nb_optim_free(opt);
+    nb_tape_free(tape);
+    model_free(&m);
+    CHECK_NO_ERROR();
+}
+
+static void test_trajectories(const fixture *f)
+{
+    printf("%-30s %8s %12s %12s %12s\n", "optimizer case (f64)", "values", "max rel", "max abs", "f32 max rel");
+    for (int k = 0; k < f->n_optim; k++) {
+        const optim_case *c = &f->optim[k];
+        errstat e64 = {0}, e32 = {0};
+        run_optim_case(f, c, NB_F64, 0, &e64);
+        run_optim_case(f, c, NB_F32, F32_STEPS, &e32);
+        printf("%-30s %8ld %12.3g %12.3g %12.3g\n", c->name, e64.compared, e64.max_rel, e64.max_abs, e32.max_rel);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Schedules                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
+static long g_lr_values;
+
+static void run_sched_case(const sched_case *c)
+{
+    errstat e = {0};
+    nb_params *ps = nb_params_new();
+    nb_params_add(ps, "p", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    nb_optim_opts oo = nb_optim_defaults(NB_SGD);
+    oo.lr = c->lr0;
+    nb_optim *opt = nb_optim_new(NB_SGD, ps, &oo);
+    nb_sched *s = nb_sched_new(c->kind, opt, &c->opts);
+    CHECK(s != NULL, "%s: nb_sched_new: %s", c->name, nb_error_message());
+    if (s) {
+        compare(&e, c->name, "lr", 0, 0, nb_optim_lr(opt), c->lr[0], LR_RTOL, 0);
+        for (int ep = 1; ep < c->nlr; ep++) {
+            double lr = nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
+            compare(&e, c->name, "lr", ep, 0, lr, c->lr[ep], LR_RTOL, 0);
+            CHECK(lr == nb_optim_lr(opt), "%s: epoch %d: nb_sched_step returned %g, the optimizer has %g", c->name,
+                  ep, lr, nb_optim_lr(opt));
+        }
+        g_lr_values += c->nlr;
+    }
+    printf("%-30s %8ld %12.3g %12.3g\n", c->name, e.compared, e.max_rel, e.max_abs);
+    nb_sched_free(s);
+    nb_optim_free(opt);
+    nb_params_free(ps);
+    CHECK_NO_ERROR();
+}
+
+static void test_schedules(const fixture *f)
+{
+    printf("%-30s %8s %12s %12s\n", "schedule case", "values", "max rel", "max abs");
+    for (int k = 0; k < f->n_sched; k++) run_sched_case(&f->sched[k]);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tests without PyTorch                                                                           */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* A collection: W [2, 3] f64, b [3] f64, c [2] f32 (trainable), a buffer, and "unused" [2] f64 that
+ * no loss reaches. */
+typedef struct small {
+    nb_params *ps;
+    nb_tensor *W, *b, *c, *buf, *unused;
+} small;
+
+static void small_init(small *s)
+{
+    s->ps = nb_params_new();
+    s->W = nb_params_add(s->ps, "W", nb_tensor_from_data(NB_F64, NB_SHAPE(2, 3), (const double[]){1, -2, 3, -4, 5, -6}));
+    s->b = nb_params_add(s->ps, "b", nb_tensor_from_data(NB_F64, NB_SHAPE(3), (const double[]){0.5, -0.25, 2}));
+    s->c = nb_params_add(s->ps, "c", nb_tensor_from_data(NB_F32, NB_SHAPE(2), (const float[]){1.5f, -0.75f}));
+    s->buf = nb_params_add_buffer(s->ps, "running", nb_tensor_full(NB_F64, NB_SHAPE(2), 7.0));
+    s->unused = nb_params_add(s->ps, "unused", nb_tensor_full(NB_F64, NB_SHAPE(2), 0.125));
+}
+
+/* Gradients: W <- GW, b <- Gb, c <- Gc exactly (backward of sum(W GW) + sum(b Gb) + sum(c Gc)). */
+static const double GW[6] = {3, -4, 12, 0.5, -0.5, 1}, Gb[3] = {-2, 0.25, 6};
+static const float Gc[2] = {4.0f, -1.5f};
+
+static void small_set_grads(small *s, nb_tape *tape)
+{
+    nb_params_zero_grad(s->ps);
+    nb_tensor *gw = nb_constant(NB_F64, NB_SHAPE(2, 3), GW), *gb = nb_constant(NB_F64, NB_SHAPE(3), Gb);
+    nb_tensor *gc = nb_constant(NB_F32, NB_SHAPE(2), Gc);
+    nb_tensor *l = nb_add(nb_add(nb_sum_all(nb_mul(s->W, gw)), nb_sum_all(nb_mul(s->b, gb))),
+                          nb_cast(nb_sum_all(nb_mul(s->c, gc)), NB_F64));
+    CHECK(l && nb_backward(l, NULL, 0) == NB_OK, "small_set_grads: %s", nb_error_message());
+    nb_tape_reset(tape);
+}
+
+static double grad_at(const nb_tensor *t, int i) { return nb_tensor_get(nb_tensor_grad(t), i); }
+
+static void test_clip(void)
+{
+    small s;
+    small_init(&s);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    double ss = 0;
+    for (int i = 0; i < 6; i++) ss += GW[i] * GW[i];
+    for (int i = 0; i < 3; i++) ss += Gb[i] * Gb[i];
+    for (int i = 0; i < 2; i++) ss += (double)Gc[i] * Gc[i];
+    double norm = sqrt(ss); /* 15.5... */
+
+    /* below the threshold: the norm is returned and nothing changes */
+    small_set_grads(&s, tape);
+    double got = nb_clip_grad_norm(s.ps, norm * 1.5);
+    CHECK_CLOSE(got, norm, 1e-15, 0);
+    for (int i = 0; i < 6; i++) CHECK(grad_at(s.W, i) == GW[i], "W.grad[%d] changed below the threshold", i);
+    for (int i = 0; i < 2; i++) CHECK(grad_at(s.c, i) == Gc[i], "c.grad[%d] changed below the threshold", i);
+    CHECK(nb_tensor_grad(s.unused) == NULL, "a parameter without a gradient got one");
+
+    /* above: scaled by max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_ */
+    const double max_norm = 2.0, coef = max_norm / (norm + 1e-6);
+    got = nb_clip_grad_norm(s.ps, max_norm);
+    CHECK_CLOSE(got, norm, 1e-15, 0);
+    double ss2 = 0;
+    for (int i = 0; i < 6; i++) {
+        CHECK_CLOSE(grad_at(s.W, i), GW[i] * coef, 1e-15, 0);
+        ss2 += grad_at(s.W, i) * grad_at(s.W, i);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK_CLOSE(grad_at(s.b, i), Gb[i] * coef, 1e-15, 0);
+        ss2 += grad_at(s.b, i) * grad_at(s.b, i);
+    }
+    for (int i = 0; i < 2; i++) {
+        CHECK_CLOSE(grad_at(s.c, i), Gc[i] * coef, 1e-7, 0); /* float32 gradient */
+        ss2 += grad_at(s.c, i) * grad_at(s.c, i);
+    }
+    CHECK_CLOSE(sqrt(ss2), max_norm, 1e-6, 0);
+    CHECK_CLOSE(nb_clip_grad_norm(s.ps, 100.0), sqrt(ss2), 1e-12, 0); /* the new norm, reported */
+
+    /* clamp by value */
+    small_set_grads(&s, tape);
+    CHECK(nb_clip_grad_value(s.ps, 2.0) == NB_OK, "nb_clip_grad_value: %s", nb_error_message());
+    for (int i = 0; i < 6; i++) CHECK(grad_at(s.W, i) == fmin(fmax(GW[i], -2.0), 2.0), "W.grad[%d] = %g", i, grad_at(s.W, i));
+    for (int i = 0; i < 3; i++) CHECK(grad_at(s.b, i) == fmin(fmax(Gb[i], -2.0), 2.0), "b.grad[%d] = %g", i, grad_at(s.b, i));
+    for (int i = 0; i < 2; i++) CHECK(grad_at(s.c, i) == fmin(fmax(Gc[i], -2.0), 2.0), "c.grad[%d] = %g", i, grad_at(s.c, i));
+    CHECK(nb_tensor_grad(s.unused) == NULL, "a parameter without a gradient got one");
+
+    /* errors */
+    CHECK_ERROR(isnan(nb_clip_grad_norm(s.ps, 0.0)), NB_ERR_ARG, "max_norm");
+    CHECK_ERROR(isnan(nb_clip_grad_norm(NULL, 1.0)), NB_ERR_ARG, "nb_clip_grad_norm");
+    CHECK_ERROR(nb_clip_grad_value(s.ps, -1.0) != NB_OK, NB_ERR_ARG, "clip");
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
+/* Parameters set to a pattern that identifies epoch e. */
+static void set_epoch_values(small *s, int e)
+{
+    for (int i = 0; i < 6; i++) nb_tensor_set(s->W, i, 100.0 * e + i + 0.5);
+    for (int i = 0; i < 3; i++) nb_tensor_set(s->b, i, -100.0 * e - i);
+    for (int i = 0; i < 2; i++) nb_tensor_set(s->c, i, (float)(0.25 * e + i));
+}
+
+static int has_epoch_values(const small *s, int e)
+{
+    int ok = 1;
+    for (int i = 0; i < 6; i++) ok &= nb_tensor_get(s->W, i) == 100.0 * e + i + 0.5;
+    for (int i = 0; i < 3; i++) ok &= nb_tensor_get(s->b, i) == -100.0 * e - i;
+    for (int i = 0; i < 2; i++) ok &= nb_tensor_get(s->c, i) == (double)(float)(0.25 * e + i);
+    return ok;
+}
+
+/* Feed metrics[0..n) (setting the parameters to epoch e's values before each); returns the epoch at
+ * which update returned 1 (-1: never); every return before it must be 0. */
+static int feed(nb_early_stop *es, small *s, const double *metrics, int n)
+{
+    for (int e = 0; e < n; e++) {
+        set_epoch_values(s, e);
+        int r = nb_early_stop_update(es, metrics[e]);
+        CHECK(r == 0 || r == 1, "nb_early_stop_update returned %d at epoch %d: %s", r, e, nb_error_message());
+        if (r == 1) return e;
+    }
+    return -1;
+}
+
+static void test_early_stop(void)
+{
+    small s;
+    small_init(&s);
+
+    /* minimise, patience 3, min_delta 0.01: improvements at 0, 1, 3 (0.795 is not 0.01 below 0.8,
+     * 0.695 and 0.691 not below 0.69); stops at the third epoch without one, 6 */
+    nb_early_stop *es = nb_early_stop_new(s.ps, 3, 0.01, 0);
+    CHECK(es != NULL, "nb_early_stop_new: %s", nb_error_message());
+    CHECK(nb_early_stop_best_epoch(es) == -1, "best epoch before any update: %lld", (long long)nb_early_stop_best_epoch(es));
+    set_epoch_values(&s, 42);
+    CHECK(nb_early_stop_restore(es) == NB_OK && has_epoch_values(&s, 42), "restore before any update changed the parameters");
+    const double down[] = {1.0, 0.8, 0.795, 0.7, 0.695, 0.691, 0.6905, 0.1};
+    int stop = feed(es, &s, down, 8);
+    CHECK(stop == 6, "minimise: stopped at epoch %d, expected 6", stop);
+    CHECK(nb_early_stop_best(es) == 0.7, "minimise: best %g, expected 0.7", nb_early_stop_best(es));
+    CHECK(nb_early_stop_best_epoch(es) == 3, "minimise: best epoch %lld, expected 3", (long long)nb_early_stop_best_epoch(es));
+    CHECK(has_epoch_values(&s, 6), "the parameters were not those of epoch 6 before restoring");
+    CHECK(nb_early_stop_restore(es) == NB_OK, "restore: %s", nb_error_message());
+    CHECK(has_epoch_values(&s, 3), "restore did not put back the parameters of epoch 3");
+    CHECK(nb_tensor_get(s.buf, 0) == 7.0, "restore changed a buffer");
+    nb_early_stop_free(es);
+
+    /* maximise, patience 2, min_delta 0: a tie is not an improvement */
+    es = nb_early_stop_new(s.ps, 2, 0.0, 1);
+    const double up[] = {0.5, 0.6, 0.6, 0.7, 0.65, 0.7, 0.9};
+    stop = feed(es, &s, up, 7);
+    CHECK(stop == 5, "maximise: stopped at epoch %d, expected 5", stop);
+    CHECK(nb_early_stop_best(es) == 0.7 && nb_early_stop_best_epoch(es) == 3, "maximise: best %g at %lld, expected 0.7 at 3",
+          nb_early_stop_best(es), (long long)nb_early_stop_best_epoch(es));
+    nb_early_stop_restore(es);
+    CHECK(has_epoch_values(&s, 3), "maximise: restore did not put back the parameters of epoch 3");
+    nb_early_stop_free(es);
+
+    /* patience 0: the first epoch without improvement stops; improvements reset the count */
+    es = nb_early_stop_new(s.ps, 0, 0.0, 0);
+    const double z[] = {3, 2, 1, 1};
+    stop = feed(es, &s, z, 4);
+    CHECK(stop == 3 && nb_early_stop_best_epoch(es) == 2, "patience 0: stopped at %d, best epoch %lld", stop,
+          (long long)nb_early_stop_best_epoch(es));
+    nb_early_stop_free(es);
+
+    /* errors */
+    es = nb_early_stop_new(s.ps, 1, 0.0, 0);
+    CHECK_ERROR(nb_early_stop_update(es, NAN) == -1, NB_ERR_ARG, "NaN");
+    nb_early_stop_free(es);
+    nb_early_stop *bad = NULL;
+    CHECK_ERROR((bad = nb_early_stop_new(s.ps, -1, 0.0, 0)) == NULL, NB_ERR_ARG, "patience");
+    nb_early_stop_free(bad);
+    CHECK_ERROR((bad = nb_early_stop_new(s.ps, 1, -0.5, 0)) == NULL, NB_ERR_ARG, "min_delta");
+    nb_early_stop_free(bad);
+    CHECK_ERROR(nb_early_stop_restore(NULL) != NB_OK, NB_ERR_ARG, "NULL");
+    nb_early_stop_free(NULL);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
+/* Steps of every optimizer (with weight decay where it has one) on the small collection: parameters
+ * that no loss reaches keep their values bit for bit, and so do buffers. */
+static void test_no_grad_untouched(void)
+{
+    for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++) {
+        small s;
+        small_init(&s);
+        nb_tape *tape = nb_tape_new();
+        nb_tape_begin(tape);
+        nb_optim_opts o = nb_optim_defaults((nb_optim_kind)k);
+        o.weight_decay = 0.1;
+        o.momentum = k == NB_SGD || k == NB_RMSPROP ? 0.9 : 0;
+        nb_optim *opt = nb_optim_new((nb_optim_kind)k, s.ps, &o);
+        CHECK(opt != NULL, "%s: %s", optim_kinds[k], nb_error_message());
+        double w0 = nb_tensor_get(s.W, 0);
+        for (int step = 0; opt && step < 3; step++) {
+            small_set_grads(&s, tape);
+            CHECK(nb_optim_step(opt) == NB_OK, "%s: step: %s", optim_kinds[k], nb_error_message());
+        }
+        CHECK(nb_tensor_get(s.W, 0) != w0, "%s: W did not move", optim_kinds[k]);
+        CHECK(nb_tensor_grad(s.unused) == NULL, "%s: unused got a gradient", optim_kinds[k]);
+        for (int i = 0; i < 2; i++) {
+            CHECK(nb_tensor_get(s.unused, i) == 0.125, "%s: unused[%d] = %.17g, changed without a gradient",
+                  optim_kinds[k], i, nb_tensor_get(s.unused, i));
+            CHECK(nb_tensor_get(s.buf, i) == 7.0, "%s: buffer changed", optim_kinds[k]);
+        }
+        /* and its state stays at its initial value */
+        for (int i = 0; opt && i < nb_optim_state_count(opt); i++) {
+            const char *name = nb_optim_state_name(opt, i);
+            if (strncmp(name, "unused.", 7)) continue;
+            nb_tensor *st = nb_optim_state_tensor(opt, i);
+            for (int j = 0; j < nb_tensor_numel(st); j++)
+                CHECK(nb_tensor_get(st, j) == 0.0, "%s: state %s changed without a gradient", optim_kinds[k], name);
+        }
+        nb_optim_free(opt);
+        nb_tape_end(tape);
+        nb_tape_free(tape);
+        nb_params_free(s.ps);
+    }
+    CHECK_NO_ERROR();
+}
+
+/* The state tensors: names "<param>.<torch key>", in parameter order, the parameter's shape and dtype;
+ * buffers have none. */
+static void check_states(nb_optim_kind kind, const nb_optim_opts *o, const small *s, const char *const *expect)
+{
+    nb_optim *opt = nb_optim_new(kind, s->ps, o);
+    CHECK(opt != NULL, "%s: %s", optim_kinds[kind], nb_error_message());
+    if (!opt) return;
+    int n = 0;
+    while (expect[n]) n++;
+    CHECK(nb_optim_state_count(opt) == n, "%s: %d states, expected %d", optim_kinds[kind], nb_optim_state_count(opt), n);
+    for (int i = 0; i < n && i < nb_optim_state_count(opt); i++) {
+        const char *name = nb_optim_state_name(opt, i);
+        CHECK(name && !strcmp(name, expect[i]), "%s: state %d is %s, expected %s", optim_kinds[kind], i,
+              name ? name : "(null)", expect[i]);
+        nb_tensor *st = nb_optim_state_tensor(opt, i);
+        char pname[MAX_NAME];
+        snprintf(pname, sizeof pname, "%.*s", (int)strcspn(expect[i], "."), expect[i]);
+        nb_tensor *p = nb_params_find(s->ps, pname);
+        CHECK(st && nb_tensor_numel(st) == nb_tensor_numel(p) && nb_tensor_dtype(st) == nb_tensor_dtype(p),
+              "%s: state %s does not match its parameter's shape or dtype", optim_kinds[kind], expect[i]);
+        double init = kind == NB_ADAGRAD ? o->initial_accumulator : 0.0;
+        for (int j = 0; st && j < nb_tensor_numel(st); j++)
+            CHECK(nb_tensor_get(st, j) == init, "%s: %s[%d] = %g before any step", optim_kinds[kind], expect[i], j,
+                  nb_tensor_get(st, j));
+    }
+    CHECK(nb_optim_state_name(opt, n) == NULL && nb_optim_state_tensor(opt, n) == NULL &&
+              nb_optim_state_name(opt, -1) == NULL,
+          "%s: a state out of range", optim_kinds[kind]);
+    CHECK(nb_optim_get_kind(opt) == kind, "%s: nb_optim_get_kind", optim_kinds[kind]);
+    CHECK(nb_optim_steps(opt) == 0, "%s: steps before any step", optim_kinds[kind]);
+    nb_optim_free(opt);
+}
+
+static void test_state_names(void)
+{
+    small s;
+    small_init(&s);
+    nb_optim_opts o = nb_optim_defaults(NB_SGD);
+    check_states(NB_SGD, &o, &s, (const char *const[]){NULL});
+    o.momentum = 0.9;
+    check_states(NB_SGD, &o, &s,
+                 (const char *const[]){"W.momentum_buffer", "b.momentum_buffer", "c.momentum_buffer",
+                                       "unused.momentum_buffer", NULL});
+    o = nb_optim_defaults(NB_ADAM);
+    check_states(NB_ADAM, &o, &s,
+                 (const char *const[]){"W.exp_avg", "W.exp_avg_sq", "b.exp_avg", "b.exp_avg_sq", "c.exp_avg",
+                                       "c.exp_avg_sq", "unused.exp_avg", "unused.exp_avg_sq", NULL});
+    o = nb_optim_defaults(NB_ADAMW);
+    o.amsgrad = 1;
+    check_states(NB_ADAMW, &o, &s,
+                 (const char *const[]){"W.exp_avg", "W.exp_avg_sq", "W.max_exp_avg_sq", "b.exp_avg", "b.exp_avg_sq",
+                                       "b.max_exp_avg_sq", "c.exp_avg", "c.exp_avg_sq", "c.max_exp_avg_sq",
+                                       "unused.exp_avg", "unused.exp_avg_sq", "unused.max_exp_avg_sq", NULL});
+    o = nb_optim_defaults(NB_RMSPROP);
+    check_states(NB_RMSPROP, &o, &s,
+                 (const char *const[]){"W.square_avg", "b.square_avg", "c.square_avg", "unused.square_avg", NULL});
+    o.centered = 1;
+    o.momentum = 0.5;
+    check_states(NB_RMSPROP, &o, &s,
+                 (const char *const[]){"W.square_avg", "W.grad_avg", "W.momentum_buffer", "b.square_avg", "b.grad_avg",
+                                       "b.momentum_buffer", "c.square_avg", "c.grad_avg", "c.momentum_buffer",
+                                       "unused.square_avg", "unused.grad_avg", "unused.momentum_buffer", NULL});
+    o = nb_optim_defaults(NB_ADAGRAD);
+    o.initial_accumulator = 0.25;
+    check_states(NB_ADAGRAD, &o, &s, (const char *const[]){"W.sum", "b.sum", "c.sum", "unused.sum", NULL});
+
+    /* defaults as torch.optim's */
+    o = nb_optim_defaults(NB_ADAM);
+    CHECK(o.lr == 1e-3 && o.beta1 == 0.9 && o.beta2 == 0.999 && o.eps == 1e-8 && o.weight_decay == 0 && !o.amsgrad,
+          "Adam defaults");
+    o = nb_optim_defaults(NB_ADAMW);
+    CHECK(o.lr == 1e-3 && o.weight_decay == 1e-2, "AdamW defaults");
+    o = nb_optim_defaults(NB_RMSPROP);
+    CHECK(o.lr == 1e-2 && o.alpha == 0.99 && o.eps == 1e-8 && o.momentum == 0 && !o.centered, "RMSprop defaults");
+    o = nb_optim_defaults(NB_ADAGRAD);
+    CHECK(o.lr == 1e-2 && o.eps == 1e-10 && o.lr_decay == 0 && o.initial_accumulator == 0, "Adagrad defaults");
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
+/* nb_optim_new fails; frees the optimizer if it did not. */
+static int optim_fails(nb_optim_kind kind, nb_params *ps, const nb_optim_opts *o)
+{
+    nb_optim *opt = nb_optim_new(kind, ps, o);
+    nb_optim_free(opt);
+    return opt == NULL;
+}
+
+static int sched_fails(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o)
+{
+    nb_sched *s = nb_sched_new(kind, opt, o);
+    nb_sched_free(s);
+    return s == NULL;
+}
+
+static void test_bad_options(void)
+{
+    small s;
+    small_init(&s);
+    nb_optim_opts o = nb_optim_defaults(NB_SGD);
+    o.lr = -0.1;
+    CHECK_ERROR(optim_fails(NB_SGD, s.ps, &o), NB_ERR_ARG, "lr must be >= 0");
+    o = nb_optim_defaults(NB_ADAM);
+    o.lr = NAN;
+    CHECK_ERROR(optim_fails(NB_ADAM, s.ps, &o), NB_ERR_ARG, "lr must be >= 0");
+    o = nb_optim_defaults(NB_ADAM);
+    o.beta1 = 1.0;
+    CHECK_ERROR(optim_fails(NB_ADAM, s.ps, &o), NB_ERR_ARG, "betas must be in [0, 1)");
+    o = nb_optim_defaults(NB_ADAMW);
+    o.beta2 = 1.5;
+    CHECK_ERROR(optim_fails(NB_ADAMW, s.ps, &o), NB_ERR_ARG, "betas must be in [0, 1)");
+    o = nb_optim_defaults(NB_ADAM);
+    o.beta2 = -0.1;
+    CHECK_ERROR(optim_fails(NB_ADAM, s.ps, &o), NB_ERR_ARG, "betas");
+    o = nb_optim_defaults(NB_SGD);
+    o.nesterov = 1;
+    CHECK_ERROR(optim_fails(NB_SGD, s.ps, &o), NB_ERR_ARG, "nesterov needs momentum > 0 and dampening 0");
+    o.momentum = 0.9;
+    o.dampening = 0.1;
+    CHECK_ERROR(optim_fails(NB_SGD, s.ps, &o), NB_ERR_ARG, "nesterov");
+    o = nb_optim_defaults(NB_SGD);
+    o.weight_decay = -1;
+    CHECK_ERROR(optim_fails(NB_SGD, s.ps, &o), NB_ERR_ARG, "weight_decay");
+    o = nb_optim_defaults(NB_RMSPROP);
+    o.eps = -1e-8;
+    CHECK_ERROR(optim_fails(NB_RMSPROP, s.ps, &o), NB_ERR_ARG, "eps");
+    o = nb_optim_defaults(NB_ADAGRAD);
+    o.lr_decay = -0.5;
+    CHECK_ERROR(optim_fails(NB_ADAGRAD, s.ps, &o), NB_ERR_ARG, "lr_decay");
+    CHECK_ERROR(optim_fails(NB_OPTIM_KIND_COUNT, s.ps, NULL), NB_ERR_ARG, "unknown kind");
+    CHECK_ERROR(optim_fails(NB_SGD, NULL, NULL), NB_ERR_ARG, "nb_optim_new");
+    CHECK_ERROR(nb_optim_step(NULL) != NB_OK, NB_ERR_ARG, "NULL");
+
+    nb_optim *opt = nb_optim_new(NB_SGD, s.ps, NULL);
+    CHECK(opt != NULL, "nb_optim_new with NULL options: %s", nb_error_message());
+    nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);
+    so.t_max = 10;
+    so.warmup = 10;
+    CHECK_ERROR(sched_fails(NB_SCHED_COSINE, opt, &so), NB_ERR_ARG, "need 0 <= warmup < t_max");
+    so.t_max = 5;
+    CHECK_ERROR(sched_fails(NB_SCHED_COSINE, opt, &so), NB_ERR_ARG, "warmup < t_max");
+    so.t_max = 0;
+    so.warmup = 0;
+    CHECK_ERROR(sched_fails(NB_SCHED_COSINE, opt, &so), NB_ERR_ARG, "warmup < t_max");
+    so = nb_sched_defaults(NB_SCHED_STEP);
+    so.step_size = 0;
+    CHECK_ERROR(sched_fails(NB_SCHED_STEP, opt, &so), NB_ERR_ARG, "step_size");
+    so = nb_sched_defaults(NB_SCHED_PLATEAU);
+    so.factor = 1.0;
+    CHECK_ERROR(sched_fails(NB_SCHED_PLATEAU, opt, &so), NB_ERR_ARG, "factor");
+    so = nb_sched_defaults(NB_SCHED_MULTISTEP);
+    so.n_milestones = NB_SCHED_MAX_MILESTONES + 1;
+    CHECK_ERROR(sched_fails(NB_SCHED_MULTISTEP, opt, &so), NB_ERR_ARG, "milestones");
+    CHECK_ERROR(sched_fails(NB_SCHED_STEP, NULL, NULL), NB_ERR_ARG, "nb_sched_new");
+    CHECK_ERROR(isnan(nb_sched_step(NULL, 0)), NB_ERR_ARG, "NULL");
+    CHECK(nb_optim_lr(opt) == 1e-2, "a refused schedule changed the lr to %g", nb_optim_lr(opt));
+    nb_optim_free(opt);
+    nb_optim_free(NULL);
+    nb_sched_free(NULL);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s tests/fixtures/optim_f64.txt\n", argc ? argv[0] : "test_optim");
+        return 2;
+    }
+    fixture f = {0};
+    f.optim = calloc(MAX_CASES, sizeof *f.optim);
+    f.sched = calloc(MAX_CASES, sizeof *f.sched);
+    char *text = read_file(argv[1]);
+    parser p = {argv[1], 0, ""};
+    if (!text) {
+        fprintf(stderr, "%s: cannot read: %s\n", argv[1], strerror(errno));
+        return 1;
+    }
+    if (!f.optim || !f.sched || !parse(&p, text, &f)) {
+        fprintf(stderr, "%s\n", f.optim && f.sched ? p.err : "out of memory");
+        return 1;
+    }
+    free(text);
+    CHECK(f.n_optim > 0 && f.n_sched > 0, "the fixture has no optimizer or no schedule case");
+
+    test_trajectories(&f);
+    test_schedules(&f);
+    printf("compared with PyTorch: %d optimizer trajectories (%ld recorded steps, %ld parameter values), "
+           "%d schedules (%ld lr values)\n",
+           f.n_optim, g_steps_compared, g_traj_values, f.n_sched, g_lr_values);
+    test_clip();
+    test_early_stop();
+    test_no_grad_untouched();
+    test_state_names();
+    test_bad_options();
+    free(f.optim);
+    free(f.sched);
+    return nbt_report("optim");
+}
