@@ -522,8 +522,14 @@ static void test_empty_with_huge_extents(void)
         CHECK(nb_tensor_numel(z) == 0, "numel 0");
         nb_tensor *s = nb_add(z, z);
         CHECK(s == NULL || nb_tensor_numel(s) == 0, "add of empty tensors is empty or refused");
-        nb_tensor *m = nb_mul(z, nb_tensor_dim(z, 0) == 0 ? nb_full(NB_F64, 0, NULL, 2.0) : z);
+        nb_tensor *m = nb_mul(z, nb_full(NB_F64, 0, NULL, 2.0));
         CHECK(m == NULL || nb_tensor_numel(m) == 0, "mul by a scalar is empty or refused");
+        nb_tensor *b = nb_add(z, nb_ones(NB_F64, NB_SHAPE(1, 1, 1, 1)));
+        CHECK(b == NULL || nb_tensor_numel(b) == 0, "broadcast add is empty or refused");
+        nb_tensor *r = nb_sum(z, NB_AXES(1), 0);
+        CHECK(r == NULL || nb_tensor_numel(r) == 0, "sum over axis 1 is empty or refused");
+        nb_tensor *t = nb_transpose(z, 0, 3);
+        CHECK(t == NULL || nb_tensor_numel(t) == 0, "transpose is empty or refused");
         nb_error_clear();
     }
     nb_tape_end(tape);

@@ -68,20 +68,27 @@ static bool check_spec(const char *who, nb_dtype dt, int ndim, const int64_t *sh
         nb__fail(NB_ERR_ARG, "%s: shape is NULL for %d dimensions", who, ndim);
         return false;
     }
+    /* the product of the non-zero extents must fit too: ops on an empty tensor still multiply its
+     * other extents (strides, plans) */
     int64_t total = 1;
+    bool empty = false;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
             nb__fail(NB_ERR_SHAPE, "%s: %s: extent %lld of dim %d is negative", who,
                      nb__shape_str(ndim, shape), (long long)shape[i], i);
             return false;
         }
-        if (shape[i] > 0 && total > (INT64_MAX / 16) / shape[i]) {
+        if (shape[i] == 0) {
+            empty = true;
+            continue;
+        }
+        if (total > (INT64_MAX / 16) / shape[i]) {
             nb__fail(NB_ERR_SHAPE, "%s: %s: too many elements", who, nb__shape_str(ndim, shape));
             return false;
         }
         total *= shape[i];
     }
-    *n = total;
+    *n = empty ? 0 : total;
     return true;
 }
 
