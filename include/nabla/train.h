@@ -141,7 +141,9 @@ int64_t nb_early_stop_best_epoch(const nb_early_stop *es); /* 0-based; -1 before
 typedef struct nb_dataset nb_dataset;
 
 /* Samples are the rows (dim 0) of inputs and targets (targets may be NULL; same row count). The
- * dataset takes ownership of both leaves and frees them with itself. */
+ * dataset takes ownership of both leaves (also when it fails, so a constructor call can be passed
+ * straight in) and frees them with itself. Leaves that require grad, op results and 0-d tensors
+ * are refused. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 void nb_dataset_free(nb_dataset *d);
 int64_t nb_dataset_size(const nb_dataset *d);
@@ -155,7 +157,7 @@ nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t se
 
 typedef struct nb_batches nb_batches;
 
-/* Batches over d, shuffled with a seeded stream when shuffle is set (a new order every epoch, the
+/* Batches over d (borrowed: it must outlive the batches), shuffled with a seeded stream when shuffle is set (a new order every epoch, the
  * same orders for the same seed); drop_last skips a final short batch. */
 nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle, int drop_last, uint64_t seed);
 void nb_batches_free(nb_batches *b);
@@ -163,12 +165,14 @@ void nb_batches_free(nb_batches *b);
  * copied): returns 1 with *x (and *y when targets exist) set, 0 at the end of the epoch (the next
  * call starts a new epoch), -1 on error. */
 int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y);
-/* The dataset row indices of the last batch returned, and its size. */
+/* The rows of the last batch returned, as row indices of nb_dataset_inputs(d) (for a split view:
+ * rows of the parent's tensors), and its size. */
 const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count);
 int64_t nb_batches_per_epoch(const nb_batches *b);
 
 /* Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
- * data is converted and multiplied by scale (e.g. 1/255); other IDX types keep their values.
+ * data is converted and, for f32/f64, multiplied by scale (e.g. 1/255); other IDX types keep their
+ * values (floating IDX data cannot be read as i64).
  * Validates the magic number, the dimensions and the file length. */
 nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor **out);
 
