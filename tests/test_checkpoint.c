@@ -381,12 +381,14 @@ static void check_expected(const char *expected_path, const nb_params *p, int64_
             continue;
         }
         CHECK(strcmp(tok, "tensor") == 0, "%s:%d: unexpected %s", expected_path, lineno, tok);
-        const char *name = strtok_r(NULL, " \n", &save), *dt = strtok_r(NULL, " \n", &save);
+        const char *name_tok = strtok_r(NULL, " \n", &save), *dt = strtok_r(NULL, " \n", &save);
         const char *nds = strtok_r(NULL, " \n", &save);
-        if (!name || !dt || !nds) {
+        if (!name_tok || !dt || !nds) {
             NBT_FAIL("%s:%d: short tensor line", expected_path, lineno);
             break;
         }
+        char name[128]; /* the line buffer is reused for the values */
+        snprintf(name, sizeof name, "%s", name_tok);
         const nb_tensor *t = nb_params_find(p, name);
         tensors++;
         CHECK(t != NULL, "tensor %s of the listing is not in the model", name);

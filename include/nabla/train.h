@@ -59,6 +59,8 @@ void nb_optim_set_lr(nb_optim *opt, double lr);
 /* Steps taken (restored by nb_checkpoint_load). */
 int64_t nb_optim_steps(const nb_optim *opt);
 nb_optim_kind nb_optim_get_kind(const nb_optim *opt);
+/* "sgd", "adam", "adamw", "rmsprop", "adagrad" ("?" for an unknown kind). */
+const char *nb_optim_kind_name(nb_optim_kind kind);
 /* The optimizer's state tensors (exp_avg, momentum buffers...), owned by it, named
  * "<param>.<state>" (e.g. "fc.weight.exp_avg") for checkpoints. */
 int nb_optim_state_count(const nb_optim *opt);

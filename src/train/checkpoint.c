@@ -44,9 +44,6 @@
 static const char *const st_dtype[] = {[NB_F32] = "F32", [NB_F64] = "F64", [NB_I64] = "I64"};
 _Static_assert(sizeof st_dtype / sizeof st_dtype[0] == NB_DTYPE_COUNT, "a safetensors name per dtype");
 
-/* the "optimizer" metadata of each kind (as optim.c names them) */
-static const char *const optim_name[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
-_Static_assert(sizeof optim_name / sizeof optim_name[0] == NB_OPTIM_KIND_COUNT, "a name per optimizer");
 
 #define META_KEY "__metadata__"
 #define OPTIM_PREFIX "optim."
@@ -88,10 +85,21 @@ static int utf8_valid(const unsigned char *s, size_t len)
             i++;
             continue;
         }
-        if ((c & 0xE0) == 0xC0) more = 1, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) more = 2, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) more = 3, cp = c & 0x07, min = 0x10000;
-        else return 0;
+        if ((c & 0xE0) == 0xC0) {
+            more = 1;
+            cp = c & 0x1F;
+            min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            more = 2;
+            cp = c & 0x0F;
+            min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            more = 3;
+            cp = c & 0x07;
+            min = 0x10000;
+        } else {
+            return 0;
+        }
         if (len - i <= more) return 0;
         for (size_t k = 1; k <= more; k++) {
             unsigned cc = s[i + k];
@@ -442,7 +450,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         snprintf(step_s, sizeof step_s, "%" PRId64, step);
         snprintf(osteps_s, sizeof osteps_s, "%" PRId64, opt ? nb_optim_steps(opt) : 0);
         const char *keys[] = {"format", "step", "optimizer", "optimizer_steps"};
-        const char *values[] = {"nabla-checkpoint", step_s, optim_name[kind], osteps_s};
+        const char *values[] = {"nabla-checkpoint", step_s, nb_optim_kind_name(kind), osteps_s};
         st = save(who, path, n, names, tensors, opt ? 4 : 2, keys, values);
     }
     for (int j = 0; owned && j < ns; j++) free(owned[j]);
@@ -698,7 +706,7 @@ static nb_status check_layout(loader *L)
         const entry *e = by_off[i];
         if (e->begin < pos)
             st = fail(L, NB_ERR_FORMAT, "tensor %s: bytes [%" PRIu64 ",%" PRIu64 ") overlap tensor %s's [%" PRIu64
-                      ",%" PRIu64 ")", e->name, e->begin, e->end, prev->name, prev->begin, prev->end);
+                      ",%" PRIu64 ")", e->name, e->begin, e->end, prev ? prev->name : "?", prev ? prev->begin : 0, prev ? prev->end : 0);
         else if (e->begin > pos)
             st = fail(L, NB_ERR_FORMAT, "bytes [%" PRIu64 ",%" PRIu64 ") of the data belong to no tensor (a gap before %s)",
                       pos, e->begin, e->name);
@@ -783,7 +791,7 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
         okind = meta_get(&L, "optimizer");
         osteps_s = meta_get(&L, "optimizer_steps");
         int known = 0;
-        for (int k = 0; okind && k < NB_OPTIM_KIND_COUNT; k++) known |= strcmp(okind, optim_name[k]) == 0;
+        for (int k = 0; okind && k < NB_OPTIM_KIND_COUNT; k++) known |= strcmp(okind, nb_optim_kind_name((nb_optim_kind)k)) == 0;
         if (step_s && !parse_i64(step_s, &step_v))
             st = fail(&L, NB_ERR_FORMAT, "metadata step \"%s\" is not an integer", step_s);
         else if (!step_s && step)
@@ -794,8 +802,8 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
             st = fail(&L, NB_ERR_FORMAT, "metadata optimizer_steps \"%s\" is not a non-negative integer", osteps_s);
         else if (opt && !okind)
             st = fail(&L, NB_ERR_SHAPE, "the file has no optimizer state (saved without an optimizer)");
-        else if (opt && strcmp(okind, optim_name[nb_optim_get_kind(opt)]) != 0)
-            st = fail(&L, NB_ERR_SHAPE, "optimizer %s in the file, %s given", okind, optim_name[nb_optim_get_kind(opt)]);
+        else if (opt && strcmp(okind, nb_optim_kind_name(nb_optim_get_kind(opt))) != 0)
+            st = fail(&L, NB_ERR_SHAPE, "optimizer %s in the file, %s given", okind, nb_optim_kind_name(nb_optim_get_kind(opt)));
         else if (opt && !osteps_s)
             st = fail(&L, NB_ERR_FORMAT, "optimizer %s but no optimizer_steps in the metadata", okind);
     }

@@ -61,6 +61,11 @@ struct nb_optim {
 static const char *const kind_names[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
 _Static_assert(sizeof kind_names / sizeof kind_names[0] == NB_OPTIM_KIND_COUNT, "a name per optimizer");
 
+const char *nb_optim_kind_name(nb_optim_kind kind)
+{
+    return (unsigned)kind < NB_OPTIM_KIND_COUNT ? kind_names[kind] : "?";
+}
+
 nb_optim_opts nb_optim_defaults(nb_optim_kind kind)
 {
     nb_optim_opts o = {0};
