@@ -233,6 +233,10 @@ bool nb__same_shape(const nb_tensor *a, const nb_tensor *b);
 /* Broadcast shapes a and b into out (ndim returned through out_ndim); false if they do not fit. */
 bool nb__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *out_ndim,
                           int64_t *out);
+/* A shape given by (or computed from) user input: 0..NB_MAX_DIMS dims, extents >= 0, element count
+ * without overflow. Ops whose result extents come from the user check them with this; results
+ * derived from valid inputs need no check. */
+bool nb__check_shape(const char *who, int ndim, const int64_t *shape);
 /* Normalise a possibly-negative axis; -1 if out of range. */
 int nb__axis(int axis, int ndim);
 /* Check that a tensor argument is usable by op `who` (not NULL is checked by the caller). */
@@ -241,6 +245,8 @@ bool nb__check_float(const char *who, const nb_tensor *t);
 /* ---- numerics shared by kernels and gradcheck ------------------------------------------------- */
 
 double nb__get(const nb_tensor *t, int64_t i);
+/* Every element of t = v (converted to t's dtype). */
+void nb__fill(nb_tensor *t, double v);
 void nb__set(nb_tensor *t, int64_t i, double v);
 
 #endif

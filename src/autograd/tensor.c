@@ -92,6 +92,12 @@ static bool check_spec(const char *who, nb_dtype dt, int ndim, const int64_t *sh
     return true;
 }
 
+bool nb__check_shape(const char *who, int ndim, const int64_t *shape)
+{
+    int64_t n;
+    return check_spec(who, NB_F64, ndim, shape, &n);
+}
+
 static void init_header(nb_tensor *t, nb_dtype dt, int ndim, const int64_t *shape, int64_t n)
 {
     memset(t, 0, sizeof *t);
@@ -185,33 +191,41 @@ void nb__set(nb_tensor *t, int64_t i, double v)
     }
 }
 
-static void fill(nb_tensor *t, double v)
+void nb__fill(nb_tensor *t, double v)
 {
-    if (v == 0.0) {
-        memset(t->data, 0, (size_t)t->numel * nb_dtype_size(t->dtype));
+    size_t es = nb_dtype_size(t->dtype);
+    char *p = t->data;
+    if (t->numel == 0) return;
+    if (v == 0.0 && !signbit(v)) {
+        memset(p, 0, (size_t)t->numel * es);
         return;
     }
-    for (int64_t i = 0; i < t->numel; i++) nb__set(t, i, v);
+    /* one element converted, then doubled by copies */
+    nb__set(t, 0, v);
+    for (int64_t k = 1; k < t->numel; k *= 2) {
+        int64_t n = k < t->numel - k ? k : t->numel - k;
+        memcpy(p + (size_t)k * es, p, (size_t)n * es);
+    }
 }
 
 nb_tensor *nb_tensor_zeros(nb_dtype dt, int ndim, const int64_t *shape)
 {
     nb_tensor *t = leaf_new("nb_tensor_zeros", dt, ndim, shape);
-    if (t) fill(t, 0.0);
+    if (t) nb__fill(t, 0.0);
     return t;
 }
 
 nb_tensor *nb_tensor_ones(nb_dtype dt, int ndim, const int64_t *shape)
 {
     nb_tensor *t = leaf_new("nb_tensor_ones", dt, ndim, shape);
-    if (t) fill(t, 1.0);
+    if (t) nb__fill(t, 1.0);
     return t;
 }
 
 nb_tensor *nb_tensor_full(nb_dtype dt, int ndim, const int64_t *shape, double value)
 {
     nb_tensor *t = leaf_new("nb_tensor_full", dt, ndim, shape);
-    if (t) fill(t, value);
+    if (t) nb__fill(t, value);
     return t;
 }
 
@@ -359,7 +373,7 @@ nb_status nb_tensor_copy_from(nb_tensor *t, const void *data)
 nb_status nb_tensor_fill(nb_tensor *t, double value)
 {
     if (!check_leaf("nb_tensor_fill", t)) return nb_error_code();
-    fill(t, value);
+    nb__fill(t, value);
     t->version++;
     return NB_OK;
 }
@@ -418,7 +432,7 @@ void nb_tensor_zero_grad(nb_tensor *t)
 {
     if (!t) return;
     if (t->grad_tape) nb__tape_forget_leaf(t->grad_tape, t);
-    if (t->grad) fill(t->grad, 0.0);
+    if (t->grad) nb__fill(t->grad, 0.0);
 }
 
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name)

@@ -59,6 +59,7 @@ nb_tensor *nb_custom(const nb_custom_op *op, int n_in, nb_tensor *const *in, nb_
     if (!nb__is_float(dtype))
         return nb__fail(NB_ERR_DTYPE, "%s: %s: result dtype %s is not f32 or f64", who,
                         op->name ? op->name : "custom", nb_dtype_name(dtype));
+    if (!nb__check_shape(who, ndim, shape)) return NULL;
     nb_attrs at = {.i = {n_in}, .p = op};
     return nb__apply(who, NB_OP_CUSTOM, n_in, in, &at, dtype, ndim, shape);
 }

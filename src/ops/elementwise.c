@@ -250,7 +250,12 @@ NB_BW(minimum)
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b) { return binary("nb_minimum", NB_OP_MINIMUM, a, b, 0); }
 
 nb_tensor *nb_sub_scalar(nb_tensor *x, double s) { return unary("nb_sub_scalar", NB_OP_AFFINE, x, 1.0, -s); }
-nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x) { return nb_mul_scalar(nb_reciprocal(x), s); }
+nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "nb_rdiv_scalar: input is NULL");
+    if (!nb__check_float("nb_rdiv_scalar", x)) return NULL;
+    return nb_mul_scalar(nb_reciprocal(x), s);
+}
 
 /* ---- where ------------------------------------------------------------------------------------ */
 

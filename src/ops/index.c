@@ -27,55 +27,12 @@ static void around_axis(const nb_tensor *t, int axis, int64_t *outer, int64_t *i
     *inner = nb__numel(t->ndim - axis - 1, t->shape + axis + 1);
 }
 
-#define STRIDED_PLACE(T)                                                                               \
-    do {                                                                                               \
-        const T *s = src;                                                                              \
-        T *o = dst;                                                                                    \
-        int64_t idx[NB_MAX_DIMS] = {0}, off = 0;                                                       \
-        const int64_t inner = ndim ? shape[ndim - 1] : 1, si = ndim ? st[ndim - 1] : 0;                \
-        for (int64_t r = 0, outer = total / inner; r < outer; r++) {                                   \
-            if (si == 1)                                                                               \
-                memcpy(o + off, s, (size_t)inner * sizeof(T));                                         \
-            else                                                                                       \
-                for (int64_t k = 0; k < inner; k++) o[off + k * si] = s[k];                            \
-            s += inner;                                                                                \
-            for (int d = ndim - 2; d >= 0; d--) {                                                      \
-                off += st[d];                                                                          \
-                if (++idx[d] < shape[d]) break;                                                        \
-                off -= st[d] * shape[d];                                                               \
-                idx[d] = 0;                                                                            \
-            }                                                                                          \
-        }                                                                                              \
-    } while (0)
-
 /* The scatter counterpart of nb__strided_copy: dst[sum_d i_d st[d]] = src[i] for every index i of
  * shape, src contiguous [shape], dst strided (element strides st); elements of esize bytes (4 or 8). */
 static void strided_place(size_t esize, int ndim, const int64_t *shape, const int64_t *st, const void *src,
                           void *dst)
 {
-    int64_t total = nb__numel(ndim, shape);
-    if (total == 0) return;
-    if (esize == 4)
-        STRIDED_PLACE(uint32_t);
-    else
-        STRIDED_PLACE(uint64_t);
-}
-
-/* t[numel] = v in t's dtype: one element converted, then doubled by copies. */
-static void fill(nb_tensor *t, double v)
-{
-    size_t es = nb_dtype_size(t->dtype);
-    char *p = t->data;
-    if (t->numel == 0) return;
-    if (v == 0.0 && !signbit(v)) {
-        memset(p, 0, (size_t)t->numel * es);
-        return;
-    }
-    nb__set(t, 0, v);
-    for (int64_t k = 1; k < t->numel; k *= 2) {
-        int64_t n = k < t->numel - k ? k : t->numel - k;
-        memcpy(p + (size_t)k * es, p, (size_t)n * es);
-    }
+    nb__strided_copy2(esize, ndim, shape, NULL, src, st, dst);
 }
 
 /* Accumulator for the adds of index_add and scatter_add: out's own buffer for f64, a double scratch
@@ -311,7 +268,7 @@ nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
 NB_FW(pad)
 {
     const nb_tensor *x = in[0];
-    fill(out, at->f[0]);
+    nb__fill(out, at->f[0]);
     if (x->numel == 0) return;
     size_t es = nb_dtype_size(x->dtype);
     int64_t st[NB_MAX_DIMS], off = 0;
@@ -350,6 +307,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
         any = any || b || a;
     }
     if (!any) return x;
+    if (!nb__check_shape(who, x->ndim, shape)) return NULL;
     return nb__apply(who, NB_OP_PAD, 1, &x, &at, x->dtype, x->ndim, shape);
 }
 
@@ -664,6 +622,7 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
     for (int d = 0; d < ndim; d++)
         if (shape[d] < 0)
             return nb__fail(NB_ERR_SHAPE, "%s: target %s has a negative extent", who, nb__shape_str(ndim, shape));
+    if (!nb__check_shape(who, ndim, shape)) return NULL;
     int ax = nb__axis(axis, ndim);
     if (ax < 0)
         return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, nb__shape_str(ndim, shape));
@@ -703,7 +662,7 @@ nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype)
     shape[idx->ndim] = num_classes;
     nb_tensor *out = nb__tape_tensor(who, dtype, idx->ndim + 1, shape);
     if (!out) return NULL;
-    fill(out, 0.0);
+    nb__fill(out, 0.0);
     for (int64_t e = 0; e < idx->numel; e++) nb__set(out, e * num_classes + lab[e], 1.0);
     return out;
 }

@@ -127,31 +127,48 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t mask)
     do {                                                                                               \
         const T *s = src;                                                                              \
         T *o = dst;                                                                                    \
-        int64_t idx[NB_MAX_DIMS] = {0}, off = 0;                                                       \
-        const int64_t inner = ndim ? shape[ndim - 1] : 1, si = ndim ? st[ndim - 1] : 0;                \
-        const int64_t outer = inner ? total / inner : 0;                                               \
-        for (int64_t r = 0; r < outer; r++) {                                                          \
-            if (si == 1)                                                                               \
-                memcpy(o, s + off, (size_t)inner * sizeof(T));                                         \
+        int64_t idx[NB_MAX_DIMS] = {0}, so = 0, doff = 0;                                              \
+        const int last = ndim - 1;                                                                     \
+        const int64_t inner = ndim ? shape[last] : 1;                                                  \
+        const int64_t si = ndim ? sst[last] : 0, di = ndim ? dst_st[last] : 0;                         \
+        for (int64_t r = 0, outer = inner ? total / inner : 0; r < outer; r++) {                       \
+            if (si == 1 && di == 1)                                                                    \
+                memcpy(o + doff, s + so, (size_t)inner * sizeof(T));                                   \
             else                                                                                       \
-                for (int64_t k = 0; k < inner; k++) o[k] = s[off + k * si];                            \
-            o += inner;                                                                                \
-            for (int d = ndim - 2; d >= 0; d--) {                                                      \
-                off += st[d];                                                                          \
+                for (int64_t k = 0; k < inner; k++) o[doff + k * di] = s[so + k * si];                 \
+            for (int d = last - 1; d >= 0; d--) {                                                      \
+                so += sst[d];                                                                          \
+                doff += dst_st[d];                                                                     \
                 if (++idx[d] < shape[d]) break;                                                        \
-                off -= st[d] * shape[d];                                                               \
+                so -= sst[d] * shape[d];                                                               \
+                doff -= dst_st[d] * shape[d];                                                          \
                 idx[d] = 0;                                                                            \
             }                                                                                          \
         }                                                                                              \
     } while (0)
 
-void nb__strided_copy(size_t esize, int ndim, const int64_t *shape, const int64_t *st, const void *src,
-                      void *dst)
+void nb__strided_copy2(size_t esize, int ndim, const int64_t *shape, const int64_t *src_st, const void *src,
+                       const int64_t *dst_st, void *dst)
 {
-    int64_t total = nb__numel(ndim, shape);
+    int64_t total = nb__numel(ndim, shape), sst[NB_MAX_DIMS], cst[NB_MAX_DIMS];
     if (total == 0) return;
+    /* a NULL side is contiguous in shape */
+    if (!src_st || !dst_st) {
+        int64_t st = 1;
+        for (int d = ndim - 1; d >= 0; d--) {
+            cst[d] = st;
+            st *= shape[d];
+        }
+    }
+    for (int d = 0; d < ndim; d++) sst[d] = src_st ? src_st[d] : cst[d];
+    if (!dst_st) dst_st = cst;
     if (esize == 4)
         STRIDED_COPY(uint32_t);
     else
         STRIDED_COPY(uint64_t);
+}
+
+void nb__strided_copy(size_t esize, int ndim, const int64_t *shape, const int64_t *st, const void *src, void *dst)
+{
+    nb__strided_copy2(esize, ndim, shape, st, src, NULL, dst);
 }

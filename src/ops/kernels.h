@@ -85,5 +85,9 @@ void nb__bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64
  * for elements of esize bytes (4 or 8). */
 void nb__strided_copy(size_t esize, int ndim, const int64_t *shape, const int64_t *src_strides,
                       const void *src, void *dst);
+/* The general form: element i of shape goes from src at src_strides to dst at dst_strides (NULL:
+ * contiguous in shape), so it also scatters into a strided destination. */
+void nb__strided_copy2(size_t esize, int ndim, const int64_t *shape, const int64_t *src_strides, const void *src,
+                       const int64_t *dst_strides, void *dst);
 
 #endif

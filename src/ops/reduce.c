@@ -22,10 +22,17 @@ NB_FW(sum)
     }
 }
 
-/* The keepdim shape of a reduction of x over mask. */
-static void keep_shape(const nb_tensor *x, uint32_t mask, int64_t *shape)
+/* The shape of a reduction of x over the axes in mask: those axes dropped, or kept with extent 1. */
+static int reduced_dims(const nb_tensor *x, uint32_t mask, int keepdim, int64_t *shape)
 {
-    for (int d = 0; d < x->ndim; d++) shape[d] = (mask & (1u << d)) ? 1 : x->shape[d];
+    int nd = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        if (!(mask & (1u << d)))
+            shape[nd++] = x->shape[d];
+        else if (keepdim)
+            shape[nd++] = 1;
+    }
+    return nd;
 }
 
 /* d sum(x) = broadcast of the output gradient back over the reduced axes */
@@ -34,7 +41,7 @@ NB_BW(sum)
     if (!NB_NEED(0)) return;
     const nb_tensor *x = n->in[0];
     int64_t ks[NB_MAX_DIMS];
-    keep_shape(x, (uint32_t)n->attrs.i[0], ks);
+    reduced_dims(x, (uint32_t)n->attrs.i[0], 1, ks);
     gin[0] = nb_broadcast_to(nb_reshape(g, x->ndim, ks), x->ndim, x->shape);
 }
 
@@ -68,13 +75,7 @@ static bool axes_mask(const char *who, const nb_tensor *x, int naxes, const int 
 static nb_tensor *sum_mask(const char *who, nb_tensor *x, uint32_t mask, int keepdim)
 {
     int64_t shape[NB_MAX_DIMS];
-    int nd = 0;
-    for (int d = 0; d < x->ndim; d++) {
-        if (!(mask & (1u << d)))
-            shape[nd++] = x->shape[d];
-        else if (keepdim)
-            shape[nd++] = 1;
-    }
+    int nd = reduced_dims(x, mask, keepdim, shape);
     nb_attrs at = {.i = {(int64_t)mask, keepdim ? 1 : 0}};
     return nb__apply(who, NB_OP_SUM, 1, &x, &at, x->dtype, nd, shape);
 }
@@ -157,13 +158,7 @@ static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepd
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (x->shape[d] == 0) return nb__fail(NB_ERR_SHAPE, "%s: %s is empty along axis %d", who, NB_SHP(x), axis);
     int64_t shape[NB_MAX_DIMS];
-    int nd = 0;
-    for (int k = 0; k < x->ndim; k++) {
-        if (k != d)
-            shape[nd++] = x->shape[k];
-        else if (keepdim)
-            shape[nd++] = 1;
-    }
+    int nd = reduced_dims(x, 1u << d, keepdim, shape);
     nb_attrs at = {.i = {d, is_min}};
     return nb__apply(who, NB_OP_ARGMAX, 1, &x, &at, NB_I64, nd, shape);
 }
@@ -200,13 +195,7 @@ static nb_tensor *group_axes(nb_tensor *x, uint32_t mask)
 static nb_tensor *reduced_shape(nb_tensor *r, const nb_tensor *x, uint32_t mask, int keepdim)
 {
     int64_t shape[NB_MAX_DIMS];
-    int nd = 0;
-    for (int d = 0; d < x->ndim; d++) {
-        if (!(mask & (1u << d)))
-            shape[nd++] = x->shape[d];
-        else if (keepdim)
-            shape[nd++] = 1;
-    }
+    int nd = reduced_dims(x, mask, keepdim, shape);
     return nb_reshape(r, nd, shape);
 }
 
@@ -251,9 +240,8 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
     return reduced_shape(nb_add(s, m), x, mask, keepdim);
 }
 
-nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
+static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
 {
-    const char *who = "nb_var";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
     uint32_t mask;
     if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
@@ -267,9 +255,14 @@ nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int 
     return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)(count - correction));
 }
 
+nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
+{
+    return variance("nb_var", x, naxes, axes, correction, keepdim);
+}
+
 nb_tensor *nb_std(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
 {
-    return nb_sqrt(nb_var(x, naxes, axes, correction, keepdim));
+    return nb_sqrt(variance("nb_std", x, naxes, axes, correction, keepdim));
 }
 
 /* ---- softmax, log_softmax --------------------------------------------------------------------- */
@@ -336,7 +329,10 @@ nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, doubl
 
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
 {
-    if (!x) return nb__fail(NB_ERR_ARG, "nb_dropout: input is NULL");
+    const char *who = "nb_dropout";
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__check_float(who, x)) return NULL;
+    if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
     if (p == 0.0) return x;
     return nb_mul(x, nb_dropout_mask(x->dtype, x->ndim, x->shape, p, rng));
 }

@@ -12,13 +12,10 @@ static nb_tensor *constant(const char *who, nb_dtype dtype, int ndim, const int6
     nb_tensor *t = nb__tape_tensor(who, dtype, ndim, shape);
     if (!t) return NULL;
     size_t es = nb_dtype_size(dtype);
-    if (data) {
+    if (data)
         memcpy(t->data, data, (size_t)t->numel * es);
-    } else if (v == 0.0) {
-        memset(t->data, 0, (size_t)t->numel * es);
-    } else {
-        for (int64_t i = 0; i < t->numel; i++) nb__set(t, i, v);
-    }
+    else
+        nb__fill(t, v);
     return t;
 }
 
@@ -194,6 +191,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
             return nb__fail(NB_ERR_SHAPE, "%s: %s does not broadcast to %s", who, NB_SHP(x),
                             nb__shape_str(ndim, shape));
     }
+    if (!nb__check_shape(who, ndim, shape)) return NULL;
     if (ndim == x->ndim && nb__numel(ndim, shape) == x->numel) {
         bool same = true;
         for (int d = 0; d < ndim; d++) same = same && shape[d] == x->shape[d];
