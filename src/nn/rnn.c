@@ -88,14 +88,24 @@ static nb_tensor *affine(nb_tensor *x, nb_tensor *w, nb_tensor *b)
     return b ? nb_add(y, b) : y;
 }
 
-static int check_step(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tensor *cell, const char *who)
+/* Arguments of one cell step: a cell of a kind in `accept` (a bit per nb_rnn_kind), x [B, input],
+ * h (and for an LSTM the cell state) [B, hidden]. */
+static int check_step(const nb_rnn_cell *c, unsigned accept, nb_tensor *x, nb_tensor *h, nb_tensor *cell,
+                      const char *who)
 {
     char sx[96], sh[96];
+    static const char *const kinds[] = {"an Elman", "an Elman", "an LSTM", "a GRU"};
     if (!c || !c->w_ih) {
         nb_error_set(NB_ERR_ARG, "%s: cell is NULL or not initialised", who);
         return 0;
     }
-    if (!x || !h || (c->kind == NB_LSTM && !cell)) {
+    if (!(accept & (1u << c->kind))) {
+        int want = accept & (1u << NB_LSTM) ? NB_LSTM : accept & (1u << NB_GRU) ? NB_GRU : NB_RNN_TANH;
+        nb_error_set(NB_ERR_ARG, "%s: the cell is not %s cell (it is %s cell)", who, kinds[want], kinds[c->kind]);
+        return 0;
+    }
+    int lstm = c->kind == NB_LSTM;
+    if (!x || !h || (lstm && !cell)) {
         if (nb_error_code() == NB_OK) nb_error_set(NB_ERR_ARG, "%s: an input tensor is NULL", who);
         return 0;
     }
@@ -105,11 +115,12 @@ static int check_step(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tenso
         return 0;
     }
     int64_t b = nb_tensor_dim(x, 0);
-    if (nb_tensor_ndim(h) != 2 || nb_tensor_dim(h, 0) != b || nb_tensor_dim(h, 1) != c->hidden ||
-        (cell && (nb_tensor_ndim(cell) != 2 || nb_tensor_dim(cell, 0) != b || nb_tensor_dim(cell, 1) != c->hidden))) {
-        nb_error_set(NB_ERR_SHAPE, "%s: state %s for input %s: expected [%lld, %lld]", who,
-                     nb_shape_str(nb_tensor_ndim(h) == 2 && cell ? cell : h, sh, sizeof sh),
-                     nb_shape_str(x, sx, sizeof sx), (long long)b, (long long)c->hidden);
+    nb_tensor *states[2] = {h, cell};
+    for (int i = 0; i < 2; i++) {
+        nb_tensor *s = states[i];
+        if (!s || (nb_tensor_ndim(s) == 2 && nb_tensor_dim(s, 0) == b && nb_tensor_dim(s, 1) == c->hidden)) continue;
+        nb_error_set(NB_ERR_SHAPE, "%s: %s %s for input %s: expected [%lld, %lld]", who, i ? "cell state" : "state",
+                     nb_shape_str(s, sh, sizeof sh), nb_shape_str(x, sx, sizeof sx), (long long)b, (long long)c->hidden);
         return 0;
     }
     return 1;
@@ -146,11 +157,7 @@ static nb_tensor *gru_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
 
 nb_tensor *nb_elman_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
 {
-    if (!check_step(c, x, h, NULL, "nb_rnn_cell")) return NULL;
-    if (c->kind != NB_RNN_TANH && c->kind != NB_RNN_RELU) {
-        nb_error_set(NB_ERR_ARG, "nb_elman_cell: the cell is not an Elman cell (use nb_lstm_cell / nb_gru_cell)");
-        return NULL;
-    }
+    if (!check_step(c, 1u << NB_RNN_TANH | 1u << NB_RNN_RELU, x, h, NULL, "nb_elman_cell")) return NULL;
     return elman_step(c, affine(x, c->w_ih, c->b_ih), h);
 }
 
@@ -162,22 +169,14 @@ nb_status nb_lstm_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tens
         return NB_ERR_ARG;
     }
     *h_out = *c_out = NULL;
-    if (!check_step(c, x, h, cell, "nb_lstm_cell")) return nb_error_code();
-    if (c->kind != NB_LSTM) {
-        nb_error_set(NB_ERR_ARG, "nb_lstm_cell: the cell is not an LSTM cell");
-        return NB_ERR_ARG;
-    }
+    if (!check_step(c, 1u << NB_LSTM, x, h, cell, "nb_lstm_cell")) return nb_error_code();
     lstm_step(c, affine(x, c->w_ih, c->b_ih), h, cell, h_out, c_out);
     return *h_out ? NB_OK : nb_error_code();
 }
 
 nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
 {
-    if (!check_step(c, x, h, NULL, "nb_gru_cell")) return NULL;
-    if (c->kind != NB_GRU) {
-        nb_error_set(NB_ERR_ARG, "nb_gru_cell: the cell is not a GRU cell");
-        return NULL;
-    }
+    if (!check_step(c, 1u << NB_GRU, x, h, NULL, "nb_gru_cell")) return NULL;
     return gru_step(c, affine(x, c->w_ih, c->b_ih), h);
 }
 
