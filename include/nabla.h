@@ -347,7 +347,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape);
 nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype);
 
 /* More elementwise ops. */
-nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b);      /* a ^ b (broadcast); d/db uses log(a), so a > 0 there */
+nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b);      /* a ^ b (broadcast); d/db = a^b log(a), 0 where a = 0 */
 nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);  /* ties share the gradient equally, as in PyTorch */
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub_scalar(nb_tensor *x, double s);   /* x - s */

@@ -618,15 +618,15 @@ static void test_ties(void)
     nb_tensor *x = leaf(NB_SHAPE(2, 4), xv);
     y = nb_max(x, NB_AXES(1), 0);
     check_exact("max ties: value", y, 2, (const double[]){3, 0});
-    CHECK(nb_backward(y, nb_tensor_from_data(NB_F64, NB_SHAPE(2), (const double[]){2, 5}), 0) == NB_OK,
-          "max ties: backward: %s", nb_error_message());
+    nb_tensor *seed2 = nb_tensor_from_data(NB_F64, NB_SHAPE(2), (const double[]){2, 5});
+    nb_tensor *seed21 = nb_tensor_from_data(NB_F64, NB_SHAPE(2, 1), (const double[]){2, 5});
+    CHECK(nb_backward(y, seed2, 0) == NB_OK, "max ties: backward: %s", nb_error_message());
     check_exact("max ties: grad", nb_tensor_grad(x), 8, (const double[]){0, 2, 0, 0, 0, 0, 5, 0});
     nb_tensor_zero_grad(x);
     y = nb_min(x, NB_AXES(1), 1);
     check_exact("min ties: value", y, 2, (const double[]){1, -4});
     CHECK(y && nb_tensor_ndim(y) == 2 && nb_tensor_dim(y, 1) == 1, "min ties: keepdim shape");
-    CHECK(nb_backward(y, nb_tensor_from_data(NB_F64, NB_SHAPE(2, 1), (const double[]){2, 5}), 0) == NB_OK,
-          "min ties: backward: %s", nb_error_message());
+    CHECK(nb_backward(y, seed21, 0) == NB_OK, "min ties: backward: %s", nb_error_message());
     check_exact("min ties: grad", nb_tensor_grad(x), 8, (const double[]){2, 0, 0, 0, 0, 5, 0, 0});
     /* over all axes: the first of the two 3s in row-major order */
     nb_tensor_zero_grad(x);
@@ -638,7 +638,7 @@ static void test_ties(void)
 
     nb_tape_end(tape);
     nb_tape_free(tape);
-    nb_tensor *leaves[] = {a, b, seed, x};
+    nb_tensor *leaves[] = {a, b, seed, x, seed2, seed21};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) nb_tensor_free(leaves[i]);
 }
 
@@ -658,6 +658,9 @@ static void test_nondiff_values(void)
     CHECK(nb_grad(nb_sum_all(nb_mul(x, s)), NULL, 1, &x, g, 0) == NB_OK, "x sign(x): nb_grad: %s",
           nb_error_message());
     check_exact("d(x sign x)/dx = sign x", g[0], 5, (const double[]){-1, 0, 0, 1, 1});
+    CHECK(nb_grad(nb_sum_all(nb_sign(x)), NULL, 1, &x, g, 0) == NB_OK, "sum(sign(x)): nb_grad: %s",
+          nb_error_message());
+    check_exact("d sum(sign x)/dx = 0", g[0], 5, (const double[]){0, 0, 0, 0, 0});
 
     /* argmax / argmin: i64, first extreme element on ties, keepdim shapes, negative axes */
     nb_tensor *m = leaf(NB_SHAPE(2, 3, 2), (const double[]){1, 9, 5, 9, 5, 2, /* */ -1, -3, -1, -7, -2, -7});

@@ -529,6 +529,20 @@ static void test_hooks(void)
     CHECK(nb_grad(lw, NULL, 1, &w, gw, NB_RETAIN_GRAPH) == NB_OK && hl.calls == 2, "nb_grad runs the leaf hook");
     CHECK(gw[0] && fabs(nb_tensor_get(gw[0], 0) - 2 * (xv[0] + 0.5)) < 1e-15, "nb_grad result is scaled");
 
+    /* under NB_CREATE_GRAPH the hook's result is differentiable: d/dx sum(hook(d sum(x^2)/dx)) with a
+     * hook that doubles is d/dx sum(4x) = 4 */
+    hook_ctx hd = {.scale = 2.0};
+    nb_tensor *sq = nb_square(x);
+    nb_tensor_set_hook(sq, hook, &hd);
+    nb_tensor *gx[1], *ggx[1];
+    CHECK(nb_grad(nb_sum_all(sq), NULL, 1, &x, gx, NB_CREATE_GRAPH) == NB_OK, "create-graph with a hook: %s",
+          nb_error_message());
+    CHECK(gx[0] && nb_tensor_requires_grad(gx[0]) && nb_tensor_get(gx[0], 5) == 4 * xv[5], "hooked gradient 4x");
+    CHECK(gx[0] && nb_grad(nb_sum_all(gx[0]), NULL, 1, &x, ggx, 0) == NB_OK && ggx[0] && nb_tensor_get(ggx[0], 0) == 4.0 &&
+              nb_tensor_get(ggx[0], 5) == 4.0,
+          "second derivative through the hook: 4");
+    CHECK(hd.calls == 1, "hook called %d times by one create-graph pass", hd.calls);
+
     /* returning NULL fails the backward, and stores nothing */
     nb_tensor_zero_grad(w);
     hl.fail = 1;

@@ -92,13 +92,13 @@ static nb_status mark(pass *p, nb_tensor *out)
         if (nd->flags & NB_NODE_RELEASED)
             return nb__fail_status(NB_ERR_STATE, "%s: node %zu (%s) was released by an earlier backward; "
                                    "pass NB_RETAIN_GRAPH to that backward to run another", p->who, i,
-                                   nd->op->name);
+                                   nb__node_name(nd));
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
             if (*x->vp != nd->in_version[j])
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
-                                       nd->op->name);
+                                       nb__node_name(nd));
             if (!nb__needs_grad(x)) continue;
             if (x->node && x->tape == p->tape)
                 p->need[x->node->index] = 1;
@@ -136,7 +136,7 @@ static nb_status sweep(pass *p, size_t top)
             if (nb__anomaly_on && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
             if (gx->dtype != x->dtype || !nb__same_shape(gx, x))
                 return nb__fail_status(NB_ERR_STATE, "%s: backward of %s (node %zu) gave %s %s for input "
-                                       "%d of %s %s", p->who, nd->op->name, i, nb_dtype_name(gx->dtype),
+                                       "%d of %s %s", p->who, nb__node_name(nd), i, nb_dtype_name(gx->dtype),
                                        NB_SHP(gx), j, nb_dtype_name(x->dtype), NB_SHP(x));
             bool ok;
             if (x->node && x->tape == p->tape) {

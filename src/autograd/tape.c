@@ -97,7 +97,7 @@ size_t nb_tape_bytes_reserved(const nb_tape *t) { return t ? t->arena.reserved :
 
 const char *nb_tape_node_op(const nb_tape *t, size_t i)
 {
-    return t && i < t->n_nodes ? t->nodes[i]->op->name : NULL;
+    return t && i < t->n_nodes ? nb__node_name(t->nodes[i]) : NULL;
 }
 
 nb_tensor *nb_tape_node_output(const nb_tape *t, size_t i)

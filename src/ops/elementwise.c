@@ -213,12 +213,16 @@ nb_tensor *nb_relu(nb_tensor *x) { return unary("nb_relu", NB_OP_RELU, x, 0, 0);
 /* ---- more binary ops -------------------------------------------------------------------------- */
 
 NB_FW(pow) { (void)at; binary_kernel(NB_B_POW, out, in[0], in[1]); }
-/* d a^b = b a^(b-1) da + a^b log(a) db */
+/* d a^b = b a^(b-1) da + a^b log(a) db, the second term taken as 0 where a = 0 (as PyTorch): log
+ * reads 1 there, so neither this gradient nor its own gradient meets log(0) */
 NB_BW(pow)
 {
     nb_tensor *a = n->in[0], *b = n->in[1];
     if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, nb_mul(b, nb_pow(a, nb_sub_scalar(b, 1.0)))));
-    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, nb_mul(n->out, nb_log(a))));
+    if (NB_NEED(1)) {
+        nb_tensor *safe = nb_where(nb_eq(a, nb__scalar(a->dtype, 0.0)), nb__scalar(a->dtype, 1.0), a);
+        gin[1] = TO_IN(1, nb_mul(g, nb_mul(n->out, nb_log(safe))));
+    }
 }
 nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b) { return binary("nb_pow", NB_OP_POW, a, b, 0); }
 

@@ -245,7 +245,7 @@ static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
     uint32_t mask;
     if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
-    if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: correction %d is negative", who, correction);
+    if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: %s: correction %d is negative", who, NB_SHP(x), correction);
     int64_t count = 1;
     for (int d = 0; d < x->ndim; d++)
         if (mask & (1u << d)) count *= x->shape[d];
