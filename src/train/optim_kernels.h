@@ -14,8 +14,7 @@ static void NB_K(sgd)(int64_t n, NB_T *p, const NB_T *g, NB_T *buf, int first, d
 {
     const NB_T a = (NB_T)lr, w = (NB_T)wd, m = (NB_T)mom, d1 = (NB_T)(1.0 - damp);
     for (int64_t i = 0; i < n; i++) {
-        NB_T d = g[i];
-        if (wd != 0) d += w * p[i];
+        NB_T d = g[i] + w * p[i];
         if (mom != 0) {
             NB_T b = first ? d : m * buf[i] + d1 * d;
             buf[i] = b;
@@ -27,67 +26,82 @@ static void NB_K(sgd)(int64_t n, NB_T *p, const NB_T *g, NB_T *buf, int first, d
 
 /* Adam / AdamW: (AdamW: p *= 1 - lr wd; Adam: g += wd p)
  * m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  vmax = max(vmax, v) with amsgrad;
- * p -= (lr / bc1) m / (sqrt(v or vmax) / sqrt(bc2) + eps) */
+ * p -= (lr / bc1) m / (sqrt(v or vmax) / sqrt(bc2) + eps)
+ * Branch-free inside the loops (decay is 1 for Adam, l2 is 0 for AdamW), so they vectorise. */
+#define ADAM_BODY(V)                                                                                   \
+    for (int64_t i = 0; i < n; i++) {                                                                  \
+        NB_T pi = p[i], gi = g[i] + l2 * pi;                                                           \
+        NB_T mi = B1 * m[i] + one_b1 * gi;                                                             \
+        NB_T vi = B2 * v[i] + one_b2 * gi * gi;                                                        \
+        m[i] = mi;                                                                                     \
+        v[i] = vi;                                                                                     \
+        V;                                                                                             \
+        p[i] = pi * decay - step * mi / (NB_M(sqrt)(vi) / bc2s + e);                                   \
+    }
+
 static void NB_K(adam)(int64_t n, NB_T *p, const NB_T *g, NB_T *m, NB_T *v, NB_T *vmax, double lr, double wd,
                        int decoupled, double b1, double b2, double eps, double bc1, double bc2_sqrt)
 {
     const NB_T one_b1 = (NB_T)(1.0 - b1), one_b2 = (NB_T)(1.0 - b2), B1 = (NB_T)b1, B2 = (NB_T)b2;
-    const NB_T step = (NB_T)(lr / bc1), bc2s = (NB_T)bc2_sqrt, e = (NB_T)eps, w = (NB_T)wd;
-    const NB_T decay = (NB_T)(1.0 - lr * wd);
-    for (int64_t i = 0; i < n; i++) {
-        NB_T gi = g[i], pi = p[i];
-        if (decoupled)
-            pi *= decay;
-        else if (wd != 0)
-            gi += w * pi;
-        NB_T mi = B1 * m[i] + one_b1 * gi;
-        NB_T vi = B2 * v[i] + one_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        if (vmax) {
-            if (vi > vmax[i]) vmax[i] = vi;
-            vi = vmax[i];
-        }
-        p[i] = pi - step * mi / (NB_M(sqrt)(vi) / bc2s + e);
+    const NB_T step = (NB_T)(lr / bc1), bc2s = (NB_T)bc2_sqrt, e = (NB_T)eps;
+    const NB_T decay = decoupled ? (NB_T)(1.0 - lr * wd) : (NB_T)1, l2 = decoupled ? (NB_T)0 : (NB_T)wd;
+    if (vmax) {
+        ADAM_BODY(NB_T vm = vmax[i] > vi ? vmax[i] : vi; vmax[i] = vm; vi = vm)
+    } else {
+        ADAM_BODY((void)0)
     }
 }
+#undef ADAM_BODY
 
 /* RMSprop: g += wd p; s = a s + (1 - a) g^2; centered: ga = a ga + (1 - a) g, avg = sqrt(s - ga^2)
- * else sqrt(s); avg += eps; momentum: buf = mom buf + g / avg, p -= lr buf; else p -= lr g / avg */
+ * else sqrt(s); avg += eps; momentum: buf = mom buf + g / avg, p -= lr buf; else p -= lr g / avg.
+ * One loop per (centered, momentum) combination, each branch-free. */
+#define RMS_BODY(AVG, UPDATE)                                                                          \
+    for (int64_t i = 0; i < n; i++) {                                                                  \
+        NB_T gi = g[i] + w * p[i];                                                                     \
+        NB_T s = a * sq[i] + one_a * gi * gi;                                                          \
+        sq[i] = s;                                                                                     \
+        NB_T avg;                                                                                      \
+        AVG;                                                                                           \
+        UPDATE;                                                                                        \
+    }
+#define RMS_PLAIN avg = NB_M(sqrt)(s) + e
+#define RMS_CENTERED                                                                                   \
+    NB_T ga = a * gavg[i] + one_a * gi;                                                                \
+    gavg[i] = ga;                                                                                      \
+    avg = NB_M(sqrt)(s - ga * ga) + e
+#define RMS_STEP p[i] -= l * gi / avg
+#define RMS_MOMENTUM                                                                                   \
+    NB_T b = m * buf[i] + gi / avg;                                                                    \
+    buf[i] = b;                                                                                        \
+    p[i] -= l * b
+
 static void NB_K(rmsprop)(int64_t n, NB_T *p, const NB_T *g, NB_T *sq, NB_T *gavg, NB_T *buf, double lr, double wd,
                           double alpha, double eps, double mom)
 {
     const NB_T a = (NB_T)alpha, one_a = (NB_T)(1.0 - alpha), e = (NB_T)eps, w = (NB_T)wd, l = (NB_T)lr, m = (NB_T)mom;
-    for (int64_t i = 0; i < n; i++) {
-        NB_T gi = g[i];
-        if (wd != 0) gi += w * p[i];
-        NB_T s = a * sq[i] + one_a * gi * gi;
-        sq[i] = s;
-        NB_T avg;
-        if (gavg) {
-            NB_T ga = a * gavg[i] + one_a * gi;
-            gavg[i] = ga;
-            avg = NB_M(sqrt)(s - ga * ga) + e;
-        } else {
-            avg = NB_M(sqrt)(s) + e;
-        }
-        if (buf) {
-            NB_T b = m * buf[i] + gi / avg;
-            buf[i] = b;
-            p[i] -= l * b;
-        } else {
-            p[i] -= l * gi / avg;
-        }
+    if (gavg && buf) {
+        RMS_BODY(RMS_CENTERED, RMS_MOMENTUM)
+    } else if (gavg) {
+        RMS_BODY(RMS_CENTERED, RMS_STEP)
+    } else if (buf) {
+        RMS_BODY(RMS_PLAIN, RMS_MOMENTUM)
+    } else {
+        RMS_BODY(RMS_PLAIN, RMS_STEP)
     }
 }
+#undef RMS_BODY
+#undef RMS_PLAIN
+#undef RMS_CENTERED
+#undef RMS_STEP
+#undef RMS_MOMENTUM
 
 /* Adagrad: g += wd p; sum += g^2; p -= clr g / (sqrt(sum) + eps) */
 static void NB_K(adagrad)(int64_t n, NB_T *p, const NB_T *g, NB_T *sum, double clr, double wd, double eps)
 {
     const NB_T c = (NB_T)clr, w = (NB_T)wd, e = (NB_T)eps;
     for (int64_t i = 0; i < n; i++) {
-        NB_T gi = g[i];
-        if (wd != 0) gi += w * p[i];
+        NB_T gi = g[i] + w * p[i];
         NB_T s = sum[i] + gi * gi;
         sum[i] = s;
         p[i] -= c * gi / (NB_M(sqrt)(s) + e);
