@@ -256,6 +256,7 @@ static void print_confusion(const int64_t *m)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* one line per epoch also when piped to a file */
     options o;
     int pr = parse_args(argc, argv, &o);
     if (pr) return pr == 1 ? 0 : 2;

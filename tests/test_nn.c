@@ -560,12 +560,47 @@ out:
     nb_params_free(p);
 }
 
+/* dropout between layers acts in training mode only */
+static void test_rnn_dropout(void)
+{
+    nb_rng rng, ra, rb;
+    nb_rng_seed(&rng, 26);
+    nb_params *p = nb_params_new();
+    nb_rnn r;
+    nb_rnn_opts o = {.layer = F64, .dropout = 0.5};
+    CHECK(nb_rnn_init(&r, p, "rnn", NB_GRU, 3, 4, 2, &o, &rng) == NB_OK, "%s", nb_error_message());
+    nb_rnn r0 = r;
+    r0.dropout = 0;
+    nb_tensor *x = nb_tensor_uniform(NB_F64, NB_SHAPE(5, 2, 3), -1, 1, &rng);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    nb_tensor *ya = NULL, *yb = NULL, *y0 = NULL, *ye = NULL;
+    nb_rng_seed(&ra, 1);
+    nb_rng_seed(&rb, 2);
+    r.rng = &ra;
+    nb_rnn_forward(&r, x, NULL, NULL, &ya, NULL);
+    r.rng = &rb;
+    nb_rnn_forward(&r, x, NULL, NULL, &yb, NULL);
+    nb_rnn_forward(&r0, x, NULL, NULL, &y0, NULL);
+    nb_params_set_training(p, 0);
+    nb_rnn_forward(&r, x, NULL, NULL, &ye, NULL);
+    CHECK(ya && yb && max_diff(ya, yb) > 1e-6, "rnn dropout: two rngs differ (%g)", max_diff(ya, yb));
+    CHECK(max_diff(ya, y0) > 1e-6, "rnn dropout acts in training mode (%g)", max_diff(ya, y0));
+    CHECK(max_diff(ye, y0) == 0.0, "rnn eval mode = no dropout (%g)", max_diff(ye, y0));
+    CHECK_NO_ERROR();
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(x);
+    nb_params_free(p);
+}
+
 static void test_rnn(void)
 {
     test_rnn_kind(NB_RNN_TANH, "rnn tanh");
     test_rnn_kind(NB_LSTM, "lstm");
     test_rnn_kind(NB_GRU, "gru");
     test_rnn_kind(NB_RNN_RELU, "rnn relu");
+    test_rnn_dropout();
 }
 
 /* nb_rnn_state_keep: values copied into caller-owned leaves that outlive the tape; reused */
@@ -591,6 +626,9 @@ static void test_state_keep(void)
     CHECK(max_diff(keep.h, fin.h) == 0.0 && max_diff(keep.c, fin.c) == 0.0, "kept values equal the state's");
     nb_tensor *h_copy = nb_tensor_clone(fin.h), *c_copy = nb_tensor_clone(fin.c);
     nb_tensor *kh = keep.h, *kc = keep.c;
+    /* a name marks the objects: a free + clone could hand back the same addresses */
+    nb_tensor_set_name(keep.h, "kept h");
+    nb_tensor_set_name(keep.c, "kept c");
 
     nb_tape_reset(tape);
     CHECK(max_diff(keep.h, h_copy) == 0.0 && max_diff(keep.c, c_copy) == 0.0, "kept values survive nb_tape_reset");
@@ -603,7 +641,9 @@ static void test_state_keep(void)
     CHECK(nb_backward(nb_sum_all(y2), NULL, 0) == NB_OK, "backward through the chunk: %s", nb_error_message());
     CHECK(nb_tensor_grad(keep.h) == NULL, "no gradient reaches the kept state");
     CHECK(nb_rnn_state_keep(&fin2, &keep) == NB_OK, "keep again: %s", nb_error_message());
-    CHECK(keep.h == kh && keep.c == kc, "a second keep reuses the same tensors");
+    CHECK(keep.h == kh && keep.c == kc && !strcmp(nb_tensor_name(keep.h) ? nb_tensor_name(keep.h) : "", "kept h") &&
+              !strcmp(nb_tensor_name(keep.c) ? nb_tensor_name(keep.c) : "", "kept c"),
+          "a second keep reuses the same tensors");
     CHECK(max_diff(keep.h, fin2.h) == 0.0 && max_diff(keep.c, fin2.c) == 0.0, "second keep copies the new values");
 
     /* a GRU state has no c */
@@ -1038,6 +1078,175 @@ static void test_l2(void)
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Second order beyond the MLP and the LSTM step: masking (where), softmax, softplus, normalisation */
+/* ---------------------------------------------------------------------------------------------- */
+
+static void test_second_order(void)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 27);
+    nb_params *p = nb_params_new();
+    /* a small LSTM over 3 steps with lengths {3, 2} and an initial state */
+    nb_rnn r;
+    nb_rnn_opts o = {.layer = F64};
+    nb_rnn_init(&r, p, "rnn", NB_LSTM, 2, 2, 1, &o, &rng);
+    nb_tensor *x = LEAF(&rng, -1, 1, 3, 2, 2), *h0 = LEAF(&rng, -0.5, 0.5, 1, 2, 2), *c0 = LEAF(&rng, -0.5, 0.5, 1, 2, 2);
+    nb_tensor *in[16] = {x, h0, c0};
+    int n = 3;
+    add_params(p, in, &n);
+    const int64_t lengths[2] = {3, 2};
+    rnn_ctx rc = {&r, lengths};
+    GRADGRADCHECK("lstm sequence with lengths", f_rnn, &rc, n, in);
+
+    /* attention with a padding mask and causal */
+    nb_tensor *q = LEAF(&rng, -1, 1, 2, 2, 3), *k = LEAF(&rng, -1, 1, 2, 3, 3), *v = LEAF(&rng, -1, 1, 2, 3, 2);
+    nb_tensor *mask = nb_tensor_from_data(NB_F64, NB_SHAPE(2, 1, 3), (const double[]){1, 1, 0, 1, 1, 1});
+    att_ctx ac = {mask, 1};
+    nb_tensor *ain[3] = {q, k, v};
+    GRADGRADCHECK("attention causal + mask", f_att, &ac, 3, ain);
+
+    /* MHA with key padding */
+    nb_params *pm = nb_params_new();
+    nb_mha m;
+    nb_mha_init(&m, pm, "att", 2, 2, &F64, &rng);
+    for (int i = 0; i < nb_params_count(pm); i++) randomize(nb_params_tensor(pm, i), &rng, -0.7, 0.7);
+    nb_tensor *mq = LEAF(&rng, -1, 1, 1, 2, 2), *mk = LEAF(&rng, -1, 1, 1, 3, 2);
+    nb_tensor *pad = nb_tensor_from_data(NB_F64, NB_SHAPE(1, 3), (const double[]){1, 1, 0});
+    mha_ctx mc = {&m, pad, 0};
+    nb_tensor *min[16] = {mq, mk, mk};
+    int mn = 3;
+    add_params(pm, min, &mn);
+    GRADGRADCHECK("mha key padding", f_mha, &mc, mn, min);
+
+    /* losses: cross-entropy with smoothing and an ignored label, bce */
+    nb_tensor *logits = LEAF(&rng, -2, 2, 3, 4), *t = LEAF(&rng, 0, 1, 3, 4);
+    nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(3), (const int64_t[]){2, -100, 0});
+    loss_ctx ce = {.labels = labels, .which = 2, .ce = {NB_REDUCE_MEAN, -100, 1, 0.1}};
+    nb_tensor *lin[2] = {logits, t};
+    GRADGRADCHECK("cross-entropy smoothing + ignore", f_loss, &ce, 1, lin);
+    loss_ctx bce = {.red = NB_REDUCE_MEAN, .which = 1};
+    GRADGRADCHECK("bce with logits", f_loss, &bce, 2, lin);
+
+    /* layer norm */
+    nb_layer_norm ln;
+    nb_layer_norm_init(&ln, p, "ln", 4, 1e-5, &F64);
+    randomize(ln.weight, &rng, 0.5, 1.5);
+    randomize(ln.bias, &rng, -0.5, 0.5);
+    nb_tensor *lnx = LEAF(&rng, -2, 2, 2, 4);
+    nb_tensor *lnin[3] = {lnx, ln.weight, ln.bias};
+    GRADGRADCHECK("layer norm", f_ln, &ln, 3, lnin);
+
+    nb_tensor *frees[] = {x, h0, c0, q, k, v, mask, mq, mk, pad, logits, t, labels, lnx};
+    for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++) nb_tensor_free(frees[i]);
+    nb_params_free(pm);
+    nb_params_free(p);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* float32: the layers' f32 branches (length masks, causal masks, label weights) agree with f64     */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Round every parameter of p64 to float32 and copy it into the same-named parameter of p32. */
+static void share_params(nb_params *p64, nb_params *p32)
+{
+    for (int i = 0; i < nb_params_count(p64); i++) {
+        nb_tensor *a = nb_params_tensor(p64, i), *b = nb_params_find(p32, nb_params_name(p64, i));
+        CHECK(b && nb_tensor_numel(a) == nb_tensor_numel(b), "f32 twin of %s", nb_params_name(p64, i));
+        for (int64_t j = 0; b && j < nb_tensor_numel(a); j++) {
+            float v = (float)nb_tensor_get(a, j);
+            nb_tensor_set(a, j, v);
+            nb_tensor_set(b, j, v);
+        }
+    }
+}
+
+/* An f64 leaf ~ U(lo, hi) rounded to float32, and its f32 twin (both require grad). */
+static void twin_leaves(nb_rng *rng, double lo, double hi, int ndim, const int64_t *shape, nb_tensor **t64,
+                        nb_tensor **t32)
+{
+    *t64 = nb_tensor_uniform(NB_F64, ndim, shape, lo, hi, rng);
+    *t32 = nb_tensor_zeros(NB_F32, ndim, shape);
+    for (int64_t j = 0; j < nb_tensor_numel(*t64); j++) {
+        float v = (float)nb_tensor_get(*t64, j);
+        nb_tensor_set(*t64, j, v);
+        nb_tensor_set(*t32, j, v);
+    }
+    nb_tensor_set_requires_grad(*t64, 1);
+    nb_tensor_set_requires_grad(*t32, 1);
+}
+
+/* |a32 - a64| <= 1e-5 (1 + |a64|) elementwise */
+static void check_f32(const nb_tensor *a32, const nb_tensor *a64, const char *what)
+{
+    double worst = a32 && a64 && nb_tensor_numel(a32) == nb_tensor_numel(a64) && nb_tensor_dtype(a32) == NB_F32 ? 0 : INFINITY;
+    for (int64_t j = 0; worst < INFINITY && j < nb_tensor_numel(a64); j++) {
+        double d = fabs(nb_tensor_get(a32, j) - nb_tensor_get(a64, j)) / (1 + fabs(nb_tensor_get(a64, j)));
+        worst = d > worst || d != d ? d : worst;
+    }
+    CHECK(worst <= 1e-5, "%s: f32 differs from f64 by %g", what, worst);
+}
+
+static void test_f32(void)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 28);
+    nb_params *p64 = nb_params_new(), *p32 = nb_params_new();
+    nb_layer_opts o32 = {.dtype = NB_F32};
+    nb_rnn r64, r32;
+    nb_rnn_opts ro64 = {.layer = F64}, ro32 = {.layer = o32};
+    nb_mha m64, m32;
+    nb_rnn_init(&r64, p64, "rnn", NB_LSTM, 3, 4, 2, &ro64, &rng);
+    nb_rnn_init(&r32, p32, "rnn", NB_LSTM, 3, 4, 2, &ro32, &rng);
+    nb_mha_init(&m64, p64, "att", 4, 2, &F64, &rng);
+    nb_mha_init(&m32, p32, "att", 4, 2, &o32, &rng);
+    for (int i = 0; i < nb_params_count(p64); i++) randomize(nb_params_tensor(p64, i), &rng, -0.7, 0.7);
+    share_params(p64, p32);
+    nb_tensor *x64, *x32, *q64, *q32, *l64, *l32;
+    twin_leaves(&rng, -1, 1, NB_SHAPE(5, 2, 3), &x64, &x32);
+    twin_leaves(&rng, -1, 1, NB_SHAPE(2, 4, 4), &q64, &q32);
+    twin_leaves(&rng, -3, 3, NB_SHAPE(4, 5), &l64, &l32);
+    const int64_t lengths[2] = {2, 5};
+    nb_tensor *pad64 = nb_tensor_from_data(NB_F64, NB_SHAPE(2, 4), (const double[]){1, 1, 0, 0, 1, 1, 1, 0});
+    nb_tensor *pad32 = nb_tensor_from_data(NB_F32, NB_SHAPE(2, 4), (const float[]){1, 1, 0, 0, 1, 1, 1, 0});
+    nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(4), (const int64_t[]){3, -100, 0, 4});
+    nb_ce_opts ce = {NB_REDUCE_MEAN, -100, 1, 0.1};
+
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    nb_tensor *y[2], *att[2], *loss[2];
+    nb_rnn_state fin[2];
+    nb_rnn_forward(&r64, x64, NULL, lengths, &y[0], &fin[0]);
+    nb_rnn_forward(&r32, x32, NULL, lengths, &y[1], &fin[1]);
+    att[0] = nb_mha_forward(&m64, q64, q64, q64, pad64, 1);
+    att[1] = nb_mha_forward(&m32, q32, q32, q32, pad32, 1);
+    loss[0] = nb_cross_entropy(l64, labels, &ce);
+    loss[1] = nb_cross_entropy(l32, labels, &ce);
+    check_f32(y[1], y[0], "lstm with lengths: out");
+    check_f32(fin[1].h, fin[0].h, "lstm with lengths: h_n");
+    check_f32(fin[1].c, fin[0].c, "lstm with lengths: c_n");
+    check_f32(att[1], att[0], "mha causal + key padding");
+    check_f32(loss[1], loss[0], "cross-entropy smoothing + ignore");
+    for (int d = 0; d < 2; d++) {
+        nb_tensor *parts[5] = {y[d], fin[d].h, fin[d].c, att[d], loss[d]};
+        nb_tensor *total = nb_sum_all(nb_square(cat_flat(5, parts)));
+        CHECK(nb_backward(total, NULL, 0) == NB_OK, "f%s backward: %s", d ? "32" : "64", nb_error_message());
+    }
+    check_f32(nb_tensor_grad(x32), nb_tensor_grad(x64), "grad x");
+    check_f32(nb_tensor_grad(q32), nb_tensor_grad(q64), "grad q");
+    check_f32(nb_tensor_grad(l32), nb_tensor_grad(l64), "grad logits");
+    for (int i = 0; i < nb_params_count(p64); i++)
+        check_f32(nb_tensor_grad(nb_params_find(p32, nb_params_name(p64, i))), nb_tensor_grad(nb_params_tensor(p64, i)),
+                  nb_params_name(p64, i));
+    CHECK_NO_ERROR();
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor *frees[] = {x64, x32, q64, q32, l64, l32, pad64, pad32, labels};
+    for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++) nb_tensor_free(frees[i]);
+    nb_params_free(p64);
+    nb_params_free(p32);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Parameter collections and initialisers                                                          */
 /* ---------------------------------------------------------------------------------------------- */
 
@@ -1344,12 +1553,17 @@ static void test_errors(void)
                 "length 0 of sequence 1 is outside 1..5");
     CHECK_ERROR(nb_rnn_forward(&r, NULL, NULL, NULL, &y, NULL) != NB_OK, NB_ERR_ARG, "input is NULL");
     CHECK_ERROR(nb_layer_norm_forward(&ln, x5) == NULL, NB_ERR_SHAPE, "expected a last dimension of 4");
-    CHECK_ERROR(nb_lstm_cell(&cell_lstm, bx, bh3, bh, &h2, &c2) != NB_OK, NB_ERR_SHAPE, "expected [2, 4]");
+    /* h [3,4] is the bad state (cell [2,4] is fine): the message must name the bad one */
+    CHECK_ERROR(nb_lstm_cell(&cell_lstm, bx, bh3, bh, &h2, &c2) != NB_OK, NB_ERR_SHAPE, "state [3,4] for input [2,3]");
     CHECK(h2 == NULL && c2 == NULL, "failed lstm cell leaves outputs NULL");
     CHECK_ERROR(nb_lstm_cell(&cell_lstm, bx, bh, bh, NULL, &c2) != NB_OK, NB_ERR_ARG, "h_out and c_out are required");
-    CHECK_ERROR(nb_elman_cell(&cell_lstm, bx, bh) == NULL, NB_ERR_ARG, "not an Elman cell");
-    CHECK_ERROR(nb_gru_cell(&cell_tanh, bx, bh) == NULL, NB_ERR_ARG, "not a GRU cell");
-    CHECK_ERROR(nb_elman_cell(&cell_tanh, a34, bh) == NULL, NB_ERR_SHAPE, "expected [B, 3]");
+    /* the wrong kind of cell (no input is NULL here) */
+    CHECK_ERROR(nb_elman_cell(&cell_lstm, bx, bh) == NULL, NB_ERR_ARG, "nb_elman_cell: the cell is not an Elman cell");
+    CHECK_ERROR(nb_gru_cell(&cell_lstm, bx, bh) == NULL, NB_ERR_ARG, "nb_gru_cell: the cell is not a GRU cell");
+    CHECK_ERROR(nb_gru_cell(&cell_tanh, bx, bh) == NULL, NB_ERR_ARG, "nb_gru_cell: the cell is not a GRU cell");
+    CHECK_ERROR(nb_lstm_cell(&cell_tanh, bx, bh, bh, &h2, &c2) != NB_OK, NB_ERR_ARG, "not an LSTM cell");
+    /* messages name the function called */
+    CHECK_ERROR(nb_elman_cell(&cell_tanh, a34, bh) == NULL, NB_ERR_SHAPE, "nb_elman_cell: input [3,4]: expected [B, 3]");
 
     /* losses */
     CHECK_ERROR(nb_cross_entropy(logits, lab_hi, NULL) == NULL, NB_ERR_ARG,
@@ -1430,6 +1644,8 @@ int main(void)
     test_mse_bce();
     test_cross_entropy();
     test_l2();
+    test_second_order();
+    test_f32();
     test_params();
     test_init();
     test_errors();

@@ -266,7 +266,9 @@ typedef struct nb_ce_opts {
 /* Cross-entropy from logits [N, C] and i64 labels [N] in [0, C) (or the ignore index). opts NULL:
  * mean, no ignore index, no smoothing. The mean is over the labels not ignored. */
 nb_tensor *nb_cross_entropy(nb_tensor *logits, nb_tensor *labels, const nb_ce_opts *opts);
-/* Negative log-likelihood of log-probabilities [N, C] at i64 labels [N]. */
+/* Negative log-likelihood of log-probabilities [N, C] at i64 labels [N]. Unlike torch's nll_loss it
+ * honours opts->label_smoothing (over the given log-probabilities), so that cross-entropy is exactly
+ * nb_nll_loss(nb_log_softmax(logits, 1), ...). */
 nb_tensor *nb_nll_loss(nb_tensor *log_probs, nb_tensor *labels, const nb_ce_opts *opts);
 
 /* coeff * sum of squares of every trainable parameter of p with at least 2 dims (weights, not
