@@ -11,8 +11,9 @@
  * reference.
  *
  * Without PyTorch: nb_clip_grad_norm / nb_clip_grad_value against closed forms, early stopping
- * (stopping epoch, best value and epoch, restore), parameters without a gradient left alone, state
- * names and counts, and bad options rejected with a message. */
+ * (stopping epoch, best value and epoch, restore), parameters without a gradient left alone (and
+ * bias-corrected from their own first step when they get one), state names and counts, and bad
+ * options rejected with a message. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "nbtest.h"
@@ -852,6 +853,39 @@ static void test_no_grad_untouched(void)
     CHECK_NO_ERROR();
 }
 
+/* Bias correction counts each parameter's own steps, as PyTorch's per-parameter state['step']: a
+ * parameter that first gets a gradient at the optimizer's 4th step takes Adam's first step then,
+ * p - lr g / (|g| + eps) (m and v bias-corrected to g and g^2). */
+static void test_late_param(void)
+{
+    small s;
+    small_init(&s);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    nb_optim *opt = nb_optim_new(NB_ADAM, s.ps, NULL);
+    for (int step = 0; step < 3; step++) {
+        small_set_grads(&s, tape);
+        nb_optim_step(opt);
+    }
+    const double gu[2] = {2.0, -0.5}, lr = 1e-3, eps = 1e-8;
+    double w3 = nb_tensor_get(s.W, 0);
+    nb_params_zero_grad(s.ps);
+    nb_tensor *l = nb_add(nb_sum_all(nb_mul(s.W, nb_constant(NB_F64, NB_SHAPE(2, 3), GW))),
+                          nb_sum_all(nb_mul(s.unused, nb_constant(NB_F64, NB_SHAPE(2), gu))));
+    CHECK(l && nb_backward(l, NULL, 0) == NB_OK, "late parameter: %s", nb_error_message());
+    nb_tape_reset(tape);
+    CHECK(nb_optim_step(opt) == NB_OK, "late parameter: step: %s", nb_error_message());
+    for (int i = 0; i < 2; i++)
+        CHECK_CLOSE(nb_tensor_get(s.unused, i), 0.125 - lr * gu[i] / (fabs(gu[i]) + eps), 1e-15, 0);
+    CHECK(nb_tensor_get(s.W, 0) != w3, "W did not move at step 4");
+    CHECK(nb_optim_steps(opt) == 4, "nb_optim_steps %lld, expected 4", (long long)nb_optim_steps(opt));
+    nb_optim_free(opt);
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
 /* The state tensors: names "<param>.<torch key>", in parameter order, the parameter's shape and dtype;
  * buffers have none. */
 static void check_states(nb_optim_kind kind, const nb_optim_opts *o, const small *s, const char *const *expect)
@@ -1045,6 +1079,7 @@ int main(int argc, char **argv)
     test_clip();
     test_early_stop();
     test_no_grad_untouched();
+    test_late_param();
     test_state_names();
     test_bad_options();
     free(f.optim);
