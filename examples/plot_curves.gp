@@ -7,9 +7,9 @@ if (!exists("out")) out = 'runs/curves.png'
 set datafile separator ','
 set terminal pngcairo size 1100,420 font 'Sans,10'
 set output out
-set multiplot layout 1,2 title 'nabla: '.csv
+set multiplot layout 1,2 title 'nabla: '.csv noenhanced
 
-set title 'loss'
+set title 'loss (cross-entropy)'
 set xlabel 'epoch'
 set grid
 set key top right
