@@ -51,6 +51,42 @@ static int64_t leaf_slot(pass *p, nb_tensor *leaf)
     return p->n_leaf++;
 }
 
+struct nb_grad_sink {
+    pass *p;
+    const nb_node *nd;
+};
+
+/* The accumulation slot of tensor x in this pass, and whether this pass owns its tensor. */
+static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
+{
+    if (x->node && x->tape == p->tape) {
+        *slot = &p->g[x->node->index];
+        *owned = &p->owned[x->node->index];
+    } else {
+        int64_t s = leaf_slot(p, x);
+        *slot = s >= 0 ? &p->lg[s] : NULL;
+        *owned = s >= 0 ? &p->lowned[s] : NULL;
+    }
+}
+
+nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i)
+{
+    pass *p = sink->p;
+    nb_tensor *x = sink->nd->in[i], **slot;
+    uint8_t *owned;
+    slot_of(p, x, &slot, &owned);
+    if (!slot) return nb__fail(NB_ERR_STATE, "%s: no gradient slot", p->who);
+    if (!*slot) {
+        *slot = nb_zeros_like(x);
+        *owned = 1;
+    } else if (!*owned) {
+        /* the first contribution may alias another tensor: make a copy this pass may write into */
+        *slot = nb_affine(*slot, 1.0, 0.0);
+        *owned = 1;
+    }
+    return *slot;
+}
+
 /* Call t's gradient hook on g; NULL (with an error recorded) if it fails or returns a bad tensor. */
 static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
 {
@@ -127,9 +163,18 @@ static nb_status sweep(pass *p, size_t top)
         if (nd->out->hook && !(g = run_hook(p, nd->out, g))) return nb_error_code();
         uint64_t errors = nb__error_count();
         nb__in_backward_of = nd;
-        nd->op->backward(nd, g, gin);
+        bool into = false;
+        if (nd->op->backward_into && !(p->flags & NB_CREATE_GRAPH) && !nb__anomaly_on) {
+            nb_grad_sink sink = {p, nd};
+            into = nd->op->backward_into(nd, g, &sink);
+        }
+        if (!into) nd->op->backward(nd, g, gin);
         nb__in_backward_of = NULL;
         if (nb__error_count() != errors) return nb_error_code();
+        if (into) {
+            if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;
+            continue;
+        }
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];
             if (!gx || !nb__needs_grad(x)) continue;
@@ -138,14 +183,10 @@ static nb_status sweep(pass *p, size_t top)
                 return nb__fail_status(NB_ERR_STATE, "%s: backward of %s (node %zu) gave %s %s for input "
                                        "%d of %s %s", p->who, nb__node_name(nd), i, nb_dtype_name(gx->dtype),
                                        NB_SHP(gx), j, nb_dtype_name(x->dtype), NB_SHP(x));
-            bool ok;
-            if (x->node && x->tape == p->tape) {
-                size_t k = x->node->index;
-                ok = accumulate(p, &p->g[k], &p->owned[k], gx);
-            } else {
-                int64_t s = leaf_slot(p, x);
-                ok = s >= 0 && accumulate(p, &p->lg[s], &p->lowned[s], gx);
-            }
+            nb_tensor **slot;
+            uint8_t *owned;
+            slot_of(p, x, &slot, &owned);
+            bool ok = slot && accumulate(p, slot, owned, gx);
             if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         }
         if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;

@@ -110,11 +110,23 @@ typedef void (*nb_forward_fn)(nb_tensor *out, nb_tensor *const *in, const nb_att
  * input that needs it (nb__needs_grad); leave the others NULL. Results must have the input's shape. */
 typedef void (*nb_backward_fn)(const nb_node *node, nb_tensor *gout, nb_tensor **gin);
 
+/* The engine's gradient buffers, handed to a backward_into rule. */
+typedef struct nb_grad_sink nb_grad_sink;
+/* A writable buffer (input i's shape and dtype, owned by the engine, zero if nothing was accumulated
+ * yet) into which input i's gradient is to be added; NULL on error. Only for inputs that need it. */
+nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i);
+/* Fast path used when no graph is being created: add the gradients of the inputs that need them
+ * directly into the sink's buffers (a slice adds into a region, a matmul accumulates with beta = 1),
+ * instead of building separate tensors. Returns false, having written nothing, for cases it does not
+ * serve; the engine then runs the ordinary rule. */
+typedef bool (*nb_backward_into_fn)(const nb_node *node, nb_tensor *gout, nb_grad_sink *sink);
+
 typedef struct nb_opdef {
     const char *name;
     int n_inputs;          /* -1: any */
     nb_forward_fn forward; /* NULL for views and constants */
     nb_backward_fn backward; /* NULL: not differentiable (zero gradient) */
+    nb_backward_into_fn backward_into; /* optional */
 } nb_opdef;
 
 extern const nb_opdef nb__ops[]; /* NB_OP_COUNT entries, in optable.c */

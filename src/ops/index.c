@@ -118,6 +118,24 @@ NB_BW(slice)
 }
 
 /* out [.., n, ..] = 0 except out[.., start + k step, ..] = x [.., m, ..][.., k, ..] along axis */
+/* Without a graph: add g into its region of the gradient of x (a slice of a long sequence would
+ * otherwise embed every step's piece into a zero tensor of the whole sequence's size). */
+bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+{
+    nb_tensor *dst = nb__sink_slot(sink, 0);
+    if (!dst) return true;
+    int axis = (int)n->attrs.i[0];
+    int64_t st[NB_MAX_DIMS];
+    contiguous_strides(dst->ndim, dst->shape, st);
+    int64_t base = n->attrs.i[1] * st[axis];
+    st[axis] *= n->attrs.i[2];
+    if (dst->dtype == NB_F32)
+        nb_k_add_strided_f32(g->ndim, g->shape, st, g->data, (float *)dst->data + base);
+    else
+        nb_k_add_strided_f64(g->ndim, g->shape, st, g->data, (double *)dst->data + base);
+    return true;
+}
+
 NB_FW(slice_embed)
 {
     const nb_tensor *x = in[0];
@@ -477,6 +495,34 @@ NB_FW(index_add)
 NB_BW(index_add)
 {
     if (NB_NEED(1)) gin[1] = nb_index_select(g, (int)n->attrs.i[0], n->in[0]);
+}
+
+/* Without a graph: add g [outer, m, inner] row k into the gradient of x at row idx[k] directly,
+ * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). */
+#define INDEX_ADD_INTO(T)                                                                              \
+    do {                                                                                               \
+        const T *s = g->data;                                                                          \
+        T *d = dst->data;                                                                              \
+        for (int64_t r = 0; r < outer; r++)                                                            \
+            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
+                T *a = d + (r * n_ax + ix[k]) * inner;                                                 \
+                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
+            }                                                                                          \
+    } while (0)
+
+bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+{
+    nb_tensor *dst = nb__sink_slot(sink, 0);
+    if (!dst) return true;
+    int axis = (int)n->attrs.i[0];
+    const int64_t *ix = n->in[1]->data;
+    int64_t outer, inner, n_ax = dst->shape[axis], m = n->in[1]->numel;
+    around_axis(dst, axis, &outer, &inner);
+    if (dst->dtype == NB_F32)
+        INDEX_ADD_INTO(float);
+    else
+        INDEX_ADD_INTO(double);
+    return true;
 }
 
 nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx)

@@ -72,7 +72,9 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
     void nb_k_argmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, int64_t *out,         \
                            int is_min);                                                                \
     /* x, y [outer, n, inner]: y = softmax of x along n (log-softmax when take_log), max-shifted */    \
-    void nb_k_softmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, T *y, int take_log);
+    void nb_k_softmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, T *y, int take_log); \
+    /* dst[sum_d i_d dst_st[d]] += src[i] for every index i of shape; src contiguous [shape] */         \
+    void nb_k_add_strided_##SFX(int ndim, const int64_t *shape, const int64_t *dst_st, const T *src, T *dst);
 
 NB_K_DECLARE(float, double, f32)
 NB_K_DECLARE(double, double, f64)

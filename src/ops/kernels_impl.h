@@ -228,6 +228,28 @@ void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T 
     }
 }
 
+void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, const NB_T *src, NB_T *dst)
+{
+    int64_t total = nb__numel(ndim, shape);
+    if (total == 0) return;
+    const int last = ndim - 1;
+    const int64_t inner = ndim ? shape[last] : 1, di = ndim ? dst_st[last] : 0;
+    int64_t idx[NB_MAX_DIMS] = {0}, off = 0;
+    for (int64_t r = 0; r < total / inner; r++, src += inner) {
+        NB_T *o = dst + off;
+        if (di == 1)
+            for (int64_t k = 0; k < inner; k++) o[k] += src[k];
+        else
+            for (int64_t k = 0; k < inner; k++) o[k * di] += src[k];
+        for (int d = last - 1; d >= 0; d--) {
+            off += dst_st[d];
+            if (++idx[d] < shape[d]) break;
+            off -= dst_st[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
 #undef NB_MAP
 #undef NB_BCAST_LOOP
 #undef NB_K

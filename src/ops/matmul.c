@@ -73,10 +73,66 @@ NB_BW(matmul)
         gin[0] = nb_sum_to(ga, a->ndim, a->shape);
     }
     if (NB_NEED(1)) {
+        if (b->ndim == 2 && a->ndim > 2 && !ta) {
+            /* a batch against one matrix: fold the batch into the rows, one product (no per-batch
+             * products summed afterwards) */
+            a = nb_reshape(a, NB_SHAPE(a->numel / a->shape[a->ndim - 1], a->shape[a->ndim - 1]));
+            g = nb_reshape(g, NB_SHAPE(g->numel / g->shape[g->ndim - 1], g->shape[g->ndim - 1]));
+        }
         nb_tensor *gb = !tb ? nb_matmul_ex(a, g, ta ? 0u : NB_TRANS_A)                   /* op(A)^T G */
                             : nb_matmul_ex(g, a, NB_TRANS_A | (ta ? NB_TRANS_B : 0u));   /* G^T op(A) */
         gin[1] = nb_sum_to(gb, b->ndim, b->shape);
     }
+}
+
+/* A matrix as stored: row-major rows x cols (a batched tensor folded into its rows). */
+typedef struct mat {
+    void *data;
+    int64_t rows, cols;
+} mat;
+
+static mat mat_of(const nb_tensor *t)
+{
+    int64_t cols = t->shape[t->ndim - 1];
+    return (mat){t->data, cols ? t->numel / cols : 0, cols};
+}
+
+/* dst += op(x) op(y) */
+static void gemm_acc(nb_dtype dt, int tx, int ty, mat x, mat y, void *dst)
+{
+    int64_t m = tx ? x.cols : x.rows, k = tx ? x.rows : x.cols, n = ty ? y.rows : y.cols;
+    if (dt == NB_F32)
+        nb_k_gemm_f32(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, 1.0);
+    else
+        nb_k_gemm_f64(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, 1.0);
+}
+
+/* Without a graph: the same products as the rule below, accumulated into the gradient buffers by
+ * gemm with beta = 1 (no temporary, no separate add; the per-step weight gradients of a recurrent
+ * layer sum up in place). Serves 2-D products and batches against one matrix (folded into rows). */
+bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+{
+    const nb_tensor *a = n->in[0], *b = n->in[1];
+    int ta = (n->attrs.i[0] & NB_TRANS_A) != 0, tb = (n->attrs.i[0] & NB_TRANS_B) != 0;
+    if (b->ndim != 2 || (a->ndim != 2 && ta)) return false;
+    mat A = mat_of(a), B = mat_of(b), G = mat_of(g);
+    if (NB_NEED(0)) {
+        nb_tensor *d = nb__sink_slot(sink, 0);
+        if (!d) return true;
+        if (!ta)
+            gemm_acc(g->dtype, 0, !tb, G, B, d->data); /* G op(B)^T */
+        else
+            gemm_acc(g->dtype, tb, 1, B, G, d->data); /* op(B) G^T */
+    }
+    if (NB_NEED(1)) {
+        nb_tensor *d = nb__sink_slot(sink, 1);
+        if (!d) return true;
+        if (!tb)
+            gemm_acc(g->dtype, !ta, 0, A, G, d->data); /* op(A)^T G */
+        else
+            gemm_acc(g->dtype, 1, ta, G, A, d->data); /* G^T op(A) */
+    }
+    return true;
 }
 
 nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)

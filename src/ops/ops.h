@@ -69,6 +69,11 @@ NB_FW(index_add); NB_BW(index_add);
 NB_FW(gather); NB_BW(gather);
 NB_FW(scatter_add); NB_BW(scatter_add);
 
+/* backward_into fast paths (see nb_backward_into_fn) */
+bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
+bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
+bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
+
 /* Shared argument checks. Each records a message naming `who` and returns false on failure. */
 bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);
 /* Scalar 0-d constant of dtype on the current tape. */
