@@ -1,5 +1,6 @@
 /* Instantiates kernels_impl.h for float and double, and the type-independent plans and copies. */
 #include "kernels.h"
+#include "fastmath.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -10,24 +11,37 @@
 #define NB_SFX f32
 #define NB_M(fn) fn##f
 #define NB_GEMM cblas_sgemm
+#define NB_EXP(v) nb_fast_expf(v)
+#define NB_SIGMOID(v) nb_fast_sigmoidf(v)
+#define NB_TANH(v) nb_fast_tanhf(v)
 #include "kernels_impl.h"
 #undef NB_T
 #undef NB_ACC
 #undef NB_SFX
 #undef NB_M
 #undef NB_GEMM
+#undef NB_EXP
+#undef NB_SIGMOID
+#undef NB_TANH
 
 #define NB_T double
 #define NB_ACC double
 #define NB_SFX f64
 #define NB_M(fn) fn
 #define NB_GEMM cblas_dgemm
+#define NB_EXP(v) exp(v)
+/* never exp of a large positive number: exp(-|v|) is in (0, 1] */
+#define NB_SIGMOID(v) ((v) >= 0 ? 1.0 / (1.0 + exp(-(v))) : exp(v) / (1.0 + exp(v)))
+#define NB_TANH(v) tanh(v)
 #include "kernels_impl.h"
 #undef NB_T
 #undef NB_ACC
 #undef NB_SFX
 #undef NB_M
 #undef NB_GEMM
+#undef NB_EXP
+#undef NB_SIGMOID
+#undef NB_TANH
 
 /* OpenBLAS's own thread control (declared in its cblas.h on Debian; repeated here for others) */
 void openblas_set_num_threads(int num_threads);

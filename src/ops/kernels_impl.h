@@ -2,6 +2,7 @@
  *   NB_T   element type          NB_ACC  accumulator type (double for both)
  *   NB_SFX name suffix           NB_M(f) the math function of that type (expf or exp)
  *   NB_GEMM the cblas gemm of that type
+ *   NB_SIGMOID(v), NB_TANH(v), NB_EXP(v)  those functions for the type (f32: fastmath.h; f64: libm)
  * No include guard: kernels.c includes this file once per type. */
 
 #define NB_CAT_(a, b) a##_##b
@@ -82,11 +83,9 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     case NB_U_AFFINE: NB_MAP(a * v + b); break;
     case NB_U_EXP: NB_MAP(NB_M(exp)(v)); break;
     case NB_U_LOG: NB_MAP(NB_M(log)(v)); break;
-    case NB_U_TANH: NB_MAP(NB_M(tanh)(v)); break;
+    case NB_U_TANH: NB_MAP(NB_TANH(v)); break;
     /* never exp of a large positive number: exp(-|v|) is in (0, 1] */
-    case NB_U_SIGMOID:
-        NB_MAP(v >= 0 ? (NB_T)1 / ((NB_T)1 + NB_M(exp)(-v)) : NB_M(exp)(v) / ((NB_T)1 + NB_M(exp)(v)));
-        break;
+    case NB_U_SIGMOID: NB_MAP(NB_SIGMOID(v)); break;
     case NB_U_RELU: NB_MAP(v > 0 ? v : (NB_T)0); break;
     case NB_U_SQRT: NB_MAP(NB_M(sqrt)(v)); break;
     case NB_U_ABS: NB_MAP(NB_M(fabs)(v)); break;
@@ -216,13 +215,13 @@ void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T 
                 if (p[k * inner] > m) m = p[k * inner];
             if (!(m > -INFINITY && m < INFINITY)) m = (m == m) ? 0 : m; /* all -inf, or +inf: no shift */
             NB_ACC s = 0;
-            for (int64_t k = 0; k < n; k++) s += (NB_ACC)NB_M(exp)(p[k * inner] - m);
+            for (int64_t k = 0; k < n; k++) s += (NB_ACC)NB_EXP(p[k * inner] - m);
             if (take_log) {
                 NB_T ls = (NB_T)log(s);
                 for (int64_t k = 0; k < n; k++) q[k * inner] = p[k * inner] - m - ls;
             } else {
                 NB_ACC r = 1 / s;
-                for (int64_t k = 0; k < n; k++) q[k * inner] = (NB_T)(NB_M(exp)(p[k * inner] - m) * r);
+                for (int64_t k = 0; k < n; k++) q[k * inner] = (NB_T)(NB_EXP(p[k * inner] - m) * r);
             }
         }
     }
