@@ -323,6 +323,9 @@ nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b);
  * is made: BLAS reads the transpose). Both operands need at least 2 dims. */
 enum { NB_TRANS_A = 1u << 0, NB_TRANS_B = 1u << 1 };
 nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags);
+/* c + op(a) op(b), c broadcast to the product's shape, in one pass (BLAS adds the product into a
+ * copy of c): a linear layer's x W^T + b, or a recurrent step's gx + h W^T. */
+nb_tensor *nb_addmm(nb_tensor *c, nb_tensor *a, nb_tensor *b, unsigned flags);
 
 /* Sum / mean over the listed axes (negative axes count from the end); naxes = 0 reduces all axes.
  * keepdim keeps reduced axes with extent 1. float32 sums accumulate in double. */

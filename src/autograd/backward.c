@@ -69,15 +69,21 @@ static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
     }
 }
 
-nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i)
+nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh)
 {
     pass *p = sink->p;
     nb_tensor *x = sink->nd->in[i], **slot;
     uint8_t *owned;
     slot_of(p, x, &slot, &owned);
+    if (fresh) *fresh = false;
     if (!slot) return nb__fail(NB_ERR_STATE, "%s: no gradient slot", p->who);
     if (!*slot) {
-        *slot = nb_zeros_like(x);
+        if (fresh) {
+            *slot = nb__tape_result(p->tape, p->who, x->dtype, x->ndim, x->shape);
+            *fresh = *slot != NULL;
+        } else {
+            *slot = nb_zeros_like(x);
+        }
         *owned = 1;
     } else if (!*owned) {
         /* the first contribution may alias another tensor: make a copy this pass may write into */
@@ -85,6 +91,14 @@ nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i)
         *owned = 1;
     }
     return *slot;
+}
+
+bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g)
+{
+    nb_tensor **slot;
+    uint8_t *owned;
+    slot_of(sink->p, sink->nd->in[i], &slot, &owned);
+    return slot && accumulate(sink->p, slot, owned, g);
 }
 
 /* Call t's gradient hook on g; NULL (with an error recorded) if it fails or returns a bad tensor. */

@@ -53,6 +53,7 @@ typedef enum nb_op_id {
     NB_OP_SIGMOID,
     NB_OP_RELU,
     NB_OP_MATMUL,     /* i[0] = NB_TRANS_* flags */
+    NB_OP_ADDMM,      /* inputs c, a, b: c + op(a) op(b); i[0] = NB_TRANS_* flags */
     NB_OP_SUM,        /* i[0] = bitmask of reduced axes, i[1] = keepdim */
     NB_OP_PERMUTE,    /* i[0..ndim) = perm */
     NB_OP_BROADCAST,  /* out shape is the target */
@@ -85,7 +86,7 @@ typedef enum nb_op_id {
     NB_OP_SIGMOID_BW, /* inputs g, y = sigmoid(x): g y (1 - y) */
     NB_OP_RELU_BW,    /* inputs g, x: g [x > 0] */
     /* index.c */
-    NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step; out extent along axis from out */
+    NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step, i[3] = extent of the result along axis */
     NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
     NB_OP_PAD,          /* i[d] = elements before along dim d; f[0] = fill value */
     NB_OP_CONCAT,       /* any number of inputs; i[0] = axis, i[1] = number of inputs */
@@ -112,21 +113,31 @@ typedef void (*nb_backward_fn)(const nb_node *node, nb_tensor *gout, nb_tensor *
 
 /* The engine's gradient buffers, handed to a backward_into rule. */
 typedef struct nb_grad_sink nb_grad_sink;
-/* A writable buffer (input i's shape and dtype, owned by the engine, zero if nothing was accumulated
- * yet) into which input i's gradient is to be added; NULL on error. Only for inputs that need it. */
-nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i);
+/* A writable buffer (input i's shape and dtype, owned by the engine) into which input i's gradient
+ * is to be added; NULL on error. Only for inputs that need it. With fresh NULL the buffer holds zeros
+ * if nothing was accumulated yet; otherwise *fresh tells whether the buffer is new and uninitialised,
+ * in which case the caller must overwrite all of it (gemm with beta 0) instead of adding. */
+nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh);
+/* Add g (input i's shape) to input i's gradient; g may be kept as is, so the caller must not change
+ * it afterwards. False on error. */
+bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g);
 /* Fast path used when no graph is being created: add the gradients of the inputs that need them
  * directly into the sink's buffers (a slice adds into a region, a matmul accumulates with beta = 1),
  * instead of building separate tensors. Returns false, having written nothing, for cases it does not
  * serve; the engine then runs the ordinary rule. */
 typedef bool (*nb_backward_into_fn)(const nb_node *node, nb_tensor *gout, nb_grad_sink *sink);
 
+/* For ops whose result can share its input's memory: the address of the result's first element
+ * inside in[0]'s buffer, or NULL when this instance needs a copy (then forward runs). */
+typedef void *(*nb_view_fn)(nb_tensor *const *in, const nb_attrs *attrs);
+
 typedef struct nb_opdef {
     const char *name;
     int n_inputs;          /* -1: any */
-    nb_forward_fn forward; /* NULL for views and constants */
+    nb_forward_fn forward; /* NULL for pure views and constants */
     nb_backward_fn backward; /* NULL: not differentiable (zero gradient) */
     nb_backward_into_fn backward_into; /* optional */
+    nb_view_fn view;       /* optional */
 } nb_opdef;
 
 extern const nb_opdef nb__ops[]; /* NB_OP_COUNT entries, in optable.c */

@@ -162,7 +162,9 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
 {
     const nb_opdef *def = &nb__ops[op];
     nb_tensor *out;
-    if (op == NB_OP_VIEW) {
+    void *view = op == NB_OP_VIEW ? in[0]->data : def->view ? def->view(in, attrs) : NULL;
+    if (view) {
+        /* the result shares its input's memory: a header only */
         nb_tape *tape = nb__current_tape();
         if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
         out = nb__tape_alloc(tape, sizeof *out);
@@ -171,8 +173,8 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         out->dtype = dtype;
         out->ndim = ndim;
         for (int i = 0; i < ndim; i++) out->shape[i] = shape[i];
-        out->numel = in[0]->numel;
-        out->data = in[0]->data;
+        out->numel = nb__numel(ndim, shape);
+        out->data = view;
         out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
     } else {

@@ -100,13 +100,10 @@ nb_tensor *nb_linear_forward(const nb_linear *l, nb_tensor *x)
                      nb_shape_str(x, s, sizeof s), (long long)l->in);
         return NULL;
     }
-    nb_tensor *y;
-    if (nb_tensor_ndim(x) == 1) {
-        y = nb_reshape(nb_matmul_ex(nb_reshape(x, NB_SHAPE(1, l->in)), l->weight, NB_TRANS_B), NB_SHAPE(l->out));
-    } else {
-        y = nb_matmul_ex(x, l->weight, NB_TRANS_B);
-    }
-    return l->bias ? nb_add(y, l->bias) : y;
+    /* x W^T + b in one op (BLAS adds the product into a copy of b) */
+    nb_tensor *x2 = nb_tensor_ndim(x) == 1 ? nb_reshape(x, NB_SHAPE(1, l->in)) : x;
+    nb_tensor *y = l->bias ? nb_addmm(l->bias, x2, l->weight, NB_TRANS_B) : nb_matmul_ex(x2, l->weight, NB_TRANS_B);
+    return nb_tensor_ndim(x) == 1 ? nb_reshape(y, NB_SHAPE(l->out)) : y;
 }
 
 /* ---- MLP, dropout ----------------------------------------------------------------------------- */

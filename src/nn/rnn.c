@@ -81,11 +81,18 @@ nb_status nb_rnn_cell_init(nb_rnn_cell *c, nb_params *p, const char *name, nb_rn
     return cell_init(c, p, name, "", kind, input, hidden, opts, rng);
 }
 
-/* x W^T + b for x [..., in], W [out, in] */
-static nb_tensor *affine(nb_tensor *x, nb_tensor *w, nb_tensor *b)
+/* c + x W^T for x [..., in], W [out, in]; c a bias [out], a pre-activation [..., out], or NULL */
+static nb_tensor *affine(nb_tensor *x, nb_tensor *w, nb_tensor *c)
 {
-    nb_tensor *y = nb_matmul_ex(x, w, NB_TRANS_B);
-    return b ? nb_add(y, b) : y;
+    return c ? nb_addmm(c, x, w, NB_TRANS_B) : nb_matmul_ex(x, w, NB_TRANS_B);
+}
+
+/* The bias of the input projection: for Elman and LSTM cells b_ih + b_hh, so that a step adds no
+ * bias of its own (a GRU keeps b_hh in the step: its candidate multiplies (h W_hn^T + b_hn) by r). */
+static nb_tensor *input_bias(const nb_rnn_cell *c)
+{
+    if (c->kind == NB_GRU || !c->b_hh) return c->b_ih;
+    return nb_add(c->b_ih, c->b_hh);
 }
 
 /* Arguments of one cell step: a cell of a kind in `accept` (a bit per nb_rnn_kind), x [B, input],
@@ -126,10 +133,10 @@ static int check_step(const nb_rnn_cell *c, unsigned accept, nb_tensor *x, nb_te
     return 1;
 }
 
-/* One step from the input projection gx = x W_ih^T + b_ih [B, G*hidden]. */
+/* One step from the input projection gx = x W_ih^T + input_bias(c) [B, G*hidden]. */
 static nb_tensor *elman_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
 {
-    nb_tensor *pre = nb_add(gx, affine(h, c->w_hh, c->b_hh));
+    nb_tensor *pre = affine(h, c->w_hh, gx);
     return c->kind == NB_RNN_RELU ? nb_relu(pre) : nb_tanh(pre);
 }
 
@@ -137,7 +144,7 @@ static void lstm_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h, nb_tens
                       nb_tensor **c_out)
 {
     nb_tensor *g[4] = {0};
-    nb_chunk(nb_add(gx, affine(h, c->w_hh, c->b_hh)), 4, -1, g);
+    nb_chunk(affine(h, c->w_hh, gx), 4, -1, g);
     nb_tensor *in = nb_sigmoid(g[0]), *forget = nb_sigmoid(g[1]), *cand = nb_tanh(g[2]), *out = nb_sigmoid(g[3]);
     nb_tensor *c2 = nb_add(nb_mul(forget, cell), nb_mul(in, cand));
     *c_out = c2;
@@ -158,7 +165,7 @@ static nb_tensor *gru_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
 nb_tensor *nb_elman_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
 {
     if (!check_step(c, 1u << NB_RNN_TANH | 1u << NB_RNN_RELU, x, h, NULL, "nb_elman_cell")) return NULL;
-    return elman_step(c, affine(x, c->w_ih, c->b_ih), h);
+    return elman_step(c, affine(x, c->w_ih, input_bias(c)), h);
 }
 
 nb_status nb_lstm_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tensor *cell, nb_tensor **h_out,
@@ -170,14 +177,14 @@ nb_status nb_lstm_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h, nb_tens
     }
     *h_out = *c_out = NULL;
     if (!check_step(c, 1u << NB_LSTM, x, h, cell, "nb_lstm_cell")) return nb_error_code();
-    lstm_step(c, affine(x, c->w_ih, c->b_ih), h, cell, h_out, c_out);
+    lstm_step(c, affine(x, c->w_ih, input_bias(c)), h, cell, h_out, c_out);
     return *h_out ? NB_OK : nb_error_code();
 }
 
 nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
 {
     if (!check_step(c, 1u << NB_GRU, x, h, NULL, "nb_gru_cell")) return NULL;
-    return gru_step(c, affine(x, c->w_ih, c->b_ih), h);
+    return gru_step(c, affine(x, c->w_ih, input_bias(c)), h);
 }
 
 /* ---- multi-layer sequence runner -------------------------------------------------------------- */
@@ -290,8 +297,8 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
     for (int l = 0; l < r->layers; l++) {
         const nb_rnn_cell *c = &r->cell[l];
         if (l > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng);
-        /* the input projection of every step at once: [T, B, G*H] */
-        nb_tensor *gx_all = affine(seq, c->w_ih, c->b_ih);
+        /* the input projection of every step at once, with the biases: [T, B, G*H] */
+        nb_tensor *gx_all = affine(seq, c->w_ih, input_bias(c));
         int64_t gh = gates_of(r->kind) * H;
         nb_tensor *h = init ? layer_state(init->h, l, B, H) : nb_zeros(dt, NB_SHAPE(B, H));
         nb_tensor *cell = r->kind != NB_LSTM ? NULL : init ? layer_state(init->c, l, B, H) : nb_zeros(dt, NB_SHAPE(B, H));

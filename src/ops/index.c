@@ -118,11 +118,23 @@ NB_BW(slice)
 }
 
 /* out [.., n, ..] = 0 except out[.., start + k step, ..] = x [.., m, ..][.., k, ..] along axis */
+/* A slice that is one contiguous block of x (nothing outside the axis varies faster, step 1, or a
+ * single index) shares x's memory instead of copying. */
+void *nb__view_slice(nb_tensor *const *in, const nb_attrs *at)
+{
+    const nb_tensor *x = in[0];
+    int axis = (int)at->i[0];
+    int64_t outer, inner;
+    around_axis(x, axis, &outer, &inner);
+    if (outer != 1 || (at->i[2] != 1 && at->i[3] > 1)) return NULL;
+    return (char *)x->data + (size_t)(at->i[1] * inner) * nb_dtype_size(x->dtype);
+}
+
 /* Without a graph: add g into its region of the gradient of x (a slice of a long sequence would
  * otherwise embed every step's piece into a zero tensor of the whole sequence's size). */
 bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
-    nb_tensor *dst = nb__sink_slot(sink, 0);
+    nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
     if (!dst) return true;
     int axis = (int)n->attrs.i[0];
     int64_t st[NB_MAX_DIMS];
@@ -181,7 +193,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
     int64_t shape[NB_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[ax] = m;
-    nb_attrs at = {.i = {ax, b, step}};
+    nb_attrs at = {.i = {ax, b, step, m}};
     return nb__apply(who, NB_OP_SLICE, 1, &x, &at, x->dtype, x->ndim, shape);
 }
 
@@ -512,7 +524,7 @@ NB_BW(index_add)
 
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
-    nb_tensor *dst = nb__sink_slot(sink, 0);
+    nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
     if (!dst) return true;
     int axis = (int)n->attrs.i[0];
     const int64_t *ix = n->in[1]->data;

@@ -2,25 +2,27 @@
  * batch dims broadcast as in NumPy, and a batch of inputs against one shared matrix is a single gemm. */
 #include "ops.h"
 
+#include <string.h>
+
 /* Row-major matrix dims of operand t: rows, cols as stored. */
 #define ROWS(t) ((t)->shape[(t)->ndim - 2])
 #define COLS(t) ((t)->shape[(t)->ndim - 1])
 
 static void gemm(nb_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
-                 const void *b, int64_t ldb, void *c)
+                 const void *b, int64_t ldb, void *c, double beta)
 {
     if (dt == NB_F32)
-        nb_k_gemm_f32(ta, tb, m, n, k, a, lda, b, ldb, c, 0.0);
+        nb_k_gemm_f32(ta, tb, m, n, k, a, lda, b, ldb, c, beta);
     else
-        nb_k_gemm_f64(ta, tb, m, n, k, a, lda, b, ldb, c, 0.0);
+        nb_k_gemm_f64(ta, tb, m, n, k, a, lda, b, ldb, c, beta);
 }
 
 /* out [..., m, n] = op(a) op(b); a [..., m, k] (or [..., k, m] with NB_TRANS_A), b [..., k, n] (or
  * [..., n, k] with NB_TRANS_B); batch dims of a and b broadcast to out's. */
-NB_FW(matmul)
+/* out (+)= op(a) op(b): beta 0 overwrites out, beta 1 adds to what it holds */
+static void matmul_into(nb_tensor *out, const nb_tensor *a, const nb_tensor *b, unsigned flags, double beta)
 {
-    const nb_tensor *a = in[0], *b = in[1];
-    int ta = (at->i[0] & NB_TRANS_A) != 0, tb = (at->i[0] & NB_TRANS_B) != 0;
+    int ta = (flags & NB_TRANS_A) != 0, tb = (flags & NB_TRANS_B) != 0;
     int64_t m = out->shape[out->ndim - 2], n = out->shape[out->ndim - 1];
     int64_t k = ta ? ROWS(a) : COLS(a);
     size_t es = nb_dtype_size(out->dtype);
@@ -28,7 +30,7 @@ NB_FW(matmul)
     char *pc = out->data;
     if (b->ndim == 2 && !ta) {
         /* every batch of a against one matrix: fold the batch into the rows of a single gemm */
-        if (n > 0) gemm(out->dtype, 0, tb, out->numel / n, n, k, pa, COLS(a), pb, COLS(b), pc);
+        if (n > 0) gemm(out->dtype, 0, tb, out->numel / n, n, k, pa, COLS(a), pb, COLS(b), pc, beta);
         return;
     }
     /* batch loop: the batch of out is broadcast from those of a and b (as matrices) */
@@ -48,7 +50,7 @@ NB_FW(matmul)
     int64_t oa = 0, ob = 0;
     for (int64_t r = 0; r < batches; r++) {
         gemm(out->dtype, ta, tb, m, n, k, pa + (size_t)(oa * ma) * es, COLS(a), pb + (size_t)(ob * mb) * es,
-             COLS(b), pc + (size_t)(r * m * n) * es);
+             COLS(b), pc + (size_t)(r * m * n) * es, beta);
         for (int d = bnd - 1; d >= 0; d--) {
             oa += sa[d];
             ob += sb[d];
@@ -59,6 +61,8 @@ NB_FW(matmul)
         }
     }
 }
+
+NB_FW(matmul) { matmul_into(out, in[0], in[1], (unsigned)at->i[0], 0.0); }
 
 /* C = op(A) op(B), G = dL/dC:
  *   dL/dop(A) = G op(B)^T,  dL/dop(B) = op(A)^T G;  transposed back where op is a transpose, then
@@ -97,76 +101,112 @@ static mat mat_of(const nb_tensor *t)
     return (mat){t->data, cols ? t->numel / cols : 0, cols};
 }
 
-/* dst += op(x) op(y) */
-static void gemm_acc(nb_dtype dt, int tx, int ty, mat x, mat y, void *dst)
+/* dst += op(x) op(y), or dst = op(x) op(y) when dst is fresh */
+static void gemm_acc(nb_dtype dt, int tx, int ty, mat x, mat y, void *dst, bool fresh)
 {
     int64_t m = tx ? x.cols : x.rows, k = tx ? x.rows : x.cols, n = ty ? y.rows : y.cols;
     if (dt == NB_F32)
-        nb_k_gemm_f32(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, 1.0);
+        nb_k_gemm_f32(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, fresh ? 0.0 : 1.0);
     else
-        nb_k_gemm_f64(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, 1.0);
+        nb_k_gemm_f64(tx, ty, m, n, k, x.data, x.cols, y.data, y.cols, dst, fresh ? 0.0 : 1.0);
 }
 
 /* Without a graph: the same products as the rule below, accumulated into the gradient buffers by
  * gemm with beta = 1 (no temporary, no separate add; the per-step weight gradients of a recurrent
  * layer sum up in place). Serves 2-D products and batches against one matrix (folded into rows). */
-bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+/* The matmul part: a is input ia of the node, b input ib. */
+static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad_sink *sink)
 {
-    const nb_tensor *a = n->in[0], *b = n->in[1];
+    const nb_tensor *a = n->in[ia], *b = n->in[ib];
     int ta = (n->attrs.i[0] & NB_TRANS_A) != 0, tb = (n->attrs.i[0] & NB_TRANS_B) != 0;
     if (b->ndim != 2 || (a->ndim != 2 && ta)) return false;
     mat A = mat_of(a), B = mat_of(b), G = mat_of(g);
-    if (NB_NEED(0)) {
-        nb_tensor *d = nb__sink_slot(sink, 0);
+    bool fresh;
+    if (NB_NEED(ia)) {
+        nb_tensor *d = nb__sink_slot(sink, ia, &fresh);
         if (!d) return true;
         if (!ta)
-            gemm_acc(g->dtype, 0, !tb, G, B, d->data); /* G op(B)^T */
+            gemm_acc(g->dtype, 0, !tb, G, B, d->data, fresh); /* G op(B)^T */
         else
-            gemm_acc(g->dtype, tb, 1, B, G, d->data); /* op(B) G^T */
+            gemm_acc(g->dtype, tb, 1, B, G, d->data, fresh); /* op(B) G^T */
     }
-    if (NB_NEED(1)) {
-        nb_tensor *d = nb__sink_slot(sink, 1);
+    if (NB_NEED(ib)) {
+        nb_tensor *d = nb__sink_slot(sink, ib, &fresh);
         if (!d) return true;
         if (!tb)
-            gemm_acc(g->dtype, !ta, 0, A, G, d->data); /* op(A)^T G */
+            gemm_acc(g->dtype, !ta, 0, A, G, d->data, fresh); /* op(A)^T G */
         else
-            gemm_acc(g->dtype, 1, ta, G, A, d->data); /* G^T op(A) */
+            gemm_acc(g->dtype, 1, ta, G, A, d->data, fresh); /* G^T op(A) */
     }
     return true;
 }
 
-nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)
+bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink) { return product_into(n, 0, 1, g, sink); }
+
+/* c's gradient: g itself (c of the product's shape) or g summed over rows (a bias vector) */
+bool nb__into_addmm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
-    const char *who = "nb_matmul";
-    if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
+    const nb_tensor *c = n->in[0], *b = n->in[2];
+    int ta = (n->attrs.i[0] & NB_TRANS_A) != 0;
+    if (b->ndim != 2 || (n->in[1]->ndim != 2 && ta)) return false;
+    int64_t cols = g->shape[g->ndim - 1];
+    bool same = c->numel == g->numel, bias = c->ndim == 1 && c->shape[0] == cols;
+    if (NB_NEED(0) && !same && !bias) return false;
+    if (NB_NEED(0) && same) {
+        if (!nb__sink_add(sink, 0, g)) return true; /* dc = g, handed over as it is */
+    } else if (NB_NEED(0)) {
+        nb_tensor *d = nb__sink_slot(sink, 0, NULL);
+        if (!d) return true;
+        int64_t rows = cols ? g->numel / cols : 0, len = cols;
+        for (int64_t r = 0; r < rows; r++) {
+            if (g->dtype == NB_F32)
+                nb_k_axpy_f32(len, 1.0, (const float *)g->data + r * len, d->data);
+            else
+                nb_k_axpy_f64(len, 1.0, (const double *)g->data + r * len, d->data);
+        }
+    }
+    return product_into(n, 1, 2, g, sink);
+}
+
+/* Validate a product op(a) op(b) and compute its shape. */
+static bool matmul_shape(const char *who, const nb_tensor *a, const nb_tensor *b, unsigned flags, int *nd,
+                         int64_t *shape)
+{
+    if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b"), false;
     if (flags & ~(unsigned)(NB_TRANS_A | NB_TRANS_B))
-        return nb__fail(NB_ERR_ARG, "%s: unknown flags 0x%x", who, flags);
+        return nb__fail(NB_ERR_ARG, "%s: unknown flags 0x%x", who, flags), false;
     if (a->dtype != b->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: %s %s and %s %s: dtypes differ (use nb_cast)", who,
-                        nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
-    if (!nb__check_float(who, a)) return NULL;
+                        nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b)), false;
+    if (!nb__check_float(who, a)) return false;
     if (a->ndim < 2 || b->ndim < 2)
         return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: nb_matmul_ex needs at least 2 dims (nb_matmul takes "
-                        "vectors)", who, NB_SHP(a), NB_SHP(b));
+                        "vectors)", who, NB_SHP(a), NB_SHP(b)), false;
     int ta = (flags & NB_TRANS_A) != 0, tb = (flags & NB_TRANS_B) != 0;
     int64_t m = ta ? COLS(a) : ROWS(a), ka = ta ? ROWS(a) : COLS(a);
     int64_t kb = tb ? COLS(b) : ROWS(b), n = tb ? ROWS(b) : COLS(b);
     if (ka != kb)
         return nb__fail(NB_ERR_SHAPE, "%s: %s%s x %s%s: inner dimensions %lld and %lld differ", who, NB_SHP(a),
-                        ta ? "^T" : "", NB_SHP(b), tb ? "^T" : "", (long long)ka, (long long)kb);
+                        ta ? "^T" : "", NB_SHP(b), tb ? "^T" : "", (long long)ka, (long long)kb), false;
     if (m > INT32_MAX || n > INT32_MAX || ka > INT32_MAX || (ka && a->numel / ka > INT32_MAX))
         return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: dimensions exceed the BLAS integer range", who,
-                        NB_SHP(a), NB_SHP(b));
+                        NB_SHP(a), NB_SHP(b)), false;
+    if (!nb__broadcast_shapes(a->ndim - 2, a->shape, b->ndim - 2, b->shape, nd, shape))
+        return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: batch dimensions do not broadcast", who, NB_SHP(a),
+                        NB_SHP(b)), false;
+    shape[(*nd)++] = m;
+    shape[(*nd)++] = n;
+    return true;
+}
+
+nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)
+{
     int nd;
     int64_t shape[NB_MAX_DIMS];
-    if (!nb__broadcast_shapes(a->ndim - 2, a->shape, b->ndim - 2, b->shape, &nd, shape))
-        return nb__fail(NB_ERR_SHAPE, "%s: %s x %s: batch dimensions do not broadcast", who, NB_SHP(a),
-                        NB_SHP(b));
-    shape[nd++] = m;
-    shape[nd++] = n;
+    if (!matmul_shape("nb_matmul", a, b, flags, &nd, shape)) return NULL;
     nb_tensor *in[2] = {a, b};
     nb_attrs at = {.i = {(int64_t)flags}};
-    return nb__apply(who, NB_OP_MATMUL, 2, in, &at, a->dtype, nd, shape);
+    return nb__apply("nb_matmul", NB_OP_MATMUL, 2, in, &at, a->dtype, nd, shape);
 }
 
 nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b)
@@ -196,4 +236,56 @@ nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b)
         shape[nd++] = c->shape[d];
     }
     return nb_reshape(c, nd, shape);
+}
+
+/* ---- addmm: c + op(a) op(b) ------------------------------------------------------------------- */
+
+/* out [..., m, n] = c (broadcast) + op(a) op(b): c is copied into out, then gemm adds with beta = 1
+ * (no temporary for the product, no separate pass for the sum) */
+NB_FW(addmm)
+{
+    const nb_tensor *c = in[0];
+    if (c->numel == out->numel) {
+        memcpy(out->data, c->data, (size_t)out->numel * nb_dtype_size(out->dtype));
+    } else {
+        int64_t st[NB_MAX_DIMS];
+        nb__bcast_strides(c, out->ndim, out->shape, st);
+        nb__strided_copy(nb_dtype_size(out->dtype), out->ndim, out->shape, st, c->data, out->data);
+    }
+    matmul_into(out, in[1], in[2], (unsigned)at->i[0], 1.0);
+}
+
+/* d(c + op(A) op(B)) = dc (summed over c's broadcast dims) + the matmul terms */
+NB_BW(addmm)
+{
+    if (NB_NEED(0)) gin[0] = nb_sum_to(g, n->in[0]->ndim, n->in[0]->shape);
+    if (!NB_NEED(1) && !NB_NEED(2)) return;
+    /* the product's rule, on a node view holding a and b */
+    nb_node prod = *n;
+    nb_tensor *ab[2] = {n->in[1], n->in[2]};
+    prod.in = ab;
+    prod.n_in = 2;
+    nb__bw_matmul(&prod, g, gin + 1);
+}
+
+nb_tensor *nb_addmm(nb_tensor *c, nb_tensor *a, nb_tensor *b, unsigned flags)
+{
+    const char *who = "nb_addmm";
+    if (!c) return nb__fail(NB_ERR_ARG, "%s: c is NULL", who);
+    if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
+    if (c->dtype != a->dtype)
+        return nb__fail(NB_ERR_DTYPE, "%s: c %s %s and a %s %s: dtypes differ (use nb_cast)", who,
+                        nb_dtype_name(c->dtype), NB_SHP(c), nb_dtype_name(a->dtype), NB_SHP(a));
+    int nd;
+    int64_t shape[NB_MAX_DIMS];
+    if (!matmul_shape(who, a, b, flags, &nd, shape)) return NULL;
+    int cn;
+    int64_t cs[NB_MAX_DIMS];
+    if (!nb__broadcast_shapes(c->ndim, c->shape, nd, shape, &cn, cs) || cn != nd ||
+        nb__numel(cn, cs) != nb__numel(nd, shape))
+        return nb__fail(NB_ERR_SHAPE, "%s: c %s does not broadcast to the product's shape %s", who, NB_SHP(c),
+                        nb__shape_str(nd, shape));
+    nb_tensor *in[3] = {c, a, b};
+    nb_attrs at = {.i = {(int64_t)flags}};
+    return nb__apply(who, NB_OP_ADDMM, 3, in, &at, a->dtype, nd, shape);
 }

@@ -47,6 +47,7 @@ NB_FW(sigmoid_bw); NB_BW(sigmoid_bw);
 NB_FW(relu_bw); NB_BW(relu_bw);
 /* matmul.c */
 NB_FW(matmul); NB_BW(matmul);
+NB_FW(addmm); NB_BW(addmm);
 /* reduce.c */
 NB_FW(sum); NB_BW(sum);
 NB_FW(argmax);
@@ -73,6 +74,9 @@ NB_FW(scatter_add); NB_BW(scatter_add);
 bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
 bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
+bool nb__into_addmm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink);
+/* view rules (see nb_view_fn) */
+void *nb__view_slice(nb_tensor *const *in, const nb_attrs *at);
 
 /* Shared argument checks. Each records a message naming `who` and returns false on failure. */
 bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);
