@@ -23,7 +23,7 @@ static const char *const class_names[N_CLASSES] = {"T-shirt/top", "Trouser", "Pu
                                                    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
 typedef struct options {
-    const char *data_dir, *out_dir, *eval_path;
+    const char *data_dir, *out_dir, *eval_path, *graph_path;
     int64_t layers[NB_MLP_MAX_LAYERS + 1];
     int n_layers; /* hidden layers */
     int epochs, patience, threads, quiet;
@@ -51,7 +51,9 @@ static void usage(FILE *f)
             "  --threads N        BLAS threads (default: all cores)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
-            "  --eval FILE        evaluate a saved checkpoint (same --layers as when trained)\n");
+            "  --eval FILE        evaluate a saved checkpoint (same --layers as when trained)\n"
+            "  --graph FILE       write the graph of one training step's loss as Graphviz DOT\n"
+            "                     (render it with: dot -Tpng FILE -o graph.png)\n");
 }
 
 static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -94,7 +96,7 @@ static int takes_value(const char *a)
 {
     static const char *const names[] = {"--data",     "--out",     "--eval",    "--layers",         "--epochs",
                                         "--batch",    "--patience", "--threads", "--train-limit",    "--seed",
-                                        "--lr",       "--weight-decay", "--dropout", "--smoothing"};
+                                        "--lr",       "--weight-decay", "--dropout", "--smoothing", "--graph"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(a, names[i])) return 1;
     return 0;
@@ -127,6 +129,7 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--data")) o->data_dir = v;
         else if (!strcmp(a, "--out")) o->out_dir = v;
         else if (!strcmp(a, "--eval")) o->eval_path = v;
+        else if (!strcmp(a, "--graph")) o->graph_path = v;
         else if (!strcmp(a, "--layers")) ok = parse_layers(v, o);
         else if (!strcmp(a, "--epochs")) ok = parse_int(v, 1, 100000, &n) && (o->epochs = (int)n, 1);
         else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 60000, &o->batch);
@@ -241,6 +244,23 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     *loss = total / (double)n;
     *acc = (double)correct / (double)n;
     return 1;
+}
+
+/* The graph of one step's loss as Graphviz DOT, with the leaves named. */
+static int write_graph(const char *path, nb_tape *tape, nb_tensor *images, nb_tensor *loss)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        nb_error_set(NB_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        return 0;
+    }
+    nb_tensor_set_name(images, "images");
+    nb_status st = nb_tape_write_dot(tape, loss, f);
+    if (fclose(f) != 0 && st == NB_OK) {
+        nb_error_set(NB_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        return 0;
+    }
+    return st == NB_OK;
 }
 
 static void progress(int tty, int epoch, int epochs, int64_t done, int64_t total, double loss, double acc,
@@ -387,6 +407,10 @@ int main(int argc, char **argv)
         while ((r = nb_batches_next(batches, &x, &y)) == 1) {
             nb_tensor *logits = logits_of(&mlp, x);
             nb_tensor *loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
+            if (o.graph_path && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
+                r = -1;
+                break;
+            }
             if (!loss || nb_backward(loss, NULL, 0) != NB_OK || nb_optim_step(opt) != NB_OK) {
                 r = -1;
                 break;
