@@ -49,19 +49,19 @@ static void usage(FILE *f)
             "  --categories A,B,.. 2 to %d fortune files to tell apart\n"
             "                      (default " DEFAULT_CATEGORIES ")\n"
             "  --cell gru|lstm     recurrent cell (default gru)\n"
-            "  --epochs N          at most N epochs (default 20)\n"
-            "  --patience N        early-stopping patience in epochs (default 4)\n"
-            "  --hidden N          recurrent state size (default 64)\n"
+            "  --epochs N          at most N epochs (default 30)\n"
+            "  --patience N        early-stopping patience in epochs (default 5)\n"
+            "  --hidden N          recurrent state size (default 128)\n"
             "  --embed N           byte embedding size (default 32)\n"
             "  --layers N          recurrent layers (default 1)\n"
             "  --batch N           batch size (default 32)\n"
             "  --lr X              Adam learning rate (default 2e-3)\n"
             "  --clip X            gradient-norm clipping threshold (default 1)\n"
             "  --dropout P         dropout before the output layer (default 0.2)\n"
-            "  --max-len N         quotes are cut after N bytes (default 300)\n"
+            "  --max-len N         quotes are cut after N bytes, 1..1000 (default 300)\n"
             "  --limit N           at most N quotes per category (default: all)\n"
             "  --seed N            seed of the split, initialisation, shuffling, dropout (default 1)\n"
-            "  --threads N         BLAS threads (default: all cores)\n"
+            "  --threads N         BLAS threads (default 1: the matrices are small)\n"
             "  --quiet             only the final result\n"
             "  --short             a run of seconds for CI: 2 epochs, a small model, 40 quotes per\n"
             "                      category, 100 bytes (later options override it)\n",
@@ -124,9 +124,9 @@ static int parse_args(int argc, char **argv, options *o)
 {
     int is_short = 0;
     for (int i = 1; i < argc; i++) is_short |= !strcmp(argv[i], "--short");
-    *o = (options){.data_dir = "/usr/share/games/fortunes", .cell = NB_GRU, .epochs = 20, .patience = 4,
-                   .layers = 1, .hidden = 64, .embed = 32, .batch = 32, .max_len = 300, .lr = 2e-3, .clip = 1.0,
-                   .dropout = 0.2, .seed = 1, .is_short = is_short};
+    *o = (options){.data_dir = "/usr/share/games/fortunes", .cell = NB_GRU, .epochs = 30, .patience = 5,
+                   .layers = 1, .hidden = 128, .embed = 32, .batch = 32, .max_len = 300, .lr = 2e-3, .clip = 1.0,
+                   .dropout = 0.2, .seed = 1, .threads = 1, .is_short = is_short};
     if (is_short) {
         o->epochs = 2;
         o->hidden = 24;
@@ -164,10 +164,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--patience")) ok = parse_int(v, 1, 100000, &n) && (o->patience = (int)n, 1);
         else if (!strcmp(a, "--layers")) ok = parse_int(v, 1, NB_RNN_MAX_LAYERS, &n) && (o->layers = (int)n, 1);
         else if (!strcmp(a, "--threads")) ok = parse_int(v, 1, 1024, &n) && (o->threads = (int)n, 1);
-        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 4096, &o->hidden);
-        else if (!strcmp(a, "--embed")) ok = parse_int(v, 1, 4096, &o->embed);
-        else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 4096, &o->batch);
-        else if (!strcmp(a, "--max-len")) ok = parse_int(v, 1, 100000, &o->max_len);
+        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 1024, &o->hidden);
+        else if (!strcmp(a, "--embed")) ok = parse_int(v, 1, 1024, &o->embed);
+        else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 1024, &o->batch);
+        else if (!strcmp(a, "--max-len")) ok = parse_int(v, 1, 1000, &o->max_len);
         else if (!strcmp(a, "--limit")) ok = parse_int(v, MIN_QUOTES, INT32_MAX, &o->limit);
         else if (!strcmp(a, "--seed")) ok = parse_int(v, 0, INT64_MAX, &n) && (o->seed = (uint64_t)n, 1);
         else if (!strcmp(a, "--lr")) ok = parse_double(v, 1e-8, 10, &o->lr);
@@ -181,6 +181,13 @@ static int parse_args(int argc, char **argv, options *o)
         i += takes;
     }
     return 0;
+}
+
+/* The recorded error, or what else made a step fail. */
+static const char *why(void)
+{
+    return nb_error_code() != NB_OK ? nb_error_message()
+                                    : "the gradient norm is not finite: training diverged (try a lower --lr)";
 }
 
 static double now(void)
@@ -637,7 +644,7 @@ int main(int argc, char **argv)
             nb_tensor *logits = logits_of(&m, &c, tp.order + tp.start[kb], b, &buf);
             nb_tensor *loss = nb_cross_entropy(logits, nb_constant(NB_I64, NB_SHAPE(b), buf.labels), NULL);
             nb_tensor *pred = nb_argmax(logits, 1, 0);
-            if (!loss || !pred || nb_backward(loss, NULL, 0) != NB_OK || isnan(nb_clip_grad_norm(params, o.clip)) ||
+            if (!loss || !pred || nb_backward(loss, NULL, 0) != NB_OK || !isfinite(nb_clip_grad_norm(params, o.clip)) ||
                 nb_optim_step(opt) != NB_OK) {
                 failed = 1;
                 break;
@@ -658,7 +665,7 @@ int main(int argc, char **argv)
         nb_tape_reset(tape);
         double val_acc;
         if (failed || !evaluate(&m, &c, &va, &pl, &buf, o.batch, tape, o.n_classes, &val_acc, NULL)) {
-            fprintf(stderr, "%sfortune_classifier: %s\n", tty ? "\n" : "", nb_error_message());
+            fprintf(stderr, "%sfortune_classifier: %s\n", tty ? "\n" : "", why());
             failed = 1;
             break;
         }

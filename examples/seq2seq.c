@@ -66,7 +66,7 @@ static void usage(FILE *f)
                "  --lr X           Adam learning rate (default 3e-3)\n"
                "  --clip X         gradient-norm clipping threshold (default 1)\n"
                "  --seed N         seed of data, split, initialisation, shuffling (default 1)\n"
-               "  --threads N      BLAS threads (default: all cores)\n"
+               "  --threads N      BLAS threads (default 1: the matrices are small)\n"
                "  --quiet          only the final result\n"
                "  --short          a run of seconds for CI: 600 examples, 2 epochs, a small model\n"
                "                   (later options override it)\n");
@@ -108,7 +108,7 @@ static int parse_args(int argc, char **argv, options *o)
     int is_short = 0;
     for (int i = 1; i < argc; i++) is_short |= !strcmp(argv[i], "--short");
     *o = (options){.cell = NB_LSTM, .epochs = 20, .patience = 4, .train_size = 20000, .val_size = 500,
-                   .test_size = 1000, .hidden = 128, .embed = 32, .batch = 64, .lr = 3e-3, .clip = 1.0, .seed = 1};
+                   .test_size = 1000, .hidden = 128, .embed = 32, .batch = 64, .lr = 3e-3, .clip = 1.0, .seed = 1, .threads = 1};
     if (is_short) {
         o->train_size = 600;
         o->val_size = o->test_size = 100;
@@ -139,15 +139,15 @@ static int parse_args(int argc, char **argv, options *o)
             else if (!strcmp(v, "gru")) o->cell = NB_GRU;
             else ok = 0;
         }
-        else if (!strcmp(a, "--train-size")) ok = parse_int(v, 1, 10000000, &o->train_size);
+        else if (!strcmp(a, "--train-size")) ok = parse_int(v, 1, 1000000, &o->train_size);
         else if (!strcmp(a, "--val-size")) ok = parse_int(v, 1, 20000, &o->val_size);
         else if (!strcmp(a, "--test-size")) ok = parse_int(v, 1, 20000, &o->test_size);
         else if (!strcmp(a, "--epochs")) ok = parse_int(v, 1, 100000, &n) && (o->epochs = (int)n, 1);
         else if (!strcmp(a, "--patience")) ok = parse_int(v, 1, 100000, &n) && (o->patience = (int)n, 1);
         else if (!strcmp(a, "--threads")) ok = parse_int(v, 1, 1024, &n) && (o->threads = (int)n, 1);
-        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 4096, &o->hidden);
-        else if (!strcmp(a, "--embed")) ok = parse_int(v, 1, 4096, &o->embed);
-        else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 4096, &o->batch);
+        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 1024, &o->hidden);
+        else if (!strcmp(a, "--embed")) ok = parse_int(v, 1, 1024, &o->embed);
+        else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 1024, &o->batch);
         else if (!strcmp(a, "--seed")) ok = parse_int(v, 0, INT64_MAX, &n) && (o->seed = (uint64_t)n, 1);
         else if (!strcmp(a, "--lr")) ok = parse_double(v, 1e-8, 10, &o->lr);
         else if (!strcmp(a, "--clip")) ok = parse_double(v, 1e-6, 1e6, &o->clip);
@@ -159,6 +159,13 @@ static int parse_args(int argc, char **argv, options *o)
         i += takes;
     }
     return 0;
+}
+
+/* The recorded error, or what else made a step fail. */
+static const char *why(void)
+{
+    return nb_error_code() != NB_OK ? nb_error_message()
+                                    : "the gradient norm is not finite: training diverged (try a lower --lr)";
 }
 
 static double now(void)
@@ -512,7 +519,7 @@ int main(int argc, char **argv)
             nb_tensor *labels = nb_constant(NB_I64, NB_SHAPE(steps * b), buf.labels);
             nb_ce_opts ce = {.use_ignore_index = 1, .ignore_index = IGNORE};
             nb_tensor *loss = nb_cross_entropy(logits, labels, &ce); /* mean over the real positions */
-            if (!loss || nb_backward(loss, NULL, 0) != NB_OK || isnan(nb_clip_grad_norm(params, o.clip)) ||
+            if (!loss || nb_backward(loss, NULL, 0) != NB_OK || !isfinite(nb_clip_grad_norm(params, o.clip)) ||
                 nb_optim_step(opt) != NB_OK) {
                 nb_tape_end(tape);
                 if (tty) printf("\n");
@@ -596,7 +603,7 @@ int main(int argc, char **argv)
     goto done;
 
 nb_failed:
-    fprintf(stderr, "seq2seq: %s\n", nb_error_message());
+    fprintf(stderr, "seq2seq: %s\n", why());
 done:
     nb_early_stop_free(es);
     nb_optim_free(opt);
