@@ -46,14 +46,14 @@ static void usage(FILE *f)
             "  --data DIR          folder of the fortune files (default /usr/share/games/fortunes)\n"
             "  --files A,B,...     which files (default " DEFAULT_FILES ")\n"
             "  --out DIR           where the checkpoint and metrics go (default runs)\n"
-            "  --epochs N          passes over the training text (default 3)\n"
+            "  --epochs N          passes over the training text (default 2)\n"
             "  --max-steps N       stop after N training steps in all (default: no limit)\n"
             "  --hidden N          LSTM hidden size (default 256)\n"
             "  --layers N          LSTM layers (default 2)\n"
             "  --embed N           embedding size (default 64)\n"
-            "  --batch N           parallel streams B (default 32)\n"
-            "  --bptt N            steps T per chunk of truncated backpropagation (default 64)\n"
-            "  --lr X              Adam learning rate (default 2e-3)\n"
+            "  --batch N           parallel streams B (default 16)\n"
+            "  --bptt N            steps T per chunk of truncated backpropagation (default 32)\n"
+            "  --lr X              Adam learning rate (default 5e-3)\n"
             "  --clip X            gradient-norm clipping threshold (default 1.0)\n"
             "  --schedule S        cosine (to lr/10 over the run) or constant (default cosine)\n"
             "  --val-fraction X    share of the quotes held out for validation (default 0.1)\n"
@@ -107,8 +107,8 @@ static int takes_value(const char *a)
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){.data_dir = "/usr/share/games/fortunes", .files = DEFAULT_FILES, .out_dir = "runs", .epochs = 3,
-                   .layers = 2, .hidden = 256, .embed = 64, .batch = 32, .bptt = 64, .lr = 2e-3, .clip = 1.0,
+    *o = (options){.data_dir = "/usr/share/games/fortunes", .files = DEFAULT_FILES, .out_dir = "runs", .epochs = 2,
+                   .layers = 2, .hidden = 256, .embed = 64, .batch = 16, .bptt = 32, .lr = 5e-3, .clip = 1.0,
                    .schedule = 1, .val_fraction = 0.1, .seed = 1, .temperature = 0.8, .length = 300, .samples = 3,
                    .log_every = 50};
     for (int i = 1; i < argc; i++) {
@@ -309,7 +309,8 @@ static int load_quotes(const char *dir, const char *files, quotes *q)
         memcpy(name, s, n);
         name[n] = 0;
         size_t nl = strlen(name);
-        if (strchr(name, '/') || (nl > 4 && !strcmp(name + nl - 4, ".dat")) || (nl > 3 && !strcmp(name + nl - 3, ".u8"))) {
+        if (strchr(name, '/') || (nl > 4 && !strcmp(name + nl - 4, ".dat")) ||
+            (nl > 3 && !strcmp(name + nl - 3, ".u8"))) {
             fprintf(stderr, "char_lstm: --files: '%s': give the names of plain-text fortune files "
                             "(such as cookie), not paths or .dat/.u8 indexes\n", name);
             return 0;
@@ -429,9 +430,7 @@ static nb_tensor *model_forward(const model *m, nb_tensor *x, const nb_rnn_state
     return nb_reshape(nb_linear_forward(&m->head, out), NB_SHAPE(-1, m->V));
 }
 
-/* Sizes of a checkpoint's model, from its safetensors header (embed.weight [V, E],
- * lstm.weight_hh_l0 [4H, H], lstm.weight_hh_l<k> counted), so that --load needs no size options.
- * nb_checkpoint_load validates everything afterwards. */
+/* The shape of tensor `name` in a safetensors header (at most max dims): the number of dims, or -1. */
 static int entry_shape(const char *header, const char *name, int64_t *dims, int max)
 {
     char key[96];
@@ -452,6 +451,9 @@ static int entry_shape(const char *header, const char *name, int64_t *dims, int 
     }
 }
 
+/* Sizes of a checkpoint's model, from its safetensors header (embed.weight [V, E],
+ * lstm.weight_hh_l0 [4H, H], lstm.weight_hh_l<k> counted), so that --load needs no size options.
+ * nb_checkpoint_load validates everything afterwards. */
 static int peek_sizes(const char *path, int64_t *V, int64_t *E, int64_t *H, int *layers)
 {
     FILE *f = fopen(path, "rb");
@@ -669,231 +671,235 @@ static int dump_data(const options *o, const model *m, const corpus *c)
     return ok;
 }
 
-int main(int argc, char **argv)
+/* The model of a checkpoint: sizes from its header, then a model of those sizes loaded from it, and
+ * the vocabulary from its "vocab" buffer. The sizes go to o, for the messages. */
+static int load_model(options *o, model *m, nb_vocab **vocab, nb_rng *rng)
 {
-    options o;
-    int pr = parse_args(argc, argv, &o);
-    if (pr) return pr == 1 ? 0 : 2;
-    if (o.threads) nb_set_num_threads(o.threads);
-    int tty = isatty(STDOUT_FILENO) && !o.quiet;
-    int status = 1;
-
-    quotes q = {0};
-    buf train_text = {0}, valid_text = {0};
-    corpus c = {0};
-    nb_vocab *vocab = NULL;
-    model m = {0};
-    nb_tape *tape = nb_tape_new();
-    nb_optim *opt = NULL;
-    nb_sched *sched = NULL;
-    FILE *csv = NULL;
-    int64_t *xbuf = NULL, *ybuf = NULL;
-    double *step_times = NULL;
-    nb_rnn_state keep = {0};
-    nb_rng rng;
-    nb_rng_seed(&rng, o.seed);
-
-    /* the model's sizes and vocabulary come from the checkpoint when one is loaded */
     int64_t V = 0;
-    if (o.load_path) {
-        if (!peek_sizes(o.load_path, &V, &o.embed, &o.hidden, &o.layers)) goto done;
-        if (!o.quiet)
-            printf("%s: vocabulary %lld, embedding %lld, LSTM %d x %lld\n", o.load_path, (long long)V,
-                   (long long)o.embed, o.layers, (long long)o.hidden);
-        /* the vocabulary's bytes, read through a model of those sizes (nb_checkpoint_load checks all) */
-        char bytes[256];
-        for (int i = 0; i < 256; i++) bytes[i] = (char)i;
-        nb_vocab *all = V <= 256 ? nb_vocab_build(bytes, (size_t)V) : NULL; /* a placeholder of V entries */
-        if (!all || !model_init(&m, all, o.embed, o.hidden, o.layers, &rng) ||
-            nb_checkpoint_load(o.load_path, m.params, NULL, NULL) != NB_OK) {
-            fprintf(stderr, "char_lstm: %s\n", all ? nb_error_message() : "bad vocabulary size in the checkpoint");
-            nb_vocab_free(all);
-            goto done;
-        }
-        nb_vocab_free(all);
-        const int64_t *vb = nb_tensor_cdata(m.vocab);
-        for (int64_t i = 0; i < V; i++) {
-            if (vb[i] < 0 || vb[i] > 255 || (i && vb[i] <= vb[i - 1])) {
-                fprintf(stderr, "char_lstm: %s: the vocabulary buffer is not a list of increasing bytes\n", o.load_path);
-                goto done;
-            }
-            bytes[i] = (char)vb[i];
-        }
-        vocab = nb_vocab_build(bytes, (size_t)V);
+    if (!peek_sizes(o->load_path, &V, &o->embed, &o->hidden, &o->layers)) return 0;
+    if (!o->quiet)
+        printf("%s: vocabulary %lld, embedding %lld, LSTM %d x %lld\n", o->load_path, (long long)V,
+               (long long)o->embed, o->layers, (long long)o->hidden);
+    char bytes[256];
+    for (int i = 0; i < 256; i++) bytes[i] = (char)i;
+    nb_vocab *placeholder = V <= 256 ? nb_vocab_build(bytes, (size_t)V) : NULL; /* V entries, replaced below */
+    int ok = placeholder && model_init(m, placeholder, o->embed, o->hidden, o->layers, rng) &&
+             nb_checkpoint_load(o->load_path, m->params, NULL, NULL) == NB_OK;
+    nb_vocab_free(placeholder);
+    if (!ok) {
+        fprintf(stderr, "char_lstm: %s\n", V <= 256 ? nb_error_message() : "the checkpoint's vocabulary exceeds 256");
+        return 0;
     }
+    const int64_t *vb = nb_tensor_cdata(m->vocab);
+    for (int64_t i = 0; i < V; i++) {
+        if (vb[i] < 0 || vb[i] > 255 || (i && vb[i] <= vb[i - 1])) {
+            fprintf(stderr, "char_lstm: %s: the vocabulary buffer is not a list of increasing bytes\n", o->load_path);
+            return 0;
+        }
+        bytes[i] = (char)vb[i];
+    }
+    *vocab = nb_vocab_build(bytes, (size_t)V);
+    return *vocab != NULL;
+}
 
-    if (!o.sample_only) {
-        if (!load_quotes(o.data_dir, o.files, &q)) goto done;
-        if (q.n < 2 || !(c.q_valid = split_quotes(&q, o.val_fraction, o.seed, &train_text, &valid_text))) {
-            fprintf(stderr, "char_lstm: %s\n", q.n < 2 ? "need at least 2 quotes" : "out of memory");
-            goto done;
-        }
-        if (!vocab) {
-            buf all = {0};
-            int ok = buf_put(&all, train_text.p, train_text.n) && buf_put(&all, valid_text.p, valid_text.n);
-            vocab = ok ? nb_vocab_build(all.p, all.n) : NULL;
-            free(all.p);
-        }
-        c.train = vocab ? encode(vocab, &train_text) : NULL;
-        c.valid = c.train ? encode(vocab, &valid_text) : NULL;
-        if (!c.valid) {
+/* Read, split and encode the fortunes; *vocab is built from both streams unless given. */
+static int load_corpus(const options *o, corpus *c, nb_vocab **vocab)
+{
+    quotes q = {0};
+    buf train = {0}, valid = {0}, all = {0};
+    int ok = load_quotes(o->data_dir, o->files, &q);
+    if (ok && q.n < 2) {
+        fprintf(stderr, "char_lstm: need at least 2 quotes, found %zu\n", q.n);
+        ok = 0;
+    }
+    if (ok) {
+        c->q_valid = split_quotes(&q, o->val_fraction, o->seed, &train, &valid);
+        c->q_train = q.n - c->q_valid;
+        ok = c->q_valid > 0 && (*vocab || (buf_put(&all, train.p, train.n) && buf_put(&all, valid.p, valid.n) &&
+                                           (*vocab = nb_vocab_build(all.p, all.n))));
+        c->train = ok ? encode(*vocab, &train) : NULL;
+        c->valid = c->train ? encode(*vocab, &valid) : NULL;
+        c->n_train = train.n;
+        c->n_valid = valid.n;
+        if (!c->valid) {
             fprintf(stderr, "char_lstm: %s\n", nb_error_message()[0] ? nb_error_message() : "out of memory");
-            goto done;
-        }
-        c.n_train = train_text.n;
-        c.n_valid = valid_text.n;
-        c.q_train = q.n - c.q_valid;
-        if (!o.load_path && !model_init(&m, vocab, o.embed, o.hidden, o.layers, &rng)) {
-            fprintf(stderr, "char_lstm: %s\n", nb_error_message());
-            goto done;
+            ok = 0;
         }
     }
+    free(all.p);
+    free(train.p);
+    free(valid.p);
+    free(q.text.p);
+    free(q.start);
+    return ok;
+}
 
-    if (o.samples > 0 && o.prompt && !prompt_ok(vocab, o.prompt)) { /* before training, not after */
-        status = 2;
-        goto done;
-    }
-    int64_t B = o.batch, T = o.bptt;
-    xbuf = malloc((size_t)(B * T) * sizeof *xbuf);
-    ybuf = malloc((size_t)(B * T) * sizeof *ybuf);
-    if (!tape || !xbuf || !ybuf) {
-        fprintf(stderr, "char_lstm: out of memory\n");
-        goto done;
-    }
-
-    if (o.sample_only) goto sampling;
-
-    int64_t L = (int64_t)(c.n_train - 1) / B, per_epoch = L / T;
+/* Train for o->epochs (at most o->max_steps steps), validating after each epoch and saving the best
+ * model to OUT/char_lstm.safetensors. Returns 0, 1 on failure, 2 when the text is too short. */
+static int train(const options *o, model *m, const corpus *c, nb_tape *tape)
+{
+    const int64_t B = o->batch, T = o->bptt, L = (int64_t)(c->n_train - 1) / B, per_epoch = L / T;
     if (per_epoch < 1) {
         fprintf(stderr, "char_lstm: the training text (%zu bytes) is too short for %lld streams of %lld steps; "
-                        "lower --batch or --bptt\n", c.n_train, (long long)B, (long long)T);
-        status = 2;
-        goto done;
+                        "lower --batch or --bptt\n", c->n_train, (long long)B, (long long)T);
+        return 2;
     }
-    int64_t total_steps = per_epoch * o.epochs;
-    if (o.max_steps && o.max_steps < total_steps) total_steps = o.max_steps;
-    int epochs = (int)((total_steps + per_epoch - 1) / per_epoch);
+    int64_t total_steps = per_epoch * o->epochs;
+    if (o->max_steps && o->max_steps < total_steps) total_steps = o->max_steps;
+    const int epochs = (int)((total_steps + per_epoch - 1) / per_epoch), tty = isatty(STDOUT_FILENO) && !o->quiet;
 
-    if (o.dump_dir && !dump_data(&o, &m, &c)) goto done;
-    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "char_lstm: cannot create %s: %s\n", o.out_dir, strerror(errno));
-        goto done;
-    }
     char ckpt[1280], csv_path[1280];
-    snprintf(ckpt, sizeof ckpt, "%s/char_lstm.safetensors", o.out_dir);
-    snprintf(csv_path, sizeof csv_path, "%s/char_lstm.csv", o.out_dir);
-    csv = fopen(csv_path, "w");
+    snprintf(ckpt, sizeof ckpt, "%s/char_lstm.safetensors", o->out_dir);
+    snprintf(csv_path, sizeof csv_path, "%s/char_lstm.csv", o->out_dir);
+    if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "char_lstm: cannot create %s: %s\n", o->out_dir, strerror(errno));
+        return 1;
+    }
+    FILE *csv = fopen(csv_path, "w");
     if (!csv) {
         fprintf(stderr, "char_lstm: cannot write %s: %s\n", csv_path, strerror(errno));
-        goto done;
+        return 1;
     }
     fprintf(csv, "epoch,step,train_bpc,val_bpc,grad_norm,clipped,lr,seconds\n");
 
     nb_optim_opts oo = nb_optim_defaults(NB_ADAM);
-    oo.lr = o.lr;
-    opt = nb_optim_new(NB_ADAM, m.params, &oo);
-    if (opt && o.load_path && nb_checkpoint_load(o.load_path, m.params, opt, NULL) != NB_OK) {
-        /* a checkpoint of ours always holds Adam's state; start it afresh if not */
-        nb_error_clear();
-        nb_optim_set_steps(opt, 0);
-    }
-    if (opt && o.schedule && total_steps > 1) {
+    oo.lr = o->lr;
+    nb_optim *opt = nb_optim_new(NB_ADAM, m->params, &oo);
+    if (opt && o->load_path && nb_checkpoint_load(o->load_path, m->params, opt, NULL) != NB_OK)
+        nb_error_clear(); /* no Adam state in the file (nothing was changed): start it afresh */
+    nb_sched *sched = NULL;
+    if (opt && o->schedule && total_steps > 1) {
         nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);
         so.t_max = total_steps; /* stepped once per training step */
         so.warmup = 0;
-        so.eta_min = o.lr / 10;
+        so.eta_min = o->lr / 10;
         sched = nb_sched_new(NB_SCHED_COSINE, opt, &so);
     }
-    int64_t H = m.H, layers = m.layers;
-    keep.h = nb_tensor_zeros(NB_F32, NB_SHAPE(layers, B, H));
-    keep.c = nb_tensor_zeros(NB_F32, NB_SHAPE(layers, B, H));
-    step_times = malloc((size_t)total_steps * sizeof *step_times);
-    if (!opt || (o.schedule && total_steps > 1 && !sched) || !keep.h || !keep.c || !step_times) {
-        fprintf(stderr, "char_lstm: %s\n", nb_error_message()[0] ? nb_error_message() : "out of memory");
-        goto done;
-    }
+    /* the state carried from chunk to chunk: leaves, outside any graph */
+    nb_rnn_state keep = {nb_tensor_zeros(NB_F32, NB_SHAPE(m->layers, B, m->H)),
+                         nb_tensor_zeros(NB_F32, NB_SHAPE(m->layers, B, m->H))};
+    double *step_times = malloc((size_t)total_steps * sizeof *step_times);
+    int64_t *xbuf = malloc((size_t)(B * T) * sizeof *xbuf), *ybuf = malloc((size_t)(B * T) * sizeof *ybuf);
+    int ok = opt && (sched || !o->schedule || total_steps < 2) && keep.h && keep.c && step_times && xbuf && ybuf;
+    if (!ok) fprintf(stderr, "char_lstm: %s\n", nb_error_message()[0] ? nb_error_message() : "out of memory");
 
-    if (!o.quiet) {
+    if (ok && !o->quiet) {
         printf("fortunes (%s): %zu quotes; %zu train bytes (%zu quotes), %zu validation bytes (%zu quotes); "
-               "vocabulary %lld\n", o.files, q.n, c.n_train, c.q_train, c.n_valid, c.q_valid, (long long)m.V);
-        printf("model: embedding %lld, LSTM %lld x %lld, linear to %lld (%lld parameters); Adam lr %g%s, clip %g; "
-               "B %lld x T %lld, %lld steps per epoch, %lld steps\n", (long long)m.E, (long long)layers, (long long)H,
-               (long long)m.V, (long long)nb_params_numel(m.params), o.lr, sched ? " cosine" : "", o.clip,
+               "vocabulary %lld\n", o->files, c->q_train + c->q_valid, c->n_train, c->q_train, c->n_valid, c->q_valid,
+               (long long)m->V);
+        printf("model: embedding %lld, LSTM %d x %lld, linear to %lld (%lld parameters); Adam lr %g%s, clip %g; "
+               "B %lld x T %lld, %lld steps per epoch, %lld steps\n", (long long)m->E, m->layers, (long long)m->H,
+               (long long)m->V, (long long)nb_params_numel(m->params), o->lr, sched ? " cosine" : "", o->clip,
                (long long)B, (long long)T, (long long)per_epoch, (long long)total_steps);
-        double bpc0 = evaluate(&m, c.valid, c.n_valid, B, T, tape, xbuf, ybuf);
-        printf("before training: validation %.4f bpc\n", bpc0);
+        printf("before training: validation %.4f bpc\n", evaluate(m, c->valid, c->n_valid, B, T, tape, xbuf, ybuf));
         fflush(stdout);
     }
 
     double t_start = now(), best = INFINITY, last_val = NAN;
     int64_t step = 0;
-    int trained = 1;
-    for (int epoch = 1; epoch <= epochs && trained; epoch++) {
-        double t0 = now(), loss_sum = 0, gnorm_sum = 0, gnorm = 0;
+    for (int epoch = 1; epoch <= epochs && ok; epoch++) {
+        double t0 = now(), drawn = 0, loss_sum = 0, gnorm_sum = 0, gnorm = 0;
         int64_t done = 0, clipped = 0, this_epoch = total_steps - step < per_epoch ? total_steps - step : per_epoch;
         nb_tensor_fill(keep.h, 0); /* every epoch starts the streams afresh */
         nb_tensor_fill(keep.c, 0);
         for (int64_t k = 0; k < this_epoch; k++) {
             double ts = now();
             nb_tape_begin(tape);
-            fill_chunk(c.train, L, B, k * T, T, xbuf, ybuf);
+            fill_chunk(c->train, L, B, k * T, T, xbuf, ybuf);
             nb_tensor *x = nb_constant(NB_I64, NB_SHAPE(T, B), xbuf), *y = nb_constant(NB_I64, NB_SHAPE(T * B), ybuf);
             nb_rnn_state fin;
-            nb_tensor *loss = nb_cross_entropy(model_forward(&m, x, &keep, &fin), y, NULL);
+            nb_tensor *loss = nb_cross_entropy(model_forward(m, x, &keep, &fin), y, NULL);
             /* backward first: the graph saved keep's values, so keep takes the new state only after */
-            trained = loss && nb_backward(loss, NULL, 0) == NB_OK && !isnan(gnorm = nb_clip_grad_norm(m.params, o.clip)) &&
-                      nb_optim_step(opt) == NB_OK && nb_rnn_state_keep(&fin, &keep) == NB_OK;
-            if (trained) loss_sum += nb_tensor_item(loss);
+            ok = loss && nb_backward(loss, NULL, 0) == NB_OK && !isnan(gnorm = nb_clip_grad_norm(m->params, o->clip)) &&
+                 nb_optim_step(opt) == NB_OK && nb_rnn_state_keep(&fin, &keep) == NB_OK;
+            if (ok) loss_sum += nb_tensor_item(loss);
             nb_optim_zero_grad(opt);
             nb_tape_end(tape);
             nb_tape_reset(tape);
-            if (!trained) break;
+            if (!ok) break;
             if (sched) nb_sched_step(sched, 0);
             gnorm_sum += gnorm;
-            clipped += gnorm > o.clip;
+            clipped += gnorm > o->clip;
             step_times[step++] = now() - ts;
             done++;
             double bpc = loss_sum / (double)done / log(2.0), per_step = (now() - t0) / (double)done;
-            if (tty)
+            if (tty && (now() - drawn > 0.2 || done == this_epoch)) {
                 progress(epoch, epochs, done, this_epoch, bpc, gnorm, per_step, per_step * (double)(this_epoch - done));
-            else if (!o.quiet && done % o.log_every == 0) {
+                drawn = now();
+            }
+            else if (!o->quiet && done % o->log_every == 0) {
                 printf("epoch %d step %lld/%lld  train %.4f bpc  |g| %.3f  %.3f s/step\n", epoch, (long long)done,
                        (long long)this_epoch, bpc, gnorm, per_step);
                 fflush(stdout);
             }
         }
-        double val = trained ? evaluate(&m, c.valid, c.n_valid, B, T, tape, xbuf, ybuf) : NAN, secs = now() - t0;
-        if (isnan(val)) {
+        double val = ok ? evaluate(m, c->valid, c->n_valid, B, T, tape, xbuf, ybuf) : NAN, secs = now() - t0;
+        int better = val < best;
+        if (isnan(val) || (better && nb_checkpoint_save(ckpt, m->params, opt, step) != NB_OK)) {
             fprintf(stderr, "%schar_lstm: %s\n", tty ? "\n" : "", nb_error_message());
-            trained = 0;
+            ok = 0;
             break;
         }
         last_val = val;
+        best = better ? val : best;
         double train_bpc = loss_sum / (double)done / log(2.0), lr = nb_optim_lr(opt);
         fprintf(csv, "%d,%lld,%.6f,%.6f,%.4f,%.4f,%.6g,%.3f\n", epoch, (long long)step, train_bpc, val,
                 gnorm_sum / (double)done, (double)clipped / (double)done, lr, secs);
         fflush(csv);
-        int better = val < best;
-        if (better) {
-            best = val;
-            if (nb_checkpoint_save(ckpt, m.params, opt, step) != NB_OK) {
-                fprintf(stderr, "%schar_lstm: %s\n", tty ? "\n" : "", nb_error_message());
-                trained = 0;
-                break;
-            }
-        }
-        if (!o.quiet)
+        if (!o->quiet)
             printf("%sepoch %2d/%d  step %lld  train %.4f bpc  validation %.4f bpc  mean |g| %.3f (%.0f%% clipped)  "
                    "lr %.2e  %.1fs%s\n", tty ? "\r" : "", epoch, epochs, (long long)step, train_bpc, val,
                    gnorm_sum / (double)done, 100.0 * (double)clipped / (double)done, lr, secs, better ? "  *" : "");
     }
-    if (!trained) goto done;
-    qsort(step_times, (size_t)step, sizeof *step_times, cmp_double);
-    printf("validation %.4f bpc after %lld steps (best %.4f); median %.3f s/step; %.1fs in all\n", last_val,
-           (long long)step, best, step_times[step / 2], now() - t_start);
-    printf("checkpoint %s, metrics %s\n", ckpt, csv_path);
+    if (ok) {
+        qsort(step_times, (size_t)step, sizeof *step_times, cmp_double);
+        printf("validation %.4f bpc after %lld steps (best %.4f); median %.3f s/step; %.1fs in all\n", last_val,
+               (long long)step, best, step_times[step / 2], now() - t_start);
+        printf("checkpoint %s, metrics %s\n", ckpt, csv_path);
+    }
+    fclose(csv);
+    free(xbuf);
+    free(ybuf);
+    free(step_times);
+    nb_rnn_state_free(&keep);
+    nb_sched_free(sched);
+    nb_optim_free(opt);
+    return ok ? 0 : 1;
+}
 
-sampling:
+int main(int argc, char **argv)
+{
+    options o;
+    int status = parse_args(argc, argv, &o);
+    if (status) return status == 1 ? 0 : 2;
+    if (o.threads) nb_set_num_threads(o.threads);
+
+    status = 1;
+    corpus c = {0};
+    nb_vocab *vocab = NULL;
+    model m = {0};
+    nb_tape *tape = nb_tape_new();
+    nb_rng rng;
+    nb_rng_seed(&rng, o.seed);
+    /* with --load, the sizes and the vocabulary come from the checkpoint */
+    if (!tape || (o.load_path && !load_model(&o, &m, &vocab, &rng))) goto done;
+    if (!o.sample_only) {
+        if (!load_corpus(&o, &c, &vocab)) goto done;
+        if (!o.load_path && !model_init(&m, vocab, o.embed, o.hidden, o.layers, &rng)) {
+            fprintf(stderr, "char_lstm: %s\n", nb_error_message());
+            goto done;
+        }
+    }
+    if (o.samples > 0 && o.prompt && !prompt_ok(vocab, o.prompt)) { /* before training, not after */
+        status = 2;
+        goto done;
+    }
+    if (!o.sample_only) {
+        if (o.dump_dir && !dump_data(&o, &m, &c)) goto done;
+        if ((status = train(&o, &m, &c, tape)) != 0) goto done;
+        status = 1;
+    }
+
     if (o.samples > 0) {
         const char *prompt = o.prompt ? o.prompt : "";
         nb_rng srng;
@@ -902,8 +908,7 @@ sampling:
         for (int s = 0; s < o.samples; s++) {
             printf("---\n");
             if (!sample(&m, vocab, prompt, o.length, o.temperature, &srng, tape, stdout)) {
-                if (nb_error_code() != NB_OK) fprintf(stderr, "char_lstm: %s\n", nb_error_message());
-                status = 1;
+                fprintf(stderr, "char_lstm: %s\n", nb_error_message()[0] ? nb_error_message() : "out of memory");
                 goto done;
             }
         }
@@ -912,21 +917,10 @@ sampling:
     status = 0;
 
 done:
-    if (csv) fclose(csv);
-    free(step_times);
-    nb_rnn_state_free(&keep);
-    nb_sched_free(sched);
-    nb_optim_free(opt);
     nb_tape_free(tape);
     nb_params_free(m.params);
     nb_vocab_free(vocab);
-    free(xbuf);
-    free(ybuf);
     free(c.train);
     free(c.valid);
-    free(train_text.p);
-    free(valid_text.p);
-    free(q.text.p);
-    free(q.start);
     return status;
 }

@@ -216,7 +216,9 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
 
 /* Truncated backpropagation through time: copy a state's values into caller-owned leaves kept in
  * *keep (allocated on the first call, reused after), which carry the state into the next chunk
- * without a graph and survive nb_tape_reset. Free with nb_rnn_state_free. */
+ * without a graph and survive nb_tape_reset. Call it after the chunk's backward: when *keep was this
+ * chunk's initial state, overwriting it earlier makes the backward report a changed input. Free with
+ * nb_rnn_state_free. */
 nb_status nb_rnn_state_keep(const nb_rnn_state *state, nb_rnn_state *keep);
 void nb_rnn_state_free(nb_rnn_state *keep);
 
