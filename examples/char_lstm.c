@@ -430,63 +430,33 @@ static nb_tensor *model_forward(const model *m, nb_tensor *x, const nb_rnn_state
     return nb_reshape(nb_linear_forward(&m->head, out), NB_SHAPE(-1, m->V));
 }
 
-/* The shape of tensor `name` in a safetensors header (at most max dims): the number of dims, or -1. */
-static int entry_shape(const char *header, const char *name, int64_t *dims, int max)
-{
-    char key[96];
-    snprintf(key, sizeof key, "\"%s\"", name);
-    const char *p = strstr(header, key), *close;
-    if (!p || !(close = strchr(p, '}'))) return -1;
-    const char *s = strstr(p, "\"shape\"");
-    if (!s || s > close || !(s = strchr(s, '[')) || s > close) return -1;
-    int n = 0;
-    for (s++;;) {
-        while (*s == ' ' || *s == ',') s++;
-        if (*s == ']') return n;
-        char *end;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || n == max || v < 1) return -1;
-        dims[n++] = v;
-        s = end;
-    }
-}
-
-/* Sizes of a checkpoint's model, from its safetensors header (embed.weight [V, E],
- * lstm.weight_hh_l0 [4H, H], lstm.weight_hh_l<k> counted), so that --load needs no size options.
- * nb_checkpoint_load validates everything afterwards. */
+/* Sizes of a checkpoint's model, read from the file (embed.weight [V, E], lstm.weight_hh_l0 [4H, H],
+ * lstm.weight_hh_l<k> counted), so that --load needs no size options. nb_checkpoint_load then
+ * checks the whole file against the model built with them. */
 static int peek_sizes(const char *path, int64_t *V, int64_t *E, int64_t *H, int *layers)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "char_lstm: cannot open %s: %s\n", path, strerror(errno));
+    nb_safetensors *f = NULL;
+    if (nb_safetensors_read(path, &f) != NB_OK) {
+        fprintf(stderr, "char_lstm: %s\n", nb_error_message());
         return 0;
     }
-    unsigned char len8[8];
-    uint64_t n = 0;
-    char *header = NULL;
-    int ok = fread(len8, 1, 8, f) == 8;
-    for (int b = 0; ok && b < 8; b++) n |= (uint64_t)len8[b] << (8 * b);
-    ok = ok && n >= 2 && n < (1u << 26) && (header = malloc((size_t)n + 1)) && fread(header, 1, (size_t)n, f) == n;
-    fclose(f);
-    int64_t d[2];
+    nb_tensor *emb = nb_safetensors_find(f, "embed.weight"), *whh = nb_safetensors_find(f, "lstm.weight_hh_l0");
+    int ok = emb && whh && nb_tensor_ndim(emb) == 2 && nb_tensor_ndim(whh) == 2 &&
+             nb_tensor_dim(whh, 0) == 4 * nb_tensor_dim(whh, 1);
     if (ok) {
-        header[n] = 0;
-        ok = entry_shape(header, "embed.weight", d, 2) == 2;
-        if (ok) *V = d[0], *E = d[1];
-        ok = ok && entry_shape(header, "lstm.weight_hh_l0", d, 2) == 2 && d[0] == 4 * d[1];
-        if (ok) *H = d[1];
-        *layers = 0;
-        while (ok && *layers < NB_RNN_MAX_LAYERS) {
+        *V = nb_tensor_dim(emb, 0);
+        *E = nb_tensor_dim(emb, 1);
+        *H = nb_tensor_dim(whh, 1);
+        for (*layers = 0; *layers < NB_RNN_MAX_LAYERS; ++*layers) {
             char name[64];
             snprintf(name, sizeof name, "lstm.weight_hh_l%d", *layers);
-            if (entry_shape(header, name, d, 2) != 2) break;
-            ++*layers;
+            if (!nb_safetensors_find(f, name)) break;
         }
     }
-    free(header);
+    nb_safetensors_free(f);
     if (!ok)
         fprintf(stderr, "char_lstm: %s is not a char_lstm checkpoint (no embed.weight [V, E] and "
-                        "lstm.weight_hh_l0 [4H, H] in its header)\n", path);
+                        "lstm.weight_hh_l0 [4H, H] in it)\n", path);
     return ok;
 }
 

@@ -202,6 +202,22 @@ nb_status nb_vocab_decode(const nb_vocab *v, const int64_t *ids, size_t n, char 
 nb_status nb_safetensors_save(const char *path, int n, const char *const *names, nb_tensor *const *tensors,
                               int n_meta, const char *const *meta_keys, const char *const *meta_values);
 
+/* Any safetensors file of F32/F64/I64 tensors, read and validated as nb_checkpoint_load does (but
+ * without a model to match): to look into a checkpoint, or to take weights saved elsewhere (PyTorch's
+ * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves) and strings;
+ * free it with nb_safetensors_free. */
+typedef struct nb_safetensors nb_safetensors;
+nb_status nb_safetensors_read(const char *path, nb_safetensors **out);
+void nb_safetensors_free(nb_safetensors *f);
+int nb_safetensors_count(const nb_safetensors *f);
+/* The i-th tensor (in the file's order) and its name; NULL when out of range. */
+const char *nb_safetensors_name(const nb_safetensors *f, int i);
+nb_tensor *nb_safetensors_tensor(const nb_safetensors *f, int i);
+/* The tensor named name, or NULL (no error recorded). */
+nb_tensor *nb_safetensors_find(const nb_safetensors *f, const char *name);
+/* The __metadata__ value of key, or NULL. */
+const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
+
 /* The parameters of params, the state of opt (may be NULL) and the step counter in one file. */
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
 /* Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,

@@ -767,6 +767,28 @@ static nb_status match(const loader *L, const char *name, const nb_tensor *t, co
     return NB_OK;
 }
 
+static void loader_free(loader *L)
+{
+    free(L->data);
+    free(L->by_name);
+    free(L->e);
+    cJSON_Delete(L->root);
+    free(L->header);
+    if (L->fd >= 0) close(L->fd);
+}
+
+/* The validated data section, in host byte order. */
+static nb_status read_data(loader *L)
+{
+    if ((uint64_t)(size_t)L->data_size == L->data_size) L->data = malloc(L->data_size ? (size_t)L->data_size : 1);
+    nb_status st = L->data ? read_exact(L, L->data, L->data_size, "data") : nomem(L);
+    if (!st && host_big_endian())
+        for (int i = 0; i < L->n; i++)
+            swap_bytes(L->data + L->e[i].begin, (size_t)(L->e[i].end - L->e[i].begin) / nb_dtype_size(L->e[i].dtype),
+                       nb_dtype_size(L->e[i].dtype));
+    return st;
+}
+
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step)
 {
     loader L = {.who = "nb_checkpoint_load", .path = path ? path : "(null)", .fd = -1};
@@ -850,14 +872,7 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
     }
 
     /* everything checks out: read the data, then change the model */
-    if (!st) {
-        if ((uint64_t)(size_t)L.data_size == L.data_size) L.data = malloc(L.data_size ? (size_t)L.data_size : 1);
-        st = L.data ? read_exact(&L, L.data, L.data_size, "data") : nomem(&L);
-    }
-    if (!st && host_big_endian())
-        for (int i = 0; i < L.n; i++)
-            swap_bytes(L.data + L.e[i].begin, (size_t)(L.e[i].end - L.e[i].begin) / nb_dtype_size(L.e[i].dtype),
-                       nb_dtype_size(L.e[i].dtype));
+    if (!st) st = read_data(&L);
     /* The only call below that could fail on checked input is set_steps (steps >= 0 is checked), so
      * it goes first: after it, the copies cannot fail (every target is a leaf of the right size). */
     if (!st && opt) st = nb_optim_set_steps(opt, osteps);
@@ -869,11 +884,110 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
 
     free(sname);
     free(target);
-    free(L.data);
-    free(L.by_name);
-    free(L.e);
-    cJSON_Delete(L.root);
-    free(L.header);
-    if (L.fd >= 0) close(L.fd);
+    loader_free(&L);
     return st;
+}
+
+/* ---- reading any safetensors file ------------------------------------------------------------- */
+
+struct nb_safetensors {
+    int n, n_meta;
+    char **names;        /* [n], in the file's order */
+    nb_tensor **tensors; /* [n], owned */
+    char **keys, **values;
+};
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void nb_safetensors_free(nb_safetensors *f)
+{
+    if (!f) return;
+    for (int i = 0; i < f->n; i++) {
+        free(f->names[i]);
+        nb_tensor_free(f->tensors[i]);
+    }
+    for (int i = 0; i < f->n_meta; i++) {
+        free(f->keys[i]);
+        free(f->values[i]);
+    }
+    free(f->names);
+    free(f->tensors);
+    free(f->keys);
+    free(f->values);
+    free(f);
+}
+
+nb_status nb_safetensors_read(const char *path, nb_safetensors **out)
+{
+    loader L = {.who = "nb_safetensors_read", .path = path ? path : "(null)", .fd = -1};
+    if (!path || !out) {
+        nb_error_set(NB_ERR_ARG, "nb_safetensors_read: path or out is NULL");
+        return NB_ERR_ARG;
+    }
+    *out = NULL;
+    nb_status st = open_file(&L);
+    if (!st) st = read_header(&L);
+    if (!st) st = parse_entries(&L);
+    if (!st) st = check_layout(&L);
+    if (!st) st = read_data(&L);
+    nb_safetensors *f = st ? NULL : calloc(1, sizeof *f);
+    if (!st && !f) st = nomem(&L);
+    int n_meta = L.meta ? cJSON_GetArraySize(L.meta) : 0;
+    if (!st) {
+        f->names = calloc((size_t)L.n + 1, sizeof *f->names);
+        f->tensors = calloc((size_t)L.n + 1, sizeof *f->tensors);
+        f->keys = calloc((size_t)n_meta + 1, sizeof *f->keys);
+        f->values = calloc((size_t)n_meta + 1, sizeof *f->values);
+        if (!f->names || !f->tensors || !f->keys || !f->values) st = nomem(&L);
+    }
+    for (int i = 0; !st && i < L.n; i++) {
+        const entry *e = &L.e[i];
+        f->names[i] = dup_str(e->name);
+        f->tensors[i] = nb_tensor_zeros(e->dtype, e->ndim, e->shape);
+        f->n = i + 1;
+        if (!f->names[i] || !f->tensors[i]) st = f->tensors[i] ? nomem(&L) : nb_error_code();
+        else if (e->end > e->begin) st = nb_tensor_copy_from(f->tensors[i], L.data + e->begin);
+    }
+    const cJSON *m;
+    if (!st && L.meta) cJSON_ArrayForEach(m, L.meta)
+    {
+        f->keys[f->n_meta] = dup_str(m->string);
+        f->values[f->n_meta] = dup_str(m->valuestring);
+        f->n_meta++;
+        if (!f->keys[f->n_meta - 1] || !f->values[f->n_meta - 1]) {
+            st = nomem(&L);
+            break;
+        }
+    }
+    loader_free(&L);
+    if (st) {
+        nb_safetensors_free(f);
+        return st;
+    }
+    *out = f;
+    return NB_OK;
+}
+
+int nb_safetensors_count(const nb_safetensors *f) { return f ? f->n : 0; }
+const char *nb_safetensors_name(const nb_safetensors *f, int i) { return f && i >= 0 && i < f->n ? f->names[i] : NULL; }
+nb_tensor *nb_safetensors_tensor(const nb_safetensors *f, int i) { return f && i >= 0 && i < f->n ? f->tensors[i] : NULL; }
+
+nb_tensor *nb_safetensors_find(const nb_safetensors *f, const char *name)
+{
+    for (int i = 0; f && name && i < f->n; i++)
+        if (strcmp(f->names[i], name) == 0) return f->tensors[i];
+    return NULL;
+}
+
+const char *nb_safetensors_meta(const nb_safetensors *f, const char *key)
+{
+    for (int i = 0; f && key && i < f->n_meta; i++)
+        if (strcmp(f->keys[i], key) == 0) return f->values[i];
+    return NULL;
 }
