@@ -19,36 +19,18 @@ medians over rounds of each round's median. Every step is timed in the thread's 
 the verdict uses: on a machine shared with other work, wall time also counts the waits, which grow
 with the step's length) and in wall time.
 """
-import os
-
-# One thread on both sides; set before torch (and its OpenBLAS) loads, and passed on to the nabla
-# subprocess with the rest of the environment.
-os.environ["OPENBLAS_NUM_THREADS"] = "1"
-os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-os.environ["OMP_NUM_THREADS"] = "1"
-
 import argparse
-import gc
-import json
+import functools
+import os
 import statistics
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
+import benchlib as bl  # noqa: E402
+
+bl.single_thread_env()  # before torch loads
+
 TARGET = 0.5  # nabla's step time at most half of PyTorch's
-
-
-def int_in(lo, hi):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{s}' is not a whole number")
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
-        return v
-    return parse
 
 
 def parse_args():
@@ -56,44 +38,26 @@ def parse_args():
     p.add_argument("--nabla-bin", default=os.path.join("build", "bench", "bench_adam"),
                    help="the bench_adam binary (default build/bench/bench_adam, relative to the current "
                    "directory, else to the repository); use a release build for figures")
-    p.add_argument("--n", type=int_in(1, 100000000), default=1000000, help="parameters (1000000)")
-    p.add_argument("--tensors", type=int_in(1, 1000), default=1, help="tensors they are split into (1)")
-    p.add_argument("--repeats", type=int_in(1, 100000), default=200, help="timed steps (200)")
-    p.add_argument("--warmup", type=int_in(0, 100000), default=10,
+    p.add_argument("--n", type=bl.int_in(1, 100000000), default=1000000, help="parameters (1000000)")
+    p.add_argument("--tensors", type=bl.int_in(1, 1000), default=1, help="tensors they are split into (1)")
+    p.add_argument("--repeats", type=bl.int_in(1, 100000), default=200, help="timed steps (200)")
+    p.add_argument("--warmup", type=bl.int_in(0, 100000), default=10,
                    help="untimed steps first (10), and at least...")
-    p.add_argument("--warmup-ms", type=int_in(0, 60000), default=300,
+    p.add_argument("--warmup-ms", type=bl.int_in(0, 60000), default=300,
                    help="...this many milliseconds of them (300)")
-    p.add_argument("--check-steps", type=int_in(1, 1000), default=3,
+    p.add_argument("--check-steps", type=bl.int_in(1, 1000), default=3,
                    help="steps of the run whose sum(p * g) is compared (3)")
     p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     p.add_argument("--amsgrad", action="store_true", help="Adam with amsgrad on both sides")
-    p.add_argument("--rounds", type=int_in(1, 100), default=5,
+    p.add_argument("--rounds", type=bl.int_in(1, 100), default=5,
                    help="alternating nabla/PyTorch rounds; medians over rounds are shown (5)")
     return p.parse_args()
 
 
-def find_binary(path):
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    in_repo = os.path.join(REPO, path)
-    return in_repo if os.path.exists(in_repo) else path
-
-
 def run_nabla(binary, a):
-    cmd = [binary, "--json", "--n", str(a.n), "--tensors", str(a.tensors), "--repeats", str(a.repeats),
-           "--warmup", str(a.warmup), "--warmup-ms", str(a.warmup_ms), "--check-steps",
-           str(a.check_steps), "--dtype", a.dtype] + (["--amsgrad"] if a.amsgrad else [])
-    try:
-        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
-    except OSError as e:
-        sys.exit(f"adam.py: cannot run {binary}: {e.strerror} (build it with `ninja -C build`, or pass "
-                 "--nabla-bin)")
-    if r.returncode != 0:
-        sys.exit(f"adam.py: {' '.join(cmd)} exited with {r.returncode}:\n{r.stderr.strip()}")
-    try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        sys.exit(f"adam.py: no JSON line from {binary}; it printed:\n{r.stdout}")
+    return bl.run_nabla("adam.py", binary, ["--n", a.n, "--tensors", a.tensors, "--repeats", a.repeats,
+                                            "--warmup", a.warmup, "--warmup-ms", a.warmup_ms, "--check-steps",
+                                            a.check_steps, "--dtype", a.dtype] + (["--amsgrad"] if a.amsgrad else []))
 
 
 def make_problem(torch, a):
@@ -123,21 +87,7 @@ def run_torch(torch, a, foreach):
 
     params = make_problem(torch, a)
     opt = torch.optim.Adam(params, amsgrad=a.amsgrad, **kw)
-    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    gc.disable()
-    try:
-        start, n = clock(), 0
-        while n < a.warmup or clock() - start < a.warmup_ms * 1e6:
-            opt.step()
-            n += 1
-        samples, cpu = [], []
-        for _ in range(a.repeats):
-            t0, c0 = clock(), cpu_clock()
-            opt.step()
-            cpu.append(cpu_clock() - c0)
-            samples.append(clock() - t0)
-    finally:
-        gc.enable()
+    samples, cpu = bl.time_calls(opt.step, a, cpu=True)
     return {"median_ns": statistics.median(samples), "min_ns": min(samples),
             "cpu_median_ns": statistics.median(cpu), "cpu_min_ns": min(cpu), "check_sum": check}
 
@@ -152,34 +102,26 @@ def cpu_capability(torch):
 
 def main():
     a = parse_args()
-    binary = find_binary(a.nabla_bin)
-    try:
-        import torch
-    except ImportError:
-        sys.exit("adam.py: torch is not importable by this python; run it with /usr/bin/python3 "
-                 "(Debian's python3-torch)")
-    torch.set_num_threads(1)
+    binary = bl.find_binary(a.nabla_bin)
+    torch = bl.import_torch("adam.py")
 
     variants = [("PyTorch default", None), ("PyTorch foreach=True", True)]
-    nb_rounds, pt_rounds = [], {name: [] for name, _ in variants}
-    for _ in range(a.rounds):
-        nb_rounds.append(run_nabla(binary, a))
-        for name, fe in variants:
-            pt_rounds[name].append(run_torch(torch, a, fe))
+    # each round: nabla, then every PyTorch variant
+    nb_rounds, *pt_lists = bl.alternate(a.rounds, functools.partial(run_nabla, binary, a),
+                                        *(functools.partial(run_torch, torch, a, fe) for _, fe in variants))
+    pt_rounds = {name: rounds for (name, _), rounds in zip(variants, pt_lists)}
 
     print(f"one Adam step: {a.n} {a.dtype} parameters in {a.tensors} tensor(s)"
           f"{', amsgrad' if a.amsgrad else ''}; median of {a.repeats} steps, median of {a.rounds} rounds")
-    print(f"nabla: {binary}; PyTorch {torch.__version__}, {torch.get_num_threads()} thread, "
-          f"{cpu_capability(torch)}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(bl.setup_line(torch, binary, f", {cpu_capability(torch)}", f", load average {os.getloadavg()[0]:.1f}"))
     print(f"{'':22s} {'cpu us':>9s} {'nabla/this':>10s} {'wall us':>9s} {'nabla/this':>10s} {'ns/elem':>8s}"
           "   (range of the cpu medians over rounds)")
     rows = [("nabla", nb_rounds)] + [(name, pt_rounds[name]) for name, _ in variants]
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("cpu_median_ns", "median_ns")}
-           for name, rs in rows}
+    med = {name: bl.medians(rs, ("cpu_median_ns", "median_ns")) for name, rs in rows}
     nb = med["nabla"]
     for name, rs in rows:
         m = med[name]
-        lo, hi = min(r["cpu_median_ns"] for r in rs), max(r["cpu_median_ns"] for r in rs)
+        lo, hi = bl.span(rs, "cpu_median_ns")
         print(f"{name:22s} {m['cpu_median_ns'] / 1e3:9.1f} {nb['cpu_median_ns'] / m['cpu_median_ns']:10.3f} "
               f"{m['median_ns'] / 1e3:9.1f} {nb['median_ns'] / m['median_ns']:10.3f} "
               f"{m['cpu_median_ns'] / a.n:8.3f}   ({lo / 1e3:.0f}-{hi / 1e3:.0f})")

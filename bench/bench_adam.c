@@ -17,22 +17,20 @@
  * --warmup-ms, then --repeats timed steps, each timed alone; the median is reported. */
 #define _POSIX_C_SOURCE 200809L
 
+#include "bench.h"
+
 #include <nabla.h>
 
-#include <errno.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 #define MAX_N 100000000L
 #define MAX_TENSORS 1000L
 #define MAX_REPEATS 100000L
-#define MAX_WARMUP_MS 60000L
 
 typedef struct options {
-    long n, tensors, repeats, warmup, warmup_ms, check_steps;
-    nb_dtype dtype;
-    int amsgrad, json;
+    bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
+    long n, tensors, check_steps;
+    int amsgrad;
     double weight_decay;
 } options;
 
@@ -53,101 +51,38 @@ static void usage(FILE *f, const char *prog)
             "  --amsgrad        Adam with amsgrad\n"
             "  --weight-decay WD  L2 weight decay (default 0)\n"
             "  --json           print one JSON line instead of text\n",
-            prog, MAX_N, MAX_TENSORS, MAX_REPEATS, MAX_REPEATS, MAX_WARMUP_MS);
+            prog, MAX_N, MAX_TENSORS, MAX_REPEATS, MAX_REPEATS, BENCH_MAX_WARMUP_MS);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
+static int own_option(void *opts, const char *name, const char *v, const char **want)
 {
-    if (!s || !*s) return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+    options *o = opts;
+    if (!strcmp(name, "--amsgrad")) {
+        o->amsgrad = 1;
+        return BENCH_ARG_FLAG;
+    }
+    if (!strcmp(name, "--n")) return bench_long(v, 1, MAX_N, &o->n);
+    if (!strcmp(name, "--tensors")) return bench_long(v, 1, MAX_TENSORS, &o->tensors);
+    if (!strcmp(name, "--check-steps")) return bench_long(v, 1, 1000, &o->check_steps);
+    if (!strcmp(name, "--weight-decay")) {
+        char *end;
+        *want = "a number in [0, 1)";
+        errno = 0;
+        o->weight_decay = v ? strtod(v, &end) : -1;
+        int ok = v && !errno && *v && !*end && o->weight_decay >= 0 && o->weight_decay < 1;
+        return ok ? BENCH_ARG_VALUE : BENCH_ARG_BAD;
+    }
+    return BENCH_ARG_UNKNOWN;
 }
 
 /* 0 on success, 1 for --help, 2 on a bad argument (after a message on stderr). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){.n = 1000000, .tensors = 1, .repeats = 200, .warmup = 10, .warmup_ms = 300, .check_steps = 3,
-                   .dtype = NB_F32};
-    const char *prog = argc > 0 && argv[0] ? argv[0] : "bench_adam";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout, prog);
-            return 1;
-        } else if (!strcmp(a, "--json")) {
-            o->json = 1;
-            continue;
-        } else if (!strcmp(a, "--amsgrad")) {
-            o->amsgrad = 1;
-            continue;
-        } else if (!strcmp(a, "--n")) {
-            ok = parse_long(v, 1, MAX_N, &o->n);
-        } else if (!strcmp(a, "--tensors")) {
-            ok = parse_long(v, 1, MAX_TENSORS, &o->tensors);
-        } else if (!strcmp(a, "--repeats")) {
-            ok = parse_long(v, 1, MAX_REPEATS, &o->repeats);
-        } else if (!strcmp(a, "--warmup")) {
-            ok = parse_long(v, 0, MAX_REPEATS, &o->warmup);
-        } else if (!strcmp(a, "--warmup-ms")) {
-            ok = parse_long(v, 0, MAX_WARMUP_MS, &o->warmup_ms);
-        } else if (!strcmp(a, "--check-steps")) {
-            ok = parse_long(v, 1, 1000, &o->check_steps);
-        } else if (!strcmp(a, "--weight-decay")) {
-            char *end;
-            errno = 0;
-            o->weight_decay = v ? strtod(v, &end) : -1;
-            ok = v && !errno && *v && !*end && o->weight_decay >= 0 && o->weight_decay < 1;
-        } else if (!strcmp(a, "--dtype")) {
-            if (v && !strcmp(v, "f64"))
-                o->dtype = NB_F64;
-            else if (v && !strcmp(v, "f32"))
-                o->dtype = NB_F32;
-            else
-                ok = 0;
-        } else {
-            fprintf(stderr, "%s: unknown argument '%s'\n", prog, a);
-            usage(stderr, prog);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "%s: bad value for %s: '%s'\n", prog, a, v ? v : "(nothing)");
-            usage(stderr, prog);
-            return 2;
-        }
-        i++; /* the option's value */
-    }
+    *o = (options){.c = {.repeats = 200, .warmup = 10, .warmup_ms = 300, .max_repeats = MAX_REPEATS, .dtype = NB_F32},
+                   .n = 1000000, .tensors = 1, .check_steps = 3};
+    int st = bench_parse_args(argc, argv, "bench_adam", usage, &o->c, own_option, o);
     if (o->tensors > o->n) o->tensors = o->n;
-    return 0;
-}
-
-static double clock_ns(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static double now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
-/* CPU time of this thread: what a step costs when other processes share the CPU (wall time then
- * includes the time the thread waited, which grows with the step's length) */
-static double cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, long n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    return st;
 }
 
 /* p_i and g_i as in the header, computed in the tensor's dtype (as adam.py does in torch). */
@@ -190,8 +125,8 @@ static int bench_init(bench *b, const options *o, nb_tape *tape)
         int64_t len = o->n / o->tensors + (t < o->n % o->tensors);
         char name[32];
         snprintf(name, sizeof name, "p%ld", t);
-        nb_tensor *p = nb_params_add(b->ps, name, nb_tensor_zeros(o->dtype, NB_SHAPE(len)));
-        nb_tensor *g = nb_tensor_zeros(o->dtype, NB_SHAPE(len));
+        nb_tensor *p = nb_params_add(b->ps, name, nb_tensor_zeros(o->c.dtype, NB_SHAPE(len)));
+        nb_tensor *g = nb_tensor_zeros(o->c.dtype, NB_SHAPE(len));
         if (!p || !g) {
             nb_tensor_free(g);
             return -1;
@@ -224,6 +159,8 @@ static double check_value(const bench *b)
     return s;
 }
 
+static int timed_step(void *opt) { return nb_optim_step(opt) != NB_OK; }
+
 int main(int argc, char **argv)
 {
     options o;
@@ -231,8 +168,8 @@ int main(int argc, char **argv)
     if (st) return st == 1 ? 0 : 2;
 
     nb_tape *tape = nb_tape_new();
-    double *samples = malloc((size_t)o.repeats * sizeof *samples);
-    double *cpu = malloc((size_t)o.repeats * sizeof *cpu);
+    double *samples = malloc((size_t)o.c.repeats * sizeof *samples);
+    double *cpu = malloc((size_t)o.c.repeats * sizeof *cpu);
     bench b = {0};
     double check = 0, med = -1, lo = 0, hi = 0, cmed = 0, clo = 0;
     long warm = 0;
@@ -244,20 +181,11 @@ int main(int argc, char **argv)
         bench_free(&b);
         /* the timed run, on a fresh collection */
         ok = ok && bench_init(&b, &o, tape) == 0;
-        double start = now_ns();
-        for (; ok && (warm < o.warmup || now_ns() - start < 1e6 * (double)o.warmup_ms); warm++)
-            ok = nb_optim_step(b.opt) == NB_OK;
-        for (long r = 0; ok && r < o.repeats; r++) {
-            double t0 = now_ns(), c0 = cpu_ns();
-            ok = nb_optim_step(b.opt) == NB_OK;
-            cpu[r] = cpu_ns() - c0;
-            samples[r] = now_ns() - t0;
-        }
-        if (ok) {
-            med = median(samples, o.repeats);
+        if (ok && (warm = bench_time(timed_step, b.opt, &o.c, samples, cpu)) >= 0) {
+            med = bench_median(samples, o.c.repeats);
             lo = samples[0];
-            hi = samples[o.repeats - 1];
-            cmed = median(cpu, o.repeats);
+            hi = samples[o.c.repeats - 1];
+            cmed = bench_median(cpu, o.c.repeats);
             clo = cpu[0];
         }
         bench_free(&b);
@@ -273,17 +201,27 @@ int main(int argc, char **argv)
     }
 
     /* bytes moved per element: read p, g, m, v (and vmax); write p, m, v (and vmax) */
-    double bytes = (double)nb_dtype_size(o.dtype) * (o.amsgrad ? 9 : 7) * (double)o.n;
-    if (o.json) {
-        printf("{\"bench\": \"adam\", \"dtype\": \"%s\", \"n\": %ld, \"tensors\": %ld, \"amsgrad\": %d, "
-               "\"weight_decay\": %.17g, \"repeats\": %ld, \"warmup_steps\": %ld, \"median_ns\": %.1f, "
-               "\"min_ns\": %.1f, \"max_ns\": %.1f, \"cpu_median_ns\": %.1f, \"cpu_min_ns\": %.1f, \"check_steps\": %ld, "
-               "\"check_sum\": %.17g}\n",
-               nb_dtype_name(o.dtype), o.n, o.tensors, o.amsgrad, o.weight_decay, o.repeats, warm, med, lo, hi, cmed,
-               clo, o.check_steps, check);
+    double bytes = (double)nb_dtype_size(o.c.dtype) * (o.amsgrad ? 9 : 7) * (double)o.n;
+    if (o.c.json) {
+        bench_json_begin("adam");
+        bench_json_str("dtype", nb_dtype_name(o.c.dtype));
+        bench_json_long("n", o.n);
+        bench_json_long("tensors", o.tensors);
+        bench_json_long("amsgrad", o.amsgrad);
+        bench_json_exact("weight_decay", o.weight_decay);
+        bench_json_long("repeats", o.c.repeats);
+        bench_json_long("warmup_steps", warm);
+        bench_json_fixed("median_ns", 1, med);
+        bench_json_fixed("min_ns", 1, lo);
+        bench_json_fixed("max_ns", 1, hi);
+        bench_json_fixed("cpu_median_ns", 1, cmed);
+        bench_json_fixed("cpu_min_ns", 1, clo);
+        bench_json_long("check_steps", o.check_steps);
+        bench_json_exact("check_sum", check);
+        bench_json_end();
     } else {
         printf("nabla Adam step: %ld %s parameters in %ld tensor(s)%s, median of %ld steps\n", o.n,
-               nb_dtype_name(o.dtype), o.tensors, o.amsgrad ? ", amsgrad" : "", o.repeats);
+               nb_dtype_name(o.c.dtype), o.tensors, o.amsgrad ? ", amsgrad" : "", o.c.repeats);
         printf("  wall %10.1f us/step (min %.1f, max %.1f), %.3f ns/element, %.1f GB/s\n", med / 1e3, lo / 1e3,
                hi / 1e3, med / (double)o.n, bytes / med);
         printf("  cpu  %10.1f us/step (min %.1f)\n", cmed / 1e3, clo / 1e3);

@@ -16,21 +16,18 @@
  * why overhead.py also takes the median over several runs). */
 #define _POSIX_C_SOURCE 200809L
 
+#include "bench.h"
+
 #include <nabla.h>
 
-#include <errno.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 #define MAX_OPS 100000L /* the tape of one pass takes about 1 KiB per op */
 #define MAX_REPEATS 1000000L
-#define MAX_WARMUP_MS 60000L
 
 typedef struct options {
-    long ops, repeats, warmup, warmup_ms;
-    nb_dtype dtype;
-    int json;
+    bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
+    long ops;
 } options;
 
 static void usage(FILE *f, const char *prog)
@@ -46,91 +43,30 @@ static void usage(FILE *f, const char *prog)
             "                runs slower for a while\n"
             "  --dtype T     f64 (default) or f32\n"
             "  --json        print one JSON line instead of text\n",
-            prog, MAX_OPS, MAX_REPEATS, MAX_REPEATS, MAX_WARMUP_MS);
+            prog, MAX_OPS, MAX_REPEATS, MAX_REPEATS, BENCH_MAX_WARMUP_MS);
 }
 
-/* A whole decimal number in [lo, hi]. */
-static int parse_long(const char *s, long lo, long hi, long *out)
+static int own_option(void *opts, const char *name, const char *v, const char **want)
 {
-    if (!s || !*s) return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+    options *o = opts;
+    (void)want;
+    if (!strcmp(name, "--ops")) return bench_long(v, 1, MAX_OPS, &o->ops);
+    return BENCH_ARG_UNKNOWN;
 }
 
 /* 0 on success, 1 for --help, 2 on a bad argument (after a message on stderr). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){.ops = 1000, .repeats = 200, .warmup = 20, .warmup_ms = 500, .dtype = NB_F64};
-    const char *prog = argc > 0 && argv[0] ? argv[0] : "bench_overhead";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout, prog);
-            return 1;
-        } else if (!strcmp(a, "--json")) {
-            o->json = 1;
-            continue;
-        } else if (!strcmp(a, "--ops")) {
-            ok = parse_long(v, 1, MAX_OPS, &o->ops);
-        } else if (!strcmp(a, "--repeats")) {
-            ok = parse_long(v, 1, MAX_REPEATS, &o->repeats);
-        } else if (!strcmp(a, "--warmup")) {
-            ok = parse_long(v, 0, MAX_REPEATS, &o->warmup);
-        } else if (!strcmp(a, "--warmup-ms")) {
-            ok = parse_long(v, 0, MAX_WARMUP_MS, &o->warmup_ms);
-        } else if (!strcmp(a, "--dtype")) {
-            if (v && !strcmp(v, "f64"))
-                o->dtype = NB_F64;
-            else if (v && !strcmp(v, "f32"))
-                o->dtype = NB_F32;
-            else
-                ok = 0;
-        } else {
-            fprintf(stderr, "%s: unknown argument '%s'\n", prog, a);
-            usage(stderr, prog);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "%s: %s needs %s, got '%s'\n", prog, a,
-                    !strcmp(a, "--dtype") ? "f32 or f64" : "a whole number in range", v ? v : "(nothing)");
-            usage(stderr, prog);
-            return 2;
-        }
-        i++; /* the option's value */
-    }
-    return 0;
-}
-
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sorts v[n]; the median. */
-static double median(double *v, long n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    *o = (options){.c = {.repeats = 200, .warmup = 20, .warmup_ms = 500, .max_repeats = MAX_REPEATS, .dtype = NB_F64},
+                   .ops = 1000};
+    return bench_parse_args(argc, argv, "bench_overhead", usage, &o->c, own_option, o);
 }
 
 typedef struct bench {
     nb_tape *tape;
     nb_tensor *x, *w, *b;
     long ops;
+    int backward; /* what timed_pass runs */
 } bench;
 
 /* x -> sigmoid -> *w -> +b -> tanh -> sigmoid -> ...: op results on the current tape. */
@@ -162,19 +98,19 @@ static int pass(const bench *bn, int backward, double *y_out)
     return 0;
 }
 
-/* Median ns per op over o->repeats timed passes, after untimed ones (at least o->warmup of them and
- * o->warmup_ms of work); negative on error. */
-static double time_passes(const bench *bn, const options *o, int backward, double *samples)
+static int timed_pass(void *ctx)
 {
-    double start = now_ns();
-    for (long r = 0; r < o->warmup || now_ns() - start < 1e6 * (double)o->warmup_ms; r++)
-        if (pass(bn, backward, NULL)) return -1;
-    for (long r = 0; r < o->repeats; r++) {
-        double t0 = now_ns();
-        if (pass(bn, backward, NULL)) return -1;
-        samples[r] = now_ns() - t0;
-    }
-    return median(samples, o->repeats) / (double)o->ops;
+    const bench *bn = ctx;
+    return pass(bn, bn->backward, NULL);
+}
+
+/* Median ns per op over o->c.repeats timed passes, after untimed ones (at least o->c.warmup of them
+ * and o->c.warmup_ms of work); negative on error. */
+static double time_passes(bench *bn, const options *o, int backward, double *samples)
+{
+    bn->backward = backward;
+    if (bench_time(timed_pass, bn, &o->c, samples, NULL) < 0) return -1;
+    return bench_median(samples, o->c.repeats) / (double)o->ops;
 }
 
 static double grad_of(const nb_tensor *t)
@@ -190,11 +126,11 @@ int main(int argc, char **argv)
     if (st) return st == 1 ? 0 : 2;
 
     bench bn = {.ops = o.ops};
-    bn.x = nb_tensor_full(o.dtype, NB_SHAPE(1), 0.5);
-    bn.w = nb_tensor_full(o.dtype, NB_SHAPE(1), 4.0);
-    bn.b = nb_tensor_full(o.dtype, NB_SHAPE(1), -2.0);
+    bn.x = nb_tensor_full(o.c.dtype, NB_SHAPE(1), 0.5);
+    bn.w = nb_tensor_full(o.c.dtype, NB_SHAPE(1), 4.0);
+    bn.b = nb_tensor_full(o.c.dtype, NB_SHAPE(1), -2.0);
     bn.tape = nb_tape_new();
-    double *samples = malloc((size_t)o.repeats * sizeof *samples);
+    double *samples = malloc((size_t)o.c.repeats * sizeof *samples);
     if (!samples) {
         fprintf(stderr, "bench_overhead: out of memory\n");
         return 1;
@@ -226,15 +162,24 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    const char *dt = nb_dtype_name(o.dtype);
-    if (o.json) {
-        printf("{\"bench\": \"overhead\", \"dtype\": \"%s\", \"ops\": %ld, \"repeats\": %ld, "
-               "\"warmup\": %ld, \"warmup_ms\": %ld, \"fwd_bwd_ns_per_op\": %.3f, \"fwd_ns_per_op\": %.3f, "
-               "\"y\": %.17g, \"grad_x\": %.17g, \"grad_w\": %.17g, \"grad_b\": %.17g}\n",
-               dt, o.ops, o.repeats, o.warmup, o.warmup_ms, fb, fw, y, gx, gw, gb);
+    const char *dt = nb_dtype_name(o.c.dtype);
+    if (o.c.json) {
+        bench_json_begin("overhead");
+        bench_json_str("dtype", dt);
+        bench_json_long("ops", o.ops);
+        bench_json_long("repeats", o.c.repeats);
+        bench_json_long("warmup", o.c.warmup);
+        bench_json_long("warmup_ms", o.c.warmup_ms);
+        bench_json_fixed("fwd_bwd_ns_per_op", 3, fb);
+        bench_json_fixed("fwd_ns_per_op", 3, fw);
+        bench_json_exact("y", y);
+        bench_json_exact("grad_x", gx);
+        bench_json_exact("grad_w", gw);
+        bench_json_exact("grad_b", gb);
+        bench_json_end();
     } else {
         printf("nabla per-op overhead: chain of %ld ops on 1-element %s tensors, median of %ld passes\n",
-               o.ops, dt, o.repeats);
+               o.ops, dt, o.c.repeats);
         printf("  forward + backward  %10.1f ns/op\n", fb);
         printf("  forward only        %10.1f ns/op\n", fw);
         printf("  y = %.10g, dy/dx = %.10g, dy/dw = %.10g, dy/db = %.10g\n", y, gx, gw, gb);

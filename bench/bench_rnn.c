@@ -1,7 +1,8 @@
 /* A recurrent layer at a realistic size: one LSTM or GRU layer (nb_rnn_forward) over x [T, B, input]
  * in float32 by default, forward and backward of sum(out), out being every step's output
  * [T, B, hidden]. Prints the median milliseconds per pass over R passes, for forward + backward and
- * for forward alone. bench/rnn.py runs the same layer with torch.nn.LSTM / torch.nn.GRU and compares.
+ * for forward alone, in wall time and in this thread's CPU time. bench/rnn.py runs the same layer
+ * with torch.nn.LSTM / torch.nn.GRU and compares.
  *
  * The default shape is the issue's: input 64, hidden 256, T 50, batch 32. Weights and input are not
  * random but closed forms of the flat index j that bench/rnn.py reproduces exactly, so both sides
@@ -16,23 +17,20 @@
  * (at least --warmup of them and --warmup-ms of work). */
 #define _POSIX_C_SOURCE 200809L
 
+#include "bench.h"
+
 #include <nabla.h>
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 #define MAX_DIM 100000L
 #define MAX_REPEATS 100000L
-#define MAX_WARMUP_MS 60000L
 
 typedef struct options {
+    bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
     nb_rnn_kind kind;
-    long input, hidden, steps, batch, repeats, warmup, warmup_ms;
-    nb_dtype dtype;
-    int json;
+    long input, hidden, steps, batch;
 } options;
 
 static void usage(FILE *f, const char *prog)
@@ -52,101 +50,35 @@ static void usage(FILE *f, const char *prog)
             "  --warmup-ms MS  milliseconds of them, 0..%ld (default 500)\n"
             "  --dtype T     f32 (default) or f64\n"
             "  --json        print one JSON line instead of text\n",
-            prog, MAX_DIM, MAX_REPEATS, MAX_REPEATS, MAX_WARMUP_MS);
+            prog, MAX_DIM, MAX_REPEATS, MAX_REPEATS, BENCH_MAX_WARMUP_MS);
 }
 
-/* A whole decimal number in [lo, hi]. */
-static int parse_long(const char *s, long lo, long hi, long *out)
+static int own_option(void *opts, const char *name, const char *v, const char **want)
 {
-    if (!s || !*s) return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+    options *o = opts;
+    if (!strcmp(name, "--kind")) {
+        *want = "lstm or gru";
+        if (v && !strcmp(v, "lstm"))
+            o->kind = NB_LSTM;
+        else if (v && !strcmp(v, "gru"))
+            o->kind = NB_GRU;
+        else
+            return BENCH_ARG_BAD;
+        return BENCH_ARG_VALUE;
+    }
+    if (!strcmp(name, "--input")) return bench_long(v, 1, MAX_DIM, &o->input);
+    if (!strcmp(name, "--hidden")) return bench_long(v, 1, MAX_DIM, &o->hidden);
+    if (!strcmp(name, "--steps")) return bench_long(v, 1, MAX_DIM, &o->steps);
+    if (!strcmp(name, "--batch")) return bench_long(v, 1, MAX_DIM, &o->batch);
+    return BENCH_ARG_UNKNOWN;
 }
 
 /* 0 on success, 1 for --help, 2 on a bad argument (after a message on stderr). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){.kind = NB_LSTM, .input = 64, .hidden = 256, .steps = 50, .batch = 32, .repeats = 20,
-                   .warmup = 3, .warmup_ms = 500, .dtype = NB_F32};
-    const char *prog = argc > 0 && argv[0] ? argv[0] : "bench_rnn";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        const char *want = "a whole number in range";
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout, prog);
-            return 1;
-        } else if (!strcmp(a, "--json")) {
-            o->json = 1;
-            continue;
-        } else if (!strcmp(a, "--kind")) {
-            want = "lstm or gru";
-            if (v && !strcmp(v, "lstm"))
-                o->kind = NB_LSTM;
-            else if (v && !strcmp(v, "gru"))
-                o->kind = NB_GRU;
-            else
-                ok = 0;
-        } else if (!strcmp(a, "--input")) {
-            ok = parse_long(v, 1, MAX_DIM, &o->input);
-        } else if (!strcmp(a, "--hidden")) {
-            ok = parse_long(v, 1, MAX_DIM, &o->hidden);
-        } else if (!strcmp(a, "--steps")) {
-            ok = parse_long(v, 1, MAX_DIM, &o->steps);
-        } else if (!strcmp(a, "--batch")) {
-            ok = parse_long(v, 1, MAX_DIM, &o->batch);
-        } else if (!strcmp(a, "--repeats")) {
-            ok = parse_long(v, 1, MAX_REPEATS, &o->repeats);
-        } else if (!strcmp(a, "--warmup")) {
-            ok = parse_long(v, 0, MAX_REPEATS, &o->warmup);
-        } else if (!strcmp(a, "--warmup-ms")) {
-            ok = parse_long(v, 0, MAX_WARMUP_MS, &o->warmup_ms);
-        } else if (!strcmp(a, "--dtype")) {
-            want = "f32 or f64";
-            if (v && !strcmp(v, "f64"))
-                o->dtype = NB_F64;
-            else if (v && !strcmp(v, "f32"))
-                o->dtype = NB_F32;
-            else
-                ok = 0;
-        } else {
-            fprintf(stderr, "%s: unknown argument '%s'\n", prog, a);
-            usage(stderr, prog);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "%s: %s needs %s, got '%s'\n", prog, a, want, v ? v : "(nothing)");
-            usage(stderr, prog);
-            return 2;
-        }
-        i++; /* the option's value */
-    }
-    return 0;
-}
-
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sorts v[n]; the median. */
-static double median(double *v, long n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    *o = (options){.c = {.repeats = 20, .warmup = 3, .warmup_ms = 500, .max_repeats = MAX_REPEATS, .dtype = NB_F32},
+                   .kind = NB_LSTM, .input = 64, .hidden = 256, .steps = 50, .batch = 32};
+    return bench_parse_args(argc, argv, "bench_rnn", usage, &o->c, own_option, o);
 }
 
 /* t[j] = scale sin(a j + b), rounded to t's dtype. */
@@ -168,6 +100,7 @@ typedef struct bench {
     nb_params *params;
     nb_rnn rnn;
     nb_tensor *x; /* [T, B, input], no gradient */
+    int backward; /* what timed_pass runs */
 } bench;
 
 /* One pass; y_out (may be NULL) receives sum(out). 0 on success. */
@@ -184,18 +117,21 @@ static int pass(bench *bn, int backward, double *y_out)
     return 0;
 }
 
-/* Median ms per pass over o->repeats timed passes, after untimed ones; negative on error. */
-static double time_passes(bench *bn, const options *o, int backward, double *samples)
+static int timed_pass(void *ctx)
 {
-    double start = now_ns();
-    for (long r = 0; r < o->warmup || now_ns() - start < 1e6 * (double)o->warmup_ms; r++)
-        if (pass(bn, backward, NULL)) return -1;
-    for (long r = 0; r < o->repeats; r++) {
-        double t0 = now_ns();
-        if (pass(bn, backward, NULL)) return -1;
-        samples[r] = now_ns() - t0;
-    }
-    return median(samples, o->repeats) / 1e6;
+    bench *bn = ctx;
+    return pass(bn, bn->backward, NULL);
+}
+
+/* Median ms per pass over o->c.repeats timed passes, after untimed ones, in wall time (returned) and
+ * in thread CPU time (*cpu_ms); negative on error. samples holds 2 * o->c.repeats. */
+static double time_passes(bench *bn, const options *o, int backward, double *samples, double *cpu_ms)
+{
+    bn->backward = backward;
+    double *cpu = samples + o->c.repeats;
+    if (bench_time(timed_pass, bn, &o->c, samples, cpu) < 0) return -1;
+    *cpu_ms = bench_median(cpu, o->c.repeats) / 1e6;
+    return bench_median(samples, o->c.repeats) / 1e6;
 }
 
 /* Sum of |g| over a parameter's gradient, accumulated in double (0 without a gradient). */
@@ -218,13 +154,13 @@ int main(int argc, char **argv)
     nb_rng_seed(&rng, 1);
     bn.params = nb_params_new();
     bn.tape = nb_tape_new();
-    nb_rnn_opts ro = {.layer = {.dtype = o.dtype}};
-    double *samples = malloc((size_t)o.repeats * sizeof *samples);
+    nb_rnn_opts ro = {.layer = {.dtype = o.c.dtype}};
+    double *samples = malloc(2 * (size_t)o.c.repeats * sizeof *samples);
     int oom = !samples;
-    double fb = -1, fw = -1, y = 0, g[4] = {0};
+    double fb = -1, fw = -1, fb_cpu = 0, fw_cpu = 0, y = 0, g[4] = {0};
     if (samples && bn.params && bn.tape &&
         nb_rnn_init(&bn.rnn, bn.params, "rnn", o.kind, o.input, o.hidden, 1, &ro, &rng) == NB_OK &&
-        (bn.x = nb_tensor_zeros(o.dtype, NB_SHAPE(o.steps, o.batch, o.input))) != NULL &&
+        (bn.x = nb_tensor_zeros(o.c.dtype, NB_SHAPE(o.steps, o.batch, o.input))) != NULL &&
         nb_tape_begin(bn.tape) == NB_OK) {
         const nb_rnn_cell *c = &bn.rnn.cell[0];
         double k = 1.0 / sqrt((double)o.hidden);
@@ -233,8 +169,8 @@ int main(int argc, char **argv)
         fill_sin(c->b_ih, k, 0.9, 0.3);
         fill_sin(c->b_hh, k, 1.1, 0.4);
         fill_sin(bn.x, 1.0, 0.37, 0.5);
-        fb = time_passes(&bn, &o, 1, samples);
-        if (fb >= 0) fw = time_passes(&bn, &o, 0, samples);
+        fb = time_passes(&bn, &o, 1, samples, &fb_cpu);
+        if (fb >= 0) fw = time_passes(&bn, &o, 0, samples, &fw_cpu);
         /* one more pass for the values that rnn.py compares with PyTorch's */
         if (fw >= 0 && pass(&bn, 1, &y) == 0) {
             g[0] = grad_abs_sum(c->w_ih);
@@ -256,19 +192,34 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    const char *kind = o.kind == NB_LSTM ? "lstm" : "gru", *dt = nb_dtype_name(o.dtype);
-    if (o.json) {
-        printf("{\"bench\": \"rnn\", \"kind\": \"%s\", \"dtype\": \"%s\", \"input\": %ld, \"hidden\": %ld, "
-               "\"steps\": %ld, \"batch\": %ld, \"repeats\": %ld, \"warmup\": %ld, \"warmup_ms\": %ld, "
-               "\"fwd_bwd_ms\": %.4f, \"fwd_ms\": %.4f, \"y\": %.17g, \"grad_weight_ih\": %.17g, "
-               "\"grad_weight_hh\": %.17g, \"grad_bias_ih\": %.17g, \"grad_bias_hh\": %.17g}\n",
-               kind, dt, o.input, o.hidden, o.steps, o.batch, o.repeats, o.warmup, o.warmup_ms, fb, fw, y, g[0],
-               g[1], g[2], g[3]);
+    const char *kind = o.kind == NB_LSTM ? "lstm" : "gru", *dt = nb_dtype_name(o.c.dtype);
+    if (o.c.json) {
+        bench_json_begin("rnn");
+        bench_json_str("kind", kind);
+        bench_json_str("dtype", dt);
+        bench_json_long("input", o.input);
+        bench_json_long("hidden", o.hidden);
+        bench_json_long("steps", o.steps);
+        bench_json_long("batch", o.batch);
+        bench_json_long("repeats", o.c.repeats);
+        bench_json_long("warmup", o.c.warmup);
+        bench_json_long("warmup_ms", o.c.warmup_ms);
+        bench_json_fixed("fwd_bwd_ms", 4, fb);
+        bench_json_fixed("fwd_ms", 4, fw);
+        bench_json_fixed("fwd_bwd_cpu_ms", 4, fb_cpu);
+        bench_json_fixed("fwd_cpu_ms", 4, fw_cpu);
+        bench_json_exact("y", y);
+        bench_json_exact("grad_weight_ih", g[0]);
+        bench_json_exact("grad_weight_hh", g[1]);
+        bench_json_exact("grad_bias_ih", g[2]);
+        bench_json_exact("grad_bias_hh", g[3]);
+        bench_json_end();
     } else {
         printf("nabla %s, input %ld, hidden %ld, T %ld, batch %ld, %s: median of %ld passes\n", kind, o.input,
-               o.hidden, o.steps, o.batch, dt, o.repeats);
-        printf("  forward + backward  %10.3f ms\n", fb);
-        printf("  forward only        %10.3f ms\n", fw);
+               o.hidden, o.steps, o.batch, dt, o.c.repeats);
+        printf("                        wall ms     CPU ms\n");
+        printf("  forward + backward  %9.3f  %9.3f\n", fb, fb_cpu);
+        printf("  forward only        %9.3f  %9.3f\n", fw, fw_cpu);
         printf("  sum(out) = %.8g; sum |grad|: weight_ih %.8g, weight_hh %.8g, bias_ih %.8g, bias_hh %.8g\n", y,
                g[0], g[1], g[2], g[3]);
     }

@@ -14,44 +14,28 @@ Run with Debian's python, which has torch (python3-torch), against a release bui
     /usr/bin/python3 bench/rnn.py --nabla-bin /tmp/build-rel/bench/bench_rnn [--kinds lstm,gru]
         [--input 64] [--hidden 256] [--steps 50] [--batch 32] [--repeats 20] [--rounds 3] [--dtype f32]
 Each round runs the nabla binary once (subprocess, --json) and then PyTorch, for each kind; the
-figures shown are the medians over rounds of each round's median. One thread on both sides.
+figures shown are the medians over rounds of each round's median. One thread on both sides. Times
+are given in wall time (the target's measure) and in the thread's CPU time, which a busy machine
+inflates far less.
 """
-import os
-
-# Single-threaded BLAS and intra-op work on both sides; set before torch (and its OpenBLAS) loads, and
-# passed on to the nabla subprocess with the rest of the environment.
-os.environ["OPENBLAS_NUM_THREADS"] = "1"
-os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-os.environ["OMP_NUM_THREADS"] = "1"
-
 import argparse
-import gc
-import json
 import math
+import os
 import statistics
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
+import benchlib as bl  # noqa: E402
+
+bl.single_thread_env()  # before torch loads
+
 TARGET = 0.6  # the issue's goal: nabla's forward + backward at most 0.6x PyTorch's time
-KEYS = ("fwd_bwd_ms", "fwd_ms")
+KEYS = ("fwd_bwd_ms", "fwd_ms", "fwd_bwd_cpu_ms", "fwd_cpu_ms")
+LABELS = ("forward + backward", "forward only", "fwd + bwd, CPU time", "forward, CPU time")
 PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # (scale in units of k = 1/sqrt(hidden), a, b) of scale * sin(a j + b), as in bench_rnn.c
 FORMS = {"weight_ih": (1, 0.7, 0.1), "weight_hh": (1, 1.3, 0.2), "bias_ih": (1, 0.9, 0.3),
          "bias_hh": (1, 1.1, 0.4)}
-
-
-def int_in(lo, hi):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{s}' is not a whole number")
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}")
-        return v
-    return parse
 
 
 def kinds(s):
@@ -68,43 +52,25 @@ def parse_args():
                    help="the bench_rnn binary (default build/bench/bench_rnn, relative to the current "
                    "directory, else to the repository; use a release build for figures)")
     p.add_argument("--kinds", type=kinds, default=["lstm", "gru"], help="lstm,gru (both)")
-    p.add_argument("--input", type=int_in(1, 100000), default=64, help="input features (64)")
-    p.add_argument("--hidden", type=int_in(1, 100000), default=256, help="hidden units (256)")
-    p.add_argument("--steps", type=int_in(1, 100000), default=50, help="sequence length T (50)")
-    p.add_argument("--batch", type=int_in(1, 100000), default=32, help="sequences (32)")
-    p.add_argument("--repeats", type=int_in(1, 100000), default=20, help="timed passes (20)")
-    p.add_argument("--warmup", type=int_in(0, 100000), default=3,
+    p.add_argument("--input", type=bl.int_in(1, 100000), default=64, help="input features (64)")
+    p.add_argument("--hidden", type=bl.int_in(1, 100000), default=256, help="hidden units (256)")
+    p.add_argument("--steps", type=bl.int_in(1, 100000), default=50, help="sequence length T (50)")
+    p.add_argument("--batch", type=bl.int_in(1, 100000), default=32, help="sequences (32)")
+    p.add_argument("--repeats", type=bl.int_in(1, 100000), default=20, help="timed passes (20)")
+    p.add_argument("--warmup", type=bl.int_in(0, 100000), default=3,
                    help="untimed passes before timing (3), and at least...")
-    p.add_argument("--warmup-ms", type=int_in(0, 60000), default=500,
+    p.add_argument("--warmup-ms", type=bl.int_in(0, 60000), default=500,
                    help="...this many milliseconds of them (500)")
     p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
-    p.add_argument("--rounds", type=int_in(1, 100), default=3,
+    p.add_argument("--rounds", type=bl.int_in(1, 100), default=3,
                    help="alternating nabla/PyTorch rounds; medians over rounds are shown (3)")
     return p.parse_args()
 
 
-def find_binary(path):
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    in_repo = os.path.join(REPO, path)
-    return in_repo if os.path.exists(in_repo) else path
-
-
 def run_nabla(binary, kind, a):
-    cmd = [binary, "--json", "--kind", kind, "--input", str(a.input), "--hidden", str(a.hidden),
-           "--steps", str(a.steps), "--batch", str(a.batch), "--repeats", str(a.repeats),
-           "--warmup", str(a.warmup), "--warmup-ms", str(a.warmup_ms), "--dtype", a.dtype]
-    try:
-        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
-    except OSError as e:
-        sys.exit(f"rnn.py: cannot run {binary}: {e.strerror} (build it with `ninja -C build`, or pass "
-                 "--nabla-bin)")
-    if r.returncode != 0:
-        sys.exit(f"rnn.py: {' '.join(cmd)} exited with {r.returncode}:\n{r.stderr.strip()}")
-    try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        sys.exit(f"rnn.py: no JSON line from {binary}; it printed:\n{r.stdout}")
+    return bl.run_nabla("rnn.py", binary, ["--kind", kind, "--input", a.input, "--hidden", a.hidden,
+                                           "--steps", a.steps, "--batch", a.batch, "--repeats", a.repeats,
+                                           "--warmup", a.warmup, "--warmup-ms", a.warmup_ms, "--dtype", a.dtype])
 
 
 def sin_form(torch, n, scale, a, b, dtype):
@@ -136,26 +102,14 @@ def torch_pass(layer, x, backward):
 
 
 def run_torch(torch, kind, a):
-    """Median ms per pass of forward + backward and of forward only, and the check values."""
+    """Median ms per pass of forward + backward and of forward only, in wall time and in this thread's
+    CPU time (all of it with one thread), and the check values."""
     layer, x = make_torch(torch, kind, a)
-    clock = time.perf_counter_ns
     out = {}
-    gc.disable()
-    try:
-        for key, backward in zip(KEYS, (True, False)):
-            start, n = clock(), 0
-            while n < a.warmup or clock() - start < a.warmup_ms * 1e6:
-                torch_pass(layer, x, backward)
-                n += 1
-            samples = []
-            for _ in range(a.repeats):
-                t0 = clock()
-                y = torch_pass(layer, x, backward)
-                del y
-                samples.append(clock() - t0)
-            out[key] = statistics.median(samples) / 1e6
-    finally:
-        gc.enable()
+    for key, cpu_key, backward in (("fwd_bwd_ms", "fwd_bwd_cpu_ms", True), ("fwd_ms", "fwd_cpu_ms", False)):
+        samples, cpu_samples = bl.time_calls(lambda: torch_pass(layer, x, backward), a, cpu=True)
+        out[key] = statistics.median(samples) / 1e6
+        out[cpu_key] = statistics.median(cpu_samples) / 1e6
     y = torch_pass(layer, x, True)
     out["y"] = y.item()
     for name in PARAMS:
@@ -164,55 +118,40 @@ def run_torch(torch, kind, a):
 
 
 def check_values(kind, nb, pt, dtype):
-    """Both sides must compute the same function and gradients (a guard against benchmarking a
-    different workload by mistake). Sums over many float32 terms: a relative tolerance."""
-    tol = 1e-9 if dtype == "f64" else 2e-3
-    bad = [k for k in ["y"] + ["grad_" + n for n in PARAMS]
-           if abs(nb[k] - pt[k]) > tol * max(1.0, abs(pt[k]))]
-    for k in bad:
-        print(f"warning: {kind}: {k} differs: nabla {nb[k]!r}, PyTorch {pt[k]!r}", file=sys.stderr)
-    return not bad
+    """Both sides must compute the same function and gradients. Sums over many float32 terms: a
+    relative tolerance."""
+    return bl.agree(nb, pt, ["y"] + ["grad_" + n for n in PARAMS], 1e-9 if dtype == "f64" else 2e-3,
+                    f"{kind}: ")
 
 
 def main():
     a = parse_args()
-    binary = find_binary(a.nabla_bin)
-    try:
-        import torch
-    except ImportError:
-        sys.exit("rnn.py: torch is not importable by this python; run it with /usr/bin/python3 "
-                 "(Debian's python3-torch)")
-    torch.set_num_threads(1)
+    binary = bl.find_binary(a.nabla_bin)
+    torch = bl.import_torch("rnn.py")
 
     results = {}
     for kind in a.kinds:
-        nb_rounds, pt_rounds = [], []
-        for _ in range(a.rounds):
-            nb_rounds.append(run_nabla(binary, kind, a))
-            pt_rounds.append(run_torch(torch, kind, a))
-        results[kind] = (nb_rounds, pt_rounds)
+        results[kind] = bl.alternate(a.rounds, lambda: run_nabla(binary, kind, a), lambda: run_torch(torch, kind, a))
 
     print(f"one recurrent layer: input {a.input}, hidden {a.hidden}, T {a.steps}, batch {a.batch}, "
           f"{a.dtype}; forward + backward of sum(out); median of {a.repeats} passes, median of "
           f"{a.rounds} rounds")
-    print(f"nabla: {binary}; PyTorch {torch.__version__}, {torch.get_num_threads()} thread; "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'':24s} {'nabla ms':>10s} {'PyTorch ms':>11s} {'nabla/PyTorch':>14s}"
+    print(bl.setup_line(torch, binary))
+    print(f"{'':28s} {'nabla ms':>10s} {'PyTorch ms':>11s} {'nabla/PyTorch':>14s}"
           "   (range over rounds: nabla; PyTorch)")
     all_same, all_met = True, True
     for kind in a.kinds:
         nb_rounds, pt_rounds = results[kind]
-        nb = {k: statistics.median(r[k] for r in nb_rounds) for k in KEYS}
-        pt = {k: statistics.median(r[k] for r in pt_rounds) for k in KEYS}
-        for k, label in zip(KEYS, ("forward + backward", "forward only")):
-            spread = "   ({:.1f}-{:.1f}; {:.1f}-{:.1f})".format(
-                min(r[k] for r in nb_rounds), max(r[k] for r in nb_rounds),
-                min(r[k] for r in pt_rounds), max(r[k] for r in pt_rounds))
-            print(f"{kind.upper() + ' ' + label:24s} {nb[k]:10.2f} {pt[k]:11.2f} {nb[k] / pt[k]:14.3f}"
-                  f"{spread}")
+        nb, pt = bl.medians(nb_rounds, KEYS), bl.medians(pt_rounds, KEYS)
+        for k, label in zip(KEYS, LABELS):
+            print(f"{kind.upper() + ' ' + label:28s} {nb[k]:10.2f} {pt[k]:11.2f} {nb[k] / pt[k]:14.3f}"
+                  f"{bl.spread(nb_rounds, pt_rounds, k, 1)}")
         all_met &= nb[KEYS[0]] / pt[KEYS[0]] <= TARGET
         all_same &= check_values(kind, nb_rounds[-1], pt_rounds[-1], a.dtype)
-    print(f"target nabla/PyTorch <= {TARGET} (forward + backward): {'met' if all_met else 'NOT met'}")
+    print(f"target nabla/PyTorch <= {TARGET} (forward + backward, wall time): "
+          f"{'met' if all_met else 'NOT met'}")
+    print("CPU time is this thread's: unlike wall time it does not grow while other processes hold the "
+          "CPU, so it is the steadier figure on a busy machine")
     print("values and gradients agree" if all_same else "values or gradients DIFFER (see above)")
     return 0 if all_same else 1
 

@@ -49,12 +49,14 @@ File format (ASCII, one record per line, tokens separated by single spaces)
 Values are Python's repr of float64, which round-trips exactly through C's strtod.
 """
 
-import argparse
 import math
 import os
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # fixture_writer.py, beside this file
+import fixture_writer as fw  # noqa: E402
 
 FORMAT_VERSION = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,11 +188,11 @@ def optim_lines(data):
         recs, states, final_loss = run_optim(kind, o, data)
         trajectories[name] = recs[STEPS]
         lines.append("case optim %s %s" % (name, kind))
-        lines += ["opt %s %s" % (k, fmt(v)) for k, v in o.items()]
+        lines += ["opt %s %s" % (k, fw.fmt_number(v)) for k, v in o.items()]
         for step in RECORD_AT:
-            lines.append("at %d %s" % (step, " ".join(fmt(v) for v in recs[step].tolist())))
+            lines.append("at %d %s" % (step, fw.fmt_numbers(recs[step].tolist())))
         for sname, v in states:
-            lines.append("state %s %s" % (sname, " ".join(fmt(x) for x in v.tolist())))
+            lines.append("state %s %s" % (sname, fw.fmt_numbers(v.tolist())))
         lines.append("end")
     # every option must change the trajectory, else its case checks nothing
     for a, b_ in [("sgd_plain", "sgd_momentum"), ("sgd_momentum", "sgd_dampening"),
@@ -264,6 +266,16 @@ def plateau_max_metrics():
     return m
 
 
+def plateau_case(name, mode, metric_fn):
+    """ReduceLROnPlateau with the same settings on both sides, minimising or maximising the metric."""
+    return (name, "plateau",
+            dict(maximize=int(mode == "max"), factor=0.5, patience=3, threshold=1e-4, cooldown=2, min_lr=1e-4),
+            lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode=mode, factor=0.5, patience=3,
+                                                                 threshold=1e-4, threshold_mode="rel",
+                                                                 cooldown=2, min_lr=1e-4),
+            metric_fn)
+
+
 SCHED_CASES = [
     ("step", "step", dict(step_size=7, gamma=0.5),
      lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5), None),
@@ -276,18 +288,8 @@ SCHED_CASES = [
     ("cosine_warmup", "cosine",
      dict(t_max=COS_TMAX, eta_min=COS_ETA_MIN, warmup=COS_WARMUP, warmup_start=COS_WARMUP_START),
      lambda o: torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine_factor), None),
-    ("plateau_min", "plateau",
-     dict(maximize=0, factor=0.5, patience=3, threshold=1e-4, cooldown=2, min_lr=1e-4),
-     lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=3,
-                                                          threshold=1e-4, threshold_mode="rel",
-                                                          cooldown=2, min_lr=1e-4),
-     plateau_min_metrics),
-    ("plateau_max", "plateau",
-     dict(maximize=1, factor=0.5, patience=3, threshold=1e-4, cooldown=2, min_lr=1e-4),
-     lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=0.5, patience=3,
-                                                          threshold=1e-4, threshold_mode="rel",
-                                                          cooldown=2, min_lr=1e-4),
-     plateau_max_metrics),
+    plateau_case("plateau_min", "min", plateau_min_metrics),
+    plateau_case("plateau_max", "max", plateau_max_metrics),
 ]
 
 
@@ -314,13 +316,12 @@ def sched_lines():
         if len(set(lrs)) < 4:
             raise SystemExit("schedule %s: the lr hardly changes (%d distinct values)" % (name, len(set(lrs))))
         lines.append("case sched %s %s" % (name, kind))
-        lines.append("lr0 %s" % fmt(LR0))
+        lines.append("lr0 %s" % fw.fmt_number(LR0))
         for k, v in o.items():
-            vals = v if isinstance(v, list) else [v]
-            lines.append("opt %s %s" % (k, " ".join(fmt(x) for x in vals)))
+            lines.append("opt %s %s" % (k, fw.fmt_numbers(v if isinstance(v, list) else [v])))
         if metrics is not None:
-            lines.append("metric %s" % " ".join(fmt(x) for x in metrics))
-        lines.append("lr %s" % " ".join(fmt(x) for x in lrs))
+            lines.append("metric %s" % fw.fmt_numbers(metrics))
+        lines.append("lr %s" % fw.fmt_numbers(lrs))
         lines.append("end")
     return lines
 
@@ -328,47 +329,26 @@ def sched_lines():
 # ----------------------------------------------------------------------------------------------
 
 
-def fmt(v):
-    """ints (counts, flags, epochs) plainly, floats as their round-tripping repr"""
-    return str(int(v)) if isinstance(v, int) else repr(float(v))
-
-
 def fmt_data(name, t):
-    return "data %s %d %s %s" % (name, t.dim(), " ".join(str(s) for s in t.shape),
-                                 " ".join(fmt(v) for v in t.flatten().tolist()))
+    return "data %s %s" % (name, fw.fmt_array(t))
 
 
 def generate():
     torch.set_num_threads(1)  # one summation order for the reductions
     data = problem()
     X, Y, W0, b0 = data
-    lines = ["# nabla optimizer and schedule fixtures: PyTorch %s torch.optim, float64." % torch.__version__,
-             "# Generated by tests/gen_optim_fixtures.py (see the format there); do not edit by hand.",
-             "nabla-optim-fixtures %d" % FORMAT_VERSION,
-             fmt_data("X", X), fmt_data("Y", Y), fmt_data("W0", W0), fmt_data("b0", b0)]
+    lines = fw.header("nabla optimizer and schedule fixtures: PyTorch %s torch.optim, float64." % torch.__version__,
+                      "gen_optim_fixtures.py", "nabla-optim-fixtures", FORMAT_VERSION)
+    lines += [fmt_data("X", X), fmt_data("Y", Y), fmt_data("W0", W0), fmt_data("b0", b0)]
     lines += optim_lines(data)
     lines += sched_lines()
     return "\n".join(lines) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help="fixture file (default %(default)s)")
-    ap.add_argument("--check", action="store_true", help="compare with the file instead of writing")
-    args = ap.parse_args()
-    text = generate()
-    if args.check:
-        with open(args.out) as f:
-            same = f.read() == text
-        print("%s: %s" % (args.out, "up to date" if same else "differs from the generator"))
-        return 0 if same else 1
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print("%s: %d optimizer cases (%d steps, %d recorded), %d schedules (%d epochs), %d bytes"
-          % (args.out, len(OPTIM_CASES), STEPS, len(RECORD_AT), len(SCHED_CASES), EPOCHS, len(text)))
-    return 0
+def summary(out, text):
+    return ("%s: %d optimizer cases (%d steps, %d recorded), %d schedules (%d epochs), %d bytes"
+            % (out, len(OPTIM_CASES), STEPS, len(RECORD_AT), len(SCHED_CASES), EPOCHS, len(text)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fw.main(__doc__, DEFAULT_OUT, generate, summary))

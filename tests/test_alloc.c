@@ -122,16 +122,18 @@ static void model_free(model *m)
     for (int i = 0; i < 6; i++) nb_tensor_free(all[i]);
 }
 
-/* One training step on tape; returns the loss before the update, NaN on error. */
-static double step(nb_tape *tape, model *m, double lr)
+/* mean((tanh(x w1 + b1) w2 + b2 - t)^2), on the current tape (biases broadcast over the rows) */
+static nb_tensor *model_loss(const model *m)
 {
-    if (nb_tape_begin(tape) != NB_OK) return NAN;
-    nb_tensor *h = nb_tanh(nb_add(nb_matmul(m->x, m->w1), m->b1)); /* bias [hid] broadcast over rows */
-    nb_tensor *y = nb_add(nb_matmul(h, m->w2), m->b2);
-    nb_tensor *e = nb_sub(y, m->t);
-    nb_tensor *loss = nb_mean_all(nb_mul(e, e));
-    double value = loss ? nb_tensor_item(loss) : NAN;
-    if (nb_backward(loss, NULL, 0) != NB_OK) value = NAN;
+    nb_tensor *h = nb_tanh(nb_add(nb_matmul(m->x, m->w1), m->b1));
+    nb_tensor *e = nb_sub(nb_add(nb_matmul(h, m->w2), m->b2), m->t);
+    return nb_mean_all(nb_mul(e, e));
+}
+
+/* The end of a step: p -= lr grad(p) for the four parameters, gradients zeroed, the tape ended and
+ * reset. Returns value, or NaN if any of it failed. */
+static double sgd_update(nb_tape *tape, model *m, double lr, double value)
+{
     nb_tensor *p[] = {m->w1, m->b1, m->w2, m->b2};
     for (int i = 0; i < 4; i++) {
         if (nb_tensor_axpy(p[i], -lr, nb_tensor_grad(p[i])) != NB_OK) value = NAN;
@@ -142,27 +144,29 @@ static double step(nb_tape *tape, model *m, double lr)
     return value;
 }
 
+/* One training step on tape; returns the loss before the update, NaN on error. */
+static double step(nb_tape *tape, model *m, double lr)
+{
+    if (nb_tape_begin(tape) != NB_OK) return NAN;
+    nb_tensor *loss = model_loss(m);
+    double value = loss ? nb_tensor_item(loss) : NAN;
+    if (nb_backward(loss, NULL, 0) != NB_OK) value = NAN;
+    return sgd_update(tape, m, lr, value);
+}
+
 /* A step with a gradient penalty: loss + 0.01 * sum over parameters of |d loss / d p|^2, differentiated
  * through the create-graph gradient (double backward) every step. */
 static double step_penalty(nb_tape *tape, model *m, double lr)
 {
     if (nb_tape_begin(tape) != NB_OK) return NAN;
-    nb_tensor *h = nb_tanh(nb_add(nb_matmul(m->x, m->w1), m->b1));
-    nb_tensor *e = nb_sub(nb_add(nb_matmul(h, m->w2), m->b2), m->t);
-    nb_tensor *loss = nb_mean_all(nb_mul(e, e));
+    nb_tensor *loss = model_loss(m);
     double value = loss ? nb_tensor_item(loss) : NAN;
     nb_tensor *p[] = {m->w1, m->b1, m->w2, m->b2}, *g[4] = {0};
     if (nb_grad(loss, NULL, 4, p, g, NB_CREATE_GRAPH) != NB_OK) value = NAN;
     nb_tensor *total = loss;
     for (int i = 0; i < 4; i++) total = nb_add(total, nb_mul_scalar(nb_sum_all(nb_mul(g[i], g[i])), 0.01));
     if (nb_backward(total, NULL, 0) != NB_OK) value = NAN;
-    for (int i = 0; i < 4; i++) {
-        if (nb_tensor_axpy(p[i], -lr, nb_tensor_grad(p[i])) != NB_OK) value = NAN;
-        nb_tensor_zero_grad(p[i]);
-    }
-    if (nb_tape_end(tape) != NB_OK) value = NAN;
-    nb_tape_reset(tape);
-    return value;
+    return sgd_update(tape, m, lr, value);
 }
 
 typedef double (*step_fn)(nb_tape *tape, model *m, double lr);

@@ -13,10 +13,9 @@
  * To add an op: a runner below and a row in OPS (name as in gen_fixtures.py's OPS, number of inputs,
  * whether the float32 pass applies). The test fails on a fixture op without a runner and on a runner
  * without a fixture case. */
+#include "fixture.h"
 #include "nbtest.h"
 
-#include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -39,386 +38,92 @@
 #define F32_ATOL_SCALE 1e-6
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Fixture data                                                                                    */
+/* The fixture format: roles in<i>, out, seed, grad<i> (the rest is fixture.h's)                   */
 /* ---------------------------------------------------------------------------------------------- */
 
-#define FX_VERSION 1
 #define FX_MAX_IN 16
-#define FX_MAX_ATTRS 16
-#define FX_MAX_ATTR_VALS NB_MAX_DIMS
-#define FX_MAX_NAME 64
-#define FX_MAX_NUMEL ((int64_t)1 << 24)
 
-typedef struct fx_tensor {
-    bool present;
-    nb_dtype dtype;
-    int ndim;
-    int64_t shape[NB_MAX_DIMS];
-    int64_t numel;
-    double *v; /* numel values (i64 values are integers below 2^53 in magnitude) */
-    int line;
-} fx_tensor;
+enum { ROLE_IN, ROLE_GRAD, ROLE_OUT, ROLE_SEED };
 
-typedef struct fx_attr {
-    char key[FX_MAX_NAME];
-    int n;
-    double v[FX_MAX_ATTR_VALS];
-    bool used; /* read by the runner (an unread attribute is an error: likely a typo) */
-} fx_attr;
-
-typedef struct fx_case {
-    char name[FX_MAX_NAME];
-    char op[FX_MAX_NAME];
-    int line;
-    int nattr;
-    fx_attr attr[FX_MAX_ATTRS];
+/* A case's tensors by role, NULL where absent; inputs (and gradients) are numbered 0..nin-1. */
+typedef struct op_tensors {
     int nin;
-    fx_tensor in[FX_MAX_IN];
-    fx_tensor grad[FX_MAX_IN];
-    fx_tensor out, seed;
-} fx_case;
+    fx_tensor *in[FX_MAX_IN], *grad[FX_MAX_IN], *out, *seed;
+} op_tensors;
 
-typedef struct fx_file {
-    int ncases;
-    fx_case *cases;
-} fx_file;
-
-static void fx_tensor_free(fx_tensor *t)
+static void op_tensors_of(fx_case *c, op_tensors *ts)
 {
-    free(t->v);
-    t->v = NULL;
-}
-
-static void fx_case_free(fx_case *c)
-{
-    for (int i = 0; i < FX_MAX_IN; i++) {
-        fx_tensor_free(&c->in[i]);
-        fx_tensor_free(&c->grad[i]);
-    }
-    fx_tensor_free(&c->out);
-    fx_tensor_free(&c->seed);
-}
-
-static void fx_file_free(fx_file *f)
-{
-    for (int i = 0; i < f->ncases; i++) fx_case_free(&f->cases[i]);
-    free(f->cases);
-    f->cases = NULL;
-    f->ncases = 0;
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* Parser: the whole file in memory, one line at a time, every error named with file and line      */
-/* ---------------------------------------------------------------------------------------------- */
-
-typedef struct fx_parser {
-    const char *fname;
-    int line;
-    char *err; /* message buffer */
-    size_t errsize;
-} fx_parser;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static bool fx_fail(fx_parser *p, const char *fmt, ...)
-{
-    va_list ap;
-    int n = snprintf(p->err, p->errsize, "%s:%d: ", p->fname, p->line);
-    if (n < 0 || (size_t)n >= p->errsize) n = 0;
-    va_start(ap, fmt);
-    vsnprintf(p->err + n, p->errsize - (size_t)n, fmt, ap);
-    va_end(ap);
-    return false;
-}
-
-/* The next whitespace-separated token of the line at *s (NUL-terminated in place), or NULL. */
-static char *fx_token(char **s)
-{
-    char *q = *s;
-    while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-    if (!*q) {
-        *s = q;
-        return NULL;
-    }
-    char *start = q;
-    while (*q && *q != ' ' && *q != '\t' && *q != '\r') q++;
-    if (*q) *q++ = '\0';
-    *s = q;
-    return start;
-}
-
-static bool fx_int(fx_parser *p, const char *tok, const char *what, int64_t lo, int64_t hi, int64_t *out)
-{
-    if (!tok) return fx_fail(p, "missing %s", what);
-    char *end;
-    errno = 0;
-    long long v = strtoll(tok, &end, 10);
-    if (end == tok || *end || errno) return fx_fail(p, "bad %s \"%s\" (expected an integer)", what, tok);
-    if (v < lo || v > hi) return fx_fail(p, "%s %lld out of range [%lld, %lld]", what, v, (long long)lo, (long long)hi);
-    *out = v;
-    return true;
-}
-
-static bool fx_number(fx_parser *p, const char *tok, const char *what, double *out)
-{
-    if (!tok) return fx_fail(p, "missing %s", what);
-    char *end;
-    double v = strtod(tok, &end);
-    if (end == tok || *end) return fx_fail(p, "bad %s \"%s\" (expected a number)", what, tok);
-    if (isinf(v) && !strstr(tok, "inf") && !strstr(tok, "INF") && !strstr(tok, "Inf"))
-        return fx_fail(p, "%s \"%s\" overflows a double", what, tok);
-    *out = v;
-    return true;
-}
-
-static bool fx_dtype(fx_parser *p, const char *tok, nb_dtype *dt)
-{
-    if (!tok) return fx_fail(p, "missing dtype");
-    for (int d = 0; d < NB_DTYPE_COUNT; d++)
-        if (!strcmp(tok, nb_dtype_name((nb_dtype)d))) {
-            *dt = (nb_dtype)d;
-            return true;
+    memset(ts, 0, sizeof *ts);
+    for (int i = 0; i < c->nt; i++) {
+        fx_tensor *t = &c->t[i];
+        if (t->kind == ROLE_OUT) {
+            ts->out = t;
+        } else if (t->kind == ROLE_SEED) {
+            ts->seed = t;
+        } else {
+            if (t->kind == ROLE_IN)
+                ts->in[t->index] = t;
+            else
+                ts->grad[t->index] = t;
+            if (t->index >= ts->nin) ts->nin = t->index + 1;
         }
-    return fx_fail(p, "unknown dtype \"%s\" (expected f32, f64 or i64)", tok);
-}
-
-/* A name token (case name, op, attribute key): 1..FX_MAX_NAME-1 characters of [A-Za-z0-9_.-]. */
-static bool fx_name(fx_parser *p, const char *tok, const char *what, char *out)
-{
-    if (!tok) return fx_fail(p, "missing %s", what);
-    size_t n = strlen(tok);
-    if (n >= FX_MAX_NAME) return fx_fail(p, "%s \"%.20s...\" longer than %d characters", what, tok, FX_MAX_NAME - 1);
-    for (size_t i = 0; i < n; i++) {
-        char ch = tok[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '.' || ch == '-'))
-            return fx_fail(p, "%s \"%s\" has a character other than letters, digits, _ . -", what, tok);
     }
-    memcpy(out, tok, n + 1);
-    return true;
 }
 
-/* tensor <role> <dtype> <ndim> <dims...> <values...> (the "tensor" token already read) */
-static bool fx_parse_tensor(fx_parser *p, fx_case *c, char *s)
+static bool op_role(fx_parser *p, fx_tensor *t)
 {
-    char *role = fx_token(&s);
-    if (!role) return fx_fail(p, "tensor: missing role");
-    fx_tensor *t = NULL;
-    int64_t idx = -1;
-    if (!strcmp(role, "out"))
-        t = &c->out;
-    else if (!strcmp(role, "seed"))
-        t = &c->seed;
-    else if (!strncmp(role, "in", 2) || !strncmp(role, "grad", 4)) {
+    const char *role = t->role;
+    if (!strcmp(role, "out")) {
+        t->kind = ROLE_OUT;
+    } else if (!strcmp(role, "seed")) {
+        t->kind = ROLE_SEED;
+    } else if (!strncmp(role, "in", 2) || !strncmp(role, "grad", 4)) {
         bool is_in = role[0] == 'i';
         const char *num = role + (is_in ? 2 : 4);
+        int64_t idx = -1;
         if (!*num || (num[0] == '0' && num[1]) || !fx_int(p, num, "input index", 0, FX_MAX_IN - 1, &idx))
             return fx_fail(p, "tensor: bad role \"%s\" (in0..in%d, out, seed, grad0..grad%d)", role,
                            FX_MAX_IN - 1, FX_MAX_IN - 1);
-        t = is_in ? &c->in[idx] : &c->grad[idx];
-    } else
+        t->kind = is_in ? ROLE_IN : ROLE_GRAD;
+        t->index = (int)idx;
+    } else {
         return fx_fail(p, "tensor: unknown role \"%s\" (in<i>, out, seed, grad<i>)", role);
-    if (t->present) return fx_fail(p, "tensor %s given twice (first at line %d)", role, t->line);
-
-    nb_dtype dt = NB_F64;
-    int64_t ndim;
-    if (!fx_dtype(p, fx_token(&s), &dt)) return false;
-    if (!fx_int(p, fx_token(&s), "ndim", 0, NB_MAX_DIMS, &ndim)) return false;
-    t->dtype = dt;
-    t->ndim = (int)ndim;
-    t->numel = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        if (!fx_int(p, fx_token(&s), "extent", 0, FX_MAX_NUMEL, &t->shape[d])) return false;
-        if (t->shape[d] && t->numel > FX_MAX_NUMEL / t->shape[d])
-            return fx_fail(p, "tensor %s: more than %lld elements", role, (long long)FX_MAX_NUMEL);
-        t->numel *= t->shape[d];
     }
-    t->v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(double));
-    if (!t->v) return fx_fail(p, "tensor %s: out of memory", role);
-    t->present = true;
-    t->line = p->line;
-    for (int64_t i = 0; i < t->numel; i++) {
-        char *tok = fx_token(&s);
-        if (!tok)
-            return fx_fail(p, "tensor %s: %lld values for %lld elements", role, (long long)i, (long long)t->numel);
-        if (dt == NB_I64) {
-            int64_t iv;
-            if (!fx_int(p, tok, "i64 value", -((int64_t)1 << 53), (int64_t)1 << 53, &iv)) return false;
-            t->v[i] = (double)iv;
-        } else {
-            if (!fx_number(p, tok, "value", &t->v[i])) return false;
-            if (dt == NB_F32 && !isnan(t->v[i]) && (double)(float)t->v[i] != t->v[i])
-                return fx_fail(p, "tensor %s: f32 value %s is not exactly a float32", role, tok);
-        }
-    }
-    if (fx_token(&s)) return fx_fail(p, "tensor %s: more than %lld values", role, (long long)t->numel);
-    return true;
-}
-
-static bool fx_same_shape(const fx_tensor *a, const fx_tensor *b)
-{
-    if (a->ndim != b->ndim) return false;
-    for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d]) return false;
     return true;
 }
 
 /* The checks that need the whole case, at its `end`. */
-static bool fx_finish_case(fx_parser *p, fx_case *c)
+static bool op_finish(fx_parser *p, fx_case *c)
 {
-    int last = -1;
-    for (int i = 0; i < FX_MAX_IN; i++)
-        if (c->in[i].present || c->grad[i].present) last = i;
-    c->nin = last + 1;
-    for (int i = 0; i < c->nin; i++) {
-        if (!c->in[i].present)
+    op_tensors ts;
+    op_tensors_of(c, &ts);
+    int last = ts.nin - 1;
+    for (int i = 0; i < ts.nin; i++) {
+        if (!ts.in[i])
             return fx_fail(p, "case %s: %s%d without in%d (inputs are numbered from 0 without gaps)", c->name,
-                           c->grad[i].present ? "grad" : "in", last, i);
-        if (!c->grad[i].present) continue;
-        if (c->in[i].dtype == NB_I64) return fx_fail(p, "case %s: grad%d of an i64 input", c->name, i);
-        if (c->grad[i].dtype != c->in[i].dtype || !fx_same_shape(&c->grad[i], &c->in[i]))
+                           ts.grad[i] ? "grad" : "in", last, i);
+        if (!ts.grad[i]) continue;
+        if (ts.in[i]->dtype == NB_I64) return fx_fail(p, "case %s: grad%d of an i64 input", c->name, i);
+        if (ts.grad[i]->dtype != ts.in[i]->dtype || !fx_same_shape(ts.grad[i], ts.in[i]))
             return fx_fail(p, "case %s: grad%d (line %d) differs from in%d in dtype or shape", c->name, i,
-                           c->grad[i].line, i);
+                           ts.grad[i]->line, i);
     }
-    if (!c->out.present) return fx_fail(p, "case %s: no out tensor", c->name);
-    if (!c->seed.present) return fx_fail(p, "case %s: no seed tensor", c->name);
-    if (c->out.dtype == NB_I64) return fx_fail(p, "case %s: an i64 out has no gradient to check", c->name);
-    if (c->seed.dtype != c->out.dtype || !fx_same_shape(&c->seed, &c->out))
-        return fx_fail(p, "case %s: seed (line %d) differs from out in dtype or shape", c->name, c->seed.line);
+    if (!ts.out) return fx_fail(p, "case %s: no out tensor", c->name);
+    if (!ts.seed) return fx_fail(p, "case %s: no seed tensor", c->name);
+    if (ts.out->dtype == NB_I64) return fx_fail(p, "case %s: an i64 out has no gradient to check", c->name);
+    if (ts.seed->dtype != ts.out->dtype || !fx_same_shape(ts.seed, ts.out))
+        return fx_fail(p, "case %s: seed (line %d) differs from out in dtype or shape", c->name, ts.seed->line);
     return true;
 }
 
-/* Parse text (NUL-terminated, modified in place) into f. On failure returns false with the message
- * in err and f empty. */
-static bool fx_parse(char *text, const char *fname, fx_file *f, char *err, size_t errsize)
-{
-    fx_parser p = {fname, 0, err, errsize};
-    int cap = 0;
-    fx_case *c = NULL; /* the open case */
-    bool header = false, ok = true;
-    f->ncases = 0;
-    f->cases = NULL;
-    err[0] = '\0';
-    char *s = text;
-    while (ok && *s) {
-        char *line = s, *nl = strchr(s, '\n');
-        if (nl) {
-            *nl = '\0';
-            s = nl + 1;
-        } else
-            s += strlen(s);
-        p.line++;
-        char *kw = fx_token(&line);
-        if (!kw || kw[0] == '#') continue;
-        if (!header) {
-            int64_t ver;
-            if (strcmp(kw, "nabla-fixtures"))
-                ok = fx_fail(&p, "expected the header \"nabla-fixtures %d\", found \"%s\"", FX_VERSION, kw);
-            else if (!fx_int(&p, fx_token(&line), "format version", 0, INT32_MAX, &ver))
-                ok = false;
-            else if (ver != FX_VERSION)
-                ok = fx_fail(&p, "format version %lld; this test reads version %d", (long long)ver, FX_VERSION);
-            else if (fx_token(&line))
-                ok = fx_fail(&p, "unexpected text after the header");
-            header = true;
-            continue;
-        }
-        if (!strcmp(kw, "case")) {
-            if (c) {
-                ok = fx_fail(&p, "case inside case %s (line %d): missing end", c->name, c->line);
-                break;
-            }
-            if (f->ncases == cap) {
-                int ncap = cap ? 2 * cap : 64;
-                fx_case *nc = realloc(f->cases, (size_t)ncap * sizeof(*nc));
-                if (!nc) {
-                    ok = fx_fail(&p, "out of memory");
-                    break;
-                }
-                f->cases = nc;
-                cap = ncap;
-            }
-            c = &f->cases[f->ncases++];
-            memset(c, 0, sizeof(*c));
-            c->line = p.line;
-            ok = fx_name(&p, fx_token(&line), "case name", c->name) && fx_name(&p, fx_token(&line), "op", c->op);
-            if (ok && fx_token(&line)) ok = fx_fail(&p, "case %s: unexpected text after the op", c->name);
-            for (int i = 0; ok && i < f->ncases - 1; i++)
-                if (!strcmp(f->cases[i].name, c->name))
-                    ok = fx_fail(&p, "case %s defined twice (first at line %d)", c->name, f->cases[i].line);
-        } else if (!c) {
-            ok = fx_fail(&p, "\"%s\" outside a case", kw);
-        } else if (!strcmp(kw, "attr")) {
-            if (c->nattr == FX_MAX_ATTRS) {
-                ok = fx_fail(&p, "case %s: more than %d attributes", c->name, FX_MAX_ATTRS);
-                break;
-            }
-            fx_attr *a = &c->attr[c->nattr++];
-            memset(a, 0, sizeof(*a));
-            ok = fx_name(&p, fx_token(&line), "attribute key", a->key);
-            for (int i = 0; ok && i < c->nattr - 1; i++)
-                if (!strcmp(c->attr[i].key, a->key)) ok = fx_fail(&p, "attribute %s given twice", a->key);
-            for (char *tok; ok && (tok = fx_token(&line));) {
-                if (a->n == FX_MAX_ATTR_VALS)
-                    ok = fx_fail(&p, "attribute %s: more than %d values", a->key, FX_MAX_ATTR_VALS);
-                else
-                    ok = fx_number(&p, tok, "attribute value", &a->v[a->n++]);
-            }
-        } else if (!strcmp(kw, "tensor")) {
-            ok = fx_parse_tensor(&p, c, line);
-        } else if (!strcmp(kw, "end")) {
-            if (fx_token(&line))
-                ok = fx_fail(&p, "unexpected text after end");
-            else
-                ok = fx_finish_case(&p, c);
-            c = NULL;
-        } else {
-            ok = fx_fail(&p, "unknown directive \"%s\" (case, attr, tensor, end)", kw);
-        }
-    }
-    if (ok && !header) ok = fx_fail(&p, "empty file: no \"nabla-fixtures %d\" header", FX_VERSION);
-    if (ok && c) ok = fx_fail(&p, "case %s (line %d) has no end", c->name, c->line);
-    if (ok && f->ncases == 0) ok = fx_fail(&p, "no cases");
-    if (!ok) fx_file_free(f);
-    return ok;
-}
-
-static bool fx_load(const char *path, fx_file *f, char *err, size_t errsize)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
-        return false;
-    }
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while (buf && (n = fread(buf + len, 1, cap - len - 1, fp)) > 0) {
-        len += n;
-        if (len + 1 == cap) {
-            char *grown = realloc(buf, cap * 2);
-            if (!grown) free(buf);
-            buf = grown;
-            cap *= 2;
-        }
-    }
-    bool read_error = ferror(fp);
-    fclose(fp);
-    if (!buf || read_error) {
-        snprintf(err, errsize, "%s: %s", path, buf ? "read error" : "out of memory");
-        free(buf);
-        return false;
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
-        snprintf(err, errsize, "%s: contains a NUL byte (not a text fixture file)", path);
-        free(buf);
-        return false;
-    }
-    bool ok = fx_parse(buf, path, f, err, errsize);
-    free(buf);
-    return ok;
-}
+static const fx_format OPS_FORMAT = {
+    .header = "nabla-fixtures",
+    .version = 1,
+    .op_word = "op",
+    .dtypes = 1u << NB_F32 | 1u << NB_F64 | 1u << NB_I64,
+    .role = op_role,
+    .finish = op_finish,
+};
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Attributes, as runners read them                                                                */
@@ -426,20 +131,10 @@ static bool fx_load(const char *path, fx_file *f, char *err, size_t errsize)
 
 static char fx_run_err[256]; /* why a runner gave up before calling nabla */
 
-static fx_attr *attr_find(fx_case *c, const char *key)
-{
-    for (int i = 0; i < c->nattr; i++)
-        if (!strcmp(c->attr[i].key, key)) {
-            c->attr[i].used = true;
-            return &c->attr[i];
-        }
-    return NULL;
-}
-
 /* A list of up to max integers (an empty list is allowed). */
 static bool attr_ints(fx_case *c, const char *key, int max, int *n, int64_t *out)
 {
-    fx_attr *a = attr_find(c, key);
+    fx_attr *a = fx_attr_find(c, key);
     if (!a) {
         snprintf(fx_run_err, sizeof fx_run_err, "missing attribute %s", key);
         return false;
@@ -472,7 +167,7 @@ static bool attr_axes(fx_case *c, const char *key, int *n, int *out)
 static bool attr_int(fx_case *c, const char *key, int64_t def, int64_t *out)
 {
     int n;
-    if (!attr_find(c, key) && def != INT64_MIN) {
+    if (!fx_attr_find(c, key) && def != INT64_MIN) {
         *out = def;
         return true;
     }
@@ -486,7 +181,7 @@ static bool attr_int(fx_case *c, const char *key, int64_t def, int64_t *out)
 
 static bool attr_f64(fx_case *c, const char *key, double *out)
 {
-    fx_attr *a = attr_find(c, key);
+    fx_attr *a = fx_attr_find(c, key);
     if (!a || a->n != 1) {
         snprintf(fx_run_err, sizeof fx_run_err, "attribute %s: expected one number", key);
         return false;
@@ -937,15 +632,10 @@ static const fx_op *op_find(const char *name)
 
 typedef struct op_stats {
     int cases, checks, failures;
-    double max_rel[2]; /* [0] float64 pass, [1] float32 pass */
+    fx_err err[2]; /* [0] float64 pass, [1] float32 pass */
 } op_stats;
 
 static op_stats stats[N_OPS];
-static double max_rel_all[2];
-static long long elements_compared;
-
-/* Prints at most this many failing elements per tensor. */
-#define MAX_ELEM_REPORTS 4
 
 static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t size)
 {
@@ -956,34 +646,19 @@ static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t s
     return buf;
 }
 
-/* "1,2,0" of a flat row-major index */
-static const char *index_str(const fx_tensor *ref, int64_t flat, char *buf, size_t size)
-{
-    int64_t idx[NB_MAX_DIMS];
-    for (int d = ref->ndim - 1; d >= 0; d--) {
-        idx[d] = ref->shape[d] ? flat % ref->shape[d] : 0;
-        flat = ref->shape[d] ? flat / ref->shape[d] : 0;
-    }
-    size_t n = 0;
-    buf[0] = '\0';
-    for (int d = 0; d < ref->ndim && n < size; d++)
-        n += (size_t)snprintf(buf + n, size - n, "%s%lld", d ? "," : "", (long long)idx[d]);
-    return buf;
-}
-
-#define FAIL_CASE(c, mode, ...)                                                                        \
+/* A failure of the case whose pass ctx names ("case NAME (OP, line N) f64"). */
+#define FAIL_CASE(...)                                                                                 \
     do {                                                                                               \
         nbt_failures++;                                                                                \
         st->failures++;                                                                                \
-        fprintf(stderr, "FAIL case %s (%s, line %d) %s: ", (c)->name, (c)->op, (c)->line,             \
-                (mode) ? "f32 pass" : "f64");                                                          \
+        fprintf(stderr, "FAIL %s: ", ctx);                                                             \
         fprintf(stderr, __VA_ARGS__);                                                                  \
         fprintf(stderr, "\n");                                                                         \
     } while (0)
 
 /* Compare tensor t (nabla's) with the fixture's ref. mode 0: f64 tolerances and t must have ref's
  * dtype; mode 1: f32 tolerances and t must be float32 where ref is floating. */
-static void compare(op_stats *st, const fx_case *c, int mode, const char *what, const nb_tensor *t,
+static void compare(op_stats *st, const char *ctx, int mode, const char *what, const nb_tensor *t,
                     const fx_tensor *ref)
 {
     char b1[96], b2[96];
@@ -991,17 +666,16 @@ static void compare(op_stats *st, const fx_case *c, int mode, const char *what, 
     st->checks++;
     nb_dtype want_dt = mode && ref->dtype == NB_F64 ? NB_F32 : ref->dtype;
     if (!t) {
-        FAIL_CASE(c, mode, "%s: no tensor", what);
+        FAIL_CASE("%s: no tensor", what);
         return;
     }
     if (nb_tensor_dtype(t) != want_dt) {
-        FAIL_CASE(c, mode, "%s: dtype %s, expected %s", what, nb_dtype_name(nb_tensor_dtype(t)), nb_dtype_name(want_dt));
+        FAIL_CASE("%s: dtype %s, expected %s", what, nb_dtype_name(nb_tensor_dtype(t)), nb_dtype_name(want_dt));
         return;
     }
     if (nb_tensor_ndim(t) != ref->ndim ||
         memcmp(nb_tensor_shape(t), ref->shape, (size_t)ref->ndim * sizeof(int64_t))) {
-        FAIL_CASE(c, mode, "%s: shape %s, expected %s", what,
-                  shape_str(nb_tensor_ndim(t), nb_tensor_shape(t), b1, sizeof b1),
+        FAIL_CASE("%s: shape %s, expected %s", what, shape_str(nb_tensor_ndim(t), nb_tensor_shape(t), b1, sizeof b1),
                   shape_str(ref->ndim, ref->shape, b2, sizeof b2));
         return;
     }
@@ -1010,103 +684,67 @@ static void compare(op_stats *st, const fx_case *c, int mode, const char *what, 
         if (isfinite(ref->v[i]) && fabs(ref->v[i]) > scale) scale = fabs(ref->v[i]);
     double rtol = mode ? F32_RTOL : F64_RTOL;
     double atol = (mode ? F32_ATOL_SCALE : F64_ATOL_SCALE) * scale;
-    int bad = 0;
-    for (int64_t i = 0; i < ref->numel; i++) {
-        double got = nb_tensor_get(t, i), want = ref->v[i];
-        bool ok;
-        if (isnan(want) || isinf(want))
-            ok = isnan(want) ? isnan(got) : got == want;
-        else {
-            double diff = fabs(got - want);
-            ok = diff <= rtol * fabs(want) + atol; /* false for a NaN got */
-            /* relative error, measured against the floor's scale for values below it */
-            double denom = fmax(fabs(want), atol / rtol);
-            double rel = denom > 0 ? diff / denom : (diff > 0 ? INFINITY : 0);
-            if (!(rel <= st->max_rel[mode])) st->max_rel[mode] = isnan(rel) ? INFINITY : rel;
-            if (!(rel <= max_rel_all[mode])) max_rel_all[mode] = isnan(rel) ? INFINITY : rel;
-        }
-        elements_compared++;
-        if (!ok) {
-            if (!bad) FAIL_CASE(c, mode, "%s differs from PyTorch:", what);
-            if (bad < MAX_ELEM_REPORTS)
-                fprintf(stderr, "    %s[%s] (flat %lld): got %.17g, expected %.17g (|diff| %.3g, tol %.3g)\n", what,
-                        index_str(ref, i, b1, sizeof b1), (long long)i, got, want, fabs(got - want),
-                        rtol * fabs(want) + atol);
-            bad++;
-        }
+    /* relative errors are measured against the floor's scale for values below it */
+    fx_tol tol = {rtol, atol, atol / rtol};
+    if (fx_compare(&st->err[mode], ctx, what, t, ref->v, ref->numel, &tol)) {
+        nbt_failures++;
+        st->failures++;
     }
-    if (bad > MAX_ELEM_REPORTS) fprintf(stderr, "    ... %d of %lld elements of %s differ\n", bad, (long long)ref->numel, what);
-}
-
-/* A leaf of dtype dt from a fixture tensor. */
-static nb_tensor *make_leaf(const fx_tensor *ft, nb_dtype dt)
-{
-    size_t es = nb_dtype_size(dt);
-    void *buf = malloc((size_t)(ft->numel ? ft->numel : 1) * es);
-    if (!buf) return NULL;
-    for (int64_t i = 0; i < ft->numel; i++) {
-        if (dt == NB_F64)
-            ((double *)buf)[i] = ft->v[i];
-        else if (dt == NB_F32)
-            ((float *)buf)[i] = (float)ft->v[i];
-        else
-            ((int64_t *)buf)[i] = (int64_t)ft->v[i];
-    }
-    nb_tensor *t = nb_tensor_from_data(dt, ft->ndim, ft->shape, buf);
-    free(buf);
-    return t;
 }
 
 /* One pass of one case. mode 0: as stored; mode 1: float64 inputs and seed cast to float32. */
 static void run_case(fx_case *c, const fx_op *op, op_stats *st, int mode)
 {
+    op_tensors ts;
+    op_tensors_of(c, &ts);
     nb_tensor *leaves[FX_MAX_IN] = {0}, *seed = NULL;
     nb_tape *tape = nb_tape_new();
-    char what[32];
+    char ctx[160], what[32];
+    snprintf(ctx, sizeof ctx, "case %s (%s, line %d) %s", c->name, c->op, c->line, mode ? "f32 pass" : "f64");
     nb_error_clear();
     fx_run_err[0] = '\0';
     if (!tape || nb_tape_begin(tape) != NB_OK) {
-        FAIL_CASE(c, mode, "cannot start a tape: %s", nb_error_message());
+        FAIL_CASE("cannot start a tape: %s", nb_error_message());
         goto done;
     }
-    for (int i = 0; i < c->nin; i++) {
-        nb_dtype dt = mode && c->in[i].dtype == NB_F64 ? NB_F32 : c->in[i].dtype;
-        leaves[i] = make_leaf(&c->in[i], dt);
-        if (!leaves[i] || (c->grad[i].present && nb_tensor_set_requires_grad(leaves[i], 1) != NB_OK)) {
-            FAIL_CASE(c, mode, "cannot make input in%d: %s", i, nb_error_message());
+    for (int i = 0; i < ts.nin; i++) {
+        nb_dtype dt = mode && ts.in[i]->dtype == NB_F64 ? NB_F32 : ts.in[i]->dtype;
+        leaves[i] = fx_leaf(ts.in[i], dt);
+        if (!leaves[i] || (ts.grad[i] && nb_tensor_set_requires_grad(leaves[i], 1) != NB_OK)) {
+            FAIL_CASE("cannot make input in%d: %s", i, nb_error_message());
             goto done;
         }
     }
     for (int i = 0; i < c->nattr; i++) c->attr[i].used = false;
-    nb_tensor *out = op->run(c, c->nin, leaves);
+    nb_tensor *out = op->run(c, ts.nin, leaves);
     for (int i = 0; i < c->nattr; i++)
         if (!c->attr[i].used) {
-            FAIL_CASE(c, mode, "attribute %s is not read by the %s runner", c->attr[i].key, c->op);
+            FAIL_CASE("attribute %s is not read by the %s runner", c->attr[i].key, c->op);
             goto done;
         }
     if (!out) {
-        FAIL_CASE(c, mode, "op failed: %s", fx_run_err[0] ? fx_run_err : nb_error_message());
+        FAIL_CASE("op failed: %s", fx_run_err[0] ? fx_run_err : nb_error_message());
         goto done;
     }
-    compare(st, c, mode, "out", out, &c->out);
-    if (nb_tensor_dtype(out) != (mode && c->out.dtype == NB_F64 ? NB_F32 : c->out.dtype)) goto done;
-    seed = make_leaf(&c->seed, nb_tensor_dtype(out));
+    compare(st, ctx, mode, "out", out, ts.out);
+    if (nb_tensor_dtype(out) != (mode && ts.out->dtype == NB_F64 ? NB_F32 : ts.out->dtype)) goto done;
+    seed = fx_leaf(ts.seed, nb_tensor_dtype(out));
     if (!seed || nb_backward(out, seed, 0) != NB_OK) {
-        FAIL_CASE(c, mode, "backward failed: %s", nb_error_message());
+        FAIL_CASE("backward failed: %s", nb_error_message());
         goto done;
     }
-    for (int i = 0; i < c->nin; i++) {
-        if (!c->grad[i].present) continue;
+    for (int i = 0; i < ts.nin; i++) {
+        if (!ts.grad[i]) continue;
         snprintf(what, sizeof what, "grad%d", i);
         nb_tensor *g = nb_tensor_grad(leaves[i]);
         if (!g) {
             st->checks++, nbt_checks++;
-            FAIL_CASE(c, mode, "%s: no gradient reached in%d", what, i);
+            FAIL_CASE("%s: no gradient reached in%d", what, i);
             continue;
         }
-        compare(st, c, mode, what, g, &c->grad[i]);
+        compare(st, ctx, mode, what, g, ts.grad[i]);
     }
-    if (nb_error_code() != NB_OK) FAIL_CASE(c, mode, "error left recorded: %s", nb_error_message());
+    if (nb_error_code() != NB_OK) FAIL_CASE("error left recorded: %s", nb_error_message());
 done:
     nb_error_clear();
     if (tape) {
@@ -1114,7 +752,7 @@ done:
         nb_tape_free(tape); /* before the leaves it recorded */
     }
     nb_tensor_free(seed);
-    for (int i = 0; i < c->nin; i++) nb_tensor_free(leaves[i]);
+    for (int i = 0; i < ts.nin; i++) nb_tensor_free(leaves[i]);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1178,24 +816,8 @@ static void parser_selftest(void)
         {HDR "case a neg\n" GOOD_BODY "end now\n", "after end"},
     };
     char err[512];
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        char *text = malloc(strlen(t[i].text) + 1);
-        if (!text) {
-            CHECK(0, "out of memory");
-            return;
-        }
-        strcpy(text, t[i].text);
-        fx_file f;
-        bool ok = fx_parse(text, "snippet", &f, err, sizeof err);
-        if (!t[i].needle)
-            CHECK(ok, "parser self-test %zu: a valid snippet was rejected: %s", i, err);
-        else
-            CHECK(!ok && strstr(err, t[i].needle) && !strncmp(err, "snippet:", 8),
-                  "parser self-test %zu: expected a rejection naming \"%s\", got %s%s", i, t[i].needle,
-                  ok ? "success" : "", ok ? "" : err);
-        if (ok) fx_file_free(&f);
-        free(text);
-    }
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        CHECK(fx_snippet_ok(&OPS_FORMAT, t[i].text, t[i].needle, err, sizeof err), "parser self-test %zu: %s", i, err);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1210,7 +832,7 @@ int main(int argc, char **argv)
 
     fx_file f;
     char err[512];
-    if (!fx_load(argv[1], &f, err, sizeof err)) {
+    if (!fx_load(&OPS_FORMAT, argv[1], &f, err, sizeof err)) {
         fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
         return 1;
     }
@@ -1220,14 +842,16 @@ int main(int argc, char **argv)
     for (int i = 0; i < f.ncases; i++) {
         fx_case *c = &f.cases[i];
         const fx_op *op = op_find(c->op);
+        op_tensors ts;
+        op_tensors_of(c, &ts);
         nbt_checks++;
         if (!op) {
             NBT_FAIL("case %s (line %d): no runner for op \"%s\" in test_fixtures.c's OPS table", c->name,
                      c->line, c->op);
             continue;
         }
-        if (op->arity >= 0 && c->nin != op->arity) {
-            NBT_FAIL("case %s (line %d): %d inputs, op %s takes %d", c->name, c->line, c->nin, c->op, op->arity);
+        if (op->arity >= 0 && ts.nin != op->arity) {
+            NBT_FAIL("case %s (line %d): %d inputs, op %s takes %d", c->name, c->line, ts.nin, c->op, op->arity);
             continue;
         }
         op_stats *st = &stats[op - OPS];
@@ -1241,12 +865,18 @@ int main(int argc, char **argv)
         }
     }
     int nops = 0;
+    long long elements_compared = 0;
+    double max_rel_all[2] = {0, 0};
     for (int k = 0; k < N_OPS; k++) {
         nbt_checks++;
         if (stats[k].cases)
             nops++;
         else
             NBT_FAIL("op %s has a runner but no case in %s", OPS[k].name, argv[1]);
+        for (int mode = 0; mode < 2; mode++) {
+            elements_compared += stats[k].err[mode].compared;
+            max_rel_all[mode] = fmax(max_rel_all[mode], stats[k].err[mode].max_rel);
+        }
     }
 
     printf("fixtures: %d cases (%d passes) over %d ops, %lld elements compared\n", ncases_run, npasses, nops,
@@ -1257,7 +887,8 @@ int main(int argc, char **argv)
         printf("%-14s %6s %7s %7s %11s %11s\n", "op", "cases", "checks", "failed", "max rel f64", "max rel f32");
         for (int k = 0; k < N_OPS; k++)
             printf("%-14s %6d %7d %7d %11.3g %11.3g%s\n", OPS[k].name, stats[k].cases, stats[k].checks,
-                   stats[k].failures, stats[k].max_rel[0], stats[k].max_rel[1], stats[k].failures ? "  <--" : "");
+                   stats[k].failures, stats[k].err[0].max_rel, stats[k].err[1].max_rel,
+                   stats[k].failures ? "  <--" : "");
     }
     fx_file_free(&f);
     return nbt_report("fixtures");

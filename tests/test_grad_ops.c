@@ -5,105 +5,25 @@
  * tolerances are never loosened, except for the rows that round through float32 on purpose.
  * A few forward values are checked against plain C as well, since a gradient check alone cannot see a
  * forward kernel that is wrong together with its rule. */
+#include "gradtable.h" /* the first op set's functions, the row inputs and the check of one row */
 #include "nbtest.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 
-/* ---- row arguments ---------------------------------------------------------------------------- */
-
-typedef struct axes_arg {
-    int naxes;
-    int axes[3];
-    int keepdim;
-} axes_arg;
-
-typedef struct shape_arg {
-    int ndim;
-    int64_t shape[4];
-} shape_arg;
+/* ---- row arguments (axes, shapes and scalars: gradtable.h) ------------------------------------ */
 
 typedef struct perm_arg {
     int ndim;
     int perm[4];
 } perm_arg;
 
-typedef struct scalar_arg {
-    double a, b;
-} scalar_arg;
-
-#define AX(...) (&(const axes_arg){__VA_ARGS__})
-#define SH(...) (&(const shape_arg){__VA_ARGS__})
 #define PM(...) (&(const perm_arg){__VA_ARGS__})
-#define SC(...) (&(const scalar_arg){__VA_ARGS__})
 
-/* ---- the functions under test ----------------------------------------------------------------- */
+/* ---- the functions under test (the plain ones of the first op set: gradtable.h) --------------- */
 
-#define UNUSED_USER (void)user
+static const unsigned k_nn = 0; /* f_matmul_ex without a transpose */
 
-static nb_tensor *f_add(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_add(in[0], in[1]); }
-static nb_tensor *f_sub(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_sub(in[0], in[1]); }
-static nb_tensor *f_mul(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_mul(in[0], in[1]); }
-static nb_tensor *f_div(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_div(in[0], in[1]); }
-
-static nb_tensor *f_add_scalar(void *user, nb_tensor *const *in)
-{
-    return nb_add_scalar(in[0], ((const scalar_arg *)user)->a);
-}
-static nb_tensor *f_mul_scalar(void *user, nb_tensor *const *in)
-{
-    return nb_mul_scalar(in[0], ((const scalar_arg *)user)->a);
-}
-static nb_tensor *f_rsub_scalar(void *user, nb_tensor *const *in)
-{
-    return nb_rsub_scalar(((const scalar_arg *)user)->a, in[0]);
-}
-static nb_tensor *f_div_scalar(void *user, nb_tensor *const *in)
-{
-    return nb_div_scalar(in[0], ((const scalar_arg *)user)->a);
-}
-static nb_tensor *f_affine(void *user, nb_tensor *const *in)
-{
-    const scalar_arg *s = user;
-    return nb_affine(in[0], s->a, s->b);
-}
-
-static nb_tensor *f_neg(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_neg(in[0]); }
-static nb_tensor *f_exp(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_exp(in[0]); }
-static nb_tensor *f_log(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_log(in[0]); }
-static nb_tensor *f_tanh(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_tanh(in[0]); }
-static nb_tensor *f_sigmoid(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_sigmoid(in[0]); }
-static nb_tensor *f_relu(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_relu(in[0]); }
-
-static nb_tensor *f_matmul(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_matmul(in[0], in[1]); }
-static nb_tensor *f_matmul_ex(void *user, nb_tensor *const *in)
-{
-    return nb_matmul_ex(in[0], in[1], *(const unsigned *)user);
-}
-static const unsigned k_nn = 0, k_tn = NB_TRANS_A, k_nt = NB_TRANS_B, k_tt = NB_TRANS_A | NB_TRANS_B;
-
-static nb_tensor *f_sum(void *user, nb_tensor *const *in)
-{
-    const axes_arg *a = user;
-    return nb_sum(in[0], a->naxes, a->axes, a->keepdim);
-}
-static nb_tensor *f_mean(void *user, nb_tensor *const *in)
-{
-    const axes_arg *a = user;
-    return nb_mean(in[0], a->naxes, a->axes, a->keepdim);
-}
-static nb_tensor *f_sum_all(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_sum_all(in[0]); }
-static nb_tensor *f_mean_all(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_mean_all(in[0]); }
-static nb_tensor *f_sum_to(void *user, nb_tensor *const *in)
-{
-    const shape_arg *s = user;
-    return nb_sum_to(in[0], s->ndim, s->shape);
-}
-static nb_tensor *f_reshape(void *user, nb_tensor *const *in)
-{
-    const shape_arg *s = user;
-    return nb_reshape(in[0], s->ndim, s->shape);
-}
 static nb_tensor *f_transpose(void *user, nb_tensor *const *in)
 {
     const perm_arg *p = user;
@@ -114,13 +34,6 @@ static nb_tensor *f_permute(void *user, nb_tensor *const *in)
     const perm_arg *p = user;
     return nb_permute(in[0], p->ndim, p->perm);
 }
-static nb_tensor *f_broadcast_to(void *user, nb_tensor *const *in)
-{
-    const shape_arg *s = user;
-    return nb_broadcast_to(in[0], s->ndim, s->shape);
-}
-/* f64 -> f64: an identity that still records a cast node */
-static nb_tensor *f_cast_f64(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_cast(in[0], NB_F64); }
 /* f64 -> f32 -> f64 around a float32 tanh: rounding makes float32 tolerances necessary */
 static nb_tensor *f_cast_f32_tanh(void *user, nb_tensor *const *in)
 {
@@ -178,16 +91,6 @@ static nb_tensor *f_permute_matmul(void *user, nb_tensor *const *in)
 
 /* ---- the table -------------------------------------------------------------------------------- */
 
-typedef struct input_spec {
-    int ndim;
-    int64_t shape[4];
-    double lo, hi;
-    int alternate; /* negate every other element: values in [-hi,-lo] U [lo,hi], away from 0 */
-    int constant;  /* does not require grad (held constant by the check) */
-} input_spec;
-
-enum { LINEAR = 0, CURVED = 1 };
-
 typedef struct row {
     const char *name;
     nb_func f;
@@ -197,15 +100,6 @@ typedef struct row {
     int order;                    /* CURVED: non-zero second derivative; LINEAR: gradient constant */
     const nb_gradcheck_opts *opts; /* NULL: the defaults */
 } row;
-
-#define IN(lo_, hi_, ...) {.ndim = (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), \
-                           .shape = {__VA_ARGS__}, .lo = (lo_), .hi = (hi_)}
-#define IN0(lo_, hi_) {.ndim = 0, .lo = (lo_), .hi = (hi_)}
-#define INALT(lo_, hi_, ...) {.ndim = (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), \
-                              .shape = {__VA_ARGS__}, .lo = (lo_), .hi = (hi_), .alternate = 1}
-#define INC0(lo_, hi_) {.ndim = 0, .lo = (lo_), .hi = (hi_), .constant = 1}
-#define INC(lo_, hi_, ...) {.ndim = (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), \
-                            .shape = {__VA_ARGS__}, .lo = (lo_), .hi = (hi_), .constant = 1}
 
 /* tolerances suited to float32 round trips: the numeric derivative of a float32 function carries
  * an error of about ulp / eps, so eps is large and the tolerances are float32-sized */
@@ -349,66 +243,10 @@ static const row rows[] = {
 
 /* ---- running one row -------------------------------------------------------------------------- */
 
-static nb_tensor *make_input(const input_spec *s, nb_rng *rng)
-{
-    nb_tensor *t = nb_tensor_uniform(NB_F64, s->ndim, s->shape, s->lo, s->hi, rng);
-    if (!t) return NULL;
-    if (s->alternate)
-        for (int64_t i = 1; i < nb_tensor_numel(t); i += 2) nb_tensor_set(t, i, -nb_tensor_get(t, i));
-    if (!s->constant) nb_tensor_set_requires_grad(t, 1);
-    return t;
-}
-
-static int same_values(const nb_tensor *a, const nb_tensor *b)
-{
-    if (nb_tensor_numel(a) != nb_tensor_numel(b)) return 0;
-    return memcmp(nb_tensor_cdata(a), nb_tensor_cdata(b), (size_t)nb_tensor_numel(a) * sizeof(double)) == 0;
-}
-
 static void run_row(int r)
 {
     const row *rw = &rows[r];
-    nb_rng rng;
-    nb_rng_seed(&rng, 1000u + (uint64_t)r);
-    nb_tensor *in[4] = {0}, *saved[4] = {0};
-    for (int i = 0; i < rw->n_in; i++) {
-        in[i] = make_input(&rw->in[i], &rng);
-        saved[i] = nb_tensor_clone(in[i]);
-    }
-    CHECK_NO_ERROR();
-
-    nb_gradcheck_report rep;
-    nb_status st = nb_gradcheck(rw->f, (void *)rw->arg, rw->n_in, in, rw->opts, &rep);
-    CHECK(st == NB_OK && rep.ok && rep.deterministic, "gradcheck %s: %s", rw->name, nb_status_name(st));
-    if (st != NB_OK || !rep.ok) {
-        fprintf(stderr, "  row \"%s\": %s\n", rw->name, nb_error_message());
-        nb_gradcheck_report_print(&rep, stderr);
-    }
-    for (int i = 0; i < rw->n_in; i++)
-        CHECK(rep.input[i].checked == !rw->in[i].constant, "gradcheck %s: input %d checked=%d", rw->name, i,
-              rep.input[i].checked);
-    nb_error_clear();
-
-    st = nb_gradgradcheck(rw->f, (void *)rw->arg, rw->n_in, in, rw->opts, &rep);
-    CHECK(st == NB_OK && rep.ok && rep.deterministic, "gradgradcheck %s: %s", rw->name, nb_status_name(st));
-    if (st != NB_OK || !rep.ok) {
-        fprintf(stderr, "  row \"%s\": %s\n", rw->name, nb_error_message());
-        nb_gradcheck_report_print(&rep, stderr);
-    }
-    if (rw->order == LINEAR && st == NB_OK) {
-        /* the gradient does not depend on the inputs: both Jacobians are exactly zero */
-        for (int i = 0; i < rw->n_in; i++)
-            if (rep.input[i].checked)
-                CHECK(rep.input[i].max_abs_err == 0.0, "gradgradcheck %s: linear op, input %d has error %g",
-                      rw->name, i, rep.input[i].max_abs_err);
-    }
-    nb_error_clear();
-
-    for (int i = 0; i < rw->n_in; i++) {
-        CHECK(same_values(in[i], saved[i]), "%s: input %d not restored by the checks", rw->name, i);
-        nb_tensor_free(in[i]);
-        nb_tensor_free(saved[i]);
-    }
+    gradtable_check(rw->name, rw->f, rw->arg, rw->n_in, rw->in, rw->order, rw->opts, 1000u + (uint64_t)r);
 }
 
 /* ---- forward values against plain C ----------------------------------------------------------- */

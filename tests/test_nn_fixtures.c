@@ -11,9 +11,9 @@
  * pass, then one nb_backward of L = sum over outputs o of sum(o * seed_o), the scalar the generator
  * differentiated. Outputs and the gradients of every parameter and input are compared with PyTorch.
  * The test fails on a fixture layer without a runner and on a runner without a fixture case. */
+#include "fixture.h"
 #include "nbtest.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -35,234 +35,44 @@
 #define ATOL_SCALE 1e-13
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Fixture data                                                                                    */
+/* The fixture format: roles <kind>:<name> (the rest is fixture.h's)                               */
 /* ---------------------------------------------------------------------------------------------- */
 
-#define FX_VERSION 1
-#define FX_HEADER "nabla-nn-fixtures"
-#define FX_MAX_TENSORS 48
-#define FX_MAX_ATTRS 16
-#define FX_MAX_ATTR_VALS NB_MAX_DIMS
-#define FX_MAX_NAME 64
-#define FX_MAX_NUMEL ((int64_t)1 << 24)
+typedef enum nn_kind { FX_PARAM, FX_IN, FX_OUT, FX_SEED, FX_GRAD, FX_KIND_COUNT } nn_kind;
+static const char *const nn_kind_names[] = {"param", "in", "out", "seed", "grad"};
+_Static_assert(sizeof nn_kind_names / sizeof nn_kind_names[0] == FX_KIND_COUNT, "one name per kind");
 
-typedef enum fx_kind { FX_PARAM, FX_IN, FX_OUT, FX_SEED, FX_GRAD, FX_KIND_COUNT } fx_kind;
-static const char *const fx_kind_names[] = {"param", "in", "out", "seed", "grad"};
-_Static_assert(sizeof fx_kind_names / sizeof fx_kind_names[0] == FX_KIND_COUNT, "one name per kind");
-
-typedef struct fx_tensor {
-    fx_kind kind;
-    char name[FX_MAX_NAME];
-    nb_dtype dtype;
-    int ndim;
-    int64_t shape[NB_MAX_DIMS];
-    int64_t numel;
-    double *v; /* numel values (i64 values are integers below 2^53 in magnitude) */
-    int line;
-    bool used; /* consumed by the run (an unused param or input is an error) */
-} fx_tensor;
-
-typedef struct fx_attr {
-    char key[FX_MAX_NAME];
-    int n;
-    double v[FX_MAX_ATTR_VALS];
-    bool used;
-} fx_attr;
-
-typedef struct fx_case {
-    char name[FX_MAX_NAME];
-    char layer[FX_MAX_NAME];
-    int line;
-    int nattr;
-    fx_attr attr[FX_MAX_ATTRS];
-    int nt;
-    fx_tensor t[FX_MAX_TENSORS];
-} fx_case;
-
-typedef struct fx_file {
-    int ncases;
-    fx_case *cases;
-} fx_file;
-
-static void fx_case_free(fx_case *c)
-{
-    for (int i = 0; i < c->nt; i++) {
-        free(c->t[i].v);
-        c->t[i].v = NULL;
-    }
-    c->nt = 0;
-}
-
-static void fx_file_free(fx_file *f)
-{
-    for (int i = 0; i < f->ncases; i++) fx_case_free(&f->cases[i]);
-    free(f->cases);
-    f->cases = NULL;
-    f->ncases = 0;
-}
-
-static fx_tensor *fx_find(fx_case *c, fx_kind kind, const char *name)
+static fx_tensor *nn_find(fx_case *c, nn_kind kind, const char *name)
 {
     for (int i = 0; i < c->nt; i++)
-        if (c->t[i].kind == kind && !strcmp(c->t[i].name, name)) return &c->t[i];
+        if (c->t[i].kind == (int)kind && !strcmp(c->t[i].name, name)) return &c->t[i];
     return NULL;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* Parser: the whole file in memory, one line at a time, every error named with file and line      */
-/* ---------------------------------------------------------------------------------------------- */
-
-typedef struct fx_parser {
-    const char *fname;
-    int line;
-    char *err;
-    size_t errsize;
-} fx_parser;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static bool fx_fail(fx_parser *p, const char *fmt, ...)
+static bool nn_role(fx_parser *p, fx_tensor *t)
 {
-    va_list ap;
-    int n = snprintf(p->err, p->errsize, "%s:%d: ", p->fname, p->line);
-    if (n < 0 || (size_t)n >= p->errsize) n = 0;
-    va_start(ap, fmt);
-    vsnprintf(p->err + n, p->errsize - (size_t)n, fmt, ap);
-    va_end(ap);
-    return false;
-}
-
-static char *fx_token(char **s)
-{
-    char *q = *s;
-    while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-    if (!*q) {
-        *s = q;
-        return NULL;
-    }
-    char *start = q;
-    while (*q && *q != ' ' && *q != '\t' && *q != '\r') q++;
-    if (*q) *q++ = '\0';
-    *s = q;
-    return start;
-}
-
-static bool fx_int(fx_parser *p, const char *tok, const char *what, int64_t lo, int64_t hi, int64_t *out)
-{
-    if (!tok) return fx_fail(p, "missing %s", what);
-    char *end;
-    errno = 0;
-    long long v = strtoll(tok, &end, 10);
-    if (end == tok || *end || errno) return fx_fail(p, "bad %s \"%s\" (expected an integer)", what, tok);
-    if (v < lo || v > hi) return fx_fail(p, "%s %lld out of range [%lld, %lld]", what, v, (long long)lo, (long long)hi);
-    *out = v;
-    return true;
-}
-
-static bool fx_number(fx_parser *p, const char *tok, const char *what, double *out)
-{
-    if (!tok) return fx_fail(p, "missing %s", what);
-    char *end;
-    double v = strtod(tok, &end);
-    if (end == tok || *end) return fx_fail(p, "bad %s \"%s\" (expected a number)", what, tok);
-    if (isinf(v) && !strstr(tok, "inf")) return fx_fail(p, "%s \"%s\" overflows a double", what, tok);
-    *out = v;
-    return true;
-}
-
-/* A name: 1..FX_MAX_NAME-1 characters of [A-Za-z0-9_.-]. */
-static bool fx_name(fx_parser *p, const char *tok, const char *what, char *out)
-{
-    if (!tok || !*tok) return fx_fail(p, "missing %s", what);
-    size_t n = strlen(tok);
-    if (n >= FX_MAX_NAME) return fx_fail(p, "%s \"%.20s...\" longer than %d characters", what, tok, FX_MAX_NAME - 1);
-    for (size_t i = 0; i < n; i++) {
-        char ch = tok[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '.' || ch == '-'))
-            return fx_fail(p, "%s \"%s\" has a character other than letters, digits, _ . -", what, tok);
-    }
-    memcpy(out, tok, n + 1);
-    return true;
-}
-
-static bool fx_same_shape(const fx_tensor *a, const fx_tensor *b)
-{
-    if (a->ndim != b->ndim) return false;
-    for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d]) return false;
-    return true;
-}
-
-/* tensor <kind>:<name> <dtype> <ndim> <dims...> <values...> (the "tensor" token already read) */
-static bool fx_parse_tensor(fx_parser *p, fx_case *c, char *s)
-{
-    char *role = fx_token(&s);
-    if (!role) return fx_fail(p, "tensor: missing role");
-    char *colon = strchr(role, ':');
-    if (!colon) return fx_fail(p, "tensor: role \"%s\" is not <kind>:<name>", role);
-    *colon = '\0';
-    int kind = -1;
+    const char *colon = strchr(t->role, ':');
+    if (!colon) return fx_fail(p, "tensor: role \"%s\" is not <kind>:<name>", t->role);
+    int len = (int)(colon - t->role), kind = -1;
     for (int k = 0; k < FX_KIND_COUNT; k++)
-        if (!strcmp(role, fx_kind_names[k])) kind = k;
-    if (kind < 0) return fx_fail(p, "tensor: unknown kind \"%s\" (param, in, out, seed, grad)", role);
-    if (c->nt == FX_MAX_TENSORS) return fx_fail(p, "case %s: more than %d tensors", c->name, FX_MAX_TENSORS);
-    fx_tensor *t = &c->t[c->nt];
-    memset(t, 0, sizeof *t);
-    t->kind = (fx_kind)kind;
-    if (!fx_name(p, colon + 1, "tensor name", t->name)) return false;
-    fx_tensor *prev = fx_find(c, t->kind, t->name);
-    if (prev) return fx_fail(p, "tensor %s:%s given twice (first at line %d)", role, t->name, prev->line);
-
-    const char *dt = fx_token(&s);
-    if (!dt) return fx_fail(p, "missing dtype");
-    if (!strcmp(dt, "f64"))
-        t->dtype = NB_F64;
-    else if (!strcmp(dt, "i64"))
-        t->dtype = NB_I64;
-    else
-        return fx_fail(p, "unknown dtype \"%s\" (expected f64 or i64)", dt);
-    int64_t ndim;
-    if (!fx_int(p, fx_token(&s), "ndim", 0, NB_MAX_DIMS, &ndim)) return false;
-    t->ndim = (int)ndim;
-    t->numel = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        if (!fx_int(p, fx_token(&s), "extent", 0, FX_MAX_NUMEL, &t->shape[d])) return false;
-        if (t->shape[d] && t->numel > FX_MAX_NUMEL / t->shape[d])
-            return fx_fail(p, "tensor %s: more than %lld elements", t->name, (long long)FX_MAX_NUMEL);
-        t->numel *= t->shape[d];
-    }
-    t->v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(double));
-    if (!t->v) return fx_fail(p, "tensor %s: out of memory", t->name);
-    t->line = p->line;
-    c->nt++; /* owned by the case from here on (freed with it) */
-    for (int64_t i = 0; i < t->numel; i++) {
-        char *tok = fx_token(&s);
-        if (!tok)
-            return fx_fail(p, "tensor %s: %lld values for %lld elements", t->name, (long long)i, (long long)t->numel);
-        if (t->dtype == NB_I64) {
-            int64_t iv;
-            if (!fx_int(p, tok, "i64 value", -((int64_t)1 << 53), (int64_t)1 << 53, &iv)) return false;
-            t->v[i] = (double)iv;
-        } else if (!fx_number(p, tok, "value", &t->v[i]))
-            return false;
-    }
-    if (fx_token(&s)) return fx_fail(p, "tensor %s: more than %lld values", t->name, (long long)t->numel);
-    return true;
+        if ((int)strlen(nn_kind_names[k]) == len && !strncmp(t->role, nn_kind_names[k], (size_t)len)) kind = k;
+    if (kind < 0)
+        return fx_fail(p, "tensor: unknown kind \"%.*s\" (param, in, out, seed, grad)", len, t->role);
+    t->kind = kind;
+    return fx_name(p, colon + 1, "tensor name", t->name);
 }
 
 /* The checks that need the whole case, at its `end`. */
-static bool fx_finish_case(fx_parser *p, fx_case *c)
+static bool nn_finish(fx_parser *p, fx_case *c)
 {
     int nout = 0;
     for (int i = 0; i < c->nt; i++) {
         fx_tensor *t = &c->t[i];
         fx_tensor *o;
-        switch (t->kind) {
+        switch ((nn_kind)t->kind) {
         case FX_PARAM:
             if (t->dtype != NB_F64) return fx_fail(p, "case %s: param %s is not f64", c->name, t->name);
-            if (!fx_find(c, FX_GRAD, t->name))
+            if (!nn_find(c, FX_GRAD, t->name))
                 return fx_fail(p, "case %s: param %s has no grad (every parameter is differentiated)", c->name,
                                t->name);
             break;
@@ -270,18 +80,18 @@ static bool fx_finish_case(fx_parser *p, fx_case *c)
         case FX_OUT:
             nout++;
             if (t->dtype != NB_F64) return fx_fail(p, "case %s: out %s is not f64", c->name, t->name);
-            if (!fx_find(c, FX_SEED, t->name)) return fx_fail(p, "case %s: out %s has no seed", c->name, t->name);
+            if (!nn_find(c, FX_SEED, t->name)) return fx_fail(p, "case %s: out %s has no seed", c->name, t->name);
             break;
         case FX_SEED:
-            o = fx_find(c, FX_OUT, t->name);
+            o = nn_find(c, FX_OUT, t->name);
             if (!o) return fx_fail(p, "case %s: seed %s without an out of that name", c->name, t->name);
             if (t->dtype != NB_F64 || !fx_same_shape(t, o))
                 return fx_fail(p, "case %s: seed %s (line %d) differs from its out in dtype or shape", c->name,
                                t->name, t->line);
             break;
         case FX_GRAD:
-            o = fx_find(c, FX_PARAM, t->name);
-            if (!o) o = fx_find(c, FX_IN, t->name);
+            o = nn_find(c, FX_PARAM, t->name);
+            if (!o) o = nn_find(c, FX_IN, t->name);
             if (!o) return fx_fail(p, "case %s: grad %s of no param or in", c->name, t->name);
             if (o->dtype != NB_F64) return fx_fail(p, "case %s: grad %s of an i64 input", c->name, t->name);
             if (t->dtype != NB_F64 || !fx_same_shape(t, o))
@@ -295,134 +105,14 @@ static bool fx_finish_case(fx_parser *p, fx_case *c)
     return true;
 }
 
-static bool fx_parse(char *text, const char *fname, fx_file *f, char *err, size_t errsize)
-{
-    fx_parser p = {fname, 0, err, errsize};
-    int cap = 0;
-    fx_case *c = NULL;
-    bool header = false, ok = true;
-    f->ncases = 0;
-    f->cases = NULL;
-    err[0] = '\0';
-    char *s = text;
-    while (ok && *s) {
-        char *line = s, *nl = strchr(s, '\n');
-        if (nl) {
-            *nl = '\0';
-            s = nl + 1;
-        } else
-            s += strlen(s);
-        p.line++;
-        char *kw = fx_token(&line);
-        if (!kw || kw[0] == '#') continue;
-        if (!header) {
-            int64_t ver;
-            if (strcmp(kw, FX_HEADER))
-                ok = fx_fail(&p, "expected the header \"%s %d\", found \"%s\"", FX_HEADER, FX_VERSION, kw);
-            else if (!fx_int(&p, fx_token(&line), "format version", 0, INT32_MAX, &ver))
-                ok = false;
-            else if (ver != FX_VERSION)
-                ok = fx_fail(&p, "format version %lld; this test reads version %d", (long long)ver, FX_VERSION);
-            else if (fx_token(&line))
-                ok = fx_fail(&p, "unexpected text after the header");
-            header = true;
-            continue;
-        }
-        if (!strcmp(kw, "case")) {
-            if (c) {
-                ok = fx_fail(&p, "case inside case %s (line %d): missing end", c->name, c->line);
-                break;
-            }
-            if (f->ncases == cap) {
-                int ncap = cap ? 2 * cap : 32;
-                fx_case *nc = realloc(f->cases, (size_t)ncap * sizeof(*nc));
-                if (!nc) {
-                    ok = fx_fail(&p, "out of memory");
-                    break;
-                }
-                f->cases = nc;
-                cap = ncap;
-            }
-            c = &f->cases[f->ncases++];
-            memset(c, 0, sizeof(*c));
-            c->line = p.line;
-            ok = fx_name(&p, fx_token(&line), "case name", c->name) && fx_name(&p, fx_token(&line), "layer", c->layer);
-            if (ok && fx_token(&line)) ok = fx_fail(&p, "case %s: unexpected text after the layer", c->name);
-            for (int i = 0; ok && i < f->ncases - 1; i++)
-                if (!strcmp(f->cases[i].name, c->name))
-                    ok = fx_fail(&p, "case %s defined twice (first at line %d)", c->name, f->cases[i].line);
-        } else if (!c) {
-            ok = fx_fail(&p, "\"%s\" outside a case", kw);
-        } else if (!strcmp(kw, "attr")) {
-            if (c->nattr == FX_MAX_ATTRS) {
-                ok = fx_fail(&p, "case %s: more than %d attributes", c->name, FX_MAX_ATTRS);
-                break;
-            }
-            fx_attr *a = &c->attr[c->nattr++];
-            memset(a, 0, sizeof(*a));
-            ok = fx_name(&p, fx_token(&line), "attribute key", a->key);
-            for (int i = 0; ok && i < c->nattr - 1; i++)
-                if (!strcmp(c->attr[i].key, a->key)) ok = fx_fail(&p, "attribute %s given twice", a->key);
-            for (char *tok; ok && (tok = fx_token(&line));) {
-                if (a->n == FX_MAX_ATTR_VALS)
-                    ok = fx_fail(&p, "attribute %s: more than %d values", a->key, FX_MAX_ATTR_VALS);
-                else
-                    ok = fx_number(&p, tok, "attribute value", &a->v[a->n++]);
-            }
-        } else if (!strcmp(kw, "tensor")) {
-            ok = fx_parse_tensor(&p, c, line);
-        } else if (!strcmp(kw, "end")) {
-            if (fx_token(&line))
-                ok = fx_fail(&p, "unexpected text after end");
-            else
-                ok = fx_finish_case(&p, c);
-            c = NULL;
-        } else {
-            ok = fx_fail(&p, "unknown directive \"%s\" (case, attr, tensor, end)", kw);
-        }
-    }
-    if (ok && !header) ok = fx_fail(&p, "empty file: no \"%s %d\" header", FX_HEADER, FX_VERSION);
-    if (ok && c) ok = fx_fail(&p, "case %s (line %d) has no end", c->name, c->line);
-    if (ok && f->ncases == 0) ok = fx_fail(&p, "no cases");
-    if (!ok) fx_file_free(f);
-    return ok;
-}
-
-static bool fx_load(const char *path, fx_file *f, char *err, size_t errsize)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
-        return false;
-    }
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while (buf && (n = fread(buf + len, 1, cap - len - 1, fp)) > 0) {
-        len += n;
-        if (len + 1 == cap) {
-            char *grown = realloc(buf, cap * 2);
-            if (!grown) free(buf);
-            buf = grown;
-            cap *= 2;
-        }
-    }
-    bool read_error = ferror(fp);
-    fclose(fp);
-    if (!buf || read_error) {
-        snprintf(err, errsize, "%s: %s", path, buf ? "read error" : "out of memory");
-        free(buf);
-        return false;
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
-        snprintf(err, errsize, "%s: contains a NUL byte (not a text fixture file)", path);
-        free(buf);
-        return false;
-    }
-    bool ok = fx_parse(buf, path, f, err, errsize);
-    free(buf);
-    return ok;
-}
+static const fx_format NN_FORMAT = {
+    .header = "nabla-nn-fixtures",
+    .version = 1,
+    .op_word = "layer",
+    .dtypes = 1u << NB_F64 | 1u << NB_I64,
+    .role = nn_role,
+    .finish = nn_finish,
+};
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Running a case                                                                                  */
@@ -455,20 +145,10 @@ static bool run_fail(nn_run *r, const char *fmt, ...)
     return false;
 }
 
-static fx_attr *attr_find(fx_case *c, const char *key)
-{
-    for (int i = 0; i < c->nattr; i++)
-        if (!strcmp(c->attr[i].key, key)) {
-            c->attr[i].used = true;
-            return &c->attr[i];
-        }
-    return NULL;
-}
-
 /* One integer attribute; def when absent (INT64_MIN: required). */
 static bool attr_int(nn_run *r, const char *key, int64_t def, int64_t *out)
 {
-    fx_attr *a = attr_find(r->c, key);
+    fx_attr *a = fx_attr_find(r->c, key);
     if (!a) {
         *out = def;
         return def != INT64_MIN || run_fail(r, "missing attribute %s", key);
@@ -481,7 +161,7 @@ static bool attr_int(nn_run *r, const char *key, int64_t def, int64_t *out)
 
 static bool attr_f64(nn_run *r, const char *key, double def, double *out)
 {
-    fx_attr *a = attr_find(r->c, key);
+    fx_attr *a = fx_attr_find(r->c, key);
     if (!a) {
         *out = def;
         return true;
@@ -510,7 +190,7 @@ static bool load_params(nn_run *r)
     for (int i = 0; i < nb_params_count(r->p); i++) {
         const char *name = nb_params_name(r->p, i);
         nb_tensor *t = nb_params_tensor(r->p, i);
-        fx_tensor *ft = fx_find(r->c, FX_PARAM, name);
+        fx_tensor *ft = nn_find(r->c, FX_PARAM, name);
         if (!ft) return run_fail(r, "nabla parameter %s has no fixture value", name);
         if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ft->ndim ||
             memcmp(nb_tensor_shape(t), ft->shape, (size_t)ft->ndim * sizeof(int64_t)))
@@ -555,7 +235,7 @@ static bool run_rnn(nn_run *r, nb_rnn_kind kind)
     nb_tensor *c0 = kind == NB_LSTM ? in_leaf(r, "c0", true) : NULL;
     if (!x || !h0 || (kind == NB_LSTM && !c0)) return false;
     int64_t lengths[FX_MAX_ATTR_VALS];
-    fx_attr *la = attr_find(r->c, "lengths");
+    fx_attr *la = fx_attr_find(r->c, "lengths");
     if (la) {
         if (la->n != nb_tensor_dim(x, bf ? 0 : 1)) return run_fail(r, "attribute lengths: %d values for the batch", la->n);
         for (int i = 0; i < la->n; i++) lengths[i] = (int64_t)la->v[i];
@@ -691,69 +371,42 @@ static const nn_layer LAYERS[] = {
 
 typedef struct layer_stats {
     int cases, checks, failures;
-    double max_rel_out, max_rel_grad;
+    fx_err out, grad;
 } layer_stats;
 
 static layer_stats stats[N_LAYERS];
-static double max_rel_all;
-static long long elements_compared;
 
-#define MAX_ELEM_REPORTS 4
-
-#define FAIL_CASE(c, ...)                                                                              \
+/* A failure of the case that ctx names ("case NAME (LAYER, line N)"). */
+#define FAIL_CASE(...)                                                                                 \
     do {                                                                                               \
         nbt_failures++;                                                                                \
         st->failures++;                                                                                \
-        fprintf(stderr, "FAIL case %s (%s, line %d): ", (c)->name, (c)->layer, (c)->line);           \
+        fprintf(stderr, "FAIL %s: ", ctx);                                                             \
         fprintf(stderr, __VA_ARGS__);                                                                  \
         fprintf(stderr, "\n");                                                                         \
     } while (0)
 
-static void compare(layer_stats *st, const fx_case *c, double atol, const char *what, const nb_tensor *t,
-                    const fx_tensor *ref, double *max_rel)
+static void compare(layer_stats *st, const char *ctx, double atol, const char *what, const nb_tensor *t,
+                    const fx_tensor *ref, fx_err *err)
 {
     char b1[96];
     nbt_checks++;
     st->checks++;
     if (!t) {
-        FAIL_CASE(c, "%s: no tensor", what);
+        FAIL_CASE("%s: no tensor", what);
         return;
     }
     if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ref->ndim ||
         memcmp(nb_tensor_shape(t), ref->shape, (size_t)ref->ndim * sizeof(int64_t))) {
-        FAIL_CASE(c, "%s: %s %s; the fixture's (line %d) differs", what, nb_dtype_name(nb_tensor_dtype(t)),
+        FAIL_CASE("%s: %s %s; the fixture's (line %d) differs", what, nb_dtype_name(nb_tensor_dtype(t)),
                   nb_shape_str(t, b1, sizeof b1), ref->line);
         return;
     }
-    int bad = 0;
-    for (int64_t i = 0; i < ref->numel; i++) {
-        double got = nb_tensor_get(t, i), want = ref->v[i];
-        double diff = fabs(got - want);
-        bool ok = diff <= RTOL * fabs(want) + atol; /* false for a NaN */
-        double rel = diff / fmax(fabs(want), atol / RTOL);
-        if (!(rel <= *max_rel)) *max_rel = isnan(rel) ? INFINITY : rel;
-        if (!(rel <= max_rel_all)) max_rel_all = isnan(rel) ? INFINITY : rel;
-        elements_compared++;
-        if (!ok) {
-            if (!bad) FAIL_CASE(c, "%s differs from PyTorch:", what);
-            if (bad < MAX_ELEM_REPORTS)
-                fprintf(stderr, "    %s flat %lld: got %.17g, expected %.17g (|diff| %.3g, tol %.3g)\n", what,
-                        (long long)i, got, want, diff, RTOL * fabs(want) + atol);
-            bad++;
-        }
+    fx_tol tol = {RTOL, atol, atol / RTOL};
+    if (fx_compare(err, ctx, what, t, ref->v, ref->numel, &tol)) {
+        nbt_failures++;
+        st->failures++;
     }
-    if (bad > MAX_ELEM_REPORTS) fprintf(stderr, "    ... %d of %lld elements of %s differ\n", bad, (long long)ref->numel, what);
-}
-
-static nb_tensor *make_leaf(const fx_tensor *ft)
-{
-    if (ft->dtype == NB_F64) return nb_tensor_from_data(NB_F64, ft->ndim, ft->shape, ft->v);
-    int64_t *buf = malloc((size_t)(ft->numel ? ft->numel : 1) * sizeof(int64_t));
-    if (!buf) return NULL;
-    for (int64_t i = 0; i < ft->numel; i++) buf[i] = (int64_t)ft->v[i];
-    nb_tensor *t = nb_tensor_from_data(NB_I64, ft->ndim, ft->shape, buf);
-    free(buf);
-    return t;
 }
 
 static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
@@ -764,18 +417,20 @@ static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
     nb_rng_seed(&r.rng, 7);
     nb_tensor *seeds[MAX_OUTS] = {0};
     nb_tape *tape = nb_tape_new();
+    char ctx[160];
+    snprintf(ctx, sizeof ctx, "case %s (%s, line %d)", c->name, c->op, c->line);
     nb_error_clear();
     r.p = nb_params_new();
     if (!tape || !r.p || nb_tape_begin(tape) != NB_OK) {
-        FAIL_CASE(c, "cannot start: %s", nb_error_message());
+        FAIL_CASE("cannot start: %s", nb_error_message());
         goto done;
     }
     for (int i = 0; i < c->nt; i++) {
         c->t[i].used = false;
         if (c->t[i].kind != FX_IN) continue;
-        r.in[i] = make_leaf(&c->t[i]);
-        if (!r.in[i] || (fx_find(c, FX_GRAD, c->t[i].name) && nb_tensor_set_requires_grad(r.in[i], 1) != NB_OK)) {
-            FAIL_CASE(c, "cannot make input %s: %s", c->t[i].name, nb_error_message());
+        r.in[i] = fx_leaf(&c->t[i], c->t[i].dtype);
+        if (!r.in[i] || (nn_find(c, FX_GRAD, c->t[i].name) && nb_tensor_set_requires_grad(r.in[i], 1) != NB_OK)) {
+            FAIL_CASE("cannot make input %s: %s", c->t[i].name, nb_error_message());
             goto done;
         }
     }
@@ -783,19 +438,19 @@ static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
 
     if (!layer->run(&r)) {
         nbt_checks++;
-        FAIL_CASE(c, "%s", r.err[0] ? r.err : nb_error_message());
+        FAIL_CASE("%s", r.err[0] ? r.err : nb_error_message());
         goto done;
     }
     for (int i = 0; i < c->nattr; i++)
         if (!c->attr[i].used) {
             nbt_checks++;
-            FAIL_CASE(c, "attribute %s is not read by the %s runner", c->attr[i].key, c->layer);
+            FAIL_CASE("attribute %s is not read by the %s runner", c->attr[i].key, c->op);
             goto done;
         }
     for (int i = 0; i < c->nt; i++)
         if (c->t[i].kind == FX_IN && !c->t[i].used) {
             nbt_checks++;
-            FAIL_CASE(c, "input %s is not read by the %s runner", c->t[i].name, c->layer);
+            FAIL_CASE("input %s is not read by the %s runner", c->t[i].name, c->op);
             goto done;
         }
 
@@ -817,24 +472,25 @@ static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
         while (k < r.nout && strcmp(r.out_name[k], c->t[i].name)) k++;
         if (k == r.nout) {
             nbt_checks++;
-            FAIL_CASE(c, "the runner made no output %s", c->t[i].name);
+            FAIL_CASE("the runner made no output %s", c->t[i].name);
             goto done;
         }
         char what[80];
         snprintf(what, sizeof what, "out %s", c->t[i].name);
-        compare(st, c, atol, what, r.out[k], &c->t[i], &st->max_rel_out);
-        seeds[k] = make_leaf(fx_find(c, FX_SEED, c->t[i].name));
+        compare(st, ctx, atol, what, r.out[k], &c->t[i], &st->out);
+        const fx_tensor *seed = nn_find(c, FX_SEED, c->t[i].name);
+        seeds[k] = fx_leaf(seed, seed->dtype);
         nb_tensor *term = nb_sum_all(nb_mul(r.out[k], seeds[k]));
         total = total ? nb_add(total, term) : term;
     }
     if (nout_fx != r.nout) {
         nbt_checks++;
-        FAIL_CASE(c, "the runner made %d outputs, the fixture has %d", r.nout, nout_fx);
+        FAIL_CASE("the runner made %d outputs, the fixture has %d", r.nout, nout_fx);
         goto done;
     }
     if (!total || nb_backward(total, NULL, 0) != NB_OK) {
         nbt_checks++;
-        FAIL_CASE(c, "backward failed: %s", nb_error_message());
+        FAIL_CASE("backward failed: %s", nb_error_message());
         goto done;
     }
     for (int i = 0; i < c->nt; i++) {
@@ -847,13 +503,13 @@ static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
         nb_tensor *g = leaf ? nb_tensor_grad(leaf) : NULL;
         if (!g) {
             nbt_checks++;
-            FAIL_CASE(c, "%s: no gradient reached %s", what, leaf ? "the tensor" : "(no such tensor)");
+            FAIL_CASE("%s: no gradient reached %s", what, leaf ? "the tensor" : "(no such tensor)");
             continue;
         }
-        compare(st, c, atol, what, g, &c->t[i], &st->max_rel_grad);
+        compare(st, ctx, atol, what, g, &c->t[i], &st->grad);
     }
     nbt_checks++;
-    if (nb_error_code() != NB_OK) FAIL_CASE(c, "error left recorded: %s", nb_error_message());
+    if (nb_error_code() != NB_OK) FAIL_CASE("error left recorded: %s", nb_error_message());
 done:
     nb_error_clear();
     if (tape) {
@@ -869,7 +525,7 @@ done:
 /* The parser rejects malformed files with a message (checked on built-in snippets)               */
 /* ---------------------------------------------------------------------------------------------- */
 
-#define HDR FX_HEADER " 1\n"
+#define HDR "nabla-nn-fixtures 1\n"
 #define GOOD_BODY                                                                                      \
     "tensor param:l.w f64 1 2 1 2\ntensor in:x f64 0 1\ntensor out:y f64 1 2 1 2\ntensor seed:y f64 1 2 1 1\n" \
     "tensor grad:l.w f64 1 2 1 1\n"
@@ -907,24 +563,8 @@ static void parser_selftest(void)
         {HDR "case a linear\nattr k 1\nattr k 2\n", "given twice"},
     };
     char err[512];
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        char *text = malloc(strlen(t[i].text) + 1);
-        if (!text) {
-            CHECK(0, "out of memory");
-            return;
-        }
-        strcpy(text, t[i].text);
-        fx_file f;
-        bool ok = fx_parse(text, "snippet", &f, err, sizeof err);
-        if (!t[i].needle)
-            CHECK(ok, "parser self-test %zu: a valid snippet was rejected: %s", i, err);
-        else
-            CHECK(!ok && strstr(err, t[i].needle) && !strncmp(err, "snippet:", 8),
-                  "parser self-test %zu: expected a rejection naming \"%s\", got %s%s", i, t[i].needle,
-                  ok ? "success" : "", ok ? "" : err);
-        if (ok) fx_file_free(&f);
-        free(text);
-    }
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        CHECK(fx_snippet_ok(&NN_FORMAT, t[i].text, t[i].needle, err, sizeof err), "parser self-test %zu: %s", i, err);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -939,7 +579,7 @@ int main(int argc, char **argv)
 
     fx_file f;
     char err[512];
-    if (!fx_load(argv[1], &f, err, sizeof err)) {
+    if (!fx_load(&NN_FORMAT, argv[1], &f, err, sizeof err)) {
         fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
         return 1;
     }
@@ -947,19 +587,23 @@ int main(int argc, char **argv)
     for (int i = 0; i < f.ncases; i++) {
         fx_case *c = &f.cases[i];
         int k = 0;
-        while (k < N_LAYERS && strcmp(LAYERS[k].name, c->layer)) k++;
+        while (k < N_LAYERS && strcmp(LAYERS[k].name, c->op)) k++;
         nbt_checks++;
         if (k == N_LAYERS) {
-            NBT_FAIL("case %s (line %d): no runner for layer \"%s\" in LAYERS", c->name, c->line, c->layer);
+            NBT_FAIL("case %s (line %d): no runner for layer \"%s\" in LAYERS", c->name, c->line, c->op);
             continue;
         }
         stats[k].cases++;
         ncases_run++;
         run_case(c, &LAYERS[k], &stats[k]);
     }
+    long long elements_compared = 0;
+    double max_rel_all = 0;
     for (int k = 0; k < N_LAYERS; k++) {
         nbt_checks++;
         if (!stats[k].cases) NBT_FAIL("layer %s has a runner but no case in %s", LAYERS[k].name, argv[1]);
+        elements_compared += stats[k].out.compared + stats[k].grad.compared;
+        max_rel_all = fmax(max_rel_all, fmax(stats[k].out.max_rel, stats[k].grad.max_rel));
     }
 
     printf("nn fixtures: %d cases over %d layers, %lld elements compared, max relative error vs PyTorch %.3g "
@@ -967,7 +611,7 @@ int main(int argc, char **argv)
     printf("%-14s %6s %7s %7s %13s %13s\n", "layer", "cases", "checks", "failed", "max rel out", "max rel grad");
     for (int k = 0; k < N_LAYERS; k++)
         printf("%-14s %6d %7d %7d %13.3g %13.3g%s\n", LAYERS[k].name, stats[k].cases, stats[k].checks,
-               stats[k].failures, stats[k].max_rel_out, stats[k].max_rel_grad, stats[k].failures ? "  <--" : "");
+               stats[k].failures, stats[k].out.max_rel, stats[k].grad.max_rel, stats[k].failures ? "  <--" : "");
     fx_file_free(&f);
     return nbt_report("nn_fixtures");
 }

@@ -16,10 +16,9 @@
  * options rejected with a message. */
 #define _POSIX_C_SOURCE 200809L
 
+#include "fixture.h"
 #include "nbtest.h"
 
-#include <errno.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,24 +48,16 @@
 /* Fixture data                                                                                    */
 /* ---------------------------------------------------------------------------------------------- */
 
+#define FX_HEADER "nabla-optim-fixtures"
 #define FX_VERSION 1
-#define MAX_NAME 64
-#define MAX_DATA 256   /* elements of one data tensor */
 #define MAX_P 64       /* elements of W and b together */
 #define MAX_REC 64     /* recorded steps per case */
 #define MAX_STATES 8   /* state tensors per case */
 #define MAX_EPOCHS 1000
 #define MAX_CASES 64
 
-typedef struct fx_data {
-    int present, ndim;
-    int64_t shape[2];
-    int numel;
-    double v[MAX_DATA];
-} fx_data;
-
 typedef struct optim_case {
-    char name[MAX_NAME];
+    char name[FX_MAX_NAME];
     int line;
     nb_optim_kind kind;
     nb_optim_opts opts;
@@ -74,13 +65,13 @@ typedef struct optim_case {
     int at[MAX_REC];
     double rec[MAX_REC][MAX_P];
     int nstate;
-    char sname[MAX_STATES][MAX_NAME];
+    char sname[MAX_STATES][FX_MAX_NAME];
     int slen[MAX_STATES];
     double sval[MAX_STATES][MAX_P];
 } optim_case;
 
 typedef struct sched_case {
-    char name[MAX_NAME];
+    char name[FX_MAX_NAME];
     int line;
     nb_sched_kind kind;
     nb_sched_opts opts;
@@ -90,7 +81,7 @@ typedef struct sched_case {
 } sched_case;
 
 typedef struct fixture {
-    fx_data X, Y, W0, b0;
+    fx_tensor X, Y, W0, b0; /* float64; values NULL until given */
     int n_optim, n_sched;
     optim_case *optim; /* MAX_CASES each */
     sched_case *sched;
@@ -121,304 +112,203 @@ static const field sched_fields[] = {
 };
 #undef SF
 
-typedef struct parser {
-    const char *fname;
-    int line;
-    char err[512];
-} parser;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static int fail(parser *p, const char *fmt, ...)
-{
-    va_list ap;
-    int n = snprintf(p->err, sizeof p->err, "%s:%d: ", p->fname, p->line);
-    if (n < 0 || (size_t)n >= sizeof p->err) n = 0;
-    va_start(ap, fmt);
-    vsnprintf(p->err + n, sizeof p->err - (size_t)n, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
-/* The next space-separated token of *s (NUL-terminated in place), or NULL at the end. */
-static char *token(char **s)
-{
-    char *q = *s;
-    while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-    if (!*q) {
-        *s = q;
-        return NULL;
-    }
-    char *start = q;
-    while (*q && *q != ' ' && *q != '\t' && *q != '\r') q++;
-    if (*q) *q++ = '\0';
-    *s = q;
-    return start;
-}
-
-static int parse_int(parser *p, const char *tok, const char *what, int64_t lo, int64_t hi, int64_t *out)
-{
-    if (!tok) return fail(p, "missing %s", what);
-    char *end;
-    errno = 0;
-    long long v = strtoll(tok, &end, 10);
-    if (end == tok || *end || errno) return fail(p, "bad %s \"%s\" (expected an integer)", what, tok);
-    if (v < lo || v > hi) return fail(p, "%s %lld out of range [%lld, %lld]", what, v, (long long)lo, (long long)hi);
-    *out = v;
-    return 1;
-}
-
-static int parse_num(parser *p, const char *tok, const char *what, double *out)
-{
-    if (!tok) return fail(p, "missing %s", what);
-    char *end;
-    double v = strtod(tok, &end);
-    if (end == tok || *end || !isfinite(v)) return fail(p, "bad %s \"%s\" (expected a finite number)", what, tok);
-    *out = v;
-    return 1;
-}
-
-static int parse_name(parser *p, const char *tok, const char *what, char *out)
-{
-    if (!tok) return fail(p, "missing %s", what);
-    size_t n = strlen(tok);
-    if (n >= MAX_NAME) return fail(p, "%s \"%.20s...\" longer than %d characters", what, tok, MAX_NAME - 1);
-    memcpy(out, tok, n + 1);
-    return 1;
-}
-
-/* Up to max numbers to the end of the line; *n receives the count. */
-static int parse_list(parser *p, char *s, const char *what, int max, double *v, int *n)
+/* Up to max finite numbers to the end of the line; *n receives the count. */
+static bool parse_list(fx_parser *p, char *s, const char *what, int max, double *v, int *n)
 {
     *n = 0;
-    for (char *tok; (tok = token(&s));) {
-        if (*n == max) return fail(p, "%s: more than %d values", what, max);
-        if (!parse_num(p, tok, what, &v[(*n)++])) return 0;
+    for (char *tok; (tok = fx_token(&s));) {
+        if (*n == max) return fx_fail(p, "%s: more than %d values", what, max);
+        if (!fx_finite(p, tok, what, &v[(*n)++])) return false;
     }
-    return 1;
+    return true;
 }
 
-static int parse_kind(parser *p, const char *tok, const char *const *names, int count, int *kind)
+static bool parse_kind(fx_parser *p, const char *tok, const char *const *names, int count, int *kind)
 {
     for (int k = 0; tok && k < count; k++)
         if (!strcmp(tok, names[k])) {
             *kind = k;
-            return 1;
+            return true;
         }
-    return fail(p, "unknown kind \"%s\"", tok ? tok : "");
+    return fx_fail(p, "unknown kind \"%s\"", tok ? tok : "");
 }
 
 /* The value of option `key` (the rest of the line: one number) into the struct at base, described by
  * fields[n]. */
-static int parse_field(parser *p, const char *key, char *s, void *base, const field *fields, int n)
+static bool parse_field(fx_parser *p, const char *key, char *s, void *base, const field *fields, int n)
 {
     for (int i = 0; key && i < n; i++) {
         if (strcmp(key, fields[i].name)) continue;
         char *at = (char *)base + fields[i].off;
-        char *tok = token(&s);
+        char *tok = fx_token(&s);
         int64_t iv;
         if (fields[i].type == 'd') {
-            if (!parse_num(p, tok, key, (double *)(void *)at)) return 0;
+            if (!fx_finite(p, tok, key, (double *)(void *)at)) return false;
         } else if (fields[i].type == 'i') { /* the flags */
-            if (!parse_int(p, tok, key, 0, 1, &iv)) return 0;
+            if (!fx_int(p, tok, key, 0, 1, &iv)) return false;
             *(int *)(void *)at = (int)iv;
         } else {
-            if (!parse_int(p, tok, key, 0, INT32_MAX, &iv)) return 0;
+            if (!fx_int(p, tok, key, 0, INT32_MAX, &iv)) return false;
             *(int64_t *)(void *)at = iv;
         }
-        return token(&s) ? fail(p, "opt %s: more than one value", key) : 1;
+        return fx_token(&s) ? fx_fail(p, "opt %s: more than one value", key) : true;
     }
-    return fail(p, "unknown option \"%s\"", key ? key : "");
+    return fx_fail(p, "unknown option \"%s\"", key ? key : "");
 }
 
 /* data <name> <ndim> <dims...> <values...> */
-static int parse_data(parser *p, fixture *f, char *s)
+static bool parse_data(fx_parser *p, fixture *f, char *s)
 {
-    char *name = token(&s);
-    fx_data *d = !name ? NULL
-                 : !strcmp(name, "X") ? &f->X
-                 : !strcmp(name, "Y") ? &f->Y
-                 : !strcmp(name, "W0") ? &f->W0
-                 : !strcmp(name, "b0") ? &f->b0
-                                       : NULL;
-    if (!d) return fail(p, "data: unknown name \"%s\" (X, Y, W0, b0)", name ? name : "");
-    if (d->present) return fail(p, "data %s given twice", name);
-    int64_t ndim, ext;
-    if (!parse_int(p, token(&s), "ndim", 1, 2, &ndim)) return 0;
-    d->ndim = (int)ndim;
-    d->numel = 1;
-    for (int i = 0; i < d->ndim; i++) {
-        if (!parse_int(p, token(&s), "extent", 1, MAX_DATA, &ext)) return 0;
-        d->shape[i] = ext;
-        d->numel *= (int)ext;
-    }
-    if (d->numel > MAX_DATA) return fail(p, "data %s: more than %d elements", name, MAX_DATA);
-    int n;
-    if (!parse_list(p, s, name, MAX_DATA, d->v, &n)) return 0;
-    if (n != d->numel) return fail(p, "data %s: %d values for %d elements", name, n, d->numel);
-    d->present = 1;
-    return 1;
+    char *name = fx_token(&s);
+    fx_tensor *d = !name ? NULL
+                   : !strcmp(name, "X") ? &f->X
+                   : !strcmp(name, "Y") ? &f->Y
+                   : !strcmp(name, "W0") ? &f->W0
+                   : !strcmp(name, "b0") ? &f->b0
+                                         : NULL;
+    if (!d) return fx_fail(p, "data: unknown name \"%s\" (X, Y, W0, b0)", name ? name : "");
+    if (d->v) return fx_fail(p, "data %s given twice", name);
+    d->dtype = NB_F64;
+    return fx_parse_array(p, s, name, d);
 }
 
-/* The data must describe X [n, k], Y [n, m], W0 [k, m], b0 [m]. */
-static int check_data(parser *p, const fixture *f)
+/* The data must describe X [n, k], Y [n, m], W0 [k, m], b0 [m], none of them empty. */
+static bool check_data(fx_parser *p, const fixture *f)
 {
-    if (!f->X.present || !f->Y.present || !f->W0.present || !f->b0.present)
-        return fail(p, "data X, Y, W0 and b0 must all come before the first case");
+    if (!f->X.v || !f->Y.v || !f->W0.v || !f->b0.v)
+        return fx_fail(p, "data X, Y, W0 and b0 must all come before the first case");
     if (f->X.ndim != 2 || f->Y.ndim != 2 || f->W0.ndim != 2 || f->b0.ndim != 1 || f->X.shape[0] != f->Y.shape[0] ||
         f->X.shape[1] != f->W0.shape[0] || f->W0.shape[1] != f->Y.shape[1] || f->b0.shape[0] != f->Y.shape[1])
-        return fail(p, "data shapes do not fit X [n, k], Y [n, m], W0 [k, m], b0 [m]");
-    if (f->W0.numel + f->b0.numel > MAX_P) return fail(p, "more than %d parameters", MAX_P);
-    return 1;
+        return fx_fail(p, "data shapes do not fit X [n, k], Y [n, m], W0 [k, m], b0 [m]");
+    if (!f->X.numel || !f->Y.numel || !f->W0.numel) return fx_fail(p, "empty data");
+    if (f->W0.numel + f->b0.numel > MAX_P) return fx_fail(p, "more than %d parameters", MAX_P);
+    return true;
 }
 
-static int parse_optim_line(parser *p, const fixture *f, optim_case *c, const char *kw, char *s)
+static bool parse_optim_line(fx_parser *p, const fixture *f, optim_case *c, const char *kw, char *s)
 {
-    int np = f->W0.numel + f->b0.numel, n;
+    int np = (int)(f->W0.numel + f->b0.numel), n;
     if (!strcmp(kw, "opt")) {
-        char *key = token(&s);
+        char *key = fx_token(&s);
         return parse_field(p, key, s, &c->opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
     }
     if (!strcmp(kw, "at")) {
         int64_t step;
-        if (c->nrec == MAX_REC) return fail(p, "more than %d records", MAX_REC);
-        if (!parse_int(p, token(&s), "step", 1, 1000000, &step)) return 0;
-        if (c->nrec && step <= c->at[c->nrec - 1]) return fail(p, "steps must increase");
-        if (!parse_list(p, s, "at", MAX_P, c->rec[c->nrec], &n)) return 0;
-        if (n != np) return fail(p, "at %lld: %d values for %d parameters", (long long)step, n, np);
+        if (c->nrec == MAX_REC) return fx_fail(p, "more than %d records", MAX_REC);
+        if (!fx_int(p, fx_token(&s), "step", 1, 1000000, &step)) return false;
+        if (c->nrec && step <= c->at[c->nrec - 1]) return fx_fail(p, "steps must increase");
+        if (!parse_list(p, s, "at", MAX_P, c->rec[c->nrec], &n)) return false;
+        if (n != np) return fx_fail(p, "at %lld: %d values for %d parameters", (long long)step, n, np);
         c->at[c->nrec++] = (int)step;
-        return 1;
+        return true;
     }
     if (!strcmp(kw, "state")) {
-        if (c->nstate == MAX_STATES) return fail(p, "more than %d states", MAX_STATES);
-        if (!parse_name(p, token(&s), "state name", c->sname[c->nstate])) return 0;
-        if (!parse_list(p, s, "state", MAX_P, c->sval[c->nstate], &c->slen[c->nstate])) return 0;
+        if (c->nstate == MAX_STATES) return fx_fail(p, "more than %d states", MAX_STATES);
+        if (!fx_name(p, fx_token(&s), "state name", c->sname[c->nstate])) return false;
+        if (!parse_list(p, s, "state", MAX_P, c->sval[c->nstate], &c->slen[c->nstate])) return false;
         c->nstate++;
-        return 1;
+        return true;
     }
-    return fail(p, "unexpected \"%s\" in optimizer case %s", kw, c->name);
+    return fx_fail(p, "unexpected \"%s\" in optimizer case %s", kw, c->name);
 }
 
-static int parse_sched_line(parser *p, sched_case *c, const char *kw, char *s)
+static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *s)
 {
-    if (!strcmp(kw, "lr0")) return parse_num(p, token(&s), "lr0", &c->lr0);
+    if (!strcmp(kw, "lr0")) return fx_finite(p, fx_token(&s), "lr0", &c->lr0);
     if (!strcmp(kw, "metric")) return parse_list(p, s, "metric", MAX_EPOCHS, c->metric, &c->nmetric);
     if (!strcmp(kw, "lr")) return parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr, &c->nlr);
     if (!strcmp(kw, "opt")) {
-        char *key = token(&s);
+        char *key = fx_token(&s);
         if (key && !strcmp(key, "milestones")) {
             double v[NB_SCHED_MAX_MILESTONES];
-            if (!parse_list(p, s, "milestones", NB_SCHED_MAX_MILESTONES, v, &c->opts.n_milestones)) return 0;
+            if (!parse_list(p, s, "milestones", NB_SCHED_MAX_MILESTONES, v, &c->opts.n_milestones)) return false;
             for (int i = 0; i < c->opts.n_milestones; i++) c->opts.milestones[i] = (int64_t)v[i];
-            return 1;
+            return true;
         }
         return parse_field(p, key, s, &c->opts, sched_fields, (int)(sizeof sched_fields / sizeof *sched_fields));
     }
-    return fail(p, "unexpected \"%s\" in schedule case %s", kw, c->name);
+    return fx_fail(p, "unexpected \"%s\" in schedule case %s", kw, c->name);
 }
 
-static int finish_case(parser *p, const optim_case *oc, const sched_case *sc)
+static bool finish_case(fx_parser *p, const optim_case *oc, const sched_case *sc)
 {
-    if (oc && oc->nrec == 0) return fail(p, "case %s: no records", oc->name);
+    if (oc && oc->nrec == 0) return fx_fail(p, "case %s: no records", oc->name);
     if (sc) {
-        if (sc->nlr < 2) return fail(p, "case %s: no lr values", sc->name);
-        if (sc->lr0 <= 0) return fail(p, "case %s: no lr0", sc->name);
+        if (sc->nlr < 2) return fx_fail(p, "case %s: no lr values", sc->name);
+        if (sc->lr0 <= 0) return fx_fail(p, "case %s: no lr0", sc->name);
         if ((sc->kind == NB_SCHED_PLATEAU) != (sc->nmetric > 0))
-            return fail(p, "case %s: metric lines go with plateau schedules, and only with them", sc->name);
+            return fx_fail(p, "case %s: metric lines go with plateau schedules, and only with them", sc->name);
         if (sc->nmetric && sc->nmetric != sc->nlr - 1)
-            return fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr - 1);
+            return fx_fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr - 1);
     }
-    return 1;
+    return true;
 }
 
-/* Parse text (modified in place) into f; 0 with p->err set on failure. */
-static int parse(parser *p, char *text, fixture *f)
+/* Parse text (modified in place) into f; false with p->err set on failure. */
+static bool parse(fx_parser *p, char *text, fixture *f)
 {
-    int header = 0;
+    bool header = false;
     optim_case *oc = NULL;
     sched_case *sc = NULL;
-    char *s = text;
-    while (*s) {
-        char *line = s, *nl = strchr(s, '\n');
-        if (nl) {
-            *nl = '\0';
-            s = nl + 1;
-        } else {
-            s += strlen(s);
-        }
-        p->line++;
-        char *kw = token(&line);
-        if (!kw || kw[0] == '#') continue;
+    char *kw, *line;
+    while ((kw = fx_next_directive(p, &text, &line))) {
         if (!header) {
-            int64_t ver;
-            if (strcmp(kw, "nabla-optim-fixtures")) return fail(p, "expected the header \"nabla-optim-fixtures\"");
-            if (!parse_int(p, token(&line), "format version", 0, INT32_MAX, &ver)) return 0;
-            if (ver != FX_VERSION) return fail(p, "format version %lld; this test reads %d", (long long)ver, FX_VERSION);
-            header = 1;
-            continue;
-        }
-        if (!strcmp(kw, "data")) {
-            if (f->n_optim || f->n_sched) return fail(p, "data after the first case");
-            if (!parse_data(p, f, line)) return 0;
+            if (!fx_header(p, kw, line, FX_HEADER, FX_VERSION)) return false;
+            header = true;
+        } else if (!strcmp(kw, "data")) {
+            if (f->n_optim || f->n_sched) return fx_fail(p, "data after the first case");
+            if (!parse_data(p, f, line)) return false;
         } else if (!strcmp(kw, "case")) {
-            if (oc || sc) return fail(p, "case inside a case: missing end");
-            if (!check_data(p, f)) return 0;
-            char *what = token(&line);
+            if (oc || sc) return fx_fail(p, "case inside a case: missing end");
+            if (!check_data(p, f)) return false;
+            char *what = fx_token(&line);
             int kind;
             if (what && !strcmp(what, "optim")) {
-                if (f->n_optim == MAX_CASES) return fail(p, "more than %d optimizer cases", MAX_CASES);
+                if (f->n_optim == MAX_CASES) return fx_fail(p, "more than %d optimizer cases", MAX_CASES);
                 oc = &f->optim[f->n_optim++];
-                if (!parse_name(p, token(&line), "case name", oc->name)) return 0;
-                if (!parse_kind(p, token(&line), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return 0;
+                if (!fx_name(p, fx_token(&line), "case name", oc->name)) return false;
+                if (!parse_kind(p, fx_token(&line), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return false;
                 oc->kind = (nb_optim_kind)kind;
                 oc->opts = nb_optim_defaults(oc->kind);
                 oc->line = p->line;
             } else if (what && !strcmp(what, "sched")) {
-                if (f->n_sched == MAX_CASES) return fail(p, "more than %d schedule cases", MAX_CASES);
+                if (f->n_sched == MAX_CASES) return fx_fail(p, "more than %d schedule cases", MAX_CASES);
                 sc = &f->sched[f->n_sched++];
-                if (!parse_name(p, token(&line), "case name", sc->name)) return 0;
-                if (!parse_kind(p, token(&line), sched_kinds, NB_SCHED_KIND_COUNT, &kind)) return 0;
+                if (!fx_name(p, fx_token(&line), "case name", sc->name)) return false;
+                if (!parse_kind(p, fx_token(&line), sched_kinds, NB_SCHED_KIND_COUNT, &kind)) return false;
                 sc->kind = (nb_sched_kind)kind;
                 sc->opts = nb_sched_defaults(sc->kind);
                 sc->line = p->line;
             } else {
-                return fail(p, "case: expected optim or sched");
+                return fx_fail(p, "case: expected optim or sched");
             }
-            if (token(&line)) return fail(p, "case: unexpected text after the kind");
+            if (fx_token(&line)) return fx_fail(p, "case: unexpected text after the kind");
         } else if (!strcmp(kw, "end")) {
-            if (!oc && !sc) return fail(p, "end outside a case");
-            if (!finish_case(p, oc, sc)) return 0;
+            if (!oc && !sc) return fx_fail(p, "end outside a case");
+            if (!finish_case(p, oc, sc)) return false;
             oc = NULL;
             sc = NULL;
         } else if (oc) {
-            if (!parse_optim_line(p, f, oc, kw, line)) return 0;
+            if (!parse_optim_line(p, f, oc, kw, line)) return false;
         } else if (sc) {
-            if (!parse_sched_line(p, sc, kw, line)) return 0;
+            if (!parse_sched_line(p, sc, kw, line)) return false;
         } else {
-            return fail(p, "unexpected \"%s\" outside a case", kw);
+            return fx_fail(p, "unexpected \"%s\" outside a case", kw);
         }
     }
-    if (!header) return fail(p, "empty file");
-    if (oc || sc) return fail(p, "the last case has no end");
-    return 1;
+    if (!header) return fx_fail(p, "empty file");
+    if (oc || sc) return fx_fail(p, "the last case has no end");
+    return true;
 }
 
-static char *read_file(const char *path)
+static void fixture_free(fixture *f)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, fp) == (size_t)n) {
-        buf[n] = '\0';
-    } else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(fp);
-    return buf;
+    fx_tensor_free(&f->X);
+    fx_tensor_free(&f->Y);
+    fx_tensor_free(&f->W0);
+    fx_tensor_free(&f->b0);
+    free(f->optim);
+    free(f->sched);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -432,22 +322,14 @@ typedef struct model {
     double inv_n;
 } model;
 
-/* A leaf of dtype dt holding d's values. */
-static nb_tensor *leaf(const fx_data *d, nb_dtype dt)
-{
-    nb_tensor *t = nb_tensor_zeros(dt, d->ndim, d->shape);
-    for (int i = 0; t && i < d->numel; i++) nb_tensor_set(t, i, d->v[i]);
-    return t;
-}
-
 static int model_init(model *m, const fixture *f, nb_dtype dt)
 {
     *m = (model){0};
     m->ps = nb_params_new();
-    m->W = nb_params_add(m->ps, "W", leaf(&f->W0, dt));
-    m->b = nb_params_add(m->ps, "b", leaf(&f->b0, dt));
-    m->X = leaf(&f->X, dt);
-    m->Y = leaf(&f->Y, dt);
+    m->W = nb_params_add(m->ps, "W", fx_leaf(&f->W0, dt));
+    m->b = nb_params_add(m->ps, "b", fx_leaf(&f->b0, dt));
+    m->X = fx_leaf(&f->X, dt);
+    m->Y = fx_leaf(&f->Y, dt);
     m->inv_n = 1.0 / (double)f->X.shape[0];
     return m->ps && m->W && m->b && m->X && m->Y;
 }
@@ -477,39 +359,16 @@ static int train_step(const model *m, nb_optim *opt, nb_tape *tape)
     return ok && nb_optim_step(opt) == NB_OK ? 0 : -1;
 }
 
-/* W then b, flattened */
-static void model_values(const model *m, double *v)
-{
-    int64_t nw = nb_tensor_numel(m->W), nb = nb_tensor_numel(m->b);
-    for (int64_t i = 0; i < nw; i++) v[i] = nb_tensor_get(m->W, i);
-    for (int64_t i = 0; i < nb; i++) v[nw + i] = nb_tensor_get(m->b, i);
-}
-
 /* ---------------------------------------------------------------------------------------------- */
-/* Comparison with the worst error kept per case                                                   */
+/* Comparison with the worst error kept per case (every value compared is a check)                 */
 /* ---------------------------------------------------------------------------------------------- */
 
-typedef struct errstat {
-    double max_rel; /* largest |got - want| / |want| (want != 0) */
-    double max_abs; /* largest |got - want| */
-    long compared;
-    int reported;   /* failures printed so far (at most a few per case) */
-} errstat;
-
-static void compare(errstat *e, const char *cname, const char *what, int step, int i, double got, double want,
-                    double rtol, double atol)
+/* nabla's tensor got, read by flat index, against PyTorch's want[0..n) */
+static void compare(fx_err *e, const char *ctx, const char *what, const nb_tensor *got, const double *want, int64_t n,
+                    const fx_tol *tol)
 {
-    double d = fabs(got - want);
-    e->compared++;
-    nbt_checks++;
-    if (d > e->max_abs) e->max_abs = d;
-    if (want != 0 && d / fabs(want) > e->max_rel) e->max_rel = d / fabs(want);
-    if (!(d <= rtol * fabs(want) + atol)) {
-        nbt_failures++;
-        if (e->reported++ < 5)
-            fprintf(stderr, "FAIL: %s: %s at step %d, element %d: nabla %.17g, PyTorch %.17g (rel %.3g)\n", cname,
-                    what, step, i, got, want, want != 0 ? d / fabs(want) : d);
-    }
+    nbt_checks += (int)n;
+    nbt_failures += (int)fx_compare(e, ctx, what, got, want, n, tol);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -519,14 +378,16 @@ static void compare(errstat *e, const char *cname, const char *what, int step, i
 static long g_traj_values, g_steps_compared;
 
 /* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. */
-static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, errstat *e)
+static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e)
 {
     model m;
     nb_tape *tape = nb_tape_new();
     nb_optim *opt = NULL;
     int last = steps ? steps : c->at[c->nrec - 1];
-    int np = f->W0.numel + f->b0.numel;
-    double rtol = dt == NB_F64 ? TRAJ_RTOL : F32_RTOL, atol = dt == NB_F64 ? TRAJ_ATOL : F32_ATOL;
+    int nw = (int)f->W0.numel, np = nw + (int)f->b0.numel;
+    /* the "max rel" reported is the plain relative error (rel_floor 0) */
+    fx_tol tol = dt == NB_F64 ? (fx_tol){TRAJ_RTOL, TRAJ_ATOL, 0} : (fx_tol){F32_RTOL, F32_ATOL, 0};
+    char ctx[FX_MAX_NAME + 48];
     if (!model_init(&m, f, dt) || !tape || nb_tape_begin(tape) != NB_OK) {
         CHECK(0, "%s: setup failed: %s", c->name, nb_error_message());
         goto done;
@@ -540,9 +401,10 @@ static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, i
             break;
         }
         if (r < c->nrec && c->at[r] == step) {
-            double v[MAX_P];
-            model_values(&m, v);
-            for (int i = 0; i < np; i++) compare(e, c->name, "parameter", step, i, v[i], c->rec[r][i], rtol, atol);
+            /* the record holds W then b, flattened */
+            snprintf(ctx, sizeof ctx, "%s (%s) after step %d", c->name, nb_dtype_name(dt), step);
+            compare(e, ctx, "W", m.W, c->rec[r], nw, &tol);
+            compare(e, ctx, "b", m.b, c->rec[r] + nw, np - nw, &tol);
             if (dt == NB_F64) {
                 g_traj_values += np;
                 g_steps_compared++;
@@ -564,8 +426,9 @@ static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, i
             if (!st) continue;
             CHECK(nb_tensor_numel(st) == c->slen[k], "%s: %s has %lld elements, PyTorch's %d", c->name,
                   c->sname[k], (long long)nb_tensor_numel(st), c->slen[k]);
-            for (int i = 0; i < c->slen[k] && i < nb_tensor_numel(st); i++)
-                compare(e, c->name, c->sname[k], last, i, nb_tensor_get(st, i), c->sval[k][i], rtol, atol);
+            snprintf(ctx, sizeof ctx, "%s (%s) after step %d", c->name, nb_dtype_name(dt), last);
+            int64_t n = c->slen[k] < nb_tensor_numel(st) ? c->slen[k] : nb_tensor_numel(st);
+            compare(e, ctx, c->sname[k], st, c->sval[k], n, &tol);
         }
     }
 end:
@@ -582,10 +445,10 @@ static void test_trajectories(const fixture *f)
     printf("%-30s %8s %12s %12s %12s\n", "optimizer case (f64)", "values", "max rel", "max abs", "f32 max rel");
     for (int k = 0; k < f->n_optim; k++) {
         const optim_case *c = &f->optim[k];
-        errstat e64 = {0}, e32 = {0};
+        fx_err e64 = {0}, e32 = {0};
         run_optim_case(f, c, NB_F64, 0, &e64);
         run_optim_case(f, c, NB_F32, F32_STEPS, &e32);
-        printf("%-30s %8ld %12.3g %12.3g %12.3g\n", c->name, e64.compared, e64.max_rel, e64.max_abs, e32.max_rel);
+        printf("%-30s %8lld %12.3g %12.3g %12.3g\n", c->name, e64.compared, e64.max_rel, e64.max_abs, e32.max_rel);
     }
 }
 
@@ -597,7 +460,8 @@ static long g_lr_values;
 
 static void run_sched_case(const sched_case *c)
 {
-    errstat e = {0};
+    fx_err e = {0};
+    const fx_tol tol = {LR_RTOL, 0, 0};
     nb_params *ps = nb_params_new();
     nb_params_add(ps, "p", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
     nb_optim_opts oo = nb_optim_defaults(NB_SGD);
@@ -606,16 +470,18 @@ static void run_sched_case(const sched_case *c)
     nb_sched *s = nb_sched_new(c->kind, opt, &c->opts);
     CHECK(s != NULL, "%s: nb_sched_new: %s", c->name, nb_error_message());
     if (s) {
-        compare(&e, c->name, "lr", 0, 0, nb_optim_lr(opt), c->lr[0], LR_RTOL, 0);
+        double lr[MAX_EPOCHS + 1]; /* lr[epoch]: at construction, then after each step */
+        lr[0] = nb_optim_lr(opt);
         for (int ep = 1; ep < c->nlr; ep++) {
-            double lr = nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
-            compare(&e, c->name, "lr", ep, 0, lr, c->lr[ep], LR_RTOL, 0);
-            CHECK(lr == nb_optim_lr(opt), "%s: epoch %d: nb_sched_step returned %g, the optimizer has %g", c->name,
-                  ep, lr, nb_optim_lr(opt));
+            lr[ep] = nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
+            CHECK(lr[ep] == nb_optim_lr(opt), "%s: epoch %d: nb_sched_step returned %g, the optimizer has %g",
+                  c->name, ep, lr[ep], nb_optim_lr(opt));
         }
+        nbt_checks += c->nlr;
+        nbt_failures += (int)fx_compare_values(&e, c->name, "lr", lr, c->lr, c->nlr, &tol);
         g_lr_values += c->nlr;
     }
-    printf("%-30s %8ld %12.3g %12.3g\n", c->name, e.compared, e.max_rel, e.max_abs);
+    printf("%-30s %8lld %12.3g %12.3g\n", c->name, e.compared, e.max_rel, e.max_abs);
     nb_sched_free(s);
     nb_optim_free(opt);
     nb_params_free(ps);
@@ -901,7 +767,7 @@ static void check_states(nb_optim_kind kind, const nb_optim_opts *o, const small
         CHECK(name && !strcmp(name, expect[i]), "%s: state %d is %s, expected %s", optim_kinds[kind], i,
               name ? name : "(null)", expect[i]);
         nb_tensor *st = nb_optim_state_tensor(opt, i);
-        char pname[MAX_NAME];
+        char pname[FX_MAX_NAME];
         snprintf(pname, sizeof pname, "%.*s", (int)strcspn(expect[i], "."), expect[i]);
         nb_tensor *p = nb_params_find(s->ps, pname);
         CHECK(st && nb_tensor_numel(st) == nb_tensor_numel(p) && nb_tensor_dtype(st) == nb_tensor_dtype(p),
@@ -1058,17 +924,16 @@ int main(int argc, char **argv)
     fixture f = {0};
     f.optim = calloc(MAX_CASES, sizeof *f.optim);
     f.sched = calloc(MAX_CASES, sizeof *f.sched);
-    char *text = read_file(argv[1]);
-    parser p = {argv[1], 0, ""};
-    if (!text) {
-        fprintf(stderr, "%s: cannot read: %s\n", argv[1], strerror(errno));
-        return 1;
-    }
-    if (!f.optim || !f.sched || !parse(&p, text, &f)) {
-        fprintf(stderr, "%s\n", f.optim && f.sched ? p.err : "out of memory");
-        return 1;
-    }
+    char err[512];
+    char *text = fx_read_text(argv[1], err, sizeof err);
+    fx_parser p = {argv[1], 0, err, sizeof err};
+    bool oom = text && (!f.optim || !f.sched), parsed = text && !oom && parse(&p, text, &f);
     free(text);
+    if (!parsed) {
+        fprintf(stderr, "%s\n", oom ? "out of memory" : err);
+        fixture_free(&f);
+        return 1;
+    }
     CHECK(f.n_optim > 0 && f.n_sched > 0, "the fixture has no optimizer or no schedule case");
 
     test_trajectories(&f);
@@ -1082,7 +947,6 @@ int main(int argc, char **argv)
     test_late_param();
     test_state_names();
     test_bad_options();
-    free(f.optim);
-    free(f.sched);
+    fixture_free(&f);
     return nbt_report("optim");
 }

@@ -421,7 +421,8 @@ static void test_many_to_many(void)
             for (int t = 0; t < REV_T; t++) tgt[t * REV_BATCH + b] = src[(REV_T - 1 - t) * REV_BATCH + b];
         }
         nb_tensor *labels = nb_constant(NB_I64, NB_SHAPE(REV_T * REV_BATCH), tgt);
-        recent[steps % 10] = train_step(tape, &opt, nb_cross_entropy(s2s_run(&m, src, REV_BATCH, 1, NULL), labels, NULL));
+        nb_tensor *logits = s2s_run(&m, src, REV_BATCH, 1, NULL);
+        recent[steps % 10] = train_step(tape, &opt, nb_cross_entropy(logits, labels, NULL));
         steps++;
         if (steps >= 10) {
             avg = 0;
@@ -437,7 +438,8 @@ static void test_many_to_many(void)
     int exact = 0;
     for (int b = 0; b < REV_TEST && out; b++) {
         int same = 1;
-        for (int t = 0; t < REV_T; t++) same &= test_gen[t * REV_TEST + b] == test_src[(REV_T - 1 - t) * REV_TEST + b];
+        for (int t = 0; t < REV_T; t++)
+            same &= test_gen[t * REV_TEST + b] == test_src[(REV_T - 1 - t) * REV_TEST + b];
         exact += same;
     }
     CHECK(exact >= REV_TEST * 9 / 10, "N-M reverse: %d of %d held-out strings exact, need 90%%", exact, REV_TEST);
