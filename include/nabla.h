@@ -132,6 +132,8 @@ double nb_rng_uniform(nb_rng *rng);
 double nb_rng_normal(nb_rng *rng);
 /* Uniform integer in [0, n); n > 0. Unbiased. */
 uint64_t nb_rng_below(nb_rng *rng, uint64_t n);
+/* Shuffle a[0..n) in place (Fisher-Yates: every order equally likely). */
+void nb_rng_shuffle(nb_rng *rng, int64_t *a, int64_t n);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Leaf tensors: owned by the caller, freed with nb_tensor_free                                    */

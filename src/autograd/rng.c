@@ -53,3 +53,14 @@ uint64_t nb_rng_below(nb_rng *rng, uint64_t n)
     while (x >= limit);
     return x % n;
 }
+
+void nb_rng_shuffle(nb_rng *rng, int64_t *a, int64_t n)
+{
+    if (!rng || !a) return;
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)nb_rng_below(rng, (uint64_t)i + 1);
+        int64_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}

@@ -123,16 +123,6 @@ nb_tensor *nb_dataset_targets(const nb_dataset *d)
 /* Row of inputs/targets holding sample i of d. */
 static int64_t row_of(const nb_dataset *d, int64_t i) { return d->rows ? d->rows[i] : i; }
 
-/* rows[0..n) = 0..n-1 shuffled by Fisher-Yates from rng (every permutation equally likely). */
-static void shuffle(int64_t *rows, int64_t n, nb_rng *rng)
-{
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)nb_rng_below(rng, (uint64_t)i + 1);
-        int64_t t = rows[i];
-        rows[i] = rows[j];
-        rows[j] = t;
-    }
-}
 
 /* A view of d's tensors over n rows (taken over by the view). */
 static nb_dataset *view_new(const nb_dataset *d, int64_t *rows, int64_t n)
@@ -175,7 +165,7 @@ nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t se
     for (int64_t i = 0; i < n; i++) perm[i] = i;
     nb_rng rng;
     nb_rng_seed(&rng, seed);
-    shuffle(perm, n, &rng);
+    nb_rng_shuffle(&rng, perm, n);
     for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
     for (int64_t i = 0, a = 0, b = 0; i < n; i++) {
         if (is_val[i])
@@ -276,7 +266,7 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
         /* A new epoch: the rows in storage order, then shuffled from the stream. Starting from the
          * identity makes each epoch's order a function of the stream alone. */
         for (int64_t i = 0; i < n; i++) b->order[i] = row_of(d, i);
-        if (b->shuffle) shuffle(b->order, n, &b->rng);
+        if (b->shuffle) nb_rng_shuffle(&b->rng, b->order, n);
         b->pos = 0;
         b->in_epoch = 1;
     }
