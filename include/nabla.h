@@ -488,7 +488,7 @@ nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
 /* Builds one output from the inputs using nabla ops. Called many times; must be deterministic. */
 typedef nb_tensor *(*nb_func)(void *user, nb_tensor *const *inputs);
 
-#define NB_GRADCHECK_MAX_INPUTS 16
+#define NB_GRADCHECK_MAX_INPUTS 32
 
 typedef struct nb_gradcheck_opts {
     double eps;  /* central-difference step (default 1e-6) */
