@@ -65,6 +65,20 @@ int main(void)
     st = nb_gradgradcheck(f, NULL, 4, in2, NULL, &rep);
     CHECK(st == NB_OK, "gradgradcheck: %s", rep.message);
     if (st != NB_OK) nb_gradcheck_report_print(&rep, stderr);
+    /* the summary names every tensor and counts the parameters */
+    FILE *tf = tmpfile();
+    char text[4096] = "";
+    if (tf) {
+        nb_params_print(g_block.p, tf);
+        rewind(tf);
+        text[fread(text, 1, sizeof text - 1, tf)] = 0;
+        fclose(tf);
+    }
+    CHECK(strstr(text, "attn.q_proj.weight  f64 [8,8]") != NULL, "summary lacks attn.q_proj.weight: %s", text);
+    char total[64];
+    snprintf(total, sizeof total, "16 tensors, %lld trainable parameters", (long long)nb_params_numel(g_block.p));
+    CHECK(strstr(text, total) && nb_params_numel(g_block.p) == 2 * E + 4 * (E * E + E) + 2 * E + (E * FF + FF) + (FF * E + E),
+          "summary total: %s", text);
     nb_tensor_free(in[0]);
     nb_params_free(g_block.p);
 

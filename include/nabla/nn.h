@@ -46,6 +46,8 @@ nb_tensor *nb_params_find(const nb_params *p, const char *name);
 int64_t nb_params_numel(const nb_params *p);
 /* Zero every parameter's gradient (keeping the buffers). */
 void nb_params_zero_grad(nb_params *p);
+/* One line per tensor (name, dtype, shape, element count; buffers marked) and the trainable total. */
+void nb_params_print(const nb_params *p, FILE *f);
 /* Training mode (the default) or evaluation mode; dropout acts only in training mode. */
 void nb_params_set_training(nb_params *p, int training);
 int nb_params_training(const nb_params *p);

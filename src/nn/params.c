@@ -114,6 +114,25 @@ void nb_params_zero_grad(nb_params *p)
     for (int i = 0; p && i < p->n; i++) nb_tensor_zero_grad(p->e[i].t);
 }
 
+void nb_params_print(const nb_params *p, FILE *f)
+{
+    if (!f) f = stdout;
+    if (!p) {
+        fprintf(f, "(no parameters)\n");
+        return;
+    }
+    size_t width = 4;
+    for (int i = 0; i < p->n; i++)
+        if (strlen(p->e[i].name) > width) width = strlen(p->e[i].name);
+    for (int i = 0; i < p->n; i++) {
+        char shape[96];
+        fprintf(f, "  %-*s  %s %-16s %10lld%s\n", (int)width, p->e[i].name, nb_dtype_name(nb_tensor_dtype(p->e[i].t)),
+                nb_shape_str(p->e[i].t, shape, sizeof shape), (long long)nb_tensor_numel(p->e[i].t),
+                p->e[i].trainable ? "" : "  (buffer)");
+    }
+    fprintf(f, "  %d tensors, %lld trainable parameters\n", p->n, (long long)nb_params_numel(p));
+}
+
 void nb_params_set_training(nb_params *p, int training)
 {
     if (p) p->training = training ? 1 : 0;
