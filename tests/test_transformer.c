@@ -74,7 +74,9 @@ int main(void)
         text[fread(text, 1, sizeof text - 1, tf)] = 0;
         fclose(tf);
     }
-    CHECK(strstr(text, "attn.q_proj.weight  f64 [8,8]") != NULL, "summary lacks attn.q_proj.weight: %s", text);
+    const char *line = strstr(text, "attn.q_proj.weight");
+    CHECK(line && strstr(line, "f64 [8,8]") && strstr(line, "f64 [8,8]") < strchr(line, '\n'),
+          "summary lacks attn.q_proj.weight f64 [8,8]: %s", text);
     char total[64];
     snprintf(total, sizeof total, "16 tensors, %lld trainable parameters", (long long)nb_params_numel(g_block.p));
     CHECK(strstr(text, total) && nb_params_numel(g_block.p) == 2 * E + 4 * (E * E + E) + 2 * E + (E * FF + FF) + (FF * E + E),
