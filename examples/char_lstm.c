@@ -24,8 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "common.h"
 
 #define DEFAULT_FILES "fortunes,literature,science,wisdom,humorists,startrek,zippy"
 #define QUOTE_END "%\n"
@@ -71,38 +72,11 @@ static void usage(FILE *f)
             "  --quiet             only the summary and the samples\n");
 }
 
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
-/* The options that take a value, each followed by a space (anything else is unknown). */
-static const char value_options[] =
-    "--data --files --out --load --dump-data --prompt --epochs --max-steps --hidden --layers --embed --batch "
-    "--bptt --length --samples --log-every --threads --seed --lr --clip --val-fraction --temperature --schedule ";
-
-static int takes_value(const char *a)
-{
-    size_t n = strlen(a);
-    for (const char *p = value_options; n && (p = strstr(p, a)); p += n)
-        if ((p == value_options || p[-1] == ' ') && p[n] == ' ') return 1;
-    return 0;
-}
+/* The options that take a value (anything else but the flags is unknown). */
+static const char *const value_options[] = {"--data", "--files", "--out", "--load", "--dump-data", "--prompt",
+                                            "--epochs", "--max-steps", "--hidden", "--layers", "--embed", "--batch",
+                                            "--bptt", "--length", "--samples", "--log-every", "--threads", "--seed",
+                                            "--lr", "--clip", "--val-fraction", "--temperature", "--schedule", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
@@ -124,15 +98,11 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--sample-only")) {
             o->sample_only = 1;
             takes = 0;
-        } else if (!takes_value(a)) {
-            fprintf(stderr, "char_lstm: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!v) {
-            fprintf(stderr, "char_lstm: %s needs a value\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!strcmp(a, "--data")) o->data_dir = v;
+        } else if (!is_one_of(a, value_options))
+            return usage_error(usage, "char_lstm: unknown option %s\n", a);
+        else if (!v)
+            return usage_error(usage, "char_lstm: %s needs a value\n", a);
+        else if (!strcmp(a, "--data")) o->data_dir = v;
         else if (!strcmp(a, "--files")) ok = *v != 0 && (o->files = v, 1);
         else if (!strcmp(a, "--out")) o->out_dir = v;
         else if (!strcmp(a, "--load")) o->load_path = v;
@@ -156,26 +126,12 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--temperature")) ok = parse_double(v, 0, 100, &o->temperature);
         else if (!strcmp(a, "--schedule")) ok = (!strcmp(v, "cosine") || !strcmp(v, "constant")) &&
                                                  (o->schedule = !strcmp(v, "cosine"), 1);
-        if (!ok) {
-            fprintf(stderr, "char_lstm: bad value '%s' for %s\n", v, a);
-            usage(stderr);
-            return 2;
-        }
+        if (!ok) return usage_error(usage, "char_lstm: bad value '%s' for %s\n", v, a);
         i += takes;
     }
-    if (o->sample_only && !o->load_path) {
-        fprintf(stderr, "char_lstm: --sample-only needs --load CHECKPOINT\n");
-        usage(stderr);
-        return 2;
-    }
+    if (o->sample_only && !o->load_path)
+        return usage_error(usage, "char_lstm: --sample-only needs --load CHECKPOINT\n");
     return 0;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -237,61 +193,36 @@ static int blank_from(const buf *b, size_t from)
     return 1;
 }
 
-/* Split one file's bytes into quotes: a line holding only "%" ends a quote; "\r" is dropped and a
- * backspace removes the byte before it (overstrike: "_\bA" and "A\bA" become "A"). Empty quotes are
- * skipped. Returns 0 when out of memory. */
-static int add_file_quotes(quotes *q, const char *data, size_t len)
+/* Add the quotes of one fortune file's text to q, each line cleaned: "\r" is dropped and a backspace
+ * removes the byte before it (overstrike: "_\bA" and "A\bA" become "A"); every line ends with "\n".
+ * Blank quotes are skipped. Returns 0 when out of memory. */
+static int add_file_quotes(quotes *q, const char *text, size_t size)
 {
     buf line = {0};
-    size_t from = q->text.n;
+    size_t pos = 0, start, end;
     int ok = 1;
-    for (size_t i = 0; i <= len && ok; i++) {
-        char c = i < len ? data[i] : '\n';
-        if (c == '\r') continue;
-        if (c == '\b') {
-            if (line.n) line.n--;
-            continue;
-        }
-        if (c != '\n') {
-            ok = buf_put(&line, &c, 1);
-            continue;
-        }
-        if (i == len && line.n == 0) break; /* the file ended with a newline */
-        if (line.n == 1 && line.p[0] == '%') {
-            if (blank_from(&q->text, from)) q->text.n = from; /* an empty quote */
-            else ok = quote_end(q);
-            from = q->text.n;
-        } else {
+    while (ok && next_quote(text, size, &pos, &start, &end)) {
+        size_t from = q->text.n;
+        for (size_t i = start; i <= end && ok; i++) {
+            char c = i < end ? text[i] : '\n';
+            if (c == '\r') continue;
+            if (c == '\b') {
+                if (line.n) line.n--;
+                continue;
+            }
+            if (c != '\n') {
+                ok = buf_put(&line, &c, 1);
+                continue;
+            }
+            if (i == end && line.n == 0) break; /* nothing after the last newline */
             ok = buf_put(&q->text, line.p ? line.p : "", line.n) && buf_put(&q->text, "\n", 1);
+            line.n = 0;
         }
-        line.n = 0;
-    }
-    if (ok && q->text.n > from) {
-        if (blank_from(&q->text, from)) q->text.n = from;
-        else ok = quote_end(q); /* the last quote, without a "%" after it */
+        if (ok && blank_from(&q->text, from)) q->text.n = from;
+        else if (ok) ok = quote_end(q);
     }
     free(line.p);
     return ok;
-}
-
-static int read_file(const char *path, char **data, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    buf b = {0};
-    char chunk[65536];
-    size_t r;
-    int ok = 1;
-    while (ok && (r = fread(chunk, 1, sizeof chunk, f)) > 0) ok = buf_put(&b, chunk, r);
-    ok = ok && !ferror(f);
-    fclose(f);
-    if (!ok) {
-        free(b.p);
-        return 0;
-    }
-    *data = b.p ? b.p : calloc(1, 1);
-    *len = b.n;
-    return *data != NULL;
 }
 
 /* Read every file of the comma-separated list under dir into q. Messages are printed here. */
@@ -316,9 +247,9 @@ static int load_quotes(const char *dir, const char *files, quotes *q)
             return 0;
         }
         snprintf(path, sizeof path, "%s/%s", dir, name);
-        char *data = NULL;
         size_t len = 0;
-        if (!read_file(path, &data, &len)) {
+        char *data = read_file(path, &len);
+        if (!data) {
             fprintf(stderr,
                     "char_lstm: cannot read %s: %s.\n"
                     "Install the fortune files with `apt-get install fortunes`, or pass --data DIR and --files.\n",
@@ -354,21 +285,17 @@ typedef struct corpus {
  * every quote. Returns the number of validation quotes, 0 when out of memory. */
 static size_t split_quotes(const quotes *q, double fraction, uint64_t seed, buf *train, buf *valid)
 {
-    size_t *perm = malloc(q->n * sizeof *perm);
+    int64_t *perm = malloc(q->n * sizeof *perm);
     if (!perm) return 0;
-    for (size_t i = 0; i < q->n; i++) perm[i] = i;
+    for (size_t i = 0; i < q->n; i++) perm[i] = (int64_t)i;
     nb_rng rng;
     nb_rng_seed(&rng, seed ^ 0x5eed5eed5eed5eedULL); /* a stream of its own, apart from the weights' */
-    for (size_t i = q->n - 1; i > 0; i--) {
-        size_t j = (size_t)nb_rng_below(&rng, i + 1), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    nb_rng_shuffle(&rng, perm, (int64_t)q->n);
     size_t n_val = (size_t)llround(fraction * (double)q->n);
     if (n_val < 1) n_val = 1;
     int ok = 1;
     for (size_t k = 0; k < q->n && ok; k++) {
-        size_t i = perm[k];
+        size_t i = (size_t)perm[k];
         buf *b = k < n_val ? valid : train;
         ok = buf_put(b, q->text.p + q->start[i], q->start[i + 1] - q->start[i]) && buf_put(b, QUOTE_END, 2);
     }
@@ -582,18 +509,6 @@ static int sample(const model *m, const nb_vocab *v, const char *prompt, int64_t
     return ok;
 }
 
-static void progress(int epoch, int epochs, int64_t done, int64_t total, double bpc, double gnorm, double sps,
-                     double eta)
-{
-    int width = 24, fill = (int)(width * done / (total ? total : 1));
-    char bar[32];
-    for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
-    bar[width] = 0;
-    fprintf(stdout, "\repoch %2d/%d [%s] %4lld/%lld  train %.3f bpc  |g| %.2f  %.3f s/step  ETA %4.0fs ", epoch,
-            epochs, bar, (long long)done, (long long)total, bpc, gnorm, sps, eta);
-    fflush(stdout);
-}
-
 static int write_file(const char *dir, const char *name, const void *data, size_t n)
 {
     char path[1280];
@@ -794,7 +709,9 @@ static int train(const options *o, model *m, const corpus *c, nb_tape *tape)
             done++;
             double bpc = loss_sum / (double)done / log(2.0), per_step = (now() - t0) / (double)done;
             if (tty && (now() - drawn > 0.2 || done == this_epoch)) {
-                progress(epoch, epochs, done, this_epoch, bpc, gnorm, per_step, per_step * (double)(this_epoch - done));
+                progress(epoch, epochs, done, this_epoch,
+                         "%4lld/%lld  train %.3f bpc  |g| %.2f  %.3f s/step  ETA %4.0fs ", (long long)done,
+                         (long long)this_epoch, bpc, gnorm, per_step, per_step * (double)(this_epoch - done));
                 drawn = now();
             }
             else if (!o->quiet && done % o->log_every == 0) {

@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "common.h"
 
 #define N_CLASSES 10
 static const char *const class_names[N_CLASSES] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -56,26 +57,6 @@ static void usage(FILE *f)
             "                     (render it with: dot -Tpng FILE -o graph.png)\n");
 }
 
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
 static int parse_layers(const char *s, options *o)
 {
     o->n_layers = 0;
@@ -92,15 +73,10 @@ static int parse_layers(const char *s, options *o)
     return o->n_layers > 0;
 }
 
-static int takes_value(const char *a)
-{
-    static const char *const names[] = {"--data",     "--out",     "--eval",    "--layers",         "--epochs",
-                                        "--batch",    "--patience", "--threads", "--train-limit",    "--seed",
-                                        "--lr",       "--weight-decay", "--dropout", "--smoothing", "--graph"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(a, names[i])) return 1;
-    return 0;
-}
+/* The options that take a value (anything else but the flags is unknown). */
+static const char *const value_options[] = {"--data", "--out", "--eval", "--layers", "--epochs", "--batch",
+                                            "--patience", "--threads", "--train-limit", "--seed", "--lr",
+                                            "--weight-decay", "--dropout", "--smoothing", "--graph", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
@@ -118,15 +94,11 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             takes = 0;
-        } else if (!takes_value(a)) {
-            fprintf(stderr, "fashion_mnist: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!v) {
-            fprintf(stderr, "fashion_mnist: %s needs a value\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!strcmp(a, "--data")) o->data_dir = v;
+        } else if (!is_one_of(a, value_options))
+            return usage_error(usage, "fashion_mnist: unknown option %s\n", a);
+        else if (!v)
+            return usage_error(usage, "fashion_mnist: %s needs a value\n", a);
+        else if (!strcmp(a, "--data")) o->data_dir = v;
         else if (!strcmp(a, "--out")) o->out_dir = v;
         else if (!strcmp(a, "--eval")) o->eval_path = v;
         else if (!strcmp(a, "--graph")) o->graph_path = v;
@@ -141,26 +113,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--weight-decay")) ok = parse_double(v, 0, 1, &o->weight_decay);
         else if (!strcmp(a, "--dropout")) ok = parse_double(v, 0, 0.95, &o->dropout);
         else if (!strcmp(a, "--smoothing")) ok = parse_double(v, 0, 0.5, &o->smoothing);
-        else {
-            fprintf(stderr, "fashion_mnist: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "fashion_mnist: bad value '%s' for %s\n", v, a);
-            usage(stderr);
-            return 2;
-        }
+        if (!ok) return usage_error(usage, "fashion_mnist: bad value '%s' for %s\n", v, a);
         i += takes;
     }
     return 0;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Read images (as [N, 784] f32 in [0, 1]) and labels (i64) of one split. */
@@ -261,19 +217,6 @@ static int write_graph(const char *path, nb_tape *tape, nb_tensor *images, nb_te
         return 0;
     }
     return st == NB_OK;
-}
-
-static void progress(int tty, int epoch, int epochs, int64_t done, int64_t total, double loss, double acc,
-                     double rate, double eta)
-{
-    if (!tty) return;
-    int width = 24, fill = (int)(width * done / (total ? total : 1));
-    char bar[32];
-    for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
-    bar[width] = 0;
-    fprintf(stdout, "\repoch %2d/%d [%s] %4lld/%lld  loss %.4f  acc %5.2f%%  %6.0f samples/s  ETA %3.0fs ", epoch,
-            epochs, bar, (long long)done, (long long)total, loss, 100 * acc, rate, eta);
-    fflush(stdout);
 }
 
 static void print_confusion(const int64_t *m)
@@ -428,7 +371,9 @@ int main(int argc, char **argv)
             nb_tape_reset(tape);
             if (tty && (done % 20 == 0 || done == per_epoch)) {
                 double dt = now() - t0;
-                progress(tty, epoch, o.epochs, done, per_epoch, loss_sum / (double)seen, (double)correct / (double)seen,
+                progress(epoch, o.epochs, done, per_epoch,
+                         "%4lld/%lld  loss %.4f  acc %5.2f%%  %6.0f samples/s  ETA %3.0fs ", (long long)done,
+                         (long long)per_epoch, loss_sum / (double)seen, 100 * ((double)correct / (double)seen),
                          (double)seen / dt, dt / (double)done * (double)(per_epoch - done));
             }
         }

@@ -21,9 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "common.h"
 
 #define MAX_CLASSES 16
 #define NAME_MAX_LEN 64
@@ -68,26 +68,6 @@ static void usage(FILE *f)
             MAX_CLASSES);
 }
 
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
 /* A comma-separated list of distinct file names (no '/', not starting with '.'). */
 static int parse_categories(const char *s, options *o)
 {
@@ -108,16 +88,10 @@ static int parse_categories(const char *s, options *o)
     return o->n_classes >= 2;
 }
 
-static int is_value_option(const char *a)
-{
-    static const char *const names[] = {"--data",    "--categories", "--cell", "--epochs", "--patience",
-                                        "--layers",  "--threads",    "--hidden", "--embed", "--batch",
-                                        "--max-len", "--limit",      "--seed",   "--lr",    "--clip",
-                                        "--dropout"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if (!strcmp(a, names[i])) return 1;
-    return 0;
-}
+/* The options that take a value (anything else but the flags is unknown). */
+static const char *const value_options[] = {"--data", "--categories", "--cell", "--epochs", "--patience", "--layers",
+                                            "--threads", "--hidden", "--embed", "--batch", "--max-len", "--limit",
+                                            "--seed", "--lr", "--clip", "--dropout", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
@@ -145,15 +119,11 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "--short")) {
             o->quiet |= !strcmp(a, "--quiet");
             takes = 0;
-        } else if (!is_value_option(a)) {
-            fprintf(stderr, "fortune_classifier: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!v) {
-            fprintf(stderr, "fortune_classifier: %s needs a value\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!strcmp(a, "--data")) o->data_dir = v;
+        } else if (!is_one_of(a, value_options))
+            return usage_error(usage, "fortune_classifier: unknown option %s\n", a);
+        else if (!v)
+            return usage_error(usage, "fortune_classifier: %s needs a value\n", a);
+        else if (!strcmp(a, "--data")) o->data_dir = v;
         else if (!strcmp(a, "--categories")) ok = parse_categories(v, o);
         else if (!strcmp(a, "--cell")) {
             if (!strcmp(v, "gru")) o->cell = NB_GRU;
@@ -173,28 +143,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--lr")) ok = parse_double(v, 1e-8, 10, &o->lr);
         else if (!strcmp(a, "--clip")) ok = parse_double(v, 1e-6, 1e6, &o->clip);
         else if (!strcmp(a, "--dropout")) ok = parse_double(v, 0, 0.95, &o->dropout);
-        if (!ok) {
-            fprintf(stderr, "fortune_classifier: bad value '%s' for %s\n", v, a);
-            usage(stderr);
-            return 2;
-        }
+        if (!ok) return usage_error(usage, "fortune_classifier: bad value '%s' for %s\n", v, a);
         i += takes;
     }
     return 0;
-}
-
-/* The recorded error, or what else made a step fail. */
-static const char *why(void)
-{
-    return nb_error_code() != NB_OK ? nb_error_message()
-                                    : "the gradient norm is not finite: training diverged (try a lower --lr)";
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- the quotes -------------------------------------------------------------------------------- */
@@ -220,40 +172,6 @@ static void corpus_free(corpus *c)
     free(c->ids);
 }
 
-/* The whole file, NUL-terminated, in a new buffer; NULL with errno set on failure. */
-static char *read_file(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        errno = EISDIR; /* or another kind of non-file */
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (ferror(f)) {
-            free(buf);
-            buf = NULL;
-            errno = EIO;
-            break;
-        }
-        if (feof(f)) break;
-        char *bigger = realloc(buf, cap * 2);
-        if (!bigger) free(buf);
-        buf = bigger;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf) return NULL;
-    buf[n] = 0;
-    *size = n;
-    return buf;
-}
-
 /* Append the quotes of one file to c: text between lines that hold only "%", without trailing
  * blanks, cut to max_len bytes; empty ones skipped; at most limit (0: all). Returns the count added,
  * -1 when out of memory. */
@@ -261,32 +179,21 @@ static int64_t split_quotes(corpus *c, int64_t *cap, char *text, size_t size, in
                             int64_t limit)
 {
     int64_t added = 0;
-    size_t start = 0, pos = 0;
-    while (pos <= size && !(limit && added >= limit)) {
-        size_t eol = pos;
-        while (eol < size && text[eol] != '\n') eol++;
-        size_t line = eol - pos;
-        if (line > 0 && text[eol - 1] == '\r') line--;
-        int sep = line == 1 && text[pos] == '%';
-        if (sep || eol >= size) {
-            size_t end = sep ? pos : size;
-            while (end > start && (text[end - 1] == '\n' || text[end - 1] == '\r' || text[end - 1] == ' ' ||
-                                   text[end - 1] == '\t'))
-                end--;
-            if (end > start) {
-                if (c->n == *cap) {
-                    quote *more = realloc(c->q, (size_t)(*cap * 2 + 256) * sizeof *more);
-                    if (!more) return -1;
-                    c->q = more;
-                    *cap = *cap * 2 + 256;
-                }
-                int64_t len = (int64_t)(end - start) < max_len ? (int64_t)(end - start) : max_len;
-                c->q[c->n++] = (quote){.text = text + start, .len = len, .label = label};
-                added++;
-            }
-            start = eol + 1;
+    size_t pos = 0, start, end;
+    while (!(limit && added >= limit) && next_quote(text, size, &pos, &start, &end)) {
+        while (end > start && (text[end - 1] == '\n' || text[end - 1] == '\r' || text[end - 1] == ' ' ||
+                               text[end - 1] == '\t'))
+            end--;
+        if (end == start) continue;
+        if (c->n == *cap) {
+            quote *more = realloc(c->q, (size_t)(*cap * 2 + 256) * sizeof *more);
+            if (!more) return -1;
+            c->q = more;
+            *cap = *cap * 2 + 256;
         }
-        pos = eol + 1;
+        int64_t len = (int64_t)(end - start) < max_len ? (int64_t)(end - start) : max_len;
+        c->q[c->n++] = (quote){.text = text + start, .len = len, .label = label};
+        added++;
     }
     return added;
 }
@@ -322,16 +229,6 @@ static int load_corpus(const options *o, corpus *c, int64_t *per_class)
     return 1;
 }
 
-static void shuffle(int64_t *a, int64_t n, nb_rng *rng)
-{
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)nb_rng_below(rng, (uint64_t)i + 1);
-        int64_t t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
-}
-
 /* A split: quote indices, and how many of each class. */
 typedef struct split {
     int64_t *idx, n;
@@ -356,7 +253,7 @@ static int make_splits(const corpus *c, int n_classes, uint64_t seed, split *tr,
         int64_t m = 0;
         for (int64_t i = 0; i < c->n; i++)
             if (c->q[i].label == k) cls[m++] = i;
-        shuffle(cls, m, &rng);
+        nb_rng_shuffle(&rng, cls, m);
         int64_t n_test = (m + 5) / 10, n_val = (m + 5) / 10;
         for (int64_t i = 0; i < m; i++) {
             split *s = i < n_test ? te : i < n_test + n_val ? va : tr;
@@ -412,7 +309,7 @@ static void plan_make(plan *p, const corpus *c, const split *s, int64_t batch, n
 {
     p->n_batches = (s->n + batch - 1) / batch;
     memcpy(p->order, s->idx, (size_t)s->n * sizeof *p->order);
-    if (rng) shuffle(p->order, s->n, rng);
+    if (rng) nb_rng_shuffle(rng, p->order, s->n);
     int64_t group = rng ? 16 * batch : s->n;
     for (int64_t g = 0; g < s->n; g += group) {
         int64_t m = s->n - g < group ? s->n - g : group;
@@ -422,7 +319,7 @@ static void plan_make(plan *p, const corpus *c, const split *s, int64_t batch, n
     }
     for (int64_t k = 0; k <= p->n_batches; k++) p->start[k] = k * batch < s->n ? k * batch : s->n;
     for (int64_t k = 0; k < p->n_batches; k++) p->batch_perm[k] = k;
-    if (rng) shuffle(p->batch_perm, p->n_batches, rng);
+    if (rng) nb_rng_shuffle(rng, p->batch_perm, p->n_batches);
 }
 
 /* ---- the model --------------------------------------------------------------------------------- */
@@ -499,18 +396,6 @@ static int evaluate(const model *m, const corpus *c, const split *s, plan *p, ba
     nb_params_set_training(m->params, 1);
     *acc = s->n ? (double)correct / (double)s->n : 0;
     return ok;
-}
-
-static void progress(int epoch, int epochs, int64_t done, int64_t total, double loss, double acc, double rate,
-                     double eta)
-{
-    int width = 24, fill = (int)(width * done / (total ? total : 1));
-    char bar[32];
-    for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
-    bar[width] = 0;
-    printf("\repoch %2d/%d [%s] %3lld/%lld  loss %.4f  acc %5.2f%%  %5.0f quotes/s  ETA %3.0fs ", epoch, epochs, bar,
-           (long long)done, (long long)total, loss, 100 * acc, rate, eta);
-    fflush(stdout);
 }
 
 static void print_table(const options *o, const split *tr, const split *va, const split *te,
@@ -657,7 +542,9 @@ int main(int argc, char **argv)
             nb_tape_reset(tape);
             if (tty && ((k + 1) % 5 == 0 || k + 1 == tp.n_batches)) {
                 double dt = now() - t0;
-                progress(epoch, o.epochs, k + 1, tp.n_batches, loss_sum / (double)seen, (double)correct / (double)seen,
+                progress(epoch, o.epochs, k + 1, tp.n_batches,
+                         "%3lld/%lld  loss %.4f  acc %5.2f%%  %5.0f quotes/s  ETA %3.0fs ", (long long)(k + 1),
+                         (long long)tp.n_batches, loss_sum / (double)seen, 100 * ((double)correct / (double)seen),
                          (double)seen / dt, dt / (double)(k + 1) * (double)(tp.n_batches - k - 1));
             }
         }

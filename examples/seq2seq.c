@@ -23,13 +23,13 @@
 
 #include <nabla.h>
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "common.h"
 
 #define MAX_SRC 20 /* the format token and at most 18 characters */
 #define MAX_TGT 20 /* at most 18 characters and the end token */
@@ -72,35 +72,10 @@ static void usage(FILE *f)
                "                   (later options override it)\n");
 }
 
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
-static int is_value_option(const char *a)
-{
-    static const char *const names[] = {"--cell",   "--train-size", "--val-size", "--test-size", "--epochs",
-                                        "--patience", "--threads",  "--hidden",   "--embed",     "--batch",
-                                        "--seed",   "--lr",         "--clip"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if (!strcmp(a, names[i])) return 1;
-    return 0;
-}
+/* The options that take a value (anything else but the flags is unknown). */
+static const char *const value_options[] = {"--cell", "--train-size", "--val-size", "--test-size", "--epochs",
+                                            "--patience", "--threads", "--hidden", "--embed", "--batch", "--seed",
+                                            "--lr", "--clip", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
@@ -126,15 +101,11 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "--short")) {
             o->quiet |= !strcmp(a, "--quiet");
             takes = 0;
-        } else if (!is_value_option(a)) {
-            fprintf(stderr, "seq2seq: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!v) {
-            fprintf(stderr, "seq2seq: %s needs a value\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!strcmp(a, "--cell")) {
+        } else if (!is_one_of(a, value_options))
+            return usage_error(usage, "seq2seq: unknown option %s\n", a);
+        else if (!v)
+            return usage_error(usage, "seq2seq: %s needs a value\n", a);
+        else if (!strcmp(a, "--cell")) {
             if (!strcmp(v, "lstm")) o->cell = NB_LSTM;
             else if (!strcmp(v, "gru")) o->cell = NB_GRU;
             else ok = 0;
@@ -151,28 +122,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--seed")) ok = parse_int(v, 0, INT64_MAX, &n) && (o->seed = (uint64_t)n, 1);
         else if (!strcmp(a, "--lr")) ok = parse_double(v, 1e-8, 10, &o->lr);
         else if (!strcmp(a, "--clip")) ok = parse_double(v, 1e-6, 1e6, &o->clip);
-        if (!ok) {
-            fprintf(stderr, "seq2seq: bad value '%s' for %s\n", v, a);
-            usage(stderr);
-            return 2;
-        }
+        if (!ok) return usage_error(usage, "seq2seq: bad value '%s' for %s\n", v, a);
         i += takes;
     }
     return 0;
-}
-
-/* The recorded error, or what else made a step fail. */
-static const char *why(void)
-{
-    return nb_error_code() != NB_OK ? nb_error_message()
-                                    : "the gradient norm is not finite: training diverged (try a lower --lr)";
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- the task ---------------------------------------------------------------------------------- */
@@ -243,16 +196,6 @@ static int make_example(const tokens *tk, date when, date_format from, date_form
         return 0;
     e->tgt[nt] = tk->eos;
     return 1;
-}
-
-static void shuffle(int64_t *a, int64_t n, nb_rng *rng)
-{
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)nb_rng_below(rng, (uint64_t)i + 1);
-        int64_t t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
 }
 
 /* ---- the model --------------------------------------------------------------------------------- */
@@ -376,17 +319,6 @@ static int evaluate(const model *m, const tokens *tk, const example *const *ex, 
     return ok;
 }
 
-static void progress(int epoch, int epochs, int64_t done, int64_t total, double loss, double rate, double eta)
-{
-    int width = 24, fill = (int)(width * done / (total ? total : 1));
-    char bar[32];
-    for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
-    bar[width] = 0;
-    printf("\repoch %2d/%d [%s] %4lld/%lld  loss %.4f  %6.0f examples/s  ETA %3.0fs ", epoch, epochs, bar,
-           (long long)done, (long long)total, loss, rate, eta);
-    fflush(stdout);
-}
-
 int main(int argc, char **argv)
 {
     options o;
@@ -457,7 +389,7 @@ int main(int argc, char **argv)
         goto done;
     }
     for (int64_t i = 0; i < n_dates; i++) perm[i] = i;
-    shuffle(perm, n_dates, &data_rng);
+    nb_rng_shuffle(&data_rng, perm, n_dates);
     for (int64_t i = 0; i < n_held; i++) {
         date_format from = (date_format)nb_rng_below(&data_rng, N_FORMATS);
         date_format to = (date_format)nb_rng_below(&data_rng, N_TARGETS);
@@ -507,7 +439,7 @@ int main(int argc, char **argv)
     for (int epoch = 1; epoch <= o.epochs; epoch++) {
         double t0 = now(), loss_sum = 0;
         int64_t tokens_seen = 0, steps;
-        shuffle(order, o.train_size, &shuffle_rng);
+        nb_rng_shuffle(&shuffle_rng, order, o.train_size);
         nb_tape_begin(tape);
         for (int64_t k = 0; k < per_epoch; k++) {
             int64_t s = k * o.batch, b = o.train_size - s < o.batch ? o.train_size - s : o.batch, n_tok = 0;
@@ -531,7 +463,8 @@ int main(int argc, char **argv)
             nb_tape_reset(tape);
             if (tty && ((k + 1) % 10 == 0 || k + 1 == per_epoch)) {
                 double dt = now() - t0;
-                progress(epoch, o.epochs, k + 1, per_epoch, loss_sum / (double)tokens_seen,
+                progress(epoch, o.epochs, k + 1, per_epoch, "%4lld/%lld  loss %.4f  %6.0f examples/s  ETA %3.0fs ",
+                         (long long)(k + 1), (long long)per_epoch, loss_sum / (double)tokens_seen,
                          (double)(s + b) / dt, dt / (double)(k + 1) * (double)(per_epoch - k - 1));
             }
         }
