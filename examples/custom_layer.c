@@ -61,8 +61,12 @@ static nb_tensor *rms_norm_custom(void *user, nb_tensor *const *in)
     return nb_custom(&rms_op, 2, in, NB_F64, 2, nb_tensor_shape(in[0]));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s (it takes no options)\n", argv[0]);
+        return 2;
+    }
     nb_rng rng;
     nb_rng_seed(&rng, 7);
     nb_tensor *in[2] = {nb_tensor_normal(NB_F64, NB_SHAPE(3, 5), 0, 1, &rng),

@@ -82,8 +82,12 @@ static int report(const char *what, nb_status st, const nb_gradcheck_report *rep
     return st == NB_OK ? 0 : 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s (it takes no options)\n", argv[0]);
+        return 2;
+    }
     int failures = 0;
     nb_rng rng;
     nb_rng_seed(&rng, 7);

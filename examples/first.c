@@ -9,8 +9,12 @@ static nb_tensor *f(void *user, nb_tensor *const *in)
     return nb_sum_all(nb_mul(nb_tanh(z), nb_sigmoid(z)));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s (it takes no options)\n", argv[0]);
+        return 2;
+    }
     nb_rng rng;
     nb_rng_seed(&rng, 42);
     nb_tensor *x = nb_tensor_uniform(NB_F64, NB_SHAPE(2, 3), -1, 1, &rng);  /* leaves: yours to free */

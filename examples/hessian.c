@@ -35,8 +35,12 @@ static int hvp(nb_tensor *gw, nb_tensor *w, const double *v, double *hv)
     return 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s (it takes no options)\n", argv[0]);
+        return 2;
+    }
     nb_rng rng;
     nb_rng_seed(&rng, 2024);
     nb_tensor *x = nb_tensor_normal(NB_F64, NB_SHAPE(N, D), 0, 1, &rng);
