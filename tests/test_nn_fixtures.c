@@ -223,7 +223,7 @@ typedef bool (*nn_run_fn)(nn_run *r);
 
 static bool run_rnn(nn_run *r, nb_rnn_kind kind)
 {
-    int64_t layers, input, hidden, bf;
+    int64_t layers = 0, input = 0, hidden = 0, bf = 0;
     if (!attr_int(r, "layers", INT64_MIN, &layers) || !attr_int(r, "input", INT64_MIN, &input) ||
         !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf))
         return false;
@@ -252,7 +252,7 @@ static bool run_gru(nn_run *r) { return run_rnn(r, NB_GRU); }
 
 static bool run_mha(nn_run *r)
 {
-    int64_t embed, heads, causal;
+    int64_t embed = 0, heads = 0, causal = 0;
     if (!attr_int(r, "embed", INT64_MIN, &embed) || !attr_int(r, "heads", INT64_MIN, &heads) ||
         !attr_int(r, "causal", 0, &causal))
         return false;
@@ -279,7 +279,7 @@ static bool run_layer_norm(nn_run *r)
 
 static bool run_linear(nn_run *r)
 {
-    int64_t in, out, bias;
+    int64_t in = 0, out = 0, bias = 0;
     if (!attr_int(r, "in", INT64_MIN, &in) || !attr_int(r, "out", INT64_MIN, &out) || !attr_int(r, "bias", 1, &bias))
         return false;
     nb_layer_opts o = F64_OPTS;
@@ -319,7 +319,7 @@ static bool run_bce(nn_run *r)
 static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
 {
     memset(o, 0, sizeof *o);
-    int64_t ign;
+    int64_t ign = INT64_MAX;
     if (!reduction_attr(r, &o->reduction) || !attr_int(r, "ignore_index", INT64_MAX, &ign) ||
         !attr_f64(r, "label_smoothing", 0.0, &o->label_smoothing))
         return false;
