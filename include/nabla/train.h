@@ -167,6 +167,17 @@ void nb_batches_free(nb_batches *b);
  * copied): returns 1 with *x (and *y when targets exist) set, 0 at the end of the epoch (the next
  * call starts a new epoch), -1 on error. */
 int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y);
+/* Batches of variable-length sequences. d's inputs hold one padded sequence per row ([N, T, ...],
+ * padding after each sequence's end) and lengths[i] in 1..T is the length of sample i of d (copied).
+ * Each epoch the samples are shuffled (when shuffle is set), sorted by length within windows of
+ * `window` batches (ties keep the shuffled order), cut into batches, and the full batches shuffled again:
+ * sequences of similar length share a batch, so little work goes into padding. nb_batches_next then
+ * returns x cut to the batch's longest sequence along dim 1 (targets are returned whole), and
+ * nb_batches_lengths the batch's lengths. */
+nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, int64_t batch_size, int64_t window,
+                                 int shuffle, uint64_t seed);
+/* The lengths of the last batch's sequences (by_length batches; NULL for others), and its size. */
+const int64_t *nb_batches_lengths(const nb_batches *b, int64_t *count);
 /* The rows of the last batch returned, as row indices of nb_dataset_inputs(d) (for a split view:
  * rows of the parent's tensors), and its size. */
 const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count);

@@ -205,6 +205,12 @@ struct nb_batches {
     int64_t last_count;
     int64_t pos;        /* next position in order */
     int in_epoch;       /* order is set up for the current epoch */
+    /* by-length batches */
+    int64_t *len;       /* length of each sample of d [d->size], or NULL */
+    int64_t *last_len;  /* lengths of the last batch [cap] */
+    int64_t window;     /* batches per sorting window */
+    uint64_t *keys;     /* sorting scratch [window * batch_size] */
+    int64_t *tmp;       /* reordering scratch [d->size] */
 };
 
 nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_rows, int drop_last,
@@ -243,7 +249,78 @@ void nb_batches_free(nb_batches *b)
     if (!b) return;
     free(b->order);
     free(b->last);
+    free(b->len);
+    free(b->last_len);
+    free(b->keys);
+    free(b->tmp);
     free(b);
+}
+
+nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, int64_t batch_size, int64_t window,
+                                 int shuffle_rows, uint64_t seed)
+{
+    const char *who = "nb_batches_by_length";
+    if (d && (!lengths || window < 1 || nb_tensor_ndim(d->inputs) < 2)) {
+        char s[96];
+        nb_error_set(NB_ERR_ARG, "%s: need lengths, a window >= 1 (got %lld) and inputs of at least 2 dims (got %s)",
+                     who, (long long)window, nb_shape_str(d->inputs, s, sizeof s));
+        return NULL;
+    }
+    nb_batches *b = nb_batches_new(d, batch_size, shuffle_rows, 0, seed);
+    if (!b) return NULL;
+    int64_t n = d->size, t_max = nb_tensor_dim(d->inputs, 1), cap = batch_size < n ? batch_size : n;
+    if (window > (INT64_MAX / 16) / batch_size) window = (INT64_MAX / 16) / batch_size;
+    int64_t wcap = window * batch_size < n ? window * batch_size : n;
+    b->window = window;
+    b->len = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    b->last_len = malloc((size_t)(cap ? cap : 1) * sizeof(int64_t));
+    b->keys = malloc((size_t)(wcap ? wcap : 1) * sizeof(uint64_t));
+    b->tmp = malloc((size_t)(n + n / batch_size + 2) * sizeof(int64_t));
+    if (!b->len || !b->last_len || !b->keys || !b->tmp) {
+        nb_batches_free(b);
+        nb_error_set(NB_ERR_NOMEM, "%s: out of memory for %lld samples", who, (long long)n);
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (lengths[i] < 1 || lengths[i] > t_max) {
+            nb_error_set(NB_ERR_ARG, "%s: length %lld of sample %lld is outside 1..%lld (the padded length)", who,
+                         (long long)lengths[i], (long long)i, (long long)t_max);
+            nb_batches_free(b);
+            return NULL;
+        }
+        b->len[i] = lengths[i];
+    }
+    return b;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* order[0..n) (sample positions) sorted by length within windows of window * batch_size samples, then
+ * (when shuffling) the full batches put in a shuffled order. tmp has room for n positions followed by
+ * one entry per batch. */
+static void group_by_length(nb_batches *b, int64_t n)
+{
+    const int64_t bs = b->batch_size, w = b->window * bs;
+    for (int64_t start = 0; start < n; start += w) {
+        int64_t m = n - start < w ? n - start : w;
+        /* key: the length above, the position within the window below, so the sort is stable */
+        for (int64_t k = 0; k < m; k++) b->keys[k] = (uint64_t)b->len[b->order[start + k]] << 32 | (uint64_t)k;
+        qsort(b->keys, (size_t)m, sizeof *b->keys, cmp_u64);
+        for (int64_t k = 0; k < m; k++) b->tmp[k] = b->order[start + (int64_t)(b->keys[k] & 0xffffffffu)];
+        memcpy(b->order + start, b->tmp, (size_t)m * sizeof(int64_t));
+    }
+    if (!b->shuffle) return;
+    /* the full batches in a shuffled order; a shorter last one stays last, so that the epoch is cut
+     * into the same batches */
+    int64_t full = n / bs, *perm = b->tmp + n;
+    for (int64_t k = 0; k < full; k++) perm[k] = k;
+    nb_rng_shuffle(&b->rng, perm, full);
+    for (int64_t k = 0; k < full; k++) memcpy(b->tmp + k * bs, b->order + perm[k] * bs, (size_t)bs * sizeof(int64_t));
+    memcpy(b->order, b->tmp, (size_t)(full * bs) * sizeof(int64_t));
 }
 
 int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
@@ -265,8 +342,10 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
     if (!b->in_epoch) {
         /* A new epoch: the rows in storage order, then shuffled from the stream. Starting from the
          * identity makes each epoch's order a function of the stream alone. */
-        for (int64_t i = 0; i < n; i++) b->order[i] = row_of(d, i);
+        /* by-length batches order sample positions (their lengths are per position), others rows */
+        for (int64_t i = 0; i < n; i++) b->order[i] = b->len ? i : row_of(d, i);
         if (b->shuffle) nb_rng_shuffle(&b->rng, b->order, n);
+        if (b->len) group_by_length(b, n);
         b->pos = 0;
         b->in_epoch = 1;
     }
@@ -275,14 +354,23 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
         b->in_epoch = 0;
         return 0;
     }
-    int64_t count = left < b->batch_size ? left : b->batch_size;
+    int64_t count = left < b->batch_size ? left : b->batch_size, longest = 0;
     nb_tensor *idx = nb_zeros(NB_I64, 1, &count);
     if (!idx) return -1;
-    memcpy(nb_tensor_data(idx), b->order + b->pos, (size_t)count * sizeof(int64_t));
+    int64_t *rows = nb_tensor_data(idx);
+    for (int64_t k = 0; k < count; k++) {
+        int64_t at = b->order[b->pos + k];
+        rows[k] = b->len ? row_of(d, at) : at;
+        if (b->len) {
+            b->last_len[k] = b->len[at];
+            if (b->len[at] > longest) longest = b->len[at];
+        }
+    }
     nb_tensor *bx = nb_index_select(d->inputs, 0, idx);
+    if (bx && b->len) bx = nb_slice(bx, 1, 0, longest, 1); /* cut to the batch's longest sequence */
     nb_tensor *by = d->targets ? nb_index_select(d->targets, 0, idx) : NULL;
     if (!bx || (d->targets && !by)) return -1; /* nb_index_select's error stands */
-    memcpy(b->last, b->order + b->pos, (size_t)count * sizeof(int64_t));
+    memcpy(b->last, rows, (size_t)count * sizeof(int64_t));
     b->last_count = count;
     b->pos += count;
     *x = bx;
@@ -299,6 +387,18 @@ const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count)
     }
     if (count) *count = b->last_count;
     return b->last;
+}
+
+const int64_t *nb_batches_lengths(const nb_batches *b, int64_t *count)
+{
+    if (count) *count = 0;
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_lengths: batches is NULL");
+        return NULL;
+    }
+    if (!b->len) return NULL;
+    if (count) *count = b->last_count;
+    return b->last_len;
 }
 
 int64_t nb_batches_per_epoch(const nb_batches *b)
