@@ -5,10 +5,11 @@
  *
  * Quotes come from Debian's `fortunes` package (/usr/share/games/fortunes/<category>, quotes
  * separated by lines holding only "%"), capped at --max-len bytes. The split is seeded and
- * stratified by quote (80% train / 10% validation / 10% test in every category); batches are
- * bucketed by length so that little time goes into padding. Adam with gradient-norm clipping, early
- * stopping on validation accuracy with the best weights restored; at the end the test accuracy
- * against the majority-class baseline and a per-class table.
+ * stratified by quote (80% train / 10% validation / 10% test in every category); each split is a
+ * dataset of padded byte ids, and nb_batches_by_length puts quotes of similar length in a batch so
+ * that little time goes into padding. Adam with gradient-norm clipping, early stopping on validation
+ * accuracy with the best weights restored; at the end the test accuracy against the majority-class
+ * baseline and a per-class table.
  *
  *   fortune_classifier [options]
  */
@@ -155,21 +156,18 @@ typedef struct quote {
     const char *text; /* into the category's file buffer */
     int64_t len;      /* bytes, at most max_len */
     int label;
-    int64_t *ids;     /* len byte ids, into corpus.ids */
 } quote;
 
 typedef struct corpus {
     char *file[MAX_CLASSES]; /* each category's file contents */
     quote *q;
     int64_t n;
-    int64_t *ids;
 } corpus;
 
 static void corpus_free(corpus *c)
 {
     for (int i = 0; i < MAX_CLASSES; i++) free(c->file[i]);
     free(c->q);
-    free(c->ids);
 }
 
 /* Append the quotes of one file to c: text between lines that hold only "%", without trailing
@@ -229,11 +227,20 @@ static int load_corpus(const options *o, corpus *c, int64_t *per_class)
     return 1;
 }
 
-/* A split: quote indices, and how many of each class. */
+/* A split: quote indices, and how many of each class; then its quotes as a dataset (make_dataset). */
 typedef struct split {
     int64_t *idx, n;
     int64_t count[MAX_CLASSES];
+    nb_dataset *ds; /* inputs: byte ids [n, max_len]; targets: labels [n] */
+    int64_t *len;   /* the quotes' lengths [n] */
 } split;
+
+static void split_free(split *s)
+{
+    nb_dataset_free(s->ds);
+    free(s->len);
+    free(s->idx);
+}
 
 /* Stratified: in each class, a seeded shuffle; round(10%) to test, round(10%) to validation, the
  * rest to training. */
@@ -265,61 +272,33 @@ static int make_splits(const corpus *c, int n_classes, uint64_t seed, split *tr,
     return 1;
 }
 
-/* ---- batches bucketed by length ------------------------------------------------------------- */
-
-typedef struct len_idx {
-    int64_t len, idx;
-} len_idx;
-
-static int by_len(const void *a, const void *b)
+/* The quotes of s as a dataset: row i holds quote i's byte ids, then 0 up to max_len (padding that
+ * changes nothing, as nb_rnn_forward is given the lengths); a byte not in vocab gets id V, its size,
+ * and is counted in *unknown. Returns 1, or 0 when out of memory. */
+static int make_dataset(const corpus *c, split *s, const nb_vocab *vocab, int64_t max_len, int64_t *unknown)
 {
-    const len_idx *x = a, *y = b;
-    return x->len < y->len ? -1 : x->len > y->len ? 1 : (x->idx > y->idx) - (x->idx < y->idx);
-}
-
-/* An epoch's plan (sized by plan_init for n quotes, used for splits of at most n): order holds the split's quotes so that batch k is order[start[k] .. start[k + 1]).
- * Training: shuffle, sort each run of 16 batches by length (so a batch's quotes have similar lengths),
- * then shuffle the batches. Evaluation: all sorted by length. */
-typedef struct plan {
-    int64_t *order, *start, n_batches;
-    int64_t *batch_perm;
-    len_idx *tmp;
-} plan;
-
-static int plan_init(plan *p, int64_t n, int64_t batch)
-{
-    int64_t nb = (n + batch - 1) / batch;
-    p->order = malloc((size_t)n * sizeof *p->order);
-    p->start = malloc((size_t)(nb + 1) * sizeof *p->start);
-    p->batch_perm = malloc((size_t)nb * sizeof *p->batch_perm);
-    p->tmp = malloc((size_t)n * sizeof *p->tmp);
-    p->n_batches = nb;
-    return p->order && p->start && p->batch_perm && p->tmp;
-}
-
-static void plan_free(plan *p)
-{
-    free(p->order);
-    free(p->start);
-    free(p->batch_perm);
-    free(p->tmp);
-}
-
-static void plan_make(plan *p, const corpus *c, const split *s, int64_t batch, nb_rng *rng)
-{
-    p->n_batches = (s->n + batch - 1) / batch;
-    memcpy(p->order, s->idx, (size_t)s->n * sizeof *p->order);
-    if (rng) nb_rng_shuffle(rng, p->order, s->n);
-    int64_t group = rng ? 16 * batch : s->n;
-    for (int64_t g = 0; g < s->n; g += group) {
-        int64_t m = s->n - g < group ? s->n - g : group;
-        for (int64_t i = 0; i < m; i++) p->tmp[i] = (len_idx){c->q[p->order[g + i]].len, p->order[g + i]};
-        qsort(p->tmp, (size_t)m, sizeof *p->tmp, by_len);
-        for (int64_t i = 0; i < m; i++) p->order[g + i] = p->tmp[i].idx;
+    int V = nb_vocab_size(vocab);
+    nb_tensor *ids = nb_tensor_zeros(NB_I64, NB_SHAPE(s->n, max_len));
+    nb_tensor *labels = nb_tensor_zeros(NB_I64, NB_SHAPE(s->n));
+    s->len = malloc((size_t)s->n * sizeof *s->len);
+    if (!ids || !labels || !s->len) {
+        nb_tensor_free(ids);
+        nb_tensor_free(labels);
+        return 0;
     }
-    for (int64_t k = 0; k <= p->n_batches; k++) p->start[k] = k * batch < s->n ? k * batch : s->n;
-    for (int64_t k = 0; k < p->n_batches; k++) p->batch_perm[k] = k;
-    if (rng) nb_rng_shuffle(rng, p->batch_perm, p->n_batches);
+    int64_t *row = nb_tensor_data(ids), *label = nb_tensor_data(labels);
+    for (int64_t i = 0; i < s->n; i++, row += max_len) {
+        const quote *q = &c->q[s->idx[i]];
+        for (int64_t j = 0; j < q->len; j++) {
+            int id = nb_vocab_id(vocab, (unsigned char)q->text[j]);
+            *unknown += id < 0;
+            row[j] = id < 0 ? V : id;
+        }
+        label[i] = q->label;
+        s->len[i] = q->len;
+    }
+    s->ds = nb_dataset_new(ids, labels);
+    return s->ds != NULL;
 }
 
 /* ---- the model --------------------------------------------------------------------------------- */
@@ -333,60 +312,46 @@ typedef struct model {
     nb_rng *rng; /* dropout */
 } model;
 
-/* Reusable host buffers for one batch. */
-typedef struct batch_buf {
-    int64_t *ids, *lens, *labels;
-    float *inv_len;
-} batch_buf;
-
-/* Logits [b, C] of the b quotes idx[0..b): ids [b, T] padded with 0 (T the longest), lengths; the
- * labels into buf->labels. */
-static nb_tensor *logits_of(const model *m, const corpus *c, const int64_t *idx, int64_t b, batch_buf *buf)
+/* Logits [b, C] of a batch: byte ids [b, T] (T the longest quote of the batch) and the b lengths. */
+static nb_tensor *logits_of(const model *m, nb_tensor *ids, const int64_t *lens)
 {
-    int64_t T = 1;
-    for (int64_t i = 0; i < b; i++) T = c->q[idx[i]].len > T ? c->q[idx[i]].len : T;
-    for (int64_t i = 0; i < b; i++) {
-        const quote *q = &c->q[idx[i]];
-        memcpy(buf->ids + i * T, q->ids, (size_t)q->len * sizeof *buf->ids);
-        memset(buf->ids + i * T + q->len, 0, (size_t)(T - q->len) * sizeof *buf->ids);
-        buf->lens[i] = q->len;
-        buf->inv_len[i] = 1.0f / (float)q->len;
-        buf->labels[i] = q->label;
-    }
-    int64_t H = m->rnn.hidden, L = m->rnn.layers;
-    nb_tensor *x = nb_embedding_forward(&m->emb, nb_constant(NB_I64, NB_SHAPE(b, T), buf->ids)); /* [b, T, E] */
+    int64_t b = nb_tensor_dim(ids, 0), H = m->rnn.hidden, L = m->rnn.layers;
+    nb_tensor *x = nb_embedding_forward(&m->emb, ids); /* [b, T, E] */
     nb_tensor *out;
     nb_rnn_state fin;
-    if (nb_rnn_forward(&m->rnn, x, NULL, buf->lens, &out, &fin) != NB_OK) return NULL;
+    if (nb_rnn_forward(&m->rnn, x, NULL, lens, &out, &fin) != NB_OK) return NULL;
     /* the top layer's state after each quote's last byte, and the mean of its outputs over the
      * quote (outputs past the end are zero) */
     nb_tensor *last = nb_reshape(nb_slice(fin.h, 0, L - 1, L, 1), NB_SHAPE(b, H));
-    nb_tensor *mean = nb_mul(nb_sum(out, NB_AXES(1), 0), nb_constant(NB_F32, NB_SHAPE(b, 1), buf->inv_len));
+    nb_tensor *len = nb_cast(nb_constant(NB_I64, NB_SHAPE(b, 1), lens), NB_F32);
+    nb_tensor *mean = nb_div(nb_sum(out, NB_AXES(1), 0), len);
     nb_tensor *feats = nb_concat(2, (nb_tensor *[]){last, mean}, 1); /* [b, 2H] */
     return nb_linear_forward(&m->head, nb_train_dropout(m->params, feats, m->dropout, m->rng));
 }
 
 /* Accuracy over a split (evaluation mode, nothing recorded); confusion [C, C] counts when given. */
-static int evaluate(const model *m, const corpus *c, const split *s, plan *p, batch_buf *buf, int64_t batch,
-                    nb_tape *tape, int n_classes, double *acc, int64_t *confusion)
+static int evaluate(const model *m, const split *s, int64_t batch, nb_tape *tape, int n_classes, double *acc,
+                    int64_t *confusion)
 {
+    /* not shuffled, and one window over the whole split: all its quotes sorted by length */
+    nb_batches *b = nb_batches_by_length(s->ds, s->len, batch, s->n / batch + 1, 0, 0);
+    if (!b) return 0;
     nb_params_set_training(m->params, 0);
-    plan_make(p, c, s, batch, NULL);
     int64_t correct = 0;
-    int ok = 1;
+    nb_tensor *x, *y;
+    int r;
     nb_tape_begin(tape);
     nb_no_grad_begin();
-    for (int64_t k = 0; k < p->n_batches && ok; k++) {
-        int64_t b = p->start[k + 1] - p->start[k];
-        nb_tensor *pred = nb_argmax(logits_of(m, c, p->order + p->start[k], b, buf), 1, 0);
+    while ((r = nb_batches_next(b, &x, &y)) == 1) {
+        nb_tensor *pred = nb_argmax(logits_of(m, x, nb_batches_lengths(b, NULL)), 1, 0);
         if (!pred) {
-            ok = 0;
+            r = -1;
             break;
         }
-        const int64_t *pd = nb_tensor_cdata(pred);
-        for (int64_t i = 0; i < b; i++) {
-            correct += pd[i] == buf->labels[i];
-            if (confusion) confusion[buf->labels[i] * n_classes + pd[i]]++;
+        const int64_t *pd = nb_tensor_cdata(pred), *label = nb_tensor_cdata(y);
+        for (int64_t i = 0; i < nb_tensor_dim(y, 0); i++) {
+            correct += pd[i] == label[i];
+            if (confusion) confusion[label[i] * n_classes + pd[i]]++;
         }
         nb_tape_reset(tape);
     }
@@ -394,8 +359,9 @@ static int evaluate(const model *m, const corpus *c, const split *s, plan *p, ba
     nb_tape_end(tape);
     nb_tape_reset(tape);
     nb_params_set_training(m->params, 1);
+    nb_batches_free(b);
     *acc = s->n ? (double)correct / (double)s->n : 0;
-    return ok;
+    return r == 0;
 }
 
 static void print_table(const options *o, const split *tr, const split *va, const split *te,
@@ -429,18 +395,16 @@ int main(int argc, char **argv)
     int status = 1;
     corpus c = {0};
     split tr = {0}, va = {0}, te = {0};
-    plan pl = {0}, tp = {0}; /* evaluation, training */
-    batch_buf buf = {0};
     nb_vocab *vocab = NULL;
     char *train_text = NULL;
     nb_params *params = NULL;
     nb_tape *tape = NULL;
     nb_optim *opt = NULL;
     nb_early_stop *es = NULL;
+    nb_batches *batches = NULL;
     int64_t per_class[MAX_CLASSES] = {0};
-    nb_rng init_rng, shuffle_rng, dropout_rng;
+    nb_rng init_rng, dropout_rng;
     nb_rng_seed(&init_rng, o.seed * 4 + 1);
-    nb_rng_seed(&shuffle_rng, o.seed * 4 + 2);
     nb_rng_seed(&dropout_rng, o.seed * 4 + 3);
 
     if (!load_corpus(&o, &c, per_class)) goto done;
@@ -450,12 +414,10 @@ int main(int argc, char **argv)
     }
 
     /* byte vocabulary of the training quotes; a byte seen only outside them gets id V (unknown) */
-    int64_t train_bytes = 0, all_bytes = 0;
+    int64_t train_bytes = 0;
     for (int64_t i = 0; i < tr.n; i++) train_bytes += c.q[tr.idx[i]].len;
-    for (int64_t i = 0; i < c.n; i++) all_bytes += c.q[i].len;
     train_text = malloc((size_t)train_bytes + 1);
-    c.ids = malloc((size_t)all_bytes * sizeof *c.ids);
-    if (!train_text || !c.ids) {
+    if (!train_text) {
         fprintf(stderr, "fortune_classifier: out of memory\n");
         goto done;
     }
@@ -470,14 +432,10 @@ int main(int argc, char **argv)
     }
     int V = nb_vocab_size(vocab);
     int64_t unknown = 0;
-    for (int64_t i = 0, at = 0; i < c.n; i++) {
-        c.q[i].ids = c.ids + at;
-        for (int64_t j = 0; j < c.q[i].len; j++) {
-            int id = nb_vocab_id(vocab, (unsigned char)c.q[i].text[j]);
-            unknown += id < 0;
-            c.q[i].ids[j] = id < 0 ? V : id;
-        }
-        at += c.q[i].len;
+    if (!make_dataset(&c, &tr, vocab, o.max_len, &unknown) || !make_dataset(&c, &va, vocab, o.max_len, &unknown) ||
+        !make_dataset(&c, &te, vocab, o.max_len, &unknown)) {
+        fprintf(stderr, "fortune_classifier: %s\n", nb_error_code() ? nb_error_message() : "out of memory");
+        goto done;
     }
 
     /* the model */
@@ -496,12 +454,9 @@ int main(int argc, char **argv)
     opt = nb_optim_new(NB_ADAM, params, &oo);
     es = nb_early_stop_new(params, o.patience, 0.0, 1); /* maximise the validation accuracy */
     tape = nb_tape_new();
-    buf.ids = malloc((size_t)(o.batch * o.max_len) * sizeof *buf.ids);
-    buf.lens = malloc((size_t)o.batch * sizeof *buf.lens);
-    buf.labels = malloc((size_t)o.batch * sizeof *buf.labels);
-    buf.inv_len = malloc((size_t)o.batch * sizeof *buf.inv_len);
-    if (!opt || !es || !tape || !buf.ids || !buf.lens || !buf.labels || !buf.inv_len ||
-        !plan_init(&pl, c.n, o.batch) || !plan_init(&tp, tr.n, o.batch)) {
+    /* shuffled, sorted by length within runs of 16 batches, the batches shuffled again */
+    batches = nb_batches_by_length(tr.ds, tr.len, o.batch, 16, 1, o.seed * 4 + 2);
+    if (!opt || !es || !tape || !batches) {
         fprintf(stderr, "fortune_classifier: %s\n", nb_error_code() ? nb_error_message() : "out of memory");
         goto done;
     }
@@ -519,39 +474,42 @@ int main(int argc, char **argv)
     }
 
     int failed = 0;
+    int64_t per_epoch = nb_batches_per_epoch(batches);
     for (int epoch = 1; epoch <= o.epochs && !failed; epoch++) {
         double t0 = now(), loss_sum = 0;
-        int64_t correct = 0, seen = 0;
-        plan_make(&tp, &c, &tr, o.batch, &shuffle_rng);
+        int64_t correct = 0, seen = 0, k = 0; /* k: batches done */
+        nb_tensor *x, *y;
+        int r;
         nb_tape_begin(tape);
-        for (int64_t k = 0; k < tp.n_batches; k++) {
-            int64_t kb = tp.batch_perm[k], b = tp.start[kb + 1] - tp.start[kb];
-            nb_tensor *logits = logits_of(&m, &c, tp.order + tp.start[kb], b, &buf);
-            nb_tensor *loss = nb_cross_entropy(logits, nb_constant(NB_I64, NB_SHAPE(b), buf.labels), NULL);
+        while ((r = nb_batches_next(batches, &x, &y)) == 1) {
+            nb_tensor *logits = logits_of(&m, x, nb_batches_lengths(batches, NULL));
+            nb_tensor *loss = nb_cross_entropy(logits, y, NULL);
             nb_tensor *pred = nb_argmax(logits, 1, 0);
             if (!loss || !pred || nb_backward(loss, NULL, 0) != NB_OK || !isfinite(nb_clip_grad_norm(params, o.clip)) ||
                 nb_optim_step(opt) != NB_OK) {
-                failed = 1;
+                r = -1;
                 break;
             }
             nb_optim_zero_grad(opt);
-            const int64_t *pd = nb_tensor_cdata(pred);
-            for (int64_t i = 0; i < b; i++) correct += pd[i] == buf.labels[i];
+            int64_t b = nb_tensor_dim(y, 0);
+            const int64_t *pd = nb_tensor_cdata(pred), *label = nb_tensor_cdata(y);
+            for (int64_t i = 0; i < b; i++) correct += pd[i] == label[i];
             loss_sum += nb_tensor_item(loss) * (double)b;
             seen += b;
+            k++;
             nb_tape_reset(tape);
-            if (tty && ((k + 1) % 5 == 0 || k + 1 == tp.n_batches)) {
+            if (tty && (k % 5 == 0 || k == per_epoch)) {
                 double dt = now() - t0;
-                progress(epoch, o.epochs, k + 1, tp.n_batches,
-                         "%3lld/%lld  loss %.4f  acc %5.2f%%  %5.0f quotes/s  ETA %3.0fs ", (long long)(k + 1),
-                         (long long)tp.n_batches, loss_sum / (double)seen, 100 * ((double)correct / (double)seen),
-                         (double)seen / dt, dt / (double)(k + 1) * (double)(tp.n_batches - k - 1));
+                progress(epoch, o.epochs, k, per_epoch,
+                         "%3lld/%lld  loss %.4f  acc %5.2f%%  %5.0f quotes/s  ETA %3.0fs ", (long long)k,
+                         (long long)per_epoch, loss_sum / (double)seen, 100 * ((double)correct / (double)seen),
+                         (double)seen / dt, dt / (double)k * (double)(per_epoch - k));
             }
         }
         nb_tape_end(tape);
         nb_tape_reset(tape);
         double val_acc;
-        if (failed || !evaluate(&m, &c, &va, &pl, &buf, o.batch, tape, o.n_classes, &val_acc, NULL)) {
+        if (r < 0 || !evaluate(&m, &va, o.batch, tape, o.n_classes, &val_acc, NULL)) {
             fprintf(stderr, "%sfortune_classifier: %s\n", tty ? "\n" : "", why());
             failed = 1;
             break;
@@ -574,7 +532,7 @@ int main(int argc, char **argv)
     int64_t *confusion = calloc((size_t)(o.n_classes * o.n_classes), sizeof *confusion);
     double test_acc;
     if (!confusion || nb_early_stop_restore(es) != NB_OK ||
-        !evaluate(&m, &c, &te, &pl, &buf, o.batch, tape, o.n_classes, &test_acc, confusion)) {
+        !evaluate(&m, &te, o.batch, tape, o.n_classes, &test_acc, confusion)) {
         fprintf(stderr, "fortune_classifier: %s\n", nb_error_code() ? nb_error_message() : "out of memory");
         free(confusion);
         goto done;
@@ -592,21 +550,16 @@ int main(int argc, char **argv)
     status = 0;
 
 done:
+    nb_batches_free(batches);
     nb_early_stop_free(es);
     nb_optim_free(opt);
     nb_tape_free(tape);
     nb_params_free(params);
     nb_vocab_free(vocab);
     free(train_text);
-    free(buf.ids);
-    free(buf.lens);
-    free(buf.labels);
-    free(buf.inv_len);
-    plan_free(&pl);
-    plan_free(&tp);
-    free(tr.idx);
-    free(va.idx);
-    free(te.idx);
+    split_free(&tr);
+    split_free(&va);
+    split_free(&te);
     corpus_free(&c);
     return status;
 }

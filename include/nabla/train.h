@@ -170,7 +170,8 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y);
 /* Batches of variable-length sequences. d's inputs hold one padded sequence per row ([N, T, ...],
  * padding after each sequence's end) and lengths[i] in 1..T is the length of sample i of d (copied).
  * Each epoch the samples are shuffled (when shuffle is set), sorted by length within windows of
- * `window` batches (ties keep the shuffled order), cut into batches, and the full batches shuffled again:
+ * `window` batches (ties keep the shuffled order; a window of at least the number of batches sorts the
+ * whole epoch), cut into batches, and the full batches shuffled again (a shorter last batch stays last):
  * sequences of similar length share a batch, so little work goes into padding. nb_batches_next then
  * returns x cut to the batch's longest sequence along dim 1 (targets are returned whole), and
  * nb_batches_lengths the batch's lengths. */

@@ -269,7 +269,8 @@ nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, in
     nb_batches *b = nb_batches_new(d, batch_size, shuffle_rows, 0, seed);
     if (!b) return NULL;
     int64_t n = d->size, t_max = nb_tensor_dim(d->inputs, 1), cap = batch_size < n ? batch_size : n;
-    if (window > (INT64_MAX / 16) / batch_size) window = (INT64_MAX / 16) / batch_size;
+    /* a window wider than the epoch sorts it all; the sort key keeps positions in 32 bits */
+    if (window > ((int64_t)1 << 31) / batch_size) window = ((int64_t)1 << 31) / batch_size + 1;
     int64_t wcap = window * batch_size < n ? window * batch_size : n;
     b->window = window;
     b->len = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
