@@ -66,7 +66,14 @@ const char *nb_optim_kind_name(nb_optim_kind kind);
 int nb_optim_state_count(const nb_optim *opt);
 nb_tensor *nb_optim_state_tensor(const nb_optim *opt, int i);
 const char *nb_optim_state_name(const nb_optim *opt, int i);
+/* Set the step counter, and every parameter's own count, to steps. */
 nb_status nb_optim_set_steps(nb_optim *opt, int64_t steps);
+/* The parameters the optimizer updates (the trainable f32/f64 tensors of its collection, in order), and
+ * each one's own count of updates: a parameter without a gradient at a step is skipped, as in PyTorch,
+ * so its count (and Adam's bias correction) can lag the optimizer's. Checkpoints keep these counts. */
+int nb_optim_param_count(const nb_optim *opt);
+int64_t nb_optim_param_steps(const nb_optim *opt, int i);
+nb_status nb_optim_set_param_steps(nb_optim *opt, int i, int64_t steps);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Learning-rate schedules                                                                         */

@@ -47,6 +47,9 @@ _Static_assert(sizeof st_dtype / sizeof st_dtype[0] == NB_DTYPE_COUNT, "a safete
 
 #define META_KEY "__metadata__"
 #define OPTIM_PREFIX "optim."
+/* the optimizer's per-parameter update counts (i64 [parameters]); files without it give every
+ * parameter the optimizer's count */
+#define PARAM_STEPS OPTIM_PREFIX "param_steps"
 /* cJSON keeps numbers as doubles, exact up to 2^53: offsets and extents are limited to that. */
 #define MAX_JSON_INT ((uint64_t)1 << 53)
 /* reads and writes go in pieces of at most this many bytes */
@@ -422,8 +425,13 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         return NB_ERR_ARG;
     }
     int np = nb_params_count(params), ns = opt ? nb_optim_state_count(opt) : 0, n = np + ns;
-    const char **names = malloc(((size_t)n + 1) * sizeof *names);
-    nb_tensor **tensors = malloc(((size_t)n + 1) * sizeof *tensors);
+    /* each parameter's own update count, as one i64 vector */
+    int64_t npar = opt ? nb_optim_param_count(opt) : 0;
+    nb_tensor *psteps = npar ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL;
+    for (int i = 0; psteps && i < npar; i++) ((int64_t *)nb_tensor_data(psteps))[i] = nb_optim_param_steps(opt, i);
+    if (npar && !psteps) return nb_error_code();
+    const char **names = malloc(((size_t)n + 2) * sizeof *names);
+    nb_tensor **tensors = malloc(((size_t)n + 2) * sizeof *tensors);
     char **owned = calloc((size_t)ns + 1, sizeof *owned);
     nb_status st = names && tensors && owned ? NB_OK : NB_ERR_NOMEM;
     for (int i = 0; st == NB_OK && i < np; i++) {
@@ -445,6 +453,10 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         tensors[np + j] = nb_optim_state_tensor(opt, j);
     }
     if (st == NB_ERR_NOMEM) nb_error_set(NB_ERR_NOMEM, "%s: %s: out of memory", who, path);
+    if (st == NB_OK && psteps) {
+        names[n] = PARAM_STEPS;
+        tensors[n++] = psteps;
+    }
     if (st == NB_OK) {
         char step_s[32], osteps_s[32];
         snprintf(step_s, sizeof step_s, "%" PRId64, step);
@@ -457,6 +469,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
     free(owned);
     free(names);
     free(tensors);
+    nb_tensor_free(psteps);
     return st;
 }
 
@@ -855,6 +868,16 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
         st = match(&L, sname, nb_optim_state_tensor(opt, j), e, missing, sizeof missing, &n_missing);
         if (e) e->used = 1;
     }
+    entry *psteps = opt && !st ? find_entry(&L, PARAM_STEPS) : NULL;
+    if (psteps && !psteps->used) {
+        int64_t npar = nb_optim_param_count(opt);
+        if (psteps->dtype != NB_I64 || psteps->ndim != 1 || psteps->shape[0] != npar)
+            st = fail(&L, NB_ERR_SHAPE, "tensor %s: expected i64 [%lld] (one count per optimized parameter)",
+                      PARAM_STEPS, (long long)npar);
+        psteps->used = 1;
+    } else {
+        psteps = NULL;
+    }
     for (int i = 0; !st && i < L.n; i++) {
         const entry *e = L.by_name[i];
         /* without an optimizer, its entries are skipped */
@@ -873,9 +896,15 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
 
     /* everything checks out: read the data, then change the model */
     if (!st) st = read_data(&L);
+    const int64_t *pcounts = !st && psteps ? (const int64_t *)(L.data + psteps->begin) : NULL;
+    for (int64_t i = 0; pcounts && !st && i < psteps->shape[0]; i++)
+        if (pcounts[i] < 0)
+            st = fail(&L, NB_ERR_FORMAT, "tensor %s: count %lld of parameter %lld is negative", PARAM_STEPS,
+                      (long long)pcounts[i], (long long)i);
     /* The only call below that could fail on checked input is set_steps (steps >= 0 is checked), so
      * it goes first: after it, the copies cannot fail (every target is a leaf of the right size). */
     if (!st && opt) st = nb_optim_set_steps(opt, osteps);
+    for (int i = 0; pcounts && !st && i < nb_optim_param_count(opt); i++) st = nb_optim_set_param_steps(opt, i, pcounts[i]);
     for (int i = 0; !st && i < np + ns; i++) {
         nb_tensor *t = i < np ? nb_params_tensor(params, i) : nb_optim_state_tensor(opt, i - np);
         if (target[i]->end > target[i]->begin) st = nb_tensor_copy_from(t, L.data + target[i]->begin);

@@ -256,6 +256,24 @@ nb_status nb_optim_set_steps(nb_optim *opt, int64_t steps)
     return NB_OK;
 }
 
+int nb_optim_param_count(const nb_optim *opt) { return opt ? opt->n : 0; }
+
+int64_t nb_optim_param_steps(const nb_optim *opt, int i)
+{
+    return opt && i >= 0 && i < opt->n ? opt->s[i].steps : -1;
+}
+
+nb_status nb_optim_set_param_steps(nb_optim *opt, int i, int64_t steps)
+{
+    if (!opt || i < 0 || i >= opt->n || steps < 0) {
+        nb_error_set(NB_ERR_ARG, "nb_optim_set_param_steps: parameter %d of %d, steps %lld", i, opt ? opt->n : 0,
+                     (long long)steps);
+        return NB_ERR_ARG;
+    }
+    opt->s[i].steps = steps;
+    return NB_OK;
+}
+
 /* ---- learning-rate schedules ------------------------------------------------------------------ */
 
 struct nb_sched {
