@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build the readers' fuzz target with clang (libFuzzer + ASan + UBSan) and run it for SECONDS
-# (default 60), seeded with the committed fixture files. Run from the repository root.
+# (default 60), seeded with the committed fixture files.
 set -eu
+cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 out=${TMPDIR:-/tmp}/nabla-fuzz
 mkdir -p "$out/corpus"
