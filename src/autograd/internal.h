@@ -6,6 +6,8 @@
 
 #include <stdbool.h>
 
+#include "../ops/oplist.h"
+
 /* ---- tensors ---------------------------------------------------------------------------------- */
 
 enum {
@@ -39,61 +41,11 @@ static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F
 
 /* ---- ops -------------------------------------------------------------------------------------- */
 
+/* The built-in ops, from the one list in src/ops/oplist.h. */
 typedef enum nb_op_id {
-    NB_OP_VIEW,       /* reshape: shares the input's data */
-    NB_OP_ADD,
-    NB_OP_SUB,
-    NB_OP_MUL,
-    NB_OP_DIV,
-    NB_OP_CMP,        /* comparisons: i[0] = nb_binop; not differentiable */
-    NB_OP_AFFINE,     /* f[0] * x + f[1] */
-    NB_OP_EXP,
-    NB_OP_LOG,
-    NB_OP_TANH,
-    NB_OP_SIGMOID,
-    NB_OP_RELU,
-    NB_OP_MATMUL,     /* i[0] = NB_TRANS_* flags */
-    NB_OP_ADDMM,      /* inputs c, a, b: c + op(a) op(b); i[0] = NB_TRANS_* flags */
-    NB_OP_SUM,        /* i[0] = bitmask of reduced axes, i[1] = keepdim */
-    NB_OP_PERMUTE,    /* i[0..ndim) = perm */
-    NB_OP_BROADCAST,  /* out shape is the target */
-    NB_OP_CAST,
-    NB_OP_POW,
-    NB_OP_MAXIMUM,
-    NB_OP_MINIMUM,
-    NB_OP_SQRT,
-    NB_OP_ABS,
-    NB_OP_SIGN,       /* not differentiable */
-    NB_OP_SIN,
-    NB_OP_COS,
-    NB_OP_ERF,
-    NB_OP_LOG1P,
-    NB_OP_EXPM1,
-    NB_OP_LEAKY_RELU, /* f[0] = slope */
-    NB_OP_ELU,        /* f[0] = alpha */
-    NB_OP_SOFTPLUS,
-    NB_OP_GELU,
-    NB_OP_CLAMP,      /* f[0] = lo, f[1] = hi */
-    NB_OP_RECIPROCAL,
-    NB_OP_SQUARE,
-    NB_OP_POWS,       /* f[0] = exponent */
-    NB_OP_WHERE,      /* inputs cond, a, b */
-    NB_OP_ARGMAX,     /* i[0] = axis, i[1] = 1 for argmin; i64 result, not differentiable */
-    NB_OP_SOFTMAX,    /* i[0] = axis */
-    NB_OP_LOG_SOFTMAX,/* i[0] = axis */
-    NB_OP_CUSTOM,     /* p = the nb_custom_op */
-    NB_OP_TANH_BW,    /* inputs g, y = tanh(x): g (1 - y^2) */
-    NB_OP_SIGMOID_BW, /* inputs g, y = sigmoid(x): g y (1 - y) */
-    NB_OP_RELU_BW,    /* inputs g, x: g [x > 0] */
-    /* index.c */
-    NB_OP_SLICE,        /* i[0] = axis, i[1] = start, i[2] = step, i[3] = extent of the result along axis */
-    NB_OP_SLICE_EMBED,  /* adjoint of slice: zeros of out's shape, input placed at axis/start/step */
-    NB_OP_PAD,          /* i[d] = elements before along dim d; f[0] = fill value */
-    NB_OP_CONCAT,       /* any number of inputs; i[0] = axis, i[1] = number of inputs */
-    NB_OP_INDEX_SELECT, /* inputs x, idx (i64 1-D); i[0] = axis */
-    NB_OP_INDEX_ADD,    /* inputs idx, src; zeros of out's shape with src added at idx along i[0] */
-    NB_OP_GATHER,       /* inputs x, idx (i64, x's ndim); i[0] = axis */
-    NB_OP_SCATTER_ADD,  /* inputs idx, src; zeros of out's shape with src added at idx along i[0] */
+#define NB__OP_ENUM(ID, fn, name, n_in, fw, bw, into, view) NB_OP_##ID,
+    NB_OP_LIST(NB__OP_ENUM)
+#undef NB__OP_ENUM
     NB_OP_COUNT
 } nb_op_id;
 
@@ -140,7 +92,7 @@ typedef struct nb_opdef {
     nb_view_fn view;       /* optional */
 } nb_opdef;
 
-extern const nb_opdef nb__ops[]; /* NB_OP_COUNT entries, in optable.c */
+extern const nb_opdef nb__ops[NB_OP_COUNT]; /* made from oplist.h in optable.c */
 
 enum { NB_NODE_RELEASED = 1u << 0 };
 

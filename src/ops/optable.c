@@ -1,60 +1,15 @@
-/* The table of built-in ops: name, arity, forward kernel, backward rule. */
+/* The table of built-in ops (name, arity, forward kernel, backward rule, fast path, view rule), made
+ * from the one list in oplist.h. */
 #include "ops.h"
 
-const nb_opdef nb__ops[] = {
-    [NB_OP_VIEW] = {.name = "reshape", .n_inputs = 1, .backward = nb__bw_view},
-    [NB_OP_ADD] = {.name = "add", .n_inputs = 2, .forward = nb__fw_add, .backward = nb__bw_add},
-    [NB_OP_SUB] = {.name = "sub", .n_inputs = 2, .forward = nb__fw_sub, .backward = nb__bw_sub},
-    [NB_OP_MUL] = {.name = "mul", .n_inputs = 2, .forward = nb__fw_mul, .backward = nb__bw_mul},
-    [NB_OP_DIV] = {.name = "div", .n_inputs = 2, .forward = nb__fw_div, .backward = nb__bw_div},
-    [NB_OP_CMP] = {.name = "compare", .n_inputs = 2, .forward = nb__fw_cmp},
-    [NB_OP_AFFINE] = {.name = "affine", .n_inputs = 1, .forward = nb__fw_affine, .backward = nb__bw_affine},
-    [NB_OP_EXP] = {.name = "exp", .n_inputs = 1, .forward = nb__fw_exp, .backward = nb__bw_exp},
-    [NB_OP_LOG] = {.name = "log", .n_inputs = 1, .forward = nb__fw_log, .backward = nb__bw_log},
-    [NB_OP_TANH] = {.name = "tanh", .n_inputs = 1, .forward = nb__fw_tanh, .backward = nb__bw_tanh},
-    [NB_OP_SIGMOID] = {.name = "sigmoid", .n_inputs = 1, .forward = nb__fw_sigmoid, .backward = nb__bw_sigmoid},
-    [NB_OP_RELU] = {.name = "relu", .n_inputs = 1, .forward = nb__fw_relu, .backward = nb__bw_relu},
-    [NB_OP_MATMUL] = {.name = "matmul", .n_inputs = 2, .forward = nb__fw_matmul, .backward = nb__bw_matmul, .backward_into = nb__into_matmul},
-    [NB_OP_ADDMM] = {.name = "addmm", .n_inputs = 3, .forward = nb__fw_addmm, .backward = nb__bw_addmm, .backward_into = nb__into_addmm},
-    [NB_OP_SUM] = {.name = "sum", .n_inputs = 1, .forward = nb__fw_sum, .backward = nb__bw_sum},
-    [NB_OP_PERMUTE] = {.name = "permute", .n_inputs = 1, .forward = nb__fw_permute, .backward = nb__bw_permute},
-    [NB_OP_BROADCAST] = {.name = "broadcast_to", .n_inputs = 1, .forward = nb__fw_broadcast, .backward = nb__bw_broadcast},
-    [NB_OP_CAST] = {.name = "cast", .n_inputs = 1, .forward = nb__fw_cast, .backward = nb__bw_cast},
-    [NB_OP_POW] = {.name = "pow", .n_inputs = 2, .forward = nb__fw_pow, .backward = nb__bw_pow},
-    [NB_OP_MAXIMUM] = {.name = "maximum", .n_inputs = 2, .forward = nb__fw_maximum, .backward = nb__bw_maximum},
-    [NB_OP_MINIMUM] = {.name = "minimum", .n_inputs = 2, .forward = nb__fw_minimum, .backward = nb__bw_minimum},
-    [NB_OP_SQRT] = {.name = "sqrt", .n_inputs = 1, .forward = nb__fw_sqrt, .backward = nb__bw_sqrt},
-    [NB_OP_ABS] = {.name = "abs", .n_inputs = 1, .forward = nb__fw_abs, .backward = nb__bw_abs},
-    [NB_OP_SIGN] = {.name = "sign", .n_inputs = 1, .forward = nb__fw_sign},
-    [NB_OP_SIN] = {.name = "sin", .n_inputs = 1, .forward = nb__fw_sin, .backward = nb__bw_sin},
-    [NB_OP_COS] = {.name = "cos", .n_inputs = 1, .forward = nb__fw_cos, .backward = nb__bw_cos},
-    [NB_OP_ERF] = {.name = "erf", .n_inputs = 1, .forward = nb__fw_erf, .backward = nb__bw_erf},
-    [NB_OP_LOG1P] = {.name = "log1p", .n_inputs = 1, .forward = nb__fw_log1p, .backward = nb__bw_log1p},
-    [NB_OP_EXPM1] = {.name = "expm1", .n_inputs = 1, .forward = nb__fw_expm1, .backward = nb__bw_expm1},
-    [NB_OP_LEAKY_RELU] = {.name = "leaky_relu", .n_inputs = 1, .forward = nb__fw_leaky_relu, .backward = nb__bw_leaky_relu},
-    [NB_OP_ELU] = {.name = "elu", .n_inputs = 1, .forward = nb__fw_elu, .backward = nb__bw_elu},
-    [NB_OP_SOFTPLUS] = {.name = "softplus", .n_inputs = 1, .forward = nb__fw_softplus, .backward = nb__bw_softplus},
-    [NB_OP_GELU] = {.name = "gelu", .n_inputs = 1, .forward = nb__fw_gelu, .backward = nb__bw_gelu},
-    [NB_OP_CLAMP] = {.name = "clamp", .n_inputs = 1, .forward = nb__fw_clamp, .backward = nb__bw_clamp},
-    [NB_OP_RECIPROCAL] = {.name = "reciprocal", .n_inputs = 1, .forward = nb__fw_reciprocal, .backward = nb__bw_reciprocal},
-    [NB_OP_SQUARE] = {.name = "square", .n_inputs = 1, .forward = nb__fw_square, .backward = nb__bw_square},
-    [NB_OP_POWS] = {.name = "pow_scalar", .n_inputs = 1, .forward = nb__fw_pows, .backward = nb__bw_pows},
-    [NB_OP_WHERE] = {.name = "where", .n_inputs = 3, .forward = nb__fw_where, .backward = nb__bw_where},
-    [NB_OP_ARGMAX] = {.name = "argmax", .n_inputs = 1, .forward = nb__fw_argmax},
-    [NB_OP_SOFTMAX] = {.name = "softmax", .n_inputs = 1, .forward = nb__fw_softmax, .backward = nb__bw_softmax},
-    [NB_OP_LOG_SOFTMAX] = {.name = "log_softmax", .n_inputs = 1, .forward = nb__fw_log_softmax, .backward = nb__bw_log_softmax},
-    [NB_OP_CUSTOM] = {.name = "custom", .n_inputs = -1, .forward = nb__fw_custom, .backward = nb__bw_custom},
-    [NB_OP_TANH_BW] = {.name = "tanh_backward", .n_inputs = 2, .forward = nb__fw_tanh_bw, .backward = nb__bw_tanh_bw},
-    [NB_OP_SIGMOID_BW] = {.name = "sigmoid_backward", .n_inputs = 2, .forward = nb__fw_sigmoid_bw, .backward = nb__bw_sigmoid_bw},
-    [NB_OP_RELU_BW] = {.name = "relu_backward", .n_inputs = 2, .forward = nb__fw_relu_bw, .backward = nb__bw_relu_bw},
-    [NB_OP_SLICE] = {.name = "slice", .n_inputs = 1, .forward = nb__fw_slice, .backward = nb__bw_slice, .backward_into = nb__into_slice, .view = nb__view_slice},
-    [NB_OP_SLICE_EMBED] = {.name = "slice_embed", .n_inputs = 1, .forward = nb__fw_slice_embed, .backward = nb__bw_slice_embed},
-    [NB_OP_PAD] = {.name = "pad", .n_inputs = 1, .forward = nb__fw_pad, .backward = nb__bw_pad},
-    [NB_OP_CONCAT] = {.name = "concat", .n_inputs = -1, .forward = nb__fw_concat, .backward = nb__bw_concat},
-    [NB_OP_INDEX_SELECT] = {.name = "index_select", .n_inputs = 2, .forward = nb__fw_index_select, .backward = nb__bw_index_select, .backward_into = nb__into_index_select},
-    [NB_OP_INDEX_ADD] = {.name = "index_add", .n_inputs = 2, .forward = nb__fw_index_add, .backward = nb__bw_index_add},
-    [NB_OP_GATHER] = {.name = "gather", .n_inputs = 2, .forward = nb__fw_gather, .backward = nb__bw_gather},
-    [NB_OP_SCATTER_ADD] = {.name = "scatter_add", .n_inputs = 2, .forward = nb__fw_scatter_add, .backward = nb__bw_scatter_add},
-};
+#define NB__FN_Y(kind, FN) nb__##kind##_##FN
+#define NB__FN_N(kind, FN) NULL
+#define NB__OP_ROW(ID, FN, NAME, NIN, HF, HB, HI, HV)                                                 \
+    [NB_OP_##ID] = {.name = NAME,                                                                      \
+                    .n_inputs = NIN,                                                                   \
+                    .forward = NB__FN_##HF(fw, FN),                                                    \
+                    .backward = NB__FN_##HB(bw, FN),                                                   \
+                    .backward_into = NB__FN_##HI(into, FN),                                            \
+                    .view = NB__FN_##HV(view, FN)},
 
-_Static_assert(sizeof(nb__ops) / sizeof(nb__ops[0]) == NB_OP_COUNT, "one table entry per nb_op_id");
+const nb_opdef nb__ops[NB_OP_COUNT] = {NB_OP_LIST(NB__OP_ROW)};
