@@ -232,6 +232,9 @@ void nb_tape_reset(nb_tape *tape);
 size_t nb_tape_node_count(const nb_tape *tape);
 size_t nb_tape_bytes_used(const nb_tape *tape);
 size_t nb_tape_bytes_reserved(const nb_tape *tape);
+/* The tape's generation: 1 when made, bumped by every nb_tape_reset. Op results remember the
+ * generation they were made in (error messages about stale results quote both). */
+uint64_t nb_tape_generation(const nb_tape *tape);
 /* Name of the op of node i ("matmul"), NULL if out of range; its output tensor. */
 const char *nb_tape_node_op(const nb_tape *tape, size_t i);
 nb_tensor *nb_tape_node_output(const nb_tape *tape, size_t i);

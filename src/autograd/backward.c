@@ -8,6 +8,8 @@
 #include <string.h>
 
 
+/* All state of one pass lives here, in arrays on the tape's arena: nothing is written into a tensor
+ * (leaves may be shared by passes on other threads, or seen again by a later pass on this one). */
 typedef struct pass {
     const char *who;
     nb_tape *tape;
@@ -18,7 +20,8 @@ typedef struct pass {
     uint8_t *owned;       /* [n] g[i] was made here by accumulation, safe to add into in place */
     struct leaf_slot *lf; /* [n_leaf] the leaves reached, in order of first encounter in mark */
     int64_t n_leaf, n_leaf_cap;
-    uint64_t epoch;
+    int32_t *map;         /* [map_cap] open addressing, leaf pointer -> slot + 1 (0: empty) */
+    size_t map_cap;       /* a power of two, at least twice n_leaf */
 } pass;
 
 enum { NEED = 1, LAST = 2 };
@@ -48,25 +51,54 @@ static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
     return true;
 }
 
-/* The slot of leaf in this pass, made on first use (the array grows in the arena: slots are only
- * made before the sweep, so pointers into it stay valid while rules run); -1 when out of memory. */
+static size_t map_home(const pass *p, const nb_tensor *leaf)
+{
+    uint64_t h = (uint64_t)(uintptr_t)leaf * UINT64_C(0x9E3779B97F4A7C15);
+    return (size_t)(h >> 32) & (p->map_cap - 1);
+}
+
+/* The slot of leaf in this pass, or -1 if the pass has none. */
+static int64_t find_leaf(const pass *p, const nb_tensor *leaf)
+{
+    if (!p->map_cap) return -1;
+    for (size_t i = map_home(p, leaf);; i = (i + 1) & (p->map_cap - 1)) {
+        int32_t s = p->map[i];
+        if (!s) return -1;
+        if (p->lf[s - 1].leaf == leaf) return s - 1;
+    }
+}
+
+static void map_put(pass *p, int64_t slot)
+{
+    size_t i = map_home(p, p->lf[slot].leaf);
+    while (p->map[i]) i = (i + 1) & (p->map_cap - 1);
+    p->map[i] = (int32_t)(slot + 1);
+}
+
+/* The slot of leaf in this pass, made on first use (mark makes every slot, before any rule runs; the
+ * arrays grow in the arena); -1 when out of memory. */
 static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
 {
-    if (leaf->bw_epoch == p->epoch) return leaf->bw_slot;
+    int64_t s = find_leaf(p, leaf);
+    if (s >= 0) return s;
     if (p->n_leaf == p->n_leaf_cap) {
         int64_t cap = p->n_leaf_cap ? 2 * p->n_leaf_cap : 16;
         leaf_slot *a = nb__tape_alloc(p->tape, (size_t)cap * sizeof *a);
-        if (!a) {
+        int32_t *map = nb__tape_alloc(p->tape, (size_t)(2 * cap) * sizeof *map);
+        if (!a || !map || cap > INT32_MAX / 2) {
             nb__fail(NB_ERR_NOMEM, "%s: out of memory", p->who);
             return -1;
         }
         if (p->n_leaf) memcpy(a, p->lf, (size_t)p->n_leaf * sizeof *a);
+        memset(map, 0, (size_t)(2 * cap) * sizeof *map);
         p->lf = a;
         p->n_leaf_cap = cap;
+        p->map = map;
+        p->map_cap = (size_t)(2 * cap);
+        for (int64_t k = 0; k < p->n_leaf; k++) map_put(p, k);
     }
-    leaf->bw_epoch = p->epoch;
-    leaf->bw_slot = p->n_leaf;
     p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .last = SIZE_MAX};
+    map_put(p, p->n_leaf);
     return p->n_leaf++;
 }
 
@@ -82,7 +114,7 @@ static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
         *slot = &p->g[x->node->index];
         *owned = &p->owned[x->node->index];
     } else {
-        int64_t s = slot_of_leaf(p, x);
+        int64_t s = find_leaf(p, x);
         *slot = s >= 0 ? &p->lf[s].g : NULL;
         *owned = s >= 0 ? &p->lf[s].owned : NULL;
     }
@@ -130,6 +162,7 @@ static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
             nb__fail(NB_ERR_STATE, "%s: the gradient hook of %s returned NULL", p->who, NB_SHP(t));
         return NULL;
     }
+    if (!nb__live(p->who, r)) return NULL;
     if (r->dtype != t->dtype || !nb__same_shape(r, t))
         return nb__fail(NB_ERR_SHAPE, "%s: the gradient hook of %s %s returned %s %s", p->who,
                         nb_dtype_name(t->dtype), NB_SHP(t), nb_dtype_name(r->dtype), NB_SHP(r));
@@ -149,21 +182,33 @@ static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tens
     return true;
 }
 
-/* Mark the nodes leading to out, check that each can still be differentiated, and give every leaf
- * reached a slot with the index of its last use. */
+/* Why input x (recorded with stamp `stamp`) of a node can no longer be read, or NULL if it can: a
+ * leaf freed since (its pool header has stamp 0, or a new leaf's serial), or a result of another
+ * tape that was reset since (its header keeps the old generation, or holds a newer result). */
+static const char *input_gone(const nb_tensor *x, uint64_t stamp)
+{
+    if (x->stamp == stamp && nb__usable(x)) return NULL;
+    return x->tape ? "belongs to a tape that was reset" : "was freed";
+}
+
+/* Mark the nodes leading to out, check that each can still be differentiated (not released, inputs
+ * alive and unchanged), and give every leaf reached a slot with the index of its last use. */
 static nb_status mark(pass *p, nb_tensor *out)
 {
-    nb_node **nodes = p->tape->nodes;
     p->need[out->node->index] = NEED;
     for (size_t i = p->n; i-- > 0;) {
         if (!p->need[i]) continue;
-        nb_node *nd = nodes[i];
+        const nb_node *nd = p->tape->nodes[i];
         if (nd->flags & NB_NODE_RELEASED)
             return nb__fail_status(NB_ERR_STATE, "%s: node %zu (%s) was released by an earlier backward; "
                                    "pass NB_RETAIN_GRAPH to that backward to run another", p->who, i,
                                    nb__node_name(nd));
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
+            const char *gone = input_gone(x, nd->in_stamp[j]);
+            if (gone)
+                return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
+                                       "recorded", p->who, j, i, nb__node_name(nd), gone);
             if (*x->vp != nd->in_version[j])
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
@@ -210,8 +255,10 @@ static nb_status finish_leaves_of(pass *p, const nb_node *nd, bool store)
 {
     for (int j = 0; j < nd->n_in; j++) {
         nb_tensor *x = nd->in[j];
-        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape) || x->bw_epoch != p->epoch) continue;
-        leaf_slot *ls = &p->lf[x->bw_slot];
+        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape)) continue;
+        int64_t s = find_leaf(p, x);
+        if (s < 0) continue;
+        leaf_slot *ls = &p->lf[s];
         if (ls->done || ls->last != nd->index) continue;
         nb_status st = finish_leaf(p, ls, store);
         if (st != NB_OK) return st;
@@ -305,6 +352,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
 {
     if (flags & NB_CREATE_GRAPH) flags |= NB_RETAIN_GRAPH;
     if (!out) return nb__fail_status(NB_ERR_ARG, "%s: output is NULL", who);
+    if (!nb__live(who, out) || !nb__live_opt(who, seed)) return NB_ERR_STATE;
     if (!nb__is_float(out->dtype))
         return nb__fail_status(NB_ERR_DTYPE, "%s: output %s %s is not a floating-point tensor", who,
                                nb_dtype_name(out->dtype), NB_SHP(out));
@@ -320,8 +368,10 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
     if (grads)
         for (int i = 0; i < n_wrt; i++) grads[i] = NULL;
-    for (int i = 0; i < n_wrt; i++)
+    for (int i = 0; i < n_wrt; i++) {
         if (!wrt[i]) return nb__fail_status(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+        if (!nb__live(who, wrt[i])) return NB_ERR_STATE;
+    }
 
     nb_tape *tape = out->tape;
     if (!out->node && !grads) {
@@ -336,7 +386,8 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_tape *prev_tape = nb__swap_current(tape);
     int saved_mode = nb__set_grad_mode((flags & NB_CREATE_GRAPH) != 0);
     nb_status st = NB_OK;
-    pass p = {.who = who, .tape = tape, .flags = flags, .epoch = nb__next_epoch()};
+    pass p = {.who = who, .tape = tape, .flags = flags};
+    tape->busy++;
 
     /* the seed enters as a copy on the tape, so no gradient handed back aliases the caller's tensor
      * (under NB_CREATE_GRAPH the copy is recorded: gradients can flow on into the seed) */
@@ -382,8 +433,8 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
                 gx = seed;
             else if (x->node && x->tape == tape && out->node && x->node->index < p.n)
                 gx = p.g[x->node->index];
-            else if (!x->node && x->bw_epoch == p.epoch)
-                gx = p.lf[x->bw_slot].g;
+            else if (!x->node && find_leaf(&p, x) >= 0)
+                gx = p.lf[find_leaf(&p, x)].g;
             if (!gx) gx = nb_zeros_like(x);
             if (!gx) {
                 st = nb_error_code();
@@ -394,6 +445,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
 
 done:
+    tape->busy--;
     nb__in_backward_of = NULL;
     nb__restore_grad_mode(saved_mode);
     nb__swap_current(prev_tape);

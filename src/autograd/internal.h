@@ -35,9 +35,13 @@ struct nb_tensor {
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
     nb_tape *grad_tape;
-    uint64_t bw_epoch; /* which backward pass bw_slot belongs to */
-    int64_t bw_slot;   /* this leaf's gradient slot in that pass */
+    /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
+     * made; stale once the tape is reset), a leaf's serial (unique per process; 0 once freed). Nodes
+     * record it per input and the backward compares. Nothing of a backward pass is stored in a tensor. */
+    uint64_t stamp;
 };
+/* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
+_Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
 
 static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
 
@@ -102,6 +106,8 @@ struct nb_node {
     const nb_opdef *op;
     nb_tensor *out;
     nb_tensor **in;
+    uint64_t *in_stamp;   /* each input's stamp when recorded: a freed leaf or a reset tape's result
+                             no longer matches */
     uint32_t *in_version;
     int n_in;
     uint32_t flags;
@@ -139,8 +145,24 @@ void *nb__arena_alloc(nb_arena *a, size_t size);
 void nb__arena_reset(nb_arena *a);
 void nb__arena_free(nb_arena *a);
 
+/* Op result headers live apart from the arena, in two regions of fixed-size slots used in turn by
+ * the tape's generations (even generations in hdr[0], odd ones in hdr[1]); their memory is kept until
+ * nb_tape_free. A result kept across one reset therefore still reads its own header (stamp included),
+ * and any header pointer of a live tape reads some result's header, never other bytes. */
+typedef struct nb_hslab nb_hslab;
+typedef struct nb_hregion {
+    nb_hslab *head, *cur;
+    nb_tensor *next; /* the next free slot of cur */
+    size_t left;     /* free slots left in cur */
+    size_t slots;    /* slots in all slabs */
+} nb_hregion;
+
 struct nb_tape {
     nb_arena arena;
+    nb_hregion hdr[2];
+    nb_hregion *hcur; /* &hdr[gen & 1] */
+    uint64_t gen;     /* generation: 1 when made, bumped by every reset; results carry it as stamp */
+    int busy;         /* backward passes running on this tape (a reset or free from a hook is refused) */
     nb_node **nodes;
     size_t n_nodes, cap_nodes;
     nb_tape *prev;  /* the tape that was current before nb_tape_begin */
@@ -159,6 +181,10 @@ nb_tape *nb__swap_current(nb_tape *t);
 int nb__set_grad_mode(bool enabled);
 void nb__restore_grad_mode(int saved);
 void *nb__tape_alloc(nb_tape *t, size_t size);
+/* A header slot for a new op result of tape t (uninitialised); NULL when out of memory. */
+nb_tensor *nb__tape_header(nb_tape *t);
+/* A tape was made or freed (the leaf header pool is released once no leaf and no tape is live). */
+void nb__pool_tape_count(int delta);
 void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf);
 bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf);
 
@@ -190,8 +216,25 @@ static inline uint64_t nb__error_count(void) { return nb__t_error_count; }
 
 /* The name of a node's op (a custom op's own name). */
 const char *nb__node_name(const nb_node *n);
-/* A fresh pass number for per-tensor scratch stamps (bw_epoch / bw_slot). */
-uint64_t nb__next_epoch(void);
+/* ---- lifetimes -------------------------------------------------------------------------------- */
+
+/* Record NB_ERR_STATE for a tensor that is no longer usable (a result of a tape reset since it was
+ * made, or a freed leaf), naming `who`; returns false. */
+bool nb__stale_fail(const char *who, const nb_tensor *t);
+/* Whether t may be used: an op result of its tape's current generation, or a leaf not freed. Reads
+ * only t's header and its tape's generation: cheap enough for every op and accessor. */
+static inline bool nb__usable(const nb_tensor *t)
+{
+    const nb_tape *tp = t->tape;
+    return tp ? t->stamp == tp->gen : (t->flags & NB_TF_LEAF) != 0;
+}
+/* nb__usable, recording the error (naming who) when not. */
+static inline bool nb__live(const char *who, const nb_tensor *t)
+{
+    return nb__usable(t) || nb__stale_fail(who, t);
+}
+/* The same for an optional argument: NULL passes. */
+static inline bool nb__live_opt(const char *who, const nb_tensor *t) { return !t || nb__live(who, t); }
 /* Anomaly mode: scan t for NaN/inf; on one, record NB_ERR_NUMERIC with a message built from `what`
  * and return false. */
 bool nb__anomaly_check(const nb_tensor *t, const char *what);

@@ -62,6 +62,7 @@ static void acc_finish(nb_tensor *out, const double *acc)
  * (the tensor indexed). Records a message naming `who` and the first bad index otherwise. */
 static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const int64_t *shape, int axis)
 {
+    if (!nb__live(who, idx)) return false;
     if (idx->dtype != NB_I64) {
         nb__fail(NB_ERR_DTYPE, "%s: idx is %s %s: expected i64", who, nb_dtype_name(idx->dtype), NB_SHP(idx));
         return false;
@@ -541,6 +542,7 @@ nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_index_select";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (idx->ndim != 1)
@@ -660,6 +662,7 @@ nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_gather";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (!check_gather_shape(who, idx, x->ndim, x->shape, ax, "input") ||
@@ -674,6 +677,7 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
 {
     const char *who = "nb_scatter_add";
     if (!idx || !src) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !idx ? "idx" : "src");
+    if (!nb__live(who, idx) || !nb__live(who, src)) return NULL;
     if (ndim < 1 || ndim > NB_MAX_DIMS || !shape)
         return nb__fail(NB_ERR_SHAPE, "%s: target of %d dimensions (shape=%p): expected 1..%d", who, ndim,
                         (const void *)shape, NB_MAX_DIMS);
@@ -700,6 +704,7 @@ nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype)
 {
     const char *who = "nb_one_hot";
     if (!idx) return nb__fail(NB_ERR_ARG, "%s: idx is NULL", who);
+    if (!nb__live(who, idx)) return NULL;
     if (idx->dtype != NB_I64)
         return nb__fail(NB_ERR_DTYPE, "%s: labels are %s %s: expected i64", who, nb_dtype_name(idx->dtype),
                         NB_SHP(idx));

@@ -32,12 +32,14 @@ nb_tensor *nb_constant(nb_dtype dt, int ndim, const int64_t *shape, const void *
 nb_tensor *nb_zeros_like(const nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_zeros_like: input is NULL");
+    if (!nb__live("nb_zeros_like", x)) return NULL;
     return constant("nb_zeros_like", x->dtype, x->ndim, x->shape, 0, NULL);
 }
 
 nb_tensor *nb_full_like(const nb_tensor *x, double v)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_full_like: input is NULL");
+    if (!nb__live("nb_full_like", x)) return NULL;
     return constant("nb_full_like", x->dtype, x->ndim, x->shape, v, NULL);
 }
 
