@@ -20,9 +20,19 @@ typedef struct pass {
     uint8_t *owned;       /* [n] g[i] was made here by accumulation, safe to add into in place */
     struct leaf_slot *lf; /* [n_leaf] the leaves reached, in order of first encounter in mark */
     int64_t n_leaf, n_leaf_cap;
-    int32_t *map;         /* [map_cap] open addressing, leaf pointer -> slot + 1 (0: empty) */
-    size_t map_cap;       /* a power of two, at least twice n_leaf */
+    struct map_entry *map; /* [map_cap] open addressing, leaf pointer -> slot (key NULL: empty); used
+                              by mark only: the sweep reads the slots mark wrote into lsl */
+    size_t map_cap;        /* a power of two, at least twice n_leaf */
+    int32_t *lsoff;        /* [n] for a needed node with leaf inputs: 1 + where its inputs' slots start
+                              in lsl (0: none) */
+    int64_t *lsl;          /* [n_lsl] leaf slot of input j of such a node at lsl[lsoff[i] - 1 + j] */
+    size_t n_lsl, cap_lsl;
 } pass;
+
+typedef struct map_entry {
+    const nb_tensor *key;
+    int64_t slot;
+} map_entry;
 
 enum { NEED = 1, LAST = 2 };
 
@@ -51,28 +61,28 @@ static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
     return true;
 }
 
-static size_t map_home(const pass *p, const nb_tensor *leaf)
+static inline size_t map_home(const pass *p, const nb_tensor *leaf)
 {
     uint64_t h = (uint64_t)(uintptr_t)leaf * UINT64_C(0x9E3779B97F4A7C15);
-    return (size_t)(h >> 32) & (p->map_cap - 1);
+    return (size_t)(h >> 40) & (p->map_cap - 1);
 }
 
 /* The slot of leaf in this pass, or -1 if the pass has none. */
-static int64_t find_leaf(const pass *p, const nb_tensor *leaf)
+static inline int64_t find_leaf(const pass *p, const nb_tensor *leaf)
 {
     if (!p->map_cap) return -1;
     for (size_t i = map_home(p, leaf);; i = (i + 1) & (p->map_cap - 1)) {
-        int32_t s = p->map[i];
-        if (!s) return -1;
-        if (p->lf[s - 1].leaf == leaf) return s - 1;
+        const map_entry *e = &p->map[i];
+        if (e->key == leaf) return e->slot;
+        if (!e->key) return -1;
     }
 }
 
 static void map_put(pass *p, int64_t slot)
 {
     size_t i = map_home(p, p->lf[slot].leaf);
-    while (p->map[i]) i = (i + 1) & (p->map_cap - 1);
-    p->map[i] = (int32_t)(slot + 1);
+    while (p->map[i].key) i = (i + 1) & (p->map_cap - 1);
+    p->map[i] = (map_entry){p->lf[slot].leaf, slot};
 }
 
 /* The slot of leaf in this pass, made on first use (mark makes every slot, before any rule runs; the
@@ -84,8 +94,8 @@ static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
     if (p->n_leaf == p->n_leaf_cap) {
         int64_t cap = p->n_leaf_cap ? 2 * p->n_leaf_cap : 16;
         leaf_slot *a = nb__tape_alloc(p->tape, (size_t)cap * sizeof *a);
-        int32_t *map = nb__tape_alloc(p->tape, (size_t)(2 * cap) * sizeof *map);
-        if (!a || !map || cap > INT32_MAX / 2) {
+        map_entry *map = nb__tape_alloc(p->tape, (size_t)(2 * cap) * sizeof *map);
+        if (!a || !map) {
             nb__fail(NB_ERR_NOMEM, "%s: out of memory", p->who);
             return -1;
         }
@@ -108,13 +118,22 @@ struct nb_grad_sink {
 };
 
 /* The accumulation slot of tensor x in this pass, and whether this pass owns its tensor. */
-static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
+/* The leaf slot mark gave input j of node nd (a leaf that needs a gradient), -1 if none. */
+static inline int64_t leaf_slot_of_input(const pass *p, const nb_node *nd, int j)
 {
+    int32_t off = p->lsoff[nd->index];
+    return off ? p->lsl[off - 1 + j] : -1;
+}
+
+/* The accumulation slot of input j of node nd in this pass, and whether this pass owns its tensor. */
+static void slot_of(pass *p, const nb_node *nd, int j, nb_tensor ***slot, uint8_t **owned)
+{
+    nb_tensor *x = nd->in[j];
     if (x->node && x->tape == p->tape) {
         *slot = &p->g[x->node->index];
         *owned = &p->owned[x->node->index];
     } else {
-        int64_t s = find_leaf(p, x);
+        int64_t s = leaf_slot_of_input(p, nd, j);
         *slot = s >= 0 ? &p->lf[s].g : NULL;
         *owned = s >= 0 ? &p->lf[s].owned : NULL;
     }
@@ -125,7 +144,7 @@ nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh)
     pass *p = sink->p;
     nb_tensor *x = sink->nd->in[i], **slot;
     uint8_t *owned;
-    slot_of(p, x, &slot, &owned);
+    slot_of(p, sink->nd, i, &slot, &owned);
     if (fresh) *fresh = false;
     if (!slot) return nb__fail(NB_ERR_STATE, "%s: no gradient slot", p->who);
     if (!*slot) {
@@ -148,7 +167,7 @@ bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g)
 {
     nb_tensor **slot;
     uint8_t *owned;
-    slot_of(sink->p, sink->nd->in[i], &slot, &owned);
+    slot_of(sink->p, sink->nd, i, &slot, &owned);
     return slot && accumulate(sink->p, slot, owned, g);
 }
 
@@ -184,10 +203,11 @@ static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tens
 
 /* Why input x (recorded with stamp `stamp`) of a node can no longer be read, or NULL if it can: a
  * leaf freed since (its pool header has stamp 0, or a new leaf's serial), or a result of another
- * tape that was reset since (its header keeps the old generation, or holds a newer result). */
-static const char *input_gone(const nb_tensor *x, uint64_t stamp)
+ * tape that was reset since (its header keeps the old generation, or holds a newer result). A result
+ * of the pass's own tape with its recorded stamp is current: the tape's nodes are of its generation. */
+static inline const char *input_gone(const pass *p, const nb_tensor *x, uint64_t stamp)
 {
-    if (x->stamp == stamp && nb__usable(x)) return NULL;
+    if (x->stamp == stamp && (!x->tape || x->tape == p->tape || x->stamp == x->tape->gen)) return NULL;
     return x->tape ? "belongs to a tape that was reset" : "was freed";
 }
 
@@ -205,7 +225,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                                    nb__node_name(nd));
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
-            const char *gone = input_gone(x, nd->in_stamp[j]);
+            const char *gone = input_gone(p, x, nd->in_stamp[j]);
             if (gone)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
                                        "recorded", p->who, j, i, nb__node_name(nd), gone);
@@ -220,6 +240,20 @@ static nb_status mark(pass *p, nb_tensor *out)
                 int64_t s = slot_of_leaf(p, x);
                 if (s < 0) return NB_ERR_NOMEM;
                 p->lf[s].last = i;
+                if (!p->lsoff[i]) {
+                    /* this node's row of leaf slots, for the sweep */
+                    if (p->n_lsl + (size_t)nd->n_in > p->cap_lsl) {
+                        size_t cap = 2 * p->cap_lsl + (size_t)nd->n_in + 64;
+                        int64_t *a = nb__tape_alloc(p->tape, cap * sizeof *a);
+                        if (!a || cap > INT32_MAX) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
+                        if (p->n_lsl) memcpy(a, p->lsl, p->n_lsl * sizeof *a);
+                        p->lsl = a;
+                        p->cap_lsl = cap;
+                    }
+                    p->lsoff[i] = (int32_t)p->n_lsl + 1;
+                    p->n_lsl += (size_t)nd->n_in;
+                }
+                p->lsl[p->lsoff[i] - 1 + j] = s;
             }
         }
     }
@@ -256,7 +290,7 @@ static nb_status finish_leaves_of(pass *p, const nb_node *nd, bool store)
     for (int j = 0; j < nd->n_in; j++) {
         nb_tensor *x = nd->in[j];
         if (!nb__needs_grad(x) || (x->node && x->tape == p->tape)) continue;
-        int64_t s = find_leaf(p, x);
+        int64_t s = leaf_slot_of_input(p, nd, j);
         if (s < 0) continue;
         leaf_slot *ls = &p->lf[s];
         if (ls->done || ls->last != nd->index) continue;
@@ -306,7 +340,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
                                        NB_SHP(gx), j, nb_dtype_name(x->dtype), NB_SHP(x));
             nb_tensor **slot;
             uint8_t *owned;
-            slot_of(p, x, &slot, &owned);
+            slot_of(p, nd, j, &slot, &owned);
             bool ok = slot && accumulate(p, slot, owned, gx);
             if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         }
@@ -402,13 +436,15 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
         p.need = nb__tape_alloc(tape, p.n);
         p.g = nb__tape_alloc(tape, p.n * sizeof *p.g);
         p.owned = nb__tape_alloc(tape, p.n);
-        if (!p.need || !p.g || !p.owned) {
+        p.lsoff = nb__tape_alloc(tape, p.n * sizeof *p.lsoff);
+        if (!p.need || !p.g || !p.owned || !p.lsoff) {
             st = nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", who);
             goto done;
         }
         memset(p.need, 0, p.n);
         memset(p.g, 0, p.n * sizeof *p.g);
         memset(p.owned, 0, p.n);
+        memset(p.lsoff, 0, p.n * sizeof *p.lsoff);
         if ((st = mark(&p, out)) != NB_OK) goto done;
     }
     if (out->node) {

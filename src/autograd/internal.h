@@ -44,6 +44,8 @@ struct nb_tensor {
 _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
 
 static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
+/* nb_dtype_size of a valid dtype, inline for the hot paths. */
+static inline size_t nb__esize(nb_dtype dt) { return dt == NB_F32 ? 4 : 8; }
 
 /* ---- ops -------------------------------------------------------------------------------------- */
 
@@ -182,7 +184,14 @@ int nb__set_grad_mode(bool enabled);
 void nb__restore_grad_mode(int saved);
 void *nb__tape_alloc(nb_tape *t, size_t size);
 /* A header slot for a new op result of tape t (uninitialised); NULL when out of memory. */
-nb_tensor *nb__tape_header(nb_tape *t);
+nb_tensor *nb__tape_header_slow(nb_tape *t);
+static inline nb_tensor *nb__tape_header(nb_tape *t)
+{
+    nb_hregion *h = t->hcur;
+    if (!h->left) return nb__tape_header_slow(t);
+    h->left--;
+    return h->next++;
+}
 /* A tape was made or freed (the leaf header pool is released once no leaf and no tape is live). */
 void nb__pool_tape_count(int delta);
 void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf);

@@ -80,13 +80,9 @@ static void hregion_free(nb_hregion *h)
     *h = (nb_hregion){0};
 }
 
-nb_tensor *nb__tape_header(nb_tape *t)
+nb_tensor *nb__tape_header_slow(nb_tape *t)
 {
     nb_hregion *h = t->hcur;
-    if (h->left) {
-        h->left--;
-        return h->next++;
-    }
     /* the next slab, or a new one as large as the region so far (at least 64 slots) */
     if (!h->cur || !h->cur->next) {
         size_t n = h->slots < 64 ? 64 : h->slots;
