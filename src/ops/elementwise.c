@@ -10,6 +10,7 @@ bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, i
         nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
         return false;
     }
+    if (!nb__live(who, a) || !nb__live(who, b)) return false;
     if (a->dtype != b->dtype) {
         nb__fail(NB_ERR_DTYPE, "%s: %s %s and %s %s: dtypes differ (use nb_cast)", who,
                  nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
@@ -81,6 +82,7 @@ static void unary_kernel(nb_unop op, nb_tensor *out, const nb_tensor *x, double 
 static nb_tensor *unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     nb_attrs at = {.f = {p0, p1}};
     return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
@@ -257,6 +259,7 @@ nb_tensor *nb_sub_scalar(nb_tensor *x, double s) { return unary("nb_sub_scalar",
 nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_rdiv_scalar: input is NULL");
+    if (!nb__live("nb_rdiv_scalar", x)) return NULL;
     if (!nb__check_float("nb_rdiv_scalar", x)) return NULL;
     return nb_mul_scalar(nb_reciprocal(x), s);
 }
@@ -290,6 +293,7 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
     int nd1, nd2;
     int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
     if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
+    if (!nb__live(who, cond)) return NULL;
     if (!nb__check_binary(who, a, b, &nd1, s1)) return NULL;
     if (cond->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "

@@ -183,6 +183,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
 {
     const char *who = "nb_slice";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (step <= 0)
@@ -204,6 +205,7 @@ nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tenso
     if (!outs) return nb__fail_status(NB_ERR_ARG, "%s: outs is NULL", who);
     for (int i = 0; i < n; i++) outs[i] = NULL;
     if (!x) return nb__fail_status(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return nb_error_code();
     if (n < 1 || !sizes)
         return nb__fail_status(NB_ERR_ARG, "%s: %s into %d pieces with sizes=%p", who, NB_SHP(x), n,
                                (const void *)sizes);
@@ -240,6 +242,7 @@ int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs)
         nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "outs");
         return -1;
     }
+    if (!nb__live(who, x)) return -1;
     if (n < 1) {
         nb__fail(NB_ERR_ARG, "%s: %s into %d pieces: need at least 1", who, NB_SHP(x), n);
         return -1;
@@ -268,6 +271,7 @@ nb_tensor *nb_squeeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_squeeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (x->shape[ax] != 1)
@@ -283,6 +287,7 @@ nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_unsqueeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim >= NB_MAX_DIMS)
         return nb__fail(NB_ERR_SHAPE, "%s: %s already has the most dimensions, %d", who, NB_SHP(x), NB_MAX_DIMS);
     int ax = nb__axis(axis, x->ndim + 1);
@@ -322,6 +327,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
 {
     const char *who = "nb_pad";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim > 0 && !pads) return nb__fail(NB_ERR_ARG, "%s: pads is NULL for %s", who, NB_SHP(x));
     if (x->dtype == NB_I64 && !(value >= -9.2e18 && value <= 9.2e18 && value == floor(value)))
         return nb__fail(NB_ERR_ARG, "%s: value %g is not an i64 for %s", who, value, NB_SHP(x));
@@ -381,6 +387,8 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     if (x0->ndim == 0) return nb__fail(NB_ERR_SHAPE, "%s: input 0 is 0-d: nothing to join along (use nb_stack)", who);
     int ax = nb__axis(axis, x0->ndim);
@@ -414,6 +422,8 @@ nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     for (int i = 1; i < n; i++) {
         if (xs[i]->dtype != x0->dtype)

@@ -173,6 +173,7 @@ static bool matmul_shape(const char *who, const nb_tensor *a, const nb_tensor *b
                          int64_t *shape)
 {
     if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b"), false;
+    if (!nb__live(who, a) || !nb__live(who, b)) return false;
     if (flags & ~(unsigned)(NB_TRANS_A | NB_TRANS_B))
         return nb__fail(NB_ERR_ARG, "%s: unknown flags 0x%x", who, flags), false;
     if (a->dtype != b->dtype)
@@ -212,6 +213,7 @@ nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)
 nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b)
 {
     if (!a || !b) return nb__fail(NB_ERR_ARG, "nb_matmul: input %s is NULL", !a ? "a" : "b");
+    if (!nb__live("nb_matmul", a) || !nb__live("nb_matmul", b)) return NULL;
     if (a->ndim == 0 || b->ndim == 0)
         return nb__fail(NB_ERR_SHAPE, "nb_matmul: %s x %s: scalars have no matrix product (use nb_mul)",
                         NB_SHP(a), NB_SHP(b));
@@ -272,6 +274,7 @@ nb_tensor *nb_addmm(nb_tensor *c, nb_tensor *a, nb_tensor *b, unsigned flags)
 {
     const char *who = "nb_addmm";
     if (!c) return nb__fail(NB_ERR_ARG, "%s: c is NULL", who);
+    if (!nb__live(who, c)) return NULL;
     if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
     if (c->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: c %s %s and a %s %s: dtypes differ (use nb_cast)", who,

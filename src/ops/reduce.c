@@ -83,6 +83,7 @@ static nb_tensor *sum_mask(const char *who, nb_tensor *x, uint32_t mask, int kee
 nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum: input is NULL");
+    if (!nb__live("nb_sum", x)) return NULL;
     uint32_t mask;
     if (!nb__check_float("nb_sum", x) || !axes_mask("nb_sum", x, naxes, axes, &mask)) return NULL;
     return sum_mask("nb_sum", x, mask, keepdim);
@@ -91,6 +92,7 @@ nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_mean: input is NULL");
+    if (!nb__live("nb_mean", x)) return NULL;
     uint32_t mask;
     if (!nb__check_float("nb_mean", x) || !axes_mask("nb_mean", x, naxes, axes, &mask)) return NULL;
     int64_t count = 1;
@@ -105,6 +107,7 @@ nb_tensor *nb_mean_all(nb_tensor *x) { return nb_mean(x, 0, NULL, 0); }
 nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum_to: input is NULL");
+    if (!nb__live("nb_sum_to", x)) return NULL;
     if (ndim < 0 || ndim > x->ndim || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "nb_sum_to: cannot reduce %s to %d dimensions", NB_SHP(x), ndim);
     int lead = x->ndim - ndim;
@@ -153,6 +156,7 @@ NB_FW(argmax)
 static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -202,6 +206,7 @@ static nb_tensor *reduced_shape(nb_tensor *r, const nb_tensor *x, uint32_t mask,
 static nb_tensor *extreme(const char *who, nb_tensor *x, int naxes, const int *axes, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
@@ -225,6 +230,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     const char *who = "nb_logsumexp";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
     nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
@@ -243,6 +249,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
     if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: %s: correction %d is negative", who, NB_SHP(x), correction);
@@ -301,6 +308,7 @@ NB_BW(log_softmax)
 static nb_tensor *softmax_op(const char *who, nb_op_id op, nb_tensor *x, int axis)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -331,6 +339,7 @@ nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
 {
     const char *who = "nb_dropout";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
     if (p == 0.0) return x;

@@ -55,6 +55,7 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
 {
     const char *who = "nb_reshape";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim < 0 || ndim > NB_MAX_DIMS || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "%s: %s to %d dimensions: expected 0..%d", who, NB_SHP(x), ndim,
                         NB_MAX_DIMS);
@@ -87,6 +88,7 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
 nb_tensor *nb_detach(nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_detach: input is NULL");
+    if (!nb__live("nb_detach", x)) return NULL;
     nb_no_grad_begin();
     nb_tensor *v = nb__apply("nb_detach", NB_OP_VIEW, 1, &x, NULL, x->dtype, x->ndim, x->shape);
     nb_no_grad_end();
@@ -121,6 +123,7 @@ nb_tensor *nb_permute(nb_tensor *x, int ndim, const int *perm)
 {
     const char *who = "nb_permute";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim != x->ndim || (ndim > 0 && !perm))
         return nb__fail(NB_ERR_ARG, "%s: %s: a permutation of %d dims, got %d", who, NB_SHP(x), x->ndim, ndim);
     nb_attrs at = {.i = {0}};
@@ -141,6 +144,7 @@ nb_tensor *nb_permute(nb_tensor *x, int ndim, const int *perm)
 nb_tensor *nb_transpose(nb_tensor *x, int dim0, int dim1)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_transpose: input is NULL");
+    if (!nb__live("nb_transpose", x)) return NULL;
     int a = nb__axis(dim0, x->ndim), b = nb__axis(dim1, x->ndim);
     if (a < 0 || b < 0)
         return nb__fail(NB_ERR_ARG, "nb_transpose: dims %d and %d for %s: out of range", dim0, dim1, NB_SHP(x));
@@ -182,6 +186,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     const char *who = "nb_broadcast_to";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim < x->ndim || ndim > NB_MAX_DIMS || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "%s: %s to %d dimensions", who, NB_SHP(x), ndim);
     int lead = ndim - x->ndim;
@@ -235,6 +240,7 @@ NB_BW(cast)
 nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_cast: input is NULL");
+    if (!nb__live("nb_cast", x)) return NULL;
     if ((unsigned)dtype >= NB_DTYPE_COUNT)
         return nb__fail(NB_ERR_DTYPE, "nb_cast: %s to invalid dtype %d", NB_SHP(x), (int)dtype);
     /* integer results are not differentiable: no node, even from an input that requires grad */
