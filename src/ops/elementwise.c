@@ -100,7 +100,7 @@ nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x)
 }
 
 /* Reduce a gradient to input i's shape (undoing broadcasting). */
-#define TO_IN(i, t) nb_sum_to((t), n->in[i]->ndim, n->in[i]->shape)
+#define TO_IN(i, t) nb__sum_to((t), n->in[i]->ndim, n->in[i]->shape)
 
 /* ---- add, sub, mul, div ----------------------------------------------------------------------- */
 

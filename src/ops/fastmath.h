@@ -14,7 +14,9 @@
  * to r^7 (truncation below 1e-9 relative), 2^n put into the exponent bits. */
 static inline float nb_fast_expf(float x)
 {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float in = x;
+    /* NaN goes through as 0 (no float-to-int conversion of NaN, which is undefined) and comes out NaN */
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : (x == x ? x : 0.0f));
     /* n = round(x / ln 2): adding and removing 1.5 * 2^23 rounds to an integer (|x / ln 2| < 2^22),
      * in plain IEEE arithmetic, which vectorises where floorf does not */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -22,10 +24,10 @@ static inline float nb_fast_expf(float x)
     r = r - n * 1.42860682030941723e-06f;   /* ln 2, the rest */
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f +
               r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return in == in ? p * scale : in;
 }
 
 /* 1 / (1 + e^-x): e^-x is clamped, so no overflow and no NaN for any finite x */

@@ -6,6 +6,7 @@
 #include "ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- shared helpers --------------------------------------------------------------------------- */
@@ -191,7 +192,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
                         (long long)step, axis, NB_SHP(x));
     int64_t n = x->shape[ax], b = clamp_bound(start, n), e = clamp_bound(stop, n);
     int64_t m = e > b ? (e - b - 1) / step + 1 : 0;
-    if (m == n) return x; /* the whole axis */
+    if (m == n) return nb__alias(who, x); /* the whole axis: a view */
     int64_t shape[NB_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[ax] = m;
@@ -343,7 +344,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
         shape[d] = b + x->shape[d] + a;
         any = any || b || a;
     }
-    if (!any) return x;
+    if (!any) return nb__alias(who, x);
     if (!nb__check_shape(who, x->ndim, shape)) return NULL;
     return nb__apply(who, NB_OP_PAD, 1, &x, &at, x->dtype, x->ndim, shape);
 }
@@ -410,7 +411,7 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
             return nb__fail(NB_ERR_SHAPE, "%s: the extents along axis %d add up to too many", who, axis);
         shape[ax] += x->shape[ax];
     }
-    if (n == 1) return xs[0];
+    if (n == 1) return nb__alias(who, xs[0]);
     nb_attrs at = {.i = {ax, n}};
     return nb__apply(who, NB_OP_CONCAT, n, xs, &at, x0->dtype, x0->ndim, shape);
 }
@@ -521,16 +522,39 @@ NB_BW(index_add)
 }
 
 /* Without a graph: add g [outer, m, inner] row k into the gradient of x at row idx[k] directly,
- * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). */
+ * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). The sums are
+ * the rule's (index_add): the rows of g that go to one row of x are added in double, in increasing k,
+ * from 0, and the total is rounded once and added to the buffer. The k are grouped by target row with
+ * a stable sort of (idx[k], k). */
+typedef struct idx_pos {
+    int64_t row, k;
+} idx_pos;
+
+static int idx_pos_cmp(const void *pa, const void *pb)
+{
+    const idx_pos *a = pa, *b = pb;
+    if (a->row != b->row) return a->row < b->row ? -1 : 1;
+    return (a->k > b->k) - (a->k < b->k);
+}
+
 #define INDEX_ADD_INTO(T)                                                                              \
     do {                                                                                               \
         const T *s = g->data;                                                                          \
         T *d = dst->data;                                                                              \
-        for (int64_t r = 0; r < outer; r++)                                                            \
-            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
-                T *a = d + (r * n_ax + ix[k]) * inner;                                                 \
-                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
+        for (int64_t r = 0; r < outer; r++) {                                                          \
+            for (int64_t a = 0; a < m;) {                                                              \
+                int64_t e = a, row = pos[a].row;                                                       \
+                while (e < m && pos[e].row == row) e++;                                                \
+                for (int64_t j = 0; j < inner; j++) acc[j] = 0;                                        \
+                for (int64_t q = a; q < e; q++) {                                                      \
+                    const T *sr = s + (r * m + pos[q].k) * inner;                                      \
+                    for (int64_t j = 0; j < inner; j++) acc[j] += sr[j];                               \
+                }                                                                                      \
+                T *dr = d + (r * n_ax + row) * inner;                                                  \
+                for (int64_t j = 0; j < inner; j++) dr[j] += (T)acc[j];                                \
+                a = e;                                                                                 \
             }                                                                                          \
+        }                                                                                              \
     } while (0)
 
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
@@ -541,6 +565,15 @@ bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     const int64_t *ix = n->in[1]->data;
     int64_t outer, inner, n_ax = dst->shape[axis], m = n->in[1]->numel;
     around_axis(dst, axis, &outer, &inner);
+    nb_tape *tape = nb__current_tape(); /* the backward's tape */
+    idx_pos *pos = nb__tape_alloc(tape, (size_t)m * sizeof *pos);
+    double *acc = nb__tape_alloc(tape, (size_t)inner * sizeof *acc);
+    if (!pos || !acc) {
+        nb__fail(NB_ERR_NOMEM, "nb_index_select (backward): out of memory");
+        return true;
+    }
+    for (int64_t k = 0; k < m; k++) pos[k] = (idx_pos){ix[k], k};
+    qsort(pos, (size_t)m, sizeof *pos, idx_pos_cmp);
     if (dst->dtype == NB_F32)
         INDEX_ADD_INTO(float);
     else

@@ -104,7 +104,7 @@ nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_sum_all(nb_tensor *x) { return nb_sum(x, 0, NULL, 0); }
 nb_tensor *nb_mean_all(nb_tensor *x) { return nb_mean(x, 0, NULL, 0); }
 
-nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum_to: input is NULL");
     if (!nb__live("nb_sum_to", x)) return NULL;
@@ -127,6 +127,12 @@ nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (!mask) return x;
     if (!nb__check_float("nb_sum_to", x)) return NULL;
     return nb_reshape(sum_mask("nb_sum_to", x, mask, 1), ndim, shape);
+}
+
+nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+{
+    nb_tensor *r = nb__sum_to(x, ndim, shape);
+    return r && r == x ? nb__alias("nb_sum_to", x) : r;
 }
 
 /* ---- argmax / argmin -------------------------------------------------------------------------- */
@@ -342,6 +348,6 @@ nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
     if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
-    if (p == 0.0) return x;
+    if (p == 0.0) return nb__alias(who, x);
     return nb_mul(x, nb_dropout_mask(x->dtype, x->ndim, x->shape, p, rng));
 }

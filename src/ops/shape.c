@@ -85,6 +85,11 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
     return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, s);
 }
 
+nb_tensor *nb__alias(const char *who, nb_tensor *x)
+{
+    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, x->ndim, x->shape);
+}
+
 nb_tensor *nb_detach(nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_detach: input is NULL");
@@ -179,7 +184,7 @@ NB_FW(broadcast)
 /* d broadcast(x) = sum of dx over the broadcast dims */
 NB_BW(broadcast)
 {
-    if (NB_NEED(0)) gin[0] = nb_sum_to(g, n->in[0]->ndim, n->in[0]->shape);
+    if (NB_NEED(0)) gin[0] = nb__sum_to(g, n->in[0]->ndim, n->in[0]->shape);
 }
 
 nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
@@ -202,7 +207,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (ndim == x->ndim && nb__numel(ndim, shape) == x->numel) {
         bool same = true;
         for (int d = 0; d < ndim; d++) same = same && shape[d] == x->shape[d];
-        if (same) return x;
+        if (same) return nb__alias(who, x);
     }
     return nb__apply(who, NB_OP_BROADCAST, 1, &x, NULL, x->dtype, ndim, shape);
 }
