@@ -282,7 +282,9 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
         out = nb__tape_result(tape, who, dtype, ndim, shape);
         if (!out) return NULL;
-        if (def->forward) {
+        /* an empty result has nothing to compute (and its kernel could loop over the other extents of
+         * a zero-size input, up to 2^59 of them) */
+        if (def->forward && out->numel > 0) {
             uint64_t errors = nb__error_count();
             def->forward(out, in, attrs);
             if (nb__error_count() != errors) return NULL;

@@ -137,7 +137,7 @@ void *nb__view_slice(nb_tensor *const *in, const nb_attrs *at)
 bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     int64_t st[NB_MAX_DIMS];
     contiguous_strides(dst->ndim, dst->shape, st);
@@ -560,7 +560,7 @@ static int idx_pos_cmp(const void *pa, const void *pb)
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     const int64_t *ix = n->in[1]->data;
     int64_t outer, inner, n_ax = dst->shape[axis], m = n->in[1]->numel;

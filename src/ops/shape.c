@@ -70,7 +70,9 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
         if (shape[d] < 0)
             return nb__fail(NB_ERR_SHAPE, "%s: %s to %s: bad extent %lld", who, NB_SHP(x),
                             nb__shape_str(ndim, shape), (long long)shape[d]);
-        known *= shape[d];
+        if (__builtin_mul_overflow(known, shape[d], &known))
+            return nb__fail(NB_ERR_SHAPE, "%s: %s to %s: too many elements", who, NB_SHP(x),
+                            nb__shape_str(ndim, shape));
     }
     if (infer >= 0) {
         if (known == 0 || x->numel % known != 0)
@@ -82,6 +84,8 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
     if (known != x->numel)
         return nb__fail(NB_ERR_SHAPE, "%s: %s (%lld elements) to %s (%lld elements)", who, NB_SHP(x),
                         (long long)x->numel, nb__shape_str(ndim, shape), (long long)known);
+    /* an empty target's other extents are bounded as for any tensor ([0, 2^62] is refused) */
+    if (!nb__check_shape(who, ndim, s)) return NULL;
     return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, s);
 }
 
