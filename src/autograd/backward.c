@@ -23,6 +23,7 @@ typedef struct pass {
     struct map_entry *map; /* [map_cap] open addressing, leaf pointer -> slot (key NULL: empty); used
                               by mark only: the sweep reads the slots mark wrote into lsl */
     size_t map_cap;        /* a power of two, at least twice n_leaf */
+    int64_t hit;           /* the slot found last */
     int32_t *lsoff;        /* [n] for a needed node with leaf inputs: 1 + where its inputs' slots start
                               in lsl (0: none) */
     int64_t *lsl;          /* [n_lsl] leaf slot of input j of such a node at lsl[lsoff[i] - 1 + j] */
@@ -89,8 +90,9 @@ static void map_put(pass *p, int64_t slot)
  * arrays grow in the arena); -1 when out of memory. */
 static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
 {
+    if (p->n_leaf && p->lf[p->hit].leaf == leaf) return p->hit; /* runs of one leaf are common */
     int64_t s = find_leaf(p, leaf);
-    if (s >= 0) return s;
+    if (s >= 0) return p->hit = s;
     if (p->n_leaf == p->n_leaf_cap) {
         int64_t cap = p->n_leaf_cap ? 2 * p->n_leaf_cap : 16;
         leaf_slot *a = nb__tape_alloc(p->tape, (size_t)cap * sizeof *a);
@@ -109,6 +111,7 @@ static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
     }
     p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .last = SIZE_MAX};
     map_put(p, p->n_leaf);
+    p->hit = p->n_leaf;
     return p->n_leaf++;
 }
 
@@ -225,7 +228,9 @@ static nb_status mark(pass *p, nb_tensor *out)
                                    nb__node_name(nd));
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
-            const char *gone = input_gone(p, x, nd->in_stamp[j]);
+            /* a result of this tape is of its current generation (a stale one is refused when an op
+             * is recorded); anything else is checked against the stamp the node recorded */
+            const char *gone = x->tape == p->tape ? NULL : input_gone(p, x, nd->in_stamp[j]);
             if (gone)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
                                        "recorded", p->who, j, i, nb__node_name(nd), gone);
@@ -234,7 +239,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nb__node_name(nd));
             if (!nb__needs_grad(x)) continue;
-            if (x->node && x->tape == p->tape) {
+            if (x->tape == p->tape) {
                 p->need[x->node->index] |= NEED;
             } else {
                 int64_t s = slot_of_leaf(p, x);

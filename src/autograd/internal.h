@@ -16,16 +16,21 @@ enum {
 };
 
 struct nb_tensor {
+    /* first cache line: what every op, accessor and the backward's mark read */
     nb_dtype dtype;
     int ndim;
     uint32_t flags;
     uint32_t version; /* bumped by every in-place change of a leaf */
     uint32_t *vp;     /* the version counter that guards this data: &version, or a view's base's */
     int64_t numel;
-    int64_t shape[NB_MAX_DIMS];
     void *data;
     nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
     struct nb_node *node; /* the node that made it, when recorded */
+    /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
+     * made; stale once the tape is reset), a leaf's serial (unique per process; 0 once freed). Nodes
+     * record it per input and the backward compares. Nothing of a backward pass is stored in a tensor. */
+    uint64_t stamp;
+    int64_t shape[NB_MAX_DIMS];
     const char *name;     /* leaves: an owned copy; op results: borrowed */
     nb_grad_hook hook;
     void *hook_user;
@@ -35,10 +40,6 @@ struct nb_tensor {
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
     nb_tape *grad_tape;
-    /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
-     * made; stale once the tape is reset), a leaf's serial (unique per process; 0 once freed). Nodes
-     * record it per input and the backward compares. Nothing of a backward pass is stored in a tensor. */
-    uint64_t stamp;
 };
 /* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
 _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
@@ -182,7 +183,7 @@ nb_tape *nb__swap_current(nb_tape *t);
 /* Set grad mode for internal work; returns the previous no-grad depth for nb__restore_grad_mode. */
 int nb__set_grad_mode(bool enabled);
 void nb__restore_grad_mode(int saved);
-void *nb__tape_alloc(nb_tape *t, size_t size);
+static inline void *nb__tape_alloc(nb_tape *t, size_t size) { return nb__arena_alloc(&t->arena, size); }
 /* A header slot for a new op result of tape t (uninitialised); NULL when out of memory. */
 nb_tensor *nb__tape_header_slow(nb_tape *t);
 static inline nb_tensor *nb__tape_header(nb_tape *t)
@@ -258,7 +259,13 @@ const char *nb__shape_str(int ndim, const int64_t *shape);
 /* ---- shape helpers ---------------------------------------------------------------------------- */
 
 int64_t nb__numel(int ndim, const int64_t *shape);
-bool nb__same_shape(const nb_tensor *a, const nb_tensor *b);
+static inline bool nb__same_shape(const nb_tensor *a, const nb_tensor *b)
+{
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
 /* Broadcast shapes a and b into out (ndim returned through out_ndim); false if they do not fit. */
 bool nb__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *out_ndim,
                           int64_t *out);

@@ -202,7 +202,6 @@ nb_tensor *nb_tape_node_output(const nb_tape *t, size_t i)
     return t && i < t->n_nodes ? t->nodes[i]->out : NULL;
 }
 
-void *nb__tape_alloc(nb_tape *t, size_t size) { return nb__arena_alloc(&t->arena, size); }
 
 void *nb_scratch(size_t bytes)
 {
@@ -258,8 +257,11 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
                      nb_dtype dtype, int ndim, const int64_t *shape)
 {
     const nb_opdef *def = &nb__ops[op];
-    for (int i = 0; i < n_in; i++)
+    bool any_grad = false;
+    for (int i = 0; i < n_in; i++) {
         if (!nb__usable(in[i])) return nb__stale_fail(who, in[i]), NULL;
+        any_grad |= nb__needs_grad(in[i]);
+    }
     nb_tensor *out;
     void *view = op == NB_OP_VIEW ? in[0]->data : def->view ? def->view(in, attrs) : NULL;
     if (view) {
@@ -292,11 +294,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         if (nb__anomaly_on && !nb__anomaly_check(out, who)) return NULL;
     }
 
-    bool record = false;
-    if (t_no_grad == 0 && def->backward)
-        for (int i = 0; i < n_in; i++)
-            if (nb__needs_grad(in[i])) record = true;
-    if (!record) return out;
+    if (!any_grad || t_no_grad != 0 || !def->backward) return out;
 
     nb_tape *tape = out->tape;
     for (int i = 0; i < n_in; i++)

@@ -30,13 +30,6 @@ int64_t nb__numel(int ndim, const int64_t *shape)
     return n;
 }
 
-bool nb__same_shape(const nb_tensor *a, const nb_tensor *b)
-{
-    if (a->ndim != b->ndim) return false;
-    for (int i = 0; i < a->ndim; i++)
-        if (a->shape[i] != b->shape[i]) return false;
-    return true;
-}
 
 int nb__axis(int axis, int ndim)
 {
@@ -223,17 +216,21 @@ nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim
     /* the element count of a shape derived from valid inputs can still be too large (a product of
      * extents from different inputs, a zero-size input's other extents): bounded as for leaves */
     int64_t n = 1;
-    bool empty = false;
-    for (int i = 0; i < ndim; i++) {
-        int64_t e = shape[i];
-        if (e == 0) {
-            empty = true;
-            continue;
+    if (ndim == 1 && (uint64_t)shape[0] <= INT64_MAX / 16) {
+        n = shape[0]; /* the common cases first */
+    } else if (ndim > 0) {
+        bool empty = false;
+        for (int i = 0; i < ndim; i++) {
+            int64_t e = shape[i];
+            if (e == 0) {
+                empty = true;
+                continue;
+            }
+            if (e < 0 || __builtin_mul_overflow(n, e, &n) || n > INT64_MAX / 16)
+                return nb__fail(NB_ERR_SHAPE, "%s: result %s: too many elements", who, nb__shape_str(ndim, shape));
         }
-        if (e < 0 || __builtin_mul_overflow(n, e, &n) || n > INT64_MAX / 16)
-            return nb__fail(NB_ERR_SHAPE, "%s: result %s: too many elements", who, nb__shape_str(ndim, shape));
+        if (empty) n = 0;
     }
-    if (empty) n = 0;
     nb_tensor *t = nb__tape_header(tape);
     unsigned char *raw = t ? nb__tape_alloc(tape, (size_t)n * nb__esize(dt)) : NULL;
     if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
