@@ -153,9 +153,16 @@ void nb__arena_free(nb_arena *a);
  * nb_tape_free. A result kept across one reset therefore still reads its own header (stamp included),
  * and any header pointer of a live tape reads some result's header, never other bytes. */
 typedef struct nb_hslab nb_hslab;
+/* A slot: a header, then room for the data of a small result (up to NB_INLINE_BYTES), so that a small
+ * result is one contiguous block (64-byte aligned) and takes nothing from the arena. */
+#define NB_INLINE_BYTES 64
+typedef struct nb_hslot {
+    nb_tensor t;
+    _Alignas(64) unsigned char data[NB_INLINE_BYTES];
+} nb_hslot;
 typedef struct nb_hregion {
     nb_hslab *head, *cur;
-    nb_tensor *next; /* the next free slot of cur */
+    nb_hslot *next;  /* the next free slot of cur */
     size_t left;     /* free slots left in cur */
     size_t slots;    /* slots in all slabs */
 } nb_hregion;
@@ -191,7 +198,7 @@ static inline nb_tensor *nb__tape_header(nb_tape *t)
     nb_hregion *h = t->hcur;
     if (!h->left) return nb__tape_header_slow(t);
     h->left--;
-    return h->next++;
+    return &(h->next++)->t;
 }
 /* A tape was made or freed (the leaf header pool is released once no leaf and no tape is live). */
 void nb__pool_tape_count(int delta);

@@ -35,11 +35,11 @@ int nb_grad_enabled(void) { return t_no_grad == 0; }
 
 struct nb_hslab {
     nb_hslab *next;
-    size_t n;          /* slots */
-    nb_tensor slot[];  /* n headers */
+    size_t n;       /* slots */
+    nb_hslot *slot; /* n slots, 64-byte aligned, inside this allocation */
 };
 
-static size_t hslab_bytes(size_t n) { return sizeof(nb_hslab) + n * sizeof(nb_tensor); }
+static size_t hslab_bytes(size_t n) { return sizeof(nb_hslab) + 64 + n * sizeof(nb_hslot); }
 
 /* Append a slab of n slots to region h. */
 static bool hregion_grow(nb_hregion *h, size_t n)
@@ -48,6 +48,7 @@ static bool hregion_grow(nb_hregion *h, size_t n)
     if (!s) return false;
     s->next = NULL;
     s->n = n;
+    s->slot = (nb_hslot *)(((uintptr_t)(s + 1) + 63) & ~(uintptr_t)63);
     nb_hslab **end = &h->head;
     while (*end) end = &(*end)->next;
     *end = s;
@@ -100,7 +101,7 @@ nb_tensor *nb__tape_header_slow(nb_tape *t)
         h->left = h->cur->n;
     }
     h->left--;
-    return h->next++;
+    return &(h->next++)->t;
 }
 
 nb_tape *nb_tape_new(void)

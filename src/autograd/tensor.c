@@ -232,7 +232,8 @@ nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim
         if (empty) n = 0;
     }
     nb_tensor *t = nb__tape_header(tape);
-    unsigned char *raw = t ? nb__tape_alloc(tape, (size_t)n * nb__esize(dt)) : NULL;
+    size_t bytes = (size_t)n * nb__esize(dt);
+    unsigned char *raw = !t ? NULL : bytes <= NB_INLINE_BYTES ? ((nb_hslot *)t)->data : nb__tape_alloc(tape, bytes);
     if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
                               nb__shape_str(ndim, shape));
     /* field by field: clearing the whole header costs more than the op itself on small tensors */
