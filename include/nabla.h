@@ -100,8 +100,13 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user);
 /* Memory                                                                                          */
 /* ---------------------------------------------------------------------------------------------- */
 
-/* Every heap allocation nabla makes goes through these (OpenBLAS's own do not). Set before creating
- * any object; NULL functions restore malloc/realloc/free. size is the size of the block being freed. */
+/* Every heap allocation nabla makes goes through these: the tensors, tapes and engine, the layers,
+ * optimizers and datasets. Not through them: OpenBLAS's own buffers, and the stdio buffer of a FILE
+ * you pass to a print function.
+ * Set before creating any object, and keep it until every object is freed; NULL (or a NULL function)
+ * restores malloc/realloc/free. The library never asks for 0 bytes (it asks for 1), and frees and
+ * reallocates naming the size of the block as it was last allocated; alloc and realloc return NULL on
+ * failure (realloc leaving the block as it was), which the library reports as NB_ERR_NOMEM. */
 typedef struct nb_allocator {
     void *(*alloc)(size_t size, void *user);
     void *(*realloc)(void *ptr, size_t old_size, size_t new_size, void *user);
@@ -109,6 +114,21 @@ typedef struct nb_allocator {
     void *user;
 } nb_allocator;
 void nb_set_allocator(const nb_allocator *allocator);
+
+/* The library's allocator, for code built on nabla (src/nn and src/train use only these): each call
+ * goes to the functions set with nb_set_allocator. They record no error: report a NULL yourself
+ * (NB_ERR_NOMEM). A size of 0 is served as 1 byte. Free a block with nb_dealloc giving the size it
+ * was allocated with (for nb_calloc: n * size; after nb_realloc: new_size). */
+void *nb_alloc(size_t size);
+/* n * size zeroed bytes; NULL when the product overflows. */
+void *nb_calloc(size_t n, size_t size);
+/* Resize a block of old_size bytes to new_size (p NULL: nb_alloc(new_size)); on failure NULL, and
+ * the block is unchanged and still yours. */
+void *nb_realloc(void *p, size_t old_size, size_t new_size);
+/* Free a block of size bytes. NULL is ignored. */
+void nb_dealloc(void *p, size_t size);
+/* A copy of s (NULL when s is NULL or memory runs out); free with nb_dealloc(copy, strlen(s) + 1). */
+char *nb_strdup(const char *s);
 
 /* Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
  * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */

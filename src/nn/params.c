@@ -2,7 +2,6 @@
 #include <nabla.h>
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 typedef struct entry {
@@ -19,7 +18,7 @@ struct nb_params {
 
 nb_params *nb_params_new(void)
 {
-    nb_params *p = calloc(1, sizeof *p);
+    nb_params *p = nb_calloc(1, sizeof *p);
     if (!p) {
         nb_error_set(NB_ERR_NOMEM, "nb_params_new: out of memory");
         return NULL;
@@ -33,10 +32,10 @@ void nb_params_free(nb_params *p)
     if (!p) return;
     for (int i = 0; i < p->n; i++) {
         nb_tensor_free(p->e[i].t);
-        free(p->e[i].name);
+        nb_dealloc(p->e[i].name, strlen(p->e[i].name) + 1);
     }
-    free(p->e);
-    free(p);
+    nb_dealloc(p->e, (size_t)p->cap * sizeof *p->e);
+    nb_dealloc(p, sizeof *p);
 }
 
 static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainable, const char *who)
@@ -58,7 +57,7 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
     }
     if (p->n == p->cap) {
         int cap = p->cap ? 2 * p->cap : 16;
-        entry *e = realloc(p->e, (size_t)cap * sizeof *e);
+        entry *e = nb_realloc(p->e, (size_t)p->cap * sizeof *e, (size_t)cap * sizeof *e);
         if (!e) {
             nb_tensor_free(t);
             nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
@@ -67,16 +66,14 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
         p->e = e;
         p->cap = cap;
     }
-    size_t len = strlen(name) + 1;
-    char *copy = malloc(len);
+    char *copy = nb_strdup(name);
     if (!copy) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
         return NULL;
     }
-    memcpy(copy, name, len);
     if (trainable && nb_tensor_set_requires_grad(t, 1) != NB_OK) {
-        free(copy);
+        nb_dealloc(copy, strlen(copy) + 1);
         nb_tensor_free(t);
         return NULL;
     }

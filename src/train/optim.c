@@ -5,7 +5,6 @@
 
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define NB_T float
@@ -56,6 +55,7 @@ struct nb_optim {
     int n_state;
     nb_tensor **state;
     char **state_name;
+    size_t cap; /* parameters the arrays were allocated for (s [cap + 1], state [cap * S_MAX + 1]) */
 };
 
 static const char *const kind_names[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
@@ -104,7 +104,7 @@ static nb_tensor *add_state(nb_optim *opt, slot *s, int k, const char *pname, co
     nb_tensor *t = nb_tensor_full(nb_tensor_dtype(p), nb_tensor_ndim(p), nb_tensor_shape(p), init);
     if (!t) return NULL;
     size_t len = strlen(pname) + strlen(what) + 2;
-    char *name = malloc(len);
+    char *name = nb_alloc(len);
     if (!name) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_NOMEM, "nb_optim_new: out of memory");
@@ -125,12 +125,13 @@ nb_optim *nb_optim_new(nb_optim_kind kind, nb_params *params, const nb_optim_opt
     }
     nb_optim_opts o = opts ? *opts : nb_optim_defaults(kind);
     if (!check_opts(kind, &o)) return NULL;
-    nb_optim *opt = calloc(1, sizeof *opt);
+    nb_optim *opt = nb_calloc(1, sizeof *opt);
     int np = nb_params_count(params);
     if (opt) {
-        opt->s = calloc((size_t)np + 1, sizeof *opt->s);
-        opt->state = calloc((size_t)np * S_MAX + 1, sizeof *opt->state);
-        opt->state_name = calloc((size_t)np * S_MAX + 1, sizeof *opt->state_name);
+        opt->cap = (size_t)np;
+        opt->s = nb_calloc((size_t)np + 1, sizeof *opt->s);
+        opt->state = nb_calloc((size_t)np * S_MAX + 1, sizeof *opt->state);
+        opt->state_name = nb_calloc((size_t)np * S_MAX + 1, sizeof *opt->state_name);
     }
     if (!opt || !opt->s || !opt->state || !opt->state_name) {
         nb_optim_free(opt);
@@ -177,12 +178,12 @@ void nb_optim_free(nb_optim *opt)
     if (!opt) return;
     for (int i = 0; i < opt->n_state; i++) {
         nb_tensor_free(opt->state[i]);
-        free(opt->state_name[i]);
+        nb_dealloc(opt->state_name[i], strlen(opt->state_name[i]) + 1);
     }
-    free(opt->state);
-    free(opt->state_name);
-    free(opt->s);
-    free(opt);
+    nb_dealloc(opt->state, (opt->cap * S_MAX + 1) * sizeof *opt->state);
+    nb_dealloc(opt->state_name, (opt->cap * S_MAX + 1) * sizeof *opt->state_name);
+    nb_dealloc(opt->s, (opt->cap + 1) * sizeof *opt->s);
+    nb_dealloc(opt, sizeof *opt);
 }
 
 nb_status nb_optim_step(nb_optim *opt)
@@ -341,7 +342,7 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
         nb_error_set(NB_ERR_ARG, "nb_sched_new: %s", bad);
         return NULL;
     }
-    nb_sched *s = calloc(1, sizeof *s);
+    nb_sched *s = nb_calloc(1, sizeof *s);
     if (!s) {
         nb_error_set(NB_ERR_NOMEM, "nb_sched_new: out of memory");
         return NULL;
@@ -355,7 +356,7 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
     return s;
 }
 
-void nb_sched_free(nb_sched *s) { free(s); }
+void nb_sched_free(nb_sched *s) { nb_dealloc(s, sizeof *s); }
 
 double nb_sched_step(nb_sched *s, double metric)
 {
@@ -445,11 +446,11 @@ nb_early_stop *nb_early_stop_new(nb_params *params, int64_t patience, double min
         nb_error_set(NB_ERR_ARG, "nb_early_stop_new: need parameters, patience >= 0 and min_delta >= 0");
         return NULL;
     }
-    nb_early_stop *es = calloc(1, sizeof *es);
+    nb_early_stop *es = nb_calloc(1, sizeof *es);
     int n = nb_params_count(params);
-    if (es) es->best = calloc((size_t)n + 1, sizeof *es->best);
+    if (es) es->best = nb_calloc((size_t)n + 1, sizeof *es->best);
     if (!es || !es->best) {
-        free(es);
+        nb_dealloc(es, sizeof *es);
         nb_error_set(NB_ERR_NOMEM, "nb_early_stop_new: out of memory");
         return NULL;
     }
@@ -474,8 +475,8 @@ void nb_early_stop_free(nb_early_stop *es)
 {
     if (!es) return;
     for (int i = 0; i < es->n; i++) nb_tensor_free(es->best[i]);
-    free(es->best);
-    free(es);
+    nb_dealloc(es->best, ((size_t)es->n + 1) * sizeof *es->best);
+    nb_dealloc(es, sizeof *es);
 }
 
 int nb_early_stop_update(nb_early_stop *es, double metric)
