@@ -101,8 +101,8 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user);
 /* ---------------------------------------------------------------------------------------------- */
 
 /* Every heap allocation nabla makes goes through these: the tensors, tapes and engine, the layers,
- * optimizers and datasets. Not through them: OpenBLAS's own buffers, and the stdio buffer of a FILE
- * you pass to a print function.
+ * optimizers and datasets, the checkpoints (the safetensors header included). Not through them:
+ * OpenBLAS's own buffers, and the stdio buffer of a FILE you pass to a print function.
  * Set before creating any object, and keep it until every object is freed; NULL (or a NULL function)
  * restores malloc/realloc/free. The library never asks for 0 bytes (it asks for 1), and frees and
  * reallocates naming the size of the block as it was last allocated; alloc and realloc return NULL on
@@ -164,6 +164,9 @@ void nb_rng_shuffle(nb_rng *rng, int64_t *a, int64_t n);
 nb_tensor *nb_tensor_zeros(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_ones(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_full(nb_dtype dtype, int ndim, const int64_t *shape, double value);
+/* Elements left uninitialised, for code that writes every one before reading any (file readers,
+ * copies): it saves filling a large tensor twice. */
+nb_tensor *nb_tensor_empty(nb_dtype dtype, int ndim, const int64_t *shape);
 /* Copies numel elements of dtype from data. */
 nb_tensor *nb_tensor_from_data(nb_dtype dtype, int ndim, const int64_t *shape, const void *data);
 /* 1-D: start, start+step, ... while < stop (> stop for a negative step). */
