@@ -101,8 +101,8 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user);
 /* ---------------------------------------------------------------------------------------------- */
 
 /* Every heap allocation nabla makes goes through these: the tensors, tapes and engine, the layers,
- * optimizers and datasets, the checkpoints (the safetensors header included). Not through them:
- * OpenBLAS's own buffers, and the stdio buffer of a FILE you pass to a print function.
+ * optimizers, datasets and readers (zlib's inflate state and the safetensors header included). Not
+ * through them: OpenBLAS's own buffers, and the stdio buffer of a FILE you pass to a print function.
  * Set before creating any object, and keep it until every object is freed; NULL (or a NULL function)
  * restores malloc/realloc/free. The library never asks for 0 bytes (it asks for 1), and frees and
  * reallocates naming the size of the block as it was last allocated; alloc and realloc return NULL on

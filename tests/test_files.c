@@ -1,4 +1,8 @@
 /* Files that are not what a reader expects:
+ *   - a FIFO (or another non-regular file) given to nb_idx_read is refused at once (it used to block
+ *     forever in open);
+ *   - a small gzip IDX file whose header claims hundreds of megabytes fails on its short data having
+ *     allocated about what it holds (it used to allocate and zero the whole claim first);
  *   - safetensors files from other writers, whose tensors need not be 8-byte aligned in the data
  *     section, load with the right values (the reader used to read int64 counts through misaligned
  *     pointers: UBSan in the sanitizer build).
@@ -6,9 +10,17 @@
 #define _DEFAULT_SOURCE
 #include "nbtest.h"
 
+#include "alloc_counter.h"
+
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 static char g_dir[64];
 
@@ -16,6 +28,76 @@ static const char *in_dir(char *buf, size_t size, const char *name)
 {
     snprintf(buf, size, "%s/%s", g_dir, name);
     return buf;
+}
+
+/* ---- FIFOs ------------------------------------------------------------------------------------ */
+
+static void blocked(int sig)
+{
+    (void)sig;
+    static const char msg[] = "FAIL: a reader blocked on a FIFO (no writer): killed after 10 s\n";
+    if (write(2, msg, sizeof msg - 1)) {}
+    _exit(1);
+}
+
+static void test_fifo(void)
+{
+    char fifo[256];
+    in_dir(fifo, sizeof fifo, "fifo.safetensors");
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo: %s", strerror(errno));
+    signal(SIGALRM, blocked);
+    alarm(10);
+    nb_tensor *t = NULL;
+    CHECK_ERROR(nb_idx_read(fifo, NB_F32, 1.0, &t) != NB_OK, NB_ERR_IO, "not a regular file (a FIFO)");
+    CHECK(t == NULL, "no tensor");
+    /* a character device too */
+    CHECK_ERROR(nb_idx_read("/dev/zero", NB_F32, 1.0, &t) != NB_OK, NB_ERR_IO, "not a regular file (a device)");
+    alarm(0);
+    unlink(fifo);
+}
+
+/* ---- a gzip IDX file that claims far more than it holds ---------------------------------------- */
+
+static void test_idx_claims_too_much(void)
+{
+    /* u8 [25000000] read as f64 would be 200 MB; the file holds 30000 bytes of it (incompressible, so
+     * that the file is large enough to pass the deflate-ratio bound and the reader has to look) */
+    enum { HAVE = 30000 };
+    unsigned char *buf = malloc(8 + HAVE);
+    const uint32_t n = 25000000;
+    unsigned char head[8] = {0, 0, 8, 1, (unsigned char)(n >> 24), (unsigned char)(n >> 16), (unsigned char)(n >> 8),
+                             (unsigned char)n};
+    memcpy(buf, head, 8);
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < HAVE; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[8 + i] = (unsigned char)x;
+    }
+    char path[256];
+    in_dir(path, sizeof path, "claims.idx.gz");
+    gzFile gz = gzopen(path, "wb");
+    CHECK(gz && gzwrite(gz, buf, 8 + HAVE) == 8 + HAVE, "write %s", path);
+    if (gz) gzclose(gz);
+    free(buf);
+
+    ac_reset(0);
+    ac_install();
+    nb_tensor *t = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_ERROR(nb_idx_read(path, NB_F64, 1.0, &t) != NB_OK, NB_ERR_FORMAT, "truncated data: 30000 of 25000000 data bytes");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    nb_set_allocator(NULL);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    printf("files: a 30 kB gzip IDX claiming 200 MB of f64: refused in %.3f ms, peak allocation %zu bytes\n", ms,
+           ac.peak_bytes);
+    CHECK(t == NULL, "no tensor");
+    CHECK(ac.peak_bytes < ((size_t)4 << 20), "peak allocation %zu bytes for a file that holds 30000 data bytes",
+          ac.peak_bytes);
+    CHECK(ac.live_blocks == 0, "%ld blocks left", ac.live_blocks);
+    unlink(path);
 }
 
 /* ---- tensors at offsets that are not 8-byte aligned ------------------------------------------- */
@@ -86,6 +168,8 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
+    test_fifo();
+    test_idx_claims_too_much();
     test_odd_offsets();
     CHECK_NO_ERROR();
     rmdir(g_dir);
