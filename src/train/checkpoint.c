@@ -17,9 +17,15 @@
  * value of another type or nesting than the format's, a number that is not a plain integer in
  * [0, 2^53] are NB_ERR_FORMAT errors. Strings are decoded in place in the loader's copy of the header.
  *
+ * Saving writes "<path>.tmp.<pid>.XXXXXX" (mkstemp), holds an exclusive flock on it while writing,
+ * fsyncs it and renames it over path. A save killed midway leaves its temporary file behind; the
+ * next save to the same path removes such files of that path whose lock is free and whose writer's
+ * process is gone (never a file a live writer holds).
+ *
  * Statuses of nb_checkpoint_load, one per kind of failure:
  *   NB_ERR_ARG     path or params NULL;
- *   NB_ERR_IO      the file cannot be opened or read (missing, a folder, a read error, it shrank);
+ *   NB_ERR_IO      the file cannot be opened or read (missing, a folder, a FIFO or device, a read
+ *                  error, it shrank);
  *   NB_ERR_NOMEM   an allocation failed;
  *   NB_ERR_FORMAT  the file is not a valid safetensors file (sizes, JSON, entries, offsets, metadata
  *                  values), or it lacks the step metadata that was asked for;
@@ -33,13 +39,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#else
+#include <dirent.h>
+#endif
 
 #include "sort.h"
 
@@ -268,22 +281,117 @@ static nb_status sync_folder(const char *who, const char *path)
     return err ? NB_ERR_IO : NB_OK;
 }
 
+/* ---- temporary files -------------------------------------------------------------------------- */
+
+#define TMP_TAG ".tmp."
+#define TMP_RAND 6 /* mkstemp's XXXXXX */
+
+/* Whether name is "<base>.tmp.<pid>.XXXXXX", a temporary file of a save to base; its pid. */
+static int is_our_temp(const char *name, const char *base, long *pid)
+{
+    size_t bl = strlen(base);
+    if (strncmp(name, base, bl) != 0 || strncmp(name + bl, TMP_TAG, sizeof TMP_TAG - 1) != 0) return 0;
+    const char *p = name + bl + sizeof TMP_TAG - 1, *digits = p;
+    long v = 0;
+    while (*p >= '0' && *p <= '9' && p - digits < 10) v = v * 10 + (*p++ - '0');
+    if (p == digits || *p != '.' || v <= 0) return 0;
+    p++;
+    for (int k = 0; k < TMP_RAND; k++, p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z'))) return 0;
+    *pid = v;
+    return *p == 0;
+}
+
+/* Remove the temporary file `name` in folder dirfd if its writer is gone: its process does not exist
+ * and nobody holds its lock (a live writer keeps an exclusive flock on it until it has renamed it). */
+static void remove_if_stale(int dirfd, const char *name, long pid)
+{
+    if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) return; /* alive (or not ours to ask) */
+    int fd = openat(dirfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) return;
+    struct stat a, b;
+    if (fstat(fd, &a) == 0 && S_ISREG(a.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+        fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        unlinkat(dirfd, name, 0);
+    close(fd); /* releases the lock */
+}
+
+/* Remove the stale temporary files of saves to path (best effort: failures are ignored). */
+static void remove_stale_temps(const char *path, char *buf, size_t size)
+{
+    const char *dir, *base;
+    if (!split_path(path, buf, size, &dir, &base) || !*base) return;
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) return;
+    long pid;
+#ifdef __linux__
+    /* getdents64 straight from the kernel: opendir would allocate behind nb_set_allocator's back */
+    union {
+        unsigned char bytes[8192];
+        uint64_t align;
+    } ents;
+    for (;;) {
+        long got = syscall(SYS_getdents64, dirfd, ents.bytes, sizeof ents.bytes);
+        if (got <= 0) break;
+        for (long off = 0; off < got;) {
+            /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, char name[] */
+            unsigned short reclen;
+            memcpy(&reclen, ents.bytes + off + 16, sizeof reclen);
+            const char *name = (const char *)ents.bytes + off + 19;
+            if (reclen == 0) break;
+            if (is_our_temp(name, base, &pid)) remove_if_stale(dirfd, name, pid);
+            off += reclen;
+        }
+    }
+#else
+    int fd2 = dup(dirfd);
+    DIR *d = fd2 >= 0 ? fdopendir(fd2) : NULL;
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (is_our_temp(de->d_name, base, &pid)) remove_if_stale(dirfd, de->d_name, pid);
+    if (d) closedir(d);
+    else if (fd2 >= 0) close(fd2);
+#endif
+    close(dirfd);
+}
+
+/* A new temporary file for a save to path, named into tmp ("<path>.tmp.<pid>.XXXXXX") and locked;
+ * -1 with errno on failure. */
+static int temp_create(const char *path, char *tmp, size_t size)
+{
+    for (int attempt = 0; attempt < 100; attempt++) {
+        snprintf(tmp, size, "%s" TMP_TAG "%ld.XXXXXX", path, (long)getpid());
+        int fd = mkstemp(tmp);
+        if (fd < 0) return -1;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        /* Locked before anything is written. Between mkstemp and the lock, a cleaner cannot take the file
+         * for a dead writer's (our process is alive); if the lock or the name is gone anyway, start over. */
+        struct stat a, b;
+        int locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
+        if (!locked && errno != EWOULDBLOCK) locked = 1; /* a file system without locks: nobody can take it */
+        if (locked && fstat(fd, &a) == 0 && stat(tmp, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            return fd;
+        close(fd);
+    }
+    errno = EEXIST;
+    return -1;
+}
+
 /* head (length prefix and padded JSON) and the tensors in `order` into a temporary file next to
- * path, synced and renamed over path. On failure the temporary file is removed. */
+ * path, synced and renamed over path. On failure the temporary file is removed; stale ones of
+ * killed saves to path are removed first. */
 static nb_status write_atomic(const char *who, const char *path, const unsigned char *head, size_t head_len, int n,
                               nb_tensor *const *tensors, const int *order)
 {
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t plen = strlen(path), size = plen + sizeof suffix;
+    size_t size = strlen(path) + sizeof TMP_TAG + 24 + TMP_RAND;
     char *tmp = nb_alloc(size);
     if (!tmp) {
         nb_error_set(NB_ERR_NOMEM, "%s: %s: out of memory", who, path);
         return NB_ERR_NOMEM;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, suffix, sizeof suffix);
+    remove_stale_temps(path, tmp, size);
     int mode = file_mode(path);
-    int fd = mkstemp(tmp);
+    int fd = temp_create(path, tmp, size);
     if (fd < 0) {
         nb_error_set(NB_ERR_IO, "%s: %s: cannot create the temporary file %s: %s", who, path, tmp, strerror(errno));
         nb_dealloc(tmp, size);
@@ -300,19 +408,17 @@ static nb_status write_atomic(const char *who, const char *path, const unsigned 
         if (write_tensor(fd, tensors[order[k]]) != 0) goto fail;
     what = "syncing";
     if (fsync(fd) != 0) goto fail;
-    what = "closing";
-    int closed = close(fd);
-    fd = -1;
-    if (closed != 0) goto fail;
+    /* renamed while still open and locked, so that no cleaner can take it for a dead writer's */
     what = "renaming";
     if (rename(tmp, path) != 0) goto fail;
+    close(fd); /* the data is on disk already (fsync): a failing close loses nothing */
     nb_dealloc(tmp, size);
     return sync_folder(who, path);
 
 fail:;
     int err = errno;
-    if (fd >= 0) close(fd);
     unlink(tmp);
+    close(fd);
     nb_error_set(NB_ERR_IO, "%s: %s: %s the temporary file %s: %s", who, path, what, tmp, strerror(err));
     nb_dealloc(tmp, size);
     return NB_ERR_IO;
@@ -600,13 +706,19 @@ static nb_status read_exact(const loader *L, void *buf, uint64_t len, const char
     return NB_OK;
 }
 
+/* Opened without blocking (a FIFO would wait for a writer forever), then refused unless it is a
+ * regular file; blocking reads from there on. */
 static nb_status open_file(loader *L)
 {
-    L->fd = open(L->path, O_RDONLY | O_CLOEXEC);
+    L->fd = open(L->path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (L->fd < 0) return fail(L, NB_ERR_IO, "cannot open: %s", strerror(errno));
     struct stat st;
     if (fstat(L->fd, &st) != 0) return fail(L, NB_ERR_IO, "cannot stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode)) return fail(L, NB_ERR_IO, "not a regular file");
+    if (!S_ISREG(st.st_mode))
+        return fail(L, NB_ERR_IO, "not a regular file (%s)", S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ?
+                    "a FIFO" : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : "a socket or another kind");
+    int fl = fcntl(L->fd, F_GETFL);
+    if (fl < 0 || fcntl(L->fd, F_SETFL, fl & ~O_NONBLOCK) != 0) return fail(L, NB_ERR_IO, "fcntl: %s", strerror(errno));
     L->file_size = (uint64_t)st.st_size;
     return NB_OK;
 }
