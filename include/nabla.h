@@ -178,8 +178,18 @@ nb_tensor *nb_tensor_normal(nb_dtype dtype, int ndim, const int64_t *shape, doub
                             nb_rng *rng);
 /* A caller-owned deep copy of any tensor (a leaf or an op result): data only, no gradient, no graph. */
 nb_tensor *nb_tensor_clone(const nb_tensor *t);
-/* Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape). */
+/* Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape),
+ * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. */
 void nb_tensor_free(nb_tensor *t);
+/* Ownership of leaves by containers (nb_params, nb_dataset, nb_optim's state, nb_safetensors; your
+ * own containers can use it too): a leaf has at most one owner, so it cannot be freed twice by two
+ * containers, or by its container and you. owner is any non-NULL address naming the container.
+ * Claim an unowned leaf (NB_ERR_STATE if it has an owner, this one included, or is an op result). */
+nb_status nb_tensor_claim(nb_tensor *t, const void *owner);
+/* Give up owner's claim, before the owner frees the leaf (NB_ERR_STATE if owner does not hold it). */
+nb_status nb_tensor_unclaim(nb_tensor *t, const void *owner);
+/* The owner of a leaf, or NULL (unowned leaves and op results). */
+const void *nb_tensor_owner(const nb_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tensor accessors (any tensor)                                                                   */

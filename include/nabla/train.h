@@ -150,9 +150,10 @@ int64_t nb_early_stop_best_epoch(const nb_early_stop *es); /* 0-based; -1 before
 typedef struct nb_dataset nb_dataset;
 
 /* Samples are the rows (dim 0) of inputs and targets (targets may be NULL; same row count). The
- * dataset takes ownership of both leaves (also when it fails, so a constructor call can be passed
- * straight in) and frees them with itself. Leaves that require grad, op results and 0-d tensors
- * are refused. */
+ * dataset takes ownership of both leaves (nb_tensor_claim; also when it fails, so a constructor call
+ * can be passed straight in) and frees them with itself. Leaves that require grad, op results and 0-d
+ * tensors are refused, and so are leaves that have an owner already (a collection, another
+ * dataset...): those, and op results, are left untouched when it fails. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 void nb_dataset_free(nb_dataset *d);
 int64_t nb_dataset_size(const nb_dataset *d);

@@ -30,6 +30,7 @@ struct nb_tensor {
     nb_grad_hook hook;
     void *hook_user;
     /* leaves only */
+    const void *owner;     /* the container that owns it (nb_tensor_claim), or NULL */
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
     nb_tape *grad_tape;

@@ -293,11 +293,42 @@ void nb_tensor_free(nb_tensor *t)
                                "instead", NB_SHP(t));
         return;
     }
+    if (t->owner) {
+        nb__fail(NB_ERR_STATE, "nb_tensor_free: %s%s%s: the leaf belongs to a container (a parameter "
+                 "collection, a dataset...); it is freed with it", t->name ? t->name : "", t->name ? " " : "",
+                 NB_SHP(t));
+        return;
+    }
     if (t->grad_tape) nb__tape_forget_leaf(t->grad_tape, t);
+    if (t->grad) t->grad->owner = NULL;
     nb_tensor_free(t->grad);
     if (t->name) nb__free((void *)t->name, strlen(t->name) + 1);
     nb__free(t, leaf_block_size(t));
 }
+
+nb_status nb_tensor_claim(nb_tensor *t, const void *owner)
+{
+    if (!t || !owner) return nb__fail_status(NB_ERR_ARG, "nb_tensor_claim: tensor or owner is NULL");
+    if (!(t->flags & NB_TF_LEAF))
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_claim: %s is an op result; it belongs to its tape",
+                               NB_SHP(t));
+    if (t->owner)
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_claim: %s%s%s has an owner already%s", t->name ? t->name : "",
+                               t->name ? " " : "", NB_SHP(t), t->owner == owner ? " (this one)" : "");
+    t->owner = owner;
+    return NB_OK;
+}
+
+nb_status nb_tensor_unclaim(nb_tensor *t, const void *owner)
+{
+    if (!t || !owner) return nb__fail_status(NB_ERR_ARG, "nb_tensor_unclaim: tensor or owner is NULL");
+    if (!(t->flags & NB_TF_LEAF) || t->owner != owner)
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_unclaim: %s is not held by this owner", NB_SHP(t));
+    t->owner = NULL;
+    return NB_OK;
+}
+
+const void *nb_tensor_owner(const nb_tensor *t) { return t && (t->flags & NB_TF_LEAF) ? t->owner : NULL; }
 
 /* ---- accessors -------------------------------------------------------------------------------- */
 

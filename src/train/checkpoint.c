@@ -1337,7 +1337,7 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
 struct nb_safetensors {
     int n, n_meta;
     char **names;        /* [n], in the file's order */
-    nb_tensor **tensors; /* [n], owned */
+    nb_tensor **tensors; /* [n], owned (claimed) */
     char **keys, **values; /* [n_meta] */
 };
 
@@ -1346,6 +1346,7 @@ void nb_safetensors_free(nb_safetensors *f)
     if (!f) return;
     for (int i = 0; i < f->n; i++) {
         if (f->names[i]) nb_dealloc(f->names[i], strlen(f->names[i]) + 1);
+        if (f->tensors[i]) nb_tensor_unclaim(f->tensors[i], f);
         nb_tensor_free(f->tensors[i]);
     }
     for (int i = 0; i < f->n_meta; i++) {
@@ -1401,6 +1402,7 @@ nb_status nb_safetensors_read(const char *path, nb_safetensors **out)
             st = nb_error_code();
             break;
         }
+        nb_tensor_claim(f->tensors[i], f); /* a new leaf: cannot fail */
         if (e->end > e->begin) st = nb_tensor_copy_from(f->tensors[i], L.data + e->begin);
     }
     for (int i = 0; !st && i < L.n_meta; i++)

@@ -20,10 +20,11 @@ struct nb_dataset {
 
 /* ---- datasets --------------------------------------------------------------------------------- */
 
-/* Free a leaf handed to nb_dataset_new (an op result is not ours to free). */
+/* Free a leaf handed to nb_dataset_new on failure (an op result, or a leaf with an owner, is not
+ * ours to free). */
 static void drop_leaf(nb_tensor *t)
 {
-    if (t && nb_tensor_is_leaf(t)) nb_tensor_free(t);
+    if (t && nb_tensor_is_leaf(t) && !nb_tensor_owner(t)) nb_tensor_free(t);
 }
 
 /* Whether t can hold samples: a leaf with a row dimension that does not require grad. */
@@ -32,6 +33,12 @@ static int check_rows(const nb_tensor *t, const char *what)
     char buf[96];
     if (!nb_tensor_is_leaf(t)) {
         nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves", what,
+                     nb_shape_str(t, buf, sizeof buf));
+        return 0;
+    }
+    if (nb_tensor_owner(t)) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s belongs to another container (a dataset, a parameter "
+                     "collection...); a tensor has one owner (pass a copy: nb_tensor_clone)", what,
                      nb_shape_str(t, buf, sizeof buf));
         return 0;
     }
@@ -72,6 +79,9 @@ nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets)
         nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
         goto fail;
     }
+    /* both are unowned leaves (checked above): the claims cannot fail */
+    nb_tensor_claim(inputs, d);
+    if (targets) nb_tensor_claim(targets, d);
     d->inputs = inputs;
     d->targets = targets;
     d->size = nb_tensor_dim(inputs, 0);
@@ -88,7 +98,9 @@ void nb_dataset_free(nb_dataset *d)
     if (d->is_view) {
         nb_dealloc(d->rows, (size_t)d->size * sizeof(int64_t));
     } else {
+        nb_tensor_unclaim(d->inputs, d);
         nb_tensor_free(d->inputs);
+        if (d->targets) nb_tensor_unclaim(d->targets, d);
         nb_tensor_free(d->targets);
     }
     nb_dealloc(d, sizeof *d);

@@ -111,6 +111,7 @@ static nb_tensor *add_state(nb_optim *opt, slot *s, int k, const char *pname, co
         return NULL;
     }
     snprintf(name, len, "%s.%s", pname, what);
+    nb_tensor_claim(t, opt); /* a new leaf: cannot fail */
     s->state[k] = t;
     opt->state[opt->n_state] = t;
     opt->state_name[opt->n_state++] = name;
@@ -177,6 +178,7 @@ void nb_optim_free(nb_optim *opt)
 {
     if (!opt) return;
     for (int i = 0; i < opt->n_state; i++) {
+        nb_tensor_unclaim(opt->state[i], opt);
         nb_tensor_free(opt->state[i]);
         nb_dealloc(opt->state_name[i], strlen(opt->state_name[i]) + 1);
     }
