@@ -40,9 +40,10 @@ full float64 precision.
 
 Name mapping (nabla <- torch)
 -------------------------------------------------------------------------------------------------
-    RNN/LSTM/GRU     rnn.weight_ih_l0 ... <- the module's own names (nabla uses PyTorch's); h0/c0 are
-                     torch's hx; with lengths, torch runs a PackedSequence (enforce_sorted=False)
-                     and pads the output with zeros; nabla takes lengths directly
+    RNN/LSTM/GRU     rnn.weight_ih_l0 ... <- the module's own names (nabla uses PyTorch's, also the
+                     reverse direction's rnn.weight_ih_l0_reverse ...); h0/c0 are torch's hx; with
+                     lengths, torch runs a PackedSequence (enforce_sorted=False) and pads the output
+                     with zeros; nabla takes lengths directly; attr bidirectional 1 when present
     MultiheadAttention  mha.{q,k,v}_proj.{weight,bias} <- rows [0:E], [E:2E], [2:E:3E] of
                      in_proj_weight / in_proj_bias; mha.out_proj.* <- out_proj.*. The key padding
                      mask is stored in nabla's convention (1 = real key, 0 = padding) and given to
@@ -144,13 +145,16 @@ RNN_MODULES = {"rnn_tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.
 
 
 @case
-def rnn(c, kind, batch_first=False, lengths=None):
+def rnn(c, kind, batch_first=False, lengths=None, bidirectional=False):
     g = c.gen
-    mod = RNN_MODULES[kind](I, H, num_layers=L, batch_first=batch_first, dtype=F64)
+    d = 2 if bidirectional else 1
+    mod = RNN_MODULES[kind](I, H, num_layers=L, batch_first=batch_first, bidirectional=bidirectional, dtype=F64)
     c.attr("layers", L)
     c.attr("input", I)
     c.attr("hidden", H)
     c.attr("batch_first", int(batch_first))
+    if bidirectional:
+        c.attr("bidirectional", 1)
     if lengths is not None:
         c.attr("lengths", *lengths)
     k = 1.0 / math.sqrt(H)
@@ -159,10 +163,10 @@ def rnn(c, kind, batch_first=False, lengths=None):
         set_param(p, uniform(g, -k, k, *p.shape))
         c.param("rnn." + pname, p)
     x = c.input("x", randn(g, B, T, I) if batch_first else randn(g, T, B, I))
-    h0 = c.input("h0", randn(g, L, B, H, scale=0.5))
+    h0 = c.input("h0", randn(g, L * d, B, H, scale=0.5))
     hx = h0
     if kind == "lstm":
-        hx = (h0, c.input("c0", randn(g, L, B, H, scale=0.5)))
+        hx = (h0, c.input("c0", randn(g, L * d, B, H, scale=0.5)))
     if lengths is None:
         out, hn = mod(x, hx)
     else:
@@ -310,6 +314,11 @@ for kind in ("rnn_tanh", "lstm", "gru"):
 # runs share nabla's masking code, so the Elman one is left out to keep the file small)
 rnn("lstm_len_bf", "lstm", kind="lstm", batch_first=True, lengths=[3, 5, 1])
 rnn("gru_len", "gru", kind="gru", lengths=[4, 5, 2])
+# bidirectional, two layers (layer 1 reads both directions); with lengths, torch's reverse direction
+# starts at each sequence's last real step (three cases: each adds 50 kB to the file)
+rnn("rnn_tanh_bi_bf", "rnn_tanh", kind="rnn_tanh", bidirectional=True, batch_first=True)
+rnn("lstm_bi_len", "lstm", kind="lstm", bidirectional=True, lengths=[3, 5, 1])
+rnn("gru_bi_len", "gru", kind="gru", bidirectional=True, lengths=[4, 5, 2])
 
 mha("mha_cross", "mha", tq=4, tk=5)
 mha("mha_keypad", "mha", tq=4, tk=5, keypad=[[3, 4], [1]])

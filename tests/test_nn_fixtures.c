@@ -223,11 +223,12 @@ typedef bool (*nn_run_fn)(nn_run *r);
 
 static bool run_rnn(nn_run *r, nb_rnn_kind kind)
 {
-    int64_t layers = 0, input = 0, hidden = 0, bf = 0;
+    int64_t layers = 0, input = 0, hidden = 0, bf = 0, bidir = 0;
     if (!attr_int(r, "layers", INT64_MIN, &layers) || !attr_int(r, "input", INT64_MIN, &input) ||
-        !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf))
+        !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf) ||
+        !attr_int(r, "bidirectional", 0, &bidir))
         return false;
-    nb_rnn_opts o = {.layer = F64_OPTS, .batch_first = (int)bf};
+    nb_rnn_opts o = {.layer = F64_OPTS, .batch_first = (int)bf, .bidirectional = (int)bidir};
     nb_rnn net;
     if (nb_rnn_init(&net, r->p, "rnn", kind, input, hidden, (int)layers, &o, &r->rng) != NB_OK) return false;
     if (!load_params(r)) return false;

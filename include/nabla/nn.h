@@ -182,7 +182,9 @@ nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h);
 #define NB_RNN_MAX_LAYERS 8
 
 /* A multi-layer recurrent network over sequences; layer l's cell is named "name.*_l<l>" as in
- * torch.nn.RNN/LSTM/GRU ("name.weight_ih_l0", ...). */
+ * torch.nn.RNN/LSTM/GRU ("name.weight_ih_l0", ...), and a bidirectional network's reverse cells
+ * "name.*_l<l>_reverse" (registered after the same layer's forward cell, as torch orders them).
+ * Layer l > 0 of a bidirectional network takes both directions' outputs, [.., 2*hidden]. */
 typedef struct nb_rnn {
     nb_rnn_kind kind;
     int layers;
@@ -192,27 +194,35 @@ typedef struct nb_rnn {
     nb_rng *rng;            /* for dropout; borrowed */
     const nb_params *owner;
     nb_rnn_cell cell[NB_RNN_MAX_LAYERS];
+    int bidirectional;      /* 1: cell_reverse runs each layer backwards in time as well */
+    nb_rnn_cell cell_reverse[NB_RNN_MAX_LAYERS];
 } nb_rnn;
 
+/* Options of nb_rnn_init; NULL or a zeroed struct: sequence first, one direction, no dropout. */
 typedef struct nb_rnn_opts {
     nb_layer_opts layer;
     int batch_first;
-    double dropout;
+    double dropout;         /* in [0, 1): on each layer's output but the last, in training mode */
+    int bidirectional;      /* 1: as torch's bidirectional=True */
 } nb_rnn_opts;
 
 nb_status nb_rnn_init(nb_rnn *r, nb_params *p, const char *name, nb_rnn_kind kind, int64_t input,
                       int64_t hidden, int layers, const nb_rnn_opts *opts, nb_rng *rng);
 
-/* Recurrent state: h [layers, B, hidden], and c of the same shape for an LSTM (NULL otherwise). */
+/* Recurrent state: h [layers * D, B, hidden], D = 2 for a bidirectional network (in torch's order:
+ * layer 0 forward, layer 0 reverse, layer 1 forward, ...) and 1 otherwise, and c of the same shape
+ * for an LSTM (NULL otherwise). */
 typedef struct nb_rnn_state {
     nb_tensor *h, *c;
 } nb_rnn_state;
 
 /* Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
  * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
- * length leave its state unchanged and output zeros. out (may be NULL): every step's top-layer
- * output, [T, B, hidden] (or [B, T, hidden]). final (may be NULL): the state after each sequence's
- * last step. The input projection of all steps is one matrix product per layer. */
+ * length leave its state unchanged and output zeros (the reverse direction of a sequence of length L
+ * starts from the initial state at step L-1, as torch's packed sequences do). out (may be NULL):
+ * every step's top-layer output, [T, B, D*hidden] (or [B, T, D*hidden]), the forward direction's
+ * first. final (may be NULL): the state after each sequence's last step (for the reverse direction,
+ * after step 0). The input projection of all steps is one matrix product per layer and direction. */
 nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init, const int64_t *lengths,
                          nb_tensor **out, nb_rnn_state *final);
 
