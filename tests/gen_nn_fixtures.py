@@ -50,6 +50,8 @@ Name mapping (nabla <- torch)
                      torch as key_padding_mask = (mask == 0) (True = ignore); causal = 1 is torch's
                      attn_mask = triu(ones, diagonal=1) (True = not allowed)
     LayerNorm, Linear   ln.weight/ln.bias, lin.weight/lin.bias <- weight/bias
+    Embedding        emb.weight <- weight; attr padding_idx (present: used, torch's value, may be
+                     negative)
     Losses           attr reduction: nabla's nb_reduction numbering, 0 mean, 1 sum, 2 none;
                      attr ignore_index (present: used); attr label_smoothing
 """
@@ -251,6 +253,21 @@ def linear(c, shape, out_features, bias=True):
 
 
 @case
+def embedding(c, num, dim, idx, padding_idx=None):
+    g = c.gen
+    c.attr("num", num)
+    c.attr("dim", dim)
+    if padding_idx is not None:
+        c.attr("padding_idx", padding_idx)
+    mod = torch.nn.Embedding(num, dim, padding_idx=padding_idx, dtype=F64)
+    # every row random, the padding row too: lookups return it, and its gradient must still be 0
+    set_param(mod.weight, randn(g, num, dim))
+    c.param("emb.weight", mod.weight)
+    i = c.input("idx", torch.tensor(idx, dtype=torch.int64))
+    c.output("y", mod(i))
+
+
+@case
 def mse(c, reduction):
     g = c.gen
     c.attr("reduction", REDUCTIONS[reduction])
@@ -331,6 +348,11 @@ layer_norm("layer_norm_3d", "layer_norm", shape=(2, 3, 6), eps=1e-3)
 linear("linear_2d", "linear", shape=(3, 5), out_features=4)
 linear("linear_3d", "linear", shape=(2, 3, 5), out_features=4)
 linear("linear_nobias", "linear", shape=(2, 3, 5), out_features=4, bias=False)
+
+IDX = [[1, 0, 4, 0], [3, 3, 6, 1]]  # row 0 and row 6 (= -1 of 7) looked up, repeats accumulate
+embedding("embedding", "embedding", num=7, dim=3, idx=IDX)
+embedding("embedding_pad", "embedding", num=7, dim=3, idx=IDX, padding_idx=0)
+embedding("embedding_pad_neg", "embedding", num=7, dim=3, idx=IDX, padding_idx=-1)
 
 LABELS = [1, 0, 4, 2, 2, 3]
 LABELS_IGN = [1, -100, 4, 2, -100, 3]

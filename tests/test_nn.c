@@ -1375,14 +1375,14 @@ static void test_init(void)
         int normal;
         const char *name;
     } cases[] = {
-        {{NB_INIT_UNIFORM, 0.3}, 0.3, 0, "uniform 0.3"},
-        {{NB_INIT_XAVIER_UNIFORM, 0}, sqrt(6.0 / 70), 0, "xavier uniform"},
-        {{NB_INIT_XAVIER_UNIFORM, 2}, 2 * sqrt(6.0 / 70), 0, "xavier uniform gain 2"},
-        {{NB_INIT_KAIMING_UNIFORM, 0}, sqrt(6.0 / 30), 0, "kaiming uniform"},
-        {{NB_INIT_KAIMING_UNIFORM, sqrt(5.0)}, 1.0 / sqrt(30.0), 0, "kaiming uniform a = sqrt 5"},
-        {{NB_INIT_NORMAL, 0.5}, 0.5, 1, "normal 0.5"},
-        {{NB_INIT_XAVIER_NORMAL, 0}, sqrt(2.0 / 70), 1, "xavier normal"},
-        {{NB_INIT_KAIMING_NORMAL, 0}, sqrt(2.0 / 30), 1, "kaiming normal"},
+        {{.kind = NB_INIT_UNIFORM, .a = 0.3}, 0.3, 0, "uniform 0.3"},
+        {{.kind = NB_INIT_XAVIER_UNIFORM, .a = 0}, sqrt(6.0 / 70), 0, "xavier uniform"},
+        {{.kind = NB_INIT_XAVIER_UNIFORM, .a = 2}, 2 * sqrt(6.0 / 70), 0, "xavier uniform gain 2"},
+        {{.kind = NB_INIT_KAIMING_UNIFORM, .a = 0}, sqrt(6.0 / 30), 0, "kaiming uniform"},
+        {{.kind = NB_INIT_KAIMING_UNIFORM, .a = sqrt(5.0)}, 1.0 / sqrt(30.0), 0, "kaiming uniform a = sqrt 5"},
+        {{.kind = NB_INIT_NORMAL, .a = 0.5}, 0.5, 1, "normal 0.5"},
+        {{.kind = NB_INIT_XAVIER_NORMAL, .a = 0}, sqrt(2.0 / 70), 1, "xavier normal"},
+        {{.kind = NB_INIT_KAIMING_NORMAL, .a = 0}, sqrt(2.0 / 30), 1, "kaiming normal"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(nb_init_tensor(t, cases[i].init, 30, 40, &rng) == NB_OK, "%s: %s", cases[i].name, nb_error_message());
@@ -1393,12 +1393,12 @@ static void test_init(void)
         } else
             check_bound(t, cases[i].bound_or_std, 0.97, cases[i].name);
     }
-    CHECK(nb_init_tensor(t, (nb_init){NB_INIT_CONSTANT, 2.5}, 1, 1, NULL) == NB_OK && max_abs(t) == 2.5 &&
+    CHECK(nb_init_tensor(t, (nb_init){.kind = NB_INIT_CONSTANT, .a = 2.5}, 1, 1, NULL) == NB_OK && max_abs(t) == 2.5 &&
               nb_tensor_get(t, 0) == 2.5 && nb_tensor_get(t, 1199) == 2.5,
           "constant init (no rng needed)");
-    CHECK(nb_init_tensor(t, (nb_init){NB_INIT_ZEROS, 0}, 1, 1, NULL) == NB_OK && max_abs(t) == 0.0, "zeros init");
-    CHECK_ERROR(nb_init_tensor(t, (nb_init){NB_INIT_DEFAULT, 0}, 3, 3, &rng) != NB_OK, NB_ERR_ARG, "not a concrete initialiser");
-    CHECK_ERROR(nb_init_tensor(t, (nb_init){NB_INIT_UNIFORM, 1}, 3, 3, NULL) != NB_OK, NB_ERR_ARG, "rng is NULL");
+    CHECK(nb_init_tensor(t, (nb_init){.kind = NB_INIT_ZEROS, .a = 0}, 1, 1, NULL) == NB_OK && max_abs(t) == 0.0, "zeros init");
+    CHECK_ERROR(nb_init_tensor(t, (nb_init){.kind = NB_INIT_DEFAULT, .a = 0}, 3, 3, &rng) != NB_OK, NB_ERR_ARG, "not a concrete initialiser");
+    CHECK_ERROR(nb_init_tensor(t, (nb_init){.kind = NB_INIT_UNIFORM, .a = 1}, 3, 3, NULL) != NB_OK, NB_ERR_ARG, "rng is NULL");
     nb_tensor_free(t);
 
     nb_params *p = nb_params_new();
@@ -1409,11 +1409,11 @@ static void test_init(void)
     check_bound(l.bias, 1 / sqrt(30.0), 0.5, "Linear default bias");
     /* fans reach the initialiser: Kaiming uses in (10), not out (50) */
     nb_layer_opts ko = F64;
-    ko.weight_init = (nb_init){NB_INIT_KAIMING_UNIFORM, 0};
+    ko.weight_init = (nb_init){.kind = NB_INIT_KAIMING_UNIFORM, .a = 0};
     nb_linear lk;
     nb_linear_init(&lk, p, "lk", 10, 50, &ko, &rng);
     check_bound(lk.weight, sqrt(6.0 / 10), 0.97, "Linear Kaiming weight uses fan_in = in");
-    ko.weight_init = (nb_init){NB_INIT_XAVIER_UNIFORM, 0};
+    ko.weight_init = (nb_init){.kind = NB_INIT_XAVIER_UNIFORM, .a = 0};
     nb_linear lx;
     nb_linear_init(&lx, p, "lx", 10, 50, &ko, &rng);
     check_bound(lx.weight, sqrt(6.0 / 60), 0.97, "Linear Xavier weight");
@@ -1431,7 +1431,7 @@ static void test_init(void)
     check_bound(c.w_ih, 1 / sqrt((double)H), 0.97, "LSTM weight_ih U(+-1/sqrt(H))");
     check_bound(c.w_hh, 1 / sqrt((double)H), 0.97, "LSTM weight_hh U(+-1/sqrt(H))");
     nb_layer_opts fo = F64;
-    fo.forget_bias = (nb_init){NB_INIT_CONSTANT, 2.0};
+    fo.forget_bias = (nb_init){.kind = NB_INIT_CONSTANT, .a = 2.0};
     nb_rnn_cell c2;
     nb_rnn_cell_init(&c2, p, "lstm2", NB_LSTM, 10, H, &fo, &rng);
     fb = 1;

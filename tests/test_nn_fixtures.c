@@ -292,6 +292,24 @@ static bool run_linear(nn_run *r)
     return x && put_out(r, "y", nb_linear_forward(&l, x));
 }
 
+static bool run_embedding(nn_run *r)
+{
+    int64_t num = 0, dim = 0, pad = INT64_MAX;
+    if (!attr_int(r, "num", INT64_MIN, &num) || !attr_int(r, "dim", INT64_MIN, &dim) ||
+        !attr_int(r, "padding_idx", INT64_MAX, &pad))
+        return false;
+    nb_layer_opts o = F64_OPTS;
+    if (pad != INT64_MAX) {
+        o.use_padding_idx = 1;
+        o.padding_idx = pad;
+    }
+    nb_embedding e;
+    if (nb_embedding_init(&e, r->p, "emb", num, dim, &o, &r->rng) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *idx = in_leaf(r, "idx", true);
+    return idx && put_out(r, "y", nb_embedding_forward(&e, idx));
+}
+
 static bool reduction_attr(nn_run *r, nb_reduction *red)
 {
     int64_t v;
@@ -359,6 +377,7 @@ static const nn_layer LAYERS[] = {
     {"mha", run_mha},
     {"layer_norm", run_layer_norm},
     {"linear", run_linear},
+    {"embedding", run_embedding},
     {"mse", run_mse},
     {"bce", run_bce},
     {"cross_entropy", run_cross_entropy},

@@ -66,16 +66,25 @@ typedef enum nb_init_kind {
     NB_INIT_XAVIER_NORMAL,   /* N(0, s^2), s = a sqrt(2 / (fan_in + fan_out)) */
     NB_INIT_KAIMING_UNIFORM, /* U(-b, b), b = sqrt(6 / fan_in) (ReLU gain sqrt 2; a: leaky slope) */
     NB_INIT_KAIMING_NORMAL,  /* N(0, s^2), s = sqrt(2 / ((1 + a^2) fan_in)) */
+    NB_INIT_ORTHOGONAL,      /* torch.nn.init.orthogonal_: gain a (0 means 1) times the Q of a QR */
+    NB_INIT_TRUNC_NORMAL,    /* torch.nn.init.trunc_normal_: N(mean, a^2) (a 0 means 1) cut to [lo, hi] */
     NB_INIT_COUNT
 } nb_init_kind;
 
 typedef struct nb_init {
     nb_init_kind kind;
     double a;
+    double mean, lo, hi;     /* NB_INIT_TRUNC_NORMAL only; lo = hi = 0 means [-2, 2], torch's default */
 } nb_init;
 
 /* Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
- * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer). */
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer).
+ * NB_INIT_ORTHOGONAL: t (at least 2-D) viewed as [rows = dim 0, cols = the rest] is gain * Q, Q from
+ * the QR of a [max, min] matrix of N(0, 1) draws (drawn as [rows, cols] in row-major order, then
+ * transposed when rows < cols) with the signs making R's diagonal positive: orthonormal rows when
+ * rows <= cols, orthonormal columns otherwise. NB_INIT_TRUNC_NORMAL: inverse-CDF sampling, one
+ * uniform draw per element; every value lies in [lo, hi] (needs lo < hi and a >= 0); an interval
+ * too far in a tail for double precision (over 37 standard deviations) gives its nearer bound. */
 nb_status nb_init_tensor(nb_tensor *t, nb_init init, int64_t fan_in, int64_t fan_out, nb_rng *rng);
 
 /* Options shared by layer constructors; NULL or a zeroed struct gives the defaults. */
@@ -85,6 +94,8 @@ typedef struct nb_layer_opts {
     nb_init weight_init; /* default: the layer's standard (PyTorch's, except where noted) */
     nb_init bias_init;
     nb_init forget_bias; /* LSTM: the forget gate's input bias; default constant 1 */
+    int use_padding_idx; /* Embedding: 1 to give row padding_idx torch's padding semantics */
+    int64_t padding_idx; /* Embedding: that row (negative: counted from the end) */
 } nb_layer_opts;
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -132,14 +143,20 @@ nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x);
 /* Inverted dropout in training mode of model (identity in evaluation mode or for p = 0). */
 nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
 
-/* Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. */
+/* Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. With
+ * opts->use_padding_idx, row padding_idx (in [-num, num); negative counts from the end) is
+ * initialised to zeros and never receives gradient (its gradient is zero), as torch's padding_idx;
+ * lookups of it still return the row's current values. */
 typedef struct nb_embedding {
     nb_tensor *weight;
     int64_t num, dim;
+    int has_padding;     /* padding_idx (in [0, num)) is the padding row */
+    int64_t padding_idx;
 } nb_embedding;
 nb_status nb_embedding_init(nb_embedding *e, nb_params *p, const char *name, int64_t num, int64_t dim,
                             const nb_layer_opts *opts, nb_rng *rng);
-/* idx: i64 [...] -> [..., dim]; indices must be in [0, num). Repeated indices accumulate gradient. */
+/* idx: i64 [...] -> [..., dim]; indices must be in [0, num). Repeated indices accumulate gradient
+ * (but for the padding row's). */
 nb_tensor *nb_embedding_forward(const nb_embedding *e, nb_tensor *idx);
 
 /* Layer normalisation over the last dim: (x - mean) / sqrt(var + eps) * weight + bias, with the

@@ -42,7 +42,7 @@ static nb_status cell_init(nb_rnn_cell *c, nb_params *p, const char *name, const
     c->input = input;
     c->hidden = hidden;
     int64_t gh = gates_of(kind) * hidden;
-    nb_init def = {NB_INIT_UNIFORM, 1.0 / sqrt((double)hidden)};
+    nb_init def = {.kind = NB_INIT_UNIFORM, .a = 1.0 / sqrt((double)hidden)};
     nb_init wi = o->weight_init.kind == NB_INIT_DEFAULT ? def : o->weight_init;
     nb_init bi = o->bias_init.kind == NB_INIT_DEFAULT ? def : o->bias_init;
     char s[64];
@@ -60,7 +60,7 @@ static nb_status cell_init(nb_rnn_cell *c, nb_params *p, const char *name, const
     if (kind == NB_LSTM) {
         /* the forget gate's bias (rows hidden..2*hidden of b_ih): 1 by default, so that early in
          * training the cell keeps its state */
-        nb_init fb = o->forget_bias.kind == NB_INIT_DEFAULT ? (nb_init){NB_INIT_CONSTANT, 1.0} : o->forget_bias;
+        nb_init fb = o->forget_bias.kind == NB_INIT_DEFAULT ? (nb_init){.kind = NB_INIT_CONSTANT, .a = 1.0} : o->forget_bias;
         nb_tensor *tmp = nb_tensor_zeros(o->dtype, 1, &hidden);
         if (!tmp || nb_init_tensor(tmp, fb, hidden, hidden, rng) != NB_OK) {
             nb_tensor_free(tmp);
