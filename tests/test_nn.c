@@ -960,7 +960,8 @@ static void test_cross_entropy(void)
         for (int red = 0; red < 3; red++) {
             char what[96];
             loss_ctx c = {.labels = cfg[k].labels, .which = 2};
-            c.ce = (nb_ce_opts){(nb_reduction)red, cfg[k].ignore, cfg[k].use_ignore, cfg[k].smooth};
+            c.ce = (nb_ce_opts){.reduction = (nb_reduction)red, .ignore_index = cfg[k].ignore,
+                                .use_ignore_index = cfg[k].use_ignore, .label_smoothing = cfg[k].smooth};
             nb_tensor *in[1] = {logits};
             snprintf(what, sizeof what, "cross-entropy %s, %s", cfg[k].name, RED_NAME[red]);
             GRADCHECK(what, f_loss, &c, 1, in);
@@ -1121,7 +1122,8 @@ static void test_second_order(void)
     /* losses: cross-entropy with smoothing and an ignored label, bce */
     nb_tensor *logits = LEAF(&rng, -2, 2, 3, 4), *t = LEAF(&rng, 0, 1, 3, 4);
     nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(3), (const int64_t[]){2, -100, 0});
-    loss_ctx ce = {.labels = labels, .which = 2, .ce = {NB_REDUCE_MEAN, -100, 1, 0.1}};
+    loss_ctx ce = {.labels = labels, .which = 2,
+                   .ce = {.reduction = NB_REDUCE_MEAN, .ignore_index = -100, .use_ignore_index = 1, .label_smoothing = 0.1}};
     nb_tensor *lin[2] = {logits, t};
     GRADGRADCHECK("cross-entropy smoothing + ignore", f_loss, &ce, 1, lin);
     loss_ctx bce = {.red = NB_REDUCE_MEAN, .which = 1};
@@ -1209,7 +1211,7 @@ static void test_f32(void)
     nb_tensor *pad64 = nb_tensor_from_data(NB_F64, NB_SHAPE(2, 4), (const double[]){1, 1, 0, 0, 1, 1, 1, 0});
     nb_tensor *pad32 = nb_tensor_from_data(NB_F32, NB_SHAPE(2, 4), (const float[]){1, 1, 0, 0, 1, 1, 1, 0});
     nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(4), (const int64_t[]){3, -100, 0, 4});
-    nb_ce_opts ce = {NB_REDUCE_MEAN, -100, 1, 0.1};
+    nb_ce_opts ce = {.reduction = NB_REDUCE_MEAN, .ignore_index = -100, .use_ignore_index = 1, .label_smoothing = 0.1};
 
     nb_tape *tape = nb_tape_new();
     nb_tape_begin(tape);
@@ -1573,8 +1575,9 @@ static void test_errors(void)
     CHECK_ERROR(nb_cross_entropy(logits, lab_neg, &ign) == NULL, NB_ERR_ARG, "label -1");
     CHECK_ERROR(nb_nll_loss(logits, lab_hi, NULL) == NULL, NB_ERR_ARG, "out of range for 5 classes");
     CHECK_ERROR(nb_cross_entropy(logits, lab_f64, NULL) == NULL, NB_ERR_DTYPE, "labels must be i64, got f64");
-    CHECK_ERROR(nb_cross_entropy(logits, lab_short, NULL) == NULL, NB_ERR_SHAPE, "expected [N, C] and [N]");
-    CHECK_ERROR(nb_cross_entropy(logits3, lab_ok, NULL) == NULL, NB_ERR_SHAPE, "logits [2,2,5]: expected [N, C]");
+    CHECK_ERROR(nb_cross_entropy(logits, lab_short, NULL) == NULL, NB_ERR_SHAPE,
+                "scores [4,5] and labels [3]: expected [N, C, d1, ...] and [N, d1, ...]");
+    CHECK_ERROR(nb_cross_entropy(logits3, lab_ok, NULL) == NULL, NB_ERR_SHAPE, "scores [2,2,5] and labels [4]");
     nb_ce_opts bad_smooth = {.label_smoothing = 1.5};
     CHECK_ERROR(nb_cross_entropy(logits, lab_ok, &bad_smooth) == NULL, NB_ERR_ARG, "label smoothing 1.5");
     nb_ce_opts bad_red = {.reduction = (nb_reduction)7};

@@ -332,7 +332,45 @@ static bool run_bce(nn_run *r)
     nb_reduction red = NB_REDUCE_MEAN;
     if (!reduction_attr(r, &red)) return false;
     nb_tensor *x = in_leaf(r, "logits", true), *t = in_leaf(r, "target", true);
-    return x && t && put_out(r, "loss", nb_bce_with_logits(x, t, red));
+    nb_bce_opts o = {.reduction = red, .pos_weight = in_leaf(r, "pos_weight", false), .weight = in_leaf(r, "weight", false)};
+    if (!x || !t) return false;
+    if (!o.pos_weight && !o.weight) return put_out(r, "loss", nb_bce_with_logits(x, t, red));
+    return put_out(r, "loss", nb_bce_with_logits_ex(x, t, &o));
+}
+
+static bool run_l1(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    if (!reduction_attr(r, &red)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_l1_loss(pred, target, red));
+}
+
+static bool run_smooth_l1(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    double beta = 0;
+    if (!reduction_attr(r, &red) || !attr_f64(r, "beta", 1.0, &beta)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_smooth_l1_loss(pred, target, beta, red));
+}
+
+static bool run_huber(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    double delta = 0;
+    if (!reduction_attr(r, &red) || !attr_f64(r, "delta", 1.0, &delta)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_huber_loss(pred, target, delta, red));
+}
+
+static bool run_kl_div(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    int64_t log_target = 0;
+    if (!reduction_attr(r, &red) || !attr_int(r, "log_target", 0, &log_target)) return false;
+    nb_tensor *x = in_leaf(r, "input", true), *t = in_leaf(r, "target", true);
+    return x && t && put_out(r, "loss", nb_kl_div_loss(x, t, red, (int)log_target));
 }
 
 static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
@@ -346,6 +384,7 @@ static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
         o->use_ignore_index = 1;
         o->ignore_index = ign;
     }
+    o->weight = in_leaf(r, "weight", false); /* class weights, when the case has them */
     return true;
 }
 
@@ -382,6 +421,10 @@ static const nn_layer LAYERS[] = {
     {"bce", run_bce},
     {"cross_entropy", run_cross_entropy},
     {"nll", run_nll},
+    {"l1", run_l1},
+    {"smooth_l1", run_smooth_l1},
+    {"huber", run_huber},
+    {"kl_div", run_kl_div},
 };
 #define N_LAYERS ((int)(sizeof(LAYERS) / sizeof(LAYERS[0])))
 

@@ -279,26 +279,63 @@ nb_tensor *nb_mha_forward(const nb_mha *m, nb_tensor *q, nb_tensor *k, nb_tensor
 /* Losses and regularisation                                                                       */
 /* ---------------------------------------------------------------------------------------------- */
 
-typedef enum nb_reduction { NB_REDUCE_MEAN = 0, NB_REDUCE_SUM, NB_REDUCE_NONE, NB_REDUCTION_COUNT } nb_reduction;
+/* How a loss reduces its elementwise values: their mean, their sum, or none (the elementwise
+ * tensor); NB_REDUCE_BATCHMEAN (nb_kl_div_loss only; others refuse it) is the sum / dim 0's extent. */
+typedef enum nb_reduction {
+    NB_REDUCE_MEAN = 0, NB_REDUCE_SUM, NB_REDUCE_NONE, NB_REDUCE_BATCHMEAN, NB_REDUCTION_COUNT
+} nb_reduction;
 
 /* (pred - target)^2, same shapes. */
 nb_tensor *nb_mse_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction);
+/* |pred - target|, same shapes (gradient 0 where they are equal, as torch). */
+nb_tensor *nb_l1_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction);
+/* torch's smooth_l1_loss: with d = pred - target, d^2 / (2 beta) where |d| < beta, else
+ * |d| - beta / 2; beta >= 0 (0: L1). Same shapes. */
+nb_tensor *nb_smooth_l1_loss(nb_tensor *pred, nb_tensor *target, double beta, nb_reduction reduction);
+/* torch's huber_loss: d^2 / 2 where |d| < delta, else delta (|d| - delta / 2); delta > 0. */
+nb_tensor *nb_huber_loss(nb_tensor *pred, nb_tensor *target, double delta, nb_reduction reduction);
+/* torch's kl_div: input holds log-probabilities; target probabilities t (elementwise t log t - t
+ * input, 0 where t = 0) or, with log_target, log-probabilities (e^t (t - input)). Same shapes.
+ * NB_REDUCE_BATCHMEAN divides the sum by dim 0's extent (the KL divergence per sample); MEAN
+ * divides by the element count, as torch. The gradient with respect to a zero target is -input
+ * (torch's is NaN). */
+nb_tensor *nb_kl_div_loss(nb_tensor *input, nb_tensor *target, nb_reduction reduction, int log_target);
 /* Binary cross-entropy from logits x and targets t in [0, 1], same shapes:
  * max(x, 0) - x t + log(1 + exp(-|x|)), finite for any x. */
 nb_tensor *nb_bce_with_logits(nb_tensor *logits, nb_tensor *target, nb_reduction reduction);
+
+/* Options of nb_bce_with_logits_ex; NULL or a zeroed struct: mean, no weights. The tensors are
+ * borrowed, in the logits' dtype, and broadcast to the logits' shape (e.g. [C] for [N, C]); they are
+ * differentiable like any input (torch's are not). */
+typedef struct nb_bce_opts {
+    nb_reduction reduction;
+    nb_tensor *pos_weight; /* weight of the positive term: p t softplus(-x) + (1 - t) softplus(x) */
+    nb_tensor *weight;     /* multiplies each element's loss before the reduction */
+} nb_bce_opts;
+/* torch's binary_cross_entropy_with_logits with weight and pos_weight, as stable as the above. */
+nb_tensor *nb_bce_with_logits_ex(nb_tensor *logits, nb_tensor *target, const nb_bce_opts *opts);
 
 typedef struct nb_ce_opts {
     nb_reduction reduction;
     int64_t ignore_index;    /* labels equal to it add nothing (only when use_ignore_index) */
     int use_ignore_index;
     double label_smoothing;  /* in [0, 1]: the target is (1 - s) one-hot + s / C uniform */
+    nb_tensor *weight;       /* NULL, or class weights [C] in the scores' dtype (borrowed; differentiable) */
 } nb_ce_opts;
 
-/* Cross-entropy from logits [N, C] and i64 labels [N] in [0, C) (or the ignore index). opts NULL:
- * mean, no ignore index, no smoothing. The mean is over the labels not ignored. */
+/* Cross-entropy from logits [N, C] (or [N, C, d1, ...], classes in dim 1 as torch; or one sample
+ * [C]) and either i64 labels [N] ([N, d1, ...]; [] for [C]) in [0, C) (or the ignore index), or
+ * probability targets of the logits' shape and dtype (soft labels; ignore_index refused). opts NULL:
+ * mean, no ignore index, no smoothing, no weights. With labels, element i's loss is
+ * -(1 - s) w[y_i] logp_i[y_i] - (s / C) sum_c w[c] logp_i[c] (w = 1 without weights, 0 for ignored
+ * labels), and the mean divides the sum by sum_i w[y_i] over the labels not ignored (torch's weighted
+ * mean, also with smoothing: torch 1.13's formula). With probabilities p, the loss is
+ * -sum_c w[c] ((1 - s) p[c] + s / C) logp[c] and the mean divides by the element count N d1 ....
+ * NB_REDUCE_NONE gives the labels' shape. */
 nb_tensor *nb_cross_entropy(nb_tensor *logits, nb_tensor *labels, const nb_ce_opts *opts);
-/* Negative log-likelihood of log-probabilities [N, C] at i64 labels [N]. Unlike torch's nll_loss it
- * honours opts->label_smoothing (over the given log-probabilities), so that cross-entropy is exactly
+/* Negative log-likelihood of log-probabilities [N, C] ([N, C, d1, ...], [C]) at i64 labels, with
+ * cross-entropy's weights, ignore index and reductions. Unlike torch's nll_loss it honours
+ * opts->label_smoothing (over the given log-probabilities), so that cross-entropy is exactly
  * nb_nll_loss(nb_log_softmax(logits, 1), ...). */
 nb_tensor *nb_nll_loss(nb_tensor *log_probs, nb_tensor *labels, const nb_ce_opts *opts);
 
