@@ -2,8 +2,9 @@
  * networks with per-sequence lengths (first order over every input and parameter, second order on a
  * smaller one), the reverse direction against a one-directional run over each sequence reversed,
  * dropout between layers against the same network run layer by layer with the same masks, torch's
- * parameter names, order and shapes, and bad states. Values against PyTorch are in nn_f64.txt
- * (test_nn_fixtures). */
+ * parameter names, order and shapes, bad states, and a training step of a bidirectional model (padded
+ * embedding, lengths, dropout, weighted cross-entropy) that makes no heap allocation after the
+ * first. Values against PyTorch are in nn_f64.txt (test_nn_fixtures). */
 #include "nntest.h"
 
 typedef struct rnn_ctx {
@@ -296,8 +297,101 @@ static void test_misuse(void)
     nb_params_free(p);
 }
 
+/* ---- steady state: a training step of a bidirectional model allocates nothing ------------------- */
+
+static long g_calls;
+
+static void *count_alloc(size_t size, void *user)
+{
+    (void)user;
+    g_calls++;
+    return malloc(size);
+}
+
+static void *count_realloc(void *ptr, size_t old_size, size_t new_size, void *user)
+{
+    (void)user;
+    (void)old_size;
+    g_calls++;
+    return realloc(ptr, new_size);
+}
+
+static void count_free(void *ptr, size_t size, void *user)
+{
+    (void)user;
+    (void)size;
+    g_calls++;
+    free(ptr);
+}
+
+/* padded embedding -> 2-layer bidirectional LSTM with lengths and dropout -> linear on both
+ * directions' final states -> weighted, smoothed cross-entropy; SGD by nb_tensor_axpy */
+static void test_steady_state(void)
+{
+    enum { T = 6, B = 4, V = 10, E = 5, H = 8, C = 3 };
+    nb_rng rng;
+    nb_rng_seed(&rng, 120);
+    nb_params *p = nb_params_new();
+    nb_embedding emb;
+    nb_rnn rnn;
+    nb_linear head;
+    nb_layer_opts eo = {.dtype = NB_F64, .use_padding_idx = 1, .padding_idx = 0};
+    nb_rnn_opts ro = {.layer = NNT_F64, .bidirectional = 1, .dropout = 0.2};
+    CHECK(nb_embedding_init(&emb, p, "emb", V, E, &eo, &rng) == NB_OK && nb_rnn_init(&rnn, p, "rnn", NB_LSTM, E, H, 2, &ro, &rng) == NB_OK &&
+              nb_linear_init(&head, p, "head", 2 * H, C, &NNT_F64, &rng) == NB_OK,
+          "model: %s", nb_error_message());
+    const int64_t lengths[B] = {6, 3, 5, 1};
+    int64_t ids[T * B];
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) ids[t * B + b] = t < lengths[b] ? 1 + (int64_t)nb_rng_below(&rng, V - 1) : 0;
+    nb_tensor *x = nb_tensor_from_data(NB_I64, NB_SHAPE(T, B), ids);
+    nb_tensor *y = nb_tensor_from_data(NB_I64, NB_SHAPE(B), (const int64_t[]){0, 2, 1, 2});
+    nb_tensor *cw = nb_tensor_from_data(NB_F64, NB_SHAPE(C), (const double[]){1.0, 0.5, 2.0});
+    nb_tape *tape = nb_tape_new();
+    long calls[8];
+    double loss[8];
+    for (int it = 0; it < 8; it++) {
+        long before = g_calls;
+        loss[it] = NAN;
+        nb_tape_begin(tape);
+        nb_rnn_state fin;
+        nb_ce_opts ce = {.weight = cw, .label_smoothing = 0.1};
+        if (nb_rnn_forward(&rnn, nb_embedding_forward(&emb, x), NULL, lengths, NULL, &fin) == NB_OK) {
+            /* the top layer's forward and reverse final states side by side: [B, 2H] */
+            nb_tensor *top[2] = {nb_reshape(nb_slice(fin.h, 0, 2, 3, 1), NB_SHAPE(B, H)),
+                                 nb_reshape(nb_slice(fin.h, 0, 3, 4, 1), NB_SHAPE(B, H))};
+            nb_tensor *l = nb_cross_entropy(nb_linear_forward(&head, nb_concat(2, top, 1)), y, &ce);
+            if (l && nb_backward(l, NULL, 0) == NB_OK) loss[it] = nb_tensor_item(l);
+        }
+        for (int i = 0; i < nb_params_count(p); i++) {
+            nb_tensor *w = nb_params_tensor(p, i);
+            if (nb_tensor_grad(w)) nb_tensor_axpy(w, -0.3, nb_tensor_grad(w));
+            nb_tensor_zero_grad(w);
+        }
+        nb_tape_end(tape);
+        nb_tape_reset(tape);
+        calls[it] = g_calls - before;
+    }
+    CHECK(calls[0] > 0, "the first step allocated (%ld calls): the counter is in use", calls[0]);
+    for (int it = 1; it < 8; it++) CHECK(calls[it] == 0, "step %d made %ld allocator calls, expected 0", it + 1, calls[it]);
+    CHECK(isfinite(loss[0]) && loss[7] < 0.8 * loss[0], "the loss falls: %g -> %g", loss[0], loss[7]);
+    double pad = 0;
+    for (int j = 0; j < E; j++) pad = fmax(pad, fabs(nb_tensor_get(emb.weight, j)));
+    CHECK(pad == 0.0, "the padding row is still zero after training (%g)", pad);
+    CHECK_NO_ERROR();
+    nb_tape_free(tape);
+    nb_tensor_free(x);
+    nb_tensor_free(y);
+    nb_tensor_free(cw);
+    nb_params_free(p);
+}
+
 int main(void)
 {
+    /* before any object exists: every allocation of the library goes through the counter */
+    nb_allocator a = {count_alloc, count_realloc, count_free, NULL};
+    nb_set_allocator(&a);
+    test_steady_state();
     test_gradcheck();
     test_reverse();
     test_dropout();
