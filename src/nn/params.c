@@ -249,25 +249,38 @@ static double normal_quantile_lower(double p)
         double e = phi_lower(x) - p;
         double u = e * 2.5066282746310002 * exp(0.5 * x * x); /* e / phi'(x), phi' = e^(-x^2/2) / sqrt(2 pi) */
         if (!isfinite(u)) break;
-        x -= u / (1.0 + 0.5 * x * u);
+        double step = u / (1.0 + 0.5 * x * u);
+        x -= step;
+        if (fabs(step) <= 1e-15 * fabs(x)) break; /* converged (cubically: two or three steps) */
     }
     return x;
 }
 
-/* One draw of the standard normal cut to [alpha, beta] from one uniform u: x = Phi^-1(Phi(alpha) +
- * u (Phi(beta) - Phi(alpha))), computed on whichever tail keeps the precision. */
-static double trunc_std_normal(double alpha, double beta, double u)
+/* The standard normal cut to [alpha, beta]: Phi(alpha), the upper tail 1 - Phi(beta), and the mass
+ * between, each computed where it keeps its precision. */
+typedef struct trunc_normal {
+    double alpha, beta, pa, qb, mass;
+} trunc_normal;
+
+static trunc_normal trunc_normal_of(double alpha, double beta)
 {
-    double pa = phi_lower(alpha), qb = phi_upper(beta);
-    double mass = alpha >= 0 ? phi_upper(alpha) - qb : beta <= 0 ? phi_lower(beta) - pa : 1.0 - pa - qb;
+    trunc_normal d = {alpha, beta, phi_lower(alpha), phi_upper(beta), 0};
+    d.mass = alpha >= 0 ? phi_upper(alpha) - d.qb : beta <= 0 ? phi_lower(beta) - d.pa : 1.0 - d.pa - d.qb;
+    return d;
+}
+
+/* One draw from one uniform u: x = Phi^-1(Phi(alpha) + u (Phi(beta) - Phi(alpha))), computed on
+ * whichever tail keeps the precision. */
+static double trunc_std_normal(const trunc_normal *d, double u)
+{
     double x;
-    if (!(mass > 0))
-        x = fabs(alpha) < fabs(beta) ? alpha : beta; /* no mass in double precision: the nearer bound */
-    else if (pa + u * mass <= 0.5)
-        x = normal_quantile_lower(pa + u * mass);
+    if (!(d->mass > 0))
+        x = fabs(d->alpha) < fabs(d->beta) ? d->alpha : d->beta; /* no mass in double precision: the nearer bound */
+    else if (d->pa + u * d->mass <= 0.5)
+        x = normal_quantile_lower(d->pa + u * d->mass);
     else
-        x = -normal_quantile_lower(qb + (1.0 - u) * mass); /* the upper tail, mirrored */
-    return x < alpha ? alpha : x > beta ? beta : x;
+        x = -normal_quantile_lower(d->qb + (1.0 - u) * d->mass); /* the upper tail, mirrored */
+    return x < d->alpha ? d->alpha : x > d->beta ? d->beta : x;
 }
 
 static nb_status fill_trunc_normal(nb_tensor *t, nb_init init, nb_rng *rng, const char *who)
@@ -279,10 +292,10 @@ static nb_status fill_trunc_normal(nb_tensor *t, nb_init init, nb_rng *rng, cons
                      init.mean, lo, hi);
         return NB_ERR_ARG;
     }
-    double alpha = (lo - init.mean) / std, beta = (hi - init.mean) / std;
+    trunc_normal d = trunc_normal_of((lo - init.mean) / std, (hi - init.mean) / std);
     int f32 = nb_tensor_dtype(t) == NB_F32;
     for (int64_t i = 0; i < nb_tensor_numel(t); i++) {
-        double v = init.mean + std * trunc_std_normal(alpha, beta, nb_rng_uniform(rng));
+        double v = init.mean + std * trunc_std_normal(&d, nb_rng_uniform(rng));
         v = v < lo ? lo : v > hi ? hi : v;
         /* in float32, keep the rounded value inside the rounded bounds */
         if (f32) v = fmin(fmax(v, (double)(float)lo), (double)(float)hi);
