@@ -275,6 +275,17 @@ static void test_misuse(void)
                 "initial h [2,2,3]: expected [4, 2, 3] (layers * 2 directions first)");
     nb_rnn_state good_h = {nb_zeros(NB_F64, NB_SHAPE(4, 2, 3)), nb_zeros(NB_F64, NB_SHAPE(2, 2, 3))};
     CHECK_ERROR(nb_rnn_forward(&r, x, &good_h, NULL, NULL, NULL) != NB_OK, NB_ERR_SHAPE, "initial c [2,2,3]");
+    /* a struct switched to two directions by hand, without reverse cells, is refused, not run */
+    nb_rnn no_rev = r;
+    no_rev.bidirectional = 0;
+    nb_rnn half = no_rev;
+    half.bidirectional = 1;
+    memset(half.cell_reverse, 0, sizeof half.cell_reverse);
+    CHECK_ERROR(nb_rnn_forward(&half, x, NULL, NULL, NULL, NULL) != NB_OK, NB_ERR_ARG,
+                "the reverse cell of layer 0 is missing or does not fit");
+    /* and one switched to one direction keeps layer 1's [4H, 2H] input weights: refused too */
+    CHECK_ERROR(nb_rnn_forward(&no_rev, x, NULL, NULL, NULL, NULL) != NB_OK, NB_ERR_ARG,
+                "the forward cell of layer 1 is missing or does not fit (input 6, hidden 3; expected 3, 3)");
     const int64_t bad_len[2] = {0, 4};
     CHECK_ERROR(nb_rnn_forward(&r, x, NULL, bad_len, NULL, NULL) != NB_OK, NB_ERR_ARG, "length 0 of sequence 0");
 

@@ -306,6 +306,18 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
                      r->batch_first ? "B, T" : "T, B", (long long)r->input);
         return NB_ERR_SHAPE;
     }
+    /* every cell present and sized for its place (a struct edited by hand could say otherwise) */
+    for (int l = 0; l < r->layers; l++)
+        for (int d = 0; d < directions(r); d++) {
+            const nb_rnn_cell *c = cell_of(r, l, d);
+            int64_t in = l ? directions(r) * r->hidden : r->input;
+            if (!c->w_ih || c->kind != r->kind || c->input != in || c->hidden != r->hidden) {
+                nb_error_set(NB_ERR_ARG, "%s: the %s cell of layer %d is missing or does not fit (input %lld, hidden "
+                             "%lld; expected %lld, %lld)", who, d ? "reverse" : "forward", l, (long long)c->input,
+                             (long long)c->hidden, (long long)in, (long long)r->hidden);
+                return NB_ERR_ARG;
+            }
+        }
     nb_dtype dt = nb_tensor_dtype(x);
     if (dt != nb_tensor_dtype(r->cell[0].w_ih)) {
         nb_error_set(NB_ERR_DTYPE, "%s: input is %s, parameters are %s", who, nb_dtype_name(dt),
