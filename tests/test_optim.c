@@ -49,7 +49,7 @@
 /* ---------------------------------------------------------------------------------------------- */
 
 #define FX_HEADER "nabla-optim-fixtures"
-#define FX_VERSION 1
+#define FX_VERSION 2
 #define MAX_P 64       /* elements of W and b together */
 #define MAX_REC 64     /* recorded steps per case */
 #define MAX_STATES 8   /* state tensors per case */
@@ -68,28 +68,50 @@ typedef struct optim_case {
     char sname[MAX_STATES][FX_MAX_NAME];
     int slen[MAX_STATES];
     double sval[MAX_STATES][MAX_P];
+    bool has_group;          /* b in a group of its own, with group_opts */
+    nb_optim_opts group_opts;
+    int freeze_from, freeze_to; /* b frozen for these steps (0: never) */
 } optim_case;
 
+#define MAX_LB_STEPS 16
+typedef struct lbfgs_case {
+    char name[FX_MAX_NAME];
+    int line;
+    int problem; /* 0 rosenbrock, 1 logreg */
+    nb_optim_opts opts;
+    int nrec;
+    double rec[MAX_LB_STEPS][MAX_P];
+    int nloss, nevals, niters;
+    double loss[MAX_LB_STEPS], evals[MAX_LB_STEPS], iters[MAX_LB_STEPS];
+} lbfgs_case;
+
+#define N_GROUPS 2 /* schedule cases drive two groups */
 typedef struct sched_case {
     char name[FX_MAX_NAME];
     int line;
     nb_sched_kind kind;
     nb_sched_opts opts;
-    double lr0;
-    int nmetric, nlr;
-    double metric[MAX_EPOCHS], lr[MAX_EPOCHS + 1];
+    nb_optim_kind okind;
+    nb_optim_opts oopts;
+    double lr0[N_GROUPS];
+    int nlr0, nmetric, nepochs, nlr[N_GROUPS], nmom[N_GROUPS];
+    double metric[MAX_EPOCHS], epochs[MAX_EPOCHS], lr[N_GROUPS][MAX_EPOCHS + 1], mom[N_GROUPS][MAX_EPOCHS + 1];
 } sched_case;
 
 typedef struct fixture {
-    fx_tensor X, Y, W0, b0; /* float64; values NULL until given */
-    int n_optim, n_sched;
+    fx_tensor X, Y, W0, b0;              /* float64; values NULL until given */
+    fx_tensor RA0, RB0, LX, LY, LW0, LC0; /* the L-BFGS problems' */
+    int n_optim, n_sched, n_lbfgs;
     optim_case *optim; /* MAX_CASES each */
     sched_case *sched;
+    lbfgs_case *lbfgs;
 } fixture;
 
-static const char *const optim_kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
+static const char *const optim_kinds[] = {"sgd",   "adam",  "adamw",  "rmsprop",  "adagrad",
+                                          "nadam", "radam", "adamax", "adadelta", "lbfgs"};
 _Static_assert(sizeof optim_kinds / sizeof optim_kinds[0] == NB_OPTIM_KIND_COUNT, "a name per optimizer");
-static const char *const sched_kinds[] = {"step", "multistep", "exponential", "cosine", "plateau"};
+static const char *const sched_kinds[] = {"step",   "multistep", "exponential",  "cosine",
+                                          "plateau", "lambda",   "onecycle", "warm_restarts"};
 _Static_assert(sizeof sched_kinds / sizeof sched_kinds[0] == NB_SCHED_KIND_COUNT, "a name per schedule");
 
 /* Option fields settable from the file: name, offset, type ('d' double, 'i' int, 'l' int64_t). */
@@ -102,13 +124,18 @@ typedef struct field {
 static const field optim_fields[] = {
     OF(lr, 'd'),    OF(weight_decay, 'd'), OF(momentum, 'd'), OF(dampening, 'd'), OF(nesterov, 'i'),
     OF(beta1, 'd'), OF(beta2, 'd'),        OF(eps, 'd'),      OF(amsgrad, 'i'),   OF(alpha, 'd'),
-    OF(centered, 'i'), OF(lr_decay, 'd'), OF(initial_accumulator, 'd'),
+    OF(centered, 'i'), OF(lr_decay, 'd'), OF(initial_accumulator, 'd'), OF(momentum_decay, 'd'), OF(rho, 'd'),
+    OF(max_iter, 'n'), OF(max_eval, 'n'), OF(tolerance_grad, 'd'), OF(tolerance_change, 'd'), OF(history_size, 'n'),
+    OF(line_search, 'i'),
 };
 #undef OF
 #define SF(f, t) {#f, offsetof(nb_sched_opts, f), t}
 static const field sched_fields[] = {
     SF(step_size, 'l'), SF(gamma, 'd'), SF(t_max, 'l'),     SF(eta_min, 'd'),  SF(warmup, 'l'),   SF(warmup_start, 'd'),
     SF(maximize, 'i'),  SF(factor, 'd'), SF(patience, 'l'), SF(threshold, 'd'), SF(cooldown, 'l'), SF(min_lr, 'd'),
+    SF(total_steps, 'l'), SF(pct_start, 'd'), SF(anneal_linear, 'i'), SF(three_phase, 'i'), SF(div_factor, 'd'),
+    SF(final_div_factor, 'd'), SF(cycle_momentum, 'i'), SF(base_momentum, 'd'), SF(max_momentum, 'd'), SF(t_0, 'l'),
+    SF(t_mult, 'l'),
 };
 #undef SF
 
@@ -147,6 +174,9 @@ static bool parse_field(fx_parser *p, const char *key, char *s, void *base, cons
         } else if (fields[i].type == 'i') { /* the flags */
             if (!fx_int(p, tok, key, 0, 1, &iv)) return false;
             *(int *)(void *)at = (int)iv;
+        } else if (fields[i].type == 'n') { /* int counts */
+            if (!fx_int(p, tok, key, 1, INT32_MAX, &iv)) return false;
+            *(int *)(void *)at = (int)iv;
         } else {
             if (!fx_int(p, tok, key, 0, INT32_MAX, &iv)) return false;
             *(int64_t *)(void *)at = iv;
@@ -154,6 +184,18 @@ static bool parse_field(fx_parser *p, const char *key, char *s, void *base, cons
         return fx_token(&s) ? fx_fail(p, "opt %s: more than one value", key) : true;
     }
     return fx_fail(p, "unknown option \"%s\"", key ? key : "");
+}
+
+/* "<field> <value>" pairs to the end of the line, each set as parse_field does */
+static bool parse_pairs(fx_parser *p, char *s, void *base, const field *fields, int n)
+{
+    for (char *key; (key = fx_token(&s));) {
+        char *val = fx_token(&s);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", val ? val : "");
+        if (!parse_field(p, key, buf, base, fields, n)) return false;
+    }
+    return true;
 }
 
 /* data <name> <ndim> <dims...> <values...> */
@@ -165,8 +207,14 @@ static bool parse_data(fx_parser *p, fixture *f, char *s)
                    : !strcmp(name, "Y") ? &f->Y
                    : !strcmp(name, "W0") ? &f->W0
                    : !strcmp(name, "b0") ? &f->b0
+                   : !strcmp(name, "RA0") ? &f->RA0
+                   : !strcmp(name, "RB0") ? &f->RB0
+                   : !strcmp(name, "LX") ? &f->LX
+                   : !strcmp(name, "LY") ? &f->LY
+                   : !strcmp(name, "LW0") ? &f->LW0
+                   : !strcmp(name, "LC0") ? &f->LC0
                                          : NULL;
-    if (!d) return fx_fail(p, "data: unknown name \"%s\" (X, Y, W0, b0)", name ? name : "");
+    if (!d) return fx_fail(p, "data: unknown name \"%s\" (X, Y, W0, b0, RA0, RB0, LX, LY, LW0, LC0)", name ? name : "");
     if (d->v) return fx_fail(p, "data %s given twice", name);
     d->dtype = NB_F64;
     return fx_parse_array(p, s, name, d);
@@ -182,6 +230,12 @@ static bool check_data(fx_parser *p, const fixture *f)
         return fx_fail(p, "data shapes do not fit X [n, k], Y [n, m], W0 [k, m], b0 [m]");
     if (!f->X.numel || !f->Y.numel || !f->W0.numel) return fx_fail(p, "empty data");
     if (f->W0.numel + f->b0.numel > MAX_P) return fx_fail(p, "more than %d parameters", MAX_P);
+    if (!f->RA0.v || !f->RB0.v || !f->LX.v || !f->LY.v || !f->LW0.v || !f->LC0.v)
+        return fx_fail(p, "data RA0, RB0, LX, LY, LW0 and LC0 must come before the first case");
+    if (f->RA0.ndim != 1 || f->RB0.ndim != 1 || f->RA0.numel != f->RB0.numel || f->LX.ndim != 2 || f->LY.ndim != 1 ||
+        f->LY.shape[0] != f->LX.shape[0] || f->LW0.ndim != 1 || f->LW0.shape[0] != f->LX.shape[1] || f->LC0.ndim != 1 ||
+        f->LC0.numel != 1 || 2 * f->RA0.numel > MAX_P || f->LW0.numel + 1 > MAX_P || !f->RA0.numel || !f->LX.numel)
+        return fx_fail(p, "L-BFGS data shapes do not fit RA0 [k], RB0 [k], LX [n, m], LY [n], LW0 [m], LC0 [1]");
     return true;
 }
 
@@ -209,14 +263,63 @@ static bool parse_optim_line(fx_parser *p, const fixture *f, optim_case *c, cons
         c->nstate++;
         return true;
     }
+    if (!strcmp(kw, "group")) {
+        if (c->has_group) return fx_fail(p, "group given twice");
+        c->has_group = true;
+        c->group_opts = c->opts; /* the opt lines come first */
+        return parse_pairs(p, s, &c->group_opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
+    if (!strcmp(kw, "freeze")) {
+        int64_t a, b;
+        if (!fx_int(p, fx_token(&s), "first", 1, 1000000, &a) || !fx_int(p, fx_token(&s), "last", a, 1000000, &b))
+            return false;
+        c->freeze_from = (int)a;
+        c->freeze_to = (int)b;
+        return fx_token(&s) ? fx_fail(p, "freeze: more than two values") : true;
+    }
     return fx_fail(p, "unexpected \"%s\" in optimizer case %s", kw, c->name);
+}
+
+static bool parse_lbfgs_line(fx_parser *p, const fixture *f, lbfgs_case *c, const char *kw, char *s)
+{
+    int np = c->problem == 0 ? (int)(2 * f->RA0.numel) : (int)(f->LW0.numel + 1), n;
+    if (!strcmp(kw, "opt")) {
+        char *key = fx_token(&s);
+        return parse_field(p, key, s, &c->opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
+    if (!strcmp(kw, "at")) {
+        int64_t step;
+        if (c->nrec == MAX_LB_STEPS) return fx_fail(p, "more than %d records", MAX_LB_STEPS);
+        if (!fx_int(p, fx_token(&s), "step", c->nrec + 1, c->nrec + 1, &step)) return false;
+        if (!parse_list(p, s, "at", MAX_P, c->rec[c->nrec], &n)) return false;
+        if (n != np) return fx_fail(p, "at %lld: %d values for %d parameters", (long long)step, n, np);
+        c->nrec++;
+        return true;
+    }
+    if (!strcmp(kw, "loss")) return parse_list(p, s, "loss", MAX_LB_STEPS, c->loss, &c->nloss);
+    if (!strcmp(kw, "evals")) return parse_list(p, s, "evals", MAX_LB_STEPS, c->evals, &c->nevals);
+    if (!strcmp(kw, "iters")) return parse_list(p, s, "iters", MAX_LB_STEPS, c->iters, &c->niters);
+    return fx_fail(p, "unexpected \"%s\" in L-BFGS case %s", kw, c->name);
 }
 
 static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *s)
 {
-    if (!strcmp(kw, "lr0")) return fx_finite(p, fx_token(&s), "lr0", &c->lr0);
+    if (!strcmp(kw, "lr0")) return parse_list(p, s, "lr0", N_GROUPS, c->lr0, &c->nlr0);
     if (!strcmp(kw, "metric")) return parse_list(p, s, "metric", MAX_EPOCHS, c->metric, &c->nmetric);
-    if (!strcmp(kw, "lr")) return parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr, &c->nlr);
+    if (!strcmp(kw, "epochs")) return parse_list(p, s, "epochs", MAX_EPOCHS, c->epochs, &c->nepochs);
+    if (!strcmp(kw, "lr") || !strcmp(kw, "mom")) {
+        int64_t g;
+        if (!fx_int(p, fx_token(&s), "group", 0, N_GROUPS - 1, &g)) return false;
+        return kw[0] == 'l' ? parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr[g], &c->nlr[g])
+                            : parse_list(p, s, "mom", MAX_EPOCHS + 1, c->mom[g], &c->nmom[g]);
+    }
+    if (!strcmp(kw, "optim")) {
+        int kind;
+        if (!parse_kind(p, fx_token(&s), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return false;
+        c->okind = (nb_optim_kind)kind;
+        c->oopts = nb_optim_defaults(c->okind);
+        return parse_pairs(p, s, &c->oopts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
     if (!strcmp(kw, "opt")) {
         char *key = fx_token(&s);
         if (key && !strcmp(key, "milestones")) {
@@ -230,16 +333,24 @@ static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *
     return fx_fail(p, "unexpected \"%s\" in schedule case %s", kw, c->name);
 }
 
-static bool finish_case(fx_parser *p, const optim_case *oc, const sched_case *sc)
+static bool finish_case(fx_parser *p, const optim_case *oc, const sched_case *sc, const lbfgs_case *lc)
 {
     if (oc && oc->nrec == 0) return fx_fail(p, "case %s: no records", oc->name);
+    if (lc && (lc->nrec == 0 || lc->nloss != lc->nrec || lc->nevals != lc->nrec || lc->niters != lc->nrec))
+        return fx_fail(p, "case %s: needs a record, a loss, evals and iters for every step", lc->name);
     if (sc) {
-        if (sc->nlr < 2) return fx_fail(p, "case %s: no lr values", sc->name);
-        if (sc->lr0 <= 0) return fx_fail(p, "case %s: no lr0", sc->name);
+        if (sc->nlr[0] < 2 || sc->nlr[1] != sc->nlr[0]) return fx_fail(p, "case %s: no lr values for both groups", sc->name);
+        if (sc->nlr0 != N_GROUPS || sc->lr0[0] <= 0 || sc->lr0[1] <= 0) return fx_fail(p, "case %s: no lr0", sc->name);
         if ((sc->kind == NB_SCHED_PLATEAU) != (sc->nmetric > 0))
             return fx_fail(p, "case %s: metric lines go with plateau schedules, and only with them", sc->name);
-        if (sc->nmetric && sc->nmetric != sc->nlr - 1)
-            return fx_fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr - 1);
+        if (sc->nmetric && sc->nmetric != sc->nlr[0] - 1)
+            return fx_fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr[0] - 1);
+        if (sc->nepochs && sc->nepochs != sc->nlr[0] - 1)
+            return fx_fail(p, "case %s: %d epochs for %d lr values", sc->name, sc->nepochs, sc->nlr[0]);
+        if ((sc->nmom[0] || sc->nmom[1]) && (sc->nmom[0] != sc->nlr[0] || sc->nmom[1] != sc->nlr[0]))
+            return fx_fail(p, "case %s: mom lines need a value per lr value, for both groups", sc->name);
+        if (sc->kind == NB_SCHED_LAMBDA && (sc->opts.fn || sc->opts.fn_user))
+            return fx_fail(p, "case %s: lambda: fn is set by the test", sc->name);
     }
     return true;
 }
@@ -250,16 +361,17 @@ static bool parse(fx_parser *p, char *text, fixture *f)
     bool header = false;
     optim_case *oc = NULL;
     sched_case *sc = NULL;
+    lbfgs_case *lc = NULL;
     char *kw, *line;
     while ((kw = fx_next_directive(p, &text, &line))) {
         if (!header) {
             if (!fx_header(p, kw, line, FX_HEADER, FX_VERSION)) return false;
             header = true;
         } else if (!strcmp(kw, "data")) {
-            if (f->n_optim || f->n_sched) return fx_fail(p, "data after the first case");
+            if (f->n_optim || f->n_sched || f->n_lbfgs) return fx_fail(p, "data after the first case");
             if (!parse_data(p, f, line)) return false;
         } else if (!strcmp(kw, "case")) {
-            if (oc || sc) return fx_fail(p, "case inside a case: missing end");
+            if (oc || sc || lc) return fx_fail(p, "case inside a case: missing end");
             if (!check_data(p, f)) return false;
             char *what = fx_token(&line);
             int kind;
@@ -278,18 +390,33 @@ static bool parse(fx_parser *p, char *text, fixture *f)
                 if (!parse_kind(p, fx_token(&line), sched_kinds, NB_SCHED_KIND_COUNT, &kind)) return false;
                 sc->kind = (nb_sched_kind)kind;
                 sc->opts = nb_sched_defaults(sc->kind);
+                sc->okind = NB_SGD;
+                sc->oopts = nb_optim_defaults(NB_SGD);
                 sc->line = p->line;
+            } else if (what && !strcmp(what, "lbfgs")) {
+                if (f->n_lbfgs == MAX_CASES) return fx_fail(p, "more than %d L-BFGS cases", MAX_CASES);
+                lc = &f->lbfgs[f->n_lbfgs++];
+                if (!fx_name(p, fx_token(&line), "case name", lc->name)) return false;
+                char *prob = fx_token(&line);
+                if (!prob || (strcmp(prob, "rosenbrock") && strcmp(prob, "logreg")))
+                    return fx_fail(p, "unknown problem \"%s\" (rosenbrock, logreg)", prob ? prob : "");
+                lc->problem = strcmp(prob, "rosenbrock") != 0;
+                lc->opts = nb_optim_defaults(NB_LBFGS);
+                lc->line = p->line;
             } else {
-                return fx_fail(p, "case: expected optim or sched");
+                return fx_fail(p, "case: expected optim, lbfgs or sched");
             }
             if (fx_token(&line)) return fx_fail(p, "case: unexpected text after the kind");
         } else if (!strcmp(kw, "end")) {
-            if (!oc && !sc) return fx_fail(p, "end outside a case");
-            if (!finish_case(p, oc, sc)) return false;
+            if (!oc && !sc && !lc) return fx_fail(p, "end outside a case");
+            if (!finish_case(p, oc, sc, lc)) return false;
             oc = NULL;
             sc = NULL;
+            lc = NULL;
         } else if (oc) {
             if (!parse_optim_line(p, f, oc, kw, line)) return false;
+        } else if (lc) {
+            if (!parse_lbfgs_line(p, f, lc, kw, line)) return false;
         } else if (sc) {
             if (!parse_sched_line(p, sc, kw, line)) return false;
         } else {
@@ -297,7 +424,7 @@ static bool parse(fx_parser *p, char *text, fixture *f)
         }
     }
     if (!header) return fx_fail(p, "empty file");
-    if (oc || sc) return fx_fail(p, "the last case has no end");
+    if (oc || sc || lc) return fx_fail(p, "the last case has no end");
     return true;
 }
 
@@ -307,8 +434,11 @@ static void fixture_free(fixture *f)
     fx_tensor_free(&f->Y);
     fx_tensor_free(&f->W0);
     fx_tensor_free(&f->b0);
+    fx_tensor *l[] = {&f->RA0, &f->RB0, &f->LX, &f->LY, &f->LW0, &f->LC0};
+    for (int i = 0; i < 6; i++) fx_tensor_free(l[i]);
     free(f->optim);
     free(f->sched);
+    free(f->lbfgs);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -378,7 +508,11 @@ static void compare(fx_err *e, const char *ctx, const char *what, const nb_tenso
 static long g_traj_values, g_steps_compared;
 
 /* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. */
-static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e)
+/* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. A frozen b
+ * is frozen by nb_tensor_set_requires_grad, or with freeze_group by its group's frozen flag (b then
+ * in a group of its own); frozen, it must keep its values bit for bit. */
+static void run_optim_case_as(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e,
+                              bool freeze_group)
 {
     model m;
     nb_tape *tape = nb_tape_new();
@@ -392,13 +526,33 @@ static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, i
         CHECK(0, "%s: setup failed: %s", c->name, nb_error_message());
         goto done;
     }
-    opt = nb_optim_new(c->kind, m.ps, &c->opts);
+    nb_optim_group b_group = {.prefix = "b", .opts = c->has_group ? c->group_opts : c->opts};
+    bool grouped = c->has_group || freeze_group;
+    opt = nb_optim_new_groups(c->kind, m.ps, &c->opts, grouped ? 1 : 0, grouped ? &b_group : NULL);
     CHECK(opt != NULL, "%s: nb_optim_new: %s", c->name, nb_error_message());
     if (!opt) goto end;
+    CHECK(nb_optim_group_count(opt) == (grouped ? 2 : 1) && nb_optim_param_group(opt, 1) == (grouped ? 1 : 0),
+          "%s: groups", c->name);
+    double b_frozen[MAX_P];
     for (int step = 1, r = 0; step <= last; step++) {
+        bool frozen = c->freeze_from && step >= c->freeze_from && step <= c->freeze_to;
+        if (freeze_group)
+            nb_optim_group_set_frozen(opt, 1, frozen);
+        else
+            nb_tensor_set_requires_grad(m.b, !frozen);
+        if (frozen && step == c->freeze_from)
+            for (int i = 0; i < np - nw; i++) b_frozen[i] = nb_tensor_get(m.b, i);
         if (train_step(&m, opt, tape)) {
             CHECK(0, "%s: step %d failed: %s", c->name, step, nb_error_message());
             break;
+        }
+        if (frozen) {
+            int same = 1;
+            for (int i = 0; i < np - nw; i++) same &= nb_tensor_get(m.b, i) == b_frozen[i];
+            CHECK(same, "%s (%s, frozen by %s): b moved at step %d", c->name, nb_dtype_name(dt),
+                  freeze_group ? "its group" : "requires_grad 0", step);
+            CHECK(nb_optim_param_steps(opt, 1) == c->freeze_from - 1, "%s: b's count %lld while frozen", c->name,
+                  (long long)nb_optim_param_steps(opt, 1));
         }
         if (r < c->nrec && c->at[r] == step) {
             /* the record holds W then b, flattened */
@@ -440,6 +594,12 @@ done:
     CHECK_NO_ERROR();
 }
 
+static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e)
+{
+    run_optim_case_as(f, c, dt, steps, e, false);
+    if (c->freeze_from) run_optim_case_as(f, c, dt, steps, e, true);
+}
+
 static void test_trajectories(const fixture *f)
 {
     printf("%-30s %8s %12s %12s %12s\n", "optimizer case (f64)", "values", "max rel", "max abs", "f32 max rel");
@@ -447,7 +607,7 @@ static void test_trajectories(const fixture *f)
         const optim_case *c = &f->optim[k];
         fx_err e64 = {0}, e32 = {0};
         run_optim_case(f, c, NB_F64, 0, &e64);
-        run_optim_case(f, c, NB_F32, F32_STEPS, &e32);
+        run_optim_case(f, c, NB_F32, c->freeze_from ? c->freeze_to + 2 : F32_STEPS, &e32);
         printf("%-30s %8lld %12.3g %12.3g %12.3g\n", c->name, e64.compared, e64.max_rel, e64.max_abs, e32.max_rel);
     }
 }
@@ -456,30 +616,189 @@ static void test_trajectories(const fixture *f)
 /* Schedules                                                                                       */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------------------------------- */
+/* L-BFGS                                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct lb_problem {
+    int kind; /* 0 rosenbrock: a, b; 1 logreg: w, c */
+    nb_params *ps;
+    nb_tensor *p0, *p1;       /* owned by ps */
+    nb_tensor *X, *y;         /* logreg data, owned here */
+    nb_tape *tape;
+    int calls;
+} lb_problem;
+
+static int lb_init(lb_problem *q, const fixture *f, int kind, nb_dtype dt)
+{
+    *q = (lb_problem){.kind = kind};
+    q->ps = nb_params_new();
+    q->tape = nb_tape_new();
+    if (kind == 0) {
+        q->p0 = nb_params_add(q->ps, "a", fx_leaf(&f->RA0, dt));
+        q->p1 = nb_params_add(q->ps, "b", fx_leaf(&f->RB0, dt));
+    } else {
+        q->p0 = nb_params_add(q->ps, "w", fx_leaf(&f->LW0, dt));
+        q->p1 = nb_params_add(q->ps, "c", fx_leaf(&f->LC0, dt));
+        q->X = fx_leaf(&f->LX, dt);
+        q->y = fx_leaf(&f->LY, dt);
+    }
+    return q->ps && q->p0 && q->p1 && q->tape && (kind == 0 || (q->X && q->y)) && nb_tape_begin(q->tape) == NB_OK;
+}
+
+static void lb_free(lb_problem *q)
+{
+    nb_tape_end(q->tape);
+    nb_tape_free(q->tape);
+    nb_params_free(q->ps);
+    nb_tensor_free(q->X);
+    nb_tensor_free(q->y);
+}
+
+/* rosenbrock: sum((1 - a)^2 + 100 (b - a^2)^2); logreg: mean(softplus(z) - y z) + 0.05 sum(w^2),
+ * z = X w + c (as gen_optim_fixtures.py writes them) */
+static nb_status lb_closure(void *user, double *loss)
+{
+    lb_problem *q = user;
+    q->calls++;
+    nb_params_zero_grad(q->ps);
+    nb_tensor *l;
+    if (q->kind == 0) {
+        nb_tensor *fit = nb_pow_scalar(nb_rsub_scalar(1.0, q->p0), 2);
+        nb_tensor *curve = nb_mul_scalar(nb_pow_scalar(nb_sub(q->p1, nb_pow_scalar(q->p0, 2)), 2), 100.0);
+        l = nb_sum_all(nb_add(fit, curve));
+    } else {
+        nb_tensor *z = nb_add(nb_squeeze(nb_matmul(q->X, nb_unsqueeze(q->p0, 1)), 1), q->p1);
+        nb_tensor *nll = nb_mean_all(nb_sub(nb_softplus(z), nb_mul(q->y, z)));
+        l = nb_add(nll, nb_mul_scalar(nb_sum_all(nb_pow_scalar(q->p0, 2)), 0.05));
+    }
+    nb_status st = l ? nb_backward(l, NULL, 0) : nb_error_code();
+    if (st == NB_OK) *loss = nb_tensor_get(l, 0);
+    nb_tape_reset(q->tape);
+    return st;
+}
+
+/* the optimizer's n_iter and func_evals, from its scalars state */
+static double lb_scalar(const nb_optim *opt, int which)
+{
+    for (int i = 0; i < nb_optim_state_count(opt); i++) {
+        const char *n = nb_optim_state_name(opt, i);
+        size_t len = strlen(n);
+        if (len > 8 && !strcmp(n + len - 8, ".scalars")) return nb_tensor_get(nb_optim_state_tensor(opt, i), which);
+    }
+    return NAN;
+}
+
+static long g_lb_values;
+
+static void run_lbfgs_case(const fixture *f, const lbfgs_case *c)
+{
+    fx_err e = {0};
+    const fx_tol tol = {TRAJ_RTOL, TRAJ_ATOL, 0};
+    lb_problem q;
+    nb_optim *opt = NULL;
+    if (!lb_init(&q, f, c->problem, NB_F64)) {
+        CHECK(0, "%s: setup: %s", c->name, nb_error_message());
+        goto done;
+    }
+    opt = nb_optim_new(NB_LBFGS, q.ps, &c->opts);
+    CHECK(opt != NULL, "%s: nb_optim_new: %s", c->name, nb_error_message());
+    int n0 = (int)nb_tensor_numel(q.p0), n1 = (int)nb_tensor_numel(q.p1);
+    char ctx[FX_MAX_NAME + 32];
+    for (int step = 0; opt && step < c->nrec; step++) {
+        double loss = NAN;
+        nb_status st = nb_optim_step_closure(opt, lb_closure, &q, &loss);
+        CHECK(st == NB_OK, "%s: step %d: %s", c->name, step + 1, nb_error_message());
+        if (st) break;
+        snprintf(ctx, sizeof ctx, "%s after step %d", c->name, step + 1);
+        compare(&e, ctx, "first parameter", q.p0, c->rec[step], n0, &tol);
+        compare(&e, ctx, "second parameter", q.p1, c->rec[step] + n0, n1, &tol);
+        double got[3] = {loss, lb_scalar(opt, 4), lb_scalar(opt, 3)}, want[3] = {c->loss[step], c->evals[step], c->iters[step]};
+        nbt_checks += 3;
+        nbt_failures += (int)fx_compare_values(&e, ctx, "loss", got, want, 1, &tol);
+        CHECK(got[1] == want[1] && got[2] == want[2], "%s: func_evals %g, n_iter %g; PyTorch %g, %g", ctx, got[1], got[2],
+              want[1], want[2]);
+        g_lb_values += n0 + n1;
+    }
+    printf("%-30s %8lld %12.3g %12.3g   (%d closure calls)\n", c->name, e.compared, e.max_rel, e.max_abs, q.calls);
+done:
+    nb_optim_free(opt);
+    lb_free(&q);
+    CHECK_NO_ERROR();
+}
+
+static void test_lbfgs(const fixture *f)
+{
+    printf("%-30s %8s %12s %12s\n", "L-BFGS case (f64)", "values", "max rel", "max abs");
+    for (int k = 0; k < f->n_lbfgs; k++) run_lbfgs_case(f, &f->lbfgs[k]);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Schedules                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
 static long g_lr_values;
+
+/* the lambda schedule of the fixture: 1 / (1 + 0.05 epoch) for group 0, 0.95^epoch for group 1 */
+static double lambda_factor(int64_t epoch, int group, void *user)
+{
+    (void)user;
+    return group == 0 ? 1.0 / (1.0 + 0.05 * (double)epoch) : pow(0.95, (double)epoch);
+}
+
+/* the momentum one-cycle drives: beta1 or momentum */
+static double group_momentum(const nb_optim *opt, int g)
+{
+    nb_optim_opts o;
+    nb_optim_group_opts(opt, g, &o);
+    nb_optim_kind k = nb_optim_get_kind(opt);
+    return k == NB_SGD || k == NB_RMSPROP ? o.momentum : o.beta1;
+}
 
 static void run_sched_case(const sched_case *c)
 {
     fx_err e = {0};
     const fx_tol tol = {LR_RTOL, 0, 0};
     nb_params *ps = nb_params_new();
-    nb_params_add(ps, "p", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
-    nb_optim_opts oo = nb_optim_defaults(NB_SGD);
-    oo.lr = c->lr0;
-    nb_optim *opt = nb_optim_new(NB_SGD, ps, &oo);
-    nb_sched *s = nb_sched_new(c->kind, opt, &c->opts);
+    nb_params_add(ps, "p0", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    nb_params_add(ps, "p1", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    nb_optim_opts oo = c->oopts;
+    oo.lr = c->lr0[0];
+    nb_optim_group g1 = {.prefix = "p1", .opts = oo};
+    g1.opts.lr = c->lr0[1];
+    nb_optim *opt = nb_optim_new_groups(c->okind, ps, &oo, 1, &g1);
+    nb_sched_opts so = c->opts;
+    if (c->kind == NB_SCHED_LAMBDA) so.fn = lambda_factor;
+    nb_sched *s = opt ? nb_sched_new(c->kind, opt, &so) : NULL;
     CHECK(s != NULL, "%s: nb_sched_new: %s", c->name, nb_error_message());
     if (s) {
-        double lr[MAX_EPOCHS + 1]; /* lr[epoch]: at construction, then after each step */
-        lr[0] = nb_optim_lr(opt);
-        for (int ep = 1; ep < c->nlr; ep++) {
-            lr[ep] = nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
-            CHECK(lr[ep] == nb_optim_lr(opt), "%s: epoch %d: nb_sched_step returned %g, the optimizer has %g",
-                  c->name, ep, lr[ep], nb_optim_lr(opt));
+        static double lr[N_GROUPS][MAX_EPOCHS + 1], mom[N_GROUPS][MAX_EPOCHS + 1]; /* at construction, then after each step */
+        for (int g = 0; g < N_GROUPS; g++) {
+            lr[g][0] = nb_optim_group_lr(opt, g);
+            mom[g][0] = group_momentum(opt, g);
         }
-        nbt_checks += c->nlr;
-        nbt_failures += (int)fx_compare_values(&e, c->name, "lr", lr, c->lr, c->nlr, &tol);
-        g_lr_values += c->nlr;
+        for (int ep = 1; ep < c->nlr[0]; ep++) {
+            double got = c->nepochs ? nb_sched_set_epoch(s, c->epochs[ep - 1])
+                                    : nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
+            CHECK(got == nb_optim_lr(opt), "%s: epoch %d: the step returned %g, the optimizer has %g", c->name, ep, got,
+                  nb_optim_lr(opt));
+            for (int g = 0; g < N_GROUPS; g++) {
+                lr[g][ep] = nb_optim_group_lr(opt, g);
+                mom[g][ep] = group_momentum(opt, g);
+            }
+        }
+        for (int g = 0; g < N_GROUPS; g++) {
+            char what[32];
+            snprintf(what, sizeof what, "group %d lr", g);
+            nbt_checks += c->nlr[g];
+            nbt_failures += (int)fx_compare_values(&e, c->name, what, lr[g], c->lr[g], c->nlr[g], &tol);
+            g_lr_values += c->nlr[g];
+            if (c->nmom[g]) {
+                snprintf(what, sizeof what, "group %d momentum", g);
+                nbt_checks += c->nmom[g];
+                nbt_failures += (int)fx_compare_values(&e, c->name, what, mom[g], c->mom[g], c->nmom[g], &tol);
+            }
+        }
     }
     printf("%-30s %8lld %12.3g %12.3g\n", c->name, e.compared, e.max_rel, e.max_abs);
     nb_sched_free(s);
@@ -682,6 +1001,7 @@ static void test_early_stop(void)
 static void test_no_grad_untouched(void)
 {
     for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++) {
+        if (k == NB_LBFGS) continue; /* steps with a closure: test_lbfgs_known */
         small s;
         small_init(&s);
         nb_tape *tape = nb_tape_new();
@@ -708,8 +1028,9 @@ static void test_no_grad_untouched(void)
             const char *name = nb_optim_state_name(opt, i);
             if (strncmp(name, "unused.", 7)) continue;
             nb_tensor *st = nb_optim_state_tensor(opt, i);
+            double init = strstr(name, "mu_product") ? 1.0 : 0.0;
             for (int j = 0; j < nb_tensor_numel(st); j++)
-                CHECK(nb_tensor_get(st, j) == 0.0, "%s: state %s changed without a gradient", optim_kinds[k], name);
+                CHECK(nb_tensor_get(st, j) == init, "%s: state %s changed without a gradient", optim_kinds[k], name);
         }
         nb_optim_free(opt);
         nb_tape_end(tape);
@@ -924,23 +1245,25 @@ int main(int argc, char **argv)
     fixture f = {0};
     f.optim = calloc(MAX_CASES, sizeof *f.optim);
     f.sched = calloc(MAX_CASES, sizeof *f.sched);
+    f.lbfgs = calloc(MAX_CASES, sizeof *f.lbfgs);
     char err[512];
     char *text = fx_read_text(argv[1], err, sizeof err);
     fx_parser p = {argv[1], 0, err, sizeof err};
-    bool oom = text && (!f.optim || !f.sched), parsed = text && !oom && parse(&p, text, &f);
+    bool oom = text && (!f.optim || !f.sched || !f.lbfgs), parsed = text && !oom && parse(&p, text, &f);
     free(text);
     if (!parsed) {
         fprintf(stderr, "%s\n", oom ? "out of memory" : err);
         fixture_free(&f);
         return 1;
     }
-    CHECK(f.n_optim > 0 && f.n_sched > 0, "the fixture has no optimizer or no schedule case");
+    CHECK(f.n_optim > 0 && f.n_sched > 0 && f.n_lbfgs > 0, "the fixture has no optimizer, L-BFGS or schedule case");
 
     test_trajectories(&f);
+    test_lbfgs(&f);
     test_schedules(&f);
     printf("compared with PyTorch: %d optimizer trajectories (%ld recorded steps, %ld parameter values), "
-           "%d schedules (%ld lr values)\n",
-           f.n_optim, g_steps_compared, g_traj_values, f.n_sched, g_lr_values);
+           "%d L-BFGS runs (%ld parameter values), %d schedules (%ld lr values)\n",
+           f.n_optim, g_steps_compared, g_traj_values, f.n_lbfgs, g_lb_values, f.n_sched, g_lr_values);
     test_clip();
     test_early_stop();
     test_no_grad_untouched();
