@@ -1236,6 +1236,239 @@ static void test_bad_options(void)
     CHECK_NO_ERROR();
 }
 
+/* Issue 9, finding 4: a parameter that does not require grad is never updated (its zeroed gradient
+ * buffer from earlier steps does not count as a gradient), its state and count are kept, and after
+ * unfreezing it continues from them: 3 steps, 3 frozen, 1 more equal 4 steps without freezing, bit
+ * for bit (the small problem's gradients are the same every step). */
+static void test_freeze(void)
+{
+    const nb_optim_kind kinds[] = {NB_ADAM, NB_SGD, NB_ADAMW, NB_NADAM, NB_RMSPROP};
+    for (int k = 0; k < 5; k++) {
+        nb_optim_opts o = nb_optim_defaults(kinds[k]);
+        o.momentum = kinds[k] == NB_SGD || kinds[k] == NB_RMSPROP ? 0.9 : 0;
+        o.weight_decay = 0.05;
+        small a, b;
+        small_init(&a);
+        small_init(&b);
+        nb_tape *tape = nb_tape_new();
+        nb_tape_begin(tape);
+        nb_optim *oa = nb_optim_new(kinds[k], a.ps, &o), *ob = nb_optim_new(kinds[k], b.ps, &o);
+        for (int i = 0; i < 3; i++) {
+            small_set_grads(&a, tape);
+            nb_optim_step(oa);
+        }
+        double w[6], st[3][6];
+        for (int i = 0; i < 6; i++) w[i] = nb_tensor_get(a.W, i);
+        int nst = 0;
+        for (int j = 0; j < nb_optim_state_count(oa) && nst < 3; j++)
+            if (!strncmp(nb_optim_state_name(oa, j), "W.", 2)) {
+                nb_tensor *t = nb_optim_state_tensor(oa, j);
+                for (int i = 0; i < 6; i++) st[nst][i] = i < nb_tensor_numel(t) ? nb_tensor_get(t, i) : 0;
+                nst++;
+            }
+        nb_tensor_set_requires_grad(a.W, 0);
+        for (int i = 0; i < 3; i++) {
+            small_set_grads(&a, tape); /* zero_grad, then a backward that no longer reaches W */
+            CHECK(!nb_tensor_has_grad(a.W), "%s: W has a gradient while frozen", optim_kinds[kinds[k]]);
+            CHECK(nb_optim_step(oa) == NB_OK, "%s: step", optim_kinds[kinds[k]]);
+        }
+        int same = 1;
+        for (int i = 0; i < 6; i++) same &= nb_tensor_get(a.W, i) == w[i];
+        CHECK(same, "%s: a parameter that does not require grad moved", optim_kinds[kinds[k]]);
+        for (int j = 0, n = 0; j < nb_optim_state_count(oa) && n < nst; j++)
+            if (!strncmp(nb_optim_state_name(oa, j), "W.", 2)) {
+                int kept = 1;
+                nb_tensor *t = nb_optim_state_tensor(oa, j);
+                for (int i = 0; i < nb_tensor_numel(t); i++) kept &= nb_tensor_get(t, i) == st[n][i];
+                CHECK(kept, "%s: state %s changed while frozen", optim_kinds[kinds[k]], nb_optim_state_name(oa, j));
+                n++;
+            }
+        CHECK(nb_optim_param_steps(oa, 0) == 3 && nb_optim_param_steps(oa, 1) == 6, "%s: counts %lld, %lld",
+              optim_kinds[kinds[k]], (long long)nb_optim_param_steps(oa, 0), (long long)nb_optim_param_steps(oa, 1));
+        nb_tensor_set_requires_grad(a.W, 1);
+        small_set_grads(&a, tape);
+        nb_optim_step(oa);
+        for (int i = 0; i < 4; i++) {
+            small_set_grads(&b, tape);
+            nb_optim_step(ob);
+        }
+        same = 1;
+        for (int i = 0; i < 6; i++) same &= nb_tensor_get(a.W, i) == nb_tensor_get(b.W, i);
+        CHECK(same, "%s: after unfreezing, W is not where 4 uninterrupted steps put it", optim_kinds[kinds[k]]);
+        nb_optim_free(oa);
+        nb_optim_free(ob);
+        nb_tape_end(tape);
+        nb_tape_free(tape);
+        nb_params_free(a.ps);
+        nb_params_free(b.ps);
+    }
+    CHECK_NO_ERROR();
+}
+
+/* nb_tensor_has_grad: none before a backward and after zero_grad (the buffer kept, zero), one after a
+ * backward (also one that adds zero, and a create-graph one, also after its tape is reset). */
+static void test_has_grad(void)
+{
+    nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(2), (const double[]){1, 2});
+    nb_tensor_set_requires_grad(x, 1);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    CHECK(!nb_tensor_has_grad(x) && !nb_tensor_has_grad(NULL), "a gradient before any backward");
+    nb_backward(nb_sum_all(nb_mul(x, x)), NULL, 0);
+    CHECK(nb_tensor_has_grad(x), "no gradient after a backward");
+    nb_tensor_zero_grad(x);
+    CHECK(!nb_tensor_has_grad(x) && nb_tensor_grad(x) != NULL, "zero_grad: a gradient, or the buffer was freed");
+    nb_backward(nb_sum_all(nb_mul_scalar(x, 0.0)), NULL, 0); /* a gradient of zeros is a gradient */
+    CHECK(nb_tensor_has_grad(x), "a backward of zeros did not count");
+    nb_tensor_zero_grad(x);
+    nb_backward(nb_sum_all(nb_mul(x, x)), NULL, NB_CREATE_GRAPH);
+    CHECK(nb_tensor_has_grad(x), "no gradient after a create-graph backward");
+    nb_tape_reset(tape);
+    CHECK(nb_tensor_has_grad(x) && nb_tensor_get(nb_tensor_grad(x), 1) == 4.0, "the gradient was lost with the tape");
+    nb_tensor_zero_grad(x);
+    CHECK(!nb_tensor_has_grad(x), "zero_grad after a create-graph backward");
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(x);
+    CHECK_NO_ERROR();
+}
+
+/* L-BFGS with the strong Wolfe line search minimises Rosenbrock: every coordinate at 1 (f64; f32 to
+ * its precision); its errors: nb_optim_step refused, a failing closure stops the step with the
+ * parameters at the last iterate (here the start: the failure is inside the first line search). */
+static int g_fail_at;
+static nb_status failing_closure(void *user, double *loss)
+{
+    lb_problem *q = user;
+    if (q->calls + 1 == g_fail_at) {
+        q->calls++;
+        nb_error_set(NB_ERR_ARG, "closure failed on purpose");
+        return NB_ERR_ARG;
+    }
+    return lb_closure(user, loss);
+}
+
+static void test_lbfgs_known(const fixture *f)
+{
+    for (int d = 0; d < 2; d++) {
+        nb_dtype dt = d ? NB_F32 : NB_F64;
+        lb_problem q;
+        CHECK(lb_init(&q, f, 0, dt), "setup");
+        nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+        o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+        o.tolerance_grad = dt == NB_F64 ? 1e-10 : 1e-4;
+        o.tolerance_change = dt == NB_F64 ? 0 : 1e-9;
+        nb_optim *opt = nb_optim_new(NB_LBFGS, q.ps, &o);
+        double loss = NAN;
+        for (int i = 0; i < 10; i++) nb_optim_step_closure(opt, lb_closure, &q, &loss);
+        double tol = dt == NB_F64 ? 1e-8 : 1e-3, worst = 0;
+        for (int i = 0; i < 3; i++) {
+            worst = fmax(worst, fabs(nb_tensor_get(q.p0, i) - 1.0));
+            worst = fmax(worst, fabs(nb_tensor_get(q.p1, i) - 1.0));
+        }
+        CHECK(worst < tol, "L-BFGS (%s) on Rosenbrock: %g from the minimum", nb_dtype_name(dt), worst);
+        CHECK(loss < (dt == NB_F64 ? 1e-14 : 1e-5), "L-BFGS (%s) on Rosenbrock: loss %g", nb_dtype_name(dt), loss);
+        CHECK_ERROR(nb_optim_step(opt) != NB_OK, NB_ERR_ARG, "nb_optim_step_closure");
+        CHECK_ERROR(nb_optim_step_closure(opt, NULL, NULL, NULL) != NB_OK, NB_ERR_ARG, "closure");
+        nb_optim_free(opt);
+        lb_free(&q);
+    }
+    lb_problem q;
+    lb_init(&q, f, 0, NB_F64);
+    nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+    o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+    nb_optim *opt = nb_optim_new(NB_LBFGS, q.ps, &o);
+    g_fail_at = 2; /* the first trial point of the first line search */
+    CHECK_ERROR(nb_optim_step_closure(opt, failing_closure, &q, NULL) == NB_ERR_ARG, NB_ERR_ARG, "on purpose");
+    int same = 1;
+    for (int i = 0; i < 3; i++)
+        same &= nb_tensor_get(q.p0, i) == f->RA0.v[i] && nb_tensor_get(q.p1, i) == f->RB0.v[i];
+    CHECK(same, "a failure in the line search left the parameters at a trial point");
+    CHECK(nb_optim_steps(opt) == 0, "a failed step was counted");
+    nb_optim_free(opt);
+    lb_free(&q);
+    CHECK_NO_ERROR();
+}
+
+/* Groups: selection by prefix and by list, the refusals, set_lr / set_opts / frozen, and a schedule
+ * scaling every group from its own base. */
+static void test_groups(void)
+{
+    small s;
+    small_init(&s);
+    nb_optim_opts o = nb_optim_defaults(NB_SGD);
+    o.momentum = 0.9;
+    nb_optim_group g[2] = {{.prefix = "b", .opts = o}, {.n_params = 1, .params = (nb_tensor *[]){s.c}, .opts = o}};
+    g[0].opts.lr = 0.5;
+    g[1].frozen = 1;
+    nb_optim *opt = nb_optim_new_groups(NB_SGD, s.ps, &o, 2, g);
+    CHECK(opt && nb_optim_group_count(opt) == 3, "groups: %s", nb_error_message());
+    CHECK(nb_optim_param_group(opt, 0) == 0 && nb_optim_param_group(opt, 1) == 1 && nb_optim_param_group(opt, 2) == 2 &&
+              nb_optim_param_group(opt, 3) == 0 && nb_optim_param_group(opt, 4) == -1,
+          "parameter groups");
+    CHECK(nb_optim_group_lr(opt, 1) == 0.5 && nb_optim_group_frozen(opt, 2) == 1 && nb_optim_group_frozen(opt, 0) == 0,
+          "group options");
+    CHECK(nb_optim_group_set_lr(opt, 2, 0.25) == NB_OK && nb_optim_group_lr(opt, 2) == 0.25, "set_lr");
+    nb_optim_opts go;
+    nb_optim_group_opts(opt, 1, &go);
+    go.momentum = 0;
+    CHECK_ERROR(nb_optim_group_set_opts(opt, 1, &go) != NB_OK, NB_ERR_ARG, "decides the state");
+    go.momentum = 0.5;
+    go.lr = -1;
+    CHECK_ERROR(nb_optim_group_set_opts(opt, 1, &go) != NB_OK, NB_ERR_ARG, "lr must be >= 0");
+    CHECK_ERROR(nb_optim_group_set_lr(opt, 3, 0.1) != NB_OK, NB_ERR_ARG, "out of range");
+    CHECK_ERROR(nb_optim_group_set_frozen(opt, -1, 1) != NB_OK, NB_ERR_ARG, "out of range");
+    /* a schedule: every group from its own base */
+    nb_sched_opts so = nb_sched_defaults(NB_SCHED_STEP);
+    so.gamma = 0.5;
+    nb_sched *sc = nb_sched_new(NB_SCHED_STEP, opt, &so);
+    nb_sched_step(sc, 0);
+    CHECK(nb_optim_group_lr(opt, 0) == 0.005 && nb_optim_group_lr(opt, 1) == 0.25 && nb_optim_group_lr(opt, 2) == 0.125,
+          "a schedule scales each group's base: %g %g %g", nb_optim_group_lr(opt, 0), nb_optim_group_lr(opt, 1),
+          nb_optim_group_lr(opt, 2));
+    CHECK(nb_sched_set_epoch(sc, 3) == 0.01 * 0.125 && nb_optim_group_lr(opt, 2) == 0.25 * 0.125, "set_epoch");
+    CHECK_ERROR(isnan(nb_sched_set_epoch(sc, 1.5)), NB_ERR_ARG, "warm restarts only");
+    nb_sched_free(sc);
+    nb_optim_free(opt);
+    /* refusals */
+    nb_optim_group bad = {.prefix = "W", .opts = o}, twice[2] = {{.prefix = "W", .opts = o}, {.prefix = "W", .opts = o}};
+    nb_optim_group none = {.prefix = "zz", .opts = o}, stranger = {.n_params = 1, .params = (nb_tensor *[]){s.buf}, .opts = o};
+    bad.opts.beta1 = 2; /* not read by SGD */
+    bad.opts.lr = NAN;
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &bad), NB_ERR_ARG, "group 1: lr must be >= 0");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 2, twice), NB_ERR_ARG, "two groups");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &none), NB_ERR_ARG, "selects no parameter");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &stranger), NB_ERR_ARG, "not a trainable");
+    nb_optim_opts lo = nb_optim_defaults(NB_LBFGS);
+    nb_optim_group lg = {.prefix = "W", .opts = lo};
+    CHECK_ERROR(!nb_optim_new_groups(NB_LBFGS, s.ps, &lo, 1, &lg), NB_ERR_ARG, "one parameter group");
+    /* one-cycle needs momentum or beta1 */
+    nb_optim *ada = nb_optim_new(NB_ADAGRAD, s.ps, NULL), *sgd0 = nb_optim_new(NB_SGD, s.ps, NULL);
+    nb_sched_opts oc = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    oc.total_steps = 10;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc), NB_ERR_ARG, "cycle_momentum");
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, sgd0, &oc), NB_ERR_ARG, "cycle_momentum");
+    oc.cycle_momentum = 0;
+    nb_sched *s1 = nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc);
+    CHECK(s1 != NULL, "onecycle without momentum: %s", nb_error_message());
+    for (int i = 0; i < 10; i++) nb_sched_step(s1, 0);
+    double final = nb_optim_lr(ada);
+    CHECK_CLOSE(final, 1e-2 / 25 / 1e4, 1e-12, 0);
+    CHECK_ERROR(isnan(nb_sched_step(s1, 0)), NB_ERR_ARG, "past total_steps");
+    CHECK(nb_optim_lr(ada) == final, "a refused step changed the lr");
+    nb_sched_free(s1);
+    oc.total_steps = 0;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc), NB_ERR_ARG, "total_steps");
+    nb_sched_opts wr = nb_sched_defaults(NB_SCHED_WARM_RESTARTS);
+    wr.t_0 = 0;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_WARM_RESTARTS, ada, &wr), NB_ERR_ARG, "t_0");
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_LAMBDA, ada, NULL), NB_ERR_ARG, "fn");
+    nb_optim_free(ada);
+    nb_optim_free(sgd0);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1267,6 +1500,10 @@ int main(int argc, char **argv)
     test_clip();
     test_early_stop();
     test_no_grad_untouched();
+    test_freeze();
+    test_has_grad();
+    test_lbfgs_known(&f);
+    test_groups();
     test_late_param();
     test_state_names();
     test_bad_options();
