@@ -15,13 +15,16 @@
  * bias-corrected from their own first step when they get one), state names and counts, and bad
  * options rejected with a message. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* mkdtemp */
 
 #include "fixture.h"
 #include "nbtest.h"
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tolerances                                                                                      */
@@ -1469,6 +1472,158 @@ static void test_groups(void)
     CHECK_NO_ERROR();
 }
 
+/* A closure for the fixture's model (L-BFGS in the checkpoint test). */
+typedef struct model_call {
+    const model *m;
+    nb_tape *tape;
+} model_call;
+
+static nb_status model_closure(void *user, double *loss)
+{
+    model_call *c = user;
+    nb_params_zero_grad(c->m->ps);
+    nb_tensor *l = model_loss(c->m);
+    nb_status st = l ? nb_backward(l, NULL, 0) : nb_error_code();
+    if (st == NB_OK) *loss = nb_tensor_get(l, 0);
+    nb_tape_reset(c->tape);
+    return st;
+}
+
+/* An optimizer of kind for m: b in a group of its own with other options (not for L-BFGS). */
+static nb_optim *ckpt_optim(nb_optim_kind kind, const model *m)
+{
+    nb_optim_opts o = nb_optim_defaults(kind);
+    if (kind == NB_SGD || kind == NB_RMSPROP) o.momentum = 0.9;
+    if (kind == NB_LBFGS) {
+        o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+        o.max_iter = 4;
+        o.history_size = 3;
+        return nb_optim_new(NB_LBFGS, m->ps, &o);
+    }
+    o.lr = kind == NB_ADADELTA ? 1.0 : 0.01;
+    nb_optim_group g = {.prefix = "b", .opts = o};
+    g.opts.lr = o.lr / 4;
+    g.opts.weight_decay = 0.01;
+    return nb_optim_new_groups(kind, m->ps, &o, 1, &g);
+}
+
+static int ckpt_steps(const model *m, nb_optim *opt, nb_tape *tape, int n)
+{
+    model_call c = {m, tape};
+    for (int i = 0; i < n; i++)
+        if (nb_optim_get_kind(opt) == NB_LBFGS ? nb_optim_step_closure(opt, model_closure, &c, NULL) != NB_OK
+                                               : train_step(m, opt, tape) != 0)
+            return -1;
+    return 0;
+}
+
+/* Checkpoints of every kind, with groups: save after 3 steps (a schedule having moved the lrs, and
+ * one-cycle beta1 or momentum), load into a fresh model and optimizer, and 3 more steps give the
+ * uninterrupted run's parameters bit for bit; the groups' options and frozen flags come back. A file
+ * without the groups (as saved before they existed) still loads, leaving the groups alone; one with
+ * another number of groups is refused, changing nothing. */
+static void test_checkpoint_groups(const fixture *f)
+{
+    char dir[] = "/tmp/nb_optim_XXXXXX", path[64];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/c.safetensors", dir);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++) {
+        const char *kn = optim_kinds[k];
+        model a, b;
+        model_init(&a, f, NB_F64);
+        model_init(&b, f, NB_F64);
+        nb_optim *oa = ckpt_optim((nb_optim_kind)k, &a), *ob = ckpt_optim((nb_optim_kind)k, &b);
+        nb_sched_opts so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+        so.total_steps = 10;
+        so.cycle_momentum = k == NB_SGD || k == NB_RMSPROP || k == NB_ADAM || k == NB_ADAMW || k == NB_NADAM ||
+                            k == NB_RADAM || k == NB_ADAMAX;
+        nb_sched *sa = k == NB_LBFGS ? NULL : nb_sched_new(NB_SCHED_ONECYCLE, oa, &so);
+        CHECK(oa && ob && (sa || k == NB_LBFGS), "%s: %s", kn, nb_error_message());
+        if (!oa || !ob) continue;
+        for (int i = 0; i < 3; i++) {
+            CHECK(ckpt_steps(&a, oa, tape, 1) == 0, "%s: step: %s", kn, nb_error_message());
+            nb_sched_step(sa, 0);
+        }
+        if (k != NB_LBFGS) nb_optim_group_set_frozen(oa, 1, 1);
+        CHECK(nb_checkpoint_save(path, a.ps, oa, 3) == NB_OK, "%s: save: %s", kn, nb_error_message());
+        if (k != NB_LBFGS) nb_optim_group_set_frozen(oa, 1, 0);
+        CHECK(ckpt_steps(&a, oa, tape, 3) == 0, "%s: steps after saving", kn);
+        int64_t step = -1;
+        CHECK(nb_checkpoint_load(path, b.ps, ob, &step) == NB_OK && step == 3, "%s: load: %s", kn, nb_error_message());
+        for (int g = 0; g < nb_optim_group_count(ob); g++) {
+            nb_optim_opts x, y;
+            nb_optim_group_opts(oa, g, &x);
+            nb_optim_group_opts(ob, g, &y);
+            CHECK(x.lr == y.lr && x.beta1 == y.beta1 && x.momentum == y.momentum && x.weight_decay == y.weight_decay,
+                  "%s: group %d's options were not restored (lr %g / %g)", kn, g, y.lr, x.lr);
+        }
+        if (k != NB_LBFGS) {
+            CHECK(nb_optim_group_frozen(ob, 1) == 1, "%s: the frozen flag was not restored", kn);
+            nb_optim_group_set_frozen(ob, 1, 0);
+        }
+        CHECK(ckpt_steps(&b, ob, tape, 3) == 0, "%s: steps after loading", kn);
+        int same = 1;
+        for (int i = 0; i < nb_tensor_numel(a.W); i++) same &= nb_tensor_get(a.W, i) == nb_tensor_get(b.W, i);
+        for (int i = 0; i < nb_tensor_numel(a.b); i++) same &= nb_tensor_get(a.b, i) == nb_tensor_get(b.b, i);
+        CHECK(same, "%s: the resumed run differs from the uninterrupted one", kn);
+        nb_sched_free(sa);
+        nb_optim_free(oa);
+        nb_optim_free(ob);
+        model_free(&a);
+        model_free(&b);
+    }
+    /* a file from before groups: the same file without optim.groups and optim.param_groups */
+    model m;
+    model_init(&m, f, NB_F64);
+    nb_optim *opt = ckpt_optim(NB_ADAM, &m);
+    ckpt_steps(&m, opt, tape, 2);
+    CHECK(nb_checkpoint_save(path, m.ps, opt, 2) == NB_OK, "save: %s", nb_error_message());
+    nb_safetensors *file = NULL;
+    CHECK(nb_safetensors_read(path, &file) == NB_OK, "read: %s", nb_error_message());
+    const char *names[64];
+    nb_tensor *tensors[64];
+    int n = 0;
+    for (int i = 0; file && i < nb_safetensors_count(file) && n < 64; i++) {
+        const char *name = nb_safetensors_name(file, i);
+        if (strcmp(name, "optim.groups") && strcmp(name, "optim.param_groups")) {
+            names[n] = name;
+            tensors[n++] = nb_safetensors_tensor(file, i);
+        }
+    }
+    CHECK(file && n == nb_safetensors_count(file) - 2, "the file has no groups to drop");
+    const char *keys[] = {"format", "step", "optimizer", "optimizer_steps"}, *values[4];
+    for (int i = 0; file && i < 4; i++) values[i] = nb_safetensors_meta(file, keys[i]);
+    char old[80];
+    snprintf(old, sizeof old, "%s/old.safetensors", dir);
+    CHECK(file && nb_safetensors_save(old, n, names, tensors, 4, keys, values) == NB_OK, "save old: %s", nb_error_message());
+    nb_safetensors_free(file);
+    model m2;
+    model_init(&m2, f, NB_F64);
+    nb_optim *o2 = ckpt_optim(NB_ADAM, &m2);
+    nb_optim_group_set_lr(o2, 1, 0.125);
+    CHECK(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_OK, "a file without groups: %s", nb_error_message());
+    CHECK(nb_optim_group_lr(o2, 1) == 0.125 && nb_tensor_get(m2.W, 0) == nb_tensor_get(m.W, 0),
+          "a file without groups: the groups changed or the parameters were not loaded");
+    /* another number of groups: refused, nothing changed */
+    nb_optim *one = nb_optim_new(NB_ADAM, m2.ps, NULL);
+    nb_tensor_set(m2.W, 0, 42.0);
+    CHECK_ERROR(nb_checkpoint_load(path, m2.ps, one, NULL) == NB_ERR_SHAPE, NB_ERR_SHAPE, "2 parameter groups in the file, 1");
+    CHECK(nb_tensor_get(m2.W, 0) == 42.0 && nb_optim_lr(one) == 1e-3, "a refused file changed the model");
+    nb_optim_free(one);
+    nb_optim_free(o2);
+    nb_optim_free(opt);
+    model_free(&m);
+    model_free(&m2);
+    remove(path);
+    remove(old);
+    rmdir(dir);
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    CHECK_NO_ERROR();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1504,6 +1659,7 @@ int main(int argc, char **argv)
     test_has_grad();
     test_lbfgs_known(&f);
     test_groups();
+    test_checkpoint_groups(&f);
     test_late_param();
     test_state_names();
     test_bad_options();
