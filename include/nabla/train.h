@@ -25,7 +25,8 @@ extern "C" {
 
 typedef enum nb_optim_kind {
     NB_SGD = 0, NB_ADAM, NB_ADAMW, NB_RMSPROP, NB_ADAGRAD,
-    NB_NADAM, NB_RADAM, NB_ADAMAX, NB_ADADELTA,
+    NB_NADAM, NB_RADAM, NB_ADAMAX, NB_ADADELTA, /* NAdam as torch >= 2.0 (1.13 multiplies mu_product_next
+                                                    by one mu too many, pytorch/pytorch#92699) */
     NB_LBFGS, /* full-batch: steps through nb_optim_step_closure */
     NB_OPTIM_KIND_COUNT
 } nb_optim_kind;

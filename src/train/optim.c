@@ -427,12 +427,11 @@ static void *vec(const nb_optim *opt, const slot *s, int id)
 {
     int64_t n = nb_tensor_numel(s->param);
     size_t es = nb_tensor_dtype(s->param) == NB_F32 ? sizeof(float) : sizeof(double);
-    int hs = opt->g[0].o.history_size;
+    (void)opt;
     if (id < V_D) return (char *)nb_tensor_data(s->work) + (size_t)id * (size_t)n * es;
     if (id == V_D) return nb_tensor_data(s->state[L_D]);
     if (id == V_PREV) return nb_tensor_data(s->state[L_PREV]);
     if (id < V_STPS) return (char *)nb_tensor_data(s->state[L_DIRS]) + (size_t)(id - V_DIRS) * (size_t)n * es;
-    (void)hs;
     return (char *)nb_tensor_data(s->state[L_STPS]) + (size_t)(id - V_STPS) * (size_t)n * es;
 }
 
