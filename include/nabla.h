@@ -235,6 +235,10 @@ int nb_tensor_is_leaf(const nb_tensor *t);
 nb_tensor *nb_tensor_grad(const nb_tensor *t);
 /* Set the gradient of a leaf to zero (keeps its buffer, so steady-state steps do not allocate). */
 void nb_tensor_zero_grad(nb_tensor *t);
+/* Whether a backward has written the leaf's gradient since its last nb_tensor_zero_grad (since its
+ * creation if never zeroed): a gradient that zero_grad left at zero counts as none, like PyTorch's
+ * None after zero_grad(set_to_none=True). Optimizers skip parameters without one. */
+int nb_tensor_has_grad(const nb_tensor *t);
 /* A name shown in graph exports and error messages. The string is copied for leaves; for op results
  * it must outlive the tape's current recording. */
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name);
@@ -513,6 +517,16 @@ int nb_anomaly_mode(void);
  * an op result the hook lasts as long as the tensor. */
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
 nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
+
+/* A post-accumulate hook of a leaf: nb_backward calls it once per pass in which it added to the
+ * leaf's gradient, as soon as the leaf's total for the pass is complete and added into
+ * nb_tensor_grad(leaf) (while the rest of the backward still runs: the leaf's last use on the tape
+ * has been processed). Leaves are finished in decreasing order of the tape position of their first
+ * use, so the same program calls the hooks in the same order every time. Gradient communication
+ * overlaps backward this way (nabla/dist.h). A status other than NB_OK fails the backward with it
+ * (record a message with nb_error_set). nb_grad does not call it. Leaves only; NULL removes it. */
+typedef nb_status (*nb_post_accumulate_hook)(nb_tensor *leaf, void *user);
+nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *leaf, nb_post_accumulate_hook hook, void *user);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Gradient checking                                                                               */
