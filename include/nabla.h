@@ -209,8 +209,15 @@ const char *nb_tensor_name(const nb_tensor *t);
 
 /* Formats "[2,3]" into buf (always NUL-terminated) and returns buf. */
 char *nb_shape_str(const nb_tensor *t, char *buf, size_t size);
-/* Prints dtype, shape and values (at most max_elems of them, 0 for all) to f. */
+/* Prints "label = " (if label is not NULL), dtype and shape, then the values laid out as PyTorch
+ * prints them: nested brackets per dimension, one row per line, aligned columns, 4 decimals (or
+ * scientific notation, or "3." for whole numbers, as PyTorch chooses), rows wrapped at 80 columns.
+ * With more than max_elems elements (0: 1000, PyTorch's threshold) only the first and last 3 entries
+ * of each dimension are shown, around "...". A 0-d tensor prints on one line. */
 void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
+/* The compact one-line form, "label = f64[2,3] [ 1 2 3; 4 5 6 ]", %.6g per value, at most max_elems
+ * values (0: all). */
+void nb_tensor_print_line(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tapes                                                                                           */
