@@ -294,6 +294,11 @@ nb_tensor *nb_detach(nb_tensor *x);
 /* Binary elementwise ops broadcast as NumPy does; both inputs must have the same dtype.           */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* Integers: nb_add, nb_sub, nb_mul, nb_maximum, nb_minimum, the comparisons, nb_where, nb_sum, nb_max,
+ * nb_min, nb_argmax and the everyday ops below also take i64 tensors and give i64 results, which are
+ * never recorded. add, sub, mul and sum wrap on overflow (two's complement), as in PyTorch. nb_div,
+ * nb_pow and nb_mean refuse i64 (no integer division: nb_cast to f64 first). */
+
 nb_tensor *nb_add(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_mul(nb_tensor *a, nb_tensor *b);
@@ -316,7 +321,9 @@ nb_tensor *nb_sigmoid(nb_tensor *x);
 /* max(x, 0); the gradient at 0 is 0. */
 nb_tensor *nb_relu(nb_tensor *x);
 
-/* Comparisons: 1 where true, 0 where false, in the inputs' dtype. Not differentiable. */
+/* Comparisons: 1 where true, 0 where false, in the inputs' dtype (i64 inputs: i64 0/1, which nb_sum
+ * counts: nb_sum_all(nb_eq(nb_argmax(logits, 1, 0), labels)) is the number of correct predictions).
+ * Not differentiable. */
 nb_tensor *nb_eq(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_ne(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_lt(nb_tensor *a, nb_tensor *b);
@@ -381,7 +388,7 @@ nb_tensor *nb_clamp(nb_tensor *x, double lo, double hi); /* gradient 1 inside [l
 nb_tensor *nb_reciprocal(nb_tensor *x);
 nb_tensor *nb_square(nb_tensor *x);
 /* cond ? a : b elementwise, cond a mask (non-zero is true) of the same dtype; all three broadcast.
- * Differentiable in a and b. */
+ * Differentiable in a and b. All three may be i64. */
 nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
 
 /* Reductions over axes (naxes = 0: all). max/min send the gradient to the first maximal (minimal)
