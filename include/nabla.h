@@ -532,6 +532,16 @@ int nb_anomaly_mode(void);
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
 nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
 
+/* A post-accumulate hook of a leaf: nb_backward calls it once per pass in which it added to the
+ * leaf's gradient, as soon as the leaf's total for the pass is complete and added into
+ * nb_tensor_grad(leaf) (while the rest of the backward still runs: the leaf's last use on the tape
+ * has been processed). Leaves are finished in decreasing order of the tape position of their first
+ * use, so the same program calls the hooks in the same order every time. Gradient communication
+ * overlaps backward this way (nabla/dist.h). A status other than NB_OK fails the backward with it
+ * (record a message with nb_error_set). nb_grad does not call it. Leaves only; NULL removes it. */
+typedef nb_status (*nb_post_accumulate_hook)(nb_tensor *leaf, void *user);
+nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *leaf, nb_post_accumulate_hook hook, void *user);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Gradient checking                                                                               */
 /* ---------------------------------------------------------------------------------------------- */

@@ -30,6 +30,8 @@ struct nb_tensor {
     nb_grad_hook hook;
     void *hook_user;
     /* leaves only */
+    nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
+    void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
     nb_tape *grad_tape;

@@ -155,6 +155,8 @@ nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim
     t->name = NULL;
     t->hook = NULL;
     t->hook_user = NULL;
+    t->post_hook = NULL;
+    t->post_hook_user = NULL;
     t->grad = t->grad_graph = NULL;
     t->grad_tape = NULL;
     t->bw_epoch = 0;
