@@ -202,6 +202,10 @@ int nb_tensor_is_leaf(const nb_tensor *t);
 nb_tensor *nb_tensor_grad(const nb_tensor *t);
 /* Set the gradient of a leaf to zero (keeps its buffer, so steady-state steps do not allocate). */
 void nb_tensor_zero_grad(nb_tensor *t);
+/* Whether a backward has written the leaf's gradient since its last nb_tensor_zero_grad (since its
+ * creation if never zeroed): a gradient that zero_grad left at zero counts as none, like PyTorch's
+ * None after zero_grad(set_to_none=True). Optimizers skip parameters without one. */
+int nb_tensor_has_grad(const nb_tensor *t);
 /* A name shown in graph exports and error messages. The string is copied for leaves; for op results
  * it must outlive the tape's current recording. */
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name);

@@ -540,8 +540,8 @@ static const bad_case bad_cases[] = {
      "is not an integer"},
     {"{\"__metadata__\":{\"step\":\"\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT, "metadata step \"\" is not an integer"},
     {"{\"__metadata__\":{\"format\":\"nabla-checkpoint\"}," A_OK "," B_OK "}", 40, 1, NB_ERR_FORMAT, "no step in the metadata"},
-    {"{\"__metadata__\":{\"optimizer\":\"lbfgs\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
-     "metadata optimizer \"lbfgs\" is not a known optimizer"},
+    {"{\"__metadata__\":{\"optimizer\":\"lion\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "metadata optimizer \"lion\" is not a known optimizer"},
     {"{\"__metadata__\":{\"optimizer\":\"adam\",\"optimizer_steps\":\"-1\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
      "metadata optimizer_steps \"-1\" is not a non-negative integer"},
     /* the model */

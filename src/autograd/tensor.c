@@ -430,11 +430,21 @@ nb_tensor *nb_tensor_grad(const nb_tensor *t)
     return t->grad_graph ? t->grad_graph : t->grad;
 }
 
+/* Every write of a backward into a leaf's gradient bumps the gradient's version (nb__add_inplace, or
+ * nb__tape_track_leaf for a differentiable gradient); zero_grad records the version it leaves. */
 void nb_tensor_zero_grad(nb_tensor *t)
 {
     if (!t) return;
     if (t->grad_tape) nb__tape_forget_leaf(t->grad_tape, t);
-    if (t->grad) nb__fill(t->grad, 0.0);
+    if (t->grad) {
+        nb__fill(t->grad, 0.0);
+        t->grad_zeroed = ++t->grad->version;
+    }
+}
+
+int nb_tensor_has_grad(const nb_tensor *t)
+{
+    return t && (t->flags & NB_TF_LEAF) && (t->grad_graph || (t->grad && t->grad->version != t->grad_zeroed));
 }
 
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name)

@@ -106,6 +106,7 @@ nb_tensor *nb__scalar(nb_dtype dtype, double v) { return nb_full(dtype, 0, NULL,
 
 nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x)
 {
+    y->version++; /* an in-place change (nb_tensor_has_grad counts a leaf gradient's writes by it) */
     if (y->dtype == NB_F32)
         nb_k_axpy_f32(y->numel, 1.0, x->data, y->data);
     else

@@ -50,6 +50,12 @@ _Static_assert(sizeof st_dtype / sizeof st_dtype[0] == NB_DTYPE_COUNT, "a safete
 /* the optimizer's per-parameter update counts (i64 [parameters]); files without it give every
  * parameter the optimizer's count */
 #define PARAM_STEPS OPTIM_PREFIX "param_steps"
+/* the optimizer's parameter groups: one row per group (f64 [groups, GROUP_FIELDS]: lr, weight_decay,
+ * momentum, dampening, beta1, beta2, eps, frozen) and each parameter's group (i64 [parameters]);
+ * files without them (saved before groups existed) leave the optimizer's groups as they are */
+#define GROUPS OPTIM_PREFIX "groups"
+#define PARAM_GROUPS OPTIM_PREFIX "param_groups"
+#define GROUP_FIELDS 8
 /* cJSON keeps numbers as doubles, exact up to 2^53: offsets and extents are limited to that. */
 #define MAX_JSON_INT ((uint64_t)1 << 53)
 /* reads and writes go in pieces of at most this many bytes */
@@ -430,8 +436,26 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
     nb_tensor *psteps = npar ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL;
     for (int i = 0; psteps && i < npar; i++) ((int64_t *)nb_tensor_data(psteps))[i] = nb_optim_param_steps(opt, i);
     if (npar && !psteps) return nb_error_code();
-    const char **names = malloc(((size_t)n + 2) * sizeof *names);
-    nb_tensor **tensors = malloc(((size_t)n + 2) * sizeof *tensors);
+    /* the groups: their options (those a schedule or a user changes) and who is in which */
+    int64_t ng = opt ? nb_optim_group_count(opt) : 0;
+    nb_tensor *groups = ng ? nb_tensor_zeros(NB_F64, 2, (const int64_t[]){ng, GROUP_FIELDS}) : NULL;
+    nb_tensor *pgroups = npar ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL;
+    for (int k = 0; groups && k < ng; k++) {
+        nb_optim_opts go;
+        nb_optim_group_opts(opt, k, &go);
+        const double row[GROUP_FIELDS] = {go.lr,    go.weight_decay, go.momentum, go.dampening,
+                                          go.beta1, go.beta2,        go.eps,      nb_optim_group_frozen(opt, k)};
+        memcpy((double *)nb_tensor_data(groups) + k * GROUP_FIELDS, row, sizeof row);
+    }
+    for (int i = 0; pgroups && i < npar; i++) ((int64_t *)nb_tensor_data(pgroups))[i] = nb_optim_param_group(opt, i);
+    if ((ng && !groups) || (npar && !pgroups)) {
+        nb_tensor_free(psteps);
+        nb_tensor_free(groups);
+        nb_tensor_free(pgroups);
+        return nb_error_code();
+    }
+    const char **names = malloc(((size_t)n + 4) * sizeof *names);
+    nb_tensor **tensors = malloc(((size_t)n + 4) * sizeof *tensors);
     char **owned = calloc((size_t)ns + 1, sizeof *owned);
     nb_status st = names && tensors && owned ? NB_OK : NB_ERR_NOMEM;
     for (int i = 0; st == NB_OK && i < np; i++) {
@@ -457,6 +481,14 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         names[n] = PARAM_STEPS;
         tensors[n++] = psteps;
     }
+    if (st == NB_OK && groups) {
+        names[n] = GROUPS;
+        tensors[n++] = groups;
+    }
+    if (st == NB_OK && pgroups) {
+        names[n] = PARAM_GROUPS;
+        tensors[n++] = pgroups;
+    }
     if (st == NB_OK) {
         char step_s[32], osteps_s[32];
         snprintf(step_s, sizeof step_s, "%" PRId64, step);
@@ -470,6 +502,8 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
     free(names);
     free(tensors);
     nb_tensor_free(psteps);
+    nb_tensor_free(groups);
+    nb_tensor_free(pgroups);
     return st;
 }
 
@@ -878,6 +912,24 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
     } else {
         psteps = NULL;
     }
+    /* groups: both entries or neither; the same number of groups and the same parameters in each */
+    entry *groups = opt && !st ? find_entry(&L, GROUPS) : NULL, *pgroups = opt && !st ? find_entry(&L, PARAM_GROUPS) : NULL;
+    if (groups && groups->used) groups = NULL;
+    if (pgroups && pgroups->used) pgroups = NULL;
+    if (!st && (groups || pgroups)) {
+        int64_t ng = nb_optim_group_count(opt), npar = nb_optim_param_count(opt);
+        if (!groups || !pgroups)
+            st = fail(&L, NB_ERR_FORMAT, "%s without %s", groups ? GROUPS : PARAM_GROUPS, groups ? PARAM_GROUPS : GROUPS);
+        else if (groups->dtype != NB_F64 || groups->ndim != 2 || groups->shape[1] != GROUP_FIELDS)
+            st = fail(&L, NB_ERR_FORMAT, "tensor %s: expected f64 [groups, %d]", GROUPS, GROUP_FIELDS);
+        else if (groups->shape[0] != ng)
+            st = fail(&L, NB_ERR_SHAPE, "%lld parameter groups in the file, %lld in the optimizer",
+                      (long long)groups->shape[0], (long long)ng);
+        else if (pgroups->dtype != NB_I64 || pgroups->ndim != 1 || pgroups->shape[0] != npar)
+            st = fail(&L, NB_ERR_SHAPE, "tensor %s: expected i64 [%lld] (a group per optimized parameter)", PARAM_GROUPS,
+                      (long long)npar);
+        groups->used = pgroups->used = 1;
+    }
     for (int i = 0; !st && i < L.n; i++) {
         const entry *e = L.by_name[i];
         /* without an optimizer, its entries are skipped */
@@ -901,6 +953,41 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
         if (pcounts[i] < 0)
             st = fail(&L, NB_ERR_FORMAT, "tensor %s: count %lld of parameter %lld is negative", PARAM_STEPS,
                       (long long)pcounts[i], (long long)i);
+    /* the groups' options go first: checked as nb_optim_group_set_opts checks them, and put back if
+     * any group's are refused */
+    if (!st && groups) {
+        const double *rows = (const double *)(L.data + groups->begin);
+        const int64_t *pg = (const int64_t *)(L.data + pgroups->begin);
+        for (int i = 0; !st && i < nb_optim_param_count(opt); i++)
+            if (pg[i] != nb_optim_param_group(opt, i))
+                st = fail(&L, NB_ERR_SHAPE, "parameter %d is in group %lld in the file, %d in the optimizer", i,
+                          (long long)pg[i], nb_optim_param_group(opt, i));
+        int ng = nb_optim_group_count(opt), k = 0;
+        nb_optim_opts *old = !st ? calloc((size_t)ng, sizeof *old) : NULL;
+        int *old_frozen = !st ? calloc((size_t)ng, sizeof *old_frozen) : NULL;
+        if (!st && (!old || !old_frozen)) st = nomem(&L);
+        for (; !st && k < ng; k++) {
+            const double *r = rows + (size_t)k * GROUP_FIELDS;
+            nb_optim_group_opts(opt, k, &old[k]);
+            old_frozen[k] = nb_optim_group_frozen(opt, k);
+            nb_optim_opts go = old[k];
+            go.lr = r[0], go.weight_decay = r[1], go.momentum = r[2], go.dampening = r[3];
+            go.beta1 = r[4], go.beta2 = r[5], go.eps = r[6];
+            if (r[7] != 0 && r[7] != 1)
+                st = fail(&L, NB_ERR_FORMAT, "tensor %s: group %d: frozen is %g, not 0 or 1", GROUPS, k, r[7]);
+            else if (nb_optim_group_set_opts(opt, k, &go) != NB_OK)
+                st = fail(&L, NB_ERR_SHAPE, "tensor %s: group %d: %s", GROUPS, k, nb_error_message());
+            else
+                nb_optim_group_set_frozen(opt, k, r[7] != 0);
+        }
+        if (st && old && old_frozen)
+            for (int j = 0; j < k; j++) { /* put back what was changed (valid before, so accepted again) */
+                nb_optim_group_set_opts(opt, j, &old[j]);
+                nb_optim_group_set_frozen(opt, j, old_frozen[j]);
+            }
+        free(old);
+        free(old_frozen);
+    }
     /* The only call below that could fail on checked input is set_steps (steps >= 0 is checked), so
      * it goes first: after it, the copies cannot fail (every target is a leaf of the right size). */
     if (!st && opt) st = nb_optim_set_steps(opt, osteps);
