@@ -246,8 +246,15 @@ const char *nb_tensor_name(const nb_tensor *t);
 
 /* Formats "[2,3]" into buf (always NUL-terminated) and returns buf. */
 char *nb_shape_str(const nb_tensor *t, char *buf, size_t size);
-/* Prints dtype, shape and values (at most max_elems of them, 0 for all) to f. */
+/* Prints "label = " (if label is not NULL), dtype and shape, then the values laid out as PyTorch
+ * prints them: nested brackets per dimension, one row per line, aligned columns, 4 decimals (or
+ * scientific notation, or "3." for whole numbers, as PyTorch chooses), rows wrapped at 80 columns.
+ * With more than max_elems elements (0: 1000, PyTorch's threshold) only the first and last 3 entries
+ * of each dimension are shown, around "...". A 0-d tensor prints on one line. */
 void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
+/* The compact one-line form, "label = f64[2,3] [ 1 2 3; 4 5 6 ]", %.6g per value, at most max_elems
+ * values (0: all). */
+void nb_tensor_print_line(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tapes                                                                                           */
@@ -324,6 +331,11 @@ nb_tensor *nb_detach(nb_tensor *x);
 /* Binary elementwise ops broadcast as NumPy does; both inputs must have the same dtype.           */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* Integers: nb_add, nb_sub, nb_mul, nb_maximum, nb_minimum, the comparisons, nb_where, nb_sum, nb_max,
+ * nb_min, nb_argmax and the everyday ops below also take i64 tensors and give i64 results, which are
+ * never recorded. add, sub, mul and sum wrap on overflow (two's complement), as in PyTorch. nb_div,
+ * nb_pow and nb_mean refuse i64 (no integer division: nb_cast to f64 first). */
+
 nb_tensor *nb_add(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_mul(nb_tensor *a, nb_tensor *b);
@@ -346,7 +358,9 @@ nb_tensor *nb_sigmoid(nb_tensor *x);
 /* max(x, 0); the gradient at 0 is 0. */
 nb_tensor *nb_relu(nb_tensor *x);
 
-/* Comparisons: 1 where true, 0 where false, in the inputs' dtype. Not differentiable. */
+/* Comparisons: 1 where true, 0 where false, in the inputs' dtype (i64 inputs: i64 0/1, which nb_sum
+ * counts: nb_sum_all(nb_eq(nb_argmax(logits, 1, 0), labels)) is the number of correct predictions).
+ * Not differentiable. */
 nb_tensor *nb_eq(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_ne(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_lt(nb_tensor *a, nb_tensor *b);
@@ -411,7 +425,7 @@ nb_tensor *nb_clamp(nb_tensor *x, double lo, double hi); /* gradient 1 inside [l
 nb_tensor *nb_reciprocal(nb_tensor *x);
 nb_tensor *nb_square(nb_tensor *x);
 /* cond ? a : b elementwise, cond a mask (non-zero is true) of the same dtype; all three broadcast.
- * Differentiable in a and b. */
+ * Differentiable in a and b. All three may be i64. */
 nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
 
 /* Reductions over axes (naxes = 0: all). max/min send the gradient to the first maximal (minimal)
@@ -457,6 +471,43 @@ nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx);
 nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *idx, nb_tensor *src);
 /* One-hot rows of i64 labels: idx [...] -> [..., num_classes] in dtype. Not differentiable. */
 nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype);
+
+/* Everyday ops: f32, f64 and i64 (einsum: f32 and f64). Results in the current tape's arena. */
+/* x reversed along the listed axes (naxes = 0: all of them). */
+nb_tensor *nb_flip(nb_tensor *x, int naxes, const int *axes);
+/* x shifted by shift places along axis, what falls off the end coming back at the start (torch.roll
+ * over one dim; a negative shift goes the other way). For several axes, roll once per axis. */
+nb_tensor *nb_roll(nb_tensor *x, int64_t shift, int axis);
+/* x tiled reps[d] times along dim d, as torch's x.repeat(reps): nreps >= x's ndim, x's dims aligned to
+ * the end of reps (a longer reps adds leading dims). */
+nb_tensor *nb_repeat(nb_tensor *x, int nreps, const int64_t *reps);
+/* The same, fewer counts than dims allowed: the missing leading counts are 1 (torch.tile). */
+nb_tensor *nb_tile(nb_tensor *x, int nreps, const int64_t *reps);
+/* Running sum / product along axis (f32 accumulates in double; i64 wraps on overflow). The gradient
+ * of cumprod is exact with zeros in x, to second order. */
+nb_tensor *nb_cumsum(nb_tensor *x, int axis);
+nb_tensor *nb_cumprod(nb_tensor *x, int axis);
+/* The positions along axis that sort x (i64, not differentiable), ascending or descending; stable:
+ * equal elements keep their order in x, in both directions; NaN sorts above every number. */
+nb_tensor *nb_argsort(nb_tensor *x, int axis, int descending);
+/* x sorted along axis, differentiable (the gradient goes back to where each value came from; equal
+ * elements are ordered as nb_argsort does); *indices, if not NULL, receives the positions. */
+nb_tensor *nb_sort(nb_tensor *x, int axis, int descending, nb_tensor **indices);
+/* The k largest (largest = 0: smallest) elements along axis, in sorted order, 0 <= k <= the extent;
+ * among equal values the lower position comes first; differentiable; *indices as in nb_sort. */
+nb_tensor *nb_topk(nb_tensor *x, int64_t k, int axis, int largest, nb_tensor **indices);
+/* x with value wherever mask is non-zero; mask (any dtype) broadcasts to x's shape. Differentiable in x
+ * (0 where filled). For i64 x, value must be an integer. */
+nb_tensor *nb_masked_fill(nb_tensor *x, nb_tensor *mask, double value);
+/* The matrices of the last two dims with the elements below (triu) or above (tril) the diagonal
+ * zeroed: triu keeps column - row >= diagonal, tril keeps column - row <= diagonal (0: the main one). */
+nb_tensor *nb_triu(nb_tensor *x, int64_t diagonal);
+nb_tensor *nb_tril(nb_tensor *x, int64_t diagonal);
+/* Einstein summation of 1 or 2 operands, as torch.einsum: "ij,jk->ik", "bij,bkj->bik", "i,j->ij",
+ * "ij->ji", "ij->", "...ij,...jk->...ik". Without "->" the output is the "..." dims then the letters
+ * used once, sorted. Extent-1 dims broadcast. A letter repeated within one operand (a diagonal or a
+ * trace) is refused. Made of sums, permutes, reshapes and one matmul: differentiable to any order. */
+nb_tensor *nb_einsum(const char *subscripts, int n, nb_tensor *const *xs);
 
 /* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);

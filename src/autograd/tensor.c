@@ -510,27 +510,3 @@ char *nb_shape_str(const nb_tensor *t, char *buf, size_t size)
     snprintf(buf, size, "%s", t ? NB_SHP(t) : "(null)");
     return buf;
 }
-
-void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems)
-{
-    if (!f) f = stdout;
-    if (label) fprintf(f, "%s = ", label);
-    if (!t) {
-        fprintf(f, "(null)\n");
-        return;
-    }
-    fprintf(f, "%s%s", nb_dtype_name(t->dtype), NB_SHP(t));
-    int64_t n = t->numel;
-    if (max_elems > 0 && n > max_elems) n = max_elems;
-    /* nested brackets for the last two dims keep small matrices readable */
-    int64_t row = t->ndim ? t->shape[t->ndim - 1] : 1;
-    fprintf(f, " [");
-    for (int64_t i = 0; i < n; i++) {
-        if (i && row > 0 && i % row == 0) fprintf(f, ";");
-        if (t->dtype == NB_I64)
-            fprintf(f, " %lld", (long long)((const int64_t *)t->data)[i]);
-        else
-            fprintf(f, " %.6g", nb__get(t, i));
-    }
-    fprintf(f, "%s ]\n", n < t->numel ? " ..." : "");
-}

@@ -4,7 +4,9 @@
 
 /* ---- shared machinery ------------------------------------------------------------------------- */
 
-bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape)
+/* nb__check_binary, with i64 inputs allowed when int_ok. */
+static bool check_pair(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape,
+                       bool int_ok)
 {
     if (!a || !b) {
         nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
@@ -15,12 +17,17 @@ bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, i
                  nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
         return false;
     }
-    if (!nb__check_float(who, a)) return false;
+    if (!(int_ok && a->dtype == NB_I64) && !nb__check_float(who, a)) return false;
     if (!nb__broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, ndim, shape)) {
         nb__fail(NB_ERR_SHAPE, "%s: %s and %s: shapes do not broadcast", who, NB_SHP(a), NB_SHP(b));
         return false;
     }
     return true;
+}
+
+bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape)
+{
+    return check_pair(who, a, b, ndim, shape, false);
 }
 
 bool nb__broadcast_shapes(int na, const int64_t *a, int nbd, const int64_t *b, int *out_ndim, int64_t *out)
@@ -54,8 +61,17 @@ static void binary_kernel(nb_binop op, nb_tensor *out, const nb_tensor *a, const
     }
     if (out->dtype == NB_F32)
         nb_k_binary_f32(op, &bc, a->data, b->data, out->data);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_binary_f64(op, &bc, a->data, b->data, out->data);
+    else
+        nb_k_binary_i64(op, &bc, a->data, b->data, out->data);
+}
+
+/* Ops that also take two i64 tensors (an i64 result, never recorded: i64 inputs need no gradient). */
+static bool takes_int(nb_op_id op)
+{
+    return op == NB_OP_ADD || op == NB_OP_SUB || op == NB_OP_MUL || op == NB_OP_CMP || op == NB_OP_MAXIMUM ||
+           op == NB_OP_MINIMUM;
 }
 
 static nb_tensor *binary(const char *who, nb_op_id op, nb_tensor *a, nb_tensor *b, int kind)
@@ -66,7 +82,7 @@ static nb_tensor *binary(const char *who, nb_op_id op, nb_tensor *a, nb_tensor *
         return nb__apply(who, op, 2, in, &at, a->dtype, a->ndim, a->shape); /* no broadcasting */
     int ndim;
     int64_t shape[NB_MAX_DIMS];
-    if (!nb__check_binary(who, a, b, &ndim, shape)) return NULL;
+    if (!check_pair(who, a, b, &ndim, shape, takes_int(op))) return NULL;
     return nb__apply(who, op, 2, in, &at, a->dtype, ndim, shape);
 }
 
@@ -274,8 +290,10 @@ NB_FW(where)
     nb__bcast_strides(in[2], out->ndim, out->shape, sb);
     if (out->dtype == NB_F32)
         nb_k_where_f32(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_where_f64(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
+    else
+        nb_k_where_i64(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
 }
 /* d where(c, a, b) = where(c, 1, 0) da + where(c, 0, 1) db */
 NB_BW(where)
@@ -291,7 +309,7 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
     int nd1, nd2;
     int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
     if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
-    if (!nb__check_binary(who, a, b, &nd1, s1)) return NULL;
+    if (!check_pair(who, a, b, &nd1, s1, true)) return NULL;
     if (cond->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "
                         "have the values' dtype)", who, nb_dtype_name(cond->dtype), NB_SHP(cond),

@@ -3,11 +3,27 @@
  *   NB_SFX name suffix           NB_M(f) the math function of that type (expf or exp)
  *   NB_GEMM the cblas gemm of that type
  *   NB_SIGMOID(v), NB_TANH(v), NB_EXP(v)  those functions for the type (f32: fastmath.h; f64: libm)
+ *   NB_UT  integer instantiations only (i64): the unsigned type of NB_T's width; see below
  * No include guard: kernels.c includes this file once per type. */
 
 #define NB_CAT_(a, b) a##_##b
 #define NB_CAT(a, b) NB_CAT_(a, b)
 #define NB_K(name) NB_CAT(nb_k_##name, NB_SFX)
+
+/* An integer instantiation defines NB_UT, the unsigned type of NB_T's width: add, sub and mul then
+ * wrap on overflow (two's complement, as PyTorch's integers do), computed in NB_UT so that the wrap is
+ * defined behaviour; the float-only kernels are left out, and nothing is NaN. */
+#ifdef NB_UT
+#define NB_WADD(x, y) ((NB_T)((NB_UT)(x) + (NB_UT)(y)))
+#define NB_WSUB(x, y) ((NB_T)((NB_UT)(x) - (NB_UT)(y)))
+#define NB_WMUL(x, y) ((NB_T)((NB_UT)(x) * (NB_UT)(y)))
+#define NB_ISNAN(v) 0
+#else
+#define NB_WADD(x, y) ((x) + (y))
+#define NB_WSUB(x, y) ((x) - (y))
+#define NB_WMUL(x, y) ((x) * (y))
+#define NB_ISNAN(v) ((v) != (v))
+#endif
 
 /* Run BODY for every output element of a broadcast plan: x and y are the a and b elements, o[k] the
  * output. The innermost dimension is specialised for the stride patterns (1,1), (1,0), (0,1). */
@@ -47,14 +63,16 @@
 void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b, NB_T *out)
 {
     switch (op) {
-    case NB_B_ADD: NB_BCAST_LOOP(o[k] = x + y); break;
-    case NB_B_SUB: NB_BCAST_LOOP(o[k] = x - y); break;
-    case NB_B_MUL: NB_BCAST_LOOP(o[k] = x * y); break;
+    case NB_B_ADD: NB_BCAST_LOOP(o[k] = NB_WADD(x, y)); break;
+    case NB_B_SUB: NB_BCAST_LOOP(o[k] = NB_WSUB(x, y)); break;
+    case NB_B_MUL: NB_BCAST_LOOP(o[k] = NB_WMUL(x, y)); break;
     case NB_B_DIV: NB_BCAST_LOOP(o[k] = x / y); break;
     /* NaN propagates, as in torch.maximum */
-    case NB_B_MAX: NB_BCAST_LOOP(o[k] = (x != x || x > y) ? x : y); break;
-    case NB_B_MIN: NB_BCAST_LOOP(o[k] = (x != x || x < y) ? x : y); break;
+    case NB_B_MAX: NB_BCAST_LOOP(o[k] = (NB_ISNAN(x) || x > y) ? x : y); break;
+    case NB_B_MIN: NB_BCAST_LOOP(o[k] = (NB_ISNAN(x) || x < y) ? x : y); break;
+#ifndef NB_UT
     case NB_B_POW: NB_BCAST_LOOP(o[k] = NB_M(pow)(x, y)); break;
+#endif
     case NB_B_EQ: NB_BCAST_LOOP(o[k] = (NB_T)(x == y)); break;
     case NB_B_NE: NB_BCAST_LOOP(o[k] = (NB_T)(x != y)); break;
     case NB_B_LT: NB_BCAST_LOOP(o[k] = (NB_T)(x < y)); break;
@@ -68,6 +86,7 @@ void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b,
     }
 }
 
+#ifndef NB_UT /* float-only */
 #define NB_MAP(EXPR)                                                                                   \
     do {                                                                                               \
         for (int64_t i = 0; i < n; i++) {                                                              \
@@ -108,6 +127,8 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     }
 }
 
+#endif /* float-only */
+
 void NB_K(axpy)(int64_t n, double alpha, const NB_T *x, NB_T *y)
 {
     const NB_T a = (NB_T)alpha;
@@ -147,6 +168,7 @@ void NB_K(sum)(const nb_reduce_plan *p, const NB_T *x, NB_T *out, NB_ACC *acc, d
     for (int64_t j = 0; j < p->out_numel; j++) out[j] = (NB_T)(acc[j] * (NB_ACC)scale);
 }
 
+#ifndef NB_UT /* float-only */
 void NB_K(gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const NB_T *a, int64_t lda,
                 const NB_T *b, int64_t ldb, NB_T *c, double beta)
 {
@@ -159,6 +181,8 @@ void NB_K(gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
             (blasint)m, (blasint)n, (blasint)k, (NB_T)1, a, (blasint)lda, b, (blasint)ldb, (NB_T)beta, c,
             (blasint)n);
 }
+
+#endif /* float-only */
 
 void NB_K(where)(int ndim, const int64_t *shape, const int64_t *sc, const int64_t *sa, const int64_t *sb,
                  const NB_T *c, const NB_T *a, const NB_T *b, NB_T *out)
@@ -192,9 +216,9 @@ void NB_K(argmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, int64_
             const NB_T *p = x + o * n * inner + i;
             int64_t best = 0;
             NB_T bv = p[0];
-            for (int64_t k = 1; k < n && bv == bv; k++) {
+            for (int64_t k = 1; k < n && !NB_ISNAN(bv); k++) {
                 NB_T v = p[k * inner];
-                if (v != v || (is_min ? v < bv : v > bv)) {
+                if (NB_ISNAN(v) || (is_min ? v < bv : v > bv)) {
                     bv = v;
                     best = k;
                 }
@@ -204,6 +228,7 @@ void NB_K(argmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, int64_
     }
 }
 
+#ifndef NB_UT /* float-only */
 void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T *y, int take_log)
 {
     for (int64_t o = 0; o < outer; o++) {
@@ -226,6 +251,8 @@ void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T 
         }
     }
 }
+
+#endif /* float-only */
 
 void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, const NB_T *src, NB_T *dst)
 {
@@ -251,6 +278,10 @@ void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, co
 
 #undef NB_MAP
 #undef NB_BCAST_LOOP
+#undef NB_WADD
+#undef NB_WSUB
+#undef NB_WMUL
+#undef NB_ISNAN
 #undef NB_K
 #undef NB_CAT
 #undef NB_CAT_
