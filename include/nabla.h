@@ -355,7 +355,7 @@ nb_tensor *nb_log(nb_tensor *x);
 nb_tensor *nb_tanh(nb_tensor *x);
 /* 1 / (1 + exp(-x)), computed without overflow for any x. */
 nb_tensor *nb_sigmoid(nb_tensor *x);
-/* max(x, 0); the gradient at 0 is 0. */
+/* max(x, 0); the gradient at 0 is 0. NaN stays NaN and passes the gradient on, as in PyTorch. */
 nb_tensor *nb_relu(nb_tensor *x);
 
 /* Comparisons: 1 where true, 0 where false, in the inputs' dtype (i64 inputs: i64 0/1, which nb_sum
@@ -404,7 +404,9 @@ nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype);
 
 /* More elementwise ops. */
 nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b);      /* a ^ b (broadcast); d/db = a^b log(a), 0 where a = 0 */
-nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);  /* ties share the gradient equally, as in PyTorch */
+/* Elementwise max and min: ties share the gradient equally; a NaN in either input gives NaN, and both
+ * inputs the whole gradient there (as in PyTorch). */
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub_scalar(nb_tensor *x, double s);   /* x - s */
 nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x);  /* s / x */
@@ -434,7 +436,9 @@ nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim);
 nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /* log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input. */
 nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim);
-/* Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default). */
+/* Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default): the sum
+ * of squared deviations divided by max(0, count - correction), so NaN or infinity when count <=
+ * correction (an empty axis too), as in PyTorch. */
 nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
 nb_tensor *nb_std(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
 /* Index of the first maximal (minimal) element along axis, as an i64 tensor. Not differentiable. */

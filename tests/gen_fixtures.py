@@ -840,6 +840,23 @@ case("clamp_bounds", "clamp", [V([-0.5, 0.75, -0.5078125, 0.7578125, 0.0])], lo=
 case("reciprocal_0", "reciprocal", [NZ(2, 3)])
 case("square_0", "square", [N(2, 3)])
 
+# NaN goes through as in PyTorch, forward and backward, so that anomaly mode can see it: relu(NaN)
+# is NaN and passes the gradient on (threshold_backward zeroes only where x <= 0); maximum/minimum
+# with a NaN give NaN and the whole gradient to both inputs; leaky_relu, elu, clamp and abs at NaN
+# and +-inf as torch has them.
+NAN, INF = float("nan"), float("inf")
+EDGE = [NAN, -1.0, 0.0, 2.0, -0.0, INF, -INF]
+case("relu_nan", "relu", [V(EDGE)])
+case("leaky_relu_nan", "leaky_relu", [V(EDGE)], slope=0.125)
+case("elu_nan", "elu", [V(EDGE)], alpha=1.5)
+case("clamp_nan", "clamp", [V(EDGE)], lo=-0.5, hi=1.0)
+case("abs_nan", "abs", [V(EDGE)])
+case("softplus_nan", "softplus", [V([NAN, -1.0, 0.0, 2.0])])
+case("sigmoid_nan", "sigmoid", [V([NAN, -1.0, 0.0, 2.0])])
+case("tanh_nan", "tanh", [V([NAN, -1.0, 0.0, 2.0])])
+for opname in ("maximum", "minimum"):
+    case("%s_nan" % opname, opname, [V([NAN, 1.0, 2.0, NAN, -INF]), V([1.0, NAN, 2.0, NAN, 3.0])])
+
 # where: cond c > 0 (the runner compares with nb_gt), all three broadcast.
 case("where_same", "where", [NOGRAD(N(2, 3)), N(2, 3), N(2, 3)])
 case("where_bcast", "where", [NOGRAD(N(2, 1, 4)), N(3, 1), N(4)])
@@ -878,6 +895,16 @@ for opname in ("var", "std"):
         for corr in (0, 1):
             case("%s_%s_c%d" % (opname, tag, corr), opname, [N(2, 3, 4)], axes=axes, correction=corr,
                  keepdim=keep)
+
+# Too few samples: PyTorch divides by max(0, count - correction), so an empty axis gives NaN (mean too)
+# and one sample with correction 1 gives NaN (0/0), never a finite number. (Fewer samples than the
+# correction give infinity: test_trust_values.c checks that forward; torch's backward there divides by
+# the unclamped count - correction, so it has no fixture.)
+for opname in ("var", "std"):
+    for corr in (0, 1):
+        case("%s_empty_c%d" % (opname, corr), opname, [V([], (0, 3))], axes=(0,), correction=corr, keepdim=0)
+    case("%s_one_c1" % opname, opname, [V([5.0, -2.0], (1, 2))], axes=(0,), correction=1, keepdim=0)
+case("mean_empty", "mean", [V([], (0, 3))], axes=(0,), keepdim=0)
 
 # softmax, log_softmax along each axis, and at +-1e4.
 for opname in ("softmax", "log_softmax"):

@@ -220,7 +220,7 @@ NB_BW(sigmoid)
 nb_tensor *nb_sigmoid(nb_tensor *x) { return unary("nb_sigmoid", NB_OP_SIGMOID, x, 0, 0); }
 
 NB_FW(relu) { (void)at; unary_kernel(NB_U_RELU, out, in[0], 0, 0); }
-/* d relu(x) = [x > 0] dx (0 at the kink, as in PyTorch) */
+/* d relu(x) = [not x <= 0] dx (0 at the kink; NaN passes dx on, as in PyTorch) */
 NB_BW(relu)
 {
     if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[0], 0);
@@ -243,30 +243,31 @@ NB_BW(pow)
 }
 nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b) { return binary("nb_pow", NB_OP_POW, a, b, 0); }
 
-/* The share of the gradient that goes to a in max(a, b) (min: swap the comparisons): 1 where a wins,
- * 1/2 at ties, 0 where b wins. */
-static nb_tensor *winner_share(nb_tensor *wins, nb_tensor *a, nb_tensor *b)
+/* The share of the gradient that goes to a in max(a, b) (min: swap the comparisons), given
+ * loses = [a < b]: 0 where a loses, 1/2 at ties, 1 where it wins, and also 1 where a or b is NaN (the
+ * result is NaN, and PyTorch passes the gradient to both sides, so that a NaN is never hidden). */
+static nb_tensor *winner_share(nb_tensor *loses, nb_tensor *a, nb_tensor *b)
 {
-    return nb_add(wins, nb_mul_scalar(nb_eq(a, b), 0.5));
+    return nb_rsub_scalar(1.0, nb_add(loses, nb_mul_scalar(nb_eq(a, b), 0.5)));
 }
 
 NB_FW(maximum) { (void)at; binary_kernel(NB_B_MAX, out, in[0], in[1]); }
-/* d max(a,b) = [a > b] da + [a < b] db, ties split evenly */
+/* d max(a,b) = [a > b] da + [a < b] db, ties split evenly; with a NaN, both get the gradient */
 NB_BW(maximum)
-{
-    nb_tensor *a = n->in[0], *b = n->in[1];
-    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
-    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
-}
-nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b) { return binary("nb_maximum", NB_OP_MAXIMUM, a, b, 0); }
-
-NB_FW(minimum) { (void)at; binary_kernel(NB_B_MIN, out, in[0], in[1]); }
-/* d min(a,b) = [a < b] da + [a > b] db, ties split evenly */
-NB_BW(minimum)
 {
     nb_tensor *a = n->in[0], *b = n->in[1];
     if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
     if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+}
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b) { return binary("nb_maximum", NB_OP_MAXIMUM, a, b, 0); }
+
+NB_FW(minimum) { (void)at; binary_kernel(NB_B_MIN, out, in[0], in[1]); }
+/* d min(a,b) = [a < b] da + [a > b] db, ties split evenly; with a NaN, both get the gradient */
+NB_BW(minimum)
+{
+    nb_tensor *a = n->in[0], *b = n->in[1];
+    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
 }
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b) { return binary("nb_minimum", NB_OP_MINIMUM, a, b, 0); }
 
@@ -397,12 +398,12 @@ NB_BW(leaky_relu)
 nb_tensor *nb_leaky_relu(nb_tensor *x, double slope) { return unary("nb_leaky_relu", NB_OP_LEAKY_RELU, x, slope, 0); }
 
 UNARY_FW(elu, NB_U_ELU)
-/* d elu(x) = dx for x > 0, (elu(x) + alpha) dx otherwise */
+/* d elu(x) = (elu(x) + alpha) dx for x <= 0, dx otherwise (NaN included, as in PyTorch) */
 NB_BW(elu)
 {
     if (NB_NEED(0)) {
-        nb_tensor *pos = nb_gt(n->in[0], nb__scalar(g->dtype, 0.0));
-        gin[0] = nb_mul(g, nb_where(pos, nb__scalar(g->dtype, 1.0), nb_add_scalar(n->out, n->attrs.f[0])));
+        nb_tensor *neg = nb_le(n->in[0], nb__scalar(g->dtype, 0.0));
+        gin[0] = nb_mul(g, nb_where(neg, nb_add_scalar(n->out, n->attrs.f[0]), nb__scalar(g->dtype, 1.0)));
     }
 }
 nb_tensor *nb_elu(nb_tensor *x, double alpha) { return unary("nb_elu", NB_OP_ELU, x, alpha, 0); }
@@ -498,7 +499,7 @@ NB_BW(sigmoid_bw)
 }
 
 NB_FW(relu_bw) { (void)at; binary_kernel(NB_B_RELU_BW, out, in[0], in[1]); }
-/* out = g [x > 0]: d out = [x > 0] dg (the step has zero derivative) */
+/* out = g [not x <= 0]: d out = [not x <= 0] dg (the step has zero derivative) */
 NB_BW(relu_bw)
 {
     if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[1], 0);

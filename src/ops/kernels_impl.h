@@ -81,7 +81,8 @@ void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b,
     case NB_B_GE: NB_BCAST_LOOP(o[k] = (NB_T)(x >= y)); break;
     case NB_B_TANH_BW: NB_BCAST_LOOP(o[k] = x * ((NB_T)1 - y * y)); break;
     case NB_B_SIGMOID_BW: NB_BCAST_LOOP(o[k] = x * y * ((NB_T)1 - y)); break;
-    case NB_B_RELU_BW: NB_BCAST_LOOP(o[k] = y > 0 ? x : (NB_T)0); break;
+    /* zero where x <= 0: a NaN x passes the gradient on (PyTorch's threshold_backward) */
+    case NB_B_RELU_BW: NB_BCAST_LOOP(o[k] = y <= 0 ? (NB_T)0 : x); break;
     default: break;
     }
 }
@@ -105,7 +106,8 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     case NB_U_TANH: NB_MAP(NB_TANH(v)); break;
     /* never exp of a large positive number: exp(-|v|) is in (0, 1] */
     case NB_U_SIGMOID: NB_MAP(NB_SIGMOID(v)); break;
-    case NB_U_RELU: NB_MAP(v > 0 ? v : (NB_T)0); break;
+    /* NaN stays NaN (and -0 stays -0), as in PyTorch, so that anomaly mode sees it */
+    case NB_U_RELU: NB_MAP(v < 0 ? (NB_T)0 : v); break;
     case NB_U_SQRT: NB_MAP(NB_M(sqrt)(v)); break;
     case NB_U_ABS: NB_MAP(NB_M(fabs)(v)); break;
     case NB_U_SIGN: NB_MAP((NB_T)((v > 0) - (v < 0))); break;

@@ -76,6 +76,7 @@ bool nb__axes_mask(const char *who, const nb_tensor *x, int naxes, const int *ax
 
 static nb_tensor *sum_mask(const char *who, nb_tensor *x, uint32_t mask, int keepdim)
 {
+    if (!x) return NULL; /* an op before it failed (out of memory, anomaly mode): its error stands */
     int64_t shape[NB_MAX_DIMS];
     int nd = reduced_dims(x, mask, keepdim, shape);
     nb_attrs at = {.i = {(int64_t)mask, keepdim ? 1 : 0}};
@@ -264,8 +265,10 @@ static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *
         if (mask & (1u << d)) count *= x->shape[d];
     nb_tensor *mean = nb_mul_scalar(sum_mask(who, x, mask, 1), 1.0 / (double)count);
     nb_tensor *d2 = nb_square(nb_sub(x, mean));
-    /* count <= correction gives inf or NaN, as in PyTorch */
-    return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)(count - correction));
+    /* divided by max(0, count - correction), as in PyTorch: count <= correction gives NaN (a sum of 0,
+     * an empty axis included) or infinity, never a finite number */
+    int64_t dof = count > correction ? count - correction : 0;
+    return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)dof);
 }
 
 nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
