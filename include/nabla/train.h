@@ -289,7 +289,9 @@ int64_t nb_batches_per_epoch(const nb_batches *b);
 /* Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
  * data is converted and, for f32/f64, multiplied by scale (e.g. 1/255); other IDX types keep their
  * values (floating IDX data cannot be read as i64).
- * Validates the magic number, the dimensions and the file length. */
+ * Validates the magic number, the dimensions and the file length; a path that is not a regular file
+ * (a FIFO, a device, a folder) is refused at once (NB_ERR_IO). Memory grows with the data actually
+ * read, whatever the header claims. */
 nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor **out);
 
 typedef struct nb_vocab nb_vocab;
@@ -311,15 +313,17 @@ nb_status nb_vocab_decode(const nb_vocab *v, const int64_t *ids, size_t n, char 
 /* ---------------------------------------------------------------------------------------------- */
 
 /* Write tensors (F32/F64/I64) with their names, and optional string metadata, as a safetensors
- * file. Atomic: the data goes to a temporary file in the same folder, is fsync'ed and renamed over
- * path, so a failure leaves any previous file intact. */
+ * file. Atomic: the data goes to a temporary file in the same folder ("<path>.tmp.<pid>.XXXXXX",
+ * locked while it is written), is fsync'ed and renamed over path, so a failure leaves any previous
+ * file intact. The temporary files of saves to path that were killed midway are removed by the next
+ * save to path (never one a live writer holds). */
 nb_status nb_safetensors_save(const char *path, int n, const char *const *names, nb_tensor *const *tensors,
                               int n_meta, const char *const *meta_keys, const char *const *meta_values);
 
 /* Any safetensors file of F32/F64/I64 tensors, read and validated as nb_checkpoint_load does (but
  * without a model to match): to look into a checkpoint, or to take weights saved elsewhere (PyTorch's
- * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves) and strings;
- * free it with nb_safetensors_free. */
+ * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves, claimed:
+ * add a copy to a collection, nb_tensor_clone) and strings; free it with nb_safetensors_free. */
 typedef struct nb_safetensors nb_safetensors;
 nb_status nb_safetensors_read(const char *path, nb_safetensors **out);
 void nb_safetensors_free(nb_safetensors *f);
@@ -336,8 +340,9 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
 /* Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
  * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model); on any failure nothing of params or opt is changed.
- * step may be NULL. */
+ * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
+ * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
+ * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
 #ifdef __cplusplus
