@@ -463,7 +463,7 @@ static const row rows[] = {
 
 #define N_ROWS ((int)(sizeof rows / sizeof rows[0]))
 
-/* ---- running one row, noting the ops its function records ------------------------------------- */
+/* ---- running one row (gradtable_check notes the ops its function records) ------------------- */
 
 /* The registry (src/ops/oplist.h, private: included for the names and the Y/N of each op's backward
  * rule). Every op with a rule must be recorded by some row's function while nb_gradcheck and
@@ -478,48 +478,34 @@ static const struct {
 } registry[] = {NB_OP_LIST(REG_ROW)};
 #undef REG_ROW
 #define N_REGISTRY ((int)(sizeof registry / sizeof registry[0]))
-static int op_recorded[N_REGISTRY];
-
-/* A node's name is its op's, except a custom op's, which is its own: those count as "custom". */
-static void note_op(const char *name)
-{
-    for (int k = 0; k < N_REGISTRY; k++)
-        if (!strcmp(registry[k].name, name)) {
-            op_recorded[k] = 1;
-            return;
-        }
-    for (int k = 0; k < N_REGISTRY; k++)
-        if (!strcmp(registry[k].name, "custom")) op_recorded[k] = 1;
-}
-
-typedef struct noting {
-    nb_func f;
-    const void *arg;
-} noting;
-
-/* the row's function, noting the ops it records on the check's tape */
-static nb_tensor *noting_f(void *user, nb_tensor *const *in)
-{
-    const noting *w = user;
-    nb_tape *t = nb_tape_current();
-    size_t n0 = nb_tape_node_count(t);
-    nb_tensor *y = w->f((void *)w->arg, in);
-    for (size_t i = n0; i < nb_tape_node_count(t); i++) note_op(nb_tape_node_op(t, i));
-    return y;
-}
-
 static int rows_passed;
 
 static void run_row(int r)
 {
     const row *rw = &rows[r];
-    noting w = {rw->f, rw->arg};
-    rows_passed += gradtable_check(rw->name, noting_f, &w, rw->n_in, rw->in, rw->order, NULL, 5000u + (uint64_t)r);
+    rows_passed += gradtable_check(rw->name, rw->f, rw->arg, rw->n_in, rw->in, rw->order, NULL, 5000u + (uint64_t)r);
 }
 
 /* The ops without a backward rule are never recorded; each has its values checked by a forward test
  * of this file (test_nondiff_values, and the comparisons in the where rows). */
-static const char *const forward_tested[] = {"compare", "sign", "argmax"};
+static const char *const forward_tested[] = {"compare", "sign", "argmax",
+                                             "argsort" /* test_grad_everyday.c: test_order */};
+
+/* Whether op k of the registry was recorded by a row (of this table, or of test_grad_everyday.c's,
+ * which checks that itself); a custom op's node has the custom op's own name. */
+static int op_recorded(int k)
+{
+    const char *name = registry[k].name;
+    for (int e = 0; e < GRADTABLE_N_EVERYDAY; e++)
+        if (!strcmp(gradtable_everyday_ops[e], name)) return 1;
+    if (strcmp(name, "custom")) return gradtable_was_seen(name);
+    for (int s = 0; s < gradtable_n_seen; s++) {
+        int known = 0;
+        for (int q = 0; q < N_REGISTRY && !known; q++) known = !strcmp(registry[q].name, gradtable_seen[s]);
+        if (!known) return 1;
+    }
+    return 0;
+}
 
 static void check_registry_coverage(void)
 {
@@ -527,8 +513,8 @@ static void check_registry_coverage(void)
     for (int k = 0; k < N_REGISTRY; k++) {
         if (registry[k].differentiable) {
             n_diff++;
-            covered += op_recorded[k];
-            CHECK(op_recorded[k], "op \"%s\" (src/ops/oplist.h) has a backward rule but no row of the gradcheck "
+            covered += op_recorded(k);
+            CHECK(op_recorded(k), "op \"%s\" (src/ops/oplist.h) has a backward rule but no row of the gradcheck "
                   "table records it: add a row", registry[k].name);
         } else {
             int found = 0;

@@ -361,11 +361,12 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
     if (!leaf->grad) {
         nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
         if (!z) return nb_error_code();
+        z->owner = leaf; /* freed with its leaf, never on its own */
         leaf->grad = z;
     }
     if (p->flags & NB_CREATE_GRAPH) {
         /* a differentiable gradient from another tape enters as its values */
-        nb_tensor *prev = leaf->grad_tape == p->tape ? leaf->grad_graph : NULL;
+        nb_tensor *prev = nb__grad_tape(leaf) == p->tape ? leaf->grad_graph : NULL;
         nb_tensor *sum = g;
         if (prev) {
             sum = nb_add(prev, g);
@@ -375,6 +376,8 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
             for (int64_t i = 0; i < leaf->grad->numel && !any; i++) any = nb__get(leaf->grad, i) != 0;
             if (any) sum = nb_add(nb_constant(leaf->dtype, leaf->ndim, leaf->shape, leaf->grad->data), g);
         }
+        /* the differentiable gradient is a result of this tape (the tape lists the leaf to clear it) */
+        if (sum && sum->tape != p->tape) sum = nb_affine(sum, 1.0, 0.0);
         if (!sum || !nb__tape_track_leaf(p->tape, leaf))
             return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         leaf->grad_graph = sum;
@@ -382,7 +385,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
         return NB_OK;
     }
     /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
-    if (leaf->grad_tape) nb__tape_forget_leaf(leaf->grad_tape, leaf);
+    if (nb__grad_tape(leaf)) nb__tape_forget_leaf(nb__grad_tape(leaf), leaf);
     return nb__add_inplace(leaf->grad, g);
 }
 

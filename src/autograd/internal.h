@@ -18,9 +18,10 @@ enum {
 struct nb_tensor {
     /* first cache line: what every op, accessor and the backward's mark read */
     nb_dtype dtype;
-    int ndim;
-    uint32_t flags;
-    uint32_t version; /* bumped by every in-place change of a leaf */
+    int16_t ndim;
+    uint16_t flags;
+    uint32_t version;     /* bumped by every in-place change of a leaf */
+    uint32_t grad_zeroed; /* leaves: grad->version when nb_tensor_zero_grad last cleared it */
     uint32_t *vp;     /* the version counter that guards this data: &version, or a view's base's */
     int64_t numel;
     void *data;
@@ -35,11 +36,12 @@ struct nb_tensor {
     nb_grad_hook hook;
     void *hook_user;
     /* leaves only */
+    const void *owner;     /* the container that owns it (nb_tensor_claim), or NULL */
     nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
     void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */
-    nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
-    nb_tape *grad_tape;
+    nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient, a result of
+                              the tape that tracks this leaf (nb__grad_tape) */
 };
 /* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
 _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
@@ -118,6 +120,8 @@ struct nb_node {
     nb_attrs attrs;
 };
 
+/* The tape on which a leaf's differentiable gradient lives (it lists the leaf, to clear it at reset). */
+static inline nb_tape *nb__grad_tape(const nb_tensor *leaf) { return leaf->grad_graph ? leaf->grad_graph->tape : NULL; }
 static inline bool nb__needs_grad(const nb_tensor *t) { return t && (t->flags & NB_TF_REQUIRES_GRAD); }
 
 /* Run op on in with attrs into a new tensor of the given dtype and shape on the current tape,

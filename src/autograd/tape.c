@@ -118,7 +118,6 @@ static void clear_graph_leaves(nb_tape *t)
 {
     for (size_t i = 0; i < t->n_graph_leaves; i++) {
         t->graph_leaves[i]->grad_graph = NULL;
-        t->graph_leaves[i]->grad_tape = NULL;
     }
     t->n_graph_leaves = 0;
 }
@@ -214,8 +213,9 @@ void *nb_scratch(size_t bytes)
 
 bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf)
 {
-    if (leaf->grad_tape == t) return true;
-    if (leaf->grad_tape) nb__tape_forget_leaf(leaf->grad_tape, leaf);
+    nb_tape *old = nb__grad_tape(leaf);
+    if (old == t) return true;
+    if (old) nb__tape_forget_leaf(old, leaf);
     if (t->n_graph_leaves == t->cap_graph_leaves) {
         size_t cap = t->cap_graph_leaves ? 2 * t->cap_graph_leaves : 16;
         nb_tensor **p = nb__realloc(t->graph_leaves, t->cap_graph_leaves * sizeof *p, cap * sizeof *p);
@@ -224,7 +224,7 @@ bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf)
         t->cap_graph_leaves = cap;
     }
     t->graph_leaves[t->n_graph_leaves++] = leaf;
-    leaf->grad_tape = t;
+    if (leaf->grad) leaf->grad->version++; /* a backward wrote the gradient (see nb_tensor_has_grad) */
     return true;
 }
 
@@ -237,7 +237,6 @@ void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf)
         }
     }
     leaf->grad_graph = NULL;
-    leaf->grad_tape = NULL;
 }
 
 static bool push_node(nb_tape *t, nb_node *n)
