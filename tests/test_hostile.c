@@ -192,10 +192,21 @@ static void test_distinct_results(void)
     nb_tensor_free(x);
 }
 
-int main(void)
+/* Every case, or only those named on the command line. */
+int main(int argc, char **argv)
 {
-    test_overflowing_shapes();
-    test_addmm_grad_shape();
-    test_distinct_results();
+    static const struct {
+        const char *name;
+        void (*run)(void);
+    } cases[] = {
+        {"overflowing_shapes", test_overflowing_shapes},
+        {"addmm_grad_shape", test_addmm_grad_shape},
+        {"distinct_results", test_distinct_results},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int run = argc < 2;
+        for (int a = 1; a < argc; a++) run |= !strcmp(argv[a], cases[c].name);
+        if (run) cases[c].run();
+    }
     return nbt_report("hostile");
 }
