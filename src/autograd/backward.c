@@ -88,7 +88,7 @@ static void map_put(pass *p, int64_t slot)
 
 /* The slot of leaf in this pass, made on first use (mark makes every slot, before any rule runs; the
  * arrays grow in the arena); -1 when out of memory. */
-static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
+static inline int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
 {
     if (p->n_leaf && p->lf[p->hit].leaf == leaf) return p->hit; /* runs of one leaf are common */
     int64_t s = find_leaf(p, leaf);
@@ -248,7 +248,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                 if (!p->lsoff[i]) {
                     /* this node's row of leaf slots, for the sweep */
                     if (p->n_lsl + (size_t)nd->n_in > p->cap_lsl) {
-                        size_t cap = 2 * p->cap_lsl + (size_t)nd->n_in + 64;
+                        size_t cap = p->cap_lsl ? 2 * p->cap_lsl + (size_t)nd->n_in : 2 * p->n + (size_t)nd->n_in;
                         int64_t *a = nb__tape_alloc(p->tape, cap * sizeof *a);
                         if (!a || cap > INT32_MAX) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
                         if (p->n_lsl) memcpy(a, p->lsl, p->n_lsl * sizeof *a);

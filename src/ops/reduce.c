@@ -119,7 +119,6 @@ nb_tensor *nb_mean_all(nb_tensor *x) { return nb_mean(x, 0, NULL, 0); }
 nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum_to: input is NULL");
-    if (!nb__live("nb_sum_to", x)) return NULL;
     if (ndim < 0 || ndim > x->ndim || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "nb_sum_to: cannot reduce %s to %d dimensions", NB_SHP(x), ndim);
     int lead = x->ndim - ndim;
@@ -143,7 +142,8 @@ nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 
 nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
-    nb_tensor *r = nb__sum_to(x, ndim, shape);
+    if (x && !nb__live("nb_sum_to", x)) return NULL;
+    nb_tensor *r = nb__sum_to(x, ndim, shape); /* (nb__sum_to, for rules, takes a fresh gradient unchecked) */
     return r && r == x ? nb__alias("nb_sum_to", x) : r;
 }
 
