@@ -36,7 +36,10 @@ nb_params *nb_params_new(void);
 /** Frees the collection and every tensor in it. NULL is ignored. */
 void nb_params_free(nb_params *p);
 /** Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
- * collection takes ownership of t, also on failure (then t is freed and NULL returned). */
+ * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
+ * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
+ * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding
+ * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. */
 nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
 /** Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
 nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);

@@ -290,9 +290,10 @@ int64_t nb_early_stop_best_epoch(const nb_early_stop *es); /**< 0-based; -1 befo
 typedef struct nb_dataset nb_dataset;
 
 /** Samples are the rows (dim 0) of inputs and targets (targets may be NULL; same row count). The
- * dataset takes ownership of both leaves (also when it fails, so a constructor call can be passed
- * straight in) and frees them with itself. Leaves that require grad, op results and 0-d tensors
- * are refused. */
+ * dataset takes ownership of both leaves (nb_tensor_claim; also when it fails, so a constructor call
+ * can be passed straight in) and frees them with itself. Leaves that require grad, op results and 0-d
+ * tensors are refused, and so are leaves that have an owner already (a collection, another
+ * dataset...): those, and op results, are left untouched when it fails. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 /** Frees the dataset (and the leaves it owns; a split view owns none). NULL is ignored. */
 void nb_dataset_free(nb_dataset *d);
@@ -340,7 +341,9 @@ int64_t nb_batches_per_epoch(const nb_batches *b);
 /** Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
  * data is converted and, for f32/f64, multiplied by scale (1/255, say); other IDX types keep their
  * values (floating IDX data cannot be read as i64).
- * Validates the magic number, the dimensions and the file length. */
+ * Validates the magic number, the dimensions and the file length; a path that is not a regular file
+ * (a FIFO, a device, a folder) is refused at once (NB_ERR_IO). Memory grows with the data actually
+ * read, whatever the header claims. */
 nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor **out);
 
 /** A vocabulary of bytes: ids 0..size-1 (opaque). */
@@ -370,15 +373,17 @@ nb_status nb_vocab_decode(const nb_vocab *v, const int64_t *ids, size_t n, char 
  * @{ */
 
 /** Write tensors (F32/F64/I64) with their names, and optional string metadata, as a safetensors
- * file. Atomic: the data goes to a temporary file in the same folder, is fsync'ed and renamed over
- * path, so a failure leaves any previous file intact. */
+ * file. Atomic: the data goes to a temporary file in the same folder ("<path>.tmp.<pid>.XXXXXX",
+ * locked while it is written), is fsync'ed and renamed over path, so a failure leaves any previous
+ * file intact. The temporary files of saves to path that were killed midway are removed by the next
+ * save to path (never one a live writer holds). */
 nb_status nb_safetensors_save(const char *path, int n, const char *const *names, nb_tensor *const *tensors,
                               int n_meta, const char *const *meta_keys, const char *const *meta_values);
 
 /** Any safetensors file of F32/F64/I64 tensors, read and validated as nb_checkpoint_load does (but
  * without a model to match): to look into a checkpoint, or to take weights saved elsewhere (PyTorch's
- * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves) and strings;
- * free it with nb_safetensors_free. */
+ * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves, claimed:
+ * add a copy to a collection, nb_tensor_clone) and strings; free it with nb_safetensors_free. */
 typedef struct nb_safetensors nb_safetensors;
 /** Read and validate path; *out gets a new handle (NULL on failure). */
 nb_status nb_safetensors_read(const char *path, nb_safetensors **out);
@@ -399,8 +404,9 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
 /** Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
  * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model); on any failure nothing of params or opt is changed.
- * step may be NULL. */
+ * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
+ * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
+ * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
 /** @} */

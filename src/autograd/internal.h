@@ -30,6 +30,7 @@ struct nb_tensor {
     nb_grad_hook hook;
     void *hook_user;
     /* leaves only */
+    const void *owner;     /* the container that owns it (nb_tensor_claim), or NULL */
     nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
     void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */

@@ -2,7 +2,6 @@
 #include <nabla.h>
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 typedef struct entry {
@@ -19,7 +18,7 @@ struct nb_params {
 
 nb_params *nb_params_new(void)
 {
-    nb_params *p = calloc(1, sizeof *p);
+    nb_params *p = nb_calloc(1, sizeof *p);
     if (!p) {
         nb_error_set(NB_ERR_NOMEM, "nb_params_new: out of memory");
         return NULL;
@@ -32,23 +31,40 @@ void nb_params_free(nb_params *p)
 {
     if (!p) return;
     for (int i = 0; i < p->n; i++) {
+        nb_tensor_unclaim(p->e[i].t, p);
         nb_tensor_free(p->e[i].t);
-        free(p->e[i].name);
+        nb_dealloc(p->e[i].name, strlen(p->e[i].name) + 1);
     }
-    free(p->e);
-    free(p);
+    nb_dealloc(p->e, (size_t)p->cap * sizeof *p->e);
+    nb_dealloc(p, sizeof *p);
 }
 
+/* The contract of nb_params_add: the collection takes t, also on failure, when t is the caller's to
+ * give (an unowned leaf); an op result or a leaf with an owner (this collection, another, a
+ * dataset...) is left as it is. */
 static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainable, const char *who)
 {
     if (!t) return NULL; /* the constructor's error stands */
+    if (!nb_tensor_is_leaf(t)) {
+        nb_error_set(NB_ERR_ARG, "%s: %s is an op result; parameters must be leaves", who, name ? name : "(null)");
+        return NULL;
+    }
+    if (nb_tensor_owner(t)) {
+        const char *as = NULL;
+        for (int i = 0; p && i < p->n && !as; i++)
+            if (p->e[i].t == t) as = p->e[i].name;
+        if (as)
+            nb_error_set(NB_ERR_ARG, "%s: %s: the tensor is in this collection already (as %s)", who,
+                         name ? name : "(null)", as);
+        else
+            nb_error_set(NB_ERR_ARG, "%s: %s: the tensor belongs to another container (a parameter collection, a "
+                         "dataset, an optimizer...); a tensor has one owner (add a copy: nb_tensor_clone)", who,
+                         name ? name : "(null)");
+        return NULL; /* t stays with its owner */
+    }
     if (!p || !name || !*name) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_ARG, "%s: collection or name missing", who);
-        return NULL;
-    }
-    if (!nb_tensor_is_leaf(t)) {
-        nb_error_set(NB_ERR_ARG, "%s: %s is an op result; parameters must be leaves", who, name);
         return NULL;
     }
     if (nb_params_find(p, name)) {
@@ -58,29 +74,28 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
     }
     if (p->n == p->cap) {
         int cap = p->cap ? 2 * p->cap : 16;
-        entry *e = realloc(p->e, (size_t)cap * sizeof *e);
+        entry *e = nb_realloc(p->e, (size_t)p->cap * sizeof *e, (size_t)cap * sizeof *e);
         if (!e) {
             nb_tensor_free(t);
-            nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
+            nb_error_set(NB_ERR_NOMEM, "%s: %s: out of memory", who, name);
             return NULL;
         }
         p->e = e;
         p->cap = cap;
     }
-    size_t len = strlen(name) + 1;
-    char *copy = malloc(len);
+    char *copy = nb_strdup(name);
     if (!copy) {
         nb_tensor_free(t);
-        nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
+        nb_error_set(NB_ERR_NOMEM, "%s: %s: out of memory", who, name);
         return NULL;
     }
-    memcpy(copy, name, len);
-    if (trainable && nb_tensor_set_requires_grad(t, 1) != NB_OK) {
-        free(copy);
+    /* the tensor's own copy of the name (for graphs and messages) can fail too */
+    if ((trainable && nb_tensor_set_requires_grad(t, 1) != NB_OK) || nb_tensor_set_name(t, name) != NB_OK ||
+        nb_tensor_claim(t, p) != NB_OK) {
+        nb_dealloc(copy, strlen(copy) + 1);
         nb_tensor_free(t);
         return NULL;
     }
-    nb_tensor_set_name(t, name);
     p->e[p->n++] = (entry){copy, t, trainable};
     return t;
 }

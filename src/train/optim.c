@@ -67,6 +67,8 @@ struct nb_optim {
     /* L-BFGS: ro [history], scalars [LB_NSC] (also in the state list), the two-loop's alphas */
     nb_tensor *lb_ro, *lb_sc;
     double *lb_al;
+    /* what the arrays were allocated for (their frees name the size): parameters, groups, history */
+    size_t cap, cap_g, cap_al;
 };
 
 static const char *const kind_names[] = {"sgd",   "adam",  "adamw",  "rmsprop",  "adagrad",
@@ -156,13 +158,14 @@ static nb_tensor *add_state(nb_optim *opt, slot *s, int k, const char *pname, co
     nb_tensor *t = shape ? nb_tensor_full(dt, ndim, shape, init) : nb_tensor_full(dt, nb_tensor_ndim(p), nb_tensor_shape(p), init);
     if (!t) return NULL;
     size_t len = strlen(pname) + strlen(what) + 2;
-    char *name = malloc(len);
+    char *name = nb_alloc(len);
     if (!name) {
         nb_tensor_free(t);
         oom("nb_optim_new");
         return NULL;
     }
     snprintf(name, len, "%s.%s", pname, what);
+    nb_tensor_claim(t, opt); /* a new leaf: cannot fail */
     if (k >= 0) s->state[k] = t;
     opt->state[opt->n_state] = t;
     opt->state_name[opt->n_state++] = name;
@@ -243,14 +246,17 @@ nb_optim *nb_optim_new_groups(nb_optim_kind kind, nb_params *params, const nb_op
             return NULL;
         }
     }
-    nb_optim *opt = calloc(1, sizeof *opt);
+    nb_optim *opt = nb_calloc(1, sizeof *opt);
     int np = nb_params_count(params);
     if (opt) {
-        opt->g = calloc((size_t)n_groups + 1, sizeof *opt->g);
-        opt->s = calloc((size_t)np + 1, sizeof *opt->s);
-        opt->state = calloc((size_t)np * S_MAX + 3, sizeof *opt->state);
-        opt->state_name = calloc((size_t)np * S_MAX + 3, sizeof *opt->state_name);
-        if (kind == NB_LBFGS) opt->lb_al = calloc((size_t)o.history_size, sizeof *opt->lb_al);
+        opt->cap = (size_t)np;
+        opt->cap_g = (size_t)n_groups + 1;
+        opt->cap_al = kind == NB_LBFGS ? (size_t)o.history_size : 0;
+        opt->g = nb_calloc(opt->cap_g, sizeof *opt->g);
+        opt->s = nb_calloc((size_t)np + 1, sizeof *opt->s);
+        opt->state = nb_calloc((size_t)np * S_MAX + 3, sizeof *opt->state);
+        opt->state_name = nb_calloc((size_t)np * S_MAX + 3, sizeof *opt->state_name);
+        if (kind == NB_LBFGS) opt->lb_al = nb_calloc(opt->cap_al, sizeof *opt->lb_al);
     }
     if (!opt || !opt->g || !opt->s || !opt->state || !opt->state_name || (kind == NB_LBFGS && !opt->lb_al)) {
         nb_optim_free(opt);
@@ -262,7 +268,7 @@ nb_optim *nb_optim_new_groups(nb_optim_kind kind, nb_params *params, const nb_op
     opt->g[0].o = o;
     for (int k = 1; k <= n_groups; k++) opt->g[k] = (group){specs[k - 1].opts, specs[k - 1].frozen != 0};
     /* which group each parameter belongs to; every listed tensor must be a parameter */
-    int *used = calloc((size_t)n_groups + 1, sizeof *used);
+    int *used = nb_calloc((size_t)n_groups + 1, sizeof *used);
     if (!used) {
         nb_optim_free(opt);
         oom(who);
@@ -296,7 +302,7 @@ nb_optim *nb_optim_new_groups(nb_optim_kind kind, nb_params *params, const nb_op
         }
         if (!bad && !used[k]) bad = "it selects no parameter", bad_group = k;
     }
-    free(used);
+    nb_dealloc(used, ((size_t)n_groups + 1) * sizeof *used);
     if (bad) {
         nb_error_set(NB_ERR_ARG, "%s: group %d (prefix \"%s\"): %s", who, bad_group,
                      specs[bad_group - 1].prefix ? specs[bad_group - 1].prefix : "", bad);
@@ -324,16 +330,17 @@ void nb_optim_free(nb_optim *opt)
 {
     if (!opt) return;
     for (int i = 0; i < opt->n_state; i++) {
+        nb_tensor_unclaim(opt->state[i], opt);
         nb_tensor_free(opt->state[i]);
-        free(opt->state_name[i]);
+        nb_dealloc(opt->state_name[i], strlen(opt->state_name[i]) + 1);
     }
     for (int i = 0; opt->s && i < opt->n; i++) nb_tensor_free(opt->s[i].work);
-    free(opt->state);
-    free(opt->state_name);
-    free(opt->s);
-    free(opt->g);
-    free(opt->lb_al);
-    free(opt);
+    nb_dealloc(opt->state, (opt->cap * S_MAX + 3) * sizeof *opt->state);
+    nb_dealloc(opt->state_name, (opt->cap * S_MAX + 3) * sizeof *opt->state_name);
+    nb_dealloc(opt->s, (opt->cap + 1) * sizeof *opt->s);
+    nb_dealloc(opt->g, opt->cap_g * sizeof *opt->g);
+    nb_dealloc(opt->lb_al, opt->cap_al * sizeof *opt->lb_al);
+    nb_dealloc(opt, sizeof *opt);
 }
 
 /* Whether the step updates slot s: its group is not frozen, it requires grad (not frozen by
@@ -1067,9 +1074,10 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
         nb_error_set(NB_ERR_ARG, "nb_sched_new: %s", bad);
         return NULL;
     }
-    nb_sched *s = calloc(1, sizeof *s);
-    if (s) s->base = calloc((size_t)ng, sizeof *s->base);
-    if (s) s->tmp = calloc(2 * (size_t)ng, sizeof *s->tmp);
+    nb_sched *s = nb_calloc(1, sizeof *s);
+    if (s) s->ng = ng; /* the arrays' size, for their frees */
+    if (s) s->base = nb_calloc((size_t)ng, sizeof *s->base);
+    if (s) s->tmp = nb_calloc(2 * (size_t)ng, sizeof *s->tmp);
     if (!s || !s->base || !s->tmp) {
         nb_sched_free(s);
         oom("nb_sched_new");
@@ -1093,9 +1101,9 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
 void nb_sched_free(nb_sched *s)
 {
     if (!s) return;
-    free(s->base);
-    free(s->tmp);
-    free(s);
+    nb_dealloc(s->base, (size_t)s->ng * sizeof *s->base);
+    nb_dealloc(s->tmp, 2 * (size_t)s->ng * sizeof *s->tmp);
+    nb_dealloc(s, sizeof *s);
 }
 
 /* ReduceLROnPlateau, relative threshold; every group's lr reduced, down to min_lr */
@@ -1230,11 +1238,11 @@ nb_early_stop *nb_early_stop_new(nb_params *params, int64_t patience, double min
         nb_error_set(NB_ERR_ARG, "nb_early_stop_new: need parameters, patience >= 0 and min_delta >= 0");
         return NULL;
     }
-    nb_early_stop *es = calloc(1, sizeof *es);
+    nb_early_stop *es = nb_calloc(1, sizeof *es);
     int n = nb_params_count(params);
-    if (es) es->best = calloc((size_t)n + 1, sizeof *es->best);
+    if (es) es->best = nb_calloc((size_t)n + 1, sizeof *es->best);
     if (!es || !es->best) {
-        free(es);
+        nb_dealloc(es, sizeof *es);
         nb_error_set(NB_ERR_NOMEM, "nb_early_stop_new: out of memory");
         return NULL;
     }
@@ -1259,8 +1267,8 @@ void nb_early_stop_free(nb_early_stop *es)
 {
     if (!es) return;
     for (int i = 0; i < es->n; i++) nb_tensor_free(es->best[i]);
-    free(es->best);
-    free(es);
+    nb_dealloc(es->best, ((size_t)es->n + 1) * sizeof *es->best);
+    nb_dealloc(es, sizeof *es);
 }
 
 int nb_early_stop_update(nb_early_stop *es, double metric)
