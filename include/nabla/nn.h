@@ -238,8 +238,9 @@ typedef struct nb_rnn_state {
 
 /* Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
  * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
- * length leave its state unchanged and output zeros (the reverse direction of a sequence of length L
- * starts from the initial state at step L-1, as torch's packed sequences do). out (may be NULL):
+ * length leave its state unchanged and output zeros, and what x holds there does not matter (any
+ * padding, NaN included, changes no output and no gradient); the reverse direction of a sequence of
+ * length L starts from the initial state at step L-1, as torch's packed sequences do. out (may be NULL):
  * every step's top-layer output, [T, B, D*hidden] (or [B, T, D*hidden]), the forward direction's
  * first. final (may be NULL): the state after each sequence's last step (for the reverse direction,
  * after step 0). The input projection of all steps is one matrix product per layer and direction. */
