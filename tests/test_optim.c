@@ -1351,6 +1351,42 @@ static nb_status failing_closure(void *user, double *loss)
     return lb_closure(user, loss);
 }
 
+/* A closure for a collection with nothing to optimise: counts its calls. */
+static nb_status counting_closure(void *user, double *loss)
+{
+    ++*(int *)user;
+    *loss = 1.5;
+    return NB_OK;
+}
+
+/* L-BFGS over a collection with no trainable tensor (empty, or buffers only, one of them i64): a
+ * step evaluates the closure once and changes nothing, as every other kind's step does (it
+ * dereferenced the state made with the first parameter, which does not exist: a crash). */
+static void test_lbfgs_nothing(void)
+{
+    for (int fill = 0; fill < 2; fill++) {
+        nb_params *p = nb_params_new();
+        nb_tensor *buf = fill ? nb_params_add_buffer(p, "running", nb_tensor_full(NB_F64, NB_SHAPE(3), 2.0)) : NULL;
+        if (fill) nb_params_add_buffer(p, "ids", nb_tensor_zeros(NB_I64, NB_SHAPE(2)));
+        for (int ls = 0; ls < 2; ls++) {
+            nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+            o.line_search = ls ? NB_LINE_SEARCH_STRONG_WOLFE : NB_LINE_SEARCH_NONE;
+            nb_optim *opt = nb_optim_new(NB_LBFGS, p, &o);
+            CHECK(opt && nb_optim_param_count(opt) == 0, "L-BFGS over no parameters: %s", nb_error_message());
+            int calls = 0;
+            double loss = NAN;
+            CHECK(nb_optim_step_closure(opt, counting_closure, &calls, &loss) == NB_OK && calls == 1 && loss == 1.5 &&
+                      nb_optim_steps(opt) == 1,
+                  "L-BFGS over no parameters (%s): one evaluation, loss reported (%d calls, loss %g): %s",
+                  fill ? "buffers only" : "empty", calls, loss, nb_error_message());
+            CHECK(!buf || nb_tensor_get(buf, 0) == 2.0, "L-BFGS changed a buffer");
+            nb_optim_free(opt);
+        }
+        nb_params_free(p);
+    }
+    CHECK_NO_ERROR();
+}
+
 static void test_lbfgs_known(const fixture *f)
 {
     for (int d = 0; d < 2; d++) {
@@ -1658,6 +1694,7 @@ int main(int argc, char **argv)
     test_freeze();
     test_has_grad();
     test_lbfgs_known(&f);
+    test_lbfgs_nothing();
     test_groups();
     test_checkpoint_groups(&f);
     test_late_param();

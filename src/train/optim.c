@@ -677,12 +677,13 @@ static nb_status strong_wolfe(nb_optim *opt, lb_call *c, double *t_io, double f,
 static nb_status lbfgs_step(nb_optim *opt, lb_call *c, double *orig_loss)
 {
     const nb_optim_opts *o = &opt->g[0].o;
-    double *sc = nb_tensor_data(opt->lb_sc), *ro = nb_tensor_data(opt->lb_ro), *al = opt->lb_al;
-    const int hs = o->history_size;
     double loss;
     nb_status st = lb_eval(opt, c, &loss, W_G);
     if (st) return st;
     *orig_loss = loss;
+    if (!opt->n) return NB_OK; /* nothing to optimise (and no state: it is made with the first parameter) */
+    double *sc = nb_tensor_data(opt->lb_sc), *ro = nb_tensor_data(opt->lb_ro), *al = opt->lb_al;
+    const int hs = o->history_size;
     sc[SC_FUNC_EVALS] += 1;
     int current_evals = 1;
     if (lb_absmax(opt, W_G) <= o->tolerance_grad) return NB_OK; /* already optimal */
