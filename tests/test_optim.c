@@ -1642,6 +1642,36 @@ static void test_checkpoint_groups(const fixture *f)
     CHECK(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_OK, "a file without groups: %s", nb_error_message());
     CHECK(nb_optim_group_lr(o2, 1) == 0.125 && nb_tensor_get(m2.W, 0) == nb_tensor_get(m.W, 0),
           "a file without groups: the groups changed or the parameters were not loaded");
+    /* half of the groups: either entry without the other is refused (it was a NULL dereference) */
+    for (int drop = 0; drop < 2; drop++) {
+        const char *gone = drop ? "optim.param_groups" : "optim.groups", *kept = drop ? "optim.groups" : "optim.param_groups";
+        CHECK(nb_safetensors_read(path, &file) == NB_OK, "read: %s", nb_error_message());
+        n = 0;
+        for (int i = 0; file && i < nb_safetensors_count(file) && n < 64; i++)
+            if (strcmp(nb_safetensors_name(file, i), gone)) {
+                names[n] = nb_safetensors_name(file, i);
+                tensors[n++] = nb_safetensors_tensor(file, i);
+            }
+        for (int i = 0; file && i < 4; i++) values[i] = nb_safetensors_meta(file, keys[i]);
+        CHECK(file && nb_safetensors_save(old, n, names, tensors, 4, keys, values) == NB_OK, "save: %s", nb_error_message());
+        nb_safetensors_free(file);
+        char needle[64];
+        snprintf(needle, sizeof needle, "%s without %s", kept, gone);
+        CHECK_ERROR(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_ERR_FORMAT, NB_ERR_FORMAT, needle);
+    }
+    /* an optimizer over no parameter: its one group is saved with an empty param_groups, and loads back */
+    for (int k = 0; k < 2; k++) {
+        nb_params *none = nb_params_new();
+        nb_optim *on = nb_optim_new(k ? NB_LBFGS : NB_ADAM, none, NULL), *on2 = nb_optim_new(k ? NB_LBFGS : NB_ADAM, none, NULL);
+        nb_optim_set_lr(on, 0.25);
+        CHECK(nb_checkpoint_save(old, none, on, 5) == NB_OK, "save with no parameter: %s", nb_error_message());
+        int64_t st5 = 0;
+        CHECK(nb_checkpoint_load(old, none, on2, &st5) == NB_OK && st5 == 5 && nb_optim_lr(on2) == 0.25,
+              "%s over no parameter: save and load back: %s", k ? "lbfgs" : "adam", nb_error_message());
+        nb_optim_free(on);
+        nb_optim_free(on2);
+        nb_params_free(none);
+    }
     /* another number of groups: refused, nothing changed */
     nb_optim *one = nb_optim_new(NB_ADAM, m2.ps, NULL);
     nb_tensor_set(m2.W, 0, 42.0);
