@@ -1229,6 +1229,34 @@ static void test_bad_options(void)
     so = nb_sched_defaults(NB_SCHED_MULTISTEP);
     so.n_milestones = NB_SCHED_MAX_MILESTONES + 1;
     CHECK_ERROR(sched_fails(NB_SCHED_MULTISTEP, opt, &so), NB_ERR_ARG, "milestones");
+    /* one-cycle through a momentum of 0 for sgd (whose buffer exists only for momentum > 0): refused
+     * when made, not left half-applied at the step that reaches 0 (the momentum kept its old value
+     * and the refusal stayed pending as the thread's error) */
+    nb_optim_opts mo = nb_optim_defaults(NB_SGD);
+    mo.momentum = 0.9;
+    nb_optim *sgdm = nb_optim_new(NB_SGD, s.ps, &mo);
+    for (int which = 0; which < 2; which++) {
+        so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+        so.total_steps = 10;
+        if (which) so.max_momentum = 0;
+        else so.base_momentum = 0;
+        CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "> 0 as sgd/rmsprop momentum");
+    }
+    so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    so.total_steps = 10;
+    so.base_momentum = 1e-3;
+    nb_sched *cyc = nb_sched_new(NB_SCHED_ONECYCLE, sgdm, &so);
+    double lowest = 1;
+    for (int i = 0; cyc && i < 10; i++) {
+        nb_sched_step(cyc, 0);
+        nb_optim_opts go;
+        nb_optim_group_opts(sgdm, 0, &go);
+        lowest = fmin(lowest, go.momentum);
+    }
+    CHECK(cyc && lowest == 1e-3, "one-cycle: sgd's momentum reaches base_momentum (lowest %g)", lowest);
+    CHECK_NO_ERROR();
+    nb_sched_free(cyc);
+    nb_optim_free(sgdm);
     CHECK_ERROR(sched_fails(NB_SCHED_STEP, NULL, NULL), NB_ERR_ARG, "nb_sched_new");
     CHECK_ERROR(isnan(nb_sched_step(NULL, 0)), NB_ERR_ARG, "NULL");
     CHECK(nb_optim_lr(opt) == 1e-2, "a refused schedule changed the lr to %g", nb_optim_lr(opt));

@@ -204,7 +204,8 @@ typedef struct nb_sched nb_sched;
 
 /* A schedule driving opt's learning rates from their current values (the bases); it sets them for
  * epoch 0 now. ONECYCLE with cycle_momentum needs an optimizer with beta1 (Adam, AdamW, NAdam,
- * RAdam, Adamax) or with momentum > 0 (SGD, RMSprop), and sets it to max_momentum. */
+ * RAdam, Adamax; momenta in [0, 1)) or with momentum > 0 (SGD, RMSprop; momenta > 0, where torch
+ * also takes 0: their momentum buffer exists only for a momentum > 0), and sets it to max_momentum. */
 nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *opts);
 void nb_sched_free(nb_sched *s);
 /* End of an epoch: advance and set the optimizer's lr; metric is read by PLATEAU only. Returns the

@@ -1068,8 +1068,12 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
         bad = "cycle_momentum needs an optimizer with beta1 (adam, adamw, nadam, radam, adamax) or momentum > 0 in "
               "every group (sgd, rmsprop)";
     else if (kind == NB_SCHED_ONECYCLE && o.cycle_momentum &&
-             !(o.base_momentum >= 0 && o.max_momentum >= 0 && (!use_beta1 || (o.base_momentum < 1 && o.max_momentum < 1))))
-        bad = "momenta must be >= 0 (and < 1 as beta1)";
+             !(use_beta1 ? o.base_momentum >= 0 && o.max_momentum >= 0 && o.base_momentum < 1 && o.max_momentum < 1
+                         : o.base_momentum > 0 && o.max_momentum > 0 && isfinite(o.base_momentum) &&
+                               isfinite(o.max_momentum)))
+        /* sgd and rmsprop keep a momentum buffer only for a momentum > 0, fixed when the optimizer is
+         * made: a cycle through 0 could not be applied (nb_optim_group_set_opts refuses it) */
+        bad = "momenta must be in [0, 1) as beta1, and finite and > 0 as sgd/rmsprop momentum";
     else if (kind == NB_SCHED_WARM_RESTARTS && (o.t_0 < 1 || o.t_mult < 1)) bad = "need t_0 >= 1 and t_mult >= 1";
     if (bad) {
         nb_error_set(NB_ERR_ARG, "nb_sched_new: %s", bad);
