@@ -1211,6 +1211,11 @@ static void test_bad_options(void)
 
     nb_optim *opt = nb_optim_new(NB_SGD, s.ps, NULL);
     CHECK(opt != NULL, "nb_optim_new with NULL options: %s", nb_error_message());
+    /* nb_optim_set_lr refuses what nb_optim_group_set_lr refuses (it set every group's lr to NaN) */
+    CHECK_ERROR((nb_optim_set_lr(opt, NAN), nb_error_code() != NB_OK), NB_ERR_ARG, "nb_optim_set_lr");
+    CHECK_ERROR((nb_optim_set_lr(opt, -1), nb_error_code() != NB_OK), NB_ERR_ARG, "lr -1");
+    CHECK_ERROR((nb_optim_set_lr(NULL, 0.1), nb_error_code() != NB_OK), NB_ERR_ARG, "NULL");
+    CHECK(nb_optim_lr(opt) == 1e-2, "a refused lr was set: %g", nb_optim_lr(opt));
     nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);
     so.t_max = 10;
     so.warmup = 10;

@@ -102,7 +102,8 @@ typedef nb_status (*nb_optim_closure)(void *user, double *loss);
  * evaluation's loss. */
 nb_status nb_optim_step_closure(nb_optim *opt, nb_optim_closure closure, void *user, double *loss);
 void nb_optim_zero_grad(nb_optim *opt);
-/* Group 0's lr; nb_optim_set_lr sets every group's. */
+/* Group 0's lr; nb_optim_set_lr sets every group's (a NULL optimizer or an lr that is not >= 0, NaN
+ * included, records NB_ERR_ARG and changes nothing). */
 double nb_optim_lr(const nb_optim *opt);
 void nb_optim_set_lr(nb_optim *opt, double lr);
 /* Steps taken (restored by nb_checkpoint_load). */

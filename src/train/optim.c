@@ -801,7 +801,11 @@ void nb_optim_zero_grad(nb_optim *opt)
 double nb_optim_lr(const nb_optim *opt) { return opt ? opt->g[0].o.lr : NAN; }
 void nb_optim_set_lr(nb_optim *opt, double lr)
 {
-    for (int k = 0; opt && k < opt->ng; k++) opt->g[k].o.lr = lr;
+    if (!opt || !(lr >= 0)) { /* as nb_optim_group_set_lr: a NaN lr would poison every parameter */
+        nb_error_set(NB_ERR_ARG, "nb_optim_set_lr: optimizer is NULL or lr %g is not >= 0", lr);
+        return;
+    }
+    for (int k = 0; k < opt->ng; k++) opt->g[k].o.lr = lr;
 }
 int64_t nb_optim_steps(const nb_optim *opt) { return opt ? opt->steps : 0; }
 nb_optim_kind nb_optim_get_kind(const nb_optim *opt) { return opt ? opt->kind : NB_OPTIM_KIND_COUNT; }
