@@ -1247,6 +1247,13 @@ static void test_bad_options(void)
         else so.base_momentum = 0;
         CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "> 0 as sgd/rmsprop momentum");
     }
+    /* a rising phase of no length: said so, not "lr nan at epoch 0" */
+    so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    so.total_steps = 10;
+    so.pct_start = 0.1;
+    CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "leaves the rising phase no length");
+    so.three_phase = 1;
+    CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "leaves the rising phase no length");
     so = nb_sched_defaults(NB_SCHED_ONECYCLE);
     so.total_steps = 10;
     so.base_momentum = 1e-3;

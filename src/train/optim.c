@@ -1068,6 +1068,10 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
     else if (kind == NB_SCHED_ONECYCLE && (o.total_steps < 1 || !(o.pct_start >= 0 && o.pct_start <= 1) ||
                                           !(o.div_factor > 0) || !(o.final_div_factor > 0)))
         bad = "onecycle needs total_steps >= 1, 0 <= pct_start <= 1, div_factor and final_div_factor > 0";
+    else if (kind == NB_SCHED_ONECYCLE && o.pct_start * (double)o.total_steps == 1.0)
+        /* the rising phase ends at pct_start * total_steps - 1 = 0, where it starts: step 0's position
+         * in it is 0 / 0 (torch's ZeroDivisionError) */
+        bad = "onecycle: pct_start * total_steps = 1 leaves the rising phase no length";
     else if (kind == NB_SCHED_ONECYCLE && o.cycle_momentum && !momentum_ok)
         bad = "cycle_momentum needs an optimizer with beta1 (adam, adamw, nadam, radam, adamax) or momentum > 0 in "
               "every group (sgd, rmsprop)";
