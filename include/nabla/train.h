@@ -95,7 +95,10 @@ void nb_optim_free(nb_optim *opt);
 nb_status nb_optim_step(nb_optim *opt);
 /* What nb_optim_step_closure calls: zero the gradients, build the loss on the current tape, run
  * nb_backward, reset the tape if it likes, and store the loss in *loss; a failure status stops the
- * step (the parameters are left as the optimizer had them then: never between two trial points). */
+ * step (the parameters are left as the optimizer had them then: never between two trial points).
+ * L-BFGS does not look for NaN or infinity in the loss or the gradients (torch.optim.LBFGS neither,
+ * and nabla follows it step for step, to NaN parameters): return a failure status for them (with
+ * nb_set_anomaly_mode(1) the first op or backward rule that makes one fails). */
 typedef nb_status (*nb_optim_closure)(void *user, double *loss);
 /* One step that may evaluate the loss again (torch's step(closure)): L-BFGS calls closure up to
  * max_eval times, every other kind once before its update. *loss (may be NULL) gets the first
