@@ -81,7 +81,8 @@ typedef struct nb_init {
 } nb_init;
 
 /* Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
- * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer).
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer), and
+ * so are the random kinds for an i64 tensor or with a non-finite a (zeros and constants take any).
  * NB_INIT_ORTHOGONAL: t (at least 2-D) viewed as [rows = dim 0, cols = the rest] is gain * Q, Q from
  * the QR of a [max, min] matrix of N(0, 1) draws (drawn as [rows, cols] in row-major order, then
  * transposed when rows < cols) with the signs making R's diagonal positive: orthonormal rows when
