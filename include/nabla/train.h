@@ -343,10 +343,12 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 
 /* The parameters of params, the state of opt (may be NULL) and the step counter in one file. */
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
-/* Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
- * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
- * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
+/* Load what nb_checkpoint_save wrote: with opt, its state, step counts and groups' options too (lr,
+ * weight decay, momentum, betas, eps, frozen: the saved run's last values, as torch's
+ * load_state_dict; set the lr after loading to train on with another). Everything is validated
+ * first (header against file size, offsets inside the data and not overlapping, shape x dtype size
+ * equal to the byte range, names, dtypes and shapes matching the model; the header's JSON strictly,
+ * see src/train/checkpoint.c); on any failure nothing of params or opt is changed. A path that is not a regular file is refused at
  * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
