@@ -3,11 +3,14 @@
  *   shapes whose element count overflows, or zero-size tensors whose other extents are huge: every op
  *   either refuses them (NB_ERR_SHAPE) or fails to allocate (NB_ERR_NOMEM), never reads or writes out
  *   of bounds (run under ASan: the suite's second half)
+ *   products with an empty dimension (m, k or n = 0; transposes, batches, addmm): zero gradients, in
+ *   both dtypes and every backward mode
  *   nb_grad through nb_addmm with a c of fewer dims than the product: c's gradient has c's shape
  *   ops whose result equals their input return a distinct tensor with its own node: a hook on it and
  *   nb_grad with respect to it see its own gradient, not the input's total */
 #include "nbtest.h"
 
+#include <math.h>
 #include <stdint.h>
 
 #define BIG (INT64_C(1) << 58) /* within the constructors' bound on the product of non-zero extents */
@@ -91,6 +94,82 @@ static void test_overflowing_shapes(void)
 
     nb_tensor *all[] = {x4, e0, z, a, b, c, a3, b2, u, v, big1};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+    nb_tape_end(t);
+    nb_tape_free(t);
+}
+
+/* ---- products with an empty dimension ------------------------------------------------------------
+ * op(a) [.., m, k] x op(b) [k, n] with one of m, k, n zero, every transpose, a batch of a against one b,
+ * and addmm: the gradient of the operand that is not empty is zero (m = 0 or n = 0: a sum over no
+ * rows), and the product itself is zero when k = 0. The arena is filled with NaN first, so that a fast
+ * path leaving a fresh gradient buffer unwritten shows. (The matmul fast path took a [3, 0] operand
+ * for a [0, 0] matrix: gemm over no rows left dL/db uninitialised.) */
+static int all_zero(const nb_tensor *g)
+{
+    if (!g) return 0;
+    for (int64_t i = 0; i < nb_tensor_numel(g); i++)
+        if (nb_tensor_get(g, i) != 0.0) return 0;
+    return 1;
+}
+
+static void test_empty_products(void)
+{
+    static const int64_t mkn[3][3] = {{0, 3, 4}, {2, 0, 4}, {2, 3, 0}};
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    int cases = 0;
+    for (int dt = 0; dt < 2; dt++)
+        for (int z = 0; z < 3; z++)
+            for (unsigned fl = 0; fl < 4; fl++)
+                for (int kind = 0; kind < 3; kind++) { /* matmul, a batch of a [2, ..], addmm */
+                    nb_dtype D = dt ? NB_F64 : NB_F32;
+                    int64_t m = mkn[z][0], k = mkn[z][1], n = mkn[z][2];
+                    int ta = (fl & NB_TRANS_A) != 0, tb = (fl & NB_TRANS_B) != 0;
+                    if (kind == 1 && ta) continue; /* batched a with a transpose: the rule's path only */
+                    nb_tensor *a = kind == 1 ? nb_tensor_full(D, NB_SHAPE(2, m, k), 0.5)
+                                             : nb_tensor_full(D, NB_SHAPE(ta ? k : m, ta ? m : k), 0.5);
+                    nb_tensor *b = nb_tensor_full(D, NB_SHAPE(tb ? n : k, tb ? k : n), 0.25);
+                    nb_tensor *c = nb_tensor_full(D, NB_SHAPE(n), 1.0);
+                    nb_tensor *in[3] = {a, b, c};
+                    for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+                    for (int mode = 0; mode < 3; mode++) { /* backward, nb_grad, create-graph nb_grad */
+                        nb_tape_reset(t);
+                        for (int r = 0; r < 8; r++) nb_full(D, NB_SHAPE(1024), NAN);
+                        nb_tape_reset(t);
+                        for (int r = 0; r < 8; r++) nb_full(D, NB_SHAPE(1024), NAN);
+                        nb_tensor *y = kind == 2 ? nb_addmm(c, a, b, fl) : nb_matmul_ex(a, b, fl);
+                        CHECK(kind == 2 || k > 0 || all_zero(y), "k = 0: the product is zero");
+                        nb_tensor *loss = nb_sum_all(nb_square(nb_add_scalar(y, 1.0)));
+                        nb_tensor *g[3] = {NULL, NULL, NULL};
+                        int n_in = kind == 2 ? 3 : 2;
+                        nb_status st;
+                        if (mode == 0) {
+                            for (int i = 0; i < 3; i++) nb_tensor_zero_grad(in[i]);
+                            st = nb_backward(loss, NULL, 0);
+                            for (int i = 0; i < n_in; i++) g[i] = nb_tensor_grad(in[i]);
+                        } else {
+                            st = nb_grad(loss, NULL, n_in, in, g, mode == 2 ? NB_CREATE_GRAPH : 0);
+                        }
+                        cases++;
+                        CHECK(st == NB_OK, "%s m %lld k %lld n %lld flags %u kind %d mode %d: %s", nb_dtype_name(D),
+                              (long long)m, (long long)k, (long long)n, fl, kind, mode, nb_error_message());
+                        if (st != NB_OK) {
+                            nb_error_clear();
+                            continue;
+                        }
+                        /* m = 0 or n = 0: nothing flows back; k = 0: a and b are empty, y = c, and c gets
+                         * 2 (c + 1) per row */
+                        CHECK(all_zero(g[0]) && all_zero(g[1]), "%s m %lld k %lld n %lld flags %u kind %d mode %d: "
+                              "dL/da %g, dL/db %g (want 0)", nb_dtype_name(D), (long long)m, (long long)k,
+                              (long long)n, fl, kind, mode, nb_tensor_numel(g[0]) ? nb_tensor_get(g[0], 0) : 0.0,
+                              nb_tensor_numel(g[1]) ? nb_tensor_get(g[1], nb_tensor_numel(g[1]) - 1) : 0.0);
+                        if (kind == 2 && n > 0)
+                            CHECK(nb_tensor_get(g[2], 0) == 4.0 * (double)m, "addmm: dL/dc %g",
+                                  nb_tensor_get(g[2], 0));
+                    }
+                    for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
+                }
+    CHECK(cases == 2 * 3 * (4 * 3 - 2) * 3, "%d cases ran", cases);
     nb_tape_end(t);
     nb_tape_free(t);
 }
@@ -202,6 +281,7 @@ int main(int argc, char **argv)
         {"overflowing_shapes", test_overflowing_shapes},
         {"addmm_grad_shape", test_addmm_grad_shape},
         {"distinct_results", test_distinct_results},
+        {"empty_products", test_empty_products},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int run = argc < 2;

@@ -64,6 +64,10 @@ static void matmul_into(nb_tensor *out, const nb_tensor *a, const nb_tensor *b, 
 
 NB_FW(matmul) { matmul_into(out, in[0], in[1], (unsigned)at->i[0], 0.0); }
 
+/* The rows of t folded into a matrix of its last extent's columns: the product of the other extents
+ * (not numel / cols, which is 0 / 0 for an empty last extent). */
+static int64_t lead_rows(const nb_tensor *t) { return nb__numel(t->ndim - 1, t->shape); }
+
 /* C = op(A) op(B), G = dL/dC:
  *   dL/dop(A) = G op(B)^T,  dL/dop(B) = op(A)^T G;  transposed back where op is a transpose, then
  *   summed over the batch dims that were broadcast. */
@@ -80,8 +84,8 @@ NB_BW(matmul)
         if (b->ndim == 2 && a->ndim > 2 && !ta) {
             /* a batch against one matrix: fold the batch into the rows, one product (no per-batch
              * products summed afterwards) */
-            a = nb_reshape(a, NB_SHAPE(a->numel / a->shape[a->ndim - 1], a->shape[a->ndim - 1]));
-            g = nb_reshape(g, NB_SHAPE(g->numel / g->shape[g->ndim - 1], g->shape[g->ndim - 1]));
+            a = nb_reshape(a, NB_SHAPE(lead_rows(a), a->shape[a->ndim - 1]));
+            g = nb_reshape(g, NB_SHAPE(lead_rows(g), g->shape[g->ndim - 1]));
         }
         nb_tensor *gb = !tb ? nb_matmul_ex(a, g, ta ? 0u : NB_TRANS_A)                   /* op(A)^T G */
                             : nb_matmul_ex(g, a, NB_TRANS_A | (ta ? NB_TRANS_B : 0u));   /* G^T op(A) */
@@ -97,8 +101,7 @@ typedef struct mat {
 
 static mat mat_of(const nb_tensor *t)
 {
-    int64_t cols = t->shape[t->ndim - 1];
-    return (mat){t->data, cols ? t->numel / cols : 0, cols};
+    return (mat){t->data, lead_rows(t), t->shape[t->ndim - 1]};
 }
 
 /* dst += op(x) op(y), or dst = op(x) op(y) when dst is fresh */
