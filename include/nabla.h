@@ -395,8 +395,11 @@ enum {
 nb_status nb_backward(nb_tensor *output, nb_tensor *seed, unsigned flags);
 
 /** Functional form: grads[i] = d(output)/d(inputs[i]) * seed, as tensors on output's tape, without
- * touching any leaf gradient. inputs may be leaves or op results. An input that output does not
- * depend on gets zeros. With NB_CREATE_GRAPH the gradients are themselves differentiable. */
+ * touching any leaf gradient. inputs may be leaves or op results that require grad; one that does not
+ * (a leaf without the flag, a tape constant, a result made in a no-grad scope) is refused with
+ * NB_ERR_STATE, since its gradient is not computed. An input that output does not depend on through
+ * recorded ops (ops without a gradient, such as nb_sign, count as constant) gets zeros. With
+ * NB_CREATE_GRAPH the gradients are themselves differentiable. */
 nb_status nb_grad(nb_tensor *output, nb_tensor *seed, int n_inputs, nb_tensor *const *inputs,
                   nb_tensor **grads, unsigned flags);
 

@@ -230,6 +230,19 @@ static void test_functional_grad(void)
     CHECK(nb_grad(y, NULL, 1, &y, &gy, 0) == NB_OK && gy && nb_tensor_item(gy) == 1.0, "d y / d y = 1");
     nb_error_clear();
 
+    /* with respect to tensors that do not require grad, which y does depend on: y = sum(x c) + sum(k),
+     * dy/dc = x and dy/dk = 1, not the zeros a gradient that is not computed would give; refused, as
+     * PyTorch does, with grads left NULL (c is a leaf without the flag, k a tape constant) */
+    nb_tensor *k = nb_full(NB_F64, NB_SHAPE(4), 0.5);
+    y = nb_add(nb_sum_all(nb_mul(x, c)), nb_sum_all(k));
+    nb_tensor *wrt_c[2] = {x, c}, *wrt_k[2] = {k, x}, *gc[2] = {x, x};
+    CHECK_ERROR(nb_grad(y, NULL, 2, wrt_c, gc, 0) != NB_OK, NB_ERR_STATE,
+                "nb_grad: input 1 f64 [4] does not require grad");
+    CHECK(gc[0] == NULL && gc[1] == NULL, "no gradient handed back");
+    CHECK_ERROR(nb_grad(y, NULL, 2, wrt_k, gc, NB_CREATE_GRAPH) != NB_OK, NB_ERR_STATE,
+                "nb_grad: input 0 f64 [4] does not require grad");
+    CHECK(nb_grad(y, NULL, 1, &x, gc, 0) == NB_OK && equals(gc[0], N4, X4), "dy/dx = c: %s", nb_error_message());
+
     CHECK_NO_ERROR();
     nb_tape_end(tape);
     nb_tape_free(tape);

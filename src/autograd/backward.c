@@ -410,9 +410,16 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
     if (grads)
         for (int i = 0; i < n_wrt; i++) grads[i] = NULL;
+    /* a tensor that does not require grad has no recorded path to it: its gradient would be zeros
+     * whatever the output computes from it (a leaf without the flag, a constant, a result made in a
+     * no-grad scope), so it is refused, as PyTorch does, rather than answered with zeros */
     for (int i = 0; i < n_wrt; i++) {
         if (!wrt[i]) return nb__fail_status(NB_ERR_ARG, "%s: input %d is NULL", who, i);
         if (!nb__live(who, wrt[i])) return NB_ERR_STATE;
+        if (!nb__needs_grad(wrt[i]))
+            return nb__fail_status(NB_ERR_STATE, "%s: input %d %s %s does not require grad: its gradient is "
+                                   "not computed (nb_tensor_set_requires_grad on a leaf before recording)",
+                                   who, i, nb_dtype_name(wrt[i]->dtype), NB_SHP(wrt[i]));
     }
 
     nb_tape *tape = out->tape;

@@ -43,11 +43,12 @@ static int gg_eval(void *vctx, nb_tensor *const *inputs, nb_tensor **outs, int m
     nb_rng rng;
     nb_rng_seed(&rng, c->seed);
     for (int64_t i = 0; i < v->numel; i++) nb__set(v, i, 2.0 * nb_rng_uniform(&rng) - 1.0);
-    nb_tensor *grads[NB_GRADCHECK_MAX_INPUTS];
-    if (nb_grad(y, v, c->n_in, inputs, grads, NB_CREATE_GRAPH) != NB_OK) return -1;
+    /* the gradients with respect to the inputs that require grad (nb_grad refuses the others) */
+    nb_tensor *wrt[NB_GRADCHECK_MAX_INPUTS];
     int n = 0;
     for (int i = 0; i < c->n_in && n < max_outs; i++)
-        if (nb__needs_grad(inputs[i])) outs[n++] = grads[i];
+        if (nb__needs_grad(inputs[i])) wrt[n++] = inputs[i];
+    if (nb_grad(y, v, n, wrt, outs, NB_CREATE_GRAPH) != NB_OK) return -1;
     return n;
 }
 
@@ -74,10 +75,14 @@ static nb_status eval_flat(const char *who, multi_fn fn, void *ctx, nb_tensor *c
     return NB_OK;
 }
 
-/* jac[i] is [m, numel(inputs[i])] row-major, row j = d out_j / d input. */
-static nb_status analytic(const char *who, nb_tensor **outs, int n_out, int n_in, nb_tensor *const *inputs,
-                          double **jac)
+/* jac[i] is [m, numel(inputs[i])] row-major, row j = d out_j / d input; NULL for the inputs not
+ * checked (those that do not require grad, whose gradient nb_grad refuses). */
+static nb_status analytic(nb_tensor **outs, int n_out, int n_in, nb_tensor *const *inputs, double **jac)
 {
+    nb_tensor *wrt[NB_GRADCHECK_MAX_INPUTS];
+    int slot[NB_GRADCHECK_MAX_INPUTS], n_wrt = 0;
+    for (int i = 0; i < n_in; i++)
+        if (jac[i]) slot[n_wrt] = i, wrt[n_wrt++] = inputs[i];
     int64_t row = 0;
     for (int o = 0; o < n_out; o++) {
         for (int64_t j = 0; j < outs[o]->numel; j++, row++) {
@@ -85,12 +90,12 @@ static nb_status analytic(const char *who, nb_tensor **outs, int n_out, int n_in
             if (!seed) return nb_error_code();
             nb__set(seed, j, 1.0);
             nb_tensor *grads[NB_GRADCHECK_MAX_INPUTS];
-            nb_status st = nb_grad(outs[o], seed, n_in, inputs, grads, NB_RETAIN_GRAPH);
+            nb_status st = nb_grad(outs[o], seed, n_wrt, wrt, grads, NB_RETAIN_GRAPH);
             if (st != NB_OK) return st;
-            for (int i = 0; i < n_in; i++) {
-                if (!jac[i]) continue;
+            for (int w = 0; w < n_wrt; w++) {
+                int i = slot[w];
                 int64_t ni = inputs[i]->numel;
-                for (int64_t k = 0; k < ni; k++) jac[i][row * ni + k] = nb__get(grads[i], k);
+                for (int64_t k = 0; k < ni; k++) jac[i][row * ni + k] = nb__get(grads[w], k);
             }
         }
     }
@@ -169,8 +174,8 @@ static nb_status check(const char *who, multi_fn fn, void *ctx, int n_in, nb_ten
             goto out;
         }
     }
-    st = analytic(who, outs, n_out, n_in, inputs, ja);
-    if (st == NB_OK) st = analytic(who, outs, n_out, n_in, inputs, jb);
+    st = analytic(outs, n_out, n_in, inputs, ja);
+    if (st == NB_OK) st = analytic(outs, n_out, n_in, inputs, jb);
     nb_tape_end(ta);
     if (st != NB_OK) {
         snprintf(rep->message, sizeof rep->message, "%s: backward failed: %s", who, nb_error_message());
