@@ -25,7 +25,9 @@
  *     a result of another tape reset since: NB_ERR_STATE, always.
  *   - A freed leaf's pointer fails with NB_ERR_STATE while any leaf or tape is live, unless a new leaf
  *     has taken its header (then it is that leaf). A view (reshape, slice, detach) of a leaf reads the
- *     leaf's data: freeing the leaf first leaves the view dangling (not detected).
+ *     leaf's data and goes with it: once the leaf is freed, using the view, or a backward through an op
+ *     that recorded it, fails with NB_ERR_STATE. A view of a result of another tape is a copy (that
+ *     tape's reset cannot change it).
  *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE).
  *   - A tape belongs to one thread at a time. Leaves may be shared read-only by threads that record them
  *     on their own tapes and call nb_grad (which writes nothing into a leaf); nb_backward adds into

@@ -3,6 +3,7 @@
  *   create-graph backward recording onto the tape it walks (finding 1)
  *   results used after their tape was reset: accessors, ops, backward, grad, hooks, DOT (finding 2)
  *   a result of another tape, reset between recording and backward (finding 2)
+ *   views of another tape's result (copies) and of a leaf freed before the backward (stale with it)
  *   backward after a recorded leaf was freed (finding 5); reset or free of a tape from a hook
  *   a backward on one thread after one on another; N threads sharing read-only parameters (finding 3)
  *
@@ -237,6 +238,96 @@ static void test_reset_other_tape(void)
     nb_tensor_free(w);
 }
 
+/* ---- views whose data belongs to something else ----------------------------------------------- */
+
+/* A view (reshape, slice, detach) on tape b of a result of tape a: tape a's reset pulled the data from
+ * under the view, so values read through it and the gradient of w in y = sum(w * view) were those of
+ * whatever tape a computed next (1000 instead of 3). Such a view is a copy: a's reset and free change
+ * nothing. */
+static void test_view_of_other_tape(void)
+{
+    nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(4, 4), 3.0);
+    nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(16), 2.0);
+    nb_tensor_set_requires_grad(w, 1);
+    for (int kind = 0; kind < 3; kind++) {
+        nb_tape *ta = nb_tape_new(), *tb = nb_tape_new();
+        nb_tape_begin(ta);
+        nb_tensor *c = nb_mul_scalar(x, 1.0); /* a result of tape a, 128 bytes: in a's arena */
+        nb_tape_end(ta);
+        nb_tape_begin(tb);
+        nb_tensor *v = kind == 0 ? nb_reshape(c, NB_SHAPE(16))
+                     : kind == 1 ? nb_reshape(nb_slice(c, 0, 0, 4, 1), NB_SHAPE(16))
+                                 : nb_reshape(nb_detach(c), NB_SHAPE(16));
+        nb_tensor *y = nb_sum_all(nb_mul(w, v));
+        nb_tape_end(tb);
+        nb_tape_reset(ta);
+        nb_tape_begin(ta);
+        nb_tensor *junk = nb_full(NB_F64, NB_SHAPE(4, 4), 1000.0);
+        nb_tape_end(ta);
+        nb_tape_free(ta); /* and its memory is gone */
+        CHECK(junk != NULL, "tape a records again");
+        nb_tape_begin(tb);
+        CHECK(nb_tensor_get(v, 5) == 3.0, "view %d reads its own values: %g", kind, nb_tensor_get(v, 5));
+        nb_tensor_zero_grad(w);
+        CHECK(nb_backward(y, NULL, 0) == NB_OK, "backward: %s", nb_error_message());
+        CHECK(nb_tensor_get(nb_tensor_grad(w), 7) == 3.0, "view %d: dy/dw = 3, got %g", kind,
+              nb_tensor_get(nb_tensor_grad(w), 7));
+        nb_tape_end(tb);
+        nb_tape_free(tb);
+    }
+    /* a view of a result of the current tape still shares its memory */
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *c = nb_mul_scalar(x, 1.0);
+    CHECK(nb_tensor_cdata(nb_reshape(c, NB_SHAPE(16))) == nb_tensor_cdata(c), "a view on its own tape shares");
+    CHECK(nb_tensor_cdata(nb_reshape(x, NB_SHAPE(16))) == nb_tensor_cdata(x), "a view of a leaf shares");
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    nb_tensor_free(w);
+}
+
+/* A view of a leaf that needs no gradient (a batch flattened by reshape, a slice of it), used by a
+ * recorded op, then the leaf freed before the backward: the node records the view, not the leaf, so
+ * the backward read the freed buffer (ASan: heap-use-after-free; without it, dL/dw from whatever took
+ * the memory). The view goes with its leaf: every use of it, and the backward, fail with NB_ERR_STATE. */
+static void test_view_of_freed_leaf(void)
+{
+    nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(16, 4), 0.5);
+    nb_tensor_set_requires_grad(w, 1);
+    for (int kind = 0; kind < 4; kind++) {
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(2, 4, 4), 3.0);
+        nb_tensor *xf = nb_reshape(x, NB_SHAPE(2, 16));
+        nb_tensor *v = kind == 0 ? xf
+                     : kind == 1 ? nb_slice(xf, 1, 0, 16, 1)                   /* a view of a view */
+                     : kind == 2 ? nb_detach(xf)
+                                 : nb_reshape(nb_slice(x, 0, 0, 2, 1), NB_SHAPE(2, 16)); /* slice first */
+        nb_tensor *y = nb_sum_all(nb_matmul(v, w));
+        nb_tensor *g[1];
+        CHECK(nb_grad(y, NULL, 1, &w, g, NB_RETAIN_GRAPH) == NB_OK && nb_tensor_get(g[0], 0) == 6.0,
+              "view %d: before the free, dy/dw = 6: %s", kind, nb_error_message());
+        nb_tensor_free(x);
+        nb_tensor *other = nb_tensor_full(NB_F64, NB_SHAPE(2, 4, 4), 1000.0); /* may take x's memory */
+        CHECK_ERROR(nb_backward(y, NULL, 0) != NB_OK, NB_ERR_STATE, "is a view of a leaf that was freed after it was recorded");
+        CHECK(nb_tensor_grad(w) == NULL, "view %d: no gradient stored", kind);
+        CHECK_ERROR(nb_grad(y, NULL, 1, &w, g, 0) != NB_OK, NB_ERR_STATE, "view of a leaf that was freed");
+        CHECK_ERROR(nb_tensor_get(v, 0) != nb_tensor_get(v, 0), NB_ERR_STATE,
+                    "nb_tensor_get: tensor is a view of a leaf that was freed");
+        CHECK_ERROR(nb_tensor_data(v) == NULL, NB_ERR_STATE, "nb_tensor_data: tensor is a view of a leaf");
+        CHECK_ERROR(nb_add(v, v) == NULL, NB_ERR_STATE, "nb_add: tensor is a view of a leaf that was freed");
+        CHECK_ERROR(nb_reshape(v, NB_SHAPE(32)) == NULL, NB_ERR_STATE, "nb_reshape: tensor is a view");
+        FILE *devnull = fopen("/dev/null", "w");
+        CHECK_ERROR(nb_tape_write_dot(t, y, devnull) != NB_OK, NB_ERR_STATE, "nb_tape_write_dot");
+        fclose(devnull);
+        nb_tape_end(t);
+        nb_tape_free(t);
+        nb_tensor_free(other);
+    }
+    nb_tensor_free(w);
+}
+
 /* ---- finding 5 (engine part): a leaf freed while a live tape records it ----------------------- */
 
 static void test_freed_leaf(void)
@@ -428,6 +519,8 @@ int main(int argc, char **argv)
         {"stale_results", test_stale_results},
         {"stale_limits", test_stale_limits},
         {"reset_other_tape", test_reset_other_tape},
+        {"view_of_other_tape", test_view_of_other_tape},
+        {"view_of_freed_leaf", test_view_of_freed_leaf},
         {"freed_leaf", test_freed_leaf},
         {"reset_from_hook", test_reset_from_hook},
         {"thread_handoff", test_thread_handoff},

@@ -205,13 +205,15 @@ static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tens
 }
 
 /* Why input x (recorded with stamp `stamp`) of a node can no longer be read, or NULL if it can: a
- * leaf freed since (its pool header has stamp 0, or a new leaf's serial), or a result of another
- * tape that was reset since (its header keeps the old generation, or holds a newer result). A result
- * of the pass's own tape with its recorded stamp is current: the tape's nodes are of its generation. */
-static inline const char *input_gone(const pass *p, const nb_tensor *x, uint64_t stamp)
+ * leaf freed since (its pool header has stamp 0, or a new leaf's serial), a result of another tape
+ * that was reset since (its header keeps the old generation, or holds a newer result), or a view of
+ * a leaf freed since (the view's base stamp no longer matches). */
+static inline const char *input_gone(const nb_tensor *x, uint64_t stamp)
 {
-    if (x->stamp == stamp && (!x->tape || x->tape == p->tape || x->stamp == x->tape->gen)) return NULL;
-    return x->tape ? "belongs to a tape that was reset" : "was freed";
+    if (x->stamp == stamp && nb__usable(x)) return NULL;
+    if (!x->tape) return "was freed";
+    return x->stamp == stamp && stamp == x->tape->gen ? "is a view of a leaf that was freed"
+                                                      : "belongs to a tape that was reset";
 }
 
 /* Mark the nodes leading to out, check that each can still be differentiated (not released, inputs
@@ -229,8 +231,10 @@ static nb_status mark(pass *p, nb_tensor *out)
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
             /* a result of this tape is of its current generation (a stale one is refused when an op
-             * is recorded); anything else is checked against the stamp the node recorded */
-            const char *gone = x->tape == p->tape ? NULL : input_gone(p, x, nd->in_stamp[j]);
+             * is recorded), but a view of a leaf goes with its leaf; anything else is checked against
+             * the stamp the node recorded */
+            const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_VIEW) ? NULL
+                                                                                  : input_gone(x, nd->in_stamp[j]);
             if (gone)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
                                        "recorded", p->who, j, i, nb__node_name(nd), gone);

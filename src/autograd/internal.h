@@ -13,6 +13,7 @@
 enum {
     NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
     NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
+    NB_TF_LEAF_VIEW = 1u << 2,     /* op result whose data is a leaf's (base, base_stamp) */
 };
 
 struct nb_tensor {
@@ -35,10 +36,18 @@ struct nb_tensor {
     const char *name;     /* leaves: an owned copy; op results: borrowed */
     nb_grad_hook hook;
     void *hook_user;
+    union {
+        struct { /* leaves */
+            const void *owner; /* the container that owns it (nb_tensor_claim), or NULL */
+            nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
+            void *post_hook_user;
+        };
+        struct { /* op results with NB_TF_LEAF_VIEW: a view (reshape, slice, detach) of a leaf's data */
+            const nb_tensor *base; /* the leaf (through views of views too) */
+            uint64_t base_stamp;   /* its stamp when viewed: the view is stale once the leaf is freed */
+        };
+    };
     /* leaves only */
-    const void *owner;     /* the container that owns it (nb_tensor_claim), or NULL */
-    nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
-    void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient, a result of
                               the tape that tracks this leaf (nb__grad_tape) */
@@ -247,7 +256,9 @@ bool nb__stale_fail(const char *who, const nb_tensor *t);
 static inline bool nb__usable(const nb_tensor *t)
 {
     const nb_tape *tp = t->tape;
-    return tp ? t->stamp == tp->gen : (t->flags & NB_TF_LEAF) != 0;
+    if (!tp) return (t->flags & NB_TF_LEAF) != 0;
+    /* a view of a leaf is stale with its leaf too (the leaf's pool header outlives the tape) */
+    return t->stamp == tp->gen && (!(t->flags & NB_TF_LEAF_VIEW) || t->base->stamp == t->base_stamp);
 }
 /* nb__usable, recording the error (naming who) when not. */
 static inline bool nb__live(const char *who, const nb_tensor *t)

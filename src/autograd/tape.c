@@ -264,6 +264,9 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
     }
     nb_tensor *out;
     void *view = op == NB_OP_VIEW ? in[0]->data : def->view ? def->view(in, attrs) : NULL;
+    /* a view shares the lifetime of its input's data: a result of another tape is copied instead
+     * (its reset would pull the data from under the view), a leaf's view remembers the leaf */
+    if (view && in[0]->tape && in[0]->tape != nb__t_current) view = NULL;
     if (view) {
         /* the result shares its input's memory: a header only */
         nb_tape *tape = nb__current_tape();
@@ -279,6 +282,15 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         out->data = view;
         out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
+        if (!in[0]->tape) {
+            out->flags = NB_TF_LEAF_VIEW;
+            out->base = in[0];
+            out->base_stamp = in[0]->stamp;
+        } else if (in[0]->flags & NB_TF_LEAF_VIEW) {
+            out->flags = NB_TF_LEAF_VIEW;
+            out->base = in[0]->base;
+            out->base_stamp = in[0]->base_stamp;
+        }
     } else {
         nb_tape *tape = nb__t_current;
         if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);

@@ -259,7 +259,9 @@ nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim
 
 bool nb__stale_fail(const char *who, const nb_tensor *t)
 {
-    if (t->tape)
+    if (t->tape && t->stamp == t->tape->gen)
+        nb__fail(NB_ERR_STATE, "%s: tensor is a view of a leaf that was freed", who);
+    else if (t->tape)
         nb__fail(NB_ERR_STATE, "%s: tensor belongs to a tape that was reset (recorded in generation %llu, "
                  "tape is at %llu)", who, (unsigned long long)t->stamp, (unsigned long long)t->tape->gen);
     else

@@ -14,7 +14,7 @@
 
 #define NB_OP_LIST(X)                                                                                  \
     /* elementwise.c */                                                                                \
-    X(VIEW, view, "reshape", 1, N, Y, N, N)              /* shares the input's data */                 \
+    X(VIEW, view, "reshape", 1, Y, Y, N, N)              /* shares the input's data (or copies it) */  \
     X(ADD, add, "add", 2, Y, Y, N, N)                                                                  \
     X(SUB, sub, "sub", 2, Y, Y, N, N)                                                                  \
     X(MUL, mul, "mul", 2, Y, Y, N, N)                                                                  \

@@ -45,6 +45,10 @@ nb_tensor *nb_full_like(const nb_tensor *x, double v)
 
 /* ---- reshape (a view) and detach -------------------------------------------------------------- */
 
+/* out = x's elements in out's shape: run only when the view cannot share x's memory (x belongs to
+ * another tape, whose reset would release it) */
+NB_FW(view) { memcpy(out->data, in[0]->data, (size_t)out->numel * nb_dtype_size(out->dtype)); }
+
 /* d reshape(x) = reshape(dx) back to x's shape */
 NB_BW(view)
 {
