@@ -28,7 +28,11 @@
  *     leaf's data and goes with it: once the leaf is freed, using the view, or a backward through an op
  *     that recorded it, fails with NB_ERR_STATE. A view of a result of another tape is a copy (that
  *     tape's reset cannot change it).
- *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE).
+ *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE). What
+ *     other user code run by a backward (gradient and post-accumulate hooks, a custom op's backward)
+ *     does to the graph is checked before each later rule reads it: a leaf freed, another tape reset, a
+ *     tensor changed in place, a leaf's requires_grad switched fail the backward with NB_ERR_STATE. So
+ *     does a .grad that a node of the graph reads when the same backward writes it (clone it first).
  *   - A tape belongs to one thread at a time. Leaves may be shared read-only by threads that record them
  *     on their own tapes and call nb_grad (which writes nothing into a leaf); nb_backward adds into
  *     .grad, so one thread at a time per leaf.
@@ -753,8 +757,9 @@ int nb_anomaly_mode(void);
 
 /** A gradient hook: called during backward with the gradient arriving at t (the total of the pass);
  * returns the gradient to use instead (grad itself to keep it, or a new tensor of the same shape and
- * dtype made with nabla ops), or NULL to fail the backward. One hook per tensor; NULL removes it. For
- * an op result the hook lasts as long as the tensor. */
+ * dtype made with nabla ops), or NULL to fail the backward. Do not write into grad's buffer: it may be
+ * the gradient of other tensors too, which would change with it (not detected); make a new tensor.
+ * One hook per tensor; NULL removes it. For an op result the hook lasts as long as the tensor. */
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
 /** Set t's gradient hook (see nb_grad_hook); user is passed to it. */
 nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);

@@ -386,6 +386,175 @@ static void test_reset_from_hook(void)
     nb_tensor_free(w);
 }
 
+/* ---- user code during a backward: what mark checked can change before a rule reads it ---------- */
+
+/* What a hook does to the graph: free a leaf, reset another tape, switch requires_grad, step a leaf in
+ * place, or something harmless. */
+enum { DO_FREE_X, DO_RESET_A, DO_FREE_SELF, DO_GRAD_ON, DO_GRAD_OFF, DO_FREE_OTHER, DO_RESET_OTHER, DO_RECORD };
+typedef struct meddler {
+    int what;
+    nb_tensor *x, *self, *other;
+    nb_tape *a, *other_tape;
+} meddler;
+
+static void meddle(meddler *m)
+{
+    switch (m->what) {
+    case DO_FREE_X: nb_tensor_free(m->x); break;
+    case DO_RESET_A:
+        nb_tape_reset(m->a);
+        nb_tape_begin(m->a);
+        nb_full(NB_F64, NB_SHAPE(8, 8), 1000.0); /* overwrite what the constant held */
+        nb_tape_end(m->a);
+        break;
+    case DO_FREE_SELF: nb_tensor_free(m->self); break;
+    case DO_GRAD_ON: nb_tensor_set_requires_grad(m->x, 1); break;
+    case DO_GRAD_OFF: nb_tensor_set_requires_grad(m->self, 0); break;
+    case DO_FREE_OTHER: nb_tensor_free(m->other); break;
+    case DO_RESET_OTHER: nb_tape_reset(m->other_tape); break;
+    default: nb_tanh(nb_full(NB_F64, NB_SHAPE(3), 0.5)); break; /* recorded nowhere: no-grad pass */
+    }
+}
+
+static nb_tensor *meddling_hook(nb_tensor *g, void *user)
+{
+    meddle(user);
+    return g;
+}
+
+static nb_status meddling_bw(void *user, int n_in, nb_tensor *const *in, nb_tensor *out, nb_tensor *gout,
+                             nb_tensor **gin)
+{
+    (void)n_in, (void)in, (void)out;
+    meddle(user);
+    gin[0] = gout;
+    return NB_OK;
+}
+
+static nb_status copy_fw(void *user, int n_in, const nb_tensor *const *in, nb_tensor *out)
+{
+    (void)user, (void)n_in;
+    memcpy(nb_tensor_data(out), nb_tensor_cdata(in[0]), (size_t)nb_tensor_numel(out) * sizeof(double));
+    return NB_OK;
+}
+
+/* y = sum(tanh(hooked(w @ x))) + sum(w @ c): the hook runs before matmul's rules read x (a leaf, fast
+ * path) and c (a constant of tape a). Freeing x or resetting a used to give dL/dw from freed or rewritten
+ * memory; a hook that frees its own leaf or switches a leaf's requires_grad crashed or lost gradient.
+ * Each now fails with NB_ERR_STATE naming what changed, and harmless hooks change nothing. The meddling
+ * happens in a gradient hook on an intermediate (where = 0), on w (1, a leaf's hook), or in a custom
+ * op's composed backward (2). */
+static void test_hooks_meddling(void)
+{
+    static const char *const expect[] = {
+        [DO_FREE_X] = "input 1 of node 2 (matmul) was freed during the backward",
+        [DO_RESET_A] = "input 1 of node 0 (matmul) belongs to a tape that was reset during the backward",
+        [DO_FREE_SELF] = "the gradient hook of a leaf freed it during the backward",
+        [DO_GRAD_ON] = "its requires_grad changed during the backward",
+        [DO_GRAD_OFF] = "its requires_grad changed during the backward",
+    };
+    for (int where = 0; where < 3; where++)
+        for (int what = 0; what <= DO_RECORD; what++) {
+            if (what == DO_FREE_SELF && where != 1) continue;
+            nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(8, 8), 0.01);
+            nb_tensor_set_requires_grad(w, 1);
+            nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(8, 8), 3.0);
+            nb_tensor *other = nb_tensor_full(NB_F64, NB_SHAPE(2), 1.0);
+            nb_tape *a = nb_tape_new(), *other_tape = nb_tape_new(), *t = nb_tape_new();
+            nb_tape_begin(a);
+            nb_tensor *c = nb_mul_scalar(x, 2.0); /* 6 */
+            nb_tape_end(a);
+            meddler m = {what, x, w, other, a, other_tape};
+            nb_custom_op op = {"meddle", copy_fw, meddling_bw, NULL, &m};
+            nb_tape_begin(t);
+            nb_tensor *r = nb_sum_all(nb_matmul(w, c)); /* node 0: its rule runs last */
+            nb_tensor *p = nb_matmul(w, x);              /* node 2 */
+            nb_tensor *q = where == 2 ? nb_custom(&op, 1, &p, NB_F64, NB_SHAPE(8, 8)) : p;
+            nb_tensor *y = nb_add(nb_sum_all(nb_tanh(q)), r);
+            if (where == 0) nb_tensor_set_hook(q, meddling_hook, &m);
+            if (where == 1) nb_tensor_set_hook(w, meddling_hook, &m);
+            nb_error_clear();
+            nb_status st = nb_backward(y, NULL, 0);
+            /* w's hook runs after every rule: only freeing w itself, and requires_grad switched on a
+             * leaf no rule will look at again, come too late to matter */
+            int harmless = what >= DO_FREE_OTHER || (where == 1 && what != DO_FREE_SELF);
+            if (harmless) {
+                /* dL/dw[0][0] = sum_j (1 - tanh^2(0.24)) 3 + 8 * 6 */
+                double want = 8 * (1 - tanh(0.24) * tanh(0.24)) * 3 + 8 * 6;
+                CHECK(st == NB_OK && fabs(nb_tensor_get(nb_tensor_grad(w), 0) - want) < 1e-12,
+                      "where %d, what %d: harmless: %s, dL/dw %g (want %g)", where, what, nb_error_message(),
+                      st == NB_OK ? nb_tensor_get(nb_tensor_grad(w), 0) : 0.0, want);
+            } else {
+                CHECK(st == NB_ERR_STATE && strstr(nb_error_message(), expect[what]),
+                      "where %d, what %d: %s (%s), want \"%s\"", where, what, nb_status_name(st),
+                      nb_error_message(), expect[what]);
+            }
+            nb_error_clear();
+            nb_tape_end(t);
+            nb_tape_free(t);
+            nb_tape_free(a);
+            nb_tape_free(other_tape);
+            if (what != DO_FREE_X) nb_tensor_free(x);
+            if (what != DO_FREE_SELF) nb_tensor_free(w);
+            if (what != DO_FREE_OTHER) nb_tensor_free(other);
+        }
+}
+
+/* The pass writes a leaf's .grad (or its post-accumulate hook steps the leaf) while a node not yet
+ * processed reads it: y = u * w.grad + w^2, whose u.grad must be the w.grad recorded (3), was 7; a
+ * post-accumulate hook stepping w before the rule of v * detach(w) read it gave 0.9 for 2. Both refused;
+ * the same programs without the conflict run. */
+static nb_status sgd_step(nb_tensor *leaf, void *user)
+{
+    (void)user;
+    return nb_tensor_axpy(leaf, -0.1, nb_tensor_grad(leaf));
+}
+
+static void test_backward_writes_what_it_reads(void)
+{
+    nb_tensor *w = scalar_leaf(2.0, 1), *u = scalar_leaf(1.0, 1), *v = scalar_leaf(1.0, 1);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    CHECK(nb_backward(nb_mul_scalar(w, 3.0), NULL, 0) == NB_OK, "w.grad = 3");
+    nb_tensor *uw = nb_mul(u, nb_tensor_grad(w)); /* recorded before w's last use */
+    nb_tensor *y = nb_add(uw, nb_square(w));
+    CHECK_ERROR(nb_backward(y, NULL, NB_RETAIN_GRAPH) != NB_OK, NB_ERR_STATE,
+                "input 1 [] of node 1 (mul) was modified in place during the backward");
+    CHECK(nb_tensor_grad(u) == NULL, "u got no gradient");
+    /* the same value through a copy taken before: fine */
+    nb_tape_reset(t);
+    nb_tensor_zero_grad(w);
+    CHECK(nb_backward(nb_mul_scalar(w, 3.0), NULL, 0) == NB_OK, "w.grad = 3 again");
+    nb_tensor *g3 = nb_tensor_clone(nb_tensor_grad(w));
+    uw = nb_mul(u, g3);
+    y = nb_add(uw, nb_square(w));
+    CHECK(nb_backward(y, NULL, 0) == NB_OK && nb_tensor_item(nb_tensor_grad(u)) == 3.0, "through a clone: %s",
+          nb_error_message());
+    nb_tape_reset(t);
+
+    /* an optimizer step in the post-accumulate hook, while detach(w) still has a reader */
+    nb_tensor_set_post_accumulate_hook(w, sgd_step, NULL);
+    nb_tensor *vw = nb_mul(v, nb_detach(w));
+    nb_tensor *y2 = nb_add(vw, nb_square(w));
+    CHECK_ERROR(nb_backward(y2, NULL, 0) != NB_OK, NB_ERR_STATE, "was modified in place during the backward");
+    CHECK(nb_tensor_grad(v) == NULL, "v got no gradient");
+    nb_tape_reset(t);
+    /* with w read only by the nodes before its last use, the step in the hook is fine */
+    nb_tensor_zero_grad(w);
+    double w0 = nb_tensor_item(w);
+    nb_tensor *w2 = nb_square(w);
+    y2 = nb_add(w2, nb_mul(v, w));
+    CHECK(nb_backward(y2, NULL, 0) == NB_OK && nb_tensor_item(nb_tensor_grad(v)) == w0 &&
+          nb_tensor_item(w) == w0 - 0.1 * (2 * w0 + 1), "the step after w's last use: %s", nb_error_message());
+    nb_tensor_set_post_accumulate_hook(w, NULL, NULL);
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(g3);
+    nb_tensor_free(w);
+    nb_tensor_free(u);
+    nb_tensor_free(v);
+}
+
 /* ---- finding 3: threads ------------------------------------------------------------------------ */
 
 typedef struct handoff {
@@ -523,6 +692,8 @@ int main(int argc, char **argv)
         {"view_of_freed_leaf", test_view_of_freed_leaf},
         {"freed_leaf", test_freed_leaf},
         {"reset_from_hook", test_reset_from_hook},
+        {"hooks_meddling", test_hooks_meddling},
+        {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
         {"thread_handoff", test_thread_handoff},
         {"threads_shared_params", test_threads_shared_params},
     };

@@ -26,8 +26,13 @@ typedef struct pass {
     int64_t hit;           /* the slot found last */
     int32_t *lsoff;        /* [n] for a needed node with leaf inputs: 1 + where its inputs' slots start
                               in lsl (0: none) */
-    int64_t *lsl;          /* [n_lsl] leaf slot of input j of such a node at lsl[lsoff[i] - 1 + j] */
+    int64_t *lsl;          /* [n_lsl] leaf slot of input j of such a node at lsl[lsoff[i] - 1 + j] (-1:
+                              not a leaf that needs a gradient) */
     size_t n_lsl, cap_lsl;
+    bool reads_grad;       /* a node reads some leaf's .grad (NB_TF_GRAD_BUFFER), which the pass writes */
+    bool recheck;          /* something may have changed the graph since mark: user code ran (a hook, a
+                              custom op's backward), or a .grad that a node reads was written. Every
+                              later node's inputs are checked again before its rule reads them */
 } pass;
 
 typedef struct map_entry {
@@ -40,6 +45,7 @@ enum { NEED = 1, LAST = 2 };
 /* A leaf's gradient in one pass. */
 typedef struct leaf_slot {
     nb_tensor *leaf;
+    uint64_t stamp; /* the leaf's stamp when mark reached it (a hook may free it during the pass) */
     nb_tensor *g;  /* the pass's total so far */
     size_t last;   /* the lowest index of a node using it: after that node its total is final */
     uint8_t owned; /* g was made here by accumulation */
@@ -109,7 +115,7 @@ static inline int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
         p->map_cap = (size_t)(2 * cap);
         for (int64_t k = 0; k < p->n_leaf; k++) map_put(p, k);
     }
-    p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .last = SIZE_MAX};
+    p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .stamp = leaf->stamp, .last = SIZE_MAX};
     map_put(p, p->n_leaf);
     p->hit = p->n_leaf;
     return p->n_leaf++;
@@ -179,6 +185,9 @@ static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
 {
     uint64_t errors = nb__error_count();
     nb_tensor *r = t->hook(g, t->hook_user);
+    p->recheck = true;
+    if (!nb__usable(t))
+        return nb__fail(NB_ERR_STATE, "%s: the gradient hook of a leaf freed it during the backward", p->who);
     if (!r) {
         if (nb__error_count() == errors)
             nb__fail(NB_ERR_STATE, "%s: the gradient hook of %s returned NULL", p->who, NB_SHP(t));
@@ -242,6 +251,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nb__node_name(nd));
+            p->reads_grad |= (x->flags & NB_TF_GRAD_BUFFER) != 0;
             if (!nb__needs_grad(x)) continue;
             if (x->tape == p->tape) {
                 p->need[x->node->index] |= NEED;
@@ -260,6 +270,7 @@ static nb_status mark(pass *p, nb_tensor *out)
                         p->cap_lsl = cap;
                     }
                     p->lsoff[i] = (int32_t)p->n_lsl + 1;
+                    for (int k = 0; k < nd->n_in; k++) p->lsl[p->n_lsl + (size_t)k] = -1;
                     p->n_lsl += (size_t)nd->n_in;
                 }
                 p->lsl[p->lsoff[i] - 1 + j] = s;
@@ -273,6 +284,13 @@ static nb_status mark(pass *p, nb_tensor *out)
 /* Store a pass's gradient g of leaf into its .grad. */
 static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g);
 
+/* A leaf of the pass freed by user code that ran during it. */
+static nb_status leaf_freed(const pass *p)
+{
+    return nb__fail_status(NB_ERR_STATE, "%s: a leaf that needs a gradient was freed during the backward "
+                           "(by a hook or a custom op?)", p->who);
+}
+
 /* Leaf slot s has its pass total: run its gradient hook, and for nb_backward add the total into
  * .grad and call its post-accumulate hook. */
 static nb_status finish_leaf(pass *p, leaf_slot *ls, bool store)
@@ -280,11 +298,14 @@ static nb_status finish_leaf(pass *p, leaf_slot *ls, bool store)
     ls->done = 1;
     nb_tensor *leaf = ls->leaf;
     if (!ls->g) return NB_OK;
+    if (leaf->stamp != ls->stamp) return leaf_freed(p);
     if (leaf->hook && !(ls->g = run_hook(p, leaf, ls->g))) return nb_error_code();
     if (!store) return NB_OK;
     nb_status st = store_leaf_grad(p, leaf, ls->g);
+    if (p->reads_grad) p->recheck = true; /* a node may read the .grad just written */
     if (st != NB_OK || !leaf->post_hook) return st;
     uint64_t errors = nb__error_count();
+    p->recheck = true;
     st = leaf->post_hook(leaf, leaf->post_hook_user);
     if (st == NB_OK) return NB_OK;
     if (nb__error_count() == errors)
@@ -298,13 +319,37 @@ static nb_status finish_leaves_of(pass *p, const nb_node *nd, bool store)
 {
     for (int j = 0; j < nd->n_in; j++) {
         nb_tensor *x = nd->in[j];
-        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape)) continue;
+        if (x->tape == p->tape) continue;
         int64_t s = leaf_slot_of_input(p, nd, j);
         if (s < 0) continue;
         leaf_slot *ls = &p->lf[s];
         if (ls->done || ls->last != nd->index) continue;
         nb_status st = finish_leaf(p, ls, store);
         if (st != NB_OK) return st;
+    }
+    return NB_OK;
+}
+
+/* Node nd's inputs, checked again as mark checked them, before its rule reads them: user code that ran
+ * during the pass (a hook, a custom op's backward) may have freed a leaf or a view's leaf, reset
+ * another tape, changed a tensor in place or switched a leaf's requires_grad; the pass itself may have
+ * written a .grad that the node reads. */
+static nb_status recheck(const pass *p, const nb_node *nd)
+{
+    for (int j = 0; j < nd->n_in; j++) {
+        const nb_tensor *x = nd->in[j];
+        const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_VIEW) ? NULL : input_gone(x, nd->in_stamp[j]);
+        if (gone)
+            return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s during the backward (by a "
+                                   "hook or a custom op?)", p->who, j, nd->index, nb__node_name(nd), gone);
+        if (*x->vp != nd->in_version[j])
+            return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in place during "
+                                   "the backward (a .grad the backward wrote, or a hook?)", p->who, j, NB_SHP(x),
+                                   nd->index, nb__node_name(nd));
+        if (x->tape != p->tape && nb__needs_grad(x) != (leaf_slot_of_input(p, nd, j) >= 0))
+            return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s): its requires_grad changed "
+                                   "during the backward (by a hook?)", p->who, j, NB_SHP(x), nd->index,
+                                   nb__node_name(nd));
     }
     return NB_OK;
 }
@@ -329,6 +374,10 @@ static nb_status sweep(pass *p, size_t top, bool store)
         for (int j = 0; j < nd->n_in; j++) gin[j] = NULL;
         nb_tensor *g = p->g[i];
         if (nd->out->hook && !(g = run_hook(p, nd->out, g))) return nb_error_code();
+        if (p->recheck) {
+            nb_status st = recheck(p, nd);
+            if (st != NB_OK) return st;
+        }
         uint64_t errors = nb__error_count();
         nb__in_backward_of = nd;
         bool into = false;
@@ -338,9 +387,12 @@ static nb_status sweep(pass *p, size_t top, bool store)
         }
         if (!into) nd->op->backward(nd, g, gin);
         nb__in_backward_of = NULL;
+        if (nd->op == &nb__ops[NB_OP_CUSTOM]) p->recheck = true; /* user code */
         if (nb__error_count() != errors) return nb_error_code();
         for (int j = 0; j < nd->n_in && !into; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];
+            /* the inputs that get a gradient are those mark gave a slot (results of this tape that
+             * need one, and leaves with a slot in the node's row) */
             if (!gx || !nb__needs_grad(x)) continue;
             if (nb__anomaly_on && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
             if (gx->dtype != x->dtype || !nb__same_shape(gx, x))
@@ -350,8 +402,11 @@ static nb_status sweep(pass *p, size_t top, bool store)
             nb_tensor **slot;
             uint8_t *owned;
             slot_of(p, nd, j, &slot, &owned);
-            bool ok = slot && accumulate(p, slot, owned, gx);
-            if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
+            if (!slot)
+                return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) has no gradient slot "
+                                       "(its requires_grad changed during the backward?)", p->who, j, NB_SHP(x),
+                                       i, nb__node_name(nd));
+            if (!accumulate(p, slot, owned, gx)) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         }
         if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;
         nb_status st = p->need[i] & LAST ? finish_leaves_of(p, nd, store) : NB_OK;
@@ -366,6 +421,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
         nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
         if (!z) return nb_error_code();
         z->owner = leaf; /* freed with its leaf, never on its own */
+        z->flags |= NB_TF_GRAD_BUFFER;
         leaf->grad = z;
     }
     if (p->flags & NB_CREATE_GRAPH) {

@@ -14,6 +14,7 @@ enum {
     NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
     NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
     NB_TF_LEAF_VIEW = 1u << 2,     /* op result whose data is a leaf's (base, base_stamp) */
+    NB_TF_GRAD_BUFFER = 1u << 3,   /* leaf: another leaf's .grad, which backwards write in place */
 };
 
 struct nb_tensor {
