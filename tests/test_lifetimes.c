@@ -547,6 +547,21 @@ static void test_backward_writes_what_it_reads(void)
     CHECK(nb_backward(y2, NULL, 0) == NB_OK && nb_tensor_item(nb_tensor_grad(v)) == w0 &&
           nb_tensor_item(w) == w0 - 0.1 * (2 * w0 + 1), "the step after w's last use: %s", nb_error_message());
     nb_tensor_set_post_accumulate_hook(w, NULL, NULL);
+    nb_tape_reset(t);
+
+    /* a create-graph backward writes the .grad buffer too, the second one on a tape as much as the
+     * first: u * buffer recorded between two of them must not see the second's values (u.grad was 11,
+     * the buffer's value when recorded was 7) */
+    nb_tensor_zero_grad(w);
+    nb_tensor_fill(w, 2.0);
+    CHECK(nb_backward(nb_mul_scalar(w, 3.0), NULL, 0) == NB_OK, "w.grad = 3");
+    nb_tensor *buf = nb_tensor_grad(w); /* the buffer, before a create-graph gradient replaces it */
+    CHECK(nb_backward(nb_square(w), NULL, NB_CREATE_GRAPH) == NB_OK && nb_tensor_item(nb_tensor_grad(w)) == 7.0,
+          "create-graph: 3 + 2w = 7");
+    nb_tensor *ub = nb_mul(u, buf);
+    CHECK(nb_backward(nb_square(w), NULL, NB_CREATE_GRAPH) == NB_OK && nb_tensor_item(nb_tensor_grad(w)) == 11.0,
+          "again: 11");
+    CHECK_ERROR(nb_backward(ub, NULL, 0) != NB_OK, NB_ERR_STATE, "was modified in place after it was recorded");
     nb_tape_end(t);
     nb_tape_free(t);
     nb_tensor_free(g3);

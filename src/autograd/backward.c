@@ -442,6 +442,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
             return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         leaf->grad_graph = sum;
         memcpy(leaf->grad->data, sum->data, (size_t)sum->numel * nb_dtype_size(sum->dtype));
+        leaf->grad->version++; /* written (a node that recorded the buffer must see it; nb_tensor_has_grad) */
         return NB_OK;
     }
     /* a graph-less backward after a create-graph one: the values move on, the graph is stale */

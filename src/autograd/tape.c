@@ -224,7 +224,6 @@ bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf)
         t->cap_graph_leaves = cap;
     }
     t->graph_leaves[t->n_graph_leaves++] = leaf;
-    if (leaf->grad) leaf->grad->version++; /* a backward wrote the gradient (see nb_tensor_has_grad) */
     return true;
 }
 

@@ -595,7 +595,7 @@ nb_tensor *nb_tensor_grad(const nb_tensor *t)
 }
 
 /* Every write of a backward into a leaf's gradient bumps the gradient's version (nb__add_inplace, or
- * nb__tape_track_leaf for a differentiable gradient); zero_grad records the version it leaves. */
+ * store_leaf_grad for a differentiable gradient); zero_grad records the version it leaves. */
 void nb_tensor_zero_grad(nb_tensor *t)
 {
     if (!t || !nb__live("nb_tensor_zero_grad", t)) return;
