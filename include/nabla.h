@@ -28,7 +28,8 @@
  *     leaf's data and goes with it: once the leaf is freed, using the view, or a backward through an op
  *     that recorded it, fails with NB_ERR_STATE. A view of a result of another tape is a copy (that
  *     tape's reset cannot change it).
- *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE). What
+ *   - Resetting or freeing a tape from a hook during a backward on it, or from a custom op's forward or
+ *     backward (its own tape, or an input's), is refused (NB_ERR_STATE). What
  *     other user code run by a backward (gradient and post-accumulate hooks, a custom op's backward)
  *     does to the graph is checked before each later rule reads it: a leaf freed, another tape reset, a
  *     tensor changed in place, a leaf's requires_grad switched fail the backward with NB_ERR_STATE. So

@@ -376,7 +376,7 @@ static void test_reset_from_hook(void)
     nb_error_clear();
     nb_status st = nb_backward(y, NULL, 0);
     CHECK(st == NB_OK, "the backward itself completes (%s)", nb_status_name(st));
-    CHECK(nb_error_code() == NB_ERR_STATE && strstr(nb_error_message(), "nb_tape_reset: a backward is running"),
+    CHECK(nb_error_code() == NB_ERR_STATE && strstr(nb_error_message(), "nb_tape_reset: a backward or a custom op runs on this tape"),
           "the reset from the hook was refused: %s", nb_error_message());
     nb_error_clear();
     CHECK(nb_tensor_item(nb_tensor_grad(w)) == 3.0, "gradient stored");
@@ -384,6 +384,91 @@ static void test_reset_from_hook(void)
     nb_tape_end(t);
     nb_tape_free(t);
     nb_tensor_free(w);
+}
+
+/* ---- a custom op's forward or backward resetting or freeing the tapes it works on --------------- */
+
+typedef struct tape_killer {
+    int mode; /* 0: reset the op's tape in forward, 1: end and free it in forward, 2: reset the tape of
+                 an input in forward, 3: the same in backward */
+    nb_tape *own, *input;
+} tape_killer;
+
+/* out = in[0] * in[1] */
+static nb_status killer_fw(void *user, int n_in, const nb_tensor *const *in, nb_tensor *out)
+{
+    (void)n_in;
+    tape_killer *k = user;
+    if (k->mode == 0) nb_tape_reset(k->own);
+    if (k->mode == 1) {
+        nb_tape_end(k->own);
+        nb_tape_free(k->own);
+    }
+    if (k->mode == 2) nb_tape_reset(k->input);
+    /* then the forward writes its result from its inputs, as forwards do */
+    const double *a = nb_tensor_cdata(in[0]), *b = nb_tensor_cdata(in[1]);
+    double *o = nb_tensor_data(out);
+    if (!a || !b || !o) return NB_ERR_STATE;
+    for (int64_t i = 0; i < nb_tensor_numel(out); i++) o[i] = a[i] * b[i];
+    return NB_OK;
+}
+
+static nb_status killer_bw(void *user, int n_in, nb_tensor *const *in, nb_tensor *out, nb_tensor *gout,
+                           nb_tensor **gin)
+{
+    (void)n_in, (void)out;
+    tape_killer *k = user;
+    if (k->mode == 3) nb_tape_reset(k->input);
+    gin[0] = nb_mul(gout, in[1]); /* reads the input of the other tape */
+    return NB_OK;
+}
+
+/* The forward's reset released the result it was writing (its data in an arena chunk the reset
+ * freed), its free the whole tape (heap-use-after-free), the reset of an input's tape that input.
+ * Refused now: the op (or the backward) fails with the reset's message; every tape stays usable. */
+static void test_custom_op_kills_tapes(void)
+{
+    for (int mode = 0; mode < 4; mode++) {
+        tape_killer k = {mode, nb_tape_new(), nb_tape_new()};
+        nb_custom_op op = {"killer", killer_fw, killer_bw, NULL, &k};
+        nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(1 << 16), 2.0); /* 512 KiB: the arena grows */
+        nb_tensor *x0 = nb_tensor_full(NB_F64, NB_SHAPE(1 << 16), 3.0);
+        nb_tensor_set_requires_grad(w, 1);
+        nb_tape_begin(k.input);
+        nb_tensor *c = nb_mul_scalar(x0, 1.0); /* a constant of the other tape */
+        nb_tape_end(k.input);
+        nb_tape_begin(k.own);
+        for (int i = 0; i < 3; i++) nb_add(w, w); /* more arena chunks, which a reset would free */
+        nb_error_clear();
+        nb_tensor *in[2] = {w, c};
+        nb_tensor *y = nb_custom(&op, 2, in, NB_F64, NB_SHAPE(1 << 16));
+        if (mode < 3) {
+            CHECK(y == NULL && nb_error_code() == NB_ERR_STATE &&
+                  strstr(nb_error_message(), "a backward or a custom op runs on this tape"),
+                  "mode %d: forward: %p (%s)", mode, (void *)y, nb_error_message());
+        } else {
+            CHECK(y != NULL && nb_tensor_get(y, 3) == 6.0, "mode 3: forward: %s", nb_error_message());
+            nb_status st = y ? nb_backward(nb_sum_all(y), NULL, 0) : NB_ERR_STATE;
+            CHECK(st != NB_OK && nb_error_code() == NB_ERR_STATE &&
+                  strstr(nb_error_message(), "nb_tape_reset: a backward or a custom op runs on this tape"),
+                  "mode 3: backward: %s (%s)", nb_status_name(st), nb_error_message());
+        }
+        nb_error_clear();
+        /* both tapes still work */
+        CHECK(nb_tape_generation(k.own) == 1 && nb_tape_generation(k.input) == 1, "mode %d: no reset happened", mode);
+        CHECK(nb_tensor_get(c, 5) == 3.0, "mode %d: the other tape's result intact: %s", mode, nb_error_message());
+        if (mode == 1) {
+            CHECK(nb_tape_current() == NULL, "the forward ended the tape");
+            nb_tape_begin(k.own);
+        }
+        CHECK(nb_tensor_get(nb_add(w, w), 7) == 4.0, "mode %d: the tape records on", mode);
+        nb_tape_end(k.own);
+        nb_tape_free(k.own);
+        nb_tape_free(k.input);
+        nb_tensor_free(w);
+        nb_tensor_free(x0);
+        nb_error_clear();
+    }
 }
 
 /* ---- user code during a backward: what mark checked can change before a rule reads it ---------- */
@@ -707,6 +792,7 @@ int main(int argc, char **argv)
         {"view_of_freed_leaf", test_view_of_freed_leaf},
         {"freed_leaf", test_freed_leaf},
         {"reset_from_hook", test_reset_from_hook},
+        {"custom_op_kills_tapes", test_custom_op_kills_tapes},
         {"hooks_meddling", test_hooks_meddling},
         {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
         {"thread_handoff", test_thread_handoff},

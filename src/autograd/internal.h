@@ -186,7 +186,8 @@ struct nb_tape {
     nb_hregion hdr[2];
     nb_hregion *hcur; /* &hdr[gen & 1] */
     uint64_t gen;     /* generation: 1 when made, bumped by every reset; results carry it as stamp */
-    int busy;         /* backward passes running on this tape (a reset or free from a hook is refused) */
+    int busy;         /* backward passes, and custom ops' forwards and backwards, running on this tape or
+                         reading its results (a reset or free from their user code is refused) */
     nb_node **nodes;
     size_t n_nodes, cap_nodes;
     nb_tape *prev;  /* the tape that was current before nb_tape_begin */

@@ -130,7 +130,8 @@ void nb_tape_free(nb_tape *t)
         return;
     }
     if (t->busy) {
-        nb__fail(NB_ERR_STATE, "nb_tape_free: a backward is running on this tape (called from a hook?)");
+        nb__fail(NB_ERR_STATE, "nb_tape_free: a backward or a custom op runs on this tape (called from a hook or "
+                               "a custom op?)");
         return;
     }
     clear_graph_leaves(t);
@@ -169,7 +170,8 @@ void nb_tape_reset(nb_tape *t)
 {
     if (!t) return;
     if (t->busy) {
-        nb__fail(NB_ERR_STATE, "nb_tape_reset: a backward is running on this tape (called from a hook?)");
+        nb__fail(NB_ERR_STATE, "nb_tape_reset: a backward or a custom op runs on this tape (called from a hook or "
+                               "a custom op?)");
         return;
     }
     clear_graph_leaves(t);

@@ -3,13 +3,29 @@
 
 #include <string.h>
 
+/* Keep (delta 1) or let go (-1) the tapes of out and of the inputs while user code runs on them: a
+ * reset or free of one from the op's forward or backward is refused (it would release the buffers the
+ * op reads and writes) instead of leaving them dangling. */
+static void hold_tapes(int n_in, nb_tensor *const *in, nb_tape *out_tape, int delta)
+{
+    if (out_tape) out_tape->busy += delta;
+    for (int i = 0; i < n_in; i++) {
+        nb_tape *t = in[i]->tape;
+        bool seen = !t || t == out_tape;
+        for (int k = 0; k < i && !seen; k++) seen = in[k]->tape == t;
+        if (!seen) t->busy += delta;
+    }
+}
+
 /* out = the user's forward over the input buffers */
 NB_FW(custom)
 {
     const nb_custom_op *op = at->p;
     uint64_t errors = nb__error_count();
+    hold_tapes((int)at->i[0], in, out->tape, 1);
     nb_status st = op->forward(op->user, (int)at->i[0],
                                (const nb_tensor *const *)in, out);
+    hold_tapes((int)at->i[0], in, out->tape, -1);
     if (st != NB_OK && nb__error_count() == errors)
         nb__fail(st, "nb_custom: the forward of %s failed (%s)", op->name ? op->name : "custom", nb_status_name(st));
 }
@@ -22,7 +38,9 @@ NB_BW(custom)
     uint64_t errors = nb__error_count();
     nb_status st;
     if (op->backward) {
+        hold_tapes(n->n_in, n->in, NULL, 1); /* the backward's own tape is held by the pass */
         st = op->backward(op->user, n->n_in, n->in, n->out, g, gin);
+        hold_tapes(n->n_in, n->in, NULL, -1);
     } else {
         if (nb_grad_enabled()) {
             nb__fail(NB_ERR_UNSUPPORTED, "nb_backward: custom op %s (node %zu) has a raw backward, which "
@@ -36,7 +54,9 @@ NB_BW(custom)
             gin[i] = nb_zeros_like(n->in[i]);
             if (!gin[i]) return;
         }
+        hold_tapes(n->n_in, n->in, NULL, 1);
         st = op->backward_raw(op->user, n->n_in, (const nb_tensor *const *)n->in, n->out, g, gin);
+        hold_tapes(n->n_in, n->in, NULL, -1);
     }
     if (st != NB_OK && nb__error_count() == errors)
         nb__fail(st, "nb_backward: the backward of custom op %s failed (%s)", name, nb_status_name(st));
