@@ -22,6 +22,7 @@
  * `test_stress SEED CASE` runs it alone. The run stops after 15 seconds. */
 #include "nbtest.h"
 
+#include <float.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -164,12 +165,16 @@ static double value_of(program *pg, const leaves *lv, nb_tape *t)
     return v;
 }
 
+/* The step of the central differences; they round the output to its ulp, so their error grows as
+ * |output| eps / FD_H (compare_fd allows for it: programs of cubes reach outputs of 1e6). */
+#define FD_H 1e-6
+
 /* Central differences of the output with respect to leaf l's elements into fd. */
 static void finite_diff(program *pg, const leaves *lv, nb_tensor *l, nb_tape *t, double *fd)
 {
     pg->use_frozen = 1;
     double *x = nb_tensor_data(l);
-    const double h = 1e-6;
+    const double h = FD_H;
     for (int64_t i = 0; i < nb_tensor_numel(l); i++) {
         double orig = x[i];
         x[i] = orig + h;
@@ -211,13 +216,14 @@ static void compare_fd(program *pg, leaves *lv, nb_tensor *const *grads, const d
 {
     nb_tensor *ls[3] = {lv->x, lv->w, lv->b};
     double fd[9];
+    double rounding = 4 * DBL_EPSILON * fabs(value_of(pg, lv, scratch)) / FD_H;
     for (int l = 0; l < 3; l++) {
         if (!grads[l]) continue;
         finite_diff(pg, lv, ls[l], scratch, fd);
         for (int64_t i = 0; i < nb_tensor_numel(ls[l]); i++) {
             double g = nb_tensor_get(grads[l], i), want = scale[l] * fd[i];
-            CASE_CHECK(close_enough(g, want, 1e-5, 1e-6), "leaf %d element %lld: gradient %.12g, finite differences "
-                       "%.12g", l, (long long)i, g, want);
+            CASE_CHECK(close_enough(g, want, 1e-5, 1e-6 + scale[l] * rounding), "leaf %d element %lld: gradient "
+                       "%.12g, finite differences %.12g", l, (long long)i, g, want);
         }
     }
 }
@@ -367,6 +373,11 @@ static void run_case(uint64_t seed, long c, nb_tape *t, nb_tape *scratch, int *m
         CASE_CHECK(st == NB_OK, "second-order nb_grad: %s", nb_error_message());
         if (st != NB_OK) break;
         const double eps = 1e-5;
+        /* the differences round each gradient to its ulp (see FD_H) */
+        double rounding = 0;
+        for (int m = 0; m < 3; m++)
+            for (int64_t k = 0; k < nb_tensor_numel(wrt[m]); k++)
+                rounding += 4 * DBL_EPSILON * fabs(v[m][k]) * fabs(nb_tensor_get(g[m], k)) / eps;
         pg.use_frozen = 1;
         for (int l = 0; l < 3; l++) {
             double *x = nb_tensor_data(wrt[l]);
@@ -381,7 +392,7 @@ static void run_case(uint64_t seed, long c, nb_tape *t, nb_tape *scratch, int *m
                 double fd = 0;
                 for (int m = 0; m < 3; m++)
                     for (int64_t k = 0; k < nb_tensor_numel(wrt[m]); k++) fd += v[m][k] * (gp[m][k] - gm[m][k]) / (2 * eps);
-                CASE_CHECK(s1 == NB_OK && s2 == NB_OK && close_enough(nb_tensor_get(h[l], i), fd, 1e-4, 1e-6),
+                CASE_CHECK(s1 == NB_OK && s2 == NB_OK && close_enough(nb_tensor_get(h[l], i), fd, 1e-4, 1e-6 + rounding),
                            "second order, leaf %d element %lld: %.10g vs differences %.10g", l, (long long)i,
                            nb_tensor_get(h[l], i), fd);
             }
