@@ -12,6 +12,7 @@
 #include "nbtest.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 static nb_tensor *scalar_leaf(double v, int requires_grad)
@@ -775,6 +776,56 @@ static void test_threads_shared_params(void)
     nb_tensor_free(n.w2);
 }
 
+/* Anomaly mode is process-wide: one thread switches it on and off while others run steps (a plain int
+ * read by every op was a data race, which ThreadSanitizer reports: .ci/run runs this file under it).
+ * Whatever the mode, the gradients of finite steps are those of the serial run. */
+static atomic_int anomaly_stop;
+
+static void *anomaly_toggler(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&anomaly_stop)) {
+        nb_set_anomaly_mode(1);
+        nb_set_anomaly_mode(0);
+    }
+    return NULL;
+}
+
+static void test_anomaly_from_another_thread(void)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 11);
+    shared_net n = {nb_tensor_uniform(NB_F64, NB_SHAPE(4, 6), -1, 1, &rng),
+                    nb_tensor_uniform(NB_F64, NB_SHAPE(6), -1, 1, &rng),
+                    nb_tensor_uniform(NB_F64, NB_SHAPE(6, 2), -1, 1, &rng)};
+    nb_tensor_set_requires_grad(n.w1, 1);
+    nb_tensor_set_requires_grad(n.b1, 1);
+    nb_tensor_set_requires_grad(n.w2, 1);
+    static worker serial[2], par[2];
+    for (int i = 0; i < 2; i++) {
+        serial[i] = (worker){.net = &n, .id = i};
+        worker_run(&serial[i]);
+    }
+    atomic_store(&anomaly_stop, 0);
+    pthread_t tog, th[2];
+    pthread_create(&tog, NULL, anomaly_toggler, NULL);
+    for (int i = 0; i < 2; i++) {
+        par[i] = (worker){.net = &n, .id = i};
+        pthread_create(&th[i], NULL, worker_run, &par[i]);
+    }
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    atomic_store(&anomaly_stop, 1);
+    pthread_join(tog, NULL);
+    nb_set_anomaly_mode(0);
+    for (int i = 0; i < 2; i++)
+        CHECK(par[i].st == NB_OK && memcmp(serial[i].out, par[i].out, sizeof serial[i].out) == 0,
+              "thread %d: %s, gradients %s the serial run's", i, nb_status_name(par[i].st),
+              memcmp(serial[i].out, par[i].out, sizeof serial[i].out) ? "differ from" : "equal");
+    nb_tensor_free(n.w1);
+    nb_tensor_free(n.b1);
+    nb_tensor_free(n.w2);
+}
+
 /* Every case, or only those named on the command line (to run one at a time). */
 int main(int argc, char **argv)
 {
@@ -797,6 +848,7 @@ int main(int argc, char **argv)
         {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
         {"thread_handoff", test_thread_handoff},
         {"threads_shared_params", test_threads_shared_params},
+        {"anomaly_from_another_thread", test_anomaly_from_another_thread},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int run = argc < 2;

@@ -381,7 +381,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
         uint64_t errors = nb__error_count();
         nb__in_backward_of = nd;
         bool into = false;
-        if (nd->op->backward_into && !(p->flags & NB_CREATE_GRAPH) && !nb__anomaly_on) {
+        if (nd->op->backward_into && !(p->flags & NB_CREATE_GRAPH) && !nb__anomaly_on()) {
             nb_grad_sink sink = {p, nd};
             into = nd->op->backward_into(nd, g, &sink);
         }
@@ -394,7 +394,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
             /* the inputs that get a gradient are those mark gave a slot (results of this tape that
              * need one, and leaves with a slot in the node's row) */
             if (!gx || !nb__needs_grad(x)) continue;
-            if (nb__anomaly_on && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
+            if (nb__anomaly_on() && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
             if (gx->dtype != x->dtype || !nb__same_shape(gx, x))
                 return nb__fail_status(NB_ERR_STATE, "%s: backward of %s (node %zu) gave %s %s for input "
                                        "%d of %s %s", p->who, nb__node_name(nd), i, nb_dtype_name(gx->dtype),

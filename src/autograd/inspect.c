@@ -4,11 +4,11 @@
 #include <math.h>
 #include <string.h>
 
-int nb__anomaly_on = 0;
+int nb__anomaly_flag = 0; /* read and written with relaxed atomics */
 _Thread_local const nb_node *nb__in_backward_of = NULL;
 
-void nb_set_anomaly_mode(int on) { nb__anomaly_on = on ? 1 : 0; }
-int nb_anomaly_mode(void) { return nb__anomaly_on; }
+void nb_set_anomaly_mode(int on) { __atomic_store_n(&nb__anomaly_flag, on ? 1 : 0, __ATOMIC_RELAXED); }
+int nb_anomaly_mode(void) { return nb__anomaly_on(); }
 
 const char *nb__node_name(const nb_node *n)
 {

@@ -272,7 +272,9 @@ static inline bool nb__live_opt(const char *who, const nb_tensor *t) { return !t
 /* Anomaly mode: scan t for NaN/inf; on one, record NB_ERR_NUMERIC with a message built from `what`
  * and return false. */
 bool nb__anomaly_check(const nb_tensor *t, const char *what);
-extern int nb__anomaly_on;
+extern int nb__anomaly_flag;
+/* Whether anomaly mode is on: a relaxed atomic load (any thread may switch it; a plain load on x86). */
+static inline bool nb__anomaly_on(void) { return __atomic_load_n(&nb__anomaly_flag, __ATOMIC_RELAXED) != 0; }
 /* Set by the backward engine while a rule runs, so anomaly messages name the node. */
 extern _Thread_local const nb_node *nb__in_backward_of;
 

@@ -304,7 +304,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
             def->forward(out, in, attrs);
             if (nb__error_count() != errors) return NULL;
         }
-        if (nb__anomaly_on && !nb__anomaly_check(out, who)) return NULL;
+        if (nb__anomaly_on() && !nb__anomaly_check(out, who)) return NULL;
     }
 
     if (!any_grad || t_no_grad != 0 || !def->backward) return out;
