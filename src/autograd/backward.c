@@ -121,6 +121,8 @@ static inline int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
     return p->n_leaf++;
 }
 
+_Thread_local bool *nb__t_recheck = NULL;
+
 struct nb_grad_sink {
     pass *p;
     const nb_node *nd;
@@ -221,14 +223,15 @@ static inline const char *input_gone(const nb_tensor *x, uint64_t stamp)
 {
     if (x->stamp == stamp && nb__usable(x)) return NULL;
     if (!x->tape) return "was freed";
-    return x->stamp == stamp && stamp == x->tape->gen ? "is a view of a leaf that was freed"
-                                                      : "belongs to a tape that was reset";
+    return x->stamp == stamp && stamp == (x->tape->gen | NB_STAMP_LEAF_VIEW) ? "is a view of a leaf that was freed"
+                                                                           : "belongs to a tape that was reset";
 }
 
 /* Mark the nodes leading to out, check that each can still be differentiated (not released, inputs
  * alive and unchanged), and give every leaf reached a slot with the index of its last use. */
 static nb_status mark(pass *p, nb_tensor *out)
 {
+    bool reads_grad = false;
     p->need[out->node->index] = NEED;
     for (size_t i = p->n; i-- > 0;) {
         if (!p->need[i]) continue;
@@ -251,11 +254,14 @@ static nb_status mark(pass *p, nb_tensor *out)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nb__node_name(nd));
-            p->reads_grad |= (x->flags & NB_TF_GRAD_BUFFER) != 0;
-            if (!nb__needs_grad(x)) continue;
             if (x->tape == p->tape) {
-                p->need[x->node->index] |= NEED;
-            } else {
+                if (nb__needs_grad(x)) p->need[x->node->index] |= NEED;
+                continue;
+            }
+            reads_grad |= (x->flags & NB_TF_GRAD_BUFFER) != 0; /* a leaf that is some leaf's .grad */
+            /* a leaf, or a constant of another tape: its entry in the node's row of leaf slots is its
+             * slot, or -1 (entries for results of this tape are never read) */
+            if (nb__needs_grad(x)) {
                 int64_t s = slot_of_leaf(p, x);
                 if (s < 0) return NB_ERR_NOMEM;
                 p->lf[s].last = i;
@@ -270,14 +276,17 @@ static nb_status mark(pass *p, nb_tensor *out)
                         p->cap_lsl = cap;
                     }
                     p->lsoff[i] = (int32_t)p->n_lsl + 1;
-                    for (int k = 0; k < nd->n_in; k++) p->lsl[p->n_lsl + (size_t)k] = -1;
+                    for (int k = 0; k < j; k++) p->lsl[p->n_lsl + (size_t)k] = -1;
                     p->n_lsl += (size_t)nd->n_in;
                 }
                 p->lsl[p->lsoff[i] - 1 + j] = s;
+            } else if (p->lsoff[i]) {
+                p->lsl[p->lsoff[i] - 1 + j] = -1;
             }
         }
     }
     for (int64_t s = 0; s < p->n_leaf; s++) p->need[p->lf[s].last] |= LAST;
+    p->reads_grad = reads_grad;
     return NB_OK;
 }
 
@@ -356,7 +365,7 @@ static nb_status recheck(const pass *p, const nb_node *nd)
 
 static nb_status sweep(pass *p, size_t top, bool store)
 {
-    nb_tensor *gin_small[8];
+    nb_tensor *gin_small[8] = {NULL}; /* rules set the entries they fill; each is read once and cleared */
     for (size_t i = top + 1; i-- > 0;) {
         if (!p->need[i]) continue;
         /* read the node array afresh: rules recording under NB_CREATE_GRAPH may grow (move) it */
@@ -370,8 +379,8 @@ static nb_status sweep(pass *p, size_t top, bool store)
         if (nd->n_in > 8) {
             gin = nb__tape_alloc(p->tape, (size_t)nd->n_in * sizeof *gin);
             if (!gin) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
+            memset(gin, 0, (size_t)nd->n_in * sizeof *gin);
         }
-        for (int j = 0; j < nd->n_in; j++) gin[j] = NULL;
         nb_tensor *g = p->g[i];
         if (nd->out->hook && !(g = run_hook(p, nd->out, g))) return nb_error_code();
         if (p->recheck) {
@@ -385,12 +394,12 @@ static nb_status sweep(pass *p, size_t top, bool store)
             nb_grad_sink sink = {p, nd};
             into = nd->op->backward_into(nd, g, &sink);
         }
-        if (!into) nd->op->backward(nd, g, gin);
+        if (!into) nd->op->backward(nd, g, gin); /* a custom op's sets p->recheck (nb__t_recheck) */
         nb__in_backward_of = NULL;
-        if (nd->op == &nb__ops[NB_OP_CUSTOM]) p->recheck = true; /* user code */
         if (nb__error_count() != errors) return nb_error_code();
         for (int j = 0; j < nd->n_in && !into; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];
+            gin[j] = NULL; /* for the next node */
             /* the inputs that get a gradient are those mark gave a slot (results of this tape that
              * need one, and leaves with a slot in the node's row) */
             if (!gx || !nb__needs_grad(x)) continue;
@@ -498,6 +507,8 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_status st = NB_OK;
     pass p = {.who = who, .tape = tape, .flags = flags};
     tape->busy++;
+    bool *prev_recheck = nb__t_recheck;
+    nb__t_recheck = &p.recheck;
 
     /* the seed enters as a copy on the tape, so no gradient handed back aliases the caller's tensor
      * (under NB_CREATE_GRAPH the copy is recorded: gradients can flow on into the seed) */
@@ -557,6 +568,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
 
 done:
+    nb__t_recheck = prev_recheck;
     tape->busy--;
     nb__in_backward_of = NULL;
     nb__restore_grad_mode(saved_mode);

@@ -30,8 +30,10 @@ struct nb_tensor {
     nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
     struct nb_node *node; /* the node that made it, when recorded */
     /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
-     * made; stale once the tape is reset), a leaf's serial (unique per process; 0 once freed). Nodes
-     * record it per input and the backward compares. Nothing of a backward pass is stored in a tensor. */
+     * made; stale once the tape is reset; a view of a leaf has NB_STAMP_LEAF_VIEW added, so that the
+     * one compare of the fast path sends it to the check of its leaf), a leaf's serial (unique per
+     * process; 0 once freed). Nodes record it per input and the backward compares. Nothing of a
+     * backward pass is stored in a tensor. */
     uint64_t stamp;
     int64_t shape[NB_MAX_DIMS];
     const char *name;     /* leaves: an owned copy; op results: borrowed */
@@ -53,6 +55,9 @@ struct nb_tensor {
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient, a result of
                               the tape that tracks this leaf (nb__grad_tape) */
 };
+/* Added to the stamp of a view of a leaf (generations stay far below it). */
+#define NB_STAMP_LEAF_VIEW (UINT64_C(1) << 63)
+
 /* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
 _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
 
@@ -255,12 +260,12 @@ const char *nb__node_name(const nb_node *n);
 bool nb__stale_fail(const char *who, const nb_tensor *t);
 /* Whether t may be used: an op result of its tape's current generation, or a leaf not freed. Reads
  * only t's header and its tape's generation: cheap enough for every op and accessor. */
+bool nb__leaf_view_usable(const nb_tensor *t);
 static inline bool nb__usable(const nb_tensor *t)
 {
     const nb_tape *tp = t->tape;
-    if (!tp) return (t->flags & NB_TF_LEAF) != 0;
-    /* a view of a leaf is stale with its leaf too (the leaf's pool header outlives the tape) */
-    return t->stamp == tp->gen && (!(t->flags & NB_TF_LEAF_VIEW) || t->base->stamp == t->base_stamp);
+    /* a view of a leaf (its stamp never equals a generation) also needs its leaf alive */
+    return tp ? t->stamp == tp->gen || nb__leaf_view_usable(t) : (t->flags & NB_TF_LEAF) != 0;
 }
 /* nb__usable, recording the error (naming who) when not. */
 static inline bool nb__live(const char *who, const nb_tensor *t)
@@ -275,6 +280,9 @@ bool nb__anomaly_check(const nb_tensor *t, const char *what);
 extern int nb__anomaly_flag;
 /* Whether anomaly mode is on: a relaxed atomic load (any thread may switch it; a plain load on x86). */
 static inline bool nb__anomaly_on(void) { return __atomic_load_n(&nb__anomaly_flag, __ATOMIC_RELAXED) != 0; }
+/* The running backward pass's flag "user code ran: check later nodes' inputs again" (NULL outside a
+ * pass); a custom op's backward sets it after calling the user's function. */
+extern _Thread_local bool *nb__t_recheck;
 /* Set by the backward engine while a rule runs, so anomaly messages name the node. */
 extern _Thread_local const nb_node *nb__in_backward_of;
 

@@ -240,6 +240,59 @@ void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf)
     leaf->grad_graph = NULL;
 }
 
+/* A new result header on tape with its data (in the header's slot when small, else in the arena), not
+ * initialised; the element count is checked. Inline in nb__apply, the path of every op. */
+static inline nb_tensor *tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim, const int64_t *shape)
+{
+    /* the element count of a shape derived from valid inputs can still be too large (a product of
+     * extents from different inputs, a zero-size input's other extents): bounded as for leaves */
+    int64_t n = 1;
+    if (ndim == 1 && (uint64_t)shape[0] <= INT64_MAX / 16) {
+        n = shape[0]; /* the common cases first */
+    } else if (ndim > 0) {
+        bool empty = false;
+        for (int i = 0; i < ndim; i++) {
+            int64_t e = shape[i];
+            if (e == 0) {
+                empty = true;
+                continue;
+            }
+            if (e < 0 || __builtin_mul_overflow(n, e, &n) || n > INT64_MAX / 16)
+                return nb__fail(NB_ERR_SHAPE, "%s: result %s: too many elements", who, nb__shape_str(ndim, shape));
+        }
+        if (empty) n = 0;
+    }
+    nb_tensor *t = nb__tape_header(tape);
+    size_t bytes = (size_t)n * nb__esize(dt);
+    unsigned char *raw = !t ? NULL : bytes <= NB_INLINE_BYTES ? ((nb_hslot *)t)->data : nb__tape_alloc(tape, bytes);
+    if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
+                              nb__shape_str(ndim, shape));
+    /* field by field: clearing the whole header costs more than the op itself on small tensors */
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->flags = 0;
+    t->version = 0;
+    t->vp = &t->version;
+    t->numel = n;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->data = raw;
+    t->tape = tape;
+    t->node = NULL;
+    t->name = NULL;
+    t->hook = NULL;
+    t->hook_user = NULL;
+    t->post_hook = NULL;      /* and base, */
+    t->post_hook_user = NULL; /* base_stamp: the same words */
+    t->grad = t->grad_graph = NULL;
+    t->stamp = tape->gen;
+    return t;
+}
+
+nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim, const int64_t *shape)
+{
+    return tape_result(tape, who, dt, ndim, shape);
+}
+
 static bool push_node(nb_tape *t, nb_node *n)
 {
     if (t->n_nodes == t->cap_nodes) {
@@ -267,8 +320,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
     void *view = op == NB_OP_VIEW ? in[0]->data : def->view ? def->view(in, attrs) : NULL;
     /* a view shares the lifetime of its input's data: a result of another tape is copied instead
      * (its reset would pull the data from under the view), a leaf's view remembers the leaf */
-    if (view && in[0]->tape && in[0]->tape != nb__t_current) view = NULL;
-    if (view) {
+    if (view && (!in[0]->tape || in[0]->tape == nb__t_current)) {
         /* the result shares its input's memory: a header only */
         nb_tape *tape = nb__current_tape();
         if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
@@ -283,19 +335,16 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         out->data = view;
         out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
-        if (!in[0]->tape) {
+        if (!in[0]->tape || (in[0]->flags & NB_TF_LEAF_VIEW)) {
             out->flags = NB_TF_LEAF_VIEW;
-            out->base = in[0];
-            out->base_stamp = in[0]->stamp;
-        } else if (in[0]->flags & NB_TF_LEAF_VIEW) {
-            out->flags = NB_TF_LEAF_VIEW;
-            out->base = in[0]->base;
-            out->base_stamp = in[0]->base_stamp;
+            out->stamp |= NB_STAMP_LEAF_VIEW;
+            out->base = in[0]->tape ? in[0]->base : in[0];
+            out->base_stamp = in[0]->tape ? in[0]->base_stamp : in[0]->stamp;
         }
     } else {
         nb_tape *tape = nb__t_current;
         if (!tape) return nb__fail(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
-        out = nb__tape_result(tape, who, dtype, ndim, shape);
+        out = tape_result(tape, who, dtype, ndim, shape);
         if (!out) return NULL;
         /* an empty result has nothing to compute (and its kernel could loop over the other extents of
          * a zero-size input, up to 2^59 of them) */

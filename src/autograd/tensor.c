@@ -211,59 +211,20 @@ static nb_tensor *leaf_new(const char *who, nb_dtype dt, int ndim, const int64_t
     return t;
 }
 
-nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim, const int64_t *shape)
+bool nb__leaf_view_usable(const nb_tensor *t)
 {
-    /* the element count of a shape derived from valid inputs can still be too large (a product of
-     * extents from different inputs, a zero-size input's other extents): bounded as for leaves */
-    int64_t n = 1;
-    if (ndim == 1 && (uint64_t)shape[0] <= INT64_MAX / 16) {
-        n = shape[0]; /* the common cases first */
-    } else if (ndim > 0) {
-        bool empty = false;
-        for (int i = 0; i < ndim; i++) {
-            int64_t e = shape[i];
-            if (e == 0) {
-                empty = true;
-                continue;
-            }
-            if (e < 0 || __builtin_mul_overflow(n, e, &n) || n > INT64_MAX / 16)
-                return nb__fail(NB_ERR_SHAPE, "%s: result %s: too many elements", who, nb__shape_str(ndim, shape));
-        }
-        if (empty) n = 0;
-    }
-    nb_tensor *t = nb__tape_header(tape);
-    size_t bytes = (size_t)n * nb__esize(dt);
-    unsigned char *raw = !t ? NULL : bytes <= NB_INLINE_BYTES ? ((nb_hslot *)t)->data : nb__tape_alloc(tape, bytes);
-    if (!raw) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for %s %s", who, nb_dtype_name(dt),
-                              nb__shape_str(ndim, shape));
-    /* field by field: clearing the whole header costs more than the op itself on small tensors */
-    t->dtype = dt;
-    t->ndim = ndim;
-    t->flags = 0;
-    t->version = 0;
-    t->vp = &t->version;
-    t->numel = n;
-    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
-    t->data = raw;
-    t->tape = tape;
-    t->node = NULL;
-    t->name = NULL;
-    t->hook = NULL;
-    t->hook_user = NULL;
-    t->post_hook = NULL;
-    t->post_hook_user = NULL;
-    t->grad = t->grad_graph = NULL;
-    t->stamp = tape->gen;
-    return t;
+    return t->stamp == (t->tape->gen | NB_STAMP_LEAF_VIEW) && (t->flags & NB_TF_LEAF_VIEW) &&
+           t->base->stamp == t->base_stamp;
 }
 
 bool nb__stale_fail(const char *who, const nb_tensor *t)
 {
-    if (t->tape && t->stamp == t->tape->gen)
+    uint64_t gen = t->tape ? t->stamp & ~NB_STAMP_LEAF_VIEW : 0;
+    if (t->tape && gen == t->tape->gen)
         nb__fail(NB_ERR_STATE, "%s: tensor is a view of a leaf that was freed", who);
     else if (t->tape)
         nb__fail(NB_ERR_STATE, "%s: tensor belongs to a tape that was reset (recorded in generation %llu, "
-                 "tape is at %llu)", who, (unsigned long long)t->stamp, (unsigned long long)t->tape->gen);
+                 "tape is at %llu)", who, (unsigned long long)gen, (unsigned long long)t->tape->gen);
     else
         nb__fail(NB_ERR_STATE, "%s: tensor is a leaf that was freed", who);
     return false;

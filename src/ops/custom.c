@@ -58,6 +58,7 @@ NB_BW(custom)
         st = op->backward_raw(op->user, n->n_in, (const nb_tensor *const *)n->in, n->out, g, gin);
         hold_tapes(n->n_in, n->in, NULL, -1);
     }
+    if (nb__t_recheck) *nb__t_recheck = true; /* user code ran: the pass checks later inputs again */
     if (st != NB_OK && nb__error_count() == errors)
         nb__fail(st, "nb_backward: the backward of custom op %s failed (%s)", name, nb_status_name(st));
     for (int i = 0; i < n->n_in && st == NB_OK; i++)
