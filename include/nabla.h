@@ -34,9 +34,14 @@
  *     does to the graph is checked before each later rule reads it: a leaf freed, another tape reset, a
  *     tensor changed in place, a leaf's requires_grad switched fail the backward with NB_ERR_STATE. So
  *     does a .grad that a node of the graph reads when the same backward writes it (clone it first).
- *   - A tape belongs to one thread at a time. Leaves may be shared read-only by threads that record them
- *     on their own tapes and call nb_grad (which writes nothing into a leaf); nb_backward adds into
- *     .grad, so one thread at a time per leaf.
+ *   - A tape belongs to one thread at a time (nothing checks it: a tape used by two threads at once is
+ *     a data race). Leaves may be shared by threads that record them on their own tapes: nb_grad writes
+ *     nothing into a leaf, and nb_backward adds each pass's total into .grad under a lock per leaf, so
+ *     concurrent backwards lose no contribution (their order, and so the last bits of the sum, vary).
+ *     Reading or zeroing .grad, changing a leaf (an optimizer step, nb_tensor_fill, requires_grad,
+ *     hooks), freeing it, and backwards with NB_CREATE_GRAPH on shared leaves need one thread at a time.
+ *     Anomaly mode may be switched from any thread; set the allocator and the error handler before
+ *     other threads use nabla.
  */
 #ifndef NABLA_H
 #define NABLA_H

@@ -776,6 +776,41 @@ static void test_threads_shared_params(void)
     nb_tensor_free(n.w2);
 }
 
+/* Two threads, each with its own tape, run nb_backward into one shared leaf: every pass adds 1 to each
+ * element of its .grad. The additions (and the first pass's allocation of .grad) lost updates: 39 or
+ * fewer where 40 were added. Each addition now holds the leaf's gradient lock. */
+#define SHARED_N (1 << 19)
+static void *backward_shared(void *arg)
+{
+    nb_tensor *w = arg;
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    for (int i = 0; i < 20; i++) {
+        if (nb_backward(nb_sum_all(w), NULL, 0) != NB_OK) break;
+        nb_tape_reset(t);
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    return NULL;
+}
+
+static void test_threads_shared_backward(void)
+{
+    for (int rep = 0; rep < 3; rep++) {
+        nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(SHARED_N), 0.25);
+        nb_tensor_set_requires_grad(w, 1);
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, backward_shared, w);
+        for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+        const double *g = nb_tensor_cdata(nb_tensor_grad(w));
+        int64_t wrong = 0;
+        for (int64_t i = 0; g && i < SHARED_N; i++) wrong += g[i] != 40.0;
+        CHECK(g && wrong == 0, "rep %d: %lld of %d elements of .grad are not 40 (first %g)", rep, (long long)wrong,
+              SHARED_N, g ? g[0] : 0.0);
+        nb_tensor_free(w);
+    }
+}
+
 /* Anomaly mode is process-wide: one thread switches it on and off while others run steps (a plain int
  * read by every op was a data race, which ThreadSanitizer reports: .ci/run runs this file under it).
  * Whatever the mode, the gradients of finite steps are those of the serial run. */
@@ -848,6 +883,7 @@ int main(int argc, char **argv)
         {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
         {"thread_handoff", test_thread_handoff},
         {"threads_shared_params", test_threads_shared_params},
+        {"threads_shared_backward", test_threads_shared_backward},
         {"anomaly_from_another_thread", test_anomaly_from_another_thread},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {

@@ -424,39 +424,62 @@ static nb_status sweep(pass *p, size_t top, bool store)
     return NB_OK;
 }
 
-static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
+/* A gradient buffer for leaf (zeros, owned by it, flagged as a .grad); NULL when out of memory. */
+static nb_tensor *new_grad_buffer(const nb_tensor *leaf)
 {
-    if (!leaf->grad) {
-        nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
-        if (!z) return nb_error_code();
+    nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
+    if (z) {
         z->owner = leaf; /* freed with its leaf, never on its own */
         z->flags |= NB_TF_GRAD_BUFFER;
-        leaf->grad = z;
     }
-    if (p->flags & NB_CREATE_GRAPH) {
-        /* a differentiable gradient from another tape enters as its values */
-        nb_tensor *prev = nb__grad_tape(leaf) == p->tape ? leaf->grad_graph : NULL;
-        nb_tensor *sum = g;
-        if (prev) {
-            sum = nb_add(prev, g);
-        } else {
-            /* earlier, graph-less contributions enter as a constant copy */
-            bool any = false;
-            for (int64_t i = 0; i < leaf->grad->numel && !any; i++) any = nb__get(leaf->grad, i) != 0;
-            if (any) sum = nb_add(nb_constant(leaf->dtype, leaf->ndim, leaf->shape, leaf->grad->data), g);
+    return z;
+}
+
+/* Add a pass's gradient g of leaf into its .grad. Without a graph the addition holds the leaf's
+ * gradient lock (no user code runs under it): backwards on other threads that share the leaf add
+ * theirs whole, one at a time. */
+static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
+{
+    nb__grad_lock(leaf);
+    bool have = leaf->grad != NULL;
+    nb__grad_unlock(leaf);
+    nb_tensor *fresh = have ? NULL : new_grad_buffer(leaf); /* not under the lock: it may fail */
+    if (!have && !fresh) return nb_error_code();
+    if (!(p->flags & NB_CREATE_GRAPH)) {
+        nb__grad_lock(leaf);
+        if (!leaf->grad) {
+            leaf->grad = fresh;
+            fresh = NULL;
         }
-        /* the differentiable gradient is a result of this tape (the tape lists the leaf to clear it) */
-        if (sum && sum->tape != p->tape) sum = nb_affine(sum, 1.0, 0.0);
-        if (!sum || !nb__tape_track_leaf(p->tape, leaf))
-            return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
-        leaf->grad_graph = sum;
-        memcpy(leaf->grad->data, sum->data, (size_t)sum->numel * nb_dtype_size(sum->dtype));
-        leaf->grad->version++; /* written (a node that recorded the buffer must see it; nb_tensor_has_grad) */
-        return NB_OK;
+        /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
+        if (nb__grad_tape(leaf)) nb__tape_forget_leaf(nb__grad_tape(leaf), leaf);
+        nb_status st = nb__add_inplace(leaf->grad, g);
+        nb__grad_unlock(leaf);
+        if (fresh) { /* another thread made the buffer first */
+            fresh->owner = NULL;
+            nb_tensor_free(fresh);
+        }
+        return st;
     }
-    /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
-    if (nb__grad_tape(leaf)) nb__tape_forget_leaf(nb__grad_tape(leaf), leaf);
-    return nb__add_inplace(leaf->grad, g);
+    if (fresh) leaf->grad = fresh; /* (create-graph backwards on a leaf: one thread at a time) */
+    /* a differentiable gradient from another tape enters as its values */
+    nb_tensor *prev = nb__grad_tape(leaf) == p->tape ? leaf->grad_graph : NULL;
+    nb_tensor *sum = g;
+    if (prev) {
+        sum = nb_add(prev, g);
+    } else {
+        /* earlier, graph-less contributions enter as a constant copy */
+        bool any = false;
+        for (int64_t i = 0; i < leaf->grad->numel && !any; i++) any = nb__get(leaf->grad, i) != 0;
+        if (any) sum = nb_add(nb_constant(leaf->dtype, leaf->ndim, leaf->shape, leaf->grad->data), g);
+    }
+    /* the differentiable gradient is a result of this tape (the tape lists the leaf to clear it) */
+    if (sum && sum->tape != p->tape) sum = nb_affine(sum, 1.0, 0.0);
+    if (!sum || !nb__tape_track_leaf(p->tape, leaf)) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
+    leaf->grad_graph = sum;
+    memcpy(leaf->grad->data, sum->data, (size_t)sum->numel * nb_dtype_size(sum->dtype));
+    leaf->grad->version++; /* written (a node that recorded the buffer must see it; nb_tensor_has_grad) */
+    return NB_OK;
 }
 
 static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt, nb_tensor *const *wrt,

@@ -220,6 +220,9 @@ static inline nb_tensor *nb__tape_header(nb_tape *t)
     h->left--;
     return &(h->next++)->t;
 }
+/* Hold / release the lock of leaf's gradient (a backward adding into .grad, zero_grad). */
+void nb__grad_lock(const nb_tensor *leaf);
+void nb__grad_unlock(const nb_tensor *leaf);
 /* A tape was made or freed (the leaf header pool is released once no leaf and no tape is live). */
 void nb__pool_tape_count(int delta);
 void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf);

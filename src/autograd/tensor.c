@@ -128,6 +128,28 @@ static void pool_lock(void)
 }
 static void pool_unlock(void) { atomic_flag_clear_explicit(&g_pool.lock, memory_order_release); }
 
+/* Locks for leaves' gradients, chosen by the leaf's address: a backward's addition into .grad (and
+ * zero_grad) holds its leaf's, so backwards on several threads that share a leaf add whole
+ * contributions instead of losing some. Held for one addition, never while user code runs. */
+static struct {
+    _Alignas(64) atomic_flag f;
+} g_grad_locks[64];
+
+static atomic_flag *grad_lock_of(const nb_tensor *leaf)
+{
+    uint64_t h = (uint64_t)(uintptr_t)leaf * UINT64_C(0x9E3779B97F4A7C15);
+    return &g_grad_locks[h >> 58].f;
+}
+
+void nb__grad_lock(const nb_tensor *leaf)
+{
+    atomic_flag *f = grad_lock_of(leaf);
+    while (atomic_flag_test_and_set_explicit(f, memory_order_acquire)) {
+    }
+}
+
+void nb__grad_unlock(const nb_tensor *leaf) { atomic_flag_clear_explicit(grad_lock_of(leaf), memory_order_release); }
+
 /* Called with the lock held: give the slabs back once nothing can refer to a header. */
 static void pool_release_if_idle(void)
 {
@@ -561,10 +583,12 @@ void nb_tensor_zero_grad(nb_tensor *t)
 {
     if (!t || !nb__live("nb_tensor_zero_grad", t)) return;
     if (nb__grad_tape(t)) nb__tape_forget_leaf(nb__grad_tape(t), t);
+    nb__grad_lock(t);
     if (t->grad) {
         nb__fill(t->grad, 0.0);
         t->grad_zeroed = ++t->grad->version;
     }
+    nb__grad_unlock(t);
 }
 
 int nb_tensor_has_grad(const nb_tensor *t)
