@@ -763,7 +763,8 @@ int nb_anomaly_mode(void);
 
 /** A gradient hook: called during backward with the gradient arriving at t (the total of the pass);
  * returns the gradient to use instead (grad itself to keep it, or a new tensor of the same shape and
- * dtype made with nabla ops), or NULL to fail the backward. Do not write into grad's buffer: it may be
+ * dtype made with nabla ops; a tensor of another tape, or a leaf, is copied onto the backward's tape),
+ * or NULL to fail the backward. Do not write into grad's buffer: it may be
  * the gradient of other tensors too, which would change with it (not detected); make a new tensor.
  * One hook per tensor; NULL removes it. For an op result the hook lasts as long as the tensor. */
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);

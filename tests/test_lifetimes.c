@@ -656,6 +656,52 @@ static void test_backward_writes_what_it_reads(void)
     nb_tensor_free(v);
 }
 
+/* A gradient hook may return a tensor of another tape, or a leaf: nb_grad handed it back as the
+ * gradient, so it lived as long as that tape (stale after its reset, NB_ERR_STATE on read) or was the
+ * caller's own leaf. The gradients nb_grad returns are on the output's tape, as nabla.h says. */
+typedef struct foreign_ret {
+    nb_tape *other;
+    nb_tensor *leaf;
+    int kind;
+} foreign_ret;
+
+static nb_tensor *foreign_hook(nb_tensor *g, void *user)
+{
+    foreign_ret *f = user;
+    if (f->kind == 1) return f->leaf;
+    nb_tape_begin(f->other);
+    nb_tensor *r = nb_mul_scalar(g, 5.0);
+    nb_tape_end(f->other);
+    return r;
+}
+
+static void test_hook_returns_foreign(void)
+{
+    nb_tensor *w = scalar_leaf(2.0, 1);
+    for (int kind = 0; kind < 2; kind++) {
+        foreign_ret f = {nb_tape_new(), scalar_leaf(7.0, 0), kind};
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        nb_tensor *y = nb_mul_scalar(w, 3.0);
+        nb_tensor_set_hook(w, foreign_hook, &f);
+        nb_tensor *g[1];
+        CHECK(nb_grad(y, NULL, 1, &w, g, 0) == NB_OK, "kind %d: %s", kind, nb_error_message());
+        nb_tape_reset(f.other);
+        nb_tensor_fill(f.leaf, -1.0);
+        double want = kind ? 7.0 : 15.0;
+        CHECK(g[0] != f.leaf && !nb_tensor_is_leaf(g[0]) && nb_tensor_get(g[0], 0) == want,
+              "kind %d: the gradient is a result of the output's tape, %g (want %g): %s", kind,
+              nb_tensor_get(g[0], 0), want, nb_error_message());
+        nb_error_clear();
+        nb_tensor_set_hook(w, NULL, NULL);
+        nb_tape_end(t);
+        nb_tape_free(t);
+        nb_tape_free(f.other);
+        nb_tensor_free(f.leaf);
+    }
+    nb_tensor_free(w);
+}
+
 /* ---- finding 3: threads ------------------------------------------------------------------------ */
 
 typedef struct handoff {
@@ -881,6 +927,7 @@ int main(int argc, char **argv)
         {"custom_op_kills_tapes", test_custom_op_kills_tapes},
         {"hooks_meddling", test_hooks_meddling},
         {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
+        {"hook_returns_foreign", test_hook_returns_foreign},
         {"thread_handoff", test_thread_handoff},
         {"threads_shared_params", test_threads_shared_params},
         {"threads_shared_backward", test_threads_shared_backward},

@@ -199,6 +199,9 @@ static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
     if (r->dtype != t->dtype || !nb__same_shape(r, t))
         return nb__fail(NB_ERR_SHAPE, "%s: the gradient hook of %s %s returned %s %s", p->who,
                         nb_dtype_name(t->dtype), NB_SHP(t), nb_dtype_name(r->dtype), NB_SHP(r));
+    /* a tensor of another tape, or a leaf, enters as a copy on the pass's tape: gradients handed back
+     * live as long as the pass's tape, and the caller's tensor is never an accumulation slot */
+    if (r->tape != p->tape) r = nb_affine(r, 1.0, 0.0);
     return r;
 }
 
