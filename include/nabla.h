@@ -20,7 +20,8 @@
  *     seed, inputs), hook setter or nb_tape_write_dot, fails with NB_ERR_STATE naming the call ("tensor
  *     belongs to a tape that was reset (recorded in generation 3, tape is at 4)"). After two or more
  *     resets the pointer may denote a newer result of the same tape, which it then reads (never other
- *     memory): that use is not detected. Results of a tape that was freed are freed memory.
+ *     memory): that use is not detected. Results of a tape that was freed are freed memory; a tape
+ *     whose results ops of another tape recorded cannot be freed until that tape is reset.
  *   - A backward (and the DOT export) refuses a graph that holds a leaf freed since it was recorded, or
  *     a result of another tape reset since: NB_ERR_STATE, always.
  *   - A freed leaf's pointer fails with NB_ERR_STATE while any leaf or tape is live, unless a new leaf
@@ -346,7 +347,10 @@ void nb_tensor_print_line(const nb_tensor *t, const char *label, FILE *f, int64_
 
 /** A new empty tape (its arena grows in chunks as needed). Free with nb_tape_free. */
 nb_tape *nb_tape_new(void);
-/** Frees a tape and everything made on it. NULL is ignored. It must not be current on any thread. */
+/** Frees a tape and everything made on it. NULL is ignored. Refused (NB_ERR_STATE, nothing freed) while
+ * it is current on this thread, while a backward or a custom op runs on it, and while ops recorded on
+ * another tape hold its results as inputs (reset or free that tape first). A tape current on another
+ * thread must not be freed (not detected reliably). */
 void nb_tape_free(nb_tape *tape);
 /** Make tape the current tape of this thread; begin/end pairs nest (end restores the one before, and
  * refuses a tape that is not the current one). @{ */

@@ -233,7 +233,36 @@ static void test_reset_other_tape(void)
                 "input 1 of node 0 (mul) belongs to a tape that was reset after it was recorded");
     CHECK(nb_tensor_grad(w) == NULL, "no gradient was stored");
     nb_tape_end(tb);
+    nb_tape_free(tb);
     nb_tape_free(ta);
+    nb_tensor_free(x);
+    nb_tensor_free(w);
+}
+
+/* A constant of tape a recorded by an op on tape b, then tape a freed: the backward on b read a's freed
+ * header (heap-use-after-free in mark). Freeing a is refused while b's nodes hold its results; once b is
+ * reset (or freed), a can go. */
+static void test_free_held_tape(void)
+{
+    nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(16), 3.0);
+    nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(16), 2.0);
+    nb_tensor_set_requires_grad(w, 1);
+    nb_tape *ta = nb_tape_new(), *tb = nb_tape_new();
+    nb_tape_begin(ta);
+    nb_tensor *c = nb_mul_scalar(x, 1.0);
+    nb_tape_end(ta);
+    nb_tape_begin(tb);
+    nb_tensor *y = nb_sum_all(nb_mul(w, c));
+    nb_tape_free(ta);
+    CHECK(nb_error_code() == NB_ERR_STATE && strstr(nb_error_message(), "nb_tape_free: results of this tape are "
+          "inputs of ops recorded on another tape"), "free refused: %s", nb_error_message());
+    nb_error_clear();
+    CHECK(nb_backward(y, NULL, NB_RETAIN_GRAPH) == NB_OK && nb_tensor_get(nb_tensor_grad(w), 3) == 3.0,
+          "the backward reads c: %s", nb_error_message());
+    nb_tape_reset(tb);
+    nb_tape_free(ta); /* nothing holds it now */
+    CHECK_NO_ERROR();
+    nb_tape_end(tb);
     nb_tape_free(tb);
     nb_tensor_free(x);
     nb_tensor_free(w);
@@ -920,6 +949,7 @@ int main(int argc, char **argv)
         {"stale_results", test_stale_results},
         {"stale_limits", test_stale_limits},
         {"reset_other_tape", test_reset_other_tape},
+        {"free_held_tape", test_free_held_tape},
         {"view_of_other_tape", test_view_of_other_tape},
         {"view_of_freed_leaf", test_view_of_freed_leaf},
         {"freed_leaf", test_freed_leaf},

@@ -200,6 +200,11 @@ struct nb_tape {
     /* leaves whose grad_graph points into this tape (cleared on reset) */
     nb_tensor **graph_leaves;
     size_t n_graph_leaves, cap_graph_leaves;
+    /* the tapes whose results this generation's nodes hold as inputs, each once (released by reset and
+     * free); `held` counts the tapes holding this one (atomic): nb_tape_free refuses while any does */
+    nb_tape **holds;
+    size_t n_holds, cap_holds;
+    int held;
 };
 
 extern _Thread_local nb_tape *nb__t_current;

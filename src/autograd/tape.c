@@ -114,6 +114,30 @@ nb_tape *nb_tape_new(void)
     return t;
 }
 
+/* Let go of the tapes whose results t's nodes held. */
+static void release_holds(nb_tape *t)
+{
+    for (size_t i = 0; i < t->n_holds; i++) __atomic_fetch_sub(&t->holds[i]->held, 1, __ATOMIC_ACQ_REL);
+    t->n_holds = 0;
+}
+
+/* t records a node with an input of tape o: o cannot be freed until t is reset or freed. */
+static bool hold_tape(nb_tape *t, nb_tape *o)
+{
+    for (size_t i = 0; i < t->n_holds; i++)
+        if (t->holds[i] == o) return true;
+    if (t->n_holds == t->cap_holds) {
+        size_t cap = t->cap_holds ? 2 * t->cap_holds : 4;
+        nb_tape **a = nb__realloc(t->holds, t->cap_holds * sizeof *a, cap * sizeof *a);
+        if (!a) return false;
+        t->holds = a;
+        t->cap_holds = cap;
+    }
+    t->holds[t->n_holds++] = o;
+    __atomic_fetch_add(&o->held, 1, __ATOMIC_ACQ_REL);
+    return true;
+}
+
 static void clear_graph_leaves(nb_tape *t)
 {
     for (size_t i = 0; i < t->n_graph_leaves; i++) {
@@ -134,6 +158,13 @@ void nb_tape_free(nb_tape *t)
                                "a custom op?)");
         return;
     }
+    if (__atomic_load_n(&t->held, __ATOMIC_ACQUIRE)) {
+        nb__fail(NB_ERR_STATE, "nb_tape_free: results of this tape are inputs of ops recorded on another tape "
+                               "(reset or free that tape first)");
+        return;
+    }
+    release_holds(t);
+    nb__free(t->holds, t->cap_holds * sizeof *t->holds);
     clear_graph_leaves(t);
     nb__arena_free(&t->arena);
     hregion_free(&t->hdr[0]);
@@ -175,6 +206,7 @@ void nb_tape_reset(nb_tape *t)
         return;
     }
     clear_graph_leaves(t);
+    release_holds(t);
     t->n_nodes = 0;
     nb__arena_reset(&t->arena);
     /* the new generation fills the other header region; the one just used keeps its headers (and
@@ -359,10 +391,14 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
     if (!any_grad || t_no_grad != 0 || !def->backward) return out;
 
     nb_tape *tape = out->tape;
-    for (int i = 0; i < n_in; i++)
-        if (in[i]->tape && in[i]->tape != tape && nb__needs_grad(in[i]))
+    for (int i = 0; i < n_in; i++) {
+        if (!in[i]->tape || in[i]->tape == tape) continue;
+        if (nb__needs_grad(in[i]))
             return nb__fail(NB_ERR_STATE, "%s: input %d %s was recorded on another tape than the current "
                                           "one; a graph cannot span tapes", who, i, NB_SHP(in[i]));
+        /* a constant of another tape: the node holds that tape (its free is refused meanwhile) */
+        if (!hold_tape(tape, in[i]->tape)) return nb__fail(NB_ERR_NOMEM, "%s: out of memory recording a node", who);
+    }
     nb_node *n = nb__tape_alloc(tape, sizeof *n + (size_t)n_in * (sizeof(nb_tensor *) + sizeof(uint64_t) +
                                                                 sizeof(uint32_t)));
     if (!n) return nb__fail(NB_ERR_NOMEM, "%s: out of memory recording a node", who);
