@@ -39,7 +39,9 @@ void nb_params_free(nb_params *p);
  * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
  * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
  * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding
- * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. */
+ * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. A view made
+ * without a tape (nb_tensor_is_view) is refused, here and as a buffer: a parameter needs data of its
+ * own (add nb_tensor_clone of it); so is a leaf that has such views (it could not require grad). */
 nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
 /** Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
 nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);
