@@ -665,7 +665,8 @@ nb_tensor *nb_repeat(nb_tensor *x, int nreps, const int64_t *reps);
 /** The same, fewer counts than dims allowed: the missing leading counts are 1 (torch.tile). */
 nb_tensor *nb_tile(nb_tensor *x, int nreps, const int64_t *reps);
 /** Running sum / product along axis (f32 accumulates in double; i64 wraps on overflow). The gradient
- * of cumprod is exact with zeros in x, to second order. @{ */
+ * of cumprod is exact with zeros in x, to every order, and its graph under NB_CREATE_GRAPH is a few
+ * tensors of x's size however many zeros x holds. @{ */
 nb_tensor *nb_cumsum(nb_tensor *x, int axis);
 nb_tensor *nb_cumprod(nb_tensor *x, int axis);
 /** @} */
