@@ -593,7 +593,8 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim);
 nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /** @} */
-/** log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input. */
+/** log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input.
+ * Over an empty axis it is -inf (the log of an empty sum) with an empty gradient, as in PyTorch. */
 nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /** Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default): the sum
  * of squared deviations divided by max(0, count - correction), so NaN or infinity when count <=

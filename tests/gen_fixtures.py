@@ -890,6 +890,11 @@ for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a1_k", (1,), 1), ("a0
 # Near 1e4, torch's gradient exp(x - lse) inherits the rounding of lse (an ulp of 1e4 is 1.8e-12): its
 # values are off by up to 9e-13 relative, nabla's match a 50-digit computation; inside the tolerance.
 case("logsumexp_big", "logsumexp", [V([1e4, 9999.0, -1e4, -1e4, -9998.0, -9999.5], (2, 3))], axes=(1,), keepdim=0)
+# An empty axis: -inf (the log of an empty sum) and an empty gradient; an empty kept axis: an empty result.
+case("logsumexp_empty_axis", "logsumexp", [V([], (2, 0))], axes=(1,), keepdim=0)
+case("logsumexp_empty_keepdim", "logsumexp", [V([], (2, 0, 3))], axes=(1, 2), keepdim=1)
+case("logsumexp_empty_all", "logsumexp", [V([], (0, 3))], axes=(), keepdim=0)
+case("logsumexp_empty_kept", "logsumexp", [V([], (0, 3))], axes=(1,), keepdim=0)
 for opname in ("var", "std"):
     for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a02_k", (0, 2), 1), ("am1", (-1,), 0)):
         for corr in (0, 1):
