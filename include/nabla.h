@@ -444,9 +444,10 @@ nb_tensor *nb_detach(nb_tensor *x);
  * Each returns its result on the current tape, or NULL on error. Binary elementwise ops broadcast as
  * NumPy does; both inputs must have the same dtype. */
 /** @addtogroup ops
- * Integers: nb_add, nb_sub, nb_mul, nb_maximum, nb_minimum, the comparisons, nb_where, nb_sum, nb_max,
- * nb_min, nb_argmax and the everyday ops below also take i64 tensors and give i64 results, which are
- * never recorded. add, sub, mul and sum wrap on overflow (two's complement), as in PyTorch. nb_div,
+ * Integers: nb_add, nb_sub, nb_mul, nb_neg, nb_abs, nb_sign, nb_maximum, nb_minimum, the comparisons,
+ * nb_where, nb_sum, nb_max, nb_min, nb_argmax and the everyday ops below also take i64 tensors and give
+ * i64 results, which are never recorded. add, sub, mul, neg, abs and sum wrap on overflow (two's
+ * complement: -INT64_MIN is INT64_MIN), as in PyTorch. nb_div,
  * nb_pow and nb_mean refuse i64 (no integer division: nb_cast to f64 first). */
 
 /**

@@ -570,6 +570,11 @@ def _same_dtype(mask, x):
     return mask.to(x.dtype)
 
 
+@value_op("sign")  # not differentiable
+def _sign(x):
+    return torch.sign(x)
+
+
 @value_op("eq")
 def _eq(a, b):
     return _same_dtype(a == b, a)
@@ -1043,6 +1048,13 @@ case("sort_i64", "sort", [I64([[3, 1, 3, -2, 1], [0, 0, 7, -7, 0]])], axis=1, de
 case("flip_i64", "flip", [I64([[1, 2, 3], [4, 5, 6]])], axes=(1,))
 case("roll_i64", "roll", [I64([1, 2, 3, 4, 5])], shift=-2, axis=0)
 case("repeat_i64", "repeat", [I64([1, 2])], reps=(2, 2))
+# neg, abs and sign of integers (the reader takes |values| <= 2^53; the wrap at INT64_MIN is checked
+# by test_grad_everyday.c)
+I64_EDGE = [-2**53, -2**53 + 1, -7, -1, 0, 1, 7, 2**53]
+case("neg_i64", "neg", [I64(I64_EDGE, (2, 4))])
+case("abs_i64", "abs", [I64(I64_EDGE, (2, 4))])
+case("sign_i64", "sign", [I64(I64_EDGE, (2, 4))])
+case("sign_f64", "sign", [V([-2.5, -0.0, 0.0, 2.0**-100, 3.0, -2.0**100])])
 
 
 # ----------------------------------------------------------------------------------------------

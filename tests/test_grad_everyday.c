@@ -412,6 +412,11 @@ static void test_integers(void)
     check_i64("i64 max over all", nb_max(a, 0, NULL, 0), 1, (const int64_t[]){MAX});
     check_i64("i64 min over all", nb_min(a, 0, NULL, 0), 1, (const int64_t[]){MIN});
     check_i64("i64 argmin", nb_argmin(a, 0, 0), 1, (const int64_t[]){1});
+    /* neg and abs wrap at INT64_MIN (PyTorch's values); sign */
+    nb_tensor *e = nb_tensor_from_data(NB_I64, NB_SHAPE(5), (const int64_t[]){MIN, MIN + 1, -3, 0, MAX});
+    check_i64("i64 neg", nb_neg(e), 5, (const int64_t[]){MIN, MAX, 3, 0, MIN + 1});
+    check_i64("i64 abs", nb_abs(e), 5, (const int64_t[]){MIN, MAX, 3, 0, MAX});
+    check_i64("i64 sign", nb_sign(e), 5, (const int64_t[]){-1, -1, -1, 0, 1});
     /* comparisons are exact beyond 2^53 (no rounding through double) and give i64 0/1 */
     const int64_t big = (int64_t)1 << 53;
     nb_tensor *c = nb_tensor_from_data(NB_I64, NB_SHAPE(3), (const int64_t[]){big, big + 1, MAX});
@@ -435,7 +440,7 @@ static void test_integers(void)
     CHECK(pos && !nb_tensor_requires_grad(pos), "a comparison of a recorded tensor is not recorded");
     /* the i64 ops (arithmetic, sums, scans, sorting, shapes) record no node */
     nb_tensor *k = nb_argmax(logits, 1, 0);
-    nb_tensor *r = nb_add(nb_mul(k, k), nb_sub(k, labels));
+    nb_tensor *r = nb_add(nb_mul(k, k), nb_neg(nb_abs(nb_sign(nb_sub(k, labels)))));
     r = nb_cumsum(nb_flip(nb_roll(nb_repeat(r, NB_SHAPE(2, 1)), 1, 1), 0, NULL), 1);
     r = nb_sort(nb_masked_fill(r, nb_eq(r, nb_zeros(NB_I64, 0, NULL)), -1.0), 1, 1, NULL);
     r = nb_max(nb_tril(nb_where(nb_gt(r, labels), r, labels), 0), NB_AXES(0), 0);
@@ -453,7 +458,7 @@ static void test_integers(void)
     CHECK_NO_ERROR();
     nb_tape_end(tape);
     nb_tape_free(tape);
-    nb_tensor *leaves[] = {a, b, m1, p, c, d, logits, labels, li};
+    nb_tensor *leaves[] = {a, b, e, m1, p, c, d, logits, labels, li};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) nb_tensor_free(leaves[i]);
 }
 
