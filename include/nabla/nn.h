@@ -35,7 +35,9 @@ typedef struct nb_params nb_params;
 nb_params *nb_params_new(void);
 /** Frees the collection and every tensor in it. NULL is ignored. */
 void nb_params_free(nb_params *p);
-/** Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
+/** Register leaf t under name (copied; names must be unique, and such that nb_checkpoint_save can write
+ * them: valid UTF-8, not "__metadata__", not beginning with "optim.", which checkpoints keep for the
+ * optimizer's state; others are refused with NB_ERR_ARG) and mark it as requiring grad. The
  * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
  * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
  * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding

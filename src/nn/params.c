@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "../train/names.h"
+
 typedef struct entry {
     char *name;
     nb_tensor *t;
@@ -72,6 +74,12 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
     if (!p || !name || !*name) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_ARG, "%s: collection or name missing", who);
+        return NULL;
+    }
+    const char *bad = nbn_param_name_problem(name); /* what nb_checkpoint_save would refuse */
+    if (bad) {
+        nb_tensor_free(t);
+        nb_error_set(NB_ERR_ARG, "%s: name \"%s\" is not allowed: %s", who, name, bad);
         return NULL;
     }
     if (nb_params_find(p, name)) {
