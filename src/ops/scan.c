@@ -94,7 +94,7 @@ nb_tensor *nb_flip(nb_tensor *x, int naxes, const int *axes)
     if (!check_dtype(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
         if (x->shape[d] < 2) mask &= ~(1u << d); /* reversing one element changes nothing */
-    if (!mask) return x;
+    if (!mask) return nb__alias(who, x); /* a tensor of its own all the same */
     nb_attrs at = {.i = {(int64_t)mask}};
     return nb__apply(who, NB_OP_FLIP, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }
