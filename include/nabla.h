@@ -200,6 +200,9 @@ int nb_tensor_is_leaf(const nb_tensor *t);
  * backward with NB_CREATE_GRAPH it is a tensor on that tape, itself differentiable, valid until the
  * tape is reset. */
 nb_tensor *nb_tensor_grad(const nb_tensor *t);
+/* The gradient of a leaf that requires grad, allocated as zeros if no backward has reached it yet:
+ * for code that writes gradients itself (nabla/dist.h averages them over processes). NULL on error. */
+nb_tensor *nb_tensor_ensure_grad(nb_tensor *t);
 /* Set the gradient of a leaf to zero (keeps its buffer, so steady-state steps do not allocate). */
 void nb_tensor_zero_grad(nb_tensor *t);
 /* A name shown in graph exports and error messages. The string is copied for leaves; for op results
@@ -545,5 +548,6 @@ void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
 
 #include "nabla/nn.h"
 #include "nabla/train.h"
+#include "nabla/dist.h"
 
 #endif /* NABLA_H */
