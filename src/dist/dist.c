@@ -1,6 +1,6 @@
 /* Data-parallel training over MPI (include/nabla/dist.h). Written against nabla.h and MPI only.
  *
- * Every wait goes through wait_reqs: non-blocking MPI calls polled with MPI_Testall until they
+ * Every wait goes through wait_reqs: non-blocking MPI calls polled with MPI_Test until they
  * complete or the context's timeout passes, so that no rank waits for ever on a rank that failed.
  * Gradient averaging (nb_ddp) packs the gradients of its parameters, in reverse registration order,
  * into flat buckets and reduces each with one MPI_Iallreduce (split only beyond INT_MAX elements).
@@ -93,6 +93,24 @@ static nb_status usable(nb_dist *d, const char *who)
     return NB_OK;
 }
 
+/* Sets *done when every request of req[n] has completed (each completed one becomes MPI_REQUEST_NULL);
+ * each test drives MPI's progress. One MPI_Test at a time rather than MPI_Testall with
+ * MPI_STATUSES_IGNORE, which gcc 12 takes for an overflow with MPICH's prototype. */
+static int test_all(int n, MPI_Request *req, int *done)
+{
+    *done = 1;
+    for (int i = 0; i < n; i++) {
+        if (req[i] == MPI_REQUEST_NULL) continue;
+        int flag = 0, rc = MPI_Test(&req[i], &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return rc;
+        if (!flag) {
+            *done = 0;
+            break;
+        }
+    }
+    return MPI_SUCCESS;
+}
+
 /* Poll n requests until all complete; fail after the context's timeout. *waited (may be NULL) adds
  * the seconds spent. */
 static nb_status wait_reqs(nb_dist *d, int n, MPI_Request *req, const char *who, const char *what, double *waited)
@@ -101,9 +119,9 @@ static nb_status wait_reqs(nb_dist *d, int n, MPI_Request *req, const char *who,
     nb_status st = NB_OK;
     for (long spin = 0;; spin++) {
         int done = 0;
-        int rc = MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE);
+        int rc = test_all(n, req, &done);
         if (rc != MPI_SUCCESS) {
-            st = mpi_fail(d, rc, who, what);
+            st = mpi_fail(d, rc, who, "MPI_Test");
             break;
         }
         if (done) break;
@@ -259,7 +277,8 @@ nb_status nb_dist_abort(nb_dist *d, const char *message)
     fprintf(stderr, "nabla: rank %d of %d: %s\n", nb_dist_rank(d), nb_dist_size(d), message ? message : "(no message)");
     fflush(stderr);
     if (!d || !initialized || finalized) return fail(NB_ERR_ARG, "nb_dist_abort: no running MPI context to end");
-    MPI_Abort(d->comm, 1);
+    /* the whole job: MPICH ends only the calling process when given another communicator */
+    MPI_Abort(MPI_COMM_WORLD, 1);
     return fail(NB_ERR_STATE, "nb_dist_abort: MPI_Abort returned");
 }
 
@@ -688,10 +707,10 @@ static nb_status progress(nb_ddp *g, const char *who)
     while (g->tested < g->next) {
         ddp_bucket *b = &g->b[g->tested];
         int done = 0;
-        int rc = MPI_Testall(b->n_req, b->req, &done, MPI_STATUSES_IGNORE);
+        int rc = test_all(b->n_req, b->req, &done);
         if (rc != MPI_SUCCESS) {
             g->broken = 1;
-            return mpi_fail(g->d, rc, who, "MPI_Testall");
+            return mpi_fail(g->d, rc, who, "MPI_Test");
         }
         if (!done) break;
         b->done = 1;
