@@ -149,11 +149,29 @@ static int load_split(const char *dir, const char *prefix, nb_tensor **x, nb_ten
     return 1;
 }
 
-/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation. */
-static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images)
+/* The MLP (nb_mlp_forward) with its dropout masks drawn for a whole batch of `global` rows, of which
+ * x holds rows first.. : every process draws the same masks from the same stream and uses its rows,
+ * so N processes make exactly the masks one process makes (run alone: first 0, global all of x). */
+static nb_tensor *mlp_forward(const nb_mlp *m, nb_tensor *x, int64_t first, int64_t global)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        x = nb_linear_forward(&m->layer[i], x);
+        if (i + 1 == m->n_layers) break;
+        x = nb_activate(x, m->act);
+        if (m->dropout > 0 && nb_params_training(m->owner)) {
+            nb_tensor *mask = nb_dropout_mask(NB_F32, NB_SHAPE(global, nb_tensor_dim(x, 1)), m->dropout, m->rng);
+            x = nb_mul(x, nb_slice(mask, 0, first, first + nb_tensor_dim(x, 0), 1));
+        }
+    }
+    return x;
+}
+
+/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation.
+ * first and global: where the rows sit in the global batch (dropout, in training). */
+static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images, int64_t first, int64_t global)
 {
     nb_tensor *flat = nb_reshape(images, NB_SHAPE(nb_tensor_dim(images, 0), 784));
-    return nb_mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
+    return mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530), first, global);
 }
 
 static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion)
@@ -195,7 +213,7 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     int r;
     while ((r = nb_batches_next(b, &x, &y)) == 1) {
         if (nb_tensor_dim(x, 0) == 0) continue; /* an empty part of a short last batch */
-        nb_tensor *logits = logits_of(mlp, x);
+        nb_tensor *logits = logits_of(mlp, x, 0, nb_tensor_dim(x, 0));
         nb_tensor *l = nb_cross_entropy(logits, y, &(nb_ce_opts){.reduction = NB_REDUCE_SUM});
         int64_t c = correct_of(logits, y, confusion);
         if (!l || c < 0) {
@@ -311,9 +329,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         return 1;
     }
-    /* every process made the same initial weights from the same seed; each other than rank 0 then
-     * draws its own dropout masks (rank 0 keeps the stream of a single-process run) */
-    if (rank > 0) nb_rng_seed(&rng, o.seed + 0x9e3779b97f4a7c15ull * (uint64_t)rank);
+    /* every process made the same initial weights from the same seed, and goes on drawing the same
+     * dropout masks (mlp_forward) */
     nb_tape *tape = nb_tape_new();
     char ckpt[1024], csv_path[1024];
     snprintf(ckpt, sizeof ckpt, "%s/fashion_mnist.safetensors", o.out_dir);
@@ -406,8 +423,13 @@ int main(int argc, char **argv)
                 break;
             }
             nb_tensor *logits = NULL, *loss = NULL;
-            if (bsz > 0) { /* (a part is empty only when a batch has fewer images than processes) */
-                logits = logits_of(&mlp, x);
+            /* (a part is empty only when a batch has fewer images than processes: it still draws the
+             * batch's dropout masks, to keep the stream in step) */
+            if (bsz == 0 && o.dropout > 0)
+                for (int i = 0; i < o.n_layers; i++)
+                    nb_dropout_mask(NB_F32, NB_SHAPE(nb_batches_global_count(batches), o.layers[i]), o.dropout, &rng);
+            if (bsz > 0) {
+                logits = logits_of(&mlp, x, nb_batches_shard_offset(batches), nb_batches_global_count(batches));
                 loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
                 if (o.graph_path && rank == 0 && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
                     r = -1;

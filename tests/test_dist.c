@@ -22,9 +22,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include "nbtest.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef NB_TEST_MPI
+#include <mpi.h>
+#endif
 
 static nb_dist *D;
 static int R, N;
@@ -574,6 +578,32 @@ static void test_misuse(nb_tape *tape)
     nb_params_free(p);
 }
 
+/* A thread that is not MPI's main thread tries a collective (MPI gives FUNNELED): refused, not sent. */
+static void *other_thread(void *arg)
+{
+    nb_status *st = arg;
+    *st = nb_dist_barrier(D);
+    if (*st != NB_OK && !strstr(nb_error_message(), "called from a thread other than the one that started MPI"))
+        *st = NB_ERR_ARG; /* the wrong reason */
+    return NULL;
+}
+
+static void test_threads(void)
+{
+#ifdef NB_TEST_MPI
+    int level = 0;
+    MPI_Query_thread(&level);
+    CHECK(level >= MPI_THREAD_FUNNELED, "MPI provides thread level %d", level);
+    if (level >= MPI_THREAD_SERIALIZED) return; /* then any thread may call, one at a time */
+    nb_status st = NB_OK;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, other_thread, &st) == 0 && pthread_join(t, NULL) == 0, "thread");
+    CHECK(st == NB_ERR_STATE, "a collective from another thread: %s", nb_status_name(st));
+#else
+    (void)other_thread;
+#endif
+}
+
 /* A second context over the program's own communicator; rank and size; NULL accessors. */
 static void test_contexts(void)
 {
@@ -750,6 +780,7 @@ int main(int argc, char **argv)
         hang_run(data, tape);
     } else if (argc == 2 && N >= 2) {
         test_contexts();
+        test_threads();
         test_collectives(argv[1]);
         test_broadcast(tape);
         test_buckets(tape);

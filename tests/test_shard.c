@@ -58,8 +58,10 @@ static void compare(int64_t n, int64_t bs, int nranks, int drop_last, int by_len
                     continue;
                 }
                 CHECK(c >= 0, "shard %d: %s", r, nb_error_message());
-                /* parts differ by at most one row; the global count is the whole batch's */
-                sizes_bad += c < m / nranks || c > m / nranks + 1 || nb_batches_global_count(part[r]) != m;
+                /* parts differ by at most one row; the global count is the whole batch's, the offset
+                 * where this part starts in it */
+                sizes_bad += c < m / nranks || c > m / nranks + 1 || nb_batches_global_count(part[r]) != m ||
+                             nb_batches_shard_offset(part[r]) != k;
                 k += c > 0 ? c : 0;
             }
             if (m == 0) break;

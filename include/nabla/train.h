@@ -197,8 +197,12 @@ int64_t nb_batches_per_epoch(const nb_batches *b);
  * still returned as 1) when a batch has fewer rows than ranks; parts differ by at most one row when
  * nranks does not divide n (weight the gradients: nb_ddp_set_samples). Call before the first batch. */
 nb_status nb_batches_set_shard(nb_batches *b, int rank, int nranks);
-/* Rows of the last batch over all shards (its own rows: nb_batches_indices), 0 before the first. */
+/* Rows of the last batch over all shards (its own rows: nb_batches_indices), 0 before the first; and
+ * where this shard's rows start among them (0 unsharded). With these a rank can draw per-sample
+ * randomness (dropout masks) for the whole global batch from a stream every rank shares, and use its
+ * rows: then N ranks draw exactly what one process draws. */
 int64_t nb_batches_global_count(const nb_batches *b);
+int64_t nb_batches_shard_offset(const nb_batches *b);
 /* Skip n batches, drawing the shuffles nb_batches_next would (an epoch's end is not counted): to resume
  * a run from a checkpoint taken after n steps. */
 nb_status nb_batches_skip(nb_batches *b, int64_t n);

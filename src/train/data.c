@@ -214,6 +214,7 @@ struct nb_batches {
     /* sharding (data-parallel training): this batcher returns part `rank` of `nranks` of each batch */
     int rank, nranks;
     int64_t global_count; /* rows of the last batch over all parts */
+    int64_t shard_first;  /* where this part starts in it */
 };
 
 nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_rows, int drop_last,
@@ -397,6 +398,15 @@ int64_t nb_batches_global_count(const nb_batches *b)
     return b->global_count;
 }
 
+int64_t nb_batches_shard_offset(const nb_batches *b)
+{
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_shard_offset: batches is NULL");
+        return -1;
+    }
+    return b->shard_first;
+}
+
 int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
 {
     const char *who = "nb_batches_next";
@@ -435,6 +445,7 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
     memcpy(b->last, rows, (size_t)count * sizeof(int64_t));
     b->last_count = count;
     b->global_count = global;
+    b->shard_first = first;
     b->pos += global;
     *x = bx;
     if (y) *y = by;
