@@ -5,7 +5,8 @@
  *
  * Timed: --epochs epochs of training steps (forward, backward, reduction, optimizer step) after
  * --warmup-steps untimed steps, each epoch between two barriers; no evaluation. Reported: the median
- * epoch time, and from nb_ddp's counters per epoch: the time in the hooks (packing and starting
+ * epoch time (wall) and rank 0's CPU time over the epoch (all its threads; on a machine shared with
+ * other work, the CPU time of one thread is the steadier measure of compute), and from nb_ddp's counters per epoch: the time in the hooks (packing and starting
  * buckets during backward), in nb_ddp_finish, and the part of that spent waiting for MPI (what the
  * backward did not hide), on rank 0 and the most over ranks; buckets started during backward.
  *
@@ -175,13 +176,14 @@ int main(int argc, char **argv)
     nb_batches_skip(r.batches, (nb_batches_per_epoch(r.batches) - o.warmup_steps % nb_batches_per_epoch(r.batches)) %
                                    nb_batches_per_epoch(r.batches));
     int64_t steps = nb_batches_per_epoch(r.batches);
-    double *epoch_s = calloc((size_t)o.epochs, sizeof *epoch_s);
+    double *epoch_s = calloc((size_t)o.epochs, sizeof *epoch_s), *cpu_s = calloc((size_t)o.epochs, sizeof *cpu_s);
     nb_ddp_reset_stats(r.ddp);
     for (long e = 0; e < o.epochs; e++) {
         if (d && nb_dist_barrier(d) != NB_OK) fail(d, "barrier");
-        double t0 = bench_now_ns();
+        double t0 = bench_now_ns(), c0 = bench_clock_ns(CLOCK_PROCESS_CPUTIME_ID);
         for (int64_t s = 0; s < steps; s++)
             if (!step(&r, NULL)) fail(d, "training step");
+        cpu_s[e] = (bench_clock_ns(CLOCK_PROCESS_CPUTIME_ID) - c0) * 1e-9;
         if (d && nb_dist_barrier(d) != NB_OK) fail(d, "barrier");
         epoch_s[e] = (bench_now_ns() - t0) * 1e-9;
     }
@@ -192,7 +194,7 @@ int main(int argc, char **argv)
                      st.wait_seconds / (double)o.epochs};
     double most[3] = {per[0], per[1], per[2]};
     if (d && nb_dist_allreduce(d, most, 3, NB_DIST_MAX) != NB_OK) fail(d, "allreduce");
-    double median = bench_median(epoch_s, o.epochs);
+    double median = bench_median(epoch_s, o.epochs), cpu_median = bench_median(cpu_s, o.epochs);
     int64_t bytes_step = st.steps ? st.bytes / st.steps : 0;
     if (rank == 0) {
         if (o.c.json) {
@@ -205,6 +207,7 @@ int main(int argc, char **argv)
             bench_json_fixed("epoch_s", 4, median);
             bench_json_fixed("epoch_s_min", 4, epoch_s[0]);
             bench_json_fixed("epoch_s_max", 4, epoch_s[o.epochs - 1]);
+            bench_json_fixed("epoch_cpu_s", 4, cpu_median);
             bench_json_long("buckets", r.ddp ? nb_ddp_bucket_count(r.ddp) : 0);
             bench_json_long("bytes_per_step", (long)bytes_step);
             bench_json_long("buckets_in_backward", (long)st.buckets_in_backward);
@@ -219,9 +222,9 @@ int main(int argc, char **argv)
             bench_json_end();
         } else {
             printf("%d process%s x %ld thread%s, global batch %ld, %lld steps per epoch: %.3f s per epoch (median of "
-                   "%ld; %.3f-%.3f)\n",
+                   "%ld; %.3f-%.3f), rank 0's CPU time %.3f s\n",
                    nranks, nranks > 1 ? "es" : "", o.threads, o.threads > 1 ? "s" : "", o.batch, (long long)steps, median,
-                   o.epochs, epoch_s[0], epoch_s[o.epochs - 1]);
+                   o.epochs, epoch_s[0], epoch_s[o.epochs - 1], cpu_median);
             if (r.ddp)
                 printf("  %d buckets, %lld bytes per step; per epoch: hooks %.3f s, nb_ddp_finish %.3f s of which waiting "
                        "for MPI %.3f s (most over ranks: %.3f, %.3f, %.3f); buckets started during backward %lld of %lld\n",
@@ -231,6 +234,7 @@ int main(int argc, char **argv)
         }
     }
     free(epoch_s);
+    free(cpu_s);
     nb_ddp_free(r.ddp);
     nb_batches_free(r.batches);
     nb_optim_free(r.opt);
