@@ -275,6 +275,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
     if (!leaf->grad) {
         nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
         if (!z) return nb_error_code();
+        z->owner = leaf; /* freed with its leaf, never on its own */
         leaf->grad = z;
     }
     if (p->flags & NB_CREATE_GRAPH) {

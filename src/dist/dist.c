@@ -163,11 +163,11 @@ static double default_timeout(void)
 /* A context over a duplicate of comm. */
 static nb_status make(MPI_Comm comm, int from_init, const char *who, nb_dist **out)
 {
-    nb_dist *d = calloc(1, sizeof *d);
+    nb_dist *d = nb_calloc(1, sizeof *d);
     if (!d) return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     int rc = MPI_Comm_dup(comm, &d->comm);
     if (rc != MPI_SUCCESS) {
-        free(d);
+        nb_dealloc(d, sizeof *d);
         return mpi_fail(NULL, rc, who, "MPI_Comm_dup");
     }
     MPI_Comm_set_errhandler(d->comm, MPI_ERRORS_RETURN);
@@ -240,7 +240,7 @@ void nb_dist_free(nb_dist *d)
     MPI_Finalized(&finalized);
     if (!finalized && !d->broken) MPI_Comm_free(&d->comm);
     if (--live_contexts == 0 && started_mpi && !finalized && !d->broken) MPI_Finalize();
-    free(d);
+    nb_dealloc(d, sizeof *d);
 }
 
 int nb_dist_rank(const nb_dist *d) { return d ? d->rank : 0; }
@@ -322,7 +322,8 @@ static uint64_t hash_layout(uint64_t h, const nb_tensor *t)
 static nb_status compare_hashes(nb_dist *d, int n, const uint64_t *h, int *differ, int *any, const char *who)
 {
     *any = 0;
-    uint64_t *v = malloc((size_t)(2 * n + 1) * sizeof *v);
+    size_t vbytes = (size_t)(2 * n + 1) * sizeof(uint64_t);
+    uint64_t *v = nb_alloc(vbytes);
     if (!v) return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     /* min over {h, ~h} gives min(h) and ~max(h) in one reduction */
     for (int i = 0; i < n; i++) {
@@ -338,7 +339,7 @@ static nb_status compare_hashes(nb_dist *d, int n, const uint64_t *h, int *diffe
         if (differ) differ[i] = diff;
         *any |= diff;
     }
-    free(v);
+    nb_dealloc(v, vbytes);
     return st;
 }
 
@@ -373,7 +374,8 @@ nb_status nb_dist_allreduce(nb_dist *d, double *values, int n, nb_dist_op op)
     if ((int64_t)n * d->size > INT_MAX) return fail(NB_ERR_ARG, "%s: %d values x %d ranks is too many", who, n, d->size);
     /* every rank gathers every rank's values and combines them in rank order: the same bits
      * everywhere, whatever algorithm the MPI library picks (meant for a few values) */
-    double *all = malloc((size_t)n * (size_t)d->size * sizeof *all);
+    size_t abytes = (size_t)n * (size_t)d->size * sizeof(double);
+    double *all = nb_alloc(abytes);
     if (!all) return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     MPI_Request r;
     int rc = MPI_Iallgather(values, n, MPI_DOUBLE, all, n, MPI_DOUBLE, d->comm, &r);
@@ -389,7 +391,7 @@ nb_status nb_dist_allreduce(nb_dist *d, double *values, int n, nb_dist_op op)
             values[i] = acc;
         }
     }
-    free(all);
+    nb_dealloc(all, abytes);
     return st;
 }
 
@@ -446,12 +448,13 @@ static nb_status bcast_tensors(nb_dist *d, int n, nb_tensor *const *t, int root,
 {
     int nreq = 0;
     for (int i = 0; i < n; i++) nreq += pieces(bytes_of(t[i]));
-    MPI_Request *req = malloc((size_t)(nreq + 1) * sizeof *req);
+    size_t rbytes = (size_t)(nreq + 1) * sizeof(MPI_Request);
+    MPI_Request *req = nb_alloc(rbytes);
     if (!req) return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     int k = 0, rc = MPI_SUCCESS;
     for (int i = 0; i < n && rc == MPI_SUCCESS; i++) rc = bcast_bytes(d, nb_tensor_data(t[i]), bytes_of(t[i]), root, req, &k);
     nb_status st = rc == MPI_SUCCESS ? wait_reqs(d, k, req, who, "broadcast", NULL) : mpi_fail(d, rc, who, "MPI_Ibcast");
-    free(req);
+    nb_dealloc(req, rbytes);
     if (st == NB_OK && d->rank != root)
         for (int i = 0; i < n; i++) nb_tensor_mark_dirty(t[i]);
     return st;
@@ -481,11 +484,12 @@ nb_status nb_dist_broadcast_params(nb_dist *d, nb_params *p, int root)
     if (!p) return fail(NB_ERR_ARG, "%s: collection is NULL", who);
     if ((st = same_layout(d, params_layout(p), who, "parameter collections (names, dtypes or shapes)")) != NB_OK) return st;
     int n = nb_params_count(p);
-    nb_tensor **t = malloc((size_t)(n + 1) * sizeof *t);
+    size_t tbytes = (size_t)(n + 1) * sizeof(nb_tensor *);
+    nb_tensor **t = nb_alloc(tbytes);
     if (!t) return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     for (int i = 0; i < n; i++) t[i] = nb_params_tensor(p, i);
     st = bcast_tensors(d, n, t, root, who);
-    free(t);
+    nb_dealloc(t, tbytes);
     return st;
 }
 
@@ -500,11 +504,12 @@ nb_status nb_dist_broadcast_optim(nb_dist *d, nb_optim *opt, int root)
     for (int i = 0; i < ns; i++) h = hash_layout(hash_str(h, nb_optim_state_name(opt, i)), nb_optim_state_tensor(opt, i));
     if ((st = same_layout(d, h, who, "optimizers (kind, state names, dtypes or shapes)")) != NB_OK) return st;
     /* the counts and the learning rate, then the state tensors */
-    int64_t *meta = malloc((size_t)(np + 2) * sizeof *meta);
-    nb_tensor **t = malloc((size_t)(ns + 1) * sizeof *t);
+    size_t mbytes = (size_t)(np + 2) * sizeof(int64_t), tbytes = (size_t)(ns + 1) * sizeof(nb_tensor *);
+    int64_t *meta = nb_alloc(mbytes);
+    nb_tensor **t = nb_alloc(tbytes);
     if (!meta || !t) {
-        free(meta);
-        free(t);
+        nb_dealloc(meta, mbytes);
+        nb_dealloc(t, tbytes);
         return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     }
     double lr = nb_optim_lr(opt);
@@ -522,8 +527,8 @@ nb_status nb_dist_broadcast_optim(nb_dist *d, nb_optim *opt, int root)
         st = nb_optim_set_steps(opt, meta[0]);
         for (int i = 0; st == NB_OK && i < np; i++) st = nb_optim_set_param_steps(opt, i, meta[2 + i]);
     }
-    free(meta);
-    free(t);
+    nb_dealloc(meta, mbytes);
+    nb_dealloc(t, tbytes);
     return st;
 }
 
@@ -535,11 +540,12 @@ nb_status nb_dist_check_params(nb_dist *d, const nb_params *p)
     if (!p) return fail(NB_ERR_ARG, "%s: collection is NULL", who);
     if ((st = same_layout(d, params_layout(p), who, "parameter collections (names, dtypes or shapes)")) != NB_OK) return st;
     int n = nb_params_count(p), any = 0;
-    uint64_t *h = malloc((size_t)(n + 1) * sizeof *h);
-    int *differ = malloc((size_t)(n + 1) * sizeof *differ);
+    size_t hbytes = (size_t)(n + 1) * sizeof(uint64_t), dbytes = (size_t)(n + 1) * sizeof(int);
+    uint64_t *h = nb_alloc(hbytes);
+    int *differ = nb_alloc(dbytes);
     if (!h || !differ) {
-        free(h);
-        free(differ);
+        nb_dealloc(h, hbytes);
+        nb_dealloc(differ, dbytes);
         return fail(NB_ERR_NOMEM, "%s: out of memory", who);
     }
     for (int i = 0; i < n; i++) {
@@ -554,8 +560,8 @@ nb_status nb_dist_check_params(nb_dist *d, const nb_params *p)
         st = fail(NB_ERR_STATE, "%s: %d of %d tensors differ between the ranks, the first %s", who, count, n,
                   nb_params_name(p, i));
     }
-    free(h);
-    free(differ);
+    nb_dealloc(h, hbytes);
+    nb_dealloc(differ, dbytes);
     return st;
 }
 
@@ -614,6 +620,7 @@ struct nb_ddp {
     nb_dist *d;
     nb_params *params;
     int n_tensors;  /* the collection's size when made (checked at finish) */
+    int cap;        /* entries allocated in bucket_of, p and b: n_tensors + 1 */
     int *bucket_of; /* [n_tensors] */
     ddp_param *p;   /* trainable parameters in reverse registration order */
     int np;
@@ -671,7 +678,8 @@ static nb_status start_bucket(nb_ddp *g, int k, const char *who)
     ddp_bucket *b = &g->b[k];
     for (int j = 0; j < b->count; j++) {
         ddp_param *q = &g->p[b->first + j];
-        nb_tensor *gr = nb_tensor_grad(q->t);
+        /* a gradient left at zero by nb_tensor_zero_grad counts as none, as for the optimizers */
+        nb_tensor *gr = nb_tensor_has_grad(q->t) ? nb_tensor_grad(q->t) : NULL;
         if (gr && !nb_tensor_is_leaf(gr)) {
             g->broken = 1;
             return fail(NB_ERR_UNSUPPORTED, "%s: the gradient of %s comes from a backward with NB_CREATE_GRAPH; "
@@ -754,6 +762,24 @@ static nb_status grad_ready(nb_tensor *leaf, void *user)
     return st;
 }
 
+/* The bucket buffers and their request arrays. */
+static void free_buffers(nb_ddp *g)
+{
+    for (int k = 0; g->b && k < g->nb; k++) {
+        nb_dealloc(g->b[k].buf, (size_t)buf_len(&g->b[k]) * esize(g->b[k].dtype));
+        nb_dealloc(g->b[k].req, (size_t)g->b[k].n_req * sizeof *g->b[k].req);
+    }
+}
+
+/* The averager's own arrays and itself. */
+static void free_arrays(nb_ddp *g)
+{
+    nb_dealloc(g->bucket_of, (size_t)g->cap * sizeof *g->bucket_of);
+    nb_dealloc(g->p, (size_t)g->cap * sizeof *g->p);
+    nb_dealloc(g->b, (size_t)g->cap * sizeof *g->b);
+    nb_dealloc(g, sizeof *g);
+}
+
 static void reset_step(nb_ddp *g)
 {
     for (int i = 0; i < g->np; i++) g->p[i].ready = 0;
@@ -774,11 +800,12 @@ nb_ddp *nb_ddp_new(nb_dist *d, nb_params *params, const nb_ddp_opts *opts)
     if (o.first_bucket_bytes <= 0) o.first_bucket_bytes = (int64_t)1 << 20;
     if (o.bucket_bytes <= 0) o.bucket_bytes = (int64_t)25 << 20;
     int n = nb_params_count(params);
-    nb_ddp *g = calloc(1, sizeof *g);
+    nb_ddp *g = nb_calloc(1, sizeof *g);
     if (g) {
-        g->bucket_of = malloc((size_t)(n + 1) * sizeof *g->bucket_of);
-        g->p = calloc((size_t)(n + 1), sizeof *g->p);
-        g->b = calloc((size_t)(n + 1), sizeof *g->b);
+        g->cap = n + 1;
+        g->bucket_of = nb_calloc((size_t)g->cap, sizeof *g->bucket_of);
+        g->p = nb_calloc((size_t)g->cap, sizeof *g->p);
+        g->b = nb_calloc((size_t)g->cap, sizeof *g->b);
     }
     if (!g || !g->bucket_of || !g->p || !g->b) goto nomem;
     g->d = d;
@@ -817,8 +844,8 @@ nb_ddp *nb_ddp_new(nb_dist *d, nb_params *params, const nb_ddp_opts *opts)
     for (int k = 0; k < g->nb; k++) {
         ddp_bucket *b = &g->b[k];
         b->n_req = pieces(buf_len(b));
-        b->buf = malloc((size_t)buf_len(b) * esize(b->dtype));
-        b->req = malloc((size_t)b->n_req * sizeof *b->req);
+        b->buf = nb_alloc((size_t)buf_len(b) * esize(b->dtype));
+        b->req = nb_alloc((size_t)b->n_req * sizeof *b->req);
         if (!b->buf || !b->req) goto nomem;
         for (int i = 0; i < b->n_req; i++) b->req[i] = MPI_REQUEST_NULL;
     }
@@ -846,14 +873,8 @@ nomem:
 fail:
     if (g) {
         for (int i = 0; i < g->np; i++) nb_tensor_set_post_accumulate_hook(g->p[i].t, NULL, NULL);
-        for (int k = 0; k < g->nb; k++) {
-            free(g->b[k].buf);
-            free(g->b[k].req);
-        }
-        free(g->bucket_of);
-        free(g->p);
-        free(g->b);
-        free(g);
+        free_buffers(g);
+        free_arrays(g);
     }
     return NULL;
 }
@@ -872,15 +893,9 @@ void nb_ddp_free(nb_ddp *g)
     }
     if (g->hooked)
         for (int i = 0; i < g->np; i++) nb_tensor_set_post_accumulate_hook(g->p[i].t, NULL, NULL);
-    for (int k = 0; k < g->nb && !leak; k++) {
-        free(g->b[k].buf);
-        free(g->b[k].req);
-    }
     g->d->users--;
-    free(g->bucket_of);
-    free(g->p);
-    if (!leak) free(g->b);
-    free(g);
+    if (!leak) free_buffers(g);
+    free_arrays(g); /* (with leak, the buffers stay: they are no longer reachable from here) */
 }
 
 nb_status nb_ddp_set_sync(nb_ddp *g, int sync)
