@@ -33,6 +33,45 @@
 static nb_dist *D;
 static int R, N;
 
+/* ---- an allocator that counts, and checks the size each free names --------------------------- */
+
+static long g_allocs, g_frees, g_bad_sizes;
+
+static void *count_alloc(size_t size, void *user)
+{
+    g_allocs++;
+    size_t *p = malloc(size + 16);
+    if (!p) return NULL;
+    *p = size;
+    return (char *)p + 16;
+}
+
+static void count_free(void *ptr, size_t size, void *user)
+{
+    if (!ptr) return;
+    size_t *p = (size_t *)((char *)ptr - 16);
+    g_frees++;
+    g_bad_sizes += *p != size;
+    free(p);
+}
+
+static void *count_realloc(void *ptr, size_t old_size, size_t new_size, void *user)
+{
+    if (!ptr) return count_alloc(new_size, user);
+    size_t *p = (size_t *)((char *)ptr - 16);
+    g_allocs++;
+    g_frees++;
+    g_bad_sizes += *p != old_size;
+    size_t *q = realloc(p, new_size + 16);
+    if (!q) {
+        g_allocs--;
+        g_frees--;
+        return NULL;
+    }
+    *q = new_size;
+    return (char *)q + 16;
+}
+
 /* ---- models and data -------------------------------------------------------------------------- */
 
 enum { IN = 6, CLASSES = 3, SAMPLES = 100, BATCH = 12 };
@@ -628,6 +667,29 @@ static void test_contexts(void)
     CHECK(nb_dist_timeout(D) > 0 && !nb_dist_broken(D), "timeout %g, broken %d", nb_dist_timeout(D), nb_dist_broken(D));
 }
 
+/* A steady-state step of data-parallel training (forward, backward, the reduction, the update) makes
+ * no allocation through nabla's allocator after the first steps, as without MPI. */
+static void test_steady(nb_dataset *data, nb_tape *tape)
+{
+    mlp_run m;
+    mlp_make(&m, 42);
+    nb_ddp *g = nb_ddp_new(D, m.p, &(nb_ddp_opts){.first_bucket_bytes = 512, .bucket_bytes = 2048});
+    nb_batches *b = nb_batches_new(data, BATCH, 1, 0, 9);
+    nb_batches_set_shard(b, R, N);
+    long before = 0;
+    for (int s = 0; s < 20; s++) {
+        if (s == 10) before = g_allocs; /* the tape's arena has its peak size by then */
+        nb_tape_begin(tape);
+        CHECK(mlp_step(&m, b, g, 1.0, 1), "step %d: %s", s, nb_error_message());
+        nb_tape_end(tape);
+        nb_tape_reset(tape);
+    }
+    CHECK(g_allocs == before, "rank %d: %ld allocations in 10 steady steps", R, g_allocs - before);
+    nb_batches_free(b);
+    nb_ddp_free(g);
+    mlp_free(&m);
+}
+
 /* ---- resume with another number of ranks ------------------------------------------------------ */
 
 static void train_steps(mlp_run *m, nb_batches *b, nb_ddp *g, nb_tape *tape, int steps)
@@ -766,6 +828,7 @@ int main(int argc, char **argv)
         printf("test_dist: not started by mpirun (run it through tests/mpirun.sh)\n");
         return 77;
     }
+    nb_set_allocator(&(nb_allocator){count_alloc, count_realloc, count_free, NULL});
     if (nb_dist_init(&argc, &argv, &D) != NB_OK) {
         fprintf(stderr, "test_dist: %s\n", nb_error_message());
         return 1;
@@ -776,6 +839,7 @@ int main(int argc, char **argv)
     nb_tape *tape = nb_tape_new();
     nb_dataset *data = mlp_data();
     const char *mode = argc > 1 ? argv[1] : "";
+    int full = 0; /* every check: then the allocator's books must balance at the end */
     if (!strcmp(mode, "--resume-save") && argc == 3) {
         resume(argv[2], 0, data, tape);
     } else if (!strcmp(mode, "--resume-load") && argc == 3) {
@@ -785,6 +849,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "--hang") && N >= 2) {
         hang_run(data, tape);
     } else if (argc == 2 && N >= 2) {
+        full = 1;
         test_contexts();
         test_threads();
         test_collectives(argv[1]);
@@ -796,6 +861,7 @@ int main(int argc, char **argv)
         test_mlp(data, tape, 0, 0, 0);
         test_lstm(tape);
         test_accumulation(tape);
+        test_steady(data, tape);
         test_misuse(tape);
     } else {
         fprintf(stderr, "usage: test_dist SCRATCH_DIR | --resume-save DIR | --resume-load DIR | --fail DIR | --hang "
@@ -811,5 +877,12 @@ int main(int argc, char **argv)
     nb_tape_free(tape);
     nb_dataset_free(data);
     nb_dist_free(D);
+    /* every block nabla allocated was freed, naming its size (test_misuse keeps one context) */
+    if (full) {
+        if (g_bad_sizes || g_allocs != g_frees)
+            fprintf(stderr, "test_dist rank %d: %ld allocations, %ld frees, %ld with the wrong size\n", R, g_allocs,
+                    g_frees, g_bad_sizes);
+        rc |= g_bad_sizes != 0 || g_allocs != g_frees;
+    }
     return rc || failures > 0;
 }
