@@ -226,7 +226,7 @@ static inline const char *input_gone(const nb_tensor *x, uint64_t stamp)
 {
     if (x->stamp == stamp && nb__usable(x)) return NULL;
     if (!x->tape) return "was freed";
-    return x->stamp == stamp && stamp == (x->tape->gen | NB_STAMP_LEAF_VIEW) ? "is a view of a leaf that was freed"
+    return x->stamp == stamp && stamp == (x->tape->gen | NB_STAMP_LEAF_DATA) ? "is a view of a leaf that was freed"
                                                                            : "belongs to a tape that was reset";
 }
 
@@ -248,7 +248,7 @@ static nb_status mark(pass *p, nb_tensor *out)
             /* a result of this tape is of its current generation (a stale one is refused when an op
              * is recorded), but a view of a leaf goes with its leaf; anything else is checked against
              * the stamp the node recorded */
-            const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_VIEW) ? NULL
+            const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_DATA) ? NULL
                                                                                   : input_gone(x, nd->in_stamp[j]);
             if (gone)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
@@ -350,7 +350,7 @@ static nb_status recheck(const pass *p, const nb_node *nd)
 {
     for (int j = 0; j < nd->n_in; j++) {
         const nb_tensor *x = nd->in[j];
-        const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_VIEW) ? NULL : input_gone(x, nd->in_stamp[j]);
+        const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_DATA) ? NULL : input_gone(x, nd->in_stamp[j]);
         if (gone)
             return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s during the backward (by a "
                                    "hook or a custom op?)", p->who, j, nd->index, nb__node_name(nd), gone);

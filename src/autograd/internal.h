@@ -13,8 +13,11 @@
 enum {
     NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
     NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
-    NB_TF_LEAF_VIEW = 1u << 2,     /* op result whose data is a leaf's (base, base_stamp) */
-    NB_TF_GRAD_BUFFER = 1u << 3,   /* leaf: another leaf's .grad, which backwards write in place */
+    NB_TF_VIEW = 1u << 2,          /* leaf made by a view op without a tape: shares its base's data block
+                                      and version counter (vp), never requires grad (nb__leaf_view) */
+    NB_TF_LEAF_DATA = 1u << 3,     /* op result whose data is a leaf's: a view of a leaf made on a tape
+                                      (base, base_stamp; see NB_STAMP_LEAF_DATA) */
+    NB_TF_GRAD_BUFFER = 1u << 4,   /* leaf: another leaf's .grad, which backwards write in place */
 };
 
 struct nb_tensor {
@@ -30,7 +33,7 @@ struct nb_tensor {
     nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
     struct nb_node *node; /* the node that made it, when recorded */
     /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
-     * made; stale once the tape is reset; a view of a leaf has NB_STAMP_LEAF_VIEW added, so that the
+     * made; stale once the tape is reset; a view of a leaf has NB_STAMP_LEAF_DATA added, so that the
      * one compare of the fast path sends it to the check of its leaf), a leaf's serial (unique per
      * process; 0 once freed). Nodes record it per input and the backward compares. Nothing of a
      * backward pass is stored in a tensor. */
@@ -45,7 +48,7 @@ struct nb_tensor {
             nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
             void *post_hook_user;
         };
-        struct { /* op results with NB_TF_LEAF_VIEW: a view (reshape, slice, detach) of a leaf's data */
+        struct { /* op results with NB_TF_LEAF_DATA: a view (reshape, slice, detach) of a leaf's data */
             const nb_tensor *base; /* the leaf (through views of views too) */
             uint64_t base_stamp;   /* its stamp when viewed: the view is stale once the leaf is freed */
         };
@@ -56,7 +59,7 @@ struct nb_tensor {
                               the tape that tracks this leaf (nb__grad_tape) */
 };
 /* Added to the stamp of a view of a leaf (generations stay far below it). */
-#define NB_STAMP_LEAF_VIEW (UINT64_C(1) << 63)
+#define NB_STAMP_LEAF_DATA (UINT64_C(1) << 63)
 
 /* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
 _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
@@ -64,6 +67,11 @@ _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes
 static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
 /* nb_dtype_size of a valid dtype, inline for the hot paths. */
 static inline size_t nb__esize(nb_dtype dt) { return dt == NB_F32 ? 4 : 8; }
+
+/* A caller-owned leaf of the given shape (x's element count) sharing leaf x's data and version counter,
+ * for view ops called with no current tape; refused when x requires grad. The data block lives until
+ * its last leaf is freed (tensor.c). */
+nb_tensor *nb__leaf_view(const char *who, nb_tensor *x, int ndim, const int64_t *shape);
 
 /* ---- ops -------------------------------------------------------------------------------------- */
 
@@ -268,12 +276,12 @@ const char *nb__node_name(const nb_node *n);
 bool nb__stale_fail(const char *who, const nb_tensor *t);
 /* Whether t may be used: an op result of its tape's current generation, or a leaf not freed. Reads
  * only t's header and its tape's generation: cheap enough for every op and accessor. */
-bool nb__leaf_view_usable(const nb_tensor *t);
+bool nb__leaf_data_usable(const nb_tensor *t);
 static inline bool nb__usable(const nb_tensor *t)
 {
     const nb_tape *tp = t->tape;
     /* a view of a leaf (its stamp never equals a generation) also needs its leaf alive */
-    return tp ? t->stamp == tp->gen || nb__leaf_view_usable(t) : (t->flags & NB_TF_LEAF) != 0;
+    return tp ? t->stamp == tp->gen || nb__leaf_data_usable(t) : (t->flags & NB_TF_LEAF) != 0;
 }
 /* nb__usable, recording the error (naming who) when not. */
 static inline bool nb__live(const char *who, const nb_tensor *t)
