@@ -367,7 +367,9 @@ nb_tape *nb_tape_new(void);
  * thread must not be freed (not detected reliably). */
 void nb_tape_free(nb_tape *tape);
 /** Make tape the current tape of this thread; begin/end pairs nest (end restores the one before, and
- * refuses a tape that is not the current one). @{ */
+ * refuses a tape that is not the current one). Both are refused for a tape on which a backward or a
+ * custom op runs (from a hook or the op); a tape that a hook or a custom op's forward begins and does
+ * not end is ended for it, and the backward (or the op) fails with NB_ERR_STATE. @{ */
 nb_status nb_tape_begin(nb_tape *tape);
 nb_status nb_tape_end(nb_tape *tape);
 /** @} */

@@ -455,7 +455,8 @@ static nb_status killer_bw(void *user, int n_in, nb_tensor *const *in, nb_tensor
 
 /* The forward's reset released the result it was writing (its data in an arena chunk the reset
  * freed), its free the whole tape (heap-use-after-free), the reset of an input's tape that input.
- * Refused now: the op (or the backward) fails with the reset's message; every tape stays usable. */
+ * Refused now (and the forward's nb_tape_end of its tape): the op (or the backward) fails with the
+ * first refusal's message; every tape stays usable. */
 static void test_custom_op_kills_tapes(void)
 {
     for (int mode = 0; mode < 4; mode++) {
@@ -487,10 +488,7 @@ static void test_custom_op_kills_tapes(void)
         /* both tapes still work */
         CHECK(nb_tape_generation(k.own) == 1 && nb_tape_generation(k.input) == 1, "mode %d: no reset happened", mode);
         CHECK(nb_tensor_get(c, 5) == 3.0, "mode %d: the other tape's result intact: %s", mode, nb_error_message());
-        if (mode == 1) {
-            CHECK(nb_tape_current() == NULL, "the forward ended the tape");
-            nb_tape_begin(k.own);
-        }
+        if (mode == 1) CHECK(nb_tape_current() == k.own, "the forward could not end the tape either");
         CHECK(nb_tensor_get(nb_add(w, w), 7) == 4.0, "mode %d: the tape records on", mode);
         nb_tape_end(k.own);
         nb_tape_free(k.own);
@@ -499,6 +497,77 @@ static void test_custom_op_kills_tapes(void)
         nb_tensor_free(x0);
         nb_error_clear();
     }
+}
+
+/* ---- begin/end from user code ------------------------------------------------------------------ */
+
+/* A hook that ends the tape the backward runs on (begun after tape b): the backward made it current
+ * again when done, so the caller's nb_tape_end restored NULL instead of b, and b could then never be
+ * ended nor freed. A hook that begins a tape and does not end it left it begun forever. The first is
+ * refused; the second fails the backward, which ends the tape left begun; begin/end keep nesting, and
+ * every tape can be freed. A custom op's forward the same. */
+static nb_tape *ended_in_hook, *begun_in_hook;
+
+static nb_tensor *end_hook(nb_tensor *g, void *user)
+{
+    (void)user;
+    if (ended_in_hook) nb_tape_end(ended_in_hook);
+    if (begun_in_hook) nb_tape_begin(begun_in_hook);
+    return g;
+}
+
+static nb_status begin_fw(void *user, int n_in, const nb_tensor *const *in, nb_tensor *out)
+{
+    (void)n_in;
+    nb_tape_begin(user);
+    memcpy(nb_tensor_data(out), nb_tensor_cdata(in[0]), sizeof(double));
+    return NB_OK;
+}
+
+static nb_status begin_bw_raw(void *user, int n_in, const nb_tensor *const *in, const nb_tensor *out,
+                              const nb_tensor *gout, nb_tensor *const *gin)
+{
+    (void)user, (void)n_in, (void)in, (void)out, (void)gout, (void)gin;
+    return NB_OK;
+}
+
+static void test_begin_end_from_hooks(void)
+{
+    nb_tensor *w = scalar_leaf(2.0, 1);
+    for (int kind = 0; kind < 3; kind++) {
+        nb_tape *b = nb_tape_new(), *t = nb_tape_new(), *x = nb_tape_new();
+        nb_tape_begin(b);
+        nb_tape_begin(t);
+        ended_in_hook = kind == 0 ? t : NULL;
+        begun_in_hook = kind == 1 ? x : NULL;
+        nb_status st = NB_OK;
+        nb_error_clear();
+        if (kind < 2) {
+            nb_tensor *y = nb_tanh(nb_mul(w, w));
+            nb_tensor_set_hook(y, end_hook, NULL);
+            nb_tensor *g;
+            st = nb_grad(y, NULL, 1, &w, &g, 0);
+        } else {
+            nb_custom_op op = {"begins", begin_fw, NULL, begin_bw_raw, x};
+            CHECK(nb_custom(&op, 1, &w, NB_F64, 0, NULL) == NULL, "the custom op fails");
+        }
+        const char *want = kind == 0 ? "nb_tape_end: a backward or a custom op runs on this tape"
+                                     : kind == 1 ? "nb_grad: a hook or a custom op changed the current tape"
+                                                 : "nb_custom: the forward of begins changed the current tape";
+        CHECK((kind != 1 || st == NB_ERR_STATE) && nb_error_code() == NB_ERR_STATE && strstr(nb_error_message(), want),
+              "kind %d: %s (%s), want \"%s\"", kind, nb_status_name(st), nb_error_message(), want);
+        nb_error_clear();
+        CHECK(nb_tape_current() == t, "kind %d: the backward's tape is current again", kind);
+        CHECK(nb_tape_end(t) == NB_OK && nb_tape_current() == b && nb_tape_end(b) == NB_OK && nb_tape_current() == NULL,
+              "kind %d: t then b end, in order: %s", kind, nb_error_message());
+        /* x, begun by the user code and left begun, was ended for it */
+        nb_tape_free(t);
+        nb_tape_free(b);
+        nb_tape_free(x);
+        CHECK_NO_ERROR();
+    }
+    ended_in_hook = begun_in_hook = NULL;
+    nb_tensor_free(w);
 }
 
 /* ---- user code during a backward: what mark checked can change before a rule reads it ---------- */
@@ -955,6 +1024,7 @@ int main(int argc, char **argv)
         {"freed_leaf", test_freed_leaf},
         {"reset_from_hook", test_reset_from_hook},
         {"custom_op_kills_tapes", test_custom_op_kills_tapes},
+        {"begin_end_from_hooks", test_begin_end_from_hooks},
         {"hooks_meddling", test_hooks_meddling},
         {"backward_writes_what_it_reads", test_backward_writes_what_it_reads},
         {"hook_returns_foreign", test_hook_returns_foreign},

@@ -182,12 +182,24 @@ bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g)
     return slot && accumulate(sink->p, slot, owned, g);
 }
 
+/* After user code run by the pass: it must leave the pass's tape current (a tape begun and not ended
+ * in a hook would stay begun forever, its nb_tape_end refused); false, with an error, the tapes it left
+ * begun ended and the pass's tape current again, if it did not. */
+static bool same_current(const pass *p)
+{
+    if (nb__unwind_to(p->tape)) return true;
+    nb__fail(NB_ERR_STATE, "%s: a hook or a custom op changed the current tape (nb_tape_begin without "
+             "nb_tape_end?)", p->who);
+    return false;
+}
+
 /* Call t's gradient hook on g; NULL (with an error recorded) if it fails or returns a bad tensor. */
 static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
 {
     uint64_t errors = nb__error_count();
     nb_tensor *r = t->hook(g, t->hook_user);
     p->recheck = true;
+    if (!same_current(p)) return NULL;
     if (!nb__usable(t))
         return nb__fail(NB_ERR_STATE, "%s: the gradient hook of a leaf freed it during the backward", p->who);
     if (!r) {
@@ -319,6 +331,7 @@ static nb_status finish_leaf(pass *p, leaf_slot *ls, bool store)
     uint64_t errors = nb__error_count();
     p->recheck = true;
     st = leaf->post_hook(leaf, leaf->post_hook_user);
+    if (!same_current(p)) return NB_ERR_STATE;
     if (st == NB_OK) return NB_OK;
     if (nb__error_count() == errors)
         nb__fail(st, "%s: the post-accumulate hook of leaf %s failed (%s)", p->who, NB_SHP(leaf),
@@ -399,6 +412,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
         }
         if (!into) nd->op->backward(nd, g, gin); /* a custom op's sets p->recheck (nb__t_recheck) */
         nb__in_backward_of = NULL;
+        if (p->recheck && !same_current(p)) return NB_ERR_STATE;
         if (nb__error_count() != errors) return nb_error_code();
         for (int j = 0; j < nd->n_in && !into; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];

@@ -220,6 +220,9 @@ static inline nb_tape *nb__current_tape(void) { return nb__t_current; }
 /* Make t current without begin/end bookkeeping (backward runs on the output's tape); returns the
  * previous one. */
 nb_tape *nb__swap_current(nb_tape *t);
+/* After user code (a hook, a custom op) that should have left t current: true if it did; else the tapes
+ * it began and left begun are ended, t is made current again, and false is returned. */
+bool nb__unwind_to(nb_tape *t);
 /* Set grad mode for internal work; returns the previous no-grad depth for nb__restore_grad_mode. */
 int nb__set_grad_mode(bool enabled);
 void nb__restore_grad_mode(int saved);

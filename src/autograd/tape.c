@@ -8,6 +8,20 @@ static _Thread_local int t_no_grad = 0;
 
 nb_tape *nb_tape_current(void) { return nb__t_current; }
 
+bool nb__unwind_to(nb_tape *t)
+{
+    nb_tape *c = nb__t_current;
+    if (c == t) return true;
+    while (c && c != t && c->active) { /* begun by the user code, not ended: end it */
+        nb_tape *prev = c->prev;
+        c->prev = NULL;
+        c->active = 0;
+        c = prev;
+    }
+    nb__t_current = t;
+    return false;
+}
+
 nb_tape *nb__swap_current(nb_tape *t)
 {
     nb_tape *prev = nb__t_current;
@@ -179,6 +193,9 @@ nb_status nb_tape_begin(nb_tape *t)
 {
     if (!t) return nb__fail_status(NB_ERR_ARG, "nb_tape_begin: tape is NULL");
     if (t->active) return nb__fail_status(NB_ERR_STATE, "nb_tape_begin: the tape is already begun");
+    if (t->busy)
+        return nb__fail_status(NB_ERR_STATE, "nb_tape_begin: a backward or a custom op runs on this tape (called "
+                                             "from a hook or a custom op?)");
     t->prev = nb__t_current;
     t->active = 1;
     nb__t_current = t;
@@ -188,6 +205,9 @@ nb_status nb_tape_begin(nb_tape *t)
 nb_status nb_tape_end(nb_tape *t)
 {
     if (!t) return nb__fail_status(NB_ERR_ARG, "nb_tape_end: tape is NULL");
+    if (t->busy)
+        return nb__fail_status(NB_ERR_STATE, "nb_tape_end: a backward or a custom op runs on this tape (called "
+                                             "from a hook or a custom op?)");
     if (nb__t_current != t)
         return nb__fail_status(NB_ERR_STATE, "nb_tape_end: the tape is not the current one (begin/end "
                                              "must nest)");

@@ -26,6 +26,11 @@ NB_FW(custom)
     nb_status st = op->forward(op->user, (int)at->i[0],
                                (const nb_tensor *const *)in, out);
     hold_tapes((int)at->i[0], in, out->tape, -1);
+    if (!nb__unwind_to(out->tape)) { /* a tape begun and not ended by the forward: ended */
+        nb__fail(NB_ERR_STATE, "nb_custom: the forward of %s changed the current tape (nb_tape_begin without "
+                 "nb_tape_end?)", op->name ? op->name : "custom");
+        return;
+    }
     if (st != NB_OK && nb__error_count() == errors)
         nb__fail(st, "nb_custom: the forward of %s failed (%s)", op->name ? op->name : "custom", nb_status_name(st));
 }
