@@ -80,6 +80,20 @@ static void test_library_owned(void)
     CHECK(g && nb_tensor_owner(g) == w, "a gradient is owned by its leaf");
     CHECK_ERROR(nb_params_add(q, "g", g) == NULL, NB_ERR_ARG, "belongs to another container");
     CHECK_ERROR((nb_tensor_free(g), nb_error_code() != NB_OK), NB_ERR_STATE, "belongs to a container");
+    /* and so is one made by nb_tensor_ensure_grad (it was nobody's: freeing it left the leaf's .grad
+     * dangling, and the next backward's addition went into the freed header, lost) */
+    nb_tensor *u = nb_tensor_full(NB_F64, NB_SHAPE(2), 1.0);
+    nb_tensor_set_requires_grad(u, 1);
+    nb_tensor *gu = nb_tensor_ensure_grad(u);
+    CHECK(gu && nb_tensor_owner(gu) == u, "an ensured gradient is owned by its leaf");
+    CHECK_ERROR((nb_tensor_free(gu), nb_error_code() != NB_OK), NB_ERR_STATE, "belongs to a container");
+    tape = nb_tape_new();
+    nb_tape_begin(tape);
+    CHECK(nb_backward(nb_sum_all(nb_mul_scalar(u, 3.0)), NULL, 0) == NB_OK && nb_tensor_grad(u) == gu &&
+          nb_tensor_get(gu, 1) == 3.0, "the backward adds into it: %s", nb_error_message());
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(u);
 
     char dir[] = "/tmp/nabla-own-XXXXXX", path[64];
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");

@@ -441,44 +441,21 @@ static nb_status sweep(pass *p, size_t top, bool store)
     return NB_OK;
 }
 
-/* A gradient buffer for leaf (zeros, owned by it, flagged as a .grad); NULL when out of memory. */
-static nb_tensor *new_grad_buffer(const nb_tensor *leaf)
-{
-    nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
-    if (z) {
-        z->owner = leaf; /* freed with its leaf, never on its own */
-        z->flags |= NB_TF_GRAD_BUFFER;
-    }
-    return z;
-}
-
 /* Add a pass's gradient g of leaf into its .grad. Without a graph the addition holds the leaf's
  * gradient lock (no user code runs under it): backwards on other threads that share the leaf add
  * theirs whole, one at a time. */
 static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
 {
-    nb__grad_lock(leaf);
-    bool have = leaf->grad != NULL;
-    nb__grad_unlock(leaf);
-    nb_tensor *fresh = have ? NULL : new_grad_buffer(leaf); /* not under the lock: it may fail */
-    if (!have && !fresh) return nb_error_code();
+    if (!nb__grad_buffer(leaf)) return nb_error_code();
     if (!(p->flags & NB_CREATE_GRAPH)) {
         nb__grad_lock(leaf);
-        if (!leaf->grad) {
-            leaf->grad = fresh;
-            fresh = NULL;
-        }
         /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
         if (nb__grad_tape(leaf)) nb__tape_forget_leaf(nb__grad_tape(leaf), leaf);
         nb_status st = nb__add_inplace(leaf->grad, g);
         nb__grad_unlock(leaf);
-        if (fresh) { /* another thread made the buffer first */
-            fresh->owner = NULL;
-            nb_tensor_free(fresh);
-        }
         return st;
     }
-    if (fresh) leaf->grad = fresh; /* (create-graph backwards on a leaf: one thread at a time) */
+    /* (create-graph backwards on a leaf: one thread at a time) */
     /* a differentiable gradient from another tape enters as its values */
     nb_tensor *prev = nb__grad_tape(leaf) == p->tape ? leaf->grad_graph : NULL;
     nb_tensor *sum = g;

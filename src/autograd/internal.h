@@ -236,6 +236,9 @@ static inline nb_tensor *nb__tape_header(nb_tape *t)
     h->left--;
     return &(h->next++)->t;
 }
+/* leaf's .grad, made if it has none (zeros, owned by the leaf, NB_TF_GRAD_BUFFER; safe against other
+ * threads doing the same); NULL when out of memory. */
+nb_tensor *nb__grad_buffer(nb_tensor *leaf);
 /* Hold / release the lock of leaf's gradient (a backward adding into .grad, zero_grad). */
 void nb__grad_lock(const nb_tensor *leaf);
 void nb__grad_unlock(const nb_tensor *leaf);

@@ -659,12 +659,36 @@ nb_tensor *nb_tensor_grad(const nb_tensor *t)
     return t->grad_graph ? t->grad_graph : t->grad;
 }
 
+nb_tensor *nb__grad_buffer(nb_tensor *leaf)
+{
+    nb__grad_lock(leaf);
+    nb_tensor *g = leaf->grad;
+    nb__grad_unlock(leaf);
+    if (g) return g;
+    nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape); /* not under the lock: may fail */
+    if (!z) return NULL;
+    z->owner = leaf; /* freed with its leaf, never on its own */
+    z->flags |= NB_TF_GRAD_BUFFER;
+    nb__grad_lock(leaf);
+    if (!leaf->grad) {
+        leaf->grad = z;
+        z = NULL;
+    }
+    g = leaf->grad;
+    nb__grad_unlock(leaf);
+    if (z) { /* another thread made it first */
+        z->owner = NULL;
+        nb_tensor_free(z);
+    }
+    return g;
+}
+
 nb_tensor *nb_tensor_ensure_grad(nb_tensor *t)
 {
     if (!check_leaf("nb_tensor_ensure_grad", t)) return NULL;
     if (!(t->flags & NB_TF_REQUIRES_GRAD))
         return nb__fail(NB_ERR_STATE, "nb_tensor_ensure_grad: leaf %s does not require grad", NB_SHP(t));
-    if (!t->grad && !(t->grad = nb_tensor_zeros(t->dtype, t->ndim, t->shape))) return NULL;
+    if (!nb__grad_buffer(t)) return NULL;
     return nb_tensor_grad(t);
 }
 
