@@ -12,6 +12,10 @@
  *   no grad       the program run in a no-grad scope: the backward refuses its output
  *   threads       two threads run the program on their own tapes and nb_grad with respect to the shared
  *                 leaves: bit for bit the serial result
+ *   meddling hook a hook on an intermediate rewrites a leaf in place (same values, new version), switches
+ *                 B's requires_grad off, or resets an unrelated tape: the backward either fails with
+ *                 NB_ERR_STATE naming the change, or its gradients match the differences (never silently
+ *                 wrong; the reset always passes)
  *
  * Some instructions run in a no-grad scope inside the program (their value is a constant for the
  * gradient, and for the finite differences too). The program's output uses every value it computes.
@@ -32,9 +36,9 @@ enum { MAX_INSTR = 12, MAX_VALUES = 1 + MAX_INSTR };
 enum { OP_TANH, OP_SIGMOID, OP_SIN, OP_MUL, OP_ADD, OP_SUB, OP_SQUARE, OP_ADD_BIAS, OP_MATMUL, OP_ADDMM,
        OP_ROTATE, OP_INDEX, OP_VIEWS, OP_ROWSUM, OP_AFFINE, OP_WHERE, OP_NOGRAD, OP_CUSTOM, OP_LOGSOFTMAX,
        OP_COUNT };
-enum { M_BACKWARD, M_GRAD, M_CREATE_GRAPH, M_HOOKS, M_STALE, M_FREED, M_NOGRAD, M_THREADS, M_COUNT };
+enum { M_BACKWARD, M_GRAD, M_CREATE_GRAPH, M_HOOKS, M_STALE, M_FREED, M_NOGRAD, M_THREADS, M_MEDDLE, M_COUNT };
 static const char *const mode_names[M_COUNT] = {"backward", "grad", "create-graph", "hooks", "stale",
-                                                "freed leaf", "no grad", "threads"};
+                                                "freed leaf", "no grad", "threads", "meddling hook"};
 
 typedef struct instr {
     int op, a, b; /* operands: indices of earlier values (0 is X) */
@@ -253,6 +257,29 @@ static nb_status post_hook(nb_tensor *leaf, void *user)
     return NB_OK;
 }
 
+typedef struct meddle_job {
+    int what; /* 0: rewrite W in place, 1: rewrite X in place, 2: B stops requiring grad, 3: reset a tape */
+    const leaves *lv;
+    nb_tape *other;
+} meddle_job;
+
+static nb_tensor *meddle_hook(nb_tensor *g, void *user)
+{
+    meddle_job *m = user;
+    nb_tensor *l = m->what == 0 ? m->lv->w : m->lv->x;
+    double copy[9];
+    switch (m->what) {
+    case 0:
+    case 1:
+        memcpy(copy, nb_tensor_cdata(l), (size_t)nb_tensor_numel(l) * sizeof(double));
+        nb_tensor_copy_from(l, copy); /* the same values, a new version */
+        break;
+    case 2: nb_tensor_set_requires_grad(m->lv->b, 0); break;
+    default: nb_tape_reset(m->other); break;
+    }
+    return g;
+}
+
 typedef struct thread_job {
     program *pg;
     const leaves *lv;
@@ -345,6 +372,23 @@ static void run_case(uint64_t seed, long c, nb_tape *t, nb_tape *scratch, int *m
                 CASE_CHECK(post[l].grad_sum_at_call == sum, "leaf %d: .grad was not complete when its hook ran", l);
             }
         }
+        break;
+    }
+    case M_MEDDLE: {
+        meddle_job m = {(int)nb_rng_below(&rng, 4), &lv, scratch};
+        nb_tensor_set_hook(values[1 + (int)nb_rng_below(&rng, (uint64_t)pg.n)], meddle_hook, &m);
+        nb_status st = nb_backward(y, NULL, 0);
+        nb_tensor_set_requires_grad(lv.b, 1);
+        if (st != NB_OK || m.what == 3) {
+            CASE_CHECK(m.what != 3 ? st == NB_ERR_STATE && strstr(nb_error_message(), "during the backward")
+                                   : st == NB_OK,
+                       "meddling %d: %s (%s)", m.what, nb_status_name(st), nb_error_message());
+            nb_error_clear();
+        }
+        if (st != NB_OK) break;
+        nb_tensor *grads[3];
+        for (int l = 0; l < 3; l++) grads[l] = used[l] ? nb_tensor_grad(wrt[l]) : NULL;
+        compare_fd(&pg, &lv, grads, one, scratch);
         break;
     }
     case M_GRAD: {
