@@ -733,6 +733,26 @@ static void test_backward_writes_what_it_reads(void)
     nb_tensor_set_post_accumulate_hook(w, NULL, NULL);
     nb_tape_reset(t);
 
+    /* the .grad read through a view of it, made on the tape or without one (the view's reads went
+     * unchecked: u.grad was the buffer after the pass's addition) */
+    for (int kind = 0; kind < 2; kind++) {
+        nb_tensor_zero_grad(w);
+        CHECK(nb_backward(nb_mul_scalar(w, 3.0), NULL, 0) == NB_OK, "w.grad = 3");
+        nb_tensor *gv = NULL;
+        if (kind == 1) {
+            nb_tape_end(t);
+            gv = nb_reshape(nb_tensor_grad(w), NB_SHAPE(1)); /* a leaf view (no tape) */
+            nb_tape_begin(t);
+        }
+        nb_tensor *view = kind ? gv : nb_reshape(nb_tensor_grad(w), NB_SHAPE(1));
+        nb_tensor *uv = nb_mul(u, view);
+        nb_tensor *yv = nb_add(nb_sum_all(uv), nb_square(w));
+        nb_tensor_zero_grad(u);
+        CHECK_ERROR(nb_backward(yv, NULL, 0) != NB_OK, NB_ERR_STATE, "was modified in place during the backward");
+        nb_tape_reset(t);
+        nb_tensor_free(gv);
+    }
+
     /* a create-graph backward writes the .grad buffer too, the second one on a tape as much as the
      * first: u * buffer recorded between two of them must not see the second's values (u.grad was 11,
      * the buffer's value when recorded was 7) */

@@ -260,8 +260,11 @@ static nb_status mark(pass *p, nb_tensor *out)
             /* a result of this tape is of its current generation (a stale one is refused when an op
              * is recorded), but a view of a leaf goes with its leaf; anything else is checked against
              * the stamp the node recorded */
-            const char *gone = x->tape == p->tape && !(x->flags & NB_TF_LEAF_DATA) ? NULL
-                                                                                  : input_gone(x, nd->in_stamp[j]);
+            const char *gone = NULL;
+            if (x->tape != p->tape || (x->flags & NB_TF_LEAF_DATA)) {
+                gone = input_gone(x, nd->in_stamp[j]);
+                reads_grad |= (x->flags & NB_TF_GRAD_BUFFER) != 0; /* some leaf's .grad, or a view of it */
+            }
             if (gone)
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
                                        "recorded", p->who, j, i, nb__node_name(nd), gone);
@@ -273,7 +276,6 @@ static nb_status mark(pass *p, nb_tensor *out)
                 if (nb__needs_grad(x)) p->need[x->node->index] |= NEED;
                 continue;
             }
-            reads_grad |= (x->flags & NB_TF_GRAD_BUFFER) != 0; /* a leaf that is some leaf's .grad */
             /* a leaf, or a constant of another tape: its entry in the node's row of leaf slots is its
              * slot, or -1 (entries for results of this tape are never read) */
             if (nb__needs_grad(x)) {

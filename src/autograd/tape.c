@@ -388,7 +388,7 @@ nb_tensor *nb__apply(const char *who, nb_op_id op, int n_in, nb_tensor *const *i
         out->vp = in[0]->vp; /* an in-place change of the base is a change of the view */
         out->tape = tape;
         if (!in[0]->tape || (in[0]->flags & NB_TF_LEAF_DATA)) {
-            out->flags = NB_TF_LEAF_DATA;
+            out->flags = NB_TF_LEAF_DATA | (in[0]->flags & NB_TF_GRAD_BUFFER); /* a view of a .grad is one */
             out->stamp |= NB_STAMP_LEAF_DATA;
             out->base = in[0]->tape ? in[0]->base : in[0];
             out->base_stamp = in[0]->tape ? in[0]->base_stamp : in[0]->stamp;

@@ -263,7 +263,7 @@ nb_tensor *nb__leaf_view(const char *who, nb_tensor *x, int ndim, const int64_t 
     nb_tensor *v = pool_take();
     if (!v) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for a view of %s", who, NB_SHP(x));
     init_header(v, x->dtype, ndim, shape, x->numel);
-    v->flags = NB_TF_LEAF | NB_TF_VIEW;
+    v->flags = NB_TF_LEAF | NB_TF_VIEW | (x->flags & NB_TF_GRAD_BUFFER); /* a view of a .grad is one */
     v->stamp = atomic_fetch_add_explicit(&g_leaf_serial, 1, memory_order_relaxed) + 1;
     v->data = x->data;
     v->vp = x->vp; /* the root base's counter: writes through any of them are changes of all */
