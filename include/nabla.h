@@ -110,9 +110,13 @@ typedef struct nb_allocator {
 } nb_allocator;
 void nb_set_allocator(const nb_allocator *allocator);
 
-/* Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
- * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */
+/* The one thread knob: n threads for nabla's own kernels (OpenMP) and for OpenBLAS's matrix products
+ * together (and the calling thread's OpenMP default). n < 1 restores the default, read once at start
+ * from NB_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS, else every core. Small tensors
+ * stay on the calling thread. nabla's kernels give bit-identical results for any thread count;
+ * OpenBLAS's products may differ in the last bits between thread counts. */
 void nb_set_num_threads(int n);
+/* The current setting of that knob. */
 int nb_num_threads(void);
 
 /* ---------------------------------------------------------------------------------------------- */
