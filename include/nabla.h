@@ -425,9 +425,13 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
 /* One-hot rows of i64 labels: idx [...] -> [..., num_classes] in dtype. Not differentiable. */
 nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype);
 
-/* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
+/* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0. It takes exactly one draw
+ * from rng (nb_rng_u64), the key of a counter-based stream: element i is a pure function of the key
+ * and i, so the mask does not depend on the number of threads that make it. */
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
-/* x * nb_dropout_mask(...): inverted dropout. p = 0 returns x itself. */
+/* x * nb_dropout_mask(x's dtype and shape, p, rng), bit for bit, in one pass: inverted dropout (the
+ * mask is remade from its key for the backward, never stored). Takes one draw from rng; p = 0
+ * returns x itself and draws nothing. */
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
 
 /* ---------------------------------------------------------------------------------------------- */

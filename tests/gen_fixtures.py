@@ -458,11 +458,22 @@ class NbRng:
 
 
 def dropout_mask(shape, p, seed):
-    """nb_dropout_mask(f64, shape, p, rng seeded with seed)."""
+    """nb_dropout_mask(f64, shape, p, rng seeded with seed): one draw from the generator is the key of
+    a splitmix64 stream; element i is kept (1 / (1 - p)) when half i % 2 (low, high) of the stream's
+    output i // 2 + 1 is >= round(p 2^32) (src/ops/kernels.h, nb__dropout_bits)."""
     rng = NbRng(seed)
+    key = rng.u64()
     n = math.prod(shape)
+    thr = min(round(p * 2.0 ** 32), 2 ** 32 - 1)
     keep = 1.0 / (1.0 - p)
-    vals = [keep if rng.uniform() >= p else 0.0 for _ in range(n)]
+    vals = []
+    for i in range(n):
+        z = (key + (i // 2 + 1) * 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        z ^= z >> 31
+        bits = z & 0xFFFFFFFF if i % 2 == 0 else z >> 32
+        vals.append(keep if bits >= thr else 0.0)
     return torch.tensor(vals, dtype=torch.float64).reshape(shape)
 
 

@@ -361,6 +361,26 @@ void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, co
     });
 }
 
+void NB_K(dropout)(int64_t n, const NB_T *x, NB_T *out, uint64_t key, uint32_t thr, double keep)
+{
+    const NB_T kv = (NB_T)keep;
+    /* pieces start at multiples of 16 and chunks are even: every chunk starts at an even element */
+    NB_PARALLEL_FOR(n, NB_GRAIN_MATH, lo, hi, {
+        uint32_t bits[NB_DROPOUT_CHUNK];
+        for (int64_t c = lo; c < hi; c += NB_DROPOUT_CHUNK) {
+            const int64_t m = hi - c < NB_DROPOUT_CHUNK ? hi - c : NB_DROPOUT_CHUNK;
+            nb__dropout_bits(key, c, m, bits);
+            NB_T *o = out + c;
+            if (x) {
+                const NB_T *px = x + c;
+                for (int64_t i = 0; i < m; i++) o[i] = px[i] * (bits[i] >= thr ? kv : (NB_T)0);
+            } else {
+                for (int64_t i = 0; i < m; i++) o[i] = bits[i] >= thr ? kv : (NB_T)0;
+            }
+        }
+    });
+}
+
 #undef NB_MAP
 #undef NB_BCAST_LOOP
 #undef NB_K

@@ -57,6 +57,7 @@
     X(ARGMAX, argmax, "argmax", 1, Y, N, N, N)           /* i[0] = axis, i[1] = 1 for argmin */        \
     X(SOFTMAX, softmax, "softmax", 1, Y, Y, N, N)        /* i[0] = axis */                             \
     X(LOG_SOFTMAX, log_softmax, "log_softmax", 1, Y, Y, N, N) /* i[0] = axis */                        \
+    X(DROPOUT, dropout, "dropout", 1, Y, Y, N, N)        /* x * mask: i[0] key, i[1] threshold, f[1] kept value */ \
     /* custom.c */                                                                                     \
     X(CUSTOM, custom, "custom", -1, Y, Y, N, N)          /* p = the nb_custom_op, i[0] = n inputs */   \
     /* shape.c */                                                                                      \
