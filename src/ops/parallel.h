@@ -16,6 +16,8 @@
 
 /* Threads for nabla's kernels (>= 1), set by nb_set_num_threads (src/ops/threads.c). */
 extern int nb__nthreads;
+/* For tests: nabla's kernels on n threads, OpenBLAS left as it is (nb_set_num_threads sets both). */
+void nb__set_kernel_threads(int n);
 
 /* Grain sizes: a kernel goes parallel only with at least this much work per thread. Memory-bound
  * loops (copies, adds) need more elements than loops that compute something per element (exp, a

@@ -17,6 +17,7 @@ int openblas_get_parallel(void); /* 0 sequential, 1 pthreads, 2 OpenMP */
 
 int nb__nthreads = 1;
 static int g_default_threads = 1;
+static int g_blas_threads = 1; /* what OpenBLAS was given */
 static int g_blas_openmp = 0; /* OpenBLAS runs on OpenMP: it follows the calling thread's OpenMP setting */
 
 /* The leading whole number of an environment variable (OMP_NUM_THREADS may be a list "4,2"), or 0. */
@@ -42,6 +43,7 @@ static int cores(void)
 static void apply(int n)
 {
     nb__nthreads = n;
+    g_blas_threads = n;
     openblas_set_num_threads(n);
 #ifdef _OPENMP
     omp_set_num_threads(n);
@@ -63,6 +65,8 @@ __attribute__((constructor)) static void threads_init(void)
 
 void nb_set_num_threads(int n) { apply(n >= 1 ? n : g_default_threads); }
 
+void nb__set_kernel_threads(int n) { nb__nthreads = n >= 1 ? n : 1; }
+
 int nb_num_threads(void) { return nb__nthreads; }
 
 void nb__blas_threads_sync(void)
@@ -70,6 +74,6 @@ void nb__blas_threads_sync(void)
 #ifdef _OPENMP
     /* OpenMP OpenBLAS takes its thread count from the calling thread's OpenMP setting, which is per
      * thread: make it the knob's value on threads other than the one that called nb_set_num_threads */
-    if (g_blas_openmp && omp_get_max_threads() != nb__nthreads) omp_set_num_threads(nb__nthreads);
+    if (g_blas_openmp && omp_get_max_threads() != g_blas_threads) omp_set_num_threads(g_blas_threads);
 #endif
 }
