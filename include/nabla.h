@@ -146,6 +146,8 @@ void nb_rng_shuffle(nb_rng *rng, int64_t *a, int64_t n);
 /* Each returns a new contiguous row-major tensor that the caller owns, or NULL on error.
  * ndim is 0..NB_MAX_DIMS; every extent must be >= 0. */
 nb_tensor *nb_tensor_zeros(nb_dtype dtype, int ndim, const int64_t *shape);
+/* Uninitialised contents, for a caller that writes every element before reading any (a file reader). */
+nb_tensor *nb_tensor_empty(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_ones(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_full(nb_dtype dtype, int ndim, const int64_t *shape, double value);
 /* Copies numel elements of dtype from data. */

@@ -215,6 +215,11 @@ nb_tensor *nb_tensor_zeros(nb_dtype dt, int ndim, const int64_t *shape)
     return t;
 }
 
+nb_tensor *nb_tensor_empty(nb_dtype dt, int ndim, const int64_t *shape)
+{
+    return leaf_new("nb_tensor_empty", dt, ndim, shape);
+}
+
 nb_tensor *nb_tensor_ones(nb_dtype dt, int ndim, const int64_t *shape)
 {
     nb_tensor *t = leaf_new("nb_tensor_ones", dt, ndim, shape);

@@ -257,7 +257,7 @@ static nb_status read_idx(gzFile f, const char *path, long long fsize, nb_dtype 
         return NB_ERR_FORMAT;
     }
 
-    nb_tensor *res = nb_tensor_zeros(dtype, ndim, dims);
+    nb_tensor *res = nb_tensor_empty(dtype, ndim, dims); /* every element is decoded into below */
     if (!res) return nb_error_code() != NB_OK ? nb_error_code() : NB_ERR_NOMEM;
     unsigned char *buf = malloc(CHUNK);
     if (!buf) {
