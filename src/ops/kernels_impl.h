@@ -56,8 +56,9 @@
         }                                                                                              \
     } while (0)
 
-/* out[lo..hi) of the broadcast binary op */
-static void NB_K(binary_range)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b, NB_T *out,
+/* out[lo..hi) of the broadcast binary op (inlined into both the serial and the threaded caller, so
+ * that the serial path costs what a plain loop does) */
+static inline __attribute__((always_inline)) void NB_K(binary_range)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b, NB_T *out,
                                int64_t lo, int64_t hi)
 {
     switch (op) {
@@ -82,10 +83,20 @@ static void NB_K(binary_range)(nb_binop op, const nb_bcast *bc, const NB_T *a, c
     }
 }
 
+static __attribute__((noinline)) void NB_K(binary_par)(nb_binop op, const nb_bcast *bc, const NB_T *a,
+                                                        const NB_T *b, NB_T *out, int64_t grain)
+{
+    NB_PARALLEL_FOR(bc->numel, grain, lo, hi, { NB_K(binary_range)(op, bc, a, b, out, lo, hi); });
+}
+
 void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b, NB_T *out)
 {
-    NB_PARALLEL_FOR(bc->numel, op == NB_B_POW ? NB_GRAIN_MATH : NB_GRAIN_MEM, lo, hi,
-                    { NB_K(binary_range)(op, bc, a, b, out, lo, hi); });
+    /* small tensors: straight to the loop (the per-op cost matters there) */
+    const int64_t grain = op == NB_B_POW ? NB_GRAIN_MATH : NB_GRAIN_MEM;
+    if (nb__threads_for(bc->numel, grain) <= 1)
+        NB_K(binary_range)(op, bc, a, b, out, 0, bc->numel);
+    else
+        NB_K(binary_par)(op, bc, a, b, out, grain);
 }
 
 #define NB_MAP(EXPR)                                                                                   \
@@ -96,8 +107,8 @@ void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b,
         }                                                                                              \
     } while (0)
 
-/* y[lo..hi) = f(x[lo..hi)) */
-static void NB_K(unary_range)(nb_unop op, const NB_T *x, NB_T *y, double p0, double p1, int64_t lo, int64_t hi)
+/* y[lo..hi) = f(x[lo..hi)) (inlined into both callers, as binary_range) */
+static inline __attribute__((always_inline)) void NB_K(unary_range)(nb_unop op, const NB_T *x, NB_T *y, double p0, double p1, int64_t lo, int64_t hi)
 {
     const NB_T a = (NB_T)p0, b = (NB_T)p1;
     switch (op) {
@@ -129,13 +140,22 @@ static void NB_K(unary_range)(nb_unop op, const NB_T *x, NB_T *y, double p0, dou
     }
 }
 
+static __attribute__((noinline)) void NB_K(unary_par)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0,
+                                                       double p1, int64_t grain)
+{
+    NB_PARALLEL_FOR(n, grain, lo, hi, { NB_K(unary_range)(op, x, y, p0, p1, lo, hi); });
+}
+
 void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, double p1)
 {
+    if (n < 2 * NB_GRAIN_MATH) { /* small tensors: straight to the loop */
+        NB_K(unary_range)(op, x, y, p0, p1, 0, n);
+        return;
+    }
     /* a cheap op per element: a memory-bound loop */
     int cheap = op == NB_U_AFFINE || op == NB_U_RELU || op == NB_U_ABS || op == NB_U_SIGN || op == NB_U_CLAMP ||
                 op == NB_U_SQUARE || op == NB_U_LEAKY_RELU;
-    NB_PARALLEL_FOR(n, cheap ? NB_GRAIN_MEM : NB_GRAIN_MATH, lo, hi,
-                    { NB_K(unary_range)(op, x, y, p0, p1, lo, hi); });
+    NB_K(unary_par)(op, n, x, y, p0, p1, cheap ? NB_GRAIN_MEM : NB_GRAIN_MATH);
 }
 
 void NB_K(axpy)(int64_t n, double alpha, const NB_T *x, NB_T *y)
