@@ -427,6 +427,17 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
 /* One-hot rows of i64 labels: idx [...] -> [..., num_classes] in dtype. Not differentiable. */
 nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype);
 
+/* Fused recurrent steps: the pointwise part of an LSTM or GRU step as one op (one pass forward, one
+ * backward; the same values as the equations written with nb_sigmoid, nb_tanh, nb_mul and nb_add).
+ * LSTM: gates [..., 4H] are the pre-activations of the input, forget, cell and output gates
+ * (PyTorch's order), c [..., H] the cell state; returns [2, ..., H] holding h' = o tanh(c') and
+ * c' = f c + i g (i, f, o = sigmoid, g = tanh); nb_slice along axis 0 gives each as a view. */
+nb_tensor *nb_lstm_gates(nb_tensor *gates, nb_tensor *c);
+/* GRU: xg = x W_ih^T + b_ih and hg = h W_hh^T + b_hh, both [..., 3H] (reset, update, new parts), h
+ * [..., H]; returns h' = (1 - z) n + z h with r = sigmoid(xr + hr), z = sigmoid(xz + hz),
+ * n = tanh(xn + r hn). */
+nb_tensor *nb_gru_gates(nb_tensor *xg, nb_tensor *hg, nb_tensor *h);
+
 /* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0. It takes exactly one draw
  * from rng (nb_rng_u64), the key of a counter-based stream: element i is a pure function of the key
  * and i, so the mask does not depend on the number of threads that make it. */

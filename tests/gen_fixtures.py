@@ -482,6 +482,23 @@ def _dropout(x, p, seed):
     return x * dropout_mask(tuple(x.shape), p, seed).to(x.dtype)
 
 
+@op("lstm_gates")  # nb_lstm_gates(gates, c): [h', c'] of an LSTM step from its gate pre-activations
+def _lstm_gates(gates, c):
+    i, f, g, o = gates.chunk(4, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c2 = f * c + i * g
+    return torch.stack([o * torch.tanh(c2), c2])
+
+
+@op("gru_gates")  # nb_gru_gates(xg, hg, h): h' of a GRU step (torch.nn.GRU's equations)
+def _gru_gates(xg, hg, h):
+    xr, xz, xn = xg.chunk(3, -1)
+    hr, hz, hn = hg.chunk(3, -1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
 # ----------------------------------------------------------------------------------------------
 # Input specs: each is called with the case's generator and returns a tensor
 # ----------------------------------------------------------------------------------------------
@@ -791,6 +808,11 @@ case("scatter_add_a0", "scatter_add", [N(5, 3), I64([[0, 1, 3], [3, 3, 3], [1, 0
 # dropout: nabla's mask for the seed, recomputed here (keep factors exact in float32).
 case("dropout_half", "dropout", [N(4, 5)], p=0.5, seed=7)
 case("dropout_fifth", "dropout", [N(3, 8)], p=0.2, seed=123)
+# fused recurrent steps against their equations in torch
+case("lstm_gates_2d", "lstm_gates", [N(3, 8), N(3, 2)])
+case("lstm_gates_3d", "lstm_gates", [N(2, 3, 12), N(2, 3, 3)])
+case("gru_gates_2d", "gru_gates", [N(4, 6), N(4, 6), N(4, 2)])
+case("gru_gates_3d", "gru_gates", [N(2, 1, 9), N(2, 1, 9), N(2, 1, 3)])
 
 
 # ----------------------------------------------------------------------------------------------

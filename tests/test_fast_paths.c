@@ -33,6 +33,22 @@ static nb_tensor *f_addmm(nb_tensor *const *in)
     return nb_sum_all(nb_square(nb_add(nb_sum_all(y), z)));
 }
 
+static nb_tensor *f_lstm(nb_tensor *const *in) /* two steps; h' and c' both used, c' twice */
+{
+    nb_tensor *c0 = nb_reshape(nb_slice(in[0], 0, 0, 1, 1), NB_SHAPE(3, 5));
+    nb_tensor *hc = nb_lstm_gates(nb_reshape(nb_tanh(in[0]), NB_SHAPE(3, 20)), c0);
+    nb_tensor *h1 = nb_reshape(nb_slice(hc, 0, 0, 1, 1), NB_SHAPE(3, 5));
+    nb_tensor *c1 = nb_reshape(nb_slice(hc, 0, 1, 2, 1), NB_SHAPE(3, 5));
+    nb_tensor *hc2 = nb_lstm_gates(nb_reshape(in[0], NB_SHAPE(3, 20)), c1);
+    return nb_add(nb_add(nb_sum_all(nb_square(hc2)), nb_sum_all(nb_mul(c1, c1))), nb_sum_all(nb_mul_scalar(h1, 3)));
+}
+static nb_tensor *f_gru(nb_tensor *const *in) /* x and h projections from the same input, h reused */
+{
+    nb_tensor *x = nb_reshape(in[0], NB_SHAPE(4, 15)), *h = nb_slice(x, 1, 0, 5, 1);
+    nb_tensor *h1 = nb_gru_gates(x, nb_sin(x), h);
+    return nb_sum_all(nb_square(nb_gru_gates(x, x, h1)));
+}
+
 static void compare(const char *name, fn f, int n, nb_tensor **in)
 {
     nb_tape *t = nb_tape_new();
@@ -68,6 +84,8 @@ int main(void)
     compare("index_select", f_index, 1, in);
     compare("matmul", f_matmul, 2, in);
     compare("addmm", f_addmm, 3, in);
+    compare("lstm_gates", f_lstm, 1, in);
+    compare("gru_gates", f_gru, 1, in);
 
     /* a time step of [T, B, F] is a view; a column slice or a strided one is a copy */
     nb_tape *t = nb_tape_new();

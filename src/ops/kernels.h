@@ -77,7 +77,21 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
     void nb_k_add_strided_##SFX(int ndim, const int64_t *shape, const int64_t *dst_st, const T *src, T *dst); \
     /* out[n] = x[n] * mask[n] (x NULL: out = mask), mask[i] = keep if nb__dropout_bits of element i of   \
      * stream key >= thr, else 0 */                                                                     \
-    void nb_k_dropout_##SFX(int64_t n, const T *x, T *out, uint64_t key, uint32_t thr, double keep);
+    void nb_k_dropout_##SFX(int64_t n, const T *x, T *out, uint64_t key, uint32_t thr, double keep);     \
+    /* LSTM cell on R rows: gates [R, 4H] (pre-activations of the input, forget, cell, output gates),   \
+     * c [R, H] -> out [2, R, H]: out[0] = h' = o tanh(c'), out[1] = c' = f c + i g */                  \
+    void nb_k_lstm_cell_##SFX(int64_t R, int64_t H, const T *gates, const T *c, T *out);               \
+    /* its backward from gout [2, R, H]: dgates [R, 4H] and dc [R, H] (NULL: not wanted; acc: add into \
+     * them, else overwrite) */                                                                        \
+    void nb_k_lstm_cell_bw_##SFX(int64_t R, int64_t H, const T *gates, const T *c, const T *out,       \
+                                 const T *gout, T *dgates, int acc_g, T *dc, int acc_c);               \
+    /* GRU cell on R rows: xg, hg [R, 3H] (reset, update, new parts of x W_ih^T + b_ih and             \
+     * h W_hh^T + b_hh), h [R, H] -> out [R, H] = n + z (h - n), r = sigmoid(xr + hr),                 \
+     * z = sigmoid(xz + hz), n = tanh(xn + r hn) */                                                     \
+    void nb_k_gru_cell_##SFX(int64_t R, int64_t H, const T *xg, const T *hg, const T *h, T *out);      \
+    /* its backward from gout [R, H]: dxg, dhg [R, 3H], dh [R, H] (NULL: not wanted; acc: add) */      \
+    void nb_k_gru_cell_bw_##SFX(int64_t R, int64_t H, const T *xg, const T *hg, const T *h,            \
+                                const T *gout, T *dxg, int acc_x, T *dhg, int acc_hg, T *dh, int acc_h);
 
 NB_K_DECLARE(float, double, f32)
 NB_K_DECLARE(double, double, f64)

@@ -401,6 +401,153 @@ void NB_K(dropout)(int64_t n, const NB_T *x, NB_T *out, uint64_t key, uint32_t t
     });
 }
 
+/* ---- fused recurrent cells (the same arithmetic, in the same order, as the ops they replace) ---- */
+
+/* the work of one element of a cell (several exponentials): rows go parallel at a quarter of the
+ * elementwise grain */
+#define NB_CELL_GRAIN (NB_GRAIN_MATH / 4)
+
+/* One row of each cell, written with restrict pointers (distinct buffers) so that the loops
+ * vectorise. */
+static void NB_K(lstm_row)(int64_t H, const NB_T *restrict pi, const NB_T *restrict pc, NB_T *restrict h2,
+                           NB_T *restrict c2)
+{
+    const NB_T *restrict pf = pi + H, *restrict pg = pf + H, *restrict po = pg + H;
+    for (int64_t j = 0; j < H; j++) {
+        const NB_T i = NB_SIGMOID(pi[j]), f = NB_SIGMOID(pf[j]), g = NB_TANH(pg[j]), o = NB_SIGMOID(po[j]);
+        const NB_T cn = f * pc[j] + i * g;
+        c2[j] = cn;
+        h2[j] = o * NB_TANH(cn);
+    }
+}
+
+void NB_K(lstm_cell)(int64_t R, int64_t H, const NB_T *gates, const NB_T *c, NB_T *out)
+{
+    NB_PARALLEL_PIECES(nb__threads_for(R * H, NB_CELL_GRAIN), R, lo, hi, {
+        for (int64_t r = lo; r < hi; r++)
+            NB_K(lstm_row)(H, gates + r * 4 * H, c + r * H, out + r * H, out + (R + r) * H);
+    });
+}
+
+/* dst[0..m) = src or += src */
+static inline void NB_K(put)(NB_T *restrict dst, const NB_T *restrict src, int64_t m, int acc)
+{
+    if (acc)
+        for (int64_t k = 0; k < m; k++) dst[k] += src[k];
+    else
+        for (int64_t k = 0; k < m; k++) dst[k] = src[k];
+}
+
+#define NB_CELL_BLOCK 128
+
+/* c' = f c + i g, h' = o tanh(c'): dc' = gc + gh o (1 - tanh(c')^2); do = gh tanh(c'); di = dc' g;
+ * dg = dc' i; df = dc' c; dc = dc' f; then through sigmoid (y (1 - y)) and tanh (1 - y^2).
+ * One row, in blocks: the derivatives go to stack buffers first (a loop without branches, which
+ * vectorises), then into d [4H] and dcp [H] (NULL: not wanted; added into when acc). */
+static void NB_K(lstm_row_bw)(int64_t H, const NB_T *restrict pi, const NB_T *restrict pc, const NB_T *restrict cn,
+                              const NB_T *restrict gh, const NB_T *restrict gc, NB_T *d, int acc, NB_T *dcp, int acc_c)
+{
+    const NB_T one = 1, *restrict pf = pi + H, *restrict pg = pf + H, *restrict po = pg + H;
+    NB_T bi[NB_CELL_BLOCK], bf[NB_CELL_BLOCK], bg[NB_CELL_BLOCK], bo[NB_CELL_BLOCK], bc[NB_CELL_BLOCK];
+    for (int64_t j0 = 0; j0 < H; j0 += NB_CELL_BLOCK) {
+        const int64_t m = H - j0 < NB_CELL_BLOCK ? H - j0 : NB_CELL_BLOCK;
+        for (int64_t k = 0; k < m; k++) {
+            const int64_t j = j0 + k;
+            const NB_T i = NB_SIGMOID(pi[j]), f = NB_SIGMOID(pf[j]), g = NB_TANH(pg[j]), o = NB_SIGMOID(po[j]);
+            const NB_T th = NB_TANH(cn[j]);
+            const NB_T dc2 = gc[j] + gh[j] * o * (one - th * th);
+            bi[k] = dc2 * g * (i * (one - i));
+            bf[k] = dc2 * pc[j] * (f * (one - f));
+            bg[k] = dc2 * i * (one - g * g);
+            bo[k] = gh[j] * th * (o * (one - o));
+            bc[k] = dc2 * f;
+        }
+        if (d) {
+            NB_K(put)(d + j0, bi, m, acc);
+            NB_K(put)(d + H + j0, bf, m, acc);
+            NB_K(put)(d + 2 * H + j0, bg, m, acc);
+            NB_K(put)(d + 3 * H + j0, bo, m, acc);
+        }
+        if (dcp) NB_K(put)(dcp + j0, bc, m, acc_c);
+    }
+}
+
+void NB_K(lstm_cell_bw)(int64_t R, int64_t H, const NB_T *gates, const NB_T *c, const NB_T *out, const NB_T *gout,
+                        NB_T *dgates, int acc_g, NB_T *dc, int acc_c)
+{
+    NB_PARALLEL_PIECES(nb__threads_for(R * H, NB_CELL_GRAIN), R, lo, hi, {
+        for (int64_t r = lo; r < hi; r++)
+            NB_K(lstm_row_bw)(H, gates + r * 4 * H, c + r * H, out + (R + r) * H, gout + r * H, gout + (R + r) * H,
+                              dgates ? dgates + r * 4 * H : NULL, acc_g, dc ? dc + r * H : NULL, acc_c);
+    });
+}
+
+static void NB_K(gru_row)(int64_t H, const NB_T *restrict xr, const NB_T *restrict hr, const NB_T *restrict ph,
+                          NB_T *restrict o)
+{
+    const NB_T *restrict xz = xr + H, *restrict xn = xz + H, *restrict hz = hr + H, *restrict hn = hz + H;
+    for (int64_t j = 0; j < H; j++) {
+        const NB_T rg = NB_SIGMOID(xr[j] + hr[j]), z = NB_SIGMOID(xz[j] + hz[j]);
+        const NB_T n = NB_TANH(xn[j] + rg * hn[j]);
+        o[j] = n + z * (ph[j] - n);
+    }
+}
+
+void NB_K(gru_cell)(int64_t R, int64_t H, const NB_T *xg, const NB_T *hg, const NB_T *h, NB_T *out)
+{
+    NB_PARALLEL_PIECES(nb__threads_for(R * H, NB_CELL_GRAIN), R, lo, hi, {
+        for (int64_t r = lo; r < hi; r++) NB_K(gru_row)(H, xg + r * 3 * H, hg + r * 3 * H, h + r * H, out + r * H);
+    });
+}
+
+/* h' = n + z (h - n): dn = g (1 - z), dz = g (h - n), dh = g z; n = tanh(xn + r hn): dn' = dn (1 - n^2),
+ * dxn = dn', dhn = dn' r, dr = dn' hn; r, z = sigmoid(x. + h.): dr' = dr r (1 - r), dz' = dz z (1 - z).
+ * One row in blocks, as lstm_row_bw: dx, dhh [3H] and dhp [H] (NULL: not wanted; added into when acc_*). */
+static void NB_K(gru_row_bw)(int64_t H, const NB_T *restrict xr, const NB_T *restrict hr, const NB_T *restrict ph,
+                             const NB_T *restrict g, NB_T *dx, int acc_x, NB_T *dhh, int acc_hg, NB_T *dhp, int acc_h)
+{
+    const NB_T one = 1, *restrict xz = xr + H, *restrict xn = xz + H, *restrict hz = hr + H, *restrict hn = hz + H;
+    NB_T br[NB_CELL_BLOCK], bz[NB_CELL_BLOCK], bn[NB_CELL_BLOCK], bnr[NB_CELL_BLOCK], bh[NB_CELL_BLOCK];
+    for (int64_t j0 = 0; j0 < H; j0 += NB_CELL_BLOCK) {
+        const int64_t m = H - j0 < NB_CELL_BLOCK ? H - j0 : NB_CELL_BLOCK;
+        for (int64_t k = 0; k < m; k++) {
+            const int64_t j = j0 + k;
+            const NB_T rg = NB_SIGMOID(xr[j] + hr[j]), z = NB_SIGMOID(xz[j] + hz[j]);
+            const NB_T n = NB_TANH(xn[j] + rg * hn[j]);
+            const NB_T dn = g[j] * (one - z) * (one - n * n);
+            br[k] = dn * hn[j] * (rg * (one - rg));
+            bz[k] = g[j] * (ph[j] - n) * (z * (one - z));
+            bn[k] = dn;
+            bnr[k] = dn * rg;
+            bh[k] = g[j] * z;
+        }
+        if (dx) {
+            NB_K(put)(dx + j0, br, m, acc_x);
+            NB_K(put)(dx + H + j0, bz, m, acc_x);
+            NB_K(put)(dx + 2 * H + j0, bn, m, acc_x);
+        }
+        if (dhh) {
+            NB_K(put)(dhh + j0, br, m, acc_hg);
+            NB_K(put)(dhh + H + j0, bz, m, acc_hg);
+            NB_K(put)(dhh + 2 * H + j0, bnr, m, acc_hg);
+        }
+        if (dhp) NB_K(put)(dhp + j0, bh, m, acc_h);
+    }
+}
+
+void NB_K(gru_cell_bw)(int64_t R, int64_t H, const NB_T *xg, const NB_T *hg, const NB_T *h, const NB_T *gout,
+                       NB_T *dxg, int acc_x, NB_T *dhg, int acc_hg, NB_T *dh, int acc_h)
+{
+    NB_PARALLEL_PIECES(nb__threads_for(R * H, NB_CELL_GRAIN), R, lo, hi, {
+        for (int64_t r = lo; r < hi; r++)
+            NB_K(gru_row_bw)(H, xg + r * 3 * H, hg + r * 3 * H, h + r * H, gout + r * H, dxg ? dxg + r * 3 * H : NULL,
+                             acc_x, dhg ? dhg + r * 3 * H : NULL, acc_hg, dh ? dh + r * H : NULL, acc_h);
+    });
+}
+
+#undef NB_CELL_GRAIN
+#undef NB_CELL_BLOCK
+
 #undef NB_MAP
 #undef NB_BCAST_LOOP
 #undef NB_K
