@@ -9,10 +9,12 @@
  *     nb_tape_reset
  * Timed: each epoch's wall time (the data are read and the model made before); the process's CPU time
  * over all epochs. After the last epoch the test accuracy (10000 images, evaluation mode) is printed
- * as a check that the model learned. */
-#define _POSIX_C_SOURCE 200809L
+ * as a check that the model learned. The GEMM floor of an epoch: the products of one full-batch step
+ * (gemm_floor.h), replayed alone, times the steps of an epoch. */
+#define _GNU_SOURCE
 
 #include "bench.h"
+#include "gemm_floor.h"
 
 #include <nabla.h>
 
@@ -140,7 +142,8 @@ int main(int argc, char **argv)
     nb_optim *opt = NULL;
     nb_batches *batches = NULL;
     nb_tape *tape = nb_tape_new();
-    double epoch_ms[1000], cpu0 = 0, cpu_ms = 0, last_loss = 0, acc = 0;
+    double epoch_ms[1000], cpu0 = 0, cpu_ms = 0, last_loss = 0, acc = 0, floor_step_ms = 0, floor_step_cpu = 0;
+    long steps = 0;
     int ok = params && train && test && tape &&
              nb_mlp_init(&mlp, params, "mlp", o.n_sizes, o.sizes, NB_ACT_RELU, o.dropout, &lo, &rng) == NB_OK &&
              (opt = nb_optim_new(NB_ADAM, params, &oo)) != NULL &&
@@ -152,8 +155,21 @@ int main(int argc, char **argv)
         int r;
         nb_tape_begin(tape);
         while ((r = nb_batches_next(batches, &x, &y)) == 1) {
+            int rec = e == 0 && steps == 10; /* one step's products, for the floor */
+            if (rec) gemm_floor_record(1);
             nb_tensor *loss = nb_cross_entropy(logits_of(&mlp, x), y, NULL);
-            if (!loss || nb_backward(loss, NULL, 0) != NB_OK || nb_optim_step(opt) != NB_OK) {
+            if (!loss || nb_backward(loss, NULL, 0) != NB_OK) {
+                r = -1;
+                break;
+            }
+            if (rec) {
+                gemm_floor_record(0);
+                floor_step_ms = gemm_floor_time(3, 50, &floor_step_cpu) / 1e6;
+                floor_step_cpu /= 1e6;
+                nb_params_zero_grad(params); /* the replay left garbage in the gradients: skip this update */
+            }
+            steps += e == 0;
+            if (nb_optim_step(opt) != NB_OK) {
                 r = -1;
                 break;
             }
@@ -210,6 +226,8 @@ int main(int argc, char **argv)
         bench_json_fixed("load_ms", 2, load_ms);
         bench_json_fixed("train_ms", 2, total);
         bench_json_fixed("cpu_ms", 2, cpu_ms);
+        bench_json_fixed("floor_epoch_ms", 2, floor_step_ms * (double)steps);
+        bench_json_fixed("floor_epoch_cpu_ms", 2, floor_step_cpu * (double)steps);
         printf(", \"epoch_ms\": [");
         for (long e = 0; e < o.epochs; e++) printf("%s%.2f", e ? ", " : "", epoch_ms[e]);
         printf("]");
@@ -222,6 +240,8 @@ int main(int argc, char **argv)
         for (long e = 0; e < o.epochs; e++) printf("  epoch %ld  %8.1f ms\n", e + 1, epoch_ms[e]);
         printf("  training %.1f ms wall, %.1f ms CPU; last loss %.4f; test accuracy %.2f%%\n", total, cpu_ms, last_loss,
                100 * acc);
+        printf("  GEMM floor of an epoch %.1f ms wall, %.1f ms CPU (%ld steps)\n", floor_step_ms * (double)steps,
+               floor_step_cpu * (double)steps, steps);
     }
     return 0;
 }
