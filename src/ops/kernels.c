@@ -44,6 +44,19 @@
 #undef NB_SIGMOID
 #undef NB_TANH
 
+/* int64 (indices, labels, counts): the kernels that make sense for integers. Arithmetic and sums wrap
+ * on overflow like two's complement (as PyTorch's int64 does): they are computed in uint64_t, where
+ * wrapping is defined, so the accumulator is uint64_t rather than int64_t (the same bits). */
+#define NB_T int64_t
+#define NB_ACC uint64_t
+#define NB_UT uint64_t
+#define NB_SFX i64
+#include "kernels_impl.h"
+#undef NB_T
+#undef NB_ACC
+#undef NB_UT
+#undef NB_SFX
+
 /* Row-major element strides of t as seen from an output of `ndim` dims (right-aligned), 0 where t
  * is broadcast. */
 void nb__bcast_strides(const nb_tensor *t, int ndim, const int64_t *shape, int64_t *st)
