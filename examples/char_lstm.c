@@ -652,6 +652,9 @@ static int train(const options *o, model *m, const corpus *c, nb_tape *tape)
     nb_optim *opt = nb_optim_new(NB_ADAM, m->params, &oo);
     if (opt && o->load_path && nb_checkpoint_load(o->load_path, m->params, opt, NULL) != NB_OK)
         nb_error_clear(); /* no Adam state in the file (nothing was changed): start it afresh */
+    /* the file's Adam state is kept, but this run's lr is --lr: the loaded one is where the saved run's
+     * schedule ended (lr / 10 after a cosine), which the schedule below would take as its start */
+    if (opt) nb_optim_set_lr(opt, o->lr);
     nb_sched *sched = NULL;
     if (opt && o->schedule && total_steps > 1) {
         nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);

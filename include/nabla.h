@@ -14,8 +14,22 @@
  *   - Errors are sticky: a failing call returns NULL (or a status) and records a message; a call given
  *     NULL returns NULL and keeps the first message, so a chain of calls can be checked once.
  *
- * Leaves must outlive every tape that recorded them until that tape is reset. Op results must not be
- * used after their tape is reset. A tape belongs to one thread at a time.
+ * Lifetimes, and what is checked (docs/architecture.md, "Lifetimes"):
+ *   - An op result lives until its tape is reset (nb_tape_reset starts a new generation) or freed.
+ *     Using a result after one reset of its tape, in any op, accessor, nb_backward / nb_grad (output,
+ *     seed, inputs), hook setter or nb_tape_write_dot, fails with NB_ERR_STATE naming the call ("tensor
+ *     belongs to a tape that was reset (recorded in generation 3, tape is at 4)"). After two or more
+ *     resets the pointer may denote a newer result of the same tape, which it then reads (never other
+ *     memory): that use is not detected. Results of a tape that was freed are freed memory.
+ *   - A backward (and the DOT export) refuses a graph that holds a leaf freed since it was recorded, or
+ *     a result of another tape reset since: NB_ERR_STATE, always.
+ *   - A freed leaf's pointer fails with NB_ERR_STATE while any leaf or tape is live, unless a new leaf
+ *     has taken its header (then it is that leaf). A view (reshape, slice, detach) of a leaf reads the
+ *     leaf's data: freeing the leaf first leaves the view dangling (not detected).
+ *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE).
+ *   - A tape belongs to one thread at a time. Leaves may be shared read-only by threads that record them
+ *     on their own tapes and call nb_grad (which writes nothing into a leaf); nb_backward adds into
+ *     .grad, so one thread at a time per leaf.
  */
 #ifndef NABLA_H
 #define NABLA_H
@@ -223,7 +237,8 @@ nb_tensor *nb_tensor_normal(nb_dtype dtype, int ndim, const int64_t *shape, doub
 /** A caller-owned deep copy of any tensor (a leaf or an op result): data only, no gradient, no graph. */
 nb_tensor *nb_tensor_clone(const nb_tensor *t);
 /** Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape),
- * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. */
+ * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. A
+ * tape that recorded the leaf may still be live: its backward then fails with NB_ERR_STATE. */
 void nb_tensor_free(nb_tensor *t);
 /** Ownership of leaves by containers (nb_params, nb_dataset, nb_optim's state, nb_safetensors; your
  * own containers can use it too): a leaf has at most one owner, so it cannot be freed twice by two
@@ -332,13 +347,17 @@ nb_status nb_tape_end(nb_tape *tape);
 /** The current tape of this thread, or NULL. */
 nb_tape *nb_tape_current(void);
 /** Release every node and op result on the tape at once; the arena's memory is kept for reuse, so a
- * steady-state step allocates nothing. */
+ * steady-state step allocates nothing. Results kept from before are stale (see the top of this file).
+ * Refused (NB_ERR_STATE, nothing released) while a backward runs on the tape (from a hook). */
 void nb_tape_reset(nb_tape *tape);
 /** Nodes recorded, and bytes of arena in use / reserved. @{ */
 size_t nb_tape_node_count(const nb_tape *tape);
 size_t nb_tape_bytes_used(const nb_tape *tape);
 size_t nb_tape_bytes_reserved(const nb_tape *tape);
 /** @} */
+/** The tape's generation: 1 when made, bumped by every nb_tape_reset. Op results remember the
+ * generation they were made in (error messages about stale results quote both). */
+uint64_t nb_tape_generation(const nb_tape *tape);
 /** Name of the op of node i ("matmul"), NULL if out of range; its output tensor. @{ */
 const char *nb_tape_node_op(const nb_tape *tape, size_t i);
 nb_tensor *nb_tape_node_output(const nb_tape *tape, size_t i);
@@ -686,7 +705,7 @@ nb_tensor *nb_gru_gates(nb_tensor *xg, nb_tensor *hg, nb_tensor *h);
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
 /** x * nb_dropout_mask(x's dtype and shape, p, rng), bit for bit, in one pass: inverted dropout (the
  * mask is remade from its key for the backward, never stored). Takes one draw from rng; p = 0
- * returns x itself and draws nothing. */
+ * returns a view of x and draws nothing. */
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -98,7 +98,8 @@ typedef struct nb_init {
 } nb_init;
 
 /** Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
- * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer).
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer), and
+ * so are the random kinds for an i64 tensor or with a non-finite a (zeros and constants take any).
  * NB_INIT_ORTHOGONAL: t (at least 2-D) viewed as [rows = dim 0, cols = the rest] is gain * Q, Q from
  * the QR of a [max, min] matrix of N(0, 1) draws (drawn as [rows, cols] in row-major order, then
  * transposed when rows < cols) with the signs making R's diagonal positive: orthonormal rows when
@@ -301,8 +302,9 @@ typedef struct nb_rnn_state {
 
 /** Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
  * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
- * length leave its state unchanged and output zeros (the reverse direction of a sequence of length L
- * starts from the initial state at step L-1, as torch's packed sequences do). out (may be NULL):
+ * length leave its state unchanged and output zeros, and what x holds there does not matter (any
+ * padding, NaN included, changes no output and no gradient); the reverse direction of a sequence of
+ * length L starts from the initial state at step L-1, as torch's packed sequences do. out (may be NULL):
  * every step's top-layer output, [T, B, D*hidden] (or [B, T, D*hidden]), the forward direction's
  * first. final (may be NULL): the state after each sequence's last step (for the reverse direction,
  * after step 0). The input projection of all steps is one matrix product per layer and direction.

@@ -111,7 +111,10 @@ void nb_optim_free(nb_optim *opt);
 nb_status nb_optim_step(nb_optim *opt);
 /** What nb_optim_step_closure calls: zero the gradients, build the loss on the current tape, run
  * nb_backward, reset the tape if it likes, and store the loss in *loss; a failure status stops the
- * step (the parameters are left as the optimizer had them then: never between two trial points). */
+ * step (the parameters are left as the optimizer had them then: never between two trial points).
+ * L-BFGS does not look for NaN or infinity in the loss or the gradients (torch.optim.LBFGS neither,
+ * and nabla follows it step for step, to NaN parameters): return a failure status for them (with
+ * nb_set_anomaly_mode(1) the first op or backward rule that makes one fails). */
 typedef nb_status (*nb_optim_closure)(void *user, double *loss);
 /** One step that may evaluate the loss again (torch's step(closure)): L-BFGS calls closure up to
  * max_eval times, every other kind once before its update. *loss (may be NULL) gets the first
@@ -119,7 +122,8 @@ typedef nb_status (*nb_optim_closure)(void *user, double *loss);
 nb_status nb_optim_step_closure(nb_optim *opt, nb_optim_closure closure, void *user, double *loss);
 /** Zero the gradients of the optimizer's parameters (nb_tensor_zero_grad: buffers kept). */
 void nb_optim_zero_grad(nb_optim *opt);
-/** Group 0's lr; nb_optim_set_lr sets every group's. @{ */
+/** Group 0's lr; nb_optim_set_lr sets every group's (a NULL optimizer or an lr that is not >= 0, NaN
+ * included, records NB_ERR_ARG and changes nothing). @{ */
 double nb_optim_lr(const nb_optim *opt);
 void nb_optim_set_lr(nb_optim *opt, double lr);
 /** @} */
@@ -237,7 +241,8 @@ typedef struct nb_sched nb_sched;
 
 /** A schedule driving opt's learning rates from their current values (the bases); it sets them for
  * epoch 0 now. ONECYCLE with cycle_momentum needs an optimizer with beta1 (Adam, AdamW, NAdam,
- * RAdam, Adamax) or with momentum > 0 (SGD, RMSprop), and sets it to max_momentum. */
+ * RAdam, Adamax; momenta in [0, 1)) or with momentum > 0 (SGD, RMSprop; momenta > 0, where torch
+ * also takes 0: their momentum buffer exists only for a momentum > 0), and sets it to max_momentum. */
 nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *opts);
 /** Frees the schedule (the optimizer keeps its last lr). NULL is ignored. */
 void nb_sched_free(nb_sched *s);
@@ -402,11 +407,14 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 
 /** The parameters of params, the state of opt (may be NULL) and the step counter in one file. */
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
-/** Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
- * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
- * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
- * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
+/** Load what nb_checkpoint_save wrote: with opt, its state, step counts and groups' options too (lr,
+ * weight decay, momentum, betas, eps, frozen: the saved run's last values, as torch's
+ * load_state_dict; set the lr after loading to train on with another). Everything is validated
+ * first (header against file size, offsets inside the data and not overlapping, shape x dtype size
+ * equal to the byte range, names, dtypes and shapes matching the model; the header's JSON strictly,
+ * see src/train/checkpoint.c); on any failure nothing of params or opt is changed. A path that is
+ * not a regular file is refused at once (NB_ERR_IO). Tensors need not be aligned in the file. step
+ * may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
 /** @} */

@@ -332,6 +332,20 @@ nb_status nb_init_tensor(nb_tensor *t, nb_init init, int64_t fan_in, int64_t fan
         nb_error_set(NB_ERR_ARG, "%s: rng is NULL", who);
         return NB_ERR_ARG;
     }
+    if (random && (unsigned)init.kind < NB_INIT_COUNT && init.kind != NB_INIT_DEFAULT) {
+        /* draws truncated into integers, and a NaN bound or gain, fill a tensor with nonsense */
+        char s[96];
+        nb_dtype dt = nb_tensor_dtype(t);
+        if (dt != NB_F32 && dt != NB_F64) {
+            nb_error_set(NB_ERR_DTYPE, "%s: a random initialiser needs an f32 or f64 tensor, got %s %s", who,
+                         nb_dtype_name(dt), nb_shape_str(t, s, sizeof s));
+            return NB_ERR_DTYPE;
+        }
+        if (!isfinite(init.a)) {
+            nb_error_set(NB_ERR_ARG, "%s: init kind %d with a = %g (it must be finite)", who, (int)init.kind, init.a);
+            return NB_ERR_ARG;
+        }
+    }
     if (fan_in < 1) fan_in = 1;
     if (fan_out < 1) fan_out = 1;
     double gain = init.a != 0 ? init.a : 1.0;

@@ -253,6 +253,8 @@ static nb_status run_direction(const nb_rnn_cell *c, nb_tensor *gx_all, nb_tenso
 {
     const int64_t gh = gates_of(c->kind) * c->hidden;
     const nb_dtype dt = nb_tensor_dtype(gx_all);
+    nb_tensor *zero = lens ? nb_zeros(dt, 0, NULL) : NULL;
+    if (lens && !zero) return nb_error_code();
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         nb_tensor *gx = nb_reshape(nb_slice(gx_all, 0, t, t + 1, 1), NB_SHAPE(B, gh));
@@ -264,9 +266,10 @@ static nb_status run_direction(const nb_rnn_cell *c, nb_tensor *gx_all, nb_tenso
         else
             h2 = elman_step(c, gx, *h);
         if (lens) {
-            /* past a sequence's end its state stays and its output is zero */
+            /* past a sequence's end its state stays and its output is zero (a where, not a product:
+             * nothing of the step computed there reaches the result, whatever its values) */
             nb_tensor *m = nb_gt(lens, nb_full(dt, 0, NULL, (double)t));
-            outs[t] = nb_mul(h2, m);
+            outs[t] = nb_where(m, h2, zero);
             h2 = nb_where(m, h2, *h);
             if (c2) c2 = nb_where(m, c2, *cell);
         } else {
@@ -342,6 +345,21 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
             else
                 ((double *)nb_tensor_data(lens))[b] = (double)lengths[b];
         }
+        /* x past each sequence's end is padding that torch's packed sequences never read: zeroed here
+         * by a where (a NaN or an infinity there must not reach the outputs, the states or, through
+         * the input projection's backward, the gradients) */
+        nb_tensor *valid = nb_zeros(dt, NB_SHAPE(T, B, 1));
+        if (!valid) return nb_error_code();
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t b = 0; b < B; b++) {
+                if (t >= lengths[b]) continue;
+                if (dt == NB_F32)
+                    ((float *)nb_tensor_data(valid))[t * B + b] = 1;
+                else
+                    ((double *)nb_tensor_data(valid))[t * B + b] = 1;
+            }
+        x = nb_where(valid, x, nb_zeros(dt, 0, NULL));
+        if (!x) return nb_error_code();
     }
 
     /* final states in torch's order: layer 0 forward, layer 0 reverse, layer 1 forward, ... */

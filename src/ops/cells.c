@@ -92,6 +92,7 @@ nb_tensor *nb_lstm_gates(nb_tensor *gates, nb_tensor *c)
 {
     const char *who = "nb_lstm_gates";
     if (!gates || !c) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !gates ? "gates" : "c");
+    if (!nb__live(who, gates) || !nb__live(who, c)) return NULL;
     if (!check_cell(who, gates, "gates", c, "c", 4)) return NULL;
     if (c->ndim >= NB_MAX_DIMS)
         return nb__fail(NB_ERR_SHAPE, "%s: c %s already has the most dimensions, %d", who, NB_SHP(c), NB_MAX_DIMS);
@@ -155,6 +156,7 @@ nb_tensor *nb_gru_gates(nb_tensor *xg, nb_tensor *hg, nb_tensor *h)
 {
     const char *who = "nb_gru_gates";
     if (!xg || !hg || !h) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !xg ? "xg" : !hg ? "hg" : "h");
+    if (!nb__live(who, xg) || !nb__live(who, hg) || !nb__live(who, h)) return NULL;
     if (!check_cell(who, xg, "xg", h, "h", 3) || !check_cell(who, hg, "hg", h, "h", 3)) return NULL;
     nb_tensor *in[3] = {xg, hg, h};
     return nb__apply(who, NB_OP_GRU_GATES, 3, in, NULL, h->dtype, h->ndim, h->shape);

@@ -12,6 +12,7 @@ static bool check_pair(const char *who, const nb_tensor *a, const nb_tensor *b, 
         nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
         return false;
     }
+    if (!nb__live(who, a) || !nb__live(who, b)) return false;
     if (a->dtype != b->dtype) {
         nb__fail(NB_ERR_DTYPE, "%s: %s %s and %s %s: dtypes differ (use nb_cast)", who,
                  nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
@@ -97,6 +98,7 @@ static void unary_kernel(nb_unop op, nb_tensor *out, const nb_tensor *x, double 
 static nb_tensor *unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     nb_attrs at = {.f = {p0, p1}};
     return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
@@ -115,7 +117,7 @@ nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x)
 }
 
 /* Reduce a gradient to input i's shape (undoing broadcasting). */
-#define TO_IN(i, t) nb_sum_to((t), n->in[i]->ndim, n->in[i]->shape)
+#define TO_IN(i, t) nb__sum_to((t), n->in[i]->ndim, n->in[i]->shape)
 
 /* ---- add, sub, mul, div ----------------------------------------------------------------------- */
 
@@ -275,6 +277,7 @@ nb_tensor *nb_sub_scalar(nb_tensor *x, double s) { return unary("nb_sub_scalar",
 nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_rdiv_scalar: input is NULL");
+    if (!nb__live("nb_rdiv_scalar", x)) return NULL;
     if (!nb__check_float("nb_rdiv_scalar", x)) return NULL;
     return nb_mul_scalar(nb_reciprocal(x), s);
 }
@@ -310,6 +313,7 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
     int nd1, nd2;
     int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
     if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
+    if (!nb__live(who, cond)) return NULL;
     if (!check_pair(who, a, b, &nd1, s1, true)) return NULL;
     if (cond->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "

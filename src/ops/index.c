@@ -7,6 +7,7 @@
 #include "parallel.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- shared helpers --------------------------------------------------------------------------- */
@@ -63,6 +64,7 @@ static void acc_finish(nb_tensor *out, const double *acc)
  * (the tensor indexed). Records a message naming `who` and the first bad index otherwise. */
 static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const int64_t *shape, int axis)
 {
+    if (!nb__live(who, idx)) return false;
     if (idx->dtype != NB_I64) {
         nb__fail(NB_ERR_DTYPE, "%s: idx is %s %s: expected i64", who, nb_dtype_name(idx->dtype), NB_SHP(idx));
         return false;
@@ -136,7 +138,7 @@ void *nb__view_slice(nb_tensor *const *in, const nb_attrs *at)
 bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     int64_t st[NB_MAX_DIMS];
     contiguous_strides(dst->ndim, dst->shape, st);
@@ -183,6 +185,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
 {
     const char *who = "nb_slice";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (step <= 0)
@@ -190,7 +193,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
                         (long long)step, axis, NB_SHP(x));
     int64_t n = x->shape[ax], b = clamp_bound(start, n), e = clamp_bound(stop, n);
     int64_t m = e > b ? (e - b - 1) / step + 1 : 0;
-    if (m == n) return x; /* the whole axis */
+    if (m == n) return nb__alias(who, x); /* the whole axis: a view */
     int64_t shape[NB_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[ax] = m;
@@ -204,6 +207,7 @@ nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tenso
     if (!outs) return nb__fail_status(NB_ERR_ARG, "%s: outs is NULL", who);
     for (int i = 0; i < n; i++) outs[i] = NULL;
     if (!x) return nb__fail_status(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return nb_error_code();
     if (n < 1 || !sizes)
         return nb__fail_status(NB_ERR_ARG, "%s: %s into %d pieces with sizes=%p", who, NB_SHP(x), n,
                                (const void *)sizes);
@@ -240,6 +244,7 @@ int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs)
         nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "outs");
         return -1;
     }
+    if (!nb__live(who, x)) return -1;
     if (n < 1) {
         nb__fail(NB_ERR_ARG, "%s: %s into %d pieces: need at least 1", who, NB_SHP(x), n);
         return -1;
@@ -268,6 +273,7 @@ nb_tensor *nb_squeeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_squeeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (x->shape[ax] != 1)
@@ -283,6 +289,7 @@ nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_unsqueeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim >= NB_MAX_DIMS)
         return nb__fail(NB_ERR_SHAPE, "%s: %s already has the most dimensions, %d", who, NB_SHP(x), NB_MAX_DIMS);
     int ax = nb__axis(axis, x->ndim + 1);
@@ -322,6 +329,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
 {
     const char *who = "nb_pad";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim > 0 && !pads) return nb__fail(NB_ERR_ARG, "%s: pads is NULL for %s", who, NB_SHP(x));
     if (x->dtype == NB_I64 && !(value >= -9.2e18 && value <= 9.2e18 && value == floor(value)))
         return nb__fail(NB_ERR_ARG, "%s: value %g is not an i64 for %s", who, value, NB_SHP(x));
@@ -337,7 +345,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
         shape[d] = b + x->shape[d] + a;
         any = any || b || a;
     }
-    if (!any) return x;
+    if (!any) return nb__alias(who, x);
     if (!nb__check_shape(who, x->ndim, shape)) return NULL;
     return nb__apply(who, NB_OP_PAD, 1, &x, &at, x->dtype, x->ndim, shape);
 }
@@ -384,6 +392,8 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     if (x0->ndim == 0) return nb__fail(NB_ERR_SHAPE, "%s: input 0 is 0-d: nothing to join along (use nb_stack)", who);
     int ax = nb__axis(axis, x0->ndim);
@@ -405,7 +415,7 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
             return nb__fail(NB_ERR_SHAPE, "%s: the extents along axis %d add up to too many", who, axis);
         shape[ax] += x->shape[ax];
     }
-    if (n == 1) return xs[0];
+    if (n == 1) return nb__alias(who, xs[0]);
     nb_attrs at = {.i = {ax, n}};
     return nb__apply(who, NB_OP_CONCAT, n, xs, &at, x0->dtype, x0->ndim, shape);
 }
@@ -417,6 +427,8 @@ nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     for (int i = 1; i < n; i++) {
         if (xs[i]->dtype != x0->dtype)
@@ -526,20 +538,65 @@ NB_BW(index_add)
 }
 
 /* Without a graph: add g [outer, m, inner] row k into the gradient of x at row idx[k] directly,
- * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). */
+ * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). The sums are
+ * the rule's (index_add): the rows of g that go to one row of x are added in double, in increasing k,
+ * from 0, and the total is rounded once and added to the buffer. The k are grouped by target row with
+ * a stable sort of (idx[k], k). */
+typedef struct idx_pos {
+    int64_t row, k;
+} idx_pos;
+
+static int idx_pos_cmp(const void *pa, const void *pb)
+{
+    const idx_pos *a = pa, *b = pb;
+    if (a->row != b->row) return a->row < b->row ? -1 : 1;
+    return (a->k > b->k) - (a->k < b->k);
+}
+
+/* Threads split the columns j < inner (acc[j] is then each thread's own): every sum keeps its order. */
+#define INDEX_ADD_INTO(T)                                                                              \
+    do {                                                                                               \
+        const T *s = g->data;                                                                          \
+        T *d = dst->data;                                                                              \
+        NB_PARALLEL_PIECES(nb__threads_for(outer * m * inner, NB_GRAIN_MEM), inner, j0, j1, {          \
+            for (int64_t r = 0; r < outer; r++) {                                                      \
+                for (int64_t a = 0; a < m;) {                                                          \
+                    int64_t e = a, row = pos[a].row;                                                   \
+                    while (e < m && pos[e].row == row) e++;                                            \
+                    for (int64_t j = j0; j < j1; j++) acc[j] = 0;                                      \
+                    for (int64_t q = a; q < e; q++) {                                                  \
+                        const T *sr = s + (r * m + pos[q].k) * inner;                                  \
+                        for (int64_t j = j0; j < j1; j++) acc[j] += sr[j];                             \
+                    }                                                                                  \
+                    T *dr = d + (r * n_ax + row) * inner;                                              \
+                    for (int64_t j = j0; j < j1; j++) dr[j] += (T)acc[j];                              \
+                    a = e;                                                                             \
+                }                                                                                      \
+            }                                                                                          \
+        });                                                                                            \
+    } while (0)
+
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     const int64_t *ix = n->in[1]->data;
     int64_t outer, inner, n_ax = dst->shape[axis], m = n->in[1]->numel;
     around_axis(dst, axis, &outer, &inner);
-    const void *src_data = g->data;
+    nb_tape *tape = nb__current_tape(); /* the backward's tape */
+    idx_pos *pos = nb__tape_alloc(tape, (size_t)m * sizeof *pos);
+    double *acc = nb__tape_alloc(tape, (size_t)inner * sizeof *acc);
+    if (!pos || !acc) {
+        nb__fail(NB_ERR_NOMEM, "nb_index_select (backward): out of memory");
+        return true;
+    }
+    for (int64_t k = 0; k < m; k++) pos[k] = (idx_pos){ix[k], k};
+    qsort(pos, (size_t)m, sizeof *pos, idx_pos_cmp);
     if (dst->dtype == NB_F32)
-        INDEX_ADD_ROWS(float, float, (float *)dst->data, n_ax);
+        INDEX_ADD_INTO(float);
     else
-        INDEX_ADD_ROWS(double, double, (double *)dst->data, n_ax);
+        INDEX_ADD_INTO(double);
     return true;
 }
 
@@ -547,6 +604,7 @@ nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_index_select";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (idx->ndim != 1)
@@ -688,6 +746,7 @@ nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_gather";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (!check_gather_shape(who, idx, x->ndim, x->shape, ax, "input") ||
@@ -702,6 +761,7 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
 {
     const char *who = "nb_scatter_add";
     if (!idx || !src) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !idx ? "idx" : "src");
+    if (!nb__live(who, idx) || !nb__live(who, src)) return NULL;
     if (ndim < 1 || ndim > NB_MAX_DIMS || !shape)
         return nb__fail(NB_ERR_SHAPE, "%s: target of %d dimensions (shape=%p): expected 1..%d", who, ndim,
                         (const void *)shape, NB_MAX_DIMS);
@@ -728,6 +788,7 @@ nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype)
 {
     const char *who = "nb_one_hot";
     if (!idx) return nb__fail(NB_ERR_ARG, "%s: idx is NULL", who);
+    if (!nb__live(who, idx)) return NULL;
     if (idx->dtype != NB_I64)
         return nb__fail(NB_ERR_DTYPE, "%s: labels are %s %s: expected i64", who, nb_dtype_name(idx->dtype),
                         NB_SHP(idx));

@@ -93,6 +93,7 @@ static bool check_dtype(const char *who, const nb_tensor *x, bool int_ok)
 nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum: input is NULL");
+    if (!nb__live("nb_sum", x)) return NULL;
     uint32_t mask;
     if (!check_dtype("nb_sum", x, true) || !nb__axes_mask("nb_sum", x, naxes, axes, &mask)) return NULL;
     return sum_mask("nb_sum", x, mask, keepdim);
@@ -101,6 +102,7 @@ nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_mean: input is NULL");
+    if (!nb__live("nb_mean", x)) return NULL;
     if (x->dtype == NB_I64)
         return nb__fail(NB_ERR_DTYPE, "nb_mean: i64 tensor %s: the mean of integers is not an integer (nb_sum "
                         "counts; nb_cast to f64 first for a mean)", NB_SHP(x));
@@ -115,7 +117,7 @@ nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_sum_all(nb_tensor *x) { return nb_sum(x, 0, NULL, 0); }
 nb_tensor *nb_mean_all(nb_tensor *x) { return nb_mean(x, 0, NULL, 0); }
 
-nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum_to: input is NULL");
     if (ndim < 0 || ndim > x->ndim || (ndim > 0 && !shape))
@@ -137,6 +139,13 @@ nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (!mask) return x;
     if (!nb__check_float("nb_sum_to", x)) return NULL;
     return nb_reshape(sum_mask("nb_sum_to", x, mask, 1), ndim, shape);
+}
+
+nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+{
+    if (x && !nb__live("nb_sum_to", x)) return NULL;
+    nb_tensor *r = nb__sum_to(x, ndim, shape); /* (nb__sum_to, for rules, takes a fresh gradient unchecked) */
+    return r && r == x ? nb__alias("nb_sum_to", x) : r;
 }
 
 /* ---- argmax / argmin -------------------------------------------------------------------------- */
@@ -168,6 +177,7 @@ NB_FW(argmax)
 static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!check_dtype(who, x, true)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -217,6 +227,7 @@ static nb_tensor *reduced_shape(nb_tensor *r, const nb_tensor *x, uint32_t mask,
 static nb_tensor *extreme(const char *who, nb_tensor *x, int naxes, const int *axes, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!check_dtype(who, x, true) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
@@ -240,6 +251,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     const char *who = "nb_logsumexp";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
@@ -258,6 +270,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: %s: correction %d is negative", who, NB_SHP(x), correction);
@@ -318,6 +331,7 @@ NB_BW(log_softmax)
 static nb_tensor *softmax_op(const char *who, nb_op_id op, nb_tensor *x, int axis)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -386,9 +400,10 @@ nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
 {
     const char *who = "nb_dropout";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
-    if (p == 0.0) return x;
+    if (p == 0.0) return nb__alias(who, x);
     if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
     uint32_t thr;
     double keep;

@@ -612,7 +612,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
     /* the groups: their options (those a schedule or a user changes) and who is in which */
     int64_t ng = opt ? nb_optim_group_count(opt) : 0;
     nb_tensor *groups = ng ? nb_tensor_zeros(NB_F64, 2, (const int64_t[]){ng, GROUP_FIELDS}) : NULL;
-    nb_tensor *pgroups = npar ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL;
+    nb_tensor *pgroups = ng ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL; /* with the groups, even empty */
     for (int k = 0; groups && k < ng; k++) {
         nb_optim_opts go;
         nb_optim_group_opts(opt, k, &go);
@@ -621,7 +621,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         memcpy((double *)nb_tensor_data(groups) + k * GROUP_FIELDS, row, sizeof row);
     }
     for (int i = 0; pgroups && i < npar; i++) ((int64_t *)nb_tensor_data(pgroups))[i] = nb_optim_param_group(opt, i);
-    if ((ng && !groups) || (npar && !pgroups)) {
+    if (ng && (!groups || !pgroups)) {
         nb_tensor_free(psteps);
         nb_tensor_free(groups);
         nb_tensor_free(pgroups);
@@ -1335,7 +1335,8 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
         else if (pgroups->dtype != NB_I64 || pgroups->ndim != 1 || pgroups->shape[0] != npar)
             st = fail(&L, NB_ERR_SHAPE, "tensor %s: expected i64 [%lld] (a group per optimized parameter)", PARAM_GROUPS,
                       (long long)npar);
-        groups->used = pgroups->used = 1;
+        if (groups) groups->used = 1;
+        if (pgroups) pgroups->used = 1;
     }
     for (int i = 0; !st && i < L.n; i++) {
         const entry *e = L.by_name[i];
