@@ -6,6 +6,10 @@
  *
  *   fashion_mnist [options]              train (reads Debian's dataset-fashion-mnist by default)
  *   fashion_mnist --eval FILE [options]  load a checkpoint and evaluate it on the test set
+ *   mpirun -np N fashion_mnist [options] the same training on N processes (nabla/dist.h): each takes
+ *                                        its part of every batch of --batch images (the global batch),
+ *                                        gradients are averaged, metrics summed over the processes,
+ *                                        rank 0 prints and writes the checkpoint
  */
 #include <nabla.h>
 
@@ -145,11 +149,29 @@ static int load_split(const char *dir, const char *prefix, nb_tensor **x, nb_ten
     return 1;
 }
 
-/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation. */
-static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images)
+/* The MLP (nb_mlp_forward) with its dropout masks drawn for a whole batch of `global` rows, of which
+ * x holds rows first.. : every process draws the same masks from the same stream and uses its rows,
+ * so N processes make exactly the masks one process makes (run alone: first 0, global all of x). */
+static nb_tensor *mlp_forward(const nb_mlp *m, nb_tensor *x, int64_t first, int64_t global)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        x = nb_linear_forward(&m->layer[i], x);
+        if (i + 1 == m->n_layers) break;
+        x = nb_activate(x, m->act);
+        if (m->dropout > 0 && nb_params_training(m->owner)) {
+            nb_tensor *mask = nb_dropout_mask(NB_F32, NB_SHAPE(global, nb_tensor_dim(x, 1)), m->dropout, m->rng);
+            x = nb_mul(x, nb_slice(mask, 0, first, first + nb_tensor_dim(x, 0), 1));
+        }
+    }
+    return x;
+}
+
+/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation.
+ * first and global: where the rows sit in the global batch (dropout, in training). */
+static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images, int64_t first, int64_t global)
 {
     nb_tensor *flat = nb_reshape(images, NB_SHAPE(nb_tensor_dim(images, 0), 784));
-    return nb_mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
+    return mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530), first, global);
 }
 
 static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion)
@@ -165,13 +187,24 @@ static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusi
     return c;
 }
 
-/* Loss and accuracy of the model over a data set, in evaluation mode without recording. */
-static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, nb_tape *tape, double *loss,
-                    double *acc, int64_t *confusion)
+/* Sum values over the processes of a distributed run (nothing to do when run alone). */
+static int sum_over_ranks(nb_dist *dist, double *v, int n)
+{
+    return !dist || nb_dist_allreduce(dist, v, n, NB_DIST_SUM) == NB_OK;
+}
+
+/* Loss and accuracy of the model over a data set, in evaluation mode without recording. In a
+ * distributed run each process evaluates its part of every batch and the sums are added up, so that
+ * every process gets the same figures. */
+static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, nb_tape *tape, nb_dist *dist,
+                    double *loss, double *acc, int64_t *confusion)
 {
     nb_params_set_training(params, 0);
     nb_batches *b = nb_batches_new(d, 1000, 0, 0, 0);
-    if (!b) return 0;
+    if (!b || nb_batches_set_shard(b, nb_dist_rank(dist), nb_dist_size(dist)) != NB_OK) {
+        nb_batches_free(b);
+        return 0;
+    }
     double total = 0;
     int64_t correct = 0, n = 0;
     nb_tensor *x, *y;
@@ -179,7 +212,8 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     nb_no_grad_begin();
     int r;
     while ((r = nb_batches_next(b, &x, &y)) == 1) {
-        nb_tensor *logits = logits_of(mlp, x);
+        if (nb_tensor_dim(x, 0) == 0) continue; /* an empty part of a short last batch */
+        nb_tensor *logits = logits_of(mlp, x, 0, nb_tensor_dim(x, 0));
         nb_tensor *l = nb_cross_entropy(logits, y, &(nb_ce_opts){.reduction = NB_REDUCE_SUM});
         int64_t c = correct_of(logits, y, confusion);
         if (!l || c < 0) {
@@ -197,8 +231,12 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     nb_batches_free(b);
     nb_params_set_training(params, 1);
     if (r < 0) return 0;
-    *loss = total / (double)n;
-    *acc = (double)correct / (double)n;
+    double sums[3 + N_CLASSES * N_CLASSES] = {total, (double)correct, (double)n};
+    for (int i = 0; confusion && i < N_CLASSES * N_CLASSES; i++) sums[3 + i] = (double)confusion[i];
+    if (!sum_over_ranks(dist, sums, confusion ? 3 + N_CLASSES * N_CLASSES : 3)) return 0;
+    for (int i = 0; confusion && i < N_CLASSES * N_CLASSES; i++) confusion[i] = (int64_t)sums[3 + i];
+    *loss = sums[0] / sums[2];
+    *acc = sums[1] / sums[2];
     return 1;
 }
 
@@ -239,7 +277,19 @@ int main(int argc, char **argv)
     options o;
     int pr = parse_args(argc, argv, &o);
     if (pr) return pr == 1 ? 0 : 2;
+    /* started by mpirun: one of several processes (without, nabla/dist.h is not used at all) */
+    nb_dist *dist = NULL;
+    if (nb_dist_launched() && nb_dist_init(&argc, &argv, &dist) != NB_OK) {
+        fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
+        return 1;
+    }
+    int rank = nb_dist_rank(dist), nranks = nb_dist_size(dist);
     if (o.threads) nb_set_num_threads(o.threads);
+    else if (nb_dist_local_size(dist) > 1) { /* share this machine's cores between its processes */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        nb_set_num_threads(cores > nb_dist_local_size(dist) ? (int)(cores / nb_dist_local_size(dist)) : 1);
+    }
+    if (rank > 0) o.quiet = 1; /* rank 0 speaks for all */
     int tty = isatty(STDOUT_FILENO) && !o.quiet;
 
     nb_tensor *train_x = NULL, *train_y = NULL, *test_x = NULL, *test_y = NULL;
@@ -279,6 +329,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         return 1;
     }
+    /* every process made the same initial weights from the same seed, and goes on drawing the same
+     * dropout masks (mlp_forward) */
     nb_tape *tape = nb_tape_new();
     char ckpt[1024], csv_path[1024];
     snprintf(ckpt, sizeof ckpt, "%s/fashion_mnist.safetensors", o.out_dir);
@@ -286,16 +338,18 @@ int main(int argc, char **argv)
     int status = 0;
 
     if (o.eval_path) {
-        if (nb_checkpoint_load(o.eval_path, params, NULL, NULL) != NB_OK) {
+        nb_status st = dist ? nb_dist_checkpoint_load(dist, o.eval_path, params, NULL, NULL)
+                            : nb_checkpoint_load(o.eval_path, params, NULL, NULL);
+        if (st != NB_OK) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
         } else {
             int64_t confusion[N_CLASSES * N_CLASSES] = {0};
             double loss, acc;
-            if (!evaluate(&mlp, params, test, tape, &loss, &acc, confusion)) {
+            if (!evaluate(&mlp, params, test, tape, dist, &loss, &acc, confusion)) {
                 fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
                 status = 1;
-            } else {
+            } else if (rank == 0) {
                 printf("%s: test loss %.4f, test accuracy %.2f%%\n", o.eval_path, loss, 100 * acc);
                 print_confusion(confusion);
             }
@@ -303,18 +357,21 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", o.out_dir, strerror(errno));
-        status = 1;
-        goto done;
+    /* rank 0 writes the metrics and the checkpoint */
+    FILE *csv = NULL;
+    if (rank == 0) {
+        if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", o.out_dir, strerror(errno));
+            status = 1;
+        } else if (!(csv = fopen(csv_path, "w"))) {
+            fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", csv_path, strerror(errno));
+            status = 1;
+        } else {
+            fprintf(csv, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+        }
     }
-    FILE *csv = fopen(csv_path, "w");
-    if (!csv) {
-        fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", csv_path, strerror(errno));
-        status = 1;
-        goto done;
-    }
-    fprintf(csv, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+    if (dist && nb_dist_agree(dist, status ? NB_ERR_IO : NB_OK) != NB_OK) status = 1; /* all stop together */
+    if (status) goto done;
 
     nb_optim_opts oo = nb_optim_defaults(NB_ADAMW);
     oo.lr = o.lr;
@@ -327,8 +384,15 @@ int main(int argc, char **argv)
     so.eta_min = o.lr * 0.01;
     nb_sched *sched = opt ? nb_sched_new(NB_SCHED_COSINE, opt, &so) : NULL;
     nb_early_stop *es = nb_early_stop_new(params, o.patience, 0.0, 1); /* maximise the validation accuracy */
+    /* every process shuffles alike and takes its part of each batch of o.batch images */
     nb_batches *batches = nb_batches_new(train, o.batch, 1, 0, o.seed + 1);
-    if (!opt || !sched || !es || !batches) {
+    if (batches && nb_batches_set_shard(batches, rank, nranks) != NB_OK) {
+        nb_batches_free(batches);
+        batches = NULL;
+    }
+    /* averages the gradients over the processes during backward (checks that they start alike) */
+    nb_ddp *ddp = dist ? nb_ddp_new(dist, params, NULL) : NULL;
+    if (!opt || !sched || !es || !batches || (dist && !ddp)) {
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         status = 1;
         goto train_done;
@@ -338,6 +402,9 @@ int main(int argc, char **argv)
                (long long)nb_dataset_size(val), (long long)nb_dataset_size(test));
     for (int i = 0; i < o.n_layers && !o.quiet; i++) printf("%lld-", (long long)o.layers[i]);
     if (!o.quiet) printf("10 (%lld parameters), AdamW, dropout %g\n", (long long)nb_params_numel(params), o.dropout);
+    if (!o.quiet && dist)
+        printf("%d processes (MPI), each %lld of every %lld images in a batch, %d BLAS thread%s each\n", nranks,
+               (long long)(o.batch / nranks), (long long)o.batch, nb_num_threads(), nb_num_threads() > 1 ? "s" : "");
 
     double t_start = now();
     int64_t per_epoch = nb_batches_per_epoch(batches);
@@ -348,25 +415,45 @@ int main(int argc, char **argv)
         int r;
         nb_tape_begin(tape);
         while ((r = nb_batches_next(batches, &x, &y)) == 1) {
-            nb_tensor *logits = logits_of(&mlp, x);
-            nb_tensor *loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
-            if (o.graph_path && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
+            int64_t bsz = nb_tensor_dim(x, 0);
+            /* with several processes: weight each one's mean loss by its rows, so that the average of
+             * the gradients is the mean over the whole batch even when parts differ by a row */
+            if (ddp && nb_ddp_set_samples(ddp, (double)bsz) != NB_OK) {
                 r = -1;
                 break;
             }
-            if (!loss || nb_backward(loss, NULL, 0) != NB_OK || nb_optim_step(opt) != NB_OK) {
+            nb_tensor *logits = NULL, *loss = NULL;
+            /* (a part is empty only when a batch has fewer images than processes: it still draws the
+             * batch's dropout masks, to keep the stream in step) */
+            if (bsz == 0 && o.dropout > 0)
+                for (int i = 0; i < o.n_layers; i++)
+                    nb_dropout_mask(NB_F32, NB_SHAPE(nb_batches_global_count(batches), o.layers[i]), o.dropout, &rng);
+            if (bsz > 0) {
+                logits = logits_of(&mlp, x, nb_batches_shard_offset(batches), nb_batches_global_count(batches));
+                loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
+                if (o.graph_path && rank == 0 && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
+                    r = -1;
+                    break;
+                }
+                if (!loss || nb_backward(loss, NULL, 0) != NB_OK) {
+                    r = -1;
+                    break;
+                }
+            }
+            if ((ddp && nb_ddp_finish(ddp) != NB_OK) || nb_optim_step(opt) != NB_OK) {
                 r = -1;
                 break;
             }
             nb_optim_zero_grad(opt);
-            int64_t bsz = nb_tensor_dim(x, 0);
-            /* report the plain cross-entropy (the objective adds smoothing), comparable with validation */
-            nb_no_grad_begin();
-            nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
-            nb_no_grad_end();
-            loss_sum += nb_tensor_item(plain) * (double)bsz;
-            correct += correct_of(logits, y, NULL);
-            seen += bsz;
+            if (bsz > 0) {
+                /* report the plain cross-entropy (the objective adds smoothing), comparable with validation */
+                nb_no_grad_begin();
+                nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
+                nb_no_grad_end();
+                loss_sum += nb_tensor_item(plain) * (double)bsz;
+                correct += correct_of(logits, y, NULL);
+                seen += bsz;
+            }
             done++;
             nb_tape_reset(tape);
             if (tty && (done % 20 == 0 || done == per_epoch)) {
@@ -379,31 +466,40 @@ int main(int argc, char **argv)
         }
         nb_tape_end(tape);
         nb_tape_reset(tape);
+        /* a process that failed ends the whole job: the others would wait for it */
+        if (r < 0 && dist) nb_dist_abort(dist, nb_error_message());
         if (r < 0) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
+        double sums[3] = {loss_sum, (double)correct, (double)seen}; /* the training figures of all processes */
         double val_loss, val_acc;
-        if (!evaluate(&mlp, params, val, tape, &val_loss, &val_acc, NULL)) {
+        if (!sum_over_ranks(dist, sums, 3) || !evaluate(&mlp, params, val, tape, dist, &val_loss, &val_acc, NULL)) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
         double lr = nb_optim_lr(opt), secs = now() - t0;
-        fprintf(csv, "%d,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f\n", epoch, loss_sum / (double)seen, (double)correct / (double)seen,
-                val_loss, val_acc, lr, secs);
-        fflush(csv);
+        if (csv) {
+            fprintf(csv, "%d,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f\n", epoch, sums[0] / sums[2], sums[1] / sums[2], val_loss,
+                    val_acc, lr, secs);
+            fflush(csv);
+        }
+        /* the same validation figures everywhere: every process takes the same decisions */
         int stop = nb_early_stop_update(es, val_acc);
         int best = nb_early_stop_best_epoch(es) == epoch - 1;
-        if (best && nb_checkpoint_save(ckpt, params, opt, epoch) != NB_OK) {
+        nb_status saved = !best ? NB_OK
+                          : dist ? nb_dist_checkpoint_save(dist, ckpt, params, opt, epoch)
+                                 : nb_checkpoint_save(ckpt, params, opt, epoch);
+        if (saved != NB_OK) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
         if (!o.quiet)
             printf("%sepoch %2d/%d  train loss %.4f acc %5.2f%%  val loss %.4f acc %5.2f%%  lr %.2e  %.1fs%s\n",
-                   tty ? "\r" : "", epoch, o.epochs, loss_sum / (double)seen, 100.0 * (double)correct / (double)seen,
+                   tty ? "\r" : "", epoch, o.epochs, sums[0] / sums[2], 100.0 * sums[1] / sums[2],
                    val_loss, 100 * val_acc, lr, secs, best ? "  *" : "   ");
         if (stop) {
             if (!o.quiet) printf("early stop: no better validation accuracy for %d epochs\n", o.patience);
@@ -415,10 +511,10 @@ int main(int argc, char **argv)
         nb_early_stop_restore(es);
         int64_t confusion[N_CLASSES * N_CLASSES] = {0};
         double test_loss, test_acc;
-        if (!evaluate(&mlp, params, test, tape, &test_loss, &test_acc, confusion)) {
+        if (!evaluate(&mlp, params, test, tape, dist, &test_loss, &test_acc, confusion)) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
-        } else {
+        } else if (rank == 0) {
             printf("best epoch %lld (validation accuracy %.2f%%); test loss %.4f, test accuracy %.2f%%; %.1fs in all\n",
                    (long long)nb_early_stop_best_epoch(es) + 1, 100 * nb_early_stop_best(es), test_loss, 100 * test_acc,
                    now() - t_start);
@@ -427,7 +523,8 @@ int main(int argc, char **argv)
         }
     }
 train_done:
-    fclose(csv);
+    if (csv) fclose(csv);
+    nb_ddp_free(ddp);
     nb_batches_free(batches);
     nb_early_stop_free(es);
     nb_sched_free(sched);
@@ -439,5 +536,6 @@ done:
     nb_dataset_free(train);
     nb_dataset_free(all);
     nb_dataset_free(test);
+    nb_dist_free(dist);
     return status;
 }

@@ -309,6 +309,10 @@ void nb_tensor_zero_grad(nb_tensor *t);
  * creation if never zeroed): a gradient that zero_grad left at zero counts as none, like PyTorch's
  * None after zero_grad(set_to_none=True). Optimizers skip parameters without one. */
 int nb_tensor_has_grad(const nb_tensor *t);
+/** The gradient buffer of a leaf that requires grad, allocated as zeros if no backward has reached it
+ * yet: for code that writes gradients itself (nabla/dist.h averages them over processes). It counts as
+ * a gradient (nb_tensor_has_grad) once written and marked with nb_tensor_mark_dirty. NULL on error. */
+nb_tensor *nb_tensor_ensure_grad(nb_tensor *t);
 /** A name shown in graph exports and error messages. The string is copied for leaves; for op results
  * it must outlive the tape's current recording. */
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name);
@@ -853,5 +857,6 @@ void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
 
 #include "nabla/nn.h"
 #include "nabla/train.h"
+#include "nabla/dist.h"
 
 #endif /* NABLA_H */

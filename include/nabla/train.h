@@ -342,6 +342,23 @@ const int64_t *nb_batches_lengths(const nb_batches *b, int64_t *count);
 const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count);
 /** The number of batches in an epoch (-1 for NULL). */
 int64_t nb_batches_per_epoch(const nb_batches *b);
+/** Data-parallel sharding (nabla/dist.h): from now on nb_batches_next returns only part `rank` of
+ * `nranks` of each batch, rows [rank * n / nranks, (rank + 1) * n / nranks) of a batch of n. Every rank
+ * makes the same batcher (same data, batch_size and seed), so all draw the same shuffle and the ranks
+ * together see exactly the batches one unsharded batcher returns. A part is empty (a batch of 0 rows,
+ * still returned as 1) when a batch has fewer rows than ranks; parts differ by at most one row when
+ * nranks does not divide n (weight the gradients: nb_ddp_set_samples). Call before the first batch. */
+nb_status nb_batches_set_shard(nb_batches *b, int rank, int nranks);
+/** Rows of the last batch over all shards (its own rows: nb_batches_indices), 0 before the first; and
+ * where this shard's rows start among them (0 unsharded). With these a rank can draw per-sample
+ * randomness (dropout masks) for the whole global batch from a stream every rank shares, and use its
+ * rows: then N ranks draw exactly what one process draws. -1 for NULL. @{ */
+int64_t nb_batches_global_count(const nb_batches *b);
+int64_t nb_batches_shard_offset(const nb_batches *b);
+/** @} */
+/** Skip n batches, drawing the shuffles nb_batches_next would (an epoch's end is not counted): to
+ * resume a run from a checkpoint taken after n steps. */
+nb_status nb_batches_skip(nb_batches *b, int64_t n);
 
 /** Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
  * data is converted and, for f32/f64, multiplied by scale (1/255, say); other IDX types keep their

@@ -592,6 +592,15 @@ nb_tensor *nb_tensor_grad(const nb_tensor *t)
     return t->grad_graph ? t->grad_graph : t->grad;
 }
 
+nb_tensor *nb_tensor_ensure_grad(nb_tensor *t)
+{
+    if (!check_leaf("nb_tensor_ensure_grad", t)) return NULL;
+    if (!(t->flags & NB_TF_REQUIRES_GRAD))
+        return nb__fail(NB_ERR_STATE, "nb_tensor_ensure_grad: leaf %s does not require grad", NB_SHP(t));
+    if (!t->grad && !(t->grad = nb_tensor_zeros(t->dtype, t->ndim, t->shape))) return NULL;
+    return nb_tensor_grad(t);
+}
+
 /* Every write of a backward into a leaf's gradient bumps the gradient's version (nb__add_inplace, or
  * nb__tape_track_leaf for a differentiable gradient); zero_grad records the version it leaves. */
 void nb_tensor_zero_grad(nb_tensor *t)
