@@ -1,5 +1,5 @@
 /* Threads: nabla's kernels give the same bits for any number of threads, and so does a short training
- * run (an MLP with dropout, an LSTM, Adam) in float32 and float64 with 1, 2 and 3 threads; dropout's
+ * run (an MLP with dropout, an LSTM, a GRU, Adam) in float32 and float64 with 1, 2 and 3 threads; dropout's
  * counter-based stream keeps its contract (one draw from the generator, the fused op equal to x times
  * the mask, the right keep rate, independent neighbours); the thread knob and its default.
  *
@@ -256,8 +256,8 @@ static void optim_once(nb_dtype dt, run *out)
 
 /* ---- a short training run --------------------------------------------------------------------- */
 
-/* An MLP with dropout on a batch of 256, and a one-layer LSTM over 3 steps of batch 128, trained
- * together by Adam for 3 steps; out gets every parameter afterwards. */
+/* An MLP with dropout on a batch of 256, and one-layer LSTM and GRU over 3 steps of batch 128 (the
+ * fused recurrent steps), trained together by Adam for 3 steps; out gets every parameter afterwards. */
 static void training_once(nb_dtype dt, run *out)
 {
     nb_rng rng;
@@ -265,11 +265,12 @@ static void training_once(nb_dtype dt, run *out)
     nb_params *ps = nb_params_new();
     nb_layer_opts lo = {.dtype = dt};
     nb_mlp mlp;
-    nb_rnn lstm;
+    nb_rnn lstm, gru;
     int64_t sizes[] = {256, 512, 512, 10};
     CHECK(nb_mlp_init(&mlp, ps, "mlp", 4, sizes, NB_ACT_RELU, 0.2, &lo, &rng) == NB_OK, "mlp init");
     nb_rnn_opts ro = {.layer = lo};
     CHECK(nb_rnn_init(&lstm, ps, "lstm", NB_LSTM, 64, 256, 1, &ro, &rng) == NB_OK, "lstm init");
+    CHECK(nb_rnn_init(&gru, ps, "gru", NB_GRU, 64, 128, 1, &ro, &rng) == NB_OK, "gru init");
     nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(256, 256), -1, 1, &rng);
     nb_tensor *xs = nb_tensor_uniform(dt, NB_SHAPE(3, 128, 64), -1, 1, &rng);
     int64_t lab[256];
@@ -279,10 +280,12 @@ static void training_once(nb_dtype dt, run *out)
     nb_tape *tape = nb_tape_new();
     for (int step = 0; step < 3; step++) {
         nb_tape_begin(tape);
-        nb_tensor *seq = NULL;
+        nb_tensor *seq = NULL, *seq2 = NULL;
         nb_tensor *l1 = nb_cross_entropy(nb_mlp_forward(&mlp, x), y, NULL);
         nb_status st = nb_rnn_forward(&lstm, xs, NULL, NULL, &seq, NULL);
-        nb_tensor *loss = st == NB_OK ? nb_add(l1, nb_mean_all(nb_square(seq))) : NULL;
+        if (st == NB_OK) st = nb_rnn_forward(&gru, xs, NULL, NULL, &seq2, NULL);
+        nb_tensor *loss = st == NB_OK ? nb_add(nb_add(l1, nb_mean_all(nb_square(seq))), nb_mean_all(nb_square(seq2)))
+                                      : NULL;
         CHECK(loss && nb_backward(loss, NULL, 0) == NB_OK, "%s training step %d (%s)", nb_dtype_name(dt), step,
               nb_error_message());
         CHECK(nb_optim_step(opt) == NB_OK, "adam step");
