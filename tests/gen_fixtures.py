@@ -598,6 +598,11 @@ def _same_dtype(mask, x):
     return mask.to(x.dtype)
 
 
+@value_op("sign")  # not differentiable
+def _sign(x):
+    return torch.sign(x)
+
+
 @value_op("eq")
 def _eq(a, b):
     return _same_dtype(a == b, a)
@@ -918,6 +923,11 @@ for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a1_k", (1,), 1), ("a0
 # Near 1e4, torch's gradient exp(x - lse) inherits the rounding of lse (an ulp of 1e4 is 1.8e-12): its
 # values are off by up to 9e-13 relative, nabla's match a 50-digit computation; inside the tolerance.
 case("logsumexp_big", "logsumexp", [V([1e4, 9999.0, -1e4, -1e4, -9998.0, -9999.5], (2, 3))], axes=(1,), keepdim=0)
+# An empty axis: -inf (the log of an empty sum) and an empty gradient; an empty kept axis: an empty result.
+case("logsumexp_empty_axis", "logsumexp", [V([], (2, 0))], axes=(1,), keepdim=0)
+case("logsumexp_empty_keepdim", "logsumexp", [V([], (2, 0, 3))], axes=(1, 2), keepdim=1)
+case("logsumexp_empty_all", "logsumexp", [V([], (0, 3))], axes=(), keepdim=0)
+case("logsumexp_empty_kept", "logsumexp", [V([], (0, 3))], axes=(1,), keepdim=0)
 for opname in ("var", "std"):
     for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a02_k", (0, 2), 1), ("am1", (-1,), 0)):
         for corr in (0, 1):
@@ -1071,6 +1081,13 @@ case("sort_i64", "sort", [I64([[3, 1, 3, -2, 1], [0, 0, 7, -7, 0]])], axis=1, de
 case("flip_i64", "flip", [I64([[1, 2, 3], [4, 5, 6]])], axes=(1,))
 case("roll_i64", "roll", [I64([1, 2, 3, 4, 5])], shift=-2, axis=0)
 case("repeat_i64", "repeat", [I64([1, 2])], reps=(2, 2))
+# neg, abs and sign of integers (the reader takes |values| <= 2^53; the wrap at INT64_MIN is checked
+# by test_grad_everyday.c)
+I64_EDGE = [-2**53, -2**53 + 1, -7, -1, 0, 1, 7, 2**53]
+case("neg_i64", "neg", [I64(I64_EDGE, (2, 4))])
+case("abs_i64", "abs", [I64(I64_EDGE, (2, 4))])
+case("sign_i64", "sign", [I64(I64_EDGE, (2, 4))])
+case("sign_f64", "sign", [V([-2.5, -0.0, 0.0, 2.0**-100, 3.0, -2.0**100])])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ static nb_tensor *gradtable_noting_f(void *user, nb_tensor *const *in)
 
 /* Ops whose rows live in the table of test_grad_everyday.c (which requires them recorded there, by
  * gradtable_require); test_grad_primitives.c counts them as covered. */
-static const char *const gradtable_everyday_ops[] = {"flip", "cumsum", "cumprod"};
+static const char *const gradtable_everyday_ops[] = {"flip", "cumsum", "cumprod", "linear_recurrence"};
 #define GRADTABLE_N_EVERYDAY ((int)(sizeof gradtable_everyday_ops / sizeof gradtable_everyday_ops[0]))
 
 /* Every op in names was recorded by some row of this program's table. */

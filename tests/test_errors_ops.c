@@ -80,7 +80,7 @@ static void test_elementwise(fixture *x)
     static const struct {
         const char *name;
         unary_fn f;
-    } un[] = {{"nb_sqrt", nb_sqrt},         {"nb_abs", nb_abs},       {"nb_sign", nb_sign},
+    } un[] = {{"nb_sqrt", nb_sqrt},         {"nb_exp", nb_exp},       {"nb_log", nb_log},
               {"nb_sin", nb_sin},           {"nb_cos", nb_cos},       {"nb_erf", nb_erf},
               {"nb_log1p", nb_log1p},       {"nb_expm1", nb_expm1},   {"nb_softplus", nb_softplus},
               {"nb_gelu", nb_gelu},         {"nb_reciprocal", nb_reciprocal}, {"nb_square", nb_square},
@@ -124,7 +124,6 @@ static void test_matmul_reduce(fixture *x)
     ERR(nb_min(x->e20, NB_AXES(1), 0) == NULL, NB_ERR_SHAPE, "nb_min: [2,0] is empty along axis 1");
     ERR(nb_logsumexp(x->i3, 0, NULL, 0) == NULL, NB_ERR_DTYPE, "nb_logsumexp: i64 tensor [3]");
     ERR(nb_logsumexp(x->a234, NB_AXES(-4), 0) == NULL, NB_ERR_ARG, "nb_logsumexp: axis -4 out of range for [2,3,4]");
-    ERR(nb_logsumexp(x->e20, NB_AXES(1), 0) == NULL, NB_ERR_SHAPE, "nb_logsumexp: [2,0] is empty along axis 1");
     ERR(nb_var(x->a234, NB_AXES(0), -1, 0) == NULL, NB_ERR_ARG, "nb_var: [2,3,4]: correction -1 is negative");
     ERR(nb_var(x->a234, NB_AXES(5), 1, 0) == NULL, NB_ERR_ARG, "nb_var: axis 5 out of range for [2,3,4]");
     ERR(nb_argmax(x->a234, 3, 0) == NULL, NB_ERR_ARG, "nb_argmax: axis 3 out of range for [2,3,4]");

@@ -350,6 +350,7 @@ RUN(pow_scalar)
 }
 RUN_UNARY(sqrt, nb_sqrt)
 RUN_UNARY(abs, nb_abs)
+RUN_UNARY(sign, nb_sign)
 RUN_UNARY(sin, nb_sin)
 RUN_UNARY(cos, nb_cos)
 RUN_UNARY(erf, nb_erf)
@@ -753,6 +754,7 @@ static const fx_op OPS[] = {
     {"pow_scalar", 1, true, run_pow_scalar},
     {"sqrt", 1, true, run_sqrt},
     {"abs", 1, true, run_abs},
+    {"sign", 1, true, run_sign},
     {"sin", 1, true, run_sin},
     {"cos", 1, true, run_cos},
     {"erf", 1, true, run_erf},

@@ -133,11 +133,12 @@ static nb_tensor *count_hook(nb_tensor *g, void *user)
 
 typedef nb_tensor *(*same_fn)(nb_tensor *x);
 static nb_rng drop_rng;
+static nb_params *eval_model; /* a collection in evaluation mode, for nb_train_dropout */
 static nb_tensor *s_slice(nb_tensor *x) { return nb_slice(x, 0, 0, 100, 1); }
 static nb_tensor *s_split(nb_tensor *x)
 {
     nb_tensor *o[1];
-    return nb_split(x, 0, 1, (const int64_t[]){2}, o) == NB_OK ? o[0] : NULL;
+    return nb_split(x, 1, 1, (const int64_t[]){2}, o) == NB_OK ? o[0] : NULL;
 }
 static nb_tensor *s_chunk(nb_tensor *x)
 {
@@ -145,15 +146,23 @@ static nb_tensor *s_chunk(nb_tensor *x)
     return nb_chunk(x, 1, 0, o) == 1 ? o[0] : NULL;
 }
 static nb_tensor *s_concat(nb_tensor *x) { return nb_concat(1, &x, 0); }
-static nb_tensor *s_broadcast(nb_tensor *x) { return nb_broadcast_to(x, NB_SHAPE(2)); }
-static nb_tensor *s_pad(nb_tensor *x) { return nb_pad(x, (const int64_t[]){0, 0}, 0.0); }
+static nb_tensor *s_broadcast(nb_tensor *x) { return nb_broadcast_to(x, NB_SHAPE(1, 2)); }
+static nb_tensor *s_pad(nb_tensor *x) { return nb_pad(x, (const int64_t[]){0, 0, 0, 0}, 0.0); }
 static nb_tensor *s_dropout(nb_tensor *x) { return nb_dropout(x, 0.0, &drop_rng); }
-static nb_tensor *s_sum_to(nb_tensor *x) { return nb_sum_to(x, NB_SHAPE(2)); }
-static nb_tensor *s_reshape(nb_tensor *x) { return nb_reshape(x, NB_SHAPE(2)); }
-static nb_tensor *s_stack1(nb_tensor *x) { return nb_reshape(nb_stack(1, &x, 0), NB_SHAPE(2)); }
+static nb_tensor *s_sum_to(nb_tensor *x) { return nb_sum_to(x, NB_SHAPE(1, 2)); }
+static nb_tensor *s_reshape(nb_tensor *x) { return nb_reshape(x, NB_SHAPE(1, 2)); }
+static nb_tensor *s_stack1(nb_tensor *x) { return nb_reshape(nb_stack(1, &x, 0), NB_SHAPE(1, 2)); }
+static nb_tensor *s_flip(nb_tensor *x) { return nb_flip(x, NB_AXES(0)); } /* extent 1: nothing to reverse */
+static nb_tensor *s_roll0(nb_tensor *x) { return nb_roll(x, 0, 1); }
+static nb_tensor *s_roll_n(nb_tensor *x) { return nb_roll(x, -2, 1); }
+static nb_tensor *s_einsum(nb_tensor *x) { return nb_einsum("ij->ij", 1, &x); }
+static nb_tensor *s_act_none(nb_tensor *x) { return nb_activate(x, NB_ACT_NONE); }
+static nb_tensor *s_train_dropout_eval(nb_tensor *x) { return nb_train_dropout(eval_model, x, 0.5, &drop_rng); }
+static nb_tensor *s_train_dropout_p0(nb_tensor *x) { return nb_train_dropout(NULL, x, 0.0, &drop_rng); }
 
-/* For each op that can return its input unchanged: y = op(x); L = sum(2 y + 3 x). dL/dy = 2 (not 5),
- * a hook on y sees 2 and does not run for x, and y is another tensor than x. */
+/* For each op (and src/nn function) that can return its input unchanged: y = op(x); L = sum(2 y + 3 x).
+ * dL/dy = 2 (not 5), a hook on y sees 2 and does not run for x, and y is another tensor than x. x is
+ * [1, 2], so that a flip has an axis with nothing to reverse. */
 static void test_distinct_results(void)
 {
     static const struct {
@@ -162,9 +171,14 @@ static void test_distinct_results(void)
     } ops[] = {{"slice (full range)", s_slice}, {"split into one", s_split},   {"chunk into one", s_chunk},
                {"concat of one", s_concat},     {"broadcast_to itself", s_broadcast}, {"pad by zero", s_pad},
                {"dropout p=0", s_dropout},      {"sum_to its shape", s_sum_to},       {"reshape to itself", s_reshape},
-               {"stack of one", s_stack1}};
+               {"stack of one", s_stack1},      {"flip of an extent-1 axis", s_flip}, {"roll by 0", s_roll0},
+               {"roll by the extent", s_roll_n}, {"einsum ij->ij", s_einsum},         {"nb_activate none", s_act_none},
+               {"nb_train_dropout in evaluation mode", s_train_dropout_eval},
+               {"nb_train_dropout p=0", s_train_dropout_p0}};
+    eval_model = nb_params_new();
+    nb_params_set_training(eval_model, 0);
     nb_rng_seed(&drop_rng, 1);
-    nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(2), (const double[]){0.5, -1.5});
+    nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(1, 2), (const double[]){0.5, -1.5});
     nb_tensor_set_requires_grad(x, 1);
     nb_tape *t = nb_tape_new();
     nb_tape_begin(t);
@@ -190,6 +204,7 @@ static void test_distinct_results(void)
     nb_tape_end(t);
     nb_tape_free(t);
     nb_tensor_free(x);
+    nb_params_free(eval_model);
 }
 
 /* Every case, or only those named on the command line. */

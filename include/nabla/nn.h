@@ -35,11 +35,16 @@ typedef struct nb_params nb_params;
 nb_params *nb_params_new(void);
 /** Frees the collection and every tensor in it. NULL is ignored. */
 void nb_params_free(nb_params *p);
-/** Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
+/** Register leaf t under name (copied; names must be unique, and such that nb_checkpoint_save can write
+ * them: valid UTF-8, not "__metadata__", not beginning with "optim.", which checkpoints keep for the
+ * optimizer's state; others are refused with NB_ERR_ARG) and mark it as requiring grad. The
  * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
  * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
  * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding
- * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. */
+ * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. A view made
+ * without a tape (nb_tensor_is_view) is refused, here and as a buffer: a parameter needs data of its
+ * own (add nb_tensor_clone of it); nb_params_add also refuses a leaf that has such views (it could not
+ * require grad). */
 nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
 /** Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
 nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);
@@ -142,7 +147,8 @@ typedef enum nb_activation {
     NB_ACT_COUNT       /**< the number of activations (not one) */
 } nb_activation;
 
-/** Apply an activation (leaky ReLU slope 0.01, ELU alpha 1). */
+/** Apply an activation (leaky ReLU slope 0.01, ELU alpha 1). NB_ACT_NONE gives x's values as a
+ * tensor of its own (a view on the tape), never x itself. */
 nb_tensor *nb_activate(nb_tensor *x, nb_activation act);
 /** "none", "relu", "tanh", ...; "?" for an unknown activation. */
 const char *nb_activation_name(nb_activation act);
@@ -181,7 +187,8 @@ nb_status nb_mlp_init(nb_mlp *m, nb_params *p, const char *name, int n_sizes, co
 /** x [..., sizes[0]] -> [..., sizes[n_sizes - 1]] */
 nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x);
 
-/** Inverted dropout in training mode of model (identity in evaluation mode or for p = 0). */
+/** Inverted dropout in training mode of model (identity in evaluation mode or for p = 0: x's values
+ * as a tensor of its own, a view on the tape, never x itself, as every op). */
 nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
 
 /** Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. With

@@ -298,7 +298,9 @@ typedef struct nb_dataset nb_dataset;
  * dataset takes ownership of both leaves (nb_tensor_claim; also when it fails, so a constructor call
  * can be passed straight in) and frees them with itself. Leaves that require grad, op results and 0-d
  * tensors are refused, and so are leaves that have an owner already (a collection, another
- * dataset...): those, and op results, are left untouched when it fails. */
+ * dataset...): those, and op results, are left untouched when it fails. A view made without a tape is
+ * a leaf like any other: nb_dataset_new(nb_reshape(x, NB_SHAPE(n, 1, 28, 28)), y) with no current tape
+ * owns the view, which keeps x's data alive whether x is freed before or after the dataset. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 /** Frees the dataset (and the leaves it owns; a split view owns none). NULL is ignored. */
 void nb_dataset_free(nb_dataset *d);

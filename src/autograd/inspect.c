@@ -45,6 +45,9 @@ nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user)
     if (!nb__is_float(t->dtype))
         return nb__fail_status(NB_ERR_DTYPE, "nb_tensor_set_hook: %s tensor %s has no gradient",
                                nb_dtype_name(t->dtype), NB_SHP(t));
+    if (hook && (t->flags & NB_TF_VIEW))
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_set_hook: %s is a view made without a tape; it has no "
+                               "gradient", NB_SHP(t));
     t->hook = hook;
     t->hook_user = hook ? user : NULL;
     return NB_OK;
@@ -61,6 +64,9 @@ nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *t, nb_post_accumulate_ho
     if (!nb__is_float(t->dtype))
         return nb__fail_status(NB_ERR_DTYPE, "%s: %s tensor %s has no gradient", who,
                                nb_dtype_name(t->dtype), NB_SHP(t));
+    if (hook && (t->flags & NB_TF_VIEW))
+        return nb__fail_status(NB_ERR_STATE, "%s: %s is a view made without a tape; it has no gradient", who,
+                               NB_SHP(t));
     t->post_hook = hook;
     t->post_hook_user = hook ? user : NULL;
     return NB_OK;

@@ -13,6 +13,8 @@
 enum {
     NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
     NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
+    NB_TF_VIEW = 1u << 2,          /* leaf made by a view op without a tape: shares its base's data block
+                                      and version counter (vp), never requires grad (nb__leaf_view) */
 };
 
 struct nb_tensor {
@@ -49,6 +51,11 @@ _Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes
 static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
 /* nb_dtype_size of a valid dtype, inline for the hot paths. */
 static inline size_t nb__esize(nb_dtype dt) { return dt == NB_F32 ? 4 : 8; }
+
+/* A caller-owned leaf of the given shape (x's element count) sharing leaf x's data and version counter,
+ * for view ops called with no current tape; refused when x requires grad. The data block lives until
+ * its last leaf is freed (tensor.c). */
+nb_tensor *nb__leaf_view(const char *who, nb_tensor *x, int ndim, const int64_t *shape);
 
 /* ---- ops -------------------------------------------------------------------------------------- */
 

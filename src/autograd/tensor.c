@@ -173,21 +173,41 @@ static nb_tensor *pool_take(void)
     return t;
 }
 
-/* t's header back to the pool, marked freed: no leaf flag, stamp 0, no data. */
-static void pool_give(nb_tensor *t)
+/* Called with the lock held: t's header back to the pool, marked freed: no leaf flag, stamp 0, no
+ * data. */
+static void pool_give_locked(nb_tensor *t)
 {
-    pool_lock();
     memset(t, 0, sizeof *t);
     t->vp = &t->version;
     t->hook_user = g_pool.free;
     g_pool.free = t;
     g_pool.live_leaves--;
-    pool_release_if_idle();
-    pool_unlock();
 }
 
-/* A leaf's data block: 64-byte aligned, the allocator's pointer kept just before it. */
-static size_t leaf_data_bytes(int64_t n, nb_dtype dt) { return (size_t)n * nb_dtype_size(dt) + 72; }
+/* ---- leaf data blocks, shared by a leaf and its views ------------------------------------------
+ * A leaf's data is a heap block of its own, 64-byte aligned; just before the data sit the allocator's
+ * pointer and the number of leaves that share the block: the leaf that made it and the views of it
+ * made without a tape (nb__leaf_view). The block is freed with the last of them. A view's version
+ * counter is its base's (vp points into the base's pool header, the root base for a view of a view),
+ * so a base freed while views live keeps its header out of the pool, marked freed (stamp 0, no leaf
+ * flag: its pointer is refused as a freed leaf's), until the last view goes. The pool lock guards the
+ * counts. */
+
+typedef struct leaf_block {
+    int64_t refs; /* leaves sharing the block */
+    void *raw;    /* what the allocator returned */
+} leaf_block;
+
+static size_t leaf_data_bytes(int64_t n, nb_dtype dt)
+{
+    return (size_t)n * nb_dtype_size(dt) + sizeof(leaf_block) + 64;
+}
+static leaf_block *block_of(const nb_tensor *t) { return (leaf_block *)t->data - 1; }
+/* The leaf whose header holds a view's version counter. */
+static nb_tensor *base_of(const nb_tensor *view)
+{
+    return (nb_tensor *)(void *)((char *)view->vp - offsetof(nb_tensor, version));
+}
 
 /* A heap leaf: a pool header and a data block of its own. */
 static nb_tensor *leaf_new(const char *who, nb_dtype dt, int ndim, const int64_t *shape)
@@ -205,10 +225,30 @@ static nb_tensor *leaf_new(const char *who, nb_dtype dt, int ndim, const int64_t
     init_header(t, dt, ndim, shape, n);
     t->flags = NB_TF_LEAF;
     t->stamp = atomic_fetch_add_explicit(&g_leaf_serial, 1, memory_order_relaxed) + 1;
-    uintptr_t d = ((uintptr_t)raw + sizeof(void *) + 63) & ~(uintptr_t)63;
-    ((void **)d)[-1] = raw;
+    uintptr_t d = ((uintptr_t)raw + sizeof(leaf_block) + 63) & ~(uintptr_t)63;
     t->data = (void *)d;
+    *block_of(t) = (leaf_block){1, raw};
     return t;
+}
+
+nb_tensor *nb__leaf_view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
+{
+    if (x->flags & NB_TF_REQUIRES_GRAD)
+        return nb__fail(NB_ERR_STATE, "%s: %s%s%s requires grad and no tape is current: a view made without a "
+                        "tape is not recorded, so its uses would not reach the leaf's gradient; make the view "
+                        "on the tape (after nb_tape_begin)", who, x->name ? x->name : "", x->name ? " " : "",
+                        NB_SHP(x));
+    nb_tensor *v = pool_take();
+    if (!v) return nb__fail(NB_ERR_NOMEM, "%s: out of memory for a view of %s", who, NB_SHP(x));
+    init_header(v, x->dtype, ndim, shape, x->numel);
+    v->flags = NB_TF_LEAF | NB_TF_VIEW;
+    v->stamp = atomic_fetch_add_explicit(&g_leaf_serial, 1, memory_order_relaxed) + 1;
+    v->data = x->data;
+    v->vp = x->vp; /* the root base's counter: writes through any of them are changes of all */
+    pool_lock();
+    block_of(x)->refs++;
+    pool_unlock();
+    return v;
 }
 
 nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim, const int64_t *shape)
@@ -410,8 +450,39 @@ void nb_tensor_free(nb_tensor *t)
     if (t->grad) t->grad->owner = NULL;
     nb_tensor_free(t->grad);
     if (t->name) nb__free((void *)t->name, strlen(t->name) + 1);
-    nb__free(((void **)t->data)[-1], leaf_data_bytes(t->numel, t->dtype));
-    pool_give(t);
+    pool_lock();
+    leaf_block *b = block_of(t);
+    bool last = --b->refs == 0;
+    if (last) nb__free(b->raw, leaf_data_bytes(t->numel, t->dtype));
+    if (t->flags & NB_TF_VIEW) {
+        nb_tensor *base = base_of(t);
+        if (last && !(base->flags & NB_TF_LEAF)) pool_give_locked(base); /* a base freed before its views */
+        pool_give_locked(t);
+    } else if (last) {
+        pool_give_locked(t);
+    } else {
+        /* views live on: keep the header (their version counter) out of the pool, marked freed */
+        uint32_t version = t->version;
+        memset(t, 0, sizeof *t);
+        t->version = version;
+        t->vp = &t->version;
+    }
+    pool_release_if_idle();
+    pool_unlock();
+}
+
+int nb_tensor_is_view(const nb_tensor *t)
+{
+    return t && nb__live("nb_tensor_is_view", t) && (t->flags & NB_TF_VIEW) ? 1 : 0;
+}
+
+/* Views made without a tape that share t's data (t a leaf that is not itself such a view). */
+static int64_t views_of(const nb_tensor *t)
+{
+    pool_lock();
+    int64_t n = block_of(t)->refs - 1;
+    pool_unlock();
+    return n;
 }
 
 nb_status nb_tensor_claim(nb_tensor *t, const void *owner)
@@ -513,7 +584,7 @@ nb_status nb_tensor_set(nb_tensor *t, int64_t index, double value)
         return nb__fail_status(NB_ERR_ARG, "nb_tensor_set: index %lld out of range for %s",
                                (long long)index, NB_SHP(t));
     nb__set(t, index, value);
-    t->version++;
+    (*t->vp)++; /* a view's counter is its base's */
     return NB_OK;
 }
 
@@ -522,7 +593,7 @@ nb_status nb_tensor_copy_from(nb_tensor *t, const void *data)
     if (!check_leaf("nb_tensor_copy_from", t)) return nb_error_code();
     if (!data) return nb__fail_status(NB_ERR_ARG, "nb_tensor_copy_from: data is NULL");
     memcpy(t->data, data, (size_t)t->numel * nb_dtype_size(t->dtype));
-    t->version++;
+    (*t->vp)++; /* a view's counter is its base's */
     return NB_OK;
 }
 
@@ -530,7 +601,7 @@ nb_status nb_tensor_fill(nb_tensor *t, double value)
 {
     if (!check_leaf("nb_tensor_fill", t)) return nb_error_code();
     nb__fill(t, value);
-    t->version++;
+    (*t->vp)++; /* a view's counter is its base's */
     return NB_OK;
 }
 
@@ -554,7 +625,7 @@ nb_status nb_tensor_axpy(nb_tensor *y, double alpha, const nb_tensor *x)
     } else {
         return nb__fail_status(NB_ERR_DTYPE, "nb_tensor_axpy: i64 tensors are not supported");
     }
-    y->version++;
+    (*y->vp)++;
     return NB_OK;
 }
 
@@ -570,6 +641,17 @@ nb_status nb_tensor_set_requires_grad(nb_tensor *t, int requires_grad)
     if (requires_grad && !nb__is_float(t->dtype))
         return nb__fail_status(NB_ERR_DTYPE, "nb_tensor_set_requires_grad: %s tensor %s cannot require "
                                "grad (only f32 and f64 can)", nb_dtype_name(t->dtype), NB_SHP(t));
+    /* a view made without a tape is not recorded on its base: a gradient through it would be lost */
+    if (requires_grad && (t->flags & NB_TF_VIEW))
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_set_requires_grad: %s is a view of another leaf made "
+                               "without a tape; it cannot require grad (reshape the leaf on the tape instead, "
+                               "or make a leaf of its own with nb_tensor_clone)", NB_SHP(t));
+    int64_t views = requires_grad && !(t->flags & NB_TF_REQUIRES_GRAD) ? views_of(t) : 0;
+    if (views)
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_set_requires_grad: %s%s%s has %lld view%s made without a "
+                               "tape, whose uses would not reach its gradient; free them first (views made on "
+                               "the tape are recorded)", t->name ? t->name : "", t->name ? " " : "", NB_SHP(t),
+                               (long long)views, views == 1 ? "" : "s");
     if (requires_grad)
         t->flags |= NB_TF_REQUIRES_GRAD;
     else

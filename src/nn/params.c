@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "../train/names.h"
+
 typedef struct entry {
     char *name;
     nb_tensor *t;
@@ -62,9 +64,22 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
                          name ? name : "(null)");
         return NULL; /* t stays with its owner */
     }
+    if (nb_tensor_is_view(t)) {
+        nb_tensor_free(t); /* the caller's to give: the collection takes it, as on every failure below */
+        nb_error_set(NB_ERR_ARG, "%s: %s: the tensor is a view of another leaf (made without a tape); a "
+                     "parameter or buffer needs data of its own: add nb_tensor_clone(view)", who,
+                     name ? name : "(null)");
+        return NULL;
+    }
     if (!p || !name || !*name) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_ARG, "%s: collection or name missing", who);
+        return NULL;
+    }
+    const char *bad = nbn_param_name_problem(name); /* what nb_checkpoint_save would refuse */
+    if (bad) {
+        nb_tensor_free(t);
+        nb_error_set(NB_ERR_ARG, "%s: name \"%s\" is not allowed: %s", who, name, bad);
         return NULL;
     }
     if (nb_params_find(p, name)) {

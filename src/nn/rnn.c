@@ -367,7 +367,7 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
     nb_tensor *h_last[2 * NB_RNN_MAX_LAYERS] = {0}, *c_last[2 * NB_RNN_MAX_LAYERS] = {0};
     nb_tensor *seq = x;
     for (int l = 0; l < r->layers; l++) {
-        if (l > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng);
+        if (l > 0 && r->dropout > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng); /* no identity view */
         nb_tensor *dir_out[2] = {0};
         for (int d = 0; d < D; d++) {
             const nb_rnn_cell *c = cell_of(r, l, d);

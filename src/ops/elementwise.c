@@ -91,17 +91,30 @@ static void unary_kernel(nb_unop op, nb_tensor *out, const nb_tensor *x, double 
 {
     if (out->dtype == NB_F32)
         nb_k_unary_f32(op, x->numel, x->data, out->data, p0, p1);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_unary_f64(op, x->numel, x->data, out->data, p0, p1);
+    else
+        nb_k_unary_i64(op, x->numel, x->data, out->data, p0, p1); /* neg, abs, sign (int_unary) */
+}
+
+static nb_tensor *unary_ex(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1, bool int_ok)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
+    if (!(int_ok && x->dtype == NB_I64) && !nb__check_float(who, x)) return NULL;
+    nb_attrs at = {.f = {p0, p1}};
+    return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }
 
 static nb_tensor *unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
 {
-    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
-    if (!nb__live(who, x)) return NULL;
-    if (!nb__check_float(who, x)) return NULL;
-    nb_attrs at = {.f = {p0, p1}};
-    return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
+    return unary_ex(who, op, x, p0, p1, false);
+}
+
+/* The unary ops that also take an i64 tensor (an i64 result, never recorded: i64 needs no gradient). */
+static nb_tensor *int_unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
+{
+    return unary_ex(who, op, x, p0, p1, true);
 }
 
 nb_tensor *nb__scalar(nb_dtype dtype, double v) { return nb_full(dtype, 0, NULL, v); }
@@ -176,7 +189,7 @@ NB_BW(affine)
     if (NB_NEED(0)) gin[0] = nb_affine(g, n->attrs.f[0], 0.0);
 }
 nb_tensor *nb_affine(nb_tensor *x, double a, double b) { return unary("nb_affine", NB_OP_AFFINE, x, a, b); }
-nb_tensor *nb_neg(nb_tensor *x) { return unary("nb_neg", NB_OP_AFFINE, x, -1.0, 0.0); }
+nb_tensor *nb_neg(nb_tensor *x) { return int_unary("nb_neg", NB_OP_AFFINE, x, -1.0, 0.0); }
 nb_tensor *nb_add_scalar(nb_tensor *x, double s) { return unary("nb_add_scalar", NB_OP_AFFINE, x, 1.0, s); }
 nb_tensor *nb_mul_scalar(nb_tensor *x, double s) { return unary("nb_mul_scalar", NB_OP_AFFINE, x, s, 0.0); }
 nb_tensor *nb_rsub_scalar(double s, nb_tensor *x) { return unary("nb_rsub_scalar", NB_OP_AFFINE, x, -1.0, s); }
@@ -345,10 +358,10 @@ NB_BW(abs)
 {
     if (NB_NEED(0)) gin[0] = nb_mul(g, nb_sign(n->in[0]));
 }
-nb_tensor *nb_abs(nb_tensor *x) { return unary("nb_abs", NB_OP_ABS, x, 0, 0); }
+nb_tensor *nb_abs(nb_tensor *x) { return int_unary("nb_abs", NB_OP_ABS, x, 0, 0); }
 
 UNARY_FW(sign, NB_U_SIGN)
-nb_tensor *nb_sign(nb_tensor *x) { return unary("nb_sign", NB_OP_SIGN, x, 0, 0); }
+nb_tensor *nb_sign(nb_tensor *x) { return int_unary("nb_sign", NB_OP_SIGN, x, 0, 0); }
 
 UNARY_FW(sin, NB_U_SIN)
 /* d sin(x) = cos(x) dx */

@@ -80,12 +80,6 @@ static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const
     return true;
 }
 
-/* The same data as x in another shape (the reshape view), with errors naming `who`. */
-static nb_tensor *view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
-{
-    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, shape);
-}
-
 /* ---- slice and slice_embed -------------------------------------------------------------------- */
 
 /* out [.., m, ..] = x [.., n, ..] at start, start + step, ... along axis (i[0], i[1], i[2]) */
@@ -282,7 +276,7 @@ nb_tensor *nb_squeeze(nb_tensor *x, int axis)
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d < x->ndim; d++)
         if (d != ax) shape[k++] = x->shape[d];
-    return view(who, x, x->ndim - 1, shape);
+    return nb__view(who, x, x->ndim - 1, shape);
 }
 
 nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
@@ -297,7 +291,7 @@ nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
         return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for inserting into %s", who, axis, NB_SHP(x));
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d <= x->ndim; d++) shape[d] = d == ax ? 1 : x->shape[k++];
-    return view(who, x, x->ndim + 1, shape);
+    return nb__view(who, x, x->ndim + 1, shape);
 }
 
 /* ---- pad -------------------------------------------------------------------------------------- */
@@ -450,7 +444,7 @@ nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
     for (int i = 0; i < n; i++)
-        if (!(u[i] = view(who, xs[i], x0->ndim + 1, shape))) return NULL;
+        if (!(u[i] = nb__view(who, xs[i], x0->ndim + 1, shape))) return NULL;
     return nb_concat(n, u, ax);
 }
 

@@ -179,6 +179,26 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     NB_K(unary_par)(op, n, x, y, p0, p1, cheap ? NB_GRAIN_MEM : NB_GRAIN_MATH);
 }
 
+#else /* integers: the affine map with integer coefficients (nb_neg: -x), abs and sign; -x and |x| wrap
+       * like two's complement (-INT64_MIN and |INT64_MIN| are INT64_MIN, as in PyTorch) */
+
+void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, double p1)
+{
+    const NB_T a = (NB_T)p0, b = (NB_T)p1;
+    switch (op) {
+    case NB_U_AFFINE:
+        for (int64_t i = 0; i < n; i++) y[i] = NB_WADD(NB_WMUL(a, x[i]), b);
+        break;
+    case NB_U_ABS:
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0 ? NB_WSUB(0, x[i]) : x[i];
+        break;
+    case NB_U_SIGN:
+        for (int64_t i = 0; i < n; i++) y[i] = (NB_T)((x[i] > 0) - (x[i] < 0));
+        break;
+    default: break; /* the other unary ops refuse integers (elementwise.c) */
+    }
+}
+
 #endif /* float-only */
 
 void NB_K(axpy)(int64_t n, double alpha, const NB_T *x, NB_T *y)

@@ -80,6 +80,7 @@
     X(FLIP, flip, "flip", 1, Y, Y, N, N)                 /* i[0] = axes bitmask */                     \
     X(CUMSUM, cumsum, "cumsum", 1, Y, Y, N, N)           /* i[0] = axis, i[1] = 1: from the end */     \
     X(CUMPROD, cumprod, "cumprod", 1, Y, Y, N, N)        /* i[0] = axis */                             \
+    X(LINREC, linrec, "linear_recurrence", 2, Y, Y, N, N) /* a, b; i[0] axis, i[1] = 1: from the end */\
     X(ARGSORT, argsort, "argsort", 1, Y, N, N, N)        /* i[0] = axis, i[1] = descending */
 
 #endif

@@ -32,6 +32,10 @@ bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, i
  * equals its input (a full slice, a zero pad, ...), so that a hook or nb_grad on the result never lands
  * on the input. */
 nb_tensor *nb__alias(const char *who, nb_tensor *x);
+/* The same data as x in another shape (the element count x's), with errors naming `who`: the reshape
+ * view on the current tape, or with no current tape and x a leaf, a caller-owned leaf view
+ * (nb__leaf_view). */
+nb_tensor *nb__view(const char *who, nb_tensor *x, int ndim, const int64_t *shape);
 /* nb_sum_to for backward rules: x itself when nothing is reduced (rules may return an alias of g). */
 nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape);
 /* Axes of x (negative ones count from the end) as a bitmask; naxes = 0: every axis. */

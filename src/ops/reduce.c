@@ -254,6 +254,9 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
     if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    for (int d = 0; d < x->ndim; d++)
+        if ((mask & (1u << d)) && x->shape[d] == 0) /* empty groups: log(0) = -inf, as torch; the sum */
+            return nb_add_scalar(sum_mask(who, x, mask, keepdim), -INFINITY); /* keeps x on the graph */
     nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
     nb_tensor *m = extreme(who, x, naxes, axes, 1, 0);
     nb_no_grad_end();

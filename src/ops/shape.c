@@ -87,7 +87,14 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
                         (long long)x->numel, nb__shape_str(ndim, shape), (long long)known);
     /* an empty target's other extents are bounded as for any tensor ([0, 2^62] is refused) */
     if (!nb__check_shape(who, ndim, s)) return NULL;
-    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, s);
+    return nb__view(who, x, ndim, s);
+}
+
+nb_tensor *nb__view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
+{
+    /* no tape to record on: a leaf gets a view that is a leaf of its own */
+    if (!nb__current_tape() && (x->flags & NB_TF_LEAF)) return nb__leaf_view(who, x, ndim, shape);
+    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, shape);
 }
 
 nb_tensor *nb__alias(const char *who, nb_tensor *x)

@@ -32,7 +32,8 @@ static int check_rows(const nb_tensor *t, const char *what)
 {
     char buf[96];
     if (!nb_tensor_is_leaf(t)) {
-        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves", what,
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves (a view of a "
+                     "leaf made with no current tape is one: nb_reshape before nb_tape_begin)", what,
                      nb_shape_str(t, buf, sizeof buf));
         return 0;
     }
