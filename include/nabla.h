@@ -178,7 +178,9 @@ char *nb_strdup(const char *s);
  * together (and the calling thread's OpenMP default). n < 1 restores the default, read once at start
  * from NB_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS, else every core. Small tensors
  * stay on the calling thread. nabla's kernels give bit-identical results for any thread count;
- * OpenBLAS's products may differ in the last bits between thread counts. */
+ * OpenBLAS's products may differ in the last bits between thread counts. Idle threads spin for a while
+ * (OpenMP's default): where other programs want the cores, start the program with
+ * OMP_WAIT_POLICY=passive, or extra threads make it slower. */
 void nb_set_num_threads(int n);
 /** The current setting of that knob. */
 int nb_num_threads(void);
