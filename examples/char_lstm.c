@@ -59,7 +59,7 @@ static void usage(FILE *f)
             "  --schedule S        cosine (to lr/10 over the run) or constant (default cosine)\n"
             "  --val-fraction X    share of the quotes held out for validation (default 0.1)\n"
             "  --seed N            seed of initialisation, split and sampling (default 1)\n"
-            "  --threads N         BLAS threads (default: all cores)\n"
+            "  --threads N         threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
             "  --prompt TEXT       text the samples start from (default: the start of a quote)\n"
             "  --temperature X     sampling temperature, 0 for the most likely byte (default 0.8)\n"
             "  --length N          bytes per sample (default 300)\n"

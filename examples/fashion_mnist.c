@@ -53,7 +53,7 @@ static void usage(FILE *f)
             "  --smoothing S      label smoothing of the training loss (default 0.1)\n"
             "  --patience N       early-stopping patience in epochs (default 6)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
-            "  --threads N        BLAS threads (default: all cores)\n"
+            "  --threads N        threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
             "  --eval FILE        evaluate a saved checkpoint (same --layers as when trained)\n"

@@ -185,12 +185,17 @@ char *nb_strdup(const char *s);
 
 /** @}
  * @defgroup threads Threads
- * How many threads nabla's matrix products use.
+ * How many threads nabla's own kernels and its matrix products use: one knob for both.
  * @{ */
-/** Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
- * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */
+/** The one thread knob: n threads for nabla's own kernels (OpenMP) and for OpenBLAS's matrix products
+ * together (and the calling thread's OpenMP default). n < 1 restores the default, read once at start
+ * from NB_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS, else every core. Small tensors
+ * stay on the calling thread. nabla's kernels give bit-identical results for any thread count;
+ * OpenBLAS's products may differ in the last bits between thread counts. Idle threads spin for a while
+ * (OpenMP's default): where other programs want the cores, start the program with
+ * OMP_WAIT_POLICY=passive, or extra threads make it slower. */
 void nb_set_num_threads(int n);
-/** The number of threads matrix products use now. */
+/** The current setting of that knob. */
 int nb_num_threads(void);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -722,13 +727,32 @@ nb_tensor *nb_tril(nb_tensor *x, int64_t diagonal);
 nb_tensor *nb_einsum(const char *subscripts, int n, nb_tensor *const *xs);
 
 /** @}
+ * @defgroup ops_recurrent Fused recurrent steps
+ * @ingroup ops
+ * The pointwise part of an LSTM or GRU step as one op: one pass forward, one backward; the same
+ * values as the equations written with nb_sigmoid, nb_tanh, nb_mul and nb_add.
+ * @{ */
+/** LSTM: gates [..., 4H] are the pre-activations of the input, forget, cell and output gates
+ * (PyTorch's order), c [..., H] the cell state; returns [2, ..., H] holding h' = o tanh(c') and
+ * c' = f c + i g (i, f, o = sigmoid, g = tanh); nb_slice along axis 0 gives each as a view. */
+nb_tensor *nb_lstm_gates(nb_tensor *gates, nb_tensor *c);
+/** GRU: xg = x W_ih^T + b_ih and hg = h W_hh^T + b_hh, both [..., 3H] (reset, update, new parts), h
+ * [..., H]; returns h' = (1 - z) n + z h with r = sigmoid(xr + hr), z = sigmoid(xz + hz),
+ * n = tanh(xn + r hn). */
+nb_tensor *nb_gru_gates(nb_tensor *xg, nb_tensor *hg, nb_tensor *h);
+
+/** @}
  * @defgroup ops_dropout Dropout
  * @ingroup ops
  * Random masks drawn from an explicit generator.
  * @{ */
-/** A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
+/** A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0. It takes exactly one draw
+ * from rng (nb_rng_u64), the key of a counter-based stream: element i is a pure function of the key
+ * and i, so the mask does not depend on the number of threads that make it. */
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
-/** x * nb_dropout_mask(...): inverted dropout. p = 0 returns x itself. */
+/** x * nb_dropout_mask(x's dtype and shape, p, rng), bit for bit, in one pass: inverted dropout (the
+ * mask is remade from its key for the backward, never stored). Takes one draw from rng; p = 0
+ * returns a view of x and draws nothing. */
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -459,17 +459,45 @@ class NbRng:
 
 
 def dropout_mask(shape, p, seed):
-    """nb_dropout_mask(f64, shape, p, rng seeded with seed)."""
+    """nb_dropout_mask(f64, shape, p, rng seeded with seed): one draw from the generator is the key of
+    a splitmix64 stream; element i is kept (1 / (1 - p)) when half i % 2 (low, high) of the stream's
+    output i // 2 + 1 is >= round(p 2^32) (src/ops/kernels.h, nb__dropout_bits)."""
     rng = NbRng(seed)
+    key = rng.u64()
     n = math.prod(shape)
+    thr = min(round(p * 2.0 ** 32), 2 ** 32 - 1)
     keep = 1.0 / (1.0 - p)
-    vals = [keep if rng.uniform() >= p else 0.0 for _ in range(n)]
+    vals = []
+    for i in range(n):
+        z = (key + (i // 2 + 1) * 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        z ^= z >> 31
+        bits = z & 0xFFFFFFFF if i % 2 == 0 else z >> 32
+        vals.append(keep if bits >= thr else 0.0)
     return torch.tensor(vals, dtype=torch.float64).reshape(shape)
 
 
 @op("dropout")  # nb_dropout(x, p, rng seeded with seed): x times nabla's mask
 def _dropout(x, p, seed):
     return x * dropout_mask(tuple(x.shape), p, seed).to(x.dtype)
+
+
+@op("lstm_gates")  # nb_lstm_gates(gates, c): [h', c'] of an LSTM step from its gate pre-activations
+def _lstm_gates(gates, c):
+    i, f, g, o = gates.chunk(4, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c2 = f * c + i * g
+    return torch.stack([o * torch.tanh(c2), c2])
+
+
+@op("gru_gates")  # nb_gru_gates(xg, hg, h): h' of a GRU step (torch.nn.GRU's equations)
+def _gru_gates(xg, hg, h):
+    xr, xz, xn = xg.chunk(3, -1)
+    hr, hz, hn = hg.chunk(3, -1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
 
 
 # The everyday ops and integer tensors. Ops in VALUE_OPS are not differentiable (or, for i64 inputs,
@@ -961,6 +989,11 @@ case("scatter_add_a0", "scatter_add", [N(5, 3), I64([[0, 1, 3], [3, 3, 3], [1, 0
 # dropout: nabla's mask for the seed, recomputed here (keep factors exact in float32).
 case("dropout_half", "dropout", [N(4, 5)], p=0.5, seed=7)
 case("dropout_fifth", "dropout", [N(3, 8)], p=0.2, seed=123)
+# fused recurrent steps against their equations in torch
+case("lstm_gates_2d", "lstm_gates", [N(3, 8), N(3, 2)])
+case("lstm_gates_3d", "lstm_gates", [N(2, 3, 12), N(2, 3, 3)])
+case("gru_gates_2d", "gru_gates", [N(4, 6), N(4, 6), N(4, 2)])
+case("gru_gates_3d", "gru_gates", [N(2, 1, 9), N(2, 1, 9), N(2, 1, 3)])
 
 # ---- everyday ops ------------------------------------------------------------------------------
 

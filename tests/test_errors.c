@@ -156,6 +156,8 @@ static void test_constructors(void)
                 "nb_tensor_zeros: [1073741824,1073741824,1073741824]: too many elements");
     CHECK_ERROR(nb_tensor_from_data(NB_F64, NB_SHAPE(2), NULL) == NULL, NB_ERR_ARG,
                 "nb_tensor_from_data: data is NULL");
+    CHECK_ERROR(nb_tensor_empty(NB_F32, NB_SHAPE(3, -2)) == NULL, NB_ERR_SHAPE,
+                "nb_tensor_empty: [3,-2]: extent -2 of dim 1 is negative");
     CHECK_ERROR(nb_tensor_from_data(NB_F64, NB_SHAPE(-3), (const double[]){1}) == NULL, NB_ERR_SHAPE,
                 "nb_tensor_from_data: [-3]: extent -3 of dim 0 is negative");
     CHECK_ERROR(nb_tensor_arange(NB_F64, 0, 1, 0) == NULL, NB_ERR_ARG,

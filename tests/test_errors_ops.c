@@ -224,6 +224,22 @@ static void test_shape_index(fixture *x)
     ERR(nb_dropout_mask(NB_F64, NB_SHAPE(2, 3), 0.5, NULL) == NULL, NB_ERR_ARG, "nb_dropout_mask: rng is NULL");
     ERR(nb_dropout_mask(NB_I64, NB_SHAPE(2, 3), 0.5, &rng) == NULL, NB_ERR_DTYPE, "nb_dropout_mask: dtype i64 is not f32 or f64");
     ERR(nb_dropout(NULL, 0.5, &rng) == NULL, NB_ERR_ARG, "nb_dropout: input is NULL");
+
+    /* fused recurrent steps: gates [..., 4H] (GRU: 3H) against c / h [..., H] */
+    ERR(nb_lstm_gates(NULL, x->a23) == NULL, NB_ERR_ARG, "nb_lstm_gates: gates is NULL");
+    ERR(nb_lstm_gates(x->a234, NULL) == NULL, NB_ERR_ARG, "nb_lstm_gates: c is NULL");
+    ERR(nb_lstm_gates(x->a234, x->a23) == NULL, NB_ERR_SHAPE,
+        "nb_lstm_gates: gates [2,3,4] and c [2,3]: expected [..., 4H] and [..., H] with the same leading dims");
+    ERR(nb_lstm_gates(x->a23, x->d22) == NULL, NB_ERR_SHAPE, "nb_lstm_gates: gates [2,3] and c [2,2]");
+    ERR(nb_lstm_gates(x->f23, x->a23) == NULL, NB_ERR_DTYPE, "nb_lstm_gates: gates f32 [2,3] and c f64 [2,3]: dtypes differ");
+    ERR(nb_lstm_gates(x->i3, x->i3) == NULL, NB_ERR_DTYPE, "nb_lstm_gates: i64 tensor [3]");
+    ERR(nb_lstm_gates(x->a8, x->a8) == NULL, NB_ERR_SHAPE, "nb_lstm_gates:");
+    ERR(nb_gru_gates(x->a23, x->a23, NULL) == NULL, NB_ERR_ARG, "nb_gru_gates: h is NULL");
+    ERR(nb_gru_gates(x->a23, x->a234, x->d2) == NULL, NB_ERR_SHAPE, "nb_gru_gates: xg [2,3] and h [2]: expected [..., 3H]");
+    ERR(nb_gru_gates(x->a23, x->a35, x->a23) == NULL, NB_ERR_SHAPE, "nb_gru_gates: xg [2,3] and h [2,3]");
+    nb_tensor *h21 = nb_tensor_ones(NB_F64, NB_SHAPE(2, 1));
+    ERR(nb_gru_gates(x->a23, x->f23, h21) == NULL, NB_ERR_DTYPE, "nb_gru_gates: hg f32 [2,3] and h f64 [2,1]: dtypes differ");
+    nb_tensor_free(h21);
 }
 
 /* ---- composed ops: the message names the function that was called ----------------------------- */

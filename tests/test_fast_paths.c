@@ -42,6 +42,22 @@ static nb_tensor *f_addmm(nb_tensor *const *in)
     return nb_sum_all(nb_square(nb_add(nb_sum_all(y), z)));
 }
 
+static nb_tensor *f_lstm(nb_tensor *const *in) /* two steps; h' and c' both used, c' twice */
+{
+    nb_tensor *c0 = nb_reshape(nb_slice(in[0], 0, 0, 1, 1), NB_SHAPE(3, 5));
+    nb_tensor *hc = nb_lstm_gates(nb_reshape(nb_tanh(in[0]), NB_SHAPE(3, 20)), c0);
+    nb_tensor *h1 = nb_reshape(nb_slice(hc, 0, 0, 1, 1), NB_SHAPE(3, 5));
+    nb_tensor *c1 = nb_reshape(nb_slice(hc, 0, 1, 2, 1), NB_SHAPE(3, 5));
+    nb_tensor *hc2 = nb_lstm_gates(nb_reshape(in[0], NB_SHAPE(3, 20)), c1);
+    return nb_add(nb_add(nb_sum_all(nb_square(hc2)), nb_sum_all(nb_mul(c1, c1))), nb_sum_all(nb_mul_scalar(h1, 3)));
+}
+static nb_tensor *f_gru(nb_tensor *const *in) /* x and h projections from the same input, h reused */
+{
+    nb_tensor *x = nb_reshape(in[0], NB_SHAPE(4, 15)), *h = nb_slice(x, 1, 0, 5, 1);
+    nb_tensor *h1 = nb_gru_gates(x, nb_sin(x), h);
+    return nb_sum_all(nb_square(nb_gru_gates(x, x, h1)));
+}
+
 /* a [1,5] x [6,5]^T product plus a c of shape [6]: c has fewer dims than the product (finding 6) */
 static nb_tensor *f_addmm_row(nb_tensor *const *in)
 {
@@ -119,6 +135,9 @@ int main(void)
             compare("matmul", f_matmul, 2, in, dtype, mm_tol, nan_at);
             compare("addmm", f_addmm, 3, in, dtype, mm_tol, nan_at);
             compare("addmm c [6] + [1,5] x [5,6]", f_addmm_row, 3, in, dtype, mm_tol, nan_at);
+            /* the fused recurrent steps: one kernel against the rule's ops, in another order */
+            compare("lstm_gates", f_lstm, 1, in, dtype, dt ? 1e-5 : 1e-13, nan_at);
+            compare("gru_gates", f_gru, 1, in, dtype, dt ? 1e-5 : 1e-13, nan_at);
         }
     }
 

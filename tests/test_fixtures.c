@@ -224,6 +224,12 @@ typedef nb_tensor *(*fx_run_fn)(fx_case *c, int nin, nb_tensor *const *in);
     }
 
 RUN_BINARY(add, nb_add)
+RUN_BINARY(lstm_gates, nb_lstm_gates)
+RUN(gru_gates)
+{
+    (void)c, (void)nin;
+    return nb_gru_gates(in[0], in[1], in[2]);
+}
 RUN_BINARY(sub, nb_sub)
 RUN_BINARY(mul, nb_mul)
 RUN_BINARY(div, nb_div)
@@ -781,6 +787,8 @@ static const fx_op OPS[] = {
     {"gather", 2, true, run_gather},
     {"scatter_add", 2, true, run_scatter_add},
     {"dropout", 1, true, run_dropout},
+    {"lstm_gates", 2, true, run_lstm_gates},
+    {"gru_gates", 3, true, run_gru_gates},
     /* everyday ops and integer tensors */
     {"flip", 1, true, run_flip},
     {"roll", 1, true, run_roll},

@@ -210,6 +210,18 @@ static nb_tensor *f_dropout_tanh(void *user, nb_tensor *const *in)
     return nb_tanh(f_dropout(user, in));
 }
 
+/* the fused recurrent steps: both outputs of the LSTM step, and the GRU step */
+static nb_tensor *f_lstm_gates(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_lstm_gates(in[0], in[1]);
+}
+static nb_tensor *f_gru_gates(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_gru_gates(in[0], in[1], in[2]);
+}
+
 /* addmm: c broadcast over the product (a bias [4], a full [3,4], a column [3,1]), transposes */
 static nb_tensor *f_addmm(void *user, nb_tensor *const *in) { return nb_addmm(in[0], in[1], in[2], *(const unsigned *)user); }
 static const unsigned k_none = 0;
@@ -443,6 +455,13 @@ static const row rows[] = {
     {"one_hot", "sum(x * one_hot)", f_one_hot_pick, NULL, 1, {R1(3, 4)}, LINEAR},
     {"dropout", "dropout p=0.5 fixed mask", f_dropout, SC(0.5, 0), 1, {R1(4, 5)}, LINEAR},
     {"dropout", "tanh(dropout p=0.25)", f_dropout_tanh, SC(0.25, 0), 1, {R1(4, 5)}, CURVED},
+    {"lstm_gates", "lstm_gates [3,8], [3,2]", f_lstm_gates, NULL, 2, {IN(-2, 2, 3, 8), R1(3, 2)}, CURVED},
+    {"lstm_gates", "lstm_gates [2,2,12], c held", f_lstm_gates, NULL, 2, {IN(-2, 2, 2, 2, 12), INC(-1, 1, 2, 2, 3)},
+     CURVED},
+    {"gru_gates", "gru_gates [3,6], [3,6], [3,2]", f_gru_gates, NULL, 3, {IN(-2, 2, 3, 6), IN(-2, 2, 3, 6), R1(3, 2)},
+     CURVED},
+    {"gru_gates", "gru_gates [2,1,9], hg held", f_gru_gates, NULL, 3, {IN(-2, 2, 2, 1, 9), INC(-2, 2, 2, 1, 9),
+                                                                      R1(2, 1, 3)}, CURVED},
 
     /* ---- addmm ---- */
     {"addmm", "addmm [4] + [3,2]x[2,4]", f_addmm, &k_none, 3, {R1(4), R1(3, 2), R1(2, 4)}, CURVED},

@@ -140,26 +140,19 @@ static nb_tensor *elman_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
     return c->kind == NB_RNN_RELU ? nb_relu(pre) : nb_tanh(pre);
 }
 
+/* i, f, g, o = gates of gx + h W_hh^T; c' = f c + i g, h' = o tanh(c') (nb_lstm_gates: one fused op) */
 static void lstm_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h, nb_tensor *cell, nb_tensor **h_out,
                       nb_tensor **c_out)
 {
-    nb_tensor *g[4] = {0};
-    nb_chunk(affine(h, c->w_hh, gx), 4, -1, g);
-    nb_tensor *in = nb_sigmoid(g[0]), *forget = nb_sigmoid(g[1]), *cand = nb_tanh(g[2]), *out = nb_sigmoid(g[3]);
-    nb_tensor *c2 = nb_add(nb_mul(forget, cell), nb_mul(in, cand));
-    *c_out = c2;
-    *h_out = nb_mul(out, nb_tanh(c2));
+    nb_tensor *hc = nb_lstm_gates(affine(h, c->w_hh, gx), cell); /* [2, B, H]: h', c' */
+    *h_out = nb_reshape(nb_slice(hc, 0, 0, 1, 1), nb_tensor_ndim(cell), nb_tensor_shape(cell));
+    *c_out = nb_reshape(nb_slice(hc, 0, 1, 2, 1), nb_tensor_ndim(cell), nb_tensor_shape(cell));
 }
 
+/* r, z, n from gx and h W_hh^T + b_hh; (1 - z) n + z h (nb_gru_gates: one fused op) */
 static nb_tensor *gru_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
 {
-    nb_tensor *xi[3] = {0}, *hh[3] = {0};
-    nb_chunk(gx, 3, -1, xi);
-    nb_chunk(affine(h, c->w_hh, c->b_hh), 3, -1, hh);
-    nb_tensor *r = nb_sigmoid(nb_add(xi[0], hh[0]));
-    nb_tensor *z = nb_sigmoid(nb_add(xi[1], hh[1]));
-    nb_tensor *n = nb_tanh(nb_add(xi[2], nb_mul(r, hh[2])));
-    return nb_add(n, nb_mul(z, nb_sub(h, n))); /* (1 - z) n + z h */
+    return nb_gru_gates(gx, affine(h, c->w_hh, c->b_hh), h);
 }
 
 nb_tensor *nb_elman_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)

@@ -4,6 +4,7 @@
  * data all work; the adjoints add values and are float-only, accumulating in double. Indices are i64
  * and are checked against their extent before any op runs. */
 #include "ops.h"
+#include "parallel.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -56,7 +57,7 @@ static void acc_finish(nb_tensor *out, const double *acc)
 {
     if (out->dtype != NB_F32) return;
     float *o = out->data;
-    for (int64_t i = 0; i < out->numel; i++) o[i] = (float)acc[i];
+    NB_PARALLEL_FOR(out->numel, NB_GRAIN_MEM, lo, hi, { for (int64_t i = lo; i < hi; i++) o[i] = (float)acc[i]; });
 }
 
 /* Check that idx is an i64 tensor whose entries lie in [0, extent), extent being dim `axis` of `shape`
@@ -353,14 +354,17 @@ NB_FW(concat)
     size_t es = nb_dtype_size(out->dtype);
     int64_t outer, inner;
     around_axis(out, axis, &outer, &inner);
-    char *o = out->data;
-    for (int64_t r = 0; r < outer; r++) {
-        for (int i = 0; i < k; i++) {
-            size_t bytes = (size_t)(in[i]->shape[axis] * inner) * es;
-            memcpy(o, (const char *)in[i]->data + (size_t)r * bytes, bytes);
-            o += bytes;
+    size_t out_row = (size_t)(out->shape[axis] * inner) * es;
+    NB_PARALLEL_PIECES(nb__threads_for(out->numel, NB_GRAIN_MEM), outer, lo, hi, {
+        char *o = (char *)out->data + (size_t)lo * out_row;
+        for (int64_t r = lo; r < hi; r++) {
+            for (int i = 0; i < k; i++) {
+                size_t bytes = (size_t)(in[i]->shape[axis] * inner) * es;
+                memcpy(o, (const char *)in[i]->data + (size_t)r * bytes, bytes);
+                o += bytes;
+            }
         }
-    }
+    });
 }
 
 /* d concat(x_0, .., x_{k-1}) = concat(dx_0, ..): input i's gradient is its own block of dout */
@@ -455,10 +459,13 @@ NB_FW(index_select)
     around_axis(x, axis, &outer, &inner);
     size_t row = (size_t)inner * nb_dtype_size(x->dtype);
     const int64_t *ix = idx->data;
-    const char *xr = x->data;
-    char *o = out->data;
-    for (int64_t r = 0; r < outer; r++, xr += (size_t)n * row)
-        for (int64_t k = 0; k < m; k++, o += row) memcpy(o, xr + (size_t)ix[k] * row, row);
+    /* output rows q = r m + k, each a copy of x's row idx[k] of block r */
+    NB_PARALLEL_PIECES(nb__threads_for(out->numel, NB_GRAIN_MEM), outer * m, lo, hi, {
+        for (int64_t q = lo; q < hi; q++) {
+            int64_t r = q / m, k = q - r * m;
+            memcpy((char *)out->data + (size_t)q * row, (const char *)x->data + (size_t)(r * n + ix[k]) * row, row);
+        }
+    });
 }
 
 /* Zeros of shape with src's rows added at idx along axis (repeats add up): the adjoint of
@@ -481,14 +488,22 @@ NB_BW(index_select)
     gin[0] = index_add("nb_index_select (backward)", x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
 }
 
-#define INDEX_ADD_ROWS(T)                                                                              \
+/* Threads split the blocks r of [outer, ., inner] when there are several, else the columns j < inner:
+ * every output element gets its rows k in order, whatever the split. */
+#define INDEX_ADD_ROWS(T, ACC, dst, n_ax)                                                              \
     do {                                                                                               \
-        const T *s = src->data;                                                                        \
-        for (int64_t r = 0; r < outer; r++)                                                            \
-            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
-                double *a = acc + (r * n + ix[k]) * inner;                                             \
-                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
-            }                                                                                          \
+        const T *s0 = src_data;                                                                        \
+        const int64_t units = outer > 1 ? outer : inner;                                               \
+        NB_PARALLEL_PIECES(nb__threads_for(outer * m * inner, NB_GRAIN_MEM), units, lo, hi, {          \
+            const int64_t r0 = outer > 1 ? lo : 0, r1 = outer > 1 ? hi : outer;                        \
+            const int64_t j0 = outer > 1 ? 0 : lo, j1 = outer > 1 ? inner : hi;                        \
+            for (int64_t r = r0; r < r1; r++)                                                          \
+                for (int64_t k = 0; k < m; k++) {                                                      \
+                    const T *s = s0 + (r * m + k) * inner;                                             \
+                    ACC *a = (dst) + (r * (n_ax) + ix[k]) * inner;                                     \
+                    for (int64_t j = j0; j < j1; j++) a[j] += s[j];                                    \
+                }                                                                                      \
+        });                                                                                            \
     } while (0)
 
 /* out [outer, n, inner] = 0, then row idx[k] += src [outer, m, inner] row k; idx [m], axis i[0] */
@@ -502,10 +517,11 @@ NB_FW(index_add)
     double *acc = acc_begin("nb_index_select (backward)", out);
     if (!acc) return;
     const int64_t *ix = idx->data;
+    const void *src_data = src->data;
     if (src->dtype == NB_F32)
-        INDEX_ADD_ROWS(float);
+        INDEX_ADD_ROWS(float, double, acc, n);
     else
-        INDEX_ADD_ROWS(double);
+        INDEX_ADD_ROWS(double, double, acc, n);
     acc_finish(out, acc);
 }
 
@@ -531,24 +547,27 @@ static int idx_pos_cmp(const void *pa, const void *pb)
     return (a->k > b->k) - (a->k < b->k);
 }
 
+/* Threads split the columns j < inner (acc[j] is then each thread's own): every sum keeps its order. */
 #define INDEX_ADD_INTO(T)                                                                              \
     do {                                                                                               \
         const T *s = g->data;                                                                          \
         T *d = dst->data;                                                                              \
-        for (int64_t r = 0; r < outer; r++) {                                                          \
-            for (int64_t a = 0; a < m;) {                                                              \
-                int64_t e = a, row = pos[a].row;                                                       \
-                while (e < m && pos[e].row == row) e++;                                                \
-                for (int64_t j = 0; j < inner; j++) acc[j] = 0;                                        \
-                for (int64_t q = a; q < e; q++) {                                                      \
-                    const T *sr = s + (r * m + pos[q].k) * inner;                                      \
-                    for (int64_t j = 0; j < inner; j++) acc[j] += sr[j];                               \
+        NB_PARALLEL_PIECES(nb__threads_for(outer * m * inner, NB_GRAIN_MEM), inner, j0, j1, {          \
+            for (int64_t r = 0; r < outer; r++) {                                                      \
+                for (int64_t a = 0; a < m;) {                                                          \
+                    int64_t e = a, row = pos[a].row;                                                   \
+                    while (e < m && pos[e].row == row) e++;                                            \
+                    for (int64_t j = j0; j < j1; j++) acc[j] = 0;                                      \
+                    for (int64_t q = a; q < e; q++) {                                                  \
+                        const T *sr = s + (r * m + pos[q].k) * inner;                                  \
+                        for (int64_t j = j0; j < j1; j++) acc[j] += sr[j];                             \
+                    }                                                                                  \
+                    T *dr = d + (r * n_ax + row) * inner;                                              \
+                    for (int64_t j = j0; j < j1; j++) dr[j] += (T)acc[j];                              \
+                    a = e;                                                                             \
                 }                                                                                      \
-                T *dr = d + (r * n_ax + row) * inner;                                                  \
-                for (int64_t j = 0; j < inner; j++) dr[j] += (T)acc[j];                                \
-                a = e;                                                                                 \
             }                                                                                          \
-        }                                                                                              \
+        });                                                                                            \
     } while (0)
 
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
@@ -615,6 +634,17 @@ static void walk_init(gather_walk *w, const nb_tensor *idx, const int64_t *tshap
     w->st[axis] = 0;
 }
 
+/* Move the walk to element e (from the start). */
+static void walk_seek(gather_walk *w, int64_t e)
+{
+    w->base = 0;
+    for (int d = w->ndim - 1; d >= 0; d--) {
+        w->c[d] = w->shape[d] ? e % w->shape[d] : 0;
+        e = w->shape[d] ? e / w->shape[d] : 0;
+        w->base += w->c[d] * w->st[d];
+    }
+}
+
 static inline void walk_next(gather_walk *w)
 {
     for (int d = w->ndim - 1; d >= 0; d--) {
@@ -629,7 +659,11 @@ static inline void walk_next(gather_walk *w)
     do {                                                                                               \
         const T *xv = x->data;                                                                         \
         T *o = out->data;                                                                              \
-        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) o[e] = xv[w.base + ix[e] * w.sa];      \
+        NB_PARALLEL_FOR(idx->numel, NB_GRAIN_MEM, lo, hi, {                                            \
+            gather_walk w = w0;                                                                        \
+            if (lo) walk_seek(&w, lo);                                                                 \
+            for (int64_t e = lo; e < hi; e++, walk_next(&w)) o[e] = xv[w.base + ix[e] * w.sa];         \
+        });                                                                                            \
     } while (0)
 
 /* out [idx's shape] = x [.., n, ..] at e's coordinates with the axis one (i[0]) replaced by idx[e] */
@@ -637,8 +671,8 @@ NB_FW(gather)
 {
     const nb_tensor *x = in[0], *idx = in[1];
     const int64_t *ix = idx->data;
-    gather_walk w;
-    walk_init(&w, idx, x->shape, (int)at->i[0]);
+    gather_walk w0;
+    walk_init(&w0, idx, x->shape, (int)at->i[0]);
     if (nb_dtype_size(x->dtype) == 4)
         GATHER(uint32_t);
     else
@@ -653,10 +687,17 @@ NB_BW(gather)
     gin[0] = nb_scatter_add(x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
 }
 
+/* Threads split idx's first dim when it is not the axis (different targets); otherwise serial. */
 #define SCATTER_ADD(T)                                                                                 \
     do {                                                                                               \
         const T *s = src->data;                                                                        \
-        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) acc[w.base + ix[e] * w.sa] += s[e];    \
+        const int64_t rows = at->i[0] != 0 && idx->ndim > 1 ? idx->shape[0] : 1;                      \
+        const int64_t per = rows ? idx->numel / rows : 0;                                              \
+        NB_PARALLEL_PIECES(nb__threads_for(idx->numel, NB_GRAIN_MEM), rows, lo, hi, {                  \
+            gather_walk w = w0;                                                                        \
+            if (lo) walk_seek(&w, lo * per);                                                           \
+            for (int64_t e = lo * per; e < hi * per; e++, walk_next(&w)) acc[w.base + ix[e] * w.sa] += s[e]; \
+        });                                                                                            \
     } while (0)
 
 /* out [shape] = 0, then out at e's coordinates with the axis one (i[0]) replaced by idx[e] += src[e];
@@ -668,8 +709,8 @@ NB_FW(scatter_add)
     double *acc = acc_begin("nb_scatter_add", out);
     if (!acc) return;
     const int64_t *ix = idx->data;
-    gather_walk w;
-    walk_init(&w, idx, out->shape, (int)at->i[0]);
+    gather_walk w0;
+    walk_init(&w0, idx, out->shape, (int)at->i[0]);
     if (src->dtype == NB_F32)
         SCATTER_ADD(float);
     else

@@ -2,7 +2,6 @@
 #include "ops.h"
 
 #include <math.h>
-
 #include <string.h>
 
 /* out = sum of x over the axes in mask i[0]; out has x's shape with those axes removed (or kept as 1
@@ -348,17 +347,55 @@ nb_tensor *nb_log_softmax(nb_tensor *x, int axis) { return softmax_op("nb_log_so
 
 /* ---- dropout ---------------------------------------------------------------------------------- */
 
+/* The mask's parameters for drop probability p: element i is kept (valued 1 / (1 - p)) when its 32
+ * random bits (nb__dropout_bits) are >= thr, which happens with probability 1 - p (to 2^-32); p = 1
+ * keeps every element with the value 0. */
+static void mask_params(double p, uint32_t *thr, double *keep)
+{
+    if (p >= 1) {
+        *thr = 0;
+        *keep = 0;
+        return;
+    }
+    double t = nearbyint(p * 4294967296.0);
+    *thr = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+    *keep = 1.0 / (1.0 - p);
+}
+
+/* out = x * mask with the mask of stream key i[0] (threshold i[1], kept value f[1]), made on the fly */
+NB_FW(dropout)
+{
+    const nb_tensor *x = in[0];
+    uint64_t key = (uint64_t)at->i[0];
+    uint32_t thr = (uint32_t)at->i[1];
+    if (out->dtype == NB_F32)
+        nb_k_dropout_f32(x->numel, x->data, out->data, key, thr, at->f[1]);
+    else
+        nb_k_dropout_f64(x->numel, x->data, out->data, key, thr, at->f[1]);
+}
+/* d (x * mask) = mask dx: the same op, with the same mask, on the gradient */
+NB_BW(dropout)
+{
+    if (!NB_NEED(0)) return;
+    gin[0] = nb__apply("nb_dropout (backward)", NB_OP_DROPOUT, 1, &g, &n->attrs, g->dtype, g->ndim, g->shape);
+}
+
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng)
 {
     const char *who = "nb_dropout_mask";
     if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: p = %g is not in [0, 1]", who, p);
     if (!nb__is_float(dtype)) return nb__fail(NB_ERR_DTYPE, "%s: dtype %s is not f32 or f64", who, nb_dtype_name(dtype));
-    nb_tensor *m = nb_zeros(dtype, ndim, shape);
-    if (!m || p >= 1) return m;
-    double keep = 1.0 / (1.0 - p);
-    for (int64_t i = 0; i < m->numel; i++)
-        if (nb_rng_uniform(rng) >= p) nb__set(m, i, keep);
+    nb_tensor *m = nb__tape_tensor(who, dtype, ndim, shape);
+    if (!m) return NULL;
+    uint64_t key = nb_rng_u64(rng);
+    uint32_t thr;
+    double keep;
+    mask_params(p, &thr, &keep);
+    if (dtype == NB_F32)
+        nb_k_dropout_f32(m->numel, NULL, m->data, key, thr, keep);
+    else
+        nb_k_dropout_f64(m->numel, NULL, m->data, key, thr, keep);
     return m;
 }
 
@@ -370,5 +407,10 @@ nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
     if (!nb__check_float(who, x)) return NULL;
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
     if (p == 0.0) return nb__alias(who, x);
-    return nb_mul(x, nb_dropout_mask(x->dtype, x->ndim, x->shape, p, rng));
+    if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
+    uint32_t thr;
+    double keep;
+    mask_params(p, &thr, &keep);
+    nb_attrs at = {.i = {(int64_t)nb_rng_u64(rng), thr}, .f = {p, keep}};
+    return nb__apply(who, NB_OP_DROPOUT, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }

@@ -1,6 +1,7 @@
 /* Shape ops (reshape as a view; permute, transpose, broadcast_to as copies), casts, detach and tape
  * constants. */
 #include "ops.h"
+#include "parallel.h"
 
 #include <string.h>
 
@@ -233,7 +234,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
     do {                                                                                               \
         const FROM *s = x->data;                                                                       \
         TO *o = out->data;                                                                             \
-        for (int64_t i = 0; i < x->numel; i++) o[i] = (TO)s[i];                                        \
+        NB_PARALLEL_FOR(x->numel, NB_GRAIN_MEM, lo, hi, { for (int64_t i = lo; i < hi; i++) o[i] = (TO)s[i]; }); \
     } while (0)
 
 /* out = x converted element by element (float to integer truncates toward zero) */
