@@ -1,0 +1,433 @@
+/* Bodies of the convolution, pooling and channel-normalisation kernels, compiled once per element
+ * type by cnn_kernels.c (declared in cnn.h). Expects NB_T (element type), NB_SFX (name suffix) and
+ * NB_GEMM_K (the nb_k_gemm of that type). No include guard: included once per type. */
+
+#define NB_CNN_CAT_(a, b) a##_##b
+#define NB_CNN_CAT(a, b) NB_CNN_CAT_(a, b)
+#define NB_CK(name) NB_CNN_CAT(nb_k_##name, NB_SFX)
+#define NB_CS(name) NB_CNN_CAT(name, NB_SFX) /* file-local helpers */
+
+/* ---- im2col / col2im over one image's output positions [p0, p1) -------------------------------- */
+
+/* col rows (c, i, j) of group grp, columns coff .. coff + p1 - p0 (row length ldc):
+ * col[(c kh + i) kw + j, coff + p - p0] = u[grp cug + c, y sh - ph + i dh, x sw - pw + j dw] for
+ * output position p = y wv + x, zero outside u. un: the image [cu, hu, wu]. */
+static void NB_CS(im2col)(const nb_conv_geom *g, int64_t grp, const NB_T *un, int64_t p0, int64_t p1, NB_T *col,
+                          int64_t ldc, int64_t coff)
+{
+    const int64_t cug = g->cu / g->groups, plane = g->hu * g->wu;
+    for (int64_t c = 0; c < cug; c++) {
+        const NB_T *src = un + (grp * cug + c) * plane;
+        for (int64_t i = 0; i < g->kh; i++) {
+            for (int64_t j = 0; j < g->kw; j++) {
+                NB_T *row = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                /* the columns x whose input column x sw - pw + j dw lies in [0, wu) */
+                const int64_t off = j * g->dw - g->pw;
+                const int64_t xlo = nb__cdiv(-off, g->sw), xhi = nb__cdiv(g->wu - off, g->sw);
+                int64_t y = p0 / g->wv, x = p0 % g->wv, q = 0, len = p1 - p0;
+                while (q < len) {
+                    int64_t run = g->wv - x < len - q ? g->wv - x : len - q;
+                    int64_t iy = y * g->sh - g->ph + i * g->dh;
+                    NB_T *o = row + q;
+                    if (iy < 0 || iy >= g->hu) {
+                        memset(o, 0, (size_t)run * sizeof(NB_T));
+                    } else {
+                        const NB_T *s = src + iy * g->wu + off;
+                        int64_t lo = xlo > x ? xlo : x, hi = xhi < x + run ? xhi : x + run;
+                        if (hi < lo) hi = lo;
+                        int64_t t = 0;
+                        for (; t < lo - x; t++) o[t] = 0;
+                        if (g->sw == 1) {
+                            memcpy(o + t, s + lo, (size_t)(hi - lo) * sizeof(NB_T));
+                            t += hi - lo;
+                        } else {
+                            for (int64_t xx = lo; xx < hi; xx++, t++) o[t] = s[xx * g->sw];
+                        }
+                        for (; t < run; t++) o[t] = 0;
+                    }
+                    q += run;
+                    x = 0;
+                    y++;
+                }
+            }
+        }
+    }
+}
+
+/* The adjoint: un[grp cug + c, ...] += the col entries that im2col would have read from there. */
+static void NB_CS(col2im)(const nb_conv_geom *g, int64_t grp, const NB_T *col, int64_t ldc, int64_t coff,
+                          NB_T *un, int64_t p0, int64_t p1)
+{
+    const int64_t cug = g->cu / g->groups, plane = g->hu * g->wu;
+    for (int64_t c = 0; c < cug; c++) {
+        NB_T *dst = un + (grp * cug + c) * plane;
+        for (int64_t i = 0; i < g->kh; i++) {
+            for (int64_t j = 0; j < g->kw; j++) {
+                const NB_T *row = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                const int64_t off = j * g->dw - g->pw;
+                const int64_t xlo = nb__cdiv(-off, g->sw), xhi = nb__cdiv(g->wu - off, g->sw);
+                int64_t y = p0 / g->wv, x = p0 % g->wv, q = 0, len = p1 - p0;
+                while (q < len) {
+                    int64_t run = g->wv - x < len - q ? g->wv - x : len - q;
+                    int64_t iy = y * g->sh - g->ph + i * g->dh;
+                    if (iy >= 0 && iy < g->hu) {
+                        NB_T *d = dst + iy * g->wu + off;
+                        const NB_T *r = row + q - x;
+                        int64_t lo = xlo > x ? xlo : x, hi = xhi < x + run ? xhi : x + run;
+                        if (g->sw == 1)
+                            for (int64_t xx = lo; xx < hi; xx++) d[xx] += r[xx];
+                        else
+                            for (int64_t xx = lo; xx < hi; xx++) d[xx * g->sw] += r[xx];
+                    }
+                    q += run;
+                    x = 0;
+                    y++;
+                }
+            }
+        }
+    }
+}
+
+/* ---- convolution ------------------------------------------------------------------------------ */
+
+/* The images a tile of columns [q0, q0 + qn) of the folded (image, position) index covers: image b,
+ * its positions [p0, p1), at tile column coff. */
+#define NB_FOR_SEGMENTS(q0, qn, P, ...)                                                                \
+    do {                                                                                               \
+        for (int64_t b = (q0) / (P); b * (P) < (q0) + (qn); b++) {                                     \
+            int64_t p0 = (q0) - b * (P) > 0 ? (q0) - b * (P) : 0;                                      \
+            int64_t p1 = (q0) + (qn) - b * (P) < (P) ? (q0) + (qn) - b * (P) : (P);                    \
+            int64_t coff = b * (P) + p0 - (q0);                                                        \
+            __VA_ARGS__;                                                                               \
+        }                                                                                              \
+    } while (0)
+
+void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *w,
+                    const NB_T *bias, NB_T *v, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t P = g->hv * g->wv, U = g->cu * g->hu * g->wu, V = g->cv * P, total = g->n * P;
+    if (P == 0 || g->cv == 0) return;
+    if (pl->direct) {
+        /* v_b[grp] [ov, P] = w_g [ov, cug] u_b[grp] [cug, P], image by image */
+        for (int64_t b = 0; b < g->n; b++)
+            for (int64_t grp = 0; grp < G; grp++) {
+                NB_T *vo = v + b * V + grp * ov * P;
+                NB_GEMM_K(0, 0, ov, P, cug, w + grp * ov * cug, cug, u + b * U + grp * cug * P, P, vo, 0.0);
+                if (bias)
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T bo = bias[grp * ov + o];
+                        NB_T *r = vo + o * P;
+                        for (int64_t t = 0; t < P; t++) r[t] += bo;
+                    }
+            }
+        return;
+    }
+    NB_T *col = ws, *tmp = ws + K * pl->q;
+    for (int64_t q0 = 0; q0 < total; q0 += pl->q) {
+        const int64_t qn = total - q0 < pl->q ? total - q0 : pl->q;
+        for (int64_t grp = 0; grp < G; grp++) {
+            NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
+            /* tmp [ov, qn] = w_g [ov, K] col [K, qn] */
+            NB_GEMM_K(0, 0, ov, qn, K, w + grp * ov * K, K, col, qn, tmp, 0.0);
+            NB_FOR_SEGMENTS(q0, qn, P, {
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = tmp + o * qn + coff;
+                    NB_T *d = v + b * V + (grp * ov + o) * P + p0;
+                    const int64_t len = p1 - p0;
+                    if (bias) {
+                        const NB_T bo = bias[grp * ov + o];
+                        for (int64_t t = 0; t < len; t++) d[t] = s[t] + bo;
+                    } else {
+                        memcpy(d, s, (size_t)len * sizeof(NB_T));
+                    }
+                }
+            });
+        }
+    }
+}
+
+void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv, const NB_T *w,
+                    NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t P = g->hv * g->wv, U = g->cu * g->hu * g->wu, V = g->cv * P, total = g->n * P;
+    if (du && !du_acc && (total == 0 || g->cv == 0 || !pl->direct))
+        memset(du, 0, (size_t)(g->n * U) * sizeof(NB_T)); /* col2im adds */
+    if (dw && !dw_acc && (total == 0 || g->cv == 0)) memset(dw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
+    if (total == 0 || g->cv == 0) return;
+    if (pl->direct) {
+        for (int64_t b = 0; b < g->n; b++)
+            for (int64_t grp = 0; grp < G; grp++) {
+                const NB_T *gb = gv + b * V + grp * ov * P;
+                /* dw_g [ov, cug] (+)= gv_b[grp] [ov, P] u_b[grp]^T [P, cug] */
+                if (dw)
+                    NB_GEMM_K(0, 1, ov, cug, P, gb, P, u + b * U + grp * cug * P, P, dw + grp * ov * cug,
+                              b == 0 && !dw_acc ? 0.0 : 1.0);
+                /* du_b[grp] [cug, P] (+)= w_g^T [cug, ov] gv_b[grp] [ov, P] */
+                if (du)
+                    NB_GEMM_K(1, 0, cug, P, ov, w + grp * ov * cug, cug, gb, P, du + b * U + grp * cug * P,
+                              du_acc ? 1.0 : 0.0);
+            }
+        return;
+    }
+    NB_T *col = ws, *gt = ws + K * pl->q;
+    for (int64_t q0 = 0; q0 < total; q0 += pl->q) {
+        const int64_t qn = total - q0 < pl->q ? total - q0 : pl->q;
+        for (int64_t grp = 0; grp < G; grp++) {
+            /* gt [ov, qn]: the tile's columns of gv, group grp */
+            NB_FOR_SEGMENTS(q0, qn, P, {
+                for (int64_t o = 0; o < ov; o++)
+                    memcpy(gt + o * qn + coff, gv + b * V + (grp * ov + o) * P + p0, (size_t)(p1 - p0) * sizeof(NB_T));
+            });
+            if (dw) {
+                NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
+                /* dw_g [ov, K] (+)= gt [ov, qn] col^T [qn, K] */
+                NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, dw + grp * ov * K, q0 == 0 && !dw_acc ? 0.0 : 1.0);
+            }
+            if (du) {
+                /* col [K, qn] = w_g^T [K, ov] gt [ov, qn], then added into du where it came from */
+                NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+                NB_FOR_SEGMENTS(q0, qn, P, NB_CS(col2im)(g, grp, col, qn, coff, du + b * U, p0, p1));
+            }
+        }
+    }
+}
+
+void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
+{
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0;
+        for (int64_t b = 0; b < n; b++) {
+            const NB_T *r = x + (b * c + k) * d;
+            for (int64_t t = 0; t < d; t++) s += (double)r[t];
+        }
+        out[k] = acc ? (NB_T)((double)out[k] + s) : (NB_T)s;
+    }
+}
+
+void NB_CK(channel_fill)(int64_t n, int64_t c, int64_t d, const NB_T *bias, NB_T *x)
+{
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t k = 0; k < c; k++) {
+            NB_T *r = x + (b * c + k) * d;
+            const NB_T v = bias ? bias[k] : (NB_T)0;
+            for (int64_t t = 0; t < d; t++) r[t] = v;
+        }
+}
+
+/* ---- pooling ---------------------------------------------------------------------------------- */
+
+void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *idx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const NB_T *xp = x + pl * in_plane;
+        NB_T *yp = y + pl * out_plane;
+        int64_t *ip = idx + pl * out_plane;
+        for (int64_t oy = 0; oy < g->ho; oy++) {
+            const int64_t hs = oy * g->sh - g->ph;
+            int64_t i0 = hs < 0 ? nb__cdiv(-hs, g->dh) : 0; /* first row of the window inside */
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                const int64_t ws = ox * g->sw - g->pw;
+                int64_t j0 = ws < 0 ? nb__cdiv(-ws, g->dw) : 0;
+                /* the first element inside the window holds the maximum until a larger one (or NaN) */
+                int64_t best = (hs + i0 * g->dh) * g->w + ws + j0 * g->dw;
+                NB_T bv = -INFINITY;
+                for (int64_t i = i0; i < g->kh; i++) {
+                    const int64_t r = hs + i * g->dh;
+                    if (r >= g->h) break;
+                    for (int64_t j = j0; j < g->kw; j++) {
+                        const int64_t cc = ws + j * g->dw;
+                        if (cc >= g->w) break;
+                        const NB_T v = xp[r * g->w + cc];
+                        if (v > bv || v != v) { /* as PyTorch: the last NaN wins */
+                            bv = v;
+                            best = r * g->w + cc;
+                        }
+                    }
+                }
+                yp[oy * g->wo + ox] = bv;
+                ip[oy * g->wo + ox] = best;
+            }
+        }
+    }
+}
+
+void NB_CK(maxpool_scatter)(const nb_pool_geom *g, const NB_T *gy, const int64_t *idx, NB_T *dx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        NB_T *dp = dx + pl * in_plane;
+        const NB_T *gp = gy + pl * out_plane;
+        const int64_t *ip = idx + pl * out_plane;
+        for (int64_t e = 0; e < out_plane; e++) dp[ip[e]] += gp[e];
+    }
+}
+
+/* The window of output oy along one axis: [*s, *e) clipped to [0, n), and its size for the divisor. */
+static inline int64_t NB_CS(pool_window)(const nb_pool_geom *g, int rows, int64_t o, int64_t *s, int64_t *e)
+{
+    const int64_t n = rows ? g->h : g->w, no = rows ? g->ho : g->wo;
+    if (g->adaptive) {
+        *s = (o * n) / no;
+        *e = ((o + 1) * n + no - 1) / no;
+        return *e - *s;
+    }
+    const int64_t k = rows ? g->kh : g->kw, st = rows ? g->sh : g->sw, pad = rows ? g->ph : g->pw;
+    int64_t a = o * st - pad, z = a + k;
+    if (z > n + pad) z = n + pad;
+    const int64_t size = z - a;
+    *s = a < 0 ? 0 : a;
+    *e = z > n ? n : z;
+    return size;
+}
+
+void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const NB_T *xp = x + pl * in_plane;
+        NB_T *yp = y + pl * out_plane;
+        for (int64_t oy = 0; oy < g->ho; oy++) {
+            int64_t r0, r1;
+            const int64_t sh = NB_CS(pool_window)(g, 1, oy, &r0, &r1);
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t c0, c1;
+                const int64_t sw = NB_CS(pool_window)(g, 0, ox, &c0, &c1);
+                double s = 0;
+                if (r1 <= r0 || c1 <= c0) { /* a window of padding only: 0, as PyTorch */
+                    yp[oy * g->wo + ox] = 0;
+                    continue;
+                }
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = c0; c < c1; c++) s += (double)xp[r * g->w + c];
+                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
+                yp[oy * g->wo + ox] = (NB_T)(s / (double)div);
+            }
+        }
+    }
+}
+
+void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    memset(dx, 0, (size_t)(g->planes * in_plane) * sizeof(NB_T));
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        NB_T *dp = dx + pl * in_plane;
+        const NB_T *gp = gy + pl * out_plane;
+        for (int64_t oy = 0; oy < g->ho; oy++) {
+            int64_t r0, r1;
+            const int64_t sh = NB_CS(pool_window)(g, 1, oy, &r0, &r1);
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t c0, c1;
+                const int64_t sw = NB_CS(pool_window)(g, 0, ox, &c0, &c1);
+                if (r1 <= r0 || c1 <= c0) continue;
+                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
+                const NB_T v = (NB_T)((double)gp[oy * g->wo + ox] / (double)div);
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = c0; c < c1; c++) dp[r * g->w + c] += v;
+            }
+        }
+    }
+}
+
+/* ---- channel moments and normalisation -------------------------------------------------------- */
+
+void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
+{
+    const double m = (double)(a * d);
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0;
+        for (int64_t b = 0; b < a; b++) {
+            const NB_T *r = x + (b * c + k) * d;
+            for (int64_t t = 0; t < d; t++) s += (double)r[t];
+        }
+        const double mean = s / m;
+        double v = 0;
+        for (int64_t b = 0; b < a; b++) {
+            const NB_T *r = x + (b * c + k) * d;
+            for (int64_t t = 0; t < d; t++) {
+                const double e = (double)r[t] - mean;
+                v += e * e;
+            }
+        }
+        st[k] = (NB_T)mean;
+        st[c + k] = (NB_T)(v / m);
+    }
+}
+
+void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *w, const NB_T *b,
+                      double eps, NB_T *y, double *coef)
+{
+    /* y = x scale + shift with scale = w / sqrt(var + eps), shift = b - mean scale */
+    for (int64_t k = 0; k < c; k++) {
+        const double r = 1.0 / sqrt((double)st[c + k] + eps);
+        const double sc = w ? r * (double)w[k] : r;
+        coef[k] = sc;
+        coef[c + k] = (b ? (double)b[k] : 0.0) - (double)st[k] * sc;
+    }
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t k = 0; k < c; k++) {
+            const NB_T *xr = x + (i * c + k) * d;
+            NB_T *yr = y + (i * c + k) * d;
+            const NB_T sc = (NB_T)coef[k], sh = (NB_T)coef[c + k];
+            for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * sc + sh;
+        }
+}
+
+void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, double *sg,
+                        double *sgx)
+{
+    for (int64_t k = 0; k < c; k++) {
+        const double mean = (double)st[k];
+        double s = 0, sx = 0;
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
+            for (int64_t t = 0; t < d; t++) {
+                s += (double)gr[t];
+                sx += (double)gr[t] * ((double)xr[t] - mean);
+            }
+        }
+        sg[k] = s;
+        sgx[k] = sx;
+    }
+}
+
+void NB_CK(chscale)(int64_t a, int64_t c, int64_t d, const NB_T *g, const double *k, NB_T *dx, int acc)
+{
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const NB_T *gr = g + (i * c + ch) * d;
+            NB_T *dr = dx + (i * c + ch) * d;
+            const NB_T s = (NB_T)k[ch];
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * s;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * s;
+        }
+}
+
+void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *dst, NB_T *dx,
+                       int acc)
+{
+    const double m = (double)(a * d);
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const NB_T *xr = x + (i * c + ch) * d;
+            NB_T *dr = dx + (i * c + ch) * d;
+            /* (dmean + 2 dvar (x - mean)) / m = x k1 + k0 */
+            const double k1 = 2.0 * (double)dst[c + ch] / m;
+            const NB_T s = (NB_T)k1, o = (NB_T)((double)dst[ch] / m - k1 * (double)st[ch]);
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += xr[t] * s + o;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = xr[t] * s + o;
+        }
+}
+
+#undef NB_FOR_SEGMENTS
+#undef NB_CS
+#undef NB_CK
+#undef NB_CNN_CAT
+#undef NB_CNN_CAT_
