@@ -224,9 +224,11 @@ static const config grid[] = {
 
 /* ---- functions under gradcheck ---------------------------------------------------------------- */
 
+typedef struct pool_config pool_config;
 typedef struct fn_arg {
     const config *cf;
     nb_conv_opts opts;
+    const pool_config *pc;
 } fn_arg;
 
 static nb_tensor *f_conv(void *user, nb_tensor *const *in)
@@ -262,7 +264,7 @@ static void grad_grid(void)
         const config *cf = &grid[r];
         int dims = cf->g.dims;
         int64_t G = cf->g.groups ? cf->g.groups : 1;
-        fn_arg a = {cf, opts_of(&cf->g)};
+        fn_arg a = {.cf = cf, .opts = opts_of(&cf->g)};
         int64_t xs[4] = {cf->n, cf->c, cf->sp[0], cf->sp[1]}, ws[4] = {cf->o, cf->c / G, cf->k[0], cf->k[1]};
         if (dims == 1) xs[2] = cf->sp[0], ws[2] = cf->k[0];
         char name[160];
@@ -358,7 +360,7 @@ static void fast_paths_conv(const config *cf, nb_dtype dt, uint64_t seed)
 {
     int dims = cf->g.dims;
     int64_t G = cf->g.groups ? cf->g.groups : 1;
-    fn_arg a = {cf, opts_of(&cf->g)};
+    fn_arg a = {.cf = cf, .opts = opts_of(&cf->g)};
     int64_t xs[4] = {cf->n, cf->c, cf->sp[0], cf->sp[1]}, ws[4] = {cf->o, cf->c / G, cf->k[0], cf->k[1]};
     if (dims == 1) xs[2] = cf->sp[0], ws[2] = cf->k[0];
     nb_rng rng;
@@ -377,6 +379,359 @@ static void fast_paths_conv(const config *cf, nb_dtype dt, uint64_t seed)
     for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
 }
 
+/* ---- pooling -------------------------------------------------------------------------------- */
+
+struct pool_config {
+    const char *name;
+    int dims, kind;      /* kind: 0 max, 1 average, 2 adaptive average */
+    int64_t n, c, sp[2]; /* batch, channels, spatial extents (1-D: index 0) */
+    int64_t k[2];        /* kernel, or the adaptive output size */
+    nb_pool_opts o;
+};
+
+enum { MAXP, AVGP, ADAP };
+#define PO(...) {__VA_ARGS__}
+
+static const pool_config pools[] = {
+    {"max 2x2", 2, MAXP, 3, 2, {4, 6}, {2, 2}, {.ceil_mode = 0}},
+    {"max 3x3 stride 2 pad 1", 2, MAXP, 1, 3, {7, 6}, {3, 3}, PO(.stride = {2, 2}, .padding = {1, 1})},
+    {"max 3x2 stride (1, 2) dilation (2, 1) ceil", 2, MAXP, 3, 2, {7, 5}, {3, 2},
+     PO(.stride = {1, 2}, .dilation = {2, 1}, .padding = {1, 0}, .ceil_mode = 1)},
+    {"max 2x2 ceil odd", 2, MAXP, 1, 2, {5, 5}, {2, 2}, PO(.ceil_mode = 1)},
+    {"max 3x3 stride 3 pad 1 dilation 2", 2, MAXP, 3, 1, {8, 9}, {3, 3},
+     PO(.stride = {3, 3}, .padding = {1, 1}, .dilation = {2, 2})},
+    {"max 1d 3 stride 2 pad 1", 1, MAXP, 3, 2, {9}, {3}, PO(.stride = {2}, .padding = {1})},
+    {"max 1d 2 ceil dilation 2", 1, MAXP, 1, 3, {8}, {2}, PO(.dilation = {2}, .ceil_mode = 1)},
+    {"avg 2x2", 2, AVGP, 3, 2, {4, 6}, {2, 2}, {.ceil_mode = 0}},
+    {"avg 3x3 stride 2 pad 1", 2, AVGP, 1, 2, {7, 6}, {3, 3}, PO(.stride = {2, 2}, .padding = {1, 1})},
+    {"avg 3x3 stride 2 pad 1 exclude pad", 2, AVGP, 3, 2, {7, 6}, {3, 3},
+     PO(.stride = {2, 2}, .padding = {1, 1}, .exclude_pad = 1)},
+    {"avg 3x2 stride 3 pad 1 ceil", 2, AVGP, 1, 2, {8, 7}, {3, 2}, PO(.stride = {3, 3}, .padding = {1, 1}, .ceil_mode = 1)},
+    {"avg 3x3 stride 2 pad 1 ceil exclude pad", 2, AVGP, 3, 1, {6, 6}, {3, 3},
+     PO(.stride = {2, 2}, .padding = {1, 1}, .ceil_mode = 1, .exclude_pad = 1)},
+    {"avg 1d 3 stride 2 pad 1", 1, AVGP, 3, 2, {9}, {3}, PO(.stride = {2}, .padding = {1})},
+    {"avg 1d 4 stride 3 ceil", 1, AVGP, 1, 2, {10}, {4}, PO(.stride = {3}, .ceil_mode = 1)},
+    {"adaptive 5x7 -> 2x3", 2, ADAP, 3, 2, {5, 7}, {2, 3}, {.ceil_mode = 0}},
+    {"adaptive global", 2, ADAP, 3, 3, {4, 5}, {1, 1}, {.ceil_mode = 0}},
+    {"adaptive 3x3 -> 5x4 (overlapping)", 2, ADAP, 1, 2, {3, 3}, {5, 4}, {.ceil_mode = 0}},
+    {"adaptive 1d 7 -> 3", 1, ADAP, 3, 2, {7}, {3}, {.ceil_mode = 0}},
+};
+#define N_POOLS ((int)(sizeof pools / sizeof pools[0]))
+
+static nb_tensor *f_pool(void *user, nb_tensor *const *in)
+{
+    const pool_config *p = user;
+    if (p->kind == MAXP) return p->dims == 2 ? nb_max_pool2d(in[0], p->k[0], p->k[1], &p->o) : nb_max_pool1d(in[0], p->k[0], &p->o);
+    if (p->kind == AVGP) return p->dims == 2 ? nb_avg_pool2d(in[0], p->k[0], p->k[1], &p->o) : nb_avg_pool1d(in[0], p->k[0], &p->o);
+    return p->dims == 2 ? nb_adaptive_avg_pool2d(in[0], p->k[0], p->k[1]) : nb_adaptive_avg_pool1d(in[0], p->k[0]);
+}
+
+/* The window of output o along a dim of extent n: [*s, *e) inside the input, and the divisor size
+ * (PyTorch's definitions, written out again). */
+static int64_t window(const pool_config *p, int64_t n, int64_t no, int64_t k, int64_t st, int64_t pad, int64_t o,
+                      int64_t *s, int64_t *e)
+{
+    if (p->kind == ADAP) {
+        *s = (int64_t)floor((double)(o * n) / (double)no);
+        *e = (int64_t)ceil((double)((o + 1) * n) / (double)no);
+        return *e - *s;
+    }
+    int64_t a = o * st - pad, z = a + k < n + pad ? a + k : n + pad;
+    *s = a > 0 ? a : 0;
+    *e = z < n ? z : n;
+    return z - a;
+}
+
+/* forward values (and max pooling's positions) against loops, both dtypes */
+static void check_pool(const pool_config *p, nb_dtype dt, uint64_t seed)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, seed);
+    int64_t xs[4] = {p->n, p->c, p->sp[0], p->sp[1]};
+    nb_tensor *x = nb_tensor_uniform(dt, p->dims + 2, xs, -1, 1, &rng);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *idx = NULL, *y;
+    if (p->kind == MAXP && p->dims == 2)
+        y = nb_max_pool2d_with_indices(x, p->k[0], p->k[1], &p->o, &idx);
+    else
+        y = f_pool((void *)p, &x);
+    CHECK(y != NULL, "pool %s: %s", p->name, nb_error_message());
+    if (y) {
+        int64_t H = p->dims == 2 ? p->sp[0] : 1, W = p->sp[p->dims - 1];
+        int64_t Ho = p->dims == 2 ? nb_tensor_dim(y, 2) : 1, Wo = nb_tensor_dim(y, -1);
+        int64_t K[2] = {p->dims == 2 ? p->k[0] : 1, p->k[p->dims - 1]}, S[2] = {1, 1}, P[2] = {0, 0}, D[2] = {1, 1};
+        for (int d = 0; d < p->dims; d++) {
+            int i = d + 2 - p->dims;
+            S[i] = p->o.stride[d] ? p->o.stride[d] : p->k[d];
+            P[i] = p->o.padding[d];
+            D[i] = p->o.dilation[d] ? p->o.dilation[d] : 1;
+        }
+        double worst = 0;
+        int bad_idx = 0;
+        for (int64_t pl = 0; pl < p->n * p->c; pl++)
+            for (int64_t oy = 0; oy < Ho; oy++)
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    double want;
+                    int64_t e = (pl * Ho + oy) * Wo + ox, at = -1;
+                    if (p->kind == MAXP) {
+                        want = -INFINITY;
+                        for (int64_t i = 0; i < K[0]; i++)
+                            for (int64_t j = 0; j < K[1]; j++) {
+                                int64_t r = oy * S[0] - P[0] + i * D[0], c = ox * S[1] - P[1] + j * D[1];
+                                if (r < 0 || r >= H || c < 0 || c >= W) continue;
+                                double v = nb_tensor_get(x, pl * H * W + r * W + c);
+                                if (v > want) want = v, at = r * W + c;
+                            }
+                    } else {
+                        int64_t r0, r1, c0, c1;
+                        int64_t sh = window(p, H, Ho, K[0], S[0], P[0], oy, &r0, &r1);
+                        int64_t sw = window(p, W, Wo, K[1], S[1], P[1], ox, &c0, &c1);
+                        double sum = 0;
+                        for (int64_t r = r0; r < r1; r++)
+                            for (int64_t c = c0; c < c1; c++) sum += nb_tensor_get(x, pl * H * W + r * W + c);
+                        want = sum / (double)(p->o.exclude_pad ? (r1 - r0) * (c1 - c0) : sh * sw);
+                    }
+                    worst = fmax(worst, fabs(nb_tensor_get(y, e) - want));
+                    if (idx && nb_tensor_get(idx, e) != (double)at) bad_idx++;
+                }
+        CHECK(worst <= (dt == NB_F64 ? 1e-15 : 1e-6), "pool %s %s: differs from the loops by %g", p->name,
+              nb_dtype_name(dt), worst);
+        CHECK(bad_idx == 0, "pool %s: %d positions differ from the loops", p->name, bad_idx);
+        if (idx) CHECK(nb_tensor_dtype(idx) == NB_I64 && nb_tensor_numel(idx) == nb_tensor_numel(y), "pool %s: indices", p->name);
+    }
+    CHECK_NO_ERROR();
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+}
+
+static nb_tensor *l_pool(const fn_arg *a, nb_tensor *const *in)
+{
+    const pool_config *p = a->pc;
+    nb_tensor *x = nb_tanh(in[0]); /* a gradient that reaches the input through another op */
+    return nb_add(weigh(f_pool((void *)p, &x)), weigh(f_pool((void *)p, in)));
+}
+
+/* ---- per-channel normalisation --------------------------------------------------------------- */
+
+static nb_tensor *f_moments(void *user, nb_tensor *const *in) { UNUSED_USER; return nb_channel_moments(in[0]); }
+static nb_tensor *f_norm(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_channel_norm(in[0], in[1], in[2], in[3], 1e-3);
+}
+static nb_tensor *f_norm_plain(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_channel_norm(in[0], in[1], NULL, NULL, 0.0);
+}
+/* batch normalisation in training mode: the statistics of x itself */
+static nb_tensor *f_batch_norm(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_channel_norm(in[0], nb_channel_moments(in[0]), in[1], in[2], 1e-5);
+}
+static nb_tensor *f_batch_norm_plain(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_channel_norm(in[0], nb_channel_moments(in[0]), NULL, NULL, 1e-5);
+}
+
+static nb_tensor *l_batch_norm(const fn_arg *a, nb_tensor *const *in)
+{
+    (void)a;
+    nb_tensor *x = nb_tanh(in[0]), *y = nb_channel_norm(x, nb_channel_moments(x), in[1], in[2], 1e-5);
+    return nb_add(weigh(y), weigh(nb_mul(y, x))); /* x reaches the loss through the norm and besides it */
+}
+
+typedef struct norm_row {
+    const char *name;
+    nb_func f;
+    int n_in;
+    input_spec in[4];
+    int order;
+} norm_row;
+
+static const norm_row norm_rows[] = {
+    {"channel_moments [3,4,5]", f_moments, 1, {IN(-1, 1, 3, 4, 5)}, CURVED},
+    {"channel_moments [2,3,2,3]", f_moments, 1, {IN(-1, 1, 2, 3, 2, 3)}, CURVED},
+    {"channel_moments [5,3]", f_moments, 1, {IN(-1, 1, 5, 3)}, CURVED},
+    {"channel_norm [2,3,2,3]", f_norm, 4, {IN(-1, 1, 2, 3, 2, 3), IN(0.5, 2, 2, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
+    {"channel_norm [4,3]", f_norm, 4, {IN(-1, 1, 4, 3), IN(0.5, 2, 2, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
+    {"channel_norm, stats constant (evaluation mode)", f_norm, 4,
+     {IN(-1, 1, 3, 2, 5), INC(0.5, 2, 2, 2), IN(-1, 1, 2), IN(-1, 1, 2)}, CURVED},
+    {"channel_norm, no weight and bias", f_norm_plain, 2, {IN(-1, 1, 3, 2, 5), IN(0.5, 2, 2, 2)}, CURVED},
+    {"batch norm (training) [3,4,2,3]", f_batch_norm, 3, {IN(-1, 1, 3, 4, 2, 3), IN(-1, 1, 4), IN(-1, 1, 4)}, CURVED},
+    {"batch norm (training) [6,3]", f_batch_norm, 3, {IN(-1, 1, 6, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
+    {"batch norm (training), no affine", f_batch_norm_plain, 1, {IN(-1, 1, 2, 3, 7)}, CURVED},
+};
+#define N_NORM ((int)(sizeof norm_rows / sizeof norm_rows[0]))
+
+/* moments and norm against loops in both dtypes (a large batch: the float32 sums accumulate in double) */
+static void check_norm(nb_dtype dt)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 5);
+    nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(64, 3, 17, 19), 99.0, 101.0, &rng); /* mean 100, var 1/3 */
+    nb_tensor *w = nb_tensor_uniform(dt, NB_SHAPE(3), 0.5, 2, &rng), *b = nb_tensor_uniform(dt, NB_SHAPE(3), -1, 1, &rng);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *st = nb_channel_moments(x), *y = nb_channel_norm(x, st, w, b, 1e-5);
+    CHECK(st && y, "channel norm: %s", nb_error_message());
+    if (st && y) {
+        int64_t M = 64 * 17 * 19;
+        double worst_m = 0, worst_v = 0, worst_y = 0;
+        for (int64_t c = 0; c < 3; c++) {
+            double s = 0, v = 0;
+            for (int64_t n = 0; n < 64; n++)
+                for (int64_t e = 0; e < 17 * 19; e++) s += nb_tensor_get(x, (n * 3 + c) * 17 * 19 + e);
+            double mean = s / (double)M;
+            for (int64_t n = 0; n < 64; n++)
+                for (int64_t e = 0; e < 17 * 19; e++) {
+                    double d = nb_tensor_get(x, (n * 3 + c) * 17 * 19 + e) - mean;
+                    v += d * d;
+                }
+            v /= (double)M;
+            worst_m = fmax(worst_m, fabs(nb_tensor_get(st, c) - mean) / mean);
+            worst_v = fmax(worst_v, fabs(nb_tensor_get(st, 3 + c) - v) / v);
+            double sc = nb_tensor_get(w, c) / sqrt(nb_tensor_get(st, 3 + c) + 1e-5);
+            for (int64_t n = 0; n < 64; n++)
+                for (int64_t e = 0; e < 17 * 19; e++) {
+                    int64_t i = (n * 3 + c) * 17 * 19 + e;
+                    double want = (nb_tensor_get(x, i) - nb_tensor_get(st, c)) * sc + nb_tensor_get(b, c);
+                    worst_y = fmax(worst_y, fabs(nb_tensor_get(y, i) - want));
+                }
+        }
+        /* float32: the inputs are exact, the sums in double: mean and variance to float32 rounding */
+        double tol = dt == NB_F64 ? 1e-13 : 1e-6;
+        CHECK(worst_m <= tol && worst_v <= tol, "channel_moments %s: mean off by %g, variance by %g (relative)",
+              nb_dtype_name(dt), worst_m, worst_v);
+        CHECK(worst_y <= (dt == NB_F64 ? 1e-11 : 2e-4), "channel_norm %s: off by %g", nb_dtype_name(dt), worst_y);
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    nb_tensor_free(w);
+    nb_tensor_free(b);
+}
+
+/* ---- bad input --------------------------------------------------------------------------------- */
+
+static void errors(void)
+{
+    nb_tensor *x = nb_tensor_ones(NB_F64, NB_SHAPE(2, 3, 5, 5)), *x1 = nb_tensor_ones(NB_F64, NB_SHAPE(2, 3, 5));
+    nb_tensor *w = nb_tensor_ones(NB_F64, NB_SHAPE(4, 3, 3, 3)), *w1 = nb_tensor_ones(NB_F64, NB_SHAPE(4, 3, 3));
+    nb_tensor *w4 = nb_tensor_ones(NB_F64, NB_SHAPE(4, 4, 3, 3)), *wbig = nb_tensor_ones(NB_F64, NB_SHAPE(4, 3, 6, 3));
+    nb_tensor *b3 = nb_tensor_ones(NB_F64, NB_SHAPE(3)), *b4 = nb_tensor_ones(NB_F64, NB_SHAPE(4));
+    nb_tensor *xf = nb_tensor_ones(NB_F32, NB_SHAPE(2, 3, 5, 5)), *xi = nb_tensor_zeros(NB_I64, NB_SHAPE(2, 3, 5, 5));
+    nb_tensor *st = nb_tensor_ones(NB_F64, NB_SHAPE(2, 3)), *st4 = nb_tensor_ones(NB_F64, NB_SHAPE(2, 4));
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_conv_opts o = nb_conv_defaults(), g2 = o, s0 = o, d0 = o, pn = o, same2 = o, op2 = o, zero = {0};
+    g2.groups = 2;
+    s0.stride[1] = 0;
+    d0.dilation[0] = 0;
+    pn.padding[0] = -1;
+    same2.same_padding = 1;
+    same2.stride[0] = 2;
+    op2.stride[0] = op2.stride[1] = 2;
+    op2.output_padding[0] = 2;
+
+    /* channel counts that groups do not divide, and a weight of the wrong depth */
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &g2), NB_ERR_SHAPE, "nb_conv2d: input [2,3,5,5] has 3 channels, not divisible by groups 2");
+    nb_tensor *x4 = nb_ones(NB_F64, NB_SHAPE(2, 4, 5, 5)), *w32 = nb_ones(NB_F64, NB_SHAPE(3, 2, 3, 3));
+    CHECK_ERROR(!nb_conv2d(x4, w32, NULL, &g2), NB_ERR_SHAPE, "weight [3,2,3,3] has 3 output channels, not divisible by groups 2");
+    CHECK_ERROR(!nb_conv2d(x, w4, NULL, NULL), NB_ERR_SHAPE,
+                "nb_conv2d: input [2,3,5,5] and weight [4,4,3,3]: with groups 1 the weight's dimension 1 must be in channels / groups = 3");
+    /* a kernel larger than the padded input */
+    CHECK_ERROR(!nb_conv2d(x, wbig, NULL, NULL), NB_ERR_SHAPE,
+                "nb_conv2d: input [2,3,5,5], weight [4,3,6,3]: the kernel spans 6 along spatial dim 0, more than the padded input's 5");
+    nb_conv_opts dil = o;
+    dil.dilation[1] = 3;
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &dil), NB_ERR_SHAPE, "the kernel spans 7 along spatial dim 1");
+    /* strides, dilations, paddings, groups out of range; a zeroed struct */
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &s0), NB_ERR_ARG, "nb_conv2d: input [2,3,5,5]: stride (1, 0) must be at least 1");
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &zero), NB_ERR_ARG, "start from nb_conv_defaults()");
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &d0), NB_ERR_ARG, "dilation (0, 1) must be at least 1");
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &pn), NB_ERR_ARG, "padding (-1, 0) must not be negative");
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &same2), NB_ERR_ARG, "'same' padding needs stride 1, got stride (2, 1)");
+    nb_conv_opts g0 = o;
+    g0.groups = 0;
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &g0), NB_ERR_ARG, "groups 0 must be at least 1");
+    CHECK(nb_conv1d(x1, w1, NULL, &s0) != NULL, "1-D ops read index 0 only: %s", nb_error_message());
+    nb_conv_opts s01 = o;
+    s01.stride[0] = 0;
+    CHECK_ERROR(!nb_conv1d(x1, w1, NULL, &s01), NB_ERR_ARG, "nb_conv1d: input [2,3,5]: stride 0 must be at least 1");
+    /* wrong ranks */
+    CHECK_ERROR(!nb_conv2d(x1, w, NULL, NULL), NB_ERR_SHAPE, "nb_conv2d: input [2,3,5]: expected 4 dimensions [N, C, H, W]");
+    CHECK_ERROR(!nb_conv2d(x, w1, NULL, NULL), NB_ERR_SHAPE, "nb_conv2d: weight [4,3,3]: expected 4 dimensions");
+    CHECK_ERROR(!nb_conv1d(x, w, NULL, NULL), NB_ERR_SHAPE, "nb_conv1d: input [2,3,5,5]: expected 3 dimensions [N, C, L]");
+    CHECK_ERROR(!nb_conv2d(x, w, b3, NULL), NB_ERR_SHAPE, "bias [3], expected [4]");
+    /* dtypes and NULL */
+    CHECK_ERROR(!nb_conv2d(xf, w, NULL, NULL), NB_ERR_DTYPE, "nb_conv2d: input f32 [2,3,5,5] and weight f64 [4,3,3,3]: dtypes differ");
+    CHECK_ERROR(!nb_conv2d(xi, w, NULL, NULL), NB_ERR_DTYPE, "nb_conv2d");
+    CHECK_ERROR(!nb_conv2d(NULL, w, NULL, NULL), NB_ERR_ARG, "nb_conv2d: input is NULL");
+    nb_error_clear();
+    nb_conv2d(x, w, b3, NULL); /* the first error stays through a chain */
+    CHECK(!nb_relu(nb_conv2d(nb_conv2d(x, w, b3, NULL), w, NULL, NULL)), "a NULL passed along");
+    CHECK(strstr(nb_error_message(), "bias [3]") != NULL, "the first message is kept: %s", nb_error_message());
+    nb_error_clear();
+    /* transposed convolutions */
+    CHECK_ERROR(!nb_conv_transpose2d(x, w4, NULL, NULL), NB_ERR_SHAPE,
+                "nb_conv_transpose2d: input [2,3,5,5] and weight [4,4,3,3]: the weight's dimension 0 must be the 3 input channels");
+    CHECK_ERROR(!nb_conv_transpose2d(x, nb_ones(NB_F64, NB_SHAPE(3, 2, 3, 3)), NULL, &op2), NB_ERR_ARG,
+                "output_padding (2, 0) must be smaller than the stride (2, 2) or the dilation (1, 1)");
+    CHECK_ERROR(!nb_conv_transpose2d(x, nb_ones(NB_F64, NB_SHAPE(3, 2, 3, 3)), NULL, &same2), NB_ERR_ARG,
+                "'same' padding is for convolutions");
+    nb_conv_opts bigpad = o;
+    bigpad.padding[0] = 4;
+    CHECK_ERROR(!nb_conv_transpose2d(x, nb_ones(NB_F64, NB_SHAPE(3, 2, 3, 3)), NULL, &bigpad), NB_ERR_SHAPE,
+                "the output would have extent -1 along spatial dim 0");
+    CHECK_ERROR(!nb_conv_transpose1d(x1, nb_ones(NB_F64, NB_SHAPE(3, 2, 3)), b3, NULL), NB_ERR_SHAPE,
+                "nb_conv_transpose1d: input [2,3,5], weight [3,2,3]: bias [3], expected [2]");
+    /* the weight gradient */
+    CHECK_ERROR(!nb_conv2d_weight(x, nb_ones(NB_F64, NB_SHAPE(2, 4, 4, 3)), 3, 3, NULL), NB_ERR_SHAPE,
+                "nb_conv2d_weight: grad_out [2,4,4,3] does not match the convolution's output [2,4,3,3] for input [2,3,5,5] and kernel (3, 3)");
+    CHECK_ERROR(!nb_conv2d_weight(x, nb_ones(NB_F64, NB_SHAPE(3, 4, 3, 3)), 3, 3, NULL), NB_ERR_SHAPE, "batch sizes differ");
+    CHECK_ERROR(!nb_conv2d_weight(x, nb_ones(NB_F64, NB_SHAPE(2, 4, 3, 3)), 0, 3, NULL), NB_ERR_SHAPE,
+                "kernel (0, 3): kernel extents must be at least 1");
+
+    /* pooling */
+    nb_pool_opts po = nb_pool_defaults(), pbig = po, pneg = po, pdil = po, avgd = po;
+    pbig.padding[0] = 2;
+    pneg.stride[1] = -1;
+    pdil.dilation[0] = 2; /* taps at -1 and 1 of a one-row input */
+    pdil.padding[0] = 1;
+    avgd.dilation[0] = 2;
+    CHECK_ERROR(!nb_max_pool2d(x, 0, 2, NULL), NB_ERR_ARG, "nb_max_pool2d: input [2,3,5,5]: kernel (0, 2) must be at least 1");
+    CHECK_ERROR(!nb_max_pool2d(x, 3, 3, &pbig), NB_ERR_ARG, "padding (2, 0) must be between 0 and half the kernel (3, 3)");
+    CHECK_ERROR(!nb_max_pool2d(x, 2, 2, &pneg), NB_ERR_ARG, "stride (0, -1) must not be negative");
+    CHECK_ERROR(!nb_max_pool2d(x, 6, 2, NULL), NB_ERR_SHAPE, "nb_max_pool2d: input [2,3,5,5]: kernel (6, 2)");
+    CHECK_ERROR(!nb_avg_pool1d(x1, 2, &avgd), NB_ERR_ARG, "nb_avg_pool1d: input [2,3,5]: dilation 2: average pooling has none");
+    CHECK_ERROR(!nb_max_pool1d(x, 2, NULL), NB_ERR_SHAPE, "nb_max_pool1d: input [2,3,5,5]: expected 3 dimensions [N, C, L]");
+    nb_tensor *x12 = nb_ones(NB_F64, NB_SHAPE(1, 1, 1, 2));
+    CHECK_ERROR(!nb_max_pool2d(x12, 2, 1, &pdil), NB_ERR_SHAPE, "window 0 along spatial dim 0 covers only padding");
+    CHECK_ERROR(!nb_adaptive_avg_pool2d(x, 0, 2), NB_ERR_ARG, "nb_adaptive_avg_pool2d: input [2,3,5,5]: output size (0, 2)");
+    CHECK_ERROR(!nb_avg_pool2d(xi, 2, 2, NULL), NB_ERR_DTYPE, "nb_avg_pool2d");
+    CHECK_ERROR(!nb_max_pool2d(NULL, 2, 2, NULL), NB_ERR_ARG, "nb_max_pool2d: input is NULL");
+
+    /* channel statistics and normalisation */
+    CHECK_ERROR(!nb_channel_moments(b3), NB_ERR_SHAPE, "nb_channel_moments: input [3]: expected at least 2 dimensions");
+    CHECK_ERROR(!nb_channel_norm(x, st4, NULL, NULL, 1e-5), NB_ERR_SHAPE, "nb_channel_norm: input [2,3,5,5]: stats [2,4], expected [2, 3]");
+    CHECK_ERROR(!nb_channel_norm(x, st, b4, NULL, 1e-5), NB_ERR_SHAPE, "weight [4], expected [3]");
+    CHECK_ERROR(!nb_channel_norm(x, st, NULL, b4, 1e-5), NB_ERR_SHAPE, "bias [4], expected [3]");
+    CHECK_ERROR(!nb_channel_norm(xf, st, NULL, NULL, 1e-5), NB_ERR_DTYPE, "input f32 [2,3,5,5] and stats f64 [2,3]");
+    CHECK_ERROR(!nb_channel_norm(x, st, NULL, NULL, -1.0), NB_ERR_ARG, "eps -1 must be finite and not negative");
+    CHECK_ERROR(!nb_channel_norm(x, NULL, NULL, NULL, 1e-5), NB_ERR_ARG, "nb_channel_norm: stats is NULL");
+
+    CHECK_NO_ERROR();
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor *all[] = {x, x1, w, w1, w4, wbig, b3, b4, xf, xi, st, st4};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+}
+
 int main(void)
 {
     for (int r = 0; r < N_GRID; r++) {
@@ -393,6 +748,48 @@ int main(void)
     }
     for (int r = 0; r < N_GRID; r += 3) fast_paths_conv(&grid[r], NB_F64, 90u + (uint64_t)r);
     grad_grid();
+    for (int r = 0; r < N_POOLS; r++) {
+        const pool_config *p = &pools[r];
+        check_pool(p, NB_F64, 500u + (uint64_t)r);
+        check_pool(p, NB_F32, 500u + (uint64_t)r);
+        int64_t xs[4] = {p->n, p->c, p->sp[0], p->sp[1]};
+        input_spec in[1] = {spec(p->dims + 2, xs, 0)};
+        char name[160];
+        snprintf(name, sizeof name, "pool %s", p->name);
+        grid_rows++;
+        grid_passed += gradtable_check(name, f_pool, p, 1, in, LINEAR, NULL, 600u + (uint64_t)r);
+        for (int d = 0; d < 2; d++) {
+            nb_dtype dt = d ? NB_F32 : NB_F64;
+            nb_rng rng;
+            nb_rng_seed(&rng, 700u + (uint64_t)r);
+            nb_tensor *x = nb_tensor_uniform(dt, p->dims + 2, xs, -1, 1, &rng);
+            nb_tensor_set_requires_grad(x, 1);
+            fn_arg a = {.pc = p};
+            snprintf(name, sizeof name, "fast pool %s", p->name);
+            compare_paths(name, l_pool, &a, 1, &x);
+            nb_tensor_free(x);
+        }
+    }
+    for (int r = 0; r < N_NORM; r++) {
+        grid_rows++;
+        grid_passed += gradtable_check(norm_rows[r].name, norm_rows[r].f, NULL, norm_rows[r].n_in, norm_rows[r].in,
+                                       norm_rows[r].order, NULL, 800u + (uint64_t)r);
+    }
+    check_norm(NB_F64);
+    check_norm(NB_F32);
+    for (int d = 0; d < 2; d++) {
+        nb_dtype dt = d ? NB_F32 : NB_F64;
+        nb_rng rng;
+        nb_rng_seed(&rng, 900);
+        nb_tensor *in[3] = {nb_tensor_uniform(dt, NB_SHAPE(5, 3, 4, 6), -1, 1, &rng),
+                            nb_tensor_uniform(dt, NB_SHAPE(3), 0.5, 1.5, &rng), nb_tensor_uniform(dt, NB_SHAPE(3), -1, 1, &rng)};
+        for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+        compare_paths("fast batch norm", l_batch_norm, NULL, 3, in);
+        nb_tensor_set_requires_grad(in[1], 0);
+        compare_paths("fast batch norm, weight constant", l_batch_norm, NULL, 3, in);
+        for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
+    }
+    errors();
     printf("gradcheck grid: %d of %d rows passed\n", grid_passed, grid_rows);
     return nbt_report("conv");
 }
