@@ -210,6 +210,10 @@ static const config grid[] = {
     {"2d 1x1 groups 2 (direct)", G2(.groups = 2), 1, 2, 4, {8, 8}, {1, 1}},
     {"2d 1x1 stride 2", G2(.s = {2, 2}, .op = {1, 1}), 3, 2, 2, {5, 5}, {1, 1}},
     {"2d kernel = input", G2(.s = {1, 1}), 3, 2, 2, {3, 2}, {3, 2}},
+    /* rows wide enough for the wide grid of stride-1 convolutions (padded copies, one copy per tap) */
+    {"2d wide: pad (1, 2) dilation (1, 2)", G2(.p = {1, 2}, .d = {1, 2}), 3, 2, 2, {4, 20}, {2, 3}},
+    {"2d wide: same, groups 2", G2(.same = 1, .groups = 2), 1, 4, 4, {3, 16}, {3, 3}},
+    {"2d wide: no padding", G2(.s = {1, 1}), 3, 2, 3, {3, 18}, {2, 3}},
     /* 1-D */
     {"1d plain", G1(.s = {1}), 3, 2, 3, {7}, {3}},
     {"1d stride 2 pad 1", G1(.s = {2}, .p = {1}, .op = {1}), 1, 2, 2, {9}, {3}},
@@ -219,6 +223,7 @@ static const config grid[] = {
     {"1d groups 2", G1(.groups = 2, .p = {2}), 3, 4, 6, {6}, {3}},
     {"1d depthwise", G1(.groups = 4, .p = {1}, .s = {2}, .op = {1}), 1, 4, 4, {9}, {3}},
     {"1d 1x1 (direct)", G1(.s = {1}), 1, 2, 3, {64}, {1}},
+    {"1d wide: same", G1(.same = 1), 3, 2, 2, {24}, {3}},
 };
 #define N_GRID ((int)(sizeof grid / sizeof grid[0]))
 
@@ -305,11 +310,13 @@ static void grad_grid(void)
     }
 }
 
-/* Shapes big enough that the tiles of the folded product split the batch, and an image mid-row
- * (the workspace budget is 3 MiB: 4915 columns of a 72 + 8-row block in float64, 9830 in float32). */
+/* Shapes big enough that the tiles of the folded product split the batch, and an image mid-row (the
+ * workspace budget is 1 MiB: the first runs the wide grid 3 images at a time in float64, 6 in float32;
+ * the second the plain im2col, 3276 columns of a 36 + 4-row block in float64, 6553 in float32, of
+ * 40 x 11 x 19). */
 static const config big[] = {
     {"tiles: 26 images of 20x20, 8 -> 8 channels", G2(.p = {1, 1}, .s = {1, 1}), 26, 8, 8, {20, 20}, {3, 3}},
-    {"tiles: groups 2, stride (2, 1)", G2(.groups = 2, .s = {2, 1}, .p = {1, 1}, .op = {1, 0}), 26, 8, 8, {21, 19},
+    {"tiles: groups 2, stride (2, 1)", G2(.groups = 2, .s = {2, 1}, .p = {1, 1}, .op = {1, 0}), 40, 8, 8, {21, 19},
      {3, 3}},
     {"tiles: 1x1 direct", G2(.s = {1, 1}), 5, 16, 24, {9, 10}, {1, 1}},
 };

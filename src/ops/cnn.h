@@ -25,16 +25,25 @@ typedef struct nb_conv_geom {
 
 /* How the kernels cover a convolution: the batch and the output positions are folded into the
  * columns of one matrix product per group (v_g [cv/G, n hv wv] = w_g [cv/G, K] col [K, n hv wv], with
- * K = cug kh kw), cut into tiles of q columns so that the im2col workspace stays bounded; a 1x1
- * convolution with stride 1 and no padding (direct) needs no im2col and multiplies the images in place. */
+ * K = cug kh kw), cut into tiles of q columns so that the workspace stays bounded. Three ways:
+ *   direct: a 1x1 convolution with stride 1 and no padding needs no im2col: the images are multiplied
+ *           in place;
+ *   wide:   stride 1: the tile's images are copied once into zero-padded planes of width wp, and the
+ *           products run over a wide grid of hv x wp positions per image (the wp - wv extra columns are
+ *           computed and dropped), so that each im2col row is one contiguous copy per image and tap;
+ *   plain:  any stride: im2col position by position. */
 typedef struct nb_conv_plan {
-    int direct;
+    int direct, wide;
     int64_t q;        /* columns per tile */
-    int64_t ws_elems; /* workspace elements (col [K, q] and a [cv/G, q] block); 0 when direct */
+    int64_t nb;       /* wide: images per tile */
+    int64_t hp, wp;   /* wide: padded plane extents */
+    int64_t plane;    /* wide: elements per padded plane (hp wp and slack for the last taps) */
+    int64_t ws_elems; /* workspace elements */
 } nb_conv_plan;
 
-/* Workspace budget per convolution call, in bytes (the tile is about L2-sized). */
-#define NB_CONV_WS_BYTES ((int64_t)3 << 20)
+/* Workspace budget per tile, in bytes: half the L2 cache of the machines measured (bench/README.md),
+ * so that what im2col writes is still in cache when the product packs it. */
+#define NB_CONV_WS_BYTES ((int64_t)1 << 20)
 
 void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p);
 

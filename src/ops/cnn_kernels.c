@@ -28,20 +28,37 @@
 void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
 {
     const int64_t P = g->hv * g->wv, K = (g->cu / g->groups) * g->kh * g->kw, ov = g->cv / g->groups;
+    const int64_t rows = K + ov > 0 ? K + ov : 1, total = g->n * P;
+    memset(p, 0, sizeof *p);
     p->direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 &&
                 g->hu == g->hv && g->wu == g->wv && P >= NB_CONV_DIRECT_MIN_POSITIONS;
-    if (p->direct) {
-        p->q = 0;
-        p->ws_elems = 0;
-        return;
+    if (p->direct || total == 0) return;
+    const int64_t budget = NB_CONV_WS_BYTES / (int64_t)esize;
+    if (g->sh == 1 && g->sw == 1) {
+        /* the padded plane holds the input at (ph, pw) and every tap of every wide position */
+        int64_t hp = g->hv + (g->kh - 1) * g->dh, wp = g->wv + (g->kw - 1) * g->dw;
+        if (hp < g->ph + g->hu) hp = g->ph + g->hu;
+        if (wp < g->pw + g->wu) wp = g->pw + g->wu;
+        const int64_t plane = hp * wp + (g->kw - 1) * g->dw, per_image = g->cu * plane + rows * g->hv * wp;
+        /* worth it while the wide grid wastes little (wp against wv) and one image fits four budgets */
+        if (wp * 4 <= g->wv * 5 && per_image <= 4 * budget) {
+            int64_t nb = per_image <= budget ? budget / per_image : 1;
+            if (nb > g->n) nb = g->n;
+            p->wide = 1;
+            p->nb = nb;
+            p->hp = hp;
+            p->wp = wp;
+            p->plane = plane;
+            p->q = nb * g->hv * wp;
+            p->ws_elems = nb * per_image;
+            return;
+        }
     }
     /* columns per tile: the col block [K, q] and the output block [ov, q] within the budget, at least
      * 64 columns (or all of them) so that the product stays efficient for very deep kernels */
-    const int64_t total = g->n * P, rows = K + ov > 0 ? K + ov : 1;
-    int64_t q = NB_CONV_WS_BYTES / ((int64_t)esize * rows);
+    int64_t q = budget / rows;
     if (q < 64) q = 64;
     if (q > total) q = total;
-    if (q < 1) q = 1;
     p->q = q;
     p->ws_elems = rows * q;
 }

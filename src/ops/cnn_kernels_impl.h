@@ -88,6 +88,130 @@ static void NB_CS(col2im)(const nb_conv_geom *g, int64_t grp, const NB_T *col, i
     }
 }
 
+/* ---- the wide grid (stride 1) ------------------------------------------------------------------ */
+
+/* up [nb, cu, plane]: channels [c0, c1) of the nb images at u (image-major [cu, hu, wu]) copied into
+ * zero-padded planes of hp x wp (then slack zeros) with the input at (ph, pw). */
+static void NB_CS(pad_planes)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, int64_t nb, int64_t c0,
+                              int64_t c1, NB_T *up)
+{
+    const int64_t wp = pl->wp, right = wp - g->pw - g->wu;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t c = c0; c < c1; c++) {
+            NB_T *d = up + (b * g->cu + c) * pl->plane;
+            const NB_T *s = u + (b * g->cu + c) * g->hu * g->wu;
+            memset(d, 0, (size_t)(g->ph * wp + g->pw) * sizeof(NB_T));
+            NB_T *r = d + g->ph * wp + g->pw;
+            for (int64_t y = 0; y < g->hu; y++, r += wp, s += g->wu) {
+                memcpy(r, s, (size_t)g->wu * sizeof(NB_T));
+                /* the right padding of this row and the left of the next */
+                if (y + 1 < g->hu) memset(r + g->wu, 0, (size_t)(right + g->pw) * sizeof(NB_T));
+            }
+            NB_T *end = d + (g->ph + g->hu - 1) * wp + g->pw + g->wu;
+            memset(end, 0, (size_t)(d + pl->plane - end) * sizeof(NB_T));
+        }
+}
+
+/* col [K, ldc] rows of group grp at column offset coff: for each (c, i, j) the hv wp positions of the
+ * wide grid of local image bl, one contiguous copy each */
+static void NB_CS(im2col_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, const NB_T *up, int64_t bl,
+                               NB_T *col, int64_t ldc)
+{
+    const int64_t cug = g->cu / g->groups, len = g->hv * pl->wp, coff = bl * len;
+    for (int64_t c = 0; c < cug; c++) {
+        const NB_T *src = up + (bl * g->cu + grp * cug + c) * pl->plane;
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++)
+                memcpy(col + ((c * g->kh + i) * g->kw + j) * ldc + coff, src + i * g->dh * pl->wp + j * g->dw,
+                       (size_t)len * sizeof(NB_T));
+    }
+}
+
+/* The adjoint into zeroed padded planes of group grp, image bl, then the interior added into (or, with
+ * !acc, written to) du's image dub. */
+static void NB_CS(col2im_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, const NB_T *col, int64_t ldc,
+                               int64_t bl, NB_T *up, NB_T *dub, int acc)
+{
+    const int64_t cug = g->cu / g->groups, len = g->hv * pl->wp, coff = bl * len;
+    for (int64_t c = 0; c < cug; c++) {
+        NB_T *dst = up + (bl * g->cu + grp * cug + c) * pl->plane;
+        memset(dst, 0, (size_t)pl->plane * sizeof(NB_T));
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const NB_T *r = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                NB_T *d = dst + i * g->dh * pl->wp + j * g->dw;
+                for (int64_t t = 0; t < len; t++) d[t] += r[t];
+            }
+        NB_T *o = dub + (grp * cug + c) * g->hu * g->wu;
+        const NB_T *s = dst + g->ph * pl->wp + g->pw;
+        for (int64_t y = 0; y < g->hu; y++, o += g->wu, s += pl->wp) {
+            if (acc)
+                for (int64_t x = 0; x < g->wu; x++) o[x] += s[x];
+            else
+                memcpy(o, s, (size_t)g->wu * sizeof(NB_T));
+        }
+    }
+}
+
+static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *w,
+                                const NB_T *bias, NB_T *v, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
+    NB_T *up = ws, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
+    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
+        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+        NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+        for (int64_t grp = 0; grp < G; grp++) {
+            for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
+            NB_GEMM_K(0, 0, ov, qn, K, w + grp * ov * K, K, col, qn, tmp, 0.0);
+            /* the valid columns of the wide grid into v */
+            for (int64_t bl = 0; bl < nb; bl++)
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = tmp + o * qn + bl * len;
+                    NB_T *d = v + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                    const NB_T bo = bias ? bias[grp * ov + o] : (NB_T)0;
+                    for (int64_t y = 0; y < g->hv; y++, s += pl->wp, d += g->wv)
+                        for (int64_t x = 0; x < g->wv; x++) d[x] = s[x] + bo;
+                }
+        }
+    }
+}
+
+static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv,
+                                const NB_T *w, NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
+    NB_T *up = ws, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
+    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
+        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+        if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+        for (int64_t grp = 0; grp < G; grp++) {
+            /* gt [ov, qn]: gv on the wide grid, zeros in the extra columns */
+            for (int64_t bl = 0; bl < nb; bl++)
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                    NB_T *d = gt + o * qn + bl * len;
+                    for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += pl->wp) {
+                        int64_t x = 0;
+                        for (; x < g->wv; x++) d[x] = s[x];
+                        for (; x < pl->wp; x++) d[x] = 0;
+                    }
+                }
+            if (dw) {
+                for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
+                NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, dw + grp * ov * K, b0 == 0 && !dw_acc ? 0.0 : 1.0);
+            }
+            if (du) {
+                NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+                for (int64_t bl = 0; bl < nb; bl++)
+                    NB_CS(col2im_wide)(g, pl, grp, col, qn, bl, up, du + (b0 + bl) * U, du_acc);
+            }
+        }
+    }
+}
+
 /* ---- convolution ------------------------------------------------------------------------------ */
 
 /* The images a tile of columns [q0, q0 + qn) of the folded (image, position) index covers: image b,
@@ -123,6 +247,10 @@ void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
             }
         return;
     }
+    if (pl->wide) {
+        NB_CS(conv_fw_wide)(g, pl, u, w, bias, v, ws);
+        return;
+    }
     NB_T *col = ws, *tmp = ws + K * pl->q;
     for (int64_t q0 = 0; q0 < total; q0 += pl->q) {
         const int64_t qn = total - q0 < pl->q ? total - q0 : pl->q;
@@ -152,7 +280,7 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
 {
     const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
     const int64_t P = g->hv * g->wv, U = g->cu * g->hu * g->wu, V = g->cv * P, total = g->n * P;
-    if (du && !du_acc && (total == 0 || g->cv == 0 || !pl->direct))
+    if (du && !du_acc && (total == 0 || g->cv == 0 || (!pl->direct && !pl->wide)))
         memset(du, 0, (size_t)(g->n * U) * sizeof(NB_T)); /* col2im adds */
     if (dw && !dw_acc && (total == 0 || g->cv == 0)) memset(dw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
     if (total == 0 || g->cv == 0) return;
@@ -169,6 +297,10 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
                     NB_GEMM_K(1, 0, cug, P, ov, w + grp * ov * cug, cug, gb, P, du + b * U + grp * cug * P,
                               du_acc ? 1.0 : 0.0);
             }
+        return;
+    }
+    if (pl->wide) {
+        NB_CS(conv_bw_wide)(g, pl, u, gv, w, du, du_acc, dw, dw_acc, ws);
         return;
     }
     NB_T *col = ws, *gt = ws + K * pl->q;
@@ -194,14 +326,35 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
     }
 }
 
+/* sum of r[0..n) in double, in 8 interleaved partial sums (independent additions vectorise) */
+static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)r[t + k];
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)r[t];
+    return s;
+}
+
+/* the same for the sum of g (x - m) */
+static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)g[t + k] * ((double)x[t + k] - m);
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)g[t] * ((double)x[t] - m);
+    return s;
+}
+
 void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
 {
     for (int64_t k = 0; k < c; k++) {
         double s = 0;
-        for (int64_t b = 0; b < n; b++) {
-            const NB_T *r = x + (b * c + k) * d;
-            for (int64_t t = 0; t < d; t++) s += (double)r[t];
-        }
+        for (int64_t b = 0; b < n; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
         out[k] = acc ? (NB_T)((double)out[k] + s) : (NB_T)s;
     }
 }
