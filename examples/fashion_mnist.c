@@ -1,8 +1,10 @@
 /*
- * Fashion-MNIST with an MLP: ReLU and dropout, AdamW, cosine schedule with warm-up, early stopping on
- * a seeded 10% validation split (best weights restored), the best checkpoint saved as safetensors,
- * test accuracy and a confusion matrix at the end. A metrics CSV per epoch feeds
- * examples/plot_curves.gp.
+ * Fashion-MNIST with an MLP (the default) or a CNN (--model cnn: two conv-batchnorm-ReLU-maxpool
+ * blocks, channel dropout, a hidden linear layer with dropout): AdamW, cosine schedule with warm-up,
+ * early stopping on a seeded 10% validation split (best weights restored), the best checkpoint saved
+ * as safetensors, test accuracy and a confusion matrix at the end. A metrics CSV per epoch feeds
+ * examples/plot_curves.gp; examples/fashion_cnn_torch_check.py loads the CNN's checkpoint into the
+ * equivalent torch.nn module and compares predictions.
  *
  *   fashion_mnist [options]              train (reads Debian's dataset-fashion-mnist by default)
  *   fashion_mnist --eval FILE [options]  load a checkpoint and evaluate it on the test set
@@ -24,9 +26,12 @@ static const char *const class_names[N_CLASSES] = {"T-shirt/top", "Trouser", "Pu
                                                    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
 typedef struct options {
-    const char *data_dir, *out_dir, *eval_path, *graph_path;
+    const char *data_dir, *out_dir, *eval_path, *graph_path, *predictions_path;
+    int cnn;             /* --model cnn */
     int64_t layers[NB_MLP_MAX_LAYERS + 1];
     int n_layers; /* hidden layers */
+    int64_t channels[2], hidden; /* the CNN's conv channels and hidden units */
+    int augment;
     int epochs, patience, threads, quiet;
     int64_t batch, train_limit;
     double lr, weight_decay, dropout, smoothing;
@@ -38,21 +43,26 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: fashion_mnist [options]\n"
             "       fashion_mnist --eval CHECKPOINT [options]\n"
+            "  --model mlp|cnn    the network (default mlp); the defaults below are mlp / cnn\n"
             "  --data DIR         folder with the IDX files (default /usr/share/datasets/fashion-mnist)\n"
             "  --out DIR          where the checkpoint and metrics go (default runs)\n"
-            "  --layers A,B,...   hidden layer sizes (default 512,256)\n"
-            "  --epochs N         at most N epochs (default 25)\n"
-            "  --batch N          batch size (default 256)\n"
+            "  --layers A,B,...   mlp: hidden layer sizes (default 512,256)\n"
+            "  --channels A,B     cnn: channels of the two conv blocks (default 32,64)\n"
+            "  --hidden N         cnn: units of the hidden linear layer (default 128)\n"
+            "  --augment          cnn: random shifts of up to 2 pixels and horizontal flips\n"
+            "  --epochs N         at most N epochs (default 25 / 15)\n"
+            "  --batch N          batch size (default 256 / 128)\n"
             "  --lr X             AdamW learning rate (default 2e-3)\n"
-            "  --weight-decay X   AdamW decoupled weight decay (default 1e-4)\n"
-            "  --dropout P        dropout between layers (default 0.2)\n"
+            "  --weight-decay X   AdamW decoupled weight decay (default 1e-4 / 5e-4)\n"
+            "  --dropout P        dropout between layers (default 0.2 / 0.3)\n"
             "  --smoothing S      label smoothing of the training loss (default 0.1)\n"
-            "  --patience N       early-stopping patience in epochs (default 6)\n"
+            "  --patience N       early-stopping patience in epochs (default 6 / 4)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
             "  --threads N        BLAS threads (default: all cores)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
-            "  --eval FILE        evaluate a saved checkpoint (same --layers as when trained)\n"
+            "  --eval FILE        evaluate a saved checkpoint (same --model and sizes as when trained)\n"
+            "  --predictions FILE with --eval: write each test image's predicted class, one a line\n"
             "  --graph FILE       write the graph of one training step's loss as Graphviz DOT\n"
             "                     (render it with: dot -Tpng FILE -o graph.png)\n");
 }
@@ -73,17 +83,43 @@ static int parse_layers(const char *s, options *o)
     return o->n_layers > 0;
 }
 
+/* "A,B": the CNN's two channel counts */
+static int parse_channels(const char *s, options *o)
+{
+    char *end;
+    errno = 0;
+    long long a = strtoll(s, &end, 10), b;
+    if (errno || end == s || *end != ',' || a < 1 || a > 4096) return 0;
+    s = end + 1;
+    b = strtoll(s, &end, 10);
+    if (errno || end == s || *end || b < 1 || b > 4096) return 0;
+    o->channels[0] = a;
+    o->channels[1] = b;
+    return 1;
+}
+
 /* The options that take a value (anything else but the flags is unknown). */
 static const char *const value_options[] = {"--data", "--out", "--eval", "--layers", "--epochs", "--batch",
                                             "--patience", "--threads", "--train-limit", "--seed", "--lr",
-                                            "--weight-decay", "--dropout", "--smoothing", "--graph", NULL};
+                                            "--weight-decay", "--dropout", "--smoothing", "--graph", "--model",
+                                            "--channels", "--hidden", "--predictions", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.data_dir = "/usr/share/datasets/fashion-mnist", .out_dir = "runs", .layers = {512, 256},
                    .n_layers = 2, .epochs = 25, .patience = 6, .batch = 256, .lr = 2e-3, .weight_decay = 1e-4,
-                   .dropout = 0.2, .smoothing = 0.1, .seed = 1};
+                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .hidden = 128};
+    /* the model first: it sets the defaults of the other options */
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--model") && !strcmp(argv[i + 1], "cnn")) {
+            o->cnn = 1;
+            o->epochs = 15;
+            o->batch = 128;
+            o->weight_decay = 5e-4;
+            o->dropout = 0.3;
+            o->patience = 4;
+        }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t n;
@@ -94,6 +130,9 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             takes = 0;
+        } else if (!strcmp(a, "--augment")) {
+            o->augment = 1;
+            takes = 0;
         } else if (!is_one_of(a, value_options))
             return usage_error(usage, "fashion_mnist: unknown option %s\n", a);
         else if (!v)
@@ -103,6 +142,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--eval")) o->eval_path = v;
         else if (!strcmp(a, "--graph")) o->graph_path = v;
         else if (!strcmp(a, "--layers")) ok = parse_layers(v, o);
+        else if (!strcmp(a, "--model")) ok = !strcmp(v, "mlp") || !strcmp(v, "cnn");
+        else if (!strcmp(a, "--channels")) ok = parse_channels(v, o);
+        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 1 << 16, &o->hidden);
+        else if (!strcmp(a, "--predictions")) o->predictions_path = v;
         else if (!strcmp(a, "--epochs")) ok = parse_int(v, 1, 100000, &n) && (o->epochs = (int)n, 1);
         else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 60000, &o->batch);
         else if (!strcmp(a, "--patience")) ok = parse_int(v, 1, 100000, &n) && (o->patience = (int)n, 1);
@@ -145,14 +188,93 @@ static int load_split(const char *dir, const char *prefix, nb_tensor **x, nb_ten
     return 1;
 }
 
-/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation. */
-static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images)
+/* The network. The CNN's parameters are named as the attributes of examples/fashion_cnn_torch_check.py's
+ * torch module (conv1.weight, bn1.running_mean, fc2.bias, ...), so its checkpoint loads there. */
+typedef struct model {
+    int cnn;
+    nb_mlp mlp;
+    nb_conv conv1, conv2;    /* 3x3, padding 1, no bias (batch norm follows) */
+    nb_batch_norm bn1, bn2;
+    nb_linear fc1, fc2;
+    double dropout;
+    const nb_params *params; /* whose training mode applies */
+    nb_rng *rng;             /* dropout */
+} model;
+
+static nb_status model_init(model *m, nb_params *p, const options *o, nb_rng *rng)
 {
-    nb_tensor *flat = nb_reshape(images, NB_SHAPE(nb_tensor_dim(images, 0), 784));
-    return nb_mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
+    memset(m, 0, sizeof *m);
+    m->cnn = o->cnn;
+    m->dropout = o->dropout;
+    m->params = p;
+    m->rng = rng;
+    nb_layer_opts lo = {.dtype = NB_F32, .weight_init = {NB_INIT_KAIMING_UNIFORM, 0}};
+    if (!o->cnn) {
+        int64_t sizes[NB_MLP_MAX_LAYERS + 1];
+        sizes[0] = 784;
+        for (int i = 0; i < o->n_layers; i++) sizes[i + 1] = o->layers[i];
+        sizes[o->n_layers + 1] = N_CLASSES;
+        return nb_mlp_init(&m->mlp, p, "mlp", o->n_layers + 2, sizes, NB_ACT_RELU, o->dropout, &lo, rng);
+    }
+    nb_conv_opts co = nb_conv_defaults();
+    co.padding[0] = co.padding[1] = 1;
+    nb_layer_opts no_bias = lo;
+    no_bias.no_bias = 1;
+    nb_norm_opts bo = {.dtype = NB_F32};
+    const int64_t c1 = o->channels[0], c2 = o->channels[1];
+    nb_status st = nb_conv2d_init(&m->conv1, p, "conv1", 1, c1, 3, 3, &co, &no_bias, rng);
+    if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn1, p, "bn1", c1, &bo);
+    if (st == NB_OK) st = nb_conv2d_init(&m->conv2, p, "conv2", c1, c2, 3, 3, &co, &no_bias, rng);
+    if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn2, p, "bn2", c2, &bo);
+    if (st == NB_OK) st = nb_linear_init(&m->fc1, p, "fc1", c2 * 7 * 7, o->hidden, &lo, rng);
+    if (st == NB_OK) st = nb_linear_init(&m->fc2, p, "fc2", o->hidden, N_CLASSES, &lo, rng);
+    return st;
 }
 
-static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion)
+/* The logits of images [B, 28, 28], standardised with the data set's mean and deviation: the MLP sees
+ * them flattened to [B, 784], the CNN as [B, 1, 28, 28]. */
+static nb_tensor *logits_of(const model *m, nb_tensor *images)
+{
+    int64_t b = nb_tensor_dim(images, 0);
+    if (!m->cnn) {
+        nb_tensor *flat = nb_reshape(images, NB_SHAPE(b, 784));
+        return nb_mlp_forward(&m->mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
+    }
+    nb_tensor *x = nb_affine(nb_reshape(images, NB_SHAPE(b, 1, 28, 28)), 1.0 / 0.3530, -0.2860 / 0.3530);
+    /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] */
+    x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn1, nb_conv_forward(&m->conv1, x))), 2, 2, NULL);
+    x = nb_train_dropout2d(m->params, x, m->dropout / 3, m->rng);
+    x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn2, nb_conv_forward(&m->conv2, x))), 2, 2, NULL);
+    x = nb_train_dropout(m->params, nb_flatten(x, 1, -1), m->dropout, m->rng);
+    x = nb_train_dropout(m->params, nb_relu(nb_linear_forward(&m->fc1, x)), m->dropout, m->rng);
+    return nb_linear_forward(&m->fc2, x);
+}
+
+/* A training batch shifted by up to 2 pixels each way (zeros come in) and mirrored left-right, each
+ * image by its own draw: a new tensor on the tape. */
+static nb_tensor *augment(nb_tensor *images, nb_rng *rng)
+{
+    int64_t b = nb_tensor_dim(images, 0);
+    const float *src = nb_tensor_cdata(images);
+    float *dst = nb_scratch((size_t)b * 784 * sizeof(float));
+    if (!dst) return NULL;
+    for (int64_t i = 0; i < b; i++) {
+        int flip = (int)nb_rng_below(rng, 2), dy = (int)nb_rng_below(rng, 5) - 2, dx = (int)nb_rng_below(rng, 5) - 2;
+        const float *s = src + i * 784;
+        float *d = dst + i * 784;
+        for (int r = 0; r < 28; r++)
+            for (int c = 0; c < 28; c++) {
+                int sr = r - dy, sc = c - dx;
+                if (flip) sc = 27 - sc;
+                d[r * 28 + c] = sr >= 0 && sr < 28 && sc >= 0 && sc < 28 ? s[sr * 28 + sc] : 0.0f;
+            }
+    }
+    return nb_constant(NB_F32, NB_SHAPE(b, 28, 28), dst);
+}
+
+/* The number of correct predictions; each is also counted in confusion and written to out (both may
+ * be NULL). */
+static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion, FILE *out)
 {
     nb_tensor *pred = nb_argmax(logits, 1, 0);
     if (!pred) return -1;
@@ -161,16 +283,18 @@ static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusi
     for (int64_t i = 0; i < nb_tensor_numel(pred); i++) {
         c += p[i] == y[i];
         if (confusion) confusion[y[i] * N_CLASSES + p[i]]++;
+        if (out) fprintf(out, "%lld\n", (long long)p[i]);
     }
     return c;
 }
 
-/* Loss and accuracy of the model over a data set, in evaluation mode without recording. */
-static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, nb_tape *tape, double *loss,
-                    double *acc, int64_t *confusion)
+/* Loss and accuracy of the model over a data set, in evaluation mode without recording (predictions
+ * written to pred unless it is NULL). */
+static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_tape *tape, double *loss,
+                    double *acc, int64_t *confusion, FILE *pred)
 {
     nb_params_set_training(params, 0);
-    nb_batches *b = nb_batches_new(d, 1000, 0, 0, 0);
+    nb_batches *b = nb_batches_new(d, m->cnn ? 250 : 1000, 0, 0, 0); /* the CNN's activations are 32x larger */
     if (!b) return 0;
     double total = 0;
     int64_t correct = 0, n = 0;
@@ -179,9 +303,9 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     nb_no_grad_begin();
     int r;
     while ((r = nb_batches_next(b, &x, &y)) == 1) {
-        nb_tensor *logits = logits_of(mlp, x);
+        nb_tensor *logits = logits_of(m, x);
         nb_tensor *l = nb_cross_entropy(logits, y, &(nb_ce_opts){.reduction = NB_REDUCE_SUM});
-        int64_t c = correct_of(logits, y, confusion);
+        int64_t c = correct_of(logits, y, confusion, pred);
         if (!l || c < 0) {
             r = -1;
             break;
@@ -266,23 +390,20 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    nb_rng rng;
+    nb_rng rng, aug_rng;
     nb_rng_seed(&rng, o.seed);
-    int64_t sizes[NB_MLP_MAX_LAYERS + 1];
-    sizes[0] = 784;
-    for (int i = 0; i < o.n_layers; i++) sizes[i + 1] = o.layers[i];
-    sizes[o.n_layers + 1] = N_CLASSES;
+    nb_rng_seed(&aug_rng, o.seed + 2);
     nb_params *params = nb_params_new();
-    nb_mlp mlp;
-    nb_layer_opts lo = {.dtype = NB_F32, .weight_init = {NB_INIT_KAIMING_UNIFORM, 0}};
-    if (!params || nb_mlp_init(&mlp, params, "mlp", o.n_layers + 2, sizes, NB_ACT_RELU, o.dropout, &lo, &rng) != NB_OK) {
+    model mlp;
+    if (!params || model_init(&mlp, params, &o, &rng) != NB_OK) {
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         return 1;
     }
     nb_tape *tape = nb_tape_new();
     char ckpt[1024], csv_path[1024];
-    snprintf(ckpt, sizeof ckpt, "%s/fashion_mnist.safetensors", o.out_dir);
-    snprintf(csv_path, sizeof csv_path, "%s/fashion_mnist.csv", o.out_dir);
+    const char *stem = o.cnn ? "fashion_cnn" : "fashion_mnist";
+    snprintf(ckpt, sizeof ckpt, "%s/%s.safetensors", o.out_dir, stem);
+    snprintf(csv_path, sizeof csv_path, "%s/%s.csv", o.out_dir, stem);
     int status = 0;
 
     if (o.eval_path) {
@@ -292,12 +413,20 @@ int main(int argc, char **argv)
         } else {
             int64_t confusion[N_CLASSES * N_CLASSES] = {0};
             double loss, acc;
-            if (!evaluate(&mlp, params, test, tape, &loss, &acc, confusion)) {
+            FILE *pred = o.predictions_path ? fopen(o.predictions_path, "w") : NULL;
+            if (o.predictions_path && !pred) {
+                fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", o.predictions_path, strerror(errno));
+                status = 1;
+            } else if (!evaluate(&mlp, params, test, tape, &loss, &acc, confusion, pred)) {
                 fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
                 status = 1;
             } else {
                 printf("%s: test loss %.4f, test accuracy %.2f%%\n", o.eval_path, loss, 100 * acc);
                 print_confusion(confusion);
+            }
+            if (pred && fclose(pred) != 0 && status == 0) {
+                fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", o.predictions_path, strerror(errno));
+                status = 1;
             }
         }
         goto done;
@@ -334,10 +463,17 @@ int main(int argc, char **argv)
         goto train_done;
     }
     if (!o.quiet)
-        printf("Fashion-MNIST: %lld train / %lld validation / %lld test images; MLP 784-", (long long)nb_dataset_size(train),
+        printf("Fashion-MNIST: %lld train / %lld validation / %lld test images; ", (long long)nb_dataset_size(train),
                (long long)nb_dataset_size(val), (long long)nb_dataset_size(test));
-    for (int i = 0; i < o.n_layers && !o.quiet; i++) printf("%lld-", (long long)o.layers[i]);
-    if (!o.quiet) printf("10 (%lld parameters), AdamW, dropout %g\n", (long long)nb_params_numel(params), o.dropout);
+    if (!o.quiet && o.cnn)
+        printf("CNN conv%lld-bn-relu-pool, conv%lld-bn-relu-pool, fc%lld, fc10", (long long)o.channels[0],
+               (long long)o.channels[1], (long long)o.hidden);
+    if (!o.quiet && !o.cnn) printf("MLP 784-");
+    for (int i = 0; i < o.n_layers && !o.quiet && !o.cnn; i++) printf("%lld-", (long long)o.layers[i]);
+    if (!o.quiet && !o.cnn) printf("10");
+    if (!o.quiet)
+        printf(" (%lld parameters), AdamW, dropout %g%s\n", (long long)nb_params_numel(params), o.dropout,
+               o.augment ? ", shifts and flips" : "");
 
     double t_start = now();
     int64_t per_epoch = nb_batches_per_epoch(batches);
@@ -348,6 +484,7 @@ int main(int argc, char **argv)
         int r;
         nb_tape_begin(tape);
         while ((r = nb_batches_next(batches, &x, &y)) == 1) {
+            if (o.augment) x = augment(x, &aug_rng);
             nb_tensor *logits = logits_of(&mlp, x);
             nb_tensor *loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
             if (o.graph_path && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
@@ -365,7 +502,7 @@ int main(int argc, char **argv)
             nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
             nb_no_grad_end();
             loss_sum += nb_tensor_item(plain) * (double)bsz;
-            correct += correct_of(logits, y, NULL);
+            correct += correct_of(logits, y, NULL, NULL);
             seen += bsz;
             done++;
             nb_tape_reset(tape);
@@ -385,7 +522,7 @@ int main(int argc, char **argv)
             break;
         }
         double val_loss, val_acc;
-        if (!evaluate(&mlp, params, val, tape, &val_loss, &val_acc, NULL)) {
+        if (!evaluate(&mlp, params, val, tape, &val_loss, &val_acc, NULL, NULL)) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
@@ -415,7 +552,7 @@ int main(int argc, char **argv)
         nb_early_stop_restore(es);
         int64_t confusion[N_CLASSES * N_CLASSES] = {0};
         double test_loss, test_acc;
-        if (!evaluate(&mlp, params, test, tape, &test_loss, &test_acc, confusion)) {
+        if (!evaluate(&mlp, params, test, tape, &test_loss, &test_acc, confusion, NULL)) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
         } else {

@@ -496,6 +496,12 @@ nb_tensor *nb_channel_moments(nb_tensor *x);
  * mean and var (from nb_channel_moments: batch normalisation in training mode; running statistics:
  * evaluation mode). weight, bias [C] or NULL (1 and 0). Differentiable in all four. */
 nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb_tensor *bias, double eps);
+/* Batch normalisation with x's own statistics (training mode): the values of
+ * nb_channel_norm(x, nb_channel_moments(x), weight, bias, eps) from one fused op, each channel's passes
+ * running while its values are in cache. stats (may be NULL) receives the [2, C] mean and biased
+ * variance as a constant on the tape (for running statistics); the result stays differentiable in x,
+ * weight and bias to any order. */
+nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Custom ops                                                                                      */

@@ -129,9 +129,12 @@ def _channel_norm(x, st, w, b, eps):
     return (x - m) / torch.sqrt(v + eps) * w.reshape(shape) + b.reshape(shape)
 
 
-@gf.op("batch_norm_train")  # F.batch_norm in training mode: nabla's norm(x, moments(x))
+@gf.op("batch_norm_train")  # F.batch_norm in training mode: nabla's nb_batch_norm_train
 def _batch_norm_train(x, w, b, eps):
     return F.batch_norm(x, None, None, w, b, True, 0.1, eps)
+
+
+gf.OPS["batch_norm_composed"] = _batch_norm_train  # and as norm(x, moments(x))
 
 
 @gf.op("batch_norm_eval")  # in1, in2: running mean and variance (constants)
@@ -233,6 +236,8 @@ case("channel_norm_4d", "channel_norm", [N(2, 3, 2, 3), U(0.5, 2.0, 2, 3), N(3),
 case("channel_norm_3d", "channel_norm", [N(3, 2, 4), U(0.5, 2.0, 2, 2), N(2), N(2)], eps=1e-5)
 case("batch_norm_train_4d", "batch_norm_train", [N(3, 4, 3, 2), N(4), N(4)], eps=1e-5)
 case("batch_norm_train_2d", "batch_norm_train", [N(6, 3), N(3), N(3)], eps=1e-3)
+case("batch_norm_composed_4d", "batch_norm_composed", [N(3, 4, 3, 2), N(4), N(4)], eps=1e-5)
+case("batch_norm_composed_3d", "batch_norm_composed", [N(2, 3, 5), N(3), N(3)], eps=1e-3)
 case("batch_norm_eval_4d", "batch_norm_eval", [N(2, 3, 3, 3), NOGRAD(N(3)), NOGRAD(POS(3)), N(3), N(3)], eps=1e-5)
 case("batch_norm_eval_3d", "batch_norm_eval", [N(3, 2, 5), NOGRAD(N(2)), NOGRAD(POS(2)), N(2), N(2)], eps=1e-3)
 

@@ -517,7 +517,50 @@ static nb_tensor *l_pool(const fn_arg *a, nb_tensor *const *in)
 {
     const pool_config *p = a->pc;
     nb_tensor *x = nb_tanh(in[0]); /* a gradient that reaches the input through another op */
-    return nb_add(weigh(f_pool((void *)p, &x)), weigh(f_pool((void *)p, in)));
+    nb_tensor *l = nb_add(weigh(f_pool((void *)p, &x)), weigh(f_pool((void *)p, in)));
+    if (p->kind == MAXP && p->dims == 2) { /* the positions recorded by the forward, and the rule using them */
+        nb_tensor *idx;
+        l = nb_add(l, weigh(nb_max_pool2d_with_indices(nb_sin(in[0]), p->k[0], p->k[1], &p->o, &idx)));
+    }
+    return l;
+}
+
+/* NaN in a window wins (the last one, as PyTorch), in the 2x2 fast path and in the general loop alike;
+ * the gradient goes to it */
+static void pool_nan(void)
+{
+    const double nan = NAN;
+    /* one plane 4x4: window (0, 0) holds two NaNs, window (1, 1) ties at 2 (the first one wins) */
+    const double v[16] = {1, nan, 5, 0, nan, 3, 1, 1, 0, 0, 2, 2, 0, 0, 2, 1};
+    nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(1, 1, 4, 4), v);
+    nb_tensor_set_requires_grad(x, 1);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_pool_opts p3 = nb_pool_defaults();
+    p3.stride[0] = p3.stride[1] = 2;
+    p3.padding[0] = p3.padding[1] = 1;
+    nb_tensor *i2, *i3;
+    nb_tensor *y2 = nb_max_pool2d_with_indices(x, 2, 2, NULL, &i2); /* the fast path */
+    nb_tensor *y3 = nb_max_pool2d_with_indices(x, 3, 3, &p3, &i3); /* the general loop */
+    CHECK(y2 && y3, "pool nan: %s", nb_error_message());
+    if (y2 && y3) {
+        CHECK(isnan(nb_tensor_get(y2, 0)) && nb_tensor_get(i2, 0) == 4, "2x2: NaN wins, the last one (at %g)",
+              nb_tensor_get(i2, 0));
+        CHECK(nb_tensor_get(y2, 3) == 2 && nb_tensor_get(i2, 3) == 10, "2x2: the first of a tie (at %g)",
+              nb_tensor_get(i2, 3));
+        CHECK(isnan(nb_tensor_get(y3, 0)) && nb_tensor_get(i3, 0) == 4, "3x3: NaN wins, the last one (at %g)",
+              nb_tensor_get(i3, 0));
+        nb_tensor *gx;
+        CHECK(nb_grad(nb_sum_all(nb_mul_scalar(y2, 1.0)), nb_ones(NB_F64, 0, NULL), 1, &x, &gx, 0) == NB_OK,
+              "pool nan: %s", nb_error_message());
+        CHECK(gx && nb_tensor_get(gx, 4) == 1 && nb_tensor_get(gx, 1) == 0 && nb_tensor_get(gx, 10) == 1 &&
+                  nb_tensor_get(gx, 11) == 0,
+              "the gradient goes to the recorded positions");
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    nb_error_clear();
 }
 
 /* ---- per-channel normalisation --------------------------------------------------------------- */
@@ -543,6 +586,30 @@ static nb_tensor *f_batch_norm_plain(void *user, nb_tensor *const *in)
 {
     UNUSED_USER;
     return nb_channel_norm(in[0], nb_channel_moments(in[0]), NULL, NULL, 1e-5);
+}
+
+/* the fused op */
+static nb_tensor *f_bn_train(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_batch_norm_train(in[0], in[1], in[2], 1e-5, NULL);
+}
+static nb_tensor *f_bn_train_plain(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_batch_norm_train(in[0], NULL, NULL, 1e-3, NULL);
+}
+static nb_tensor *f_bn_train_bias(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_batch_norm_train(in[0], NULL, in[1], 1e-5, NULL);
+}
+
+static nb_tensor *l_bn_train(const fn_arg *a, nb_tensor *const *in)
+{
+    (void)a;
+    nb_tensor *x = nb_tanh(in[0]), *y = nb_batch_norm_train(x, in[1], in[2], 1e-5, NULL);
+    return nb_add(weigh(y), weigh(nb_mul(y, x)));
 }
 
 static nb_tensor *l_batch_norm(const fn_arg *a, nb_tensor *const *in)
@@ -572,6 +639,10 @@ static const norm_row norm_rows[] = {
     {"batch norm (training) [3,4,2,3]", f_batch_norm, 3, {IN(-1, 1, 3, 4, 2, 3), IN(-1, 1, 4), IN(-1, 1, 4)}, CURVED},
     {"batch norm (training) [6,3]", f_batch_norm, 3, {IN(-1, 1, 6, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
     {"batch norm (training), no affine", f_batch_norm_plain, 1, {IN(-1, 1, 2, 3, 7)}, CURVED},
+    {"batch_norm_train [3,4,2,3]", f_bn_train, 3, {IN(-1, 1, 3, 4, 2, 3), IN(-1, 1, 4), IN(-1, 1, 4)}, CURVED},
+    {"batch_norm_train [6,3]", f_bn_train, 3, {IN(-1, 1, 6, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
+    {"batch_norm_train, no affine", f_bn_train_plain, 1, {IN(-1, 1, 2, 3, 7)}, CURVED},
+    {"batch_norm_train, bias only", f_bn_train_bias, 2, {IN(-1, 1, 3, 2, 5), IN(-1, 1, 2)}, CURVED},
 };
 #define N_NORM ((int)(sizeof norm_rows / sizeof norm_rows[0]))
 
@@ -731,6 +802,12 @@ static void errors(void)
     CHECK_ERROR(!nb_channel_norm(xf, st, NULL, NULL, 1e-5), NB_ERR_DTYPE, "input f32 [2,3,5,5] and stats f64 [2,3]");
     CHECK_ERROR(!nb_channel_norm(x, st, NULL, NULL, -1.0), NB_ERR_ARG, "eps -1 must be finite and not negative");
     CHECK_ERROR(!nb_channel_norm(x, NULL, NULL, NULL, 1e-5), NB_ERR_ARG, "nb_channel_norm: stats is NULL");
+    nb_tensor *stn = NULL;
+    CHECK_ERROR(!nb_batch_norm_train(x, b4, NULL, 1e-5, &stn), NB_ERR_SHAPE,
+                "nb_batch_norm_train: input [2,3,5,5]: weight [4], expected [3]");
+    CHECK(stn == NULL, "no statistics from a failed call");
+    CHECK_ERROR(!nb_batch_norm_train(b3, NULL, NULL, 1e-5, NULL), NB_ERR_SHAPE, "nb_batch_norm_train: input [3]");
+    CHECK_ERROR(!nb_batch_norm_train(xf, NULL, b3, 1e-5, NULL), NB_ERR_DTYPE, "input f32 [2,3,5,5] and bias f64 [3]");
 
     CHECK_NO_ERROR();
     nb_tape_end(t);
@@ -784,6 +861,7 @@ int main(void)
     }
     check_norm(NB_F64);
     check_norm(NB_F32);
+    pool_nan();
     for (int d = 0; d < 2; d++) {
         nb_dtype dt = d ? NB_F32 : NB_F64;
         nb_rng rng;
@@ -792,8 +870,32 @@ int main(void)
                             nb_tensor_uniform(dt, NB_SHAPE(3), 0.5, 1.5, &rng), nb_tensor_uniform(dt, NB_SHAPE(3), -1, 1, &rng)};
         for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
         compare_paths("fast batch norm", l_batch_norm, NULL, 3, in);
+        compare_paths("fast batch_norm_train", l_bn_train, NULL, 3, in);
+        /* the fused op against the composition: values, statistics and gradients */
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        nb_tensor *st, *y1 = nb_batch_norm_train(in[0], in[1], in[2], 1e-5, &st);
+        nb_tensor *y2 = nb_channel_norm(in[0], nb_channel_moments(in[0]), in[1], in[2], 1e-5);
+        nb_tensor *g1[3], *g2[3];
+        nb_tensor *seed = nb_sin(nb_mul_scalar(y2, 5.0));
+        CHECK(y1 && y2 && st && nb_grad(y1, seed, 3, in, g1, 0) == NB_OK && nb_grad(y2, seed, 3, in, g2, 0) == NB_OK,
+              "fused batch norm: %s", nb_error_message());
+        if (y1 && y2 && st) {
+            double tol = dt == NB_F64 ? 1e-12 : 1e-5, e = 0;
+            nb_tensor *mo = nb_channel_moments(in[0]);
+            for (int64_t i = 0; i < nb_tensor_numel(y1); i++) e = fmax(e, fabs(nb_tensor_get(y1, i) - nb_tensor_get(y2, i)));
+            for (int64_t i = 0; i < 6; i++) e = fmax(e, fabs(nb_tensor_get(st, i) - nb_tensor_get(mo, i)));
+            for (int k = 0; k < 3; k++)
+                for (int64_t i = 0; i < nb_tensor_numel(in[k]); i++)
+                    e = fmax(e, fabs(nb_tensor_get(g1[k], i) - nb_tensor_get(g2[k], i)));
+            CHECK(e <= tol * 10, "fused batch norm %s differs from the composition by %g", nb_dtype_name(dt), e);
+            CHECK(!nb_tensor_requires_grad(st), "the statistics are a constant");
+        }
+        nb_tape_end(t);
+        nb_tape_free(t);
         nb_tensor_set_requires_grad(in[1], 0);
         compare_paths("fast batch norm, weight constant", l_batch_norm, NULL, 3, in);
+        compare_paths("fast batch_norm_train, weight constant", l_bn_train, NULL, 3, in);
         for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
     }
     errors();

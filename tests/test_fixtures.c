@@ -644,6 +644,14 @@ RUN(batch_norm_train)
 {
     (void)nin;
     double eps;
+    return attr_f64(c, "eps", &eps) ? nb_batch_norm_train(in[0], in[1], in[2], eps, NULL) : NULL;
+}
+
+/* the same as the composition of the two primitives */
+RUN(batch_norm_composed)
+{
+    (void)nin;
+    double eps;
     return attr_f64(c, "eps", &eps) ? nb_channel_norm(in[0], nb_channel_moments(in[0]), in[1], in[2], eps) : NULL;
 }
 
@@ -750,6 +758,7 @@ static const fx_op OPS[] = {
     {"channel_moments", 1, true, run_channel_moments},
     {"channel_norm", 4, true, run_channel_norm},
     {"batch_norm_train", 3, true, run_batch_norm_train},
+    {"batch_norm_composed", 3, true, run_batch_norm_composed},
     {"batch_norm_eval", 5, true, run_batch_norm_eval},
 };
 #define N_OPS ((int)(sizeof(OPS) / sizeof(OPS[0])))

@@ -205,10 +205,9 @@ nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
                          shape_of(x, s, sizeof s));
             return NULL;
         }
-        nb_tensor *st = nb_channel_moments(x);
-        if (!st) return NULL;
-        if (training && bn->running_mean && update_running(bn, st, m) != NB_OK) return NULL;
-        return nb_channel_norm(x, st, bn->weight, bn->bias, bn->eps);
+        nb_tensor *st, *y = nb_batch_norm_train(x, bn->weight, bn->bias, bn->eps, &st);
+        if (y && training && bn->running_mean && update_running(bn, st, m) != NB_OK) return NULL;
+        return y;
     }
     /* evaluation: the running statistics, as a constant */
     nb_tensor *parts[2] = {nb_reshape(bn->running_mean, NB_SHAPE(1, bn->features)),
@@ -262,7 +261,7 @@ nb_tensor *nb_group_norm_forward(const nb_group_norm *gn, nb_tensor *x)
     /* each (sample, group) is one channel of a [1, N G, C/G ...] view: its statistics normalise it */
     int64_t n = nb_tensor_dim(x, 0);
     nb_tensor *v = nb_reshape(x, NB_SHAPE(1, n * gn->groups, -1));
-    nb_tensor *y = nb_reshape(nb_channel_norm(v, nb_channel_moments(v), NULL, NULL, gn->eps), nd, nb_tensor_shape(x));
+    nb_tensor *y = nb_reshape(nb_batch_norm_train(v, NULL, NULL, gn->eps, NULL), nd, nb_tensor_shape(x));
     if (!gn->weight || !y) return y;
     int64_t bs[NB_MAX_DIMS];
     for (int d = 0; d < nd; d++) bs[d] = d == 1 ? gn->channels : 1;

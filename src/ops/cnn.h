@@ -80,11 +80,9 @@ static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 
     void nb_k_channel_sum_##SFX(int64_t n, int64_t c, int64_t d, const T *x, T *out, int acc);         \
     /* fill x [n, c, d] with bias[c] (bias NULL: zeros) */                                             \
     void nb_k_channel_fill_##SFX(int64_t n, int64_t c, int64_t d, const T *bias, T *x);               \
-    /* max pooling: y [planes, ho, wo] = the first maximum of each window (NaN wins), idx its flat      \
-     * position r w + c in the plane */                                                                \
+    /* max pooling: y [planes, ho, wo] = the first maximum of each window (NaN wins), idx (NULL: not    \
+     * wanted) its flat position r w + c in the plane */                                                                \
     void nb_k_maxpool_fw_##SFX(const nb_pool_geom *g, const T *x, T *y, int64_t *idx);                \
-    /* dx [planes, h, w] += gy at idx (the scatter of max pooling's gradient) */                        \
-    void nb_k_maxpool_scatter_##SFX(const nb_pool_geom *g, const T *gy, const int64_t *idx, T *dx);   \
     /* average pooling: y [planes, ho, wo] = window sums / divisors */                                 \
     void nb_k_avgpool_fw_##SFX(const nb_pool_geom *g, const T *x, T *y);                              \
     /* its adjoint: dx [planes, h, w] = each gy / divisor spread over its window (overwrites dx) */     \
@@ -105,7 +103,21 @@ static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 
     /* dx [a, c, d] (+)= (dst[0, c] + 2 dst[1, c] (x - mean[c])) / (a d): the gradient of the moments  \
      * for their gradient dst [2, c] */                                                                \
     void nb_k_moments_bw_##SFX(int64_t a, int64_t c, int64_t d, const T *x, const T *st, const T *dst, \
-                               T *dx, int acc);
+                               T *dx, int acc);                                                        \
+    /* batch norm with the batch's statistics, channel by channel (each channel's values stay in      \
+     * cache across its passes): st [2, c] = mean and biased variance, y = (x - mean) / sqrt(var + eps)\
+     * w + b (w, b NULL: 1, 0) */                                                                      \
+    void nb_k_bn_fw_##SFX(int64_t a, int64_t c, int64_t d, const T *x, const T *w, const T *b, double eps, \
+                          T *y, T *st);                                                                \
+    /* its backward for the gradient g of y: dx (+)= w r (g - mean g - xhat mean(g xhat)) with          \
+     * r = (var + eps)^-1/2, xhat = (x - mean) r (dx NULL: none); sg[c] = sum g, sgx[c] = sum g xhat */ \
+    void nb_k_bn_bw_##SFX(int64_t a, int64_t c, int64_t d, const T *g, const T *x, const T *st, const T *w, \
+                          double eps, T *dx, int acc, double *sg, double *sgx);                        \
+    /* dx [planes, h, w] (+)= gy scattered to each window's first maximum, found again in x (the      \
+     * positions max pooling would record) */                                                          \
+    void nb_k_maxpool_bw_##SFX(const nb_pool_geom *g, const T *x, const T *gy, T *dx, int acc);        \
+    /* idx [planes, ho, wo] = the positions of the maxima alone */                                     \
+    void nb_k_maxpool_idx_##SFX(const nb_pool_geom *g, const T *x, int64_t *idx);
 
 NB_CNN_DECLARE(float, f32)
 NB_CNN_DECLARE(double, f64)

@@ -350,6 +350,21 @@ static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t
     return s;
 }
 
+/* and the sum of (x - m)^2 */
+static inline double NB_CS(sqdev8)(const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) {
+            const double e = (double)x[t + k] - m;
+            p[k] += e * e;
+        }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += ((double)x[t] - m) * ((double)x[t] - m);
+    return s;
+}
+
 void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
 {
     for (int64_t k = 0; k < c; k++) {
@@ -371,51 +386,124 @@ void NB_CK(channel_fill)(int64_t n, int64_t c, int64_t d, const NB_T *bias, NB_T
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 
-void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *idx)
+/* The maximum of window (oy, ox) of plane xp and its flat position: the first element inside the
+ * window holds it until a larger one comes (or a NaN: as PyTorch, the last NaN wins). */
+static inline NB_T NB_CS(window_max)(const nb_pool_geom *g, const NB_T *xp, int64_t oy, int64_t ox, int64_t *at)
 {
-    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
-    for (int64_t pl = 0; pl < g->planes; pl++) {
-        const NB_T *xp = x + pl * in_plane;
-        NB_T *yp = y + pl * out_plane;
-        int64_t *ip = idx + pl * out_plane;
-        for (int64_t oy = 0; oy < g->ho; oy++) {
-            const int64_t hs = oy * g->sh - g->ph;
-            int64_t i0 = hs < 0 ? nb__cdiv(-hs, g->dh) : 0; /* first row of the window inside */
-            for (int64_t ox = 0; ox < g->wo; ox++) {
-                const int64_t ws = ox * g->sw - g->pw;
-                int64_t j0 = ws < 0 ? nb__cdiv(-ws, g->dw) : 0;
-                /* the first element inside the window holds the maximum until a larger one (or NaN) */
-                int64_t best = (hs + i0 * g->dh) * g->w + ws + j0 * g->dw;
-                NB_T bv = -INFINITY;
-                for (int64_t i = i0; i < g->kh; i++) {
-                    const int64_t r = hs + i * g->dh;
-                    if (r >= g->h) break;
-                    for (int64_t j = j0; j < g->kw; j++) {
-                        const int64_t cc = ws + j * g->dw;
-                        if (cc >= g->w) break;
-                        const NB_T v = xp[r * g->w + cc];
-                        if (v > bv || v != v) { /* as PyTorch: the last NaN wins */
-                            bv = v;
-                            best = r * g->w + cc;
-                        }
-                    }
-                }
-                yp[oy * g->wo + ox] = bv;
-                ip[oy * g->wo + ox] = best;
+    const int64_t hs = oy * g->sh - g->ph, ws = ox * g->sw - g->pw;
+    const int64_t i0 = hs < 0 ? nb__cdiv(-hs, g->dh) : 0, j0 = ws < 0 ? nb__cdiv(-ws, g->dw) : 0;
+    int64_t best = (hs + i0 * g->dh) * g->w + ws + j0 * g->dw;
+    NB_T bv = -INFINITY;
+    for (int64_t i = i0; i < g->kh; i++) {
+        const int64_t r = hs + i * g->dh;
+        if (r >= g->h) break;
+        for (int64_t j = j0; j < g->kw; j++) {
+            const int64_t cc = ws + j * g->dw;
+            if (cc >= g->w) break;
+            const NB_T v = xp[r * g->w + cc];
+            if (v > bv || v != v) {
+                bv = v;
+                best = r * g->w + cc;
             }
         }
     }
+    *at = best;
+    return bv;
 }
 
-void NB_CK(maxpool_scatter)(const nb_pool_geom *g, const NB_T *gy, const int64_t *idx, NB_T *dx)
+/* the 2x2 windows of stride 2 without padding or dilation, inside the plane */
+static inline int NB_CS(is_2x2)(const nb_pool_geom *g)
+{
+    return g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0 && g->dh == 1 &&
+           g->dw == 1 && 2 * g->ho <= g->h && 2 * g->wo <= g->w;
+}
+
+/* The position (0..3, row-major) of the maximum of a 2x2 window, and its value: the first maximum,
+ * or the last NaN (as the general loop). Written without data-dependent branches (max instructions,
+ * 0/1 arithmetic): pooled activations go up and down at random, and mispredicted branches cost more
+ * than the work. */
+static inline int NB_CS(max4)(NB_T v0, NB_T v1, NB_T v2, NB_T v3, NB_T *out)
+{
+    NB_T m = v1 > v0 ? v1 : v0;
+    m = v2 > m ? v2 : m;
+    m = v3 > m ? v3 : m;
+    const int n0 = v0 != v0, n1 = v1 != v1, n2 = v2 != v2, n3 = v3 != v3;
+    const int e0 = v0 == m, e1 = v1 == m, e2 = v2 == m;
+    const int first = (1 - e0) * (1 + (1 - e1) * (1 + (1 - e2)));
+    const int last_nan = n3 ? 3 : n2 ? 2 : n1 ? 1 : 0;
+    const int any_nan = n0 | n1 | n2 | n3;
+    *out = any_nan ? v0 + v1 + v2 + v3 : m;
+    return any_nan ? last_nan : first;
+}
+
+void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *idx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const NB_T *xp = x + pl * in_plane;
+        NB_T *yp = y + pl * out_plane;
+        int64_t *ip = idx ? idx + pl * out_plane : NULL;
+        if (NB_CS(is_2x2)(g)) {
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    int bi = NB_CS(max4)(r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1], &yp[oy * g->wo + ox]);
+                    if (ip) ip[oy * g->wo + ox] = (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
+                }
+            }
+            continue;
+        }
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t at;
+                yp[oy * g->wo + ox] = NB_CS(window_max)(g, xp, oy, ox, &at);
+                if (ip) ip[oy * g->wo + ox] = at;
+            }
+    }
+}
+
+void NB_CK(maxpool_idx)(const nb_pool_geom *g, const NB_T *x, int64_t *idx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
-    for (int64_t pl = 0; pl < g->planes; pl++) {
-        NB_T *dp = dx + pl * in_plane;
-        const NB_T *gp = gy + pl * out_plane;
-        const int64_t *ip = idx + pl * out_plane;
-        for (int64_t e = 0; e < out_plane; e++) dp[ip[e]] += gp[e];
+    for (int64_t pl = 0; pl < g->planes; pl++)
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++)
+                NB_CS(window_max)(g, x + pl * in_plane, oy, ox, idx + pl * out_plane + oy * g->wo + ox);
+}
+
+void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_T *dx, int acc)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    if (NB_CS(is_2x2)(g)) {
+        /* the windows tile the plane: each element is written once (an odd extent's last row or column,
+         * in no window, gets 0) */
+        for (int64_t pl = 0; pl < g->planes; pl++) {
+            const NB_T *xp = x + pl * in_plane, *gp = gy + pl * out_plane;
+            NB_T *dp = dx + pl * in_plane;
+            if (!acc && (2 * g->ho < g->h || 2 * g->wo < w)) memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                NB_T *d0 = dp + 2 * oy * w, *d1 = d0 + w;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    NB_T bv;
+                    const int bi = NB_CS(max4)(r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1], &bv);
+                    const NB_T gv = gp[oy * g->wo + ox];
+                    NB_T *at = (bi < 2 ? d0 : d1) + 2 * ox + (bi & 1);
+                    if (!acc) d0[2 * ox] = d0[2 * ox + 1] = d1[2 * ox] = d1[2 * ox + 1] = 0;
+                    *at += gv;
+                }
+            }
+        }
+        return;
     }
+    if (!acc) memset(dx, 0, (size_t)(g->planes * in_plane) * sizeof(NB_T));
+    for (int64_t pl = 0; pl < g->planes; pl++)
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t at;
+                NB_CS(window_max)(g, x + pl * in_plane, oy, ox, &at);
+                dx[pl * in_plane + at] += gy[pl * out_plane + oy * g->wo + ox];
+            }
 }
 
 /* The window of output oy along one axis: [*s, *e) clipped to [0, n), and its size for the divisor. */
@@ -492,19 +580,10 @@ void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
     const double m = (double)(a * d);
     for (int64_t k = 0; k < c; k++) {
         double s = 0;
-        for (int64_t b = 0; b < a; b++) {
-            const NB_T *r = x + (b * c + k) * d;
-            for (int64_t t = 0; t < d; t++) s += (double)r[t];
-        }
+        for (int64_t b = 0; b < a; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
         const double mean = s / m;
         double v = 0;
-        for (int64_t b = 0; b < a; b++) {
-            const NB_T *r = x + (b * c + k) * d;
-            for (int64_t t = 0; t < d; t++) {
-                const double e = (double)r[t] - mean;
-                v += e * e;
-            }
-        }
+        for (int64_t b = 0; b < a; b++) v += NB_CS(sqdev8)(x + (b * c + k) * d, mean, d);
         st[k] = (NB_T)mean;
         st[c + k] = (NB_T)(v / m);
     }
@@ -537,10 +616,8 @@ void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
             const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
-            for (int64_t t = 0; t < d; t++) {
-                s += (double)gr[t];
-                sx += (double)gr[t] * ((double)xr[t] - mean);
-            }
+            s += NB_CS(sum8)(gr, d);
+            sx += NB_CS(dot8)(gr, xr, mean, d);
         }
         sg[k] = s;
         sgx[k] = sx;
@@ -577,6 +654,58 @@ void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_
             else
                 for (int64_t t = 0; t < d; t++) dr[t] = xr[t] * s + o;
         }
+}
+
+/* ---- batch norm, fused ------------------------------------------------------------------------ */
+
+void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w, const NB_T *b, double eps, NB_T *y,
+                  NB_T *st)
+{
+    const double m = (double)(a * d);
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0, v = 0;
+        for (int64_t i = 0; i < a; i++) s += NB_CS(sum8)(x + (i * c + k) * d, d);
+        const double mean = s / m;
+        for (int64_t i = 0; i < a; i++) v += NB_CS(sqdev8)(x + (i * c + k) * d, mean, d);
+        st[k] = (NB_T)mean;
+        st[c + k] = (NB_T)(v / m);
+        /* with the statistics as stored (what the backward reads) */
+        const double r = 1.0 / sqrt((double)st[c + k] + eps), sc = w ? r * (double)w[k] : r;
+        const NB_T scale = (NB_T)sc, shift = (NB_T)((b ? (double)b[k] : 0.0) - (double)st[k] * sc);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *xr = x + (i * c + k) * d;
+            NB_T *yr = y + (i * c + k) * d;
+            for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * scale + shift;
+        }
+    }
+}
+
+void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, const NB_T *w,
+                  double eps, NB_T *dx, int acc, double *sg, double *sgx)
+{
+    const double m = (double)(a * d);
+    for (int64_t k = 0; k < c; k++) {
+        const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = w ? (double)w[k] * r : r;
+        double s = 0, sx = 0;
+        for (int64_t i = 0; i < a; i++) {
+            s += NB_CS(sum8)(g + (i * c + k) * d, d);
+            sx += NB_CS(dot8)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d);
+        }
+        sg[k] = s;
+        sgx[k] = sx * r; /* sum g xhat */
+        if (!dx) continue;
+        /* dx = wr (g - s / m - (x - mean) r^2 sx / m) = g P + x Q + O */
+        const double q = -wr * r * r * sx / m;
+        const NB_T P = (NB_T)wr, Q = (NB_T)q, O = (NB_T)(-wr * s / m - q * mean);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
+            NB_T *dr = dx + (i * c + k) * d;
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * P + xr[t] * Q + O;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
+        }
+    }
 }
 
 #undef NB_FOR_SEGMENTS

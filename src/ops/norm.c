@@ -181,6 +181,72 @@ bool nb__into_channel_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     return true;
 }
 
+/* ---- batch_norm: channel_norm(x, channel_moments(x), w, b) fused ------------------------------ */
+
+/* out [N, C, ...] = (x - mean) / sqrt(var + eps) * w + b with the statistics of x itself, which the
+ * [2, C] tensor p receives; each channel normalised right after its statistics, while in cache */
+NB_FW(batch_norm)
+{
+    int64_t a, c, d;
+    around_channels(in[0], &a, &c, &d);
+    const nb_tensor *w = at->i[0] ? in[1] : NULL, *b = at->i[1] ? in[1 + (at->i[0] != 0)] : NULL;
+    CNN_CALL(out->dtype, bn_fw, a, c, d, in[0]->data, w ? w->data : NULL, b ? b->data : NULL, at->f[0], out->data,
+             ((nb_tensor *)at->p)->data);
+}
+
+/* The composition's gradient, with the statistics taken again from x so that it stays differentiable
+ * (m, v the moments, r = (v + eps)^-1/2, xhat = (x - m) r, means over every dim but 1):
+ *   dx = w r (g - mean g - xhat mean(g xhat)),   dw = sum g xhat,   db = sum g */
+NB_BW(batch_norm)
+{
+    nb_tensor *x = n->in[0];
+    nb_tensor *w = n->attrs.i[0] ? n->in[1] : NULL;
+    int iw = n->attrs.i[0] ? 1 : -1, ib = n->attrs.i[1] ? 1 + (n->attrs.i[0] != 0) : -1;
+    int axes[NB_MAX_DIMS];
+    int64_t bs[NB_MAX_DIMS];
+    int na = reduce_axes(x, axes, bs);
+    nb_tensor *st = nb_channel_moments(x);
+    nb_tensor *mean = nb_reshape(row(st, 0), x->ndim, bs);
+    nb_tensor *r = nb_reshape(nb_pow_scalar(nb_add_scalar(row(st, 1), n->attrs.f[0]), -0.5), x->ndim, bs);
+    nb_tensor *xhat = nb_mul(nb_sub(x, mean), r);
+    nb_tensor *gx = nb_mul(g, xhat);
+    if (NB_NEED(0)) {
+        nb_tensor *t = nb_sub(nb_sub(g, nb_mean(g, na, axes, 1)), nb_mul(xhat, nb_mean(gx, na, axes, 1)));
+        gin[0] = nb_mul(t, w ? nb_mul(nb_reshape(w, x->ndim, bs), r) : r);
+    }
+    if (iw >= 0 && NB_NEED(iw)) gin[iw] = nb_sum(gx, na, axes, 0);
+    if (ib >= 0 && NB_NEED(ib)) gin[ib] = nb_sum(g, na, axes, 0);
+}
+
+/* Without a graph: per channel, one pass for sum g and sum g xhat and one writing dx, both over the
+ * channel's values while in cache; dw and db from the sums. */
+bool nb__into_batch_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+{
+    nb_tensor *x = n->in[0], *w = n->attrs.i[0] ? n->in[1] : NULL;
+    int iw = n->attrs.i[0] ? 1 : -1, ib = n->attrs.i[1] ? 1 + (n->attrs.i[0] != 0) : -1;
+    int64_t a, c, d;
+    around_channels(x, &a, &c, &d);
+    double *sums = nb__tape_alloc(nb__current_tape(), (size_t)(2 * c > 0 ? 2 * c : 1) * sizeof(double));
+    if (!sums) {
+        nb__fail(NB_ERR_NOMEM, "nb_batch_norm_train: out of memory");
+        return true;
+    }
+    bool fresh = false;
+    nb_tensor *dx = NULL;
+    if (NB_NEED(0) && !(dx = nb__sink_slot(sink, 0, &fresh))) return true;
+    CNN_CALL(g->dtype, bn_bw, a, c, d, g->data, x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL,
+             n->attrs.f[0], dx ? dx->data : NULL, !fresh, sums, sums + c);
+    for (int k = 0; k < 2; k++) {
+        int i = k ? ib : iw;
+        if (i < 0 || !NB_NEED(i)) continue;
+        nb_tensor *s = nb__sink_slot(sink, i, &fresh);
+        if (!s) return true;
+        const double *v = k ? sums : sums + c; /* db = sum g, dw = sum g xhat */
+        for (int64_t ch = 0; ch < c; ch++) nb__set(s, ch, fresh ? v[ch] : nb__get(s, ch) + v[ch]);
+    }
+    return true;
+}
+
 /* ---- the public functions --------------------------------------------------------------------- */
 
 static bool channels_input(const char *who, const nb_tensor *x)
@@ -228,4 +294,38 @@ nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb
     if (bias) in[k++] = bias;
     nb_attrs at = {.i = {weight != NULL, bias != NULL}, .f = {eps}};
     return nb__apply(who, NB_OP_CHANNEL_NORM, k, in, &at, x->dtype, x->ndim, x->shape);
+}
+
+nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats)
+{
+    const char *who = "nb_batch_norm_train";
+    if (stats) *stats = NULL;
+    if (!channels_input(who, x)) return NULL;
+    const int64_t C = x->shape[1];
+    nb_tensor *const args[2] = {weight, bias};
+    const char *names[2] = {"weight", "bias"};
+    for (int i = 0; i < 2; i++) {
+        nb_tensor *t = args[i];
+        if (!t) continue;
+        if (t->dtype != x->dtype)
+            return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
+                            nb_dtype_name(x->dtype), NB_SHP(x), names[i], nb_dtype_name(t->dtype), NB_SHP(t));
+        if (t->ndim != 1 || t->shape[0] != C)
+            return nb__fail(NB_ERR_SHAPE, "%s: input %s: %s %s, expected [%lld]", who, NB_SHP(x), names[i], NB_SHP(t),
+                            (long long)C);
+    }
+    if (!(eps >= 0) || eps == INFINITY)
+        return nb__fail(NB_ERR_ARG, "%s: input %s: eps %g must be finite and not negative", who, NB_SHP(x), eps);
+    if (x->numel == 0 && C > 0)
+        return nb__fail(NB_ERR_SHAPE, "%s: input %s: no values to take the statistics of", who, NB_SHP(x));
+    nb_tensor *st = nb__tape_tensor(who, x->dtype, 2, (const int64_t[]){2, C});
+    if (!st) return NULL;
+    nb_tensor *in[3] = {x, NULL, NULL};
+    int k = 1;
+    if (weight) in[k++] = weight;
+    if (bias) in[k++] = bias;
+    nb_attrs at = {.i = {weight != NULL, bias != NULL}, .f = {eps}, .p = st};
+    nb_tensor *y = nb__apply(who, NB_OP_BATCH_NORM, k, in, &at, x->dtype, x->ndim, x->shape);
+    if (y && stats) *stats = st;
+    return y;
 }

@@ -31,38 +31,44 @@ static nb_pool_geom pool_geom(const nb_tensor *x, const nb_tensor *y, const nb_a
 
 /* ---- max pooling ------------------------------------------------------------------------------ */
 
-/* out [N, C, ho, wo] = the maximum of each window of x [N, C, h, w]; the i64 tensor p [N, C, ho, wo]
- * receives each maximum's flat position r w + c in its plane */
+/* out [N, C, ho, wo] = the maximum of each window of x [N, C, h, w]; the i64 tensor p [N, C, ho, wo],
+ * when the caller asked for it (else NULL), receives each maximum's flat position r w + c in its plane */
 NB_FW(max_pool2d)
 {
     nb_pool_geom g = pool_geom(in[0], out, at, 1);
     nb_tensor *idx = (nb_tensor *)at->p;
-    CNN_CALL(out->dtype, maxpool_fw, &g, in[0]->data, out->data, idx->data);
+    CNN_CALL(out->dtype, maxpool_fw, &g, in[0]->data, out->data, idx ? idx->data : NULL);
 }
 
-/* y = x at the recorded positions (a gather per plane): dx = the scatter-add of g to those positions,
- * whose own backward gathers again */
+/* y = x at the maxima's positions (a gather per plane): dx = the scatter-add of g to those positions
+ * (found again in x when the forward did not record them), whose own backward gathers again */
 NB_BW(max_pool2d)
 {
     if (!NB_NEED(0)) return;
     const nb_tensor *x = n->in[0];
     nb_tensor *idx = (nb_tensor *)n->attrs.p;
+    if (!idx) {
+        idx = nb__tape_tensor("nb_max_pool2d", NB_I64, 4, g->shape);
+        if (!idx) return;
+        nb_pool_geom geo = pool_geom(x, g, &n->attrs, 1);
+        CNN_CALL(x->dtype, maxpool_idx, &geo, x->data, idx->data);
+    }
     const int64_t planes = x->shape[0] * x->shape[1], out_plane = g->shape[2] * g->shape[3];
     nb_tensor *s = nb_scatter_add(NB_SHAPE(planes, x->shape[2] * x->shape[3]), 1,
                                   nb_reshape(idx, NB_SHAPE(planes, out_plane)), nb_reshape(g, NB_SHAPE(planes, out_plane)));
     gin[0] = nb_reshape(s, x->ndim, x->shape);
 }
 
-/* Without a graph: the same scatter, added straight into the gradient buffer. */
+/* Without a graph: the same scatter straight into the gradient buffer, each window's maximum found
+ * again in x (2x2 windows of stride 2 write every element once, no zeroing pass). */
 bool nb__into_max_pool2d(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     if (!NB_NEED(0)) return true;
     bool fresh;
     nb_tensor *dx = nb__sink_slot(sink, 0, &fresh);
     if (!dx) return true;
-    if (fresh) memset(dx->data, 0, (size_t)dx->numel * nb_dtype_size(dx->dtype));
     nb_pool_geom geo = pool_geom(n->in[0], g, &n->attrs, 1);
-    CNN_CALL(g->dtype, maxpool_scatter, &geo, g->data, ((const nb_tensor *)n->attrs.p)->data, dx->data);
+    CNN_CALL(g->dtype, maxpool_bw, &geo, n->in[0]->data, g->data, dx->data, !fresh);
     return true;
 }
 
@@ -203,9 +209,9 @@ static nb_tensor *max_pool(const char *who, int dims, nb_tensor *x, const int64_
     nb_attrs at;
     int64_t out4[4];
     if (!pool_check(who, dims, 1, x, kernel, opts, &at, out4)) return NULL;
-    nb_tensor *idx = nb__tape_tensor(who, NB_I64, 4, out4);
+    nb_tensor *idx = indices ? nb__tape_tensor(who, NB_I64, 4, out4) : NULL;
     nb_tensor *x4 = as4(x, dims);
-    if (!idx || !x4) return NULL;
+    if ((indices && !idx) || !x4) return NULL;
     at.p = idx;
     nb_tensor *y = unview(nb__apply(who, NB_OP_MAX_POOL2D, 1, &x4, &at, x->dtype, 4, out4), dims);
     if (y && indices) *indices = unview(idx, dims);
