@@ -214,6 +214,9 @@ static const config grid[] = {
     {"2d wide: pad (1, 2) dilation (1, 2)", G2(.p = {1, 2}, .d = {1, 2}), 3, 2, 2, {4, 20}, {2, 3}},
     {"2d wide: same, groups 2", G2(.same = 1, .groups = 2), 1, 4, 4, {3, 16}, {3, 3}},
     {"2d wide: no padding", G2(.s = {1, 1}), 3, 2, 3, {3, 18}, {2, 3}},
+    /* K = 4 x 3 x 3 = 36 > 32 taps: the products on the wide grid (below: the sums of shifted rows) */
+    {"2d wide products: pad 1", G2(.p = {1, 1}), 1, 4, 2, {3, 16}, {3, 3}},
+    {"2d wide products: groups 2, dilation 2", G2(.p = {2, 1}, .d = {2, 1}, .groups = 2), 3, 8, 2, {5, 14}, {3, 3}},
     /* 1-D */
     {"1d plain", G1(.s = {1}), 3, 2, 3, {7}, {3}},
     {"1d stride 2 pad 1", G1(.s = {2}, .p = {1}, .op = {1}), 1, 2, 2, {9}, {3}},

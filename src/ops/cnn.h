@@ -34,12 +34,17 @@ typedef struct nb_conv_geom {
  *   plain:  any stride: im2col position by position. */
 typedef struct nb_conv_plan {
     int direct, wide;
+    int small;        /* wide with K <= NB_CONV_SMALL_K (a first layer): the backward has no product,
+                         each weight's gradient a sum of dot products with shifted rows of the padded
+                         planes, read in place */
     int64_t q;        /* columns per tile */
     int64_t nb;       /* wide: images per tile */
     int64_t hp, wp;   /* wide: padded plane extents */
     int64_t plane;    /* wide: elements per padded plane (hp wp and slack for the last taps) */
     int64_t ws_elems; /* workspace elements */
 } nb_conv_plan;
+
+#define NB_CONV_SMALL_K 32
 
 /* Workspace budget per tile, in bytes: half the L2 cache of the machines measured (bench/README.md),
  * so that what im2col writes is still in cache when the product packs it. */

@@ -8,18 +8,22 @@
 #define NB_T float
 #define NB_SFX f32
 #define NB_GEMM_K nb_k_gemm_f32
+#define NB_FMA(a, b, c) fmaf(a, b, c)
 #include "cnn_kernels_impl.h"
 #undef NB_T
 #undef NB_SFX
 #undef NB_GEMM_K
+#undef NB_FMA
 
 #define NB_T double
 #define NB_SFX f64
 #define NB_GEMM_K nb_k_gemm_f64
+#define NB_FMA(a, b, c) fma(a, b, c)
 #include "cnn_kernels_impl.h"
 #undef NB_T
 #undef NB_SFX
 #undef NB_GEMM_K
+#undef NB_FMA
 
 /* Below this many output positions per image a 1x1 convolution goes through the folded product (its
  * im2col is a plain copy) rather than one small product per image. */
@@ -51,6 +55,7 @@ void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
             p->plane = plane;
             p->q = nb * g->hv * wp;
             p->ws_elems = nb * per_image;
+            p->small = K <= NB_CONV_SMALL_K; /* its backward needs less: nb planes and an [ov, hv wp] block */
             return;
         }
     }

@@ -1,11 +1,53 @@
 /* Bodies of the convolution, pooling and channel-normalisation kernels, compiled once per element
  * type by cnn_kernels.c (declared in cnn.h). Expects NB_T (element type), NB_SFX (name suffix) and
- * NB_GEMM_K (the nb_k_gemm of that type). No include guard: included once per type. */
+ * NB_GEMM_K (the nb_k_gemm of that type), NB_FMA (fmaf or fma). No include guard: included once per
+ * type. */
 
 #define NB_CNN_CAT_(a, b) a##_##b
 #define NB_CNN_CAT(a, b) NB_CNN_CAT_(a, b)
 #define NB_CK(name) NB_CNN_CAT(nb_k_##name, NB_SFX)
 #define NB_CS(name) NB_CNN_CAT(name, NB_SFX) /* file-local helpers */
+
+/* ---- sums in double ---------------------------------------------------------------------------- */
+
+/* sum of r[0..n) in double, in 8 interleaved partial sums (independent additions vectorise) */
+static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)r[t + k];
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)r[t];
+    return s;
+}
+
+/* the same for the sum of g (x - m) */
+static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)g[t + k] * ((double)x[t + k] - m);
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)g[t] * ((double)x[t] - m);
+    return s;
+}
+
+/* and the sum of (x - m)^2 */
+static inline double NB_CS(sqdev8)(const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) {
+            const double e = (double)x[t + k] - m;
+            p[k] += e * e;
+        }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += ((double)x[t] - m) * ((double)x[t] - m);
+    return s;
+}
 
 /* ---- im2col / col2im over one image's output positions [p0, p1) -------------------------------- */
 
@@ -150,6 +192,100 @@ static void NB_CS(col2im_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, in
             else
                 memcpy(o, s, (size_t)g->wu * sizeof(NB_T));
         }
+    }
+}
+
+/* Small K (cug kh kw, a network's first layer), backward: no matrix product (whose [ov, K] result
+ * is too small to pay for packing the gradient). The weight gradient is a dot product per (o, k) of
+ * the gradient on the wide grid with the padded plane of c shifted by (i dh, j dw), read in place; the
+ * input gradient is the adjoint sum. (The forward keeps the product: there it is the faster.)
+ * Positions go in blocks of NB_SMALL_BLOCK whose sums stay in registers across the taps; the products
+ * are fused multiply-adds (fma: one rounding, the same with every compiler), as in the BLAS kernels. */
+#define NB_SMALL_BLOCK 32
+
+/* The taps of group grp of image bl: off[k] (offset into the padded planes at up) for k < K. */
+static void NB_CS(tap_offsets)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, int64_t bl, int64_t *off)
+{
+    const int64_t cug = g->cu / g->groups;
+    for (int64_t c = 0; c < cug; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++)
+                off[(c * g->kh + i) * g->kw + j] =
+                    (bl * g->cu + grp * cug + c) * pl->plane + i * g->dh * pl->wp + j * g->dw;
+}
+
+static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv,
+                                 const NB_T *w, NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp, wp = pl->wp;
+    NB_T *up = ws, *gt = up + pl->nb * g->cu * pl->plane;
+    int64_t off[NB_CONV_SMALL_K];
+    if (dw && !dw_acc) memset(dw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
+    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
+        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb;
+        if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+        for (int64_t bl = 0; bl < nb; bl++)
+            for (int64_t grp = 0; grp < G; grp++) {
+                /* gt [ov, len]: the image's gradient on the wide grid, zeros in the extra columns */
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                    NB_T *d = gt + o * len;
+                    for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += wp) {
+                        int64_t x = 0;
+                        for (; x < g->wv; x++) d[x] = s[x];
+                        for (; x < wp; x++) d[x] = 0;
+                    }
+                }
+                NB_CS(tap_offsets)(g, pl, grp, bl, off);
+                if (dw) {
+                    /* dw[o, k] += sum over positions of gt[o] times tap k's shifted plane: lane sums in
+                     * blocks, added up in double per image */
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T *go = gt + o * len;
+                        NB_T lanes[NB_CONV_SMALL_K][NB_SMALL_BLOCK];
+                        memset(lanes, 0, sizeof lanes);
+                        double tail[NB_CONV_SMALL_K] = {0};
+                        int64_t t0 = 0;
+                        for (; t0 + NB_SMALL_BLOCK <= len; t0 += NB_SMALL_BLOCK)
+                            for (int64_t k = 0; k < K; k++) {
+                                const NB_T *s = up + off[k] + t0;
+                                for (int t = 0; t < NB_SMALL_BLOCK; t++) lanes[k][t] = NB_FMA(go[t0 + t], s[t], lanes[k][t]);
+                            }
+                        for (int64_t k = 0; k < K; k++) {
+                            for (int64_t t = t0; t < len; t++) tail[k] += (double)go[t] * (double)up[off[k] + t];
+                            double sum = tail[k];
+                            for (int t = 0; t < NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
+                            dw[(grp * ov + o) * K + k] += (NB_T)sum;
+                        }
+                    }
+                }
+                if (!du) continue;
+                /* the padded planes of the group, zeroed, receive each tap's sum over the outputs */
+                for (int64_t c = 0; c < cug; c++)
+                    memset(up + (bl * g->cu + grp * cug + c) * pl->plane, 0, (size_t)pl->plane * sizeof(NB_T));
+                for (int64_t k = 0; k < K; k++)
+                    for (int64_t t0 = 0; t0 < len; t0 += NB_SMALL_BLOCK) {
+                        const int64_t n = len - t0 < NB_SMALL_BLOCK ? len - t0 : NB_SMALL_BLOCK;
+                        NB_T acc[NB_SMALL_BLOCK] = {0};
+                        for (int64_t o = 0; o < ov; o++) {
+                            const NB_T a = w[(grp * ov + o) * K + k], *r = gt + o * len + t0;
+                            for (int64_t t = 0; t < n; t++) acc[t] = NB_FMA(a, r[t], acc[t]);
+                        }
+                        NB_T *d = up + off[k] + t0;
+                        for (int64_t t = 0; t < n; t++) d[t] += acc[t];
+                    }
+                for (int64_t c = 0; c < cug; c++) {
+                    NB_T *od = du + (b0 + bl) * U + (grp * cug + c) * g->hu * g->wu;
+                    const NB_T *sp = up + (bl * g->cu + grp * cug + c) * pl->plane + g->ph * wp + g->pw;
+                    for (int64_t y = 0; y < g->hu; y++, od += g->wu, sp += wp) {
+                        if (du_acc)
+                            for (int64_t x = 0; x < g->wu; x++) od[x] += sp[x];
+                        else
+                            memcpy(od, sp, (size_t)g->wu * sizeof(NB_T));
+                    }
+                }
+            }
     }
 }
 
@@ -299,6 +435,10 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
             }
         return;
     }
+    if (pl->small) {
+        NB_CS(conv_bw_small)(g, pl, u, gv, w, du, du_acc, dw, dw_acc, ws);
+        return;
+    }
     if (pl->wide) {
         NB_CS(conv_bw_wide)(g, pl, u, gv, w, du, du_acc, dw, dw_acc, ws);
         return;
@@ -324,45 +464,6 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
             }
         }
     }
-}
-
-/* sum of r[0..n) in double, in 8 interleaved partial sums (independent additions vectorise) */
-static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
-{
-    double p[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) p[k] += (double)r[t + k];
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += (double)r[t];
-    return s;
-}
-
-/* the same for the sum of g (x - m) */
-static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t n)
-{
-    double p[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) p[k] += (double)g[t + k] * ((double)x[t + k] - m);
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += (double)g[t] * ((double)x[t] - m);
-    return s;
-}
-
-/* and the sum of (x - m)^2 */
-static inline double NB_CS(sqdev8)(const NB_T *x, double m, int64_t n)
-{
-    double p[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) {
-            const double e = (double)x[t + k] - m;
-            p[k] += e * e;
-        }
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += ((double)x[t] - m) * ((double)x[t] - m);
-    return s;
 }
 
 void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
@@ -443,12 +544,31 @@ void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *i
         const NB_T *xp = x + pl * in_plane;
         NB_T *yp = y + pl * out_plane;
         int64_t *ip = idx ? idx + pl * out_plane : NULL;
-        if (NB_CS(is_2x2)(g)) {
+        if (NB_CS(is_2x2)(g) && ip) {
             for (int64_t oy = 0; oy < g->ho; oy++) {
                 const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
                 for (int64_t ox = 0; ox < g->wo; ox++) {
                     int bi = NB_CS(max4)(r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1], &yp[oy * g->wo + ox]);
-                    if (ip) ip[oy * g->wo + ox] = (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
+                    ip[oy * g->wo + ox] = (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
+                }
+            }
+            continue;
+        }
+        if (NB_CS(is_2x2)(g)) {
+            /* values only: the maximum of the two rows, then of the column pairs (NaN propagates),
+             * loops of selects that vectorise */
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                NB_T *yo = yp + oy * g->wo;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    const NB_T a = r0[2 * ox] > r1[2 * ox] ? r0[2 * ox] : r1[2 * ox];
+                    const NB_T b = r0[2 * ox + 1] > r1[2 * ox + 1] ? r0[2 * ox + 1] : r1[2 * ox + 1];
+                    const NB_T m = a > b ? a : b;
+                    const NB_T nan = r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1];
+                    yo[ox] = nan != nan && (r0[2 * ox] != r0[2 * ox] || r0[2 * ox + 1] != r0[2 * ox + 1] ||
+                                            r1[2 * ox] != r1[2 * ox] || r1[2 * ox + 1] != r1[2 * ox + 1])
+                                 ? nan
+                                 : m;
                 }
             }
             continue;
@@ -709,6 +829,7 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
 }
 
 #undef NB_FOR_SEGMENTS
+#undef NB_SMALL_BLOCK
 #undef NB_CS
 #undef NB_CK
 #undef NB_CNN_CAT
