@@ -23,7 +23,6 @@ many differ and the smallest logit gap among them.
 """
 import argparse
 import gzip
-import json
 import os
 import struct
 import subprocess
@@ -32,9 +31,12 @@ import tempfile
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64}
-NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # torch_safetensors.py, beside this file
+import torch_safetensors as ts  # noqa: E402
+
+SAFETENSORS = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64"}
 
 
 def parse_args():
@@ -46,38 +48,10 @@ def parse_args():
     p.add_argument("--channels", default="32,64", help="as given to fashion_mnist --channels")
     p.add_argument("--hidden", type=int, default=128, help="as given to fashion_mnist --hidden")
     p.add_argument("--tolerance", type=int, default=2, help="predictions allowed to differ (2)")
+    p.add_argument("--smoke", action="store_true",
+                   help="first train for one short epoch into a temporary folder and check that checkpoint "
+                   "(the test suite's mode; exit status 77, skipped, without torch)")
     return p.parse_args()
-
-
-def read_safetensors(path):
-    """{name: numpy array} and the metadata of a safetensors file."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    meta = header.pop("__metadata__", {})
-    data = blob[8 + n:]
-    out = {}
-    for name, e in header.items():
-        b, end = e["data_offsets"]
-        out[name] = np.frombuffer(data[b:end], dtype=DTYPES[e["dtype"]]).reshape(e["shape"]).copy()
-    return out, meta
-
-
-def write_safetensors(path, tensors, meta):
-    """tensors {name: numpy array} as safetensors (8-byte elements first, so that all are aligned)."""
-    order = sorted(tensors, key=lambda k: -tensors[k].dtype.itemsize)
-    header, off = {"__metadata__": meta}, 0
-    for k in order:
-        a = tensors[k]
-        header[k] = {"dtype": NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
-        off += a.nbytes
-    h = json.dumps(header).encode("utf-8")
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        for k in order:
-            f.write(np.ascontiguousarray(tensors[k]).tobytes())
 
 
 def read_images(path):
@@ -150,14 +124,24 @@ def main():
     try:
         import torch
     except ImportError:
+        if a.smoke:
+            return 77
         sys.exit("fashion_cnn_torch_check: torch is not importable; run it with /usr/bin/python3 (python3-torch)")
     torch.set_num_threads(1)
     c1, c2 = (int(v) for v in a.channels.split(","))
     ok = True
+    if a.smoke:
+        smoke = tempfile.TemporaryDirectory()
+        cmd = [a.nabla, "--model", "cnn", "--channels", a.channels, "--hidden", str(a.hidden), "--data", a.data,
+               "--epochs", "1", "--train-limit", "1000", "--quiet", "--threads", "1", "--out", smoke.name]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"fashion_cnn_torch_check: {' '.join(cmd)} failed:\n{r.stderr}")
+        a.checkpoint = os.path.join(smoke.name, "fashion_cnn.safetensors")
 
     # 1. nabla -> PyTorch
-    tensors, _ = read_safetensors(a.checkpoint)
-    state = {k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("optim.")}
+    tensors, _ = ts.read(a.checkpoint)
+    state = {k: torch.from_numpy(v.copy()) for k, v, _ in tensors if not k.startswith(ts.OPTIM_PREFIX)}
     model = make_model(torch, c1, c2, a.hidden)
     model.load_state_dict(state, strict=True)  # raises on a missing or extra name, or another shape
     print(f"{a.checkpoint}: {len(state)} tensors loaded into torch.nn with load_state_dict(strict=True) "
@@ -189,8 +173,8 @@ def main():
         logits2 = model(images).double().numpy()
     with tempfile.TemporaryDirectory() as d:
         back = os.path.join(d, "from_torch.safetensors")
-        write_safetensors(back, {k: v.detach().numpy() for k, v in model.state_dict().items()},
-                          {"format": "nabla-checkpoint", "step": "0"})
+        arrays = [(k, v.detach().numpy(), SAFETENSORS[v.detach().numpy().dtype]) for k, v in model.state_dict().items()]
+        ts.write(back, arrays, {"format": "nabla-checkpoint", "step": "0"})
         nb_pred2, nb_line2 = nabla_predictions(a, back, c1, c2)
     print(f"after 10 PyTorch SGD steps: PyTorch {100 * (logits2.argmax(1) == labels).mean():.2f}%, "
           f"nabla on PyTorch's state_dict {100 * (nb_pred2 == labels).mean():.2f}%")

@@ -100,8 +100,13 @@ void nb_error_handler_abort(nb_status status, const char *message, void *user);
 /* Memory                                                                                          */
 /* ---------------------------------------------------------------------------------------------- */
 
-/* Every heap allocation nabla makes goes through these (OpenBLAS's own do not). Set before creating
- * any object; NULL functions restore malloc/realloc/free. size is the size of the block being freed. */
+/* Every heap allocation nabla makes goes through these: the tensors, tapes and engine, the layers,
+ * optimizers, datasets and readers (zlib's inflate state and the safetensors header included). Not
+ * through them: OpenBLAS's own buffers, and the stdio buffer of a FILE you pass to a print function.
+ * Set before creating any object, and keep it until every object is freed; NULL (or a NULL function)
+ * restores malloc/realloc/free. The library never asks for 0 bytes (it asks for 1), and frees and
+ * reallocates naming the size of the block as it was last allocated; alloc and realloc return NULL on
+ * failure (realloc leaving the block as it was), which the library reports as NB_ERR_NOMEM. */
 typedef struct nb_allocator {
     void *(*alloc)(size_t size, void *user);
     void *(*realloc)(void *ptr, size_t old_size, size_t new_size, void *user);
@@ -109,6 +114,21 @@ typedef struct nb_allocator {
     void *user;
 } nb_allocator;
 void nb_set_allocator(const nb_allocator *allocator);
+
+/* The library's allocator, for code built on nabla (src/nn and src/train use only these): each call
+ * goes to the functions set with nb_set_allocator. They record no error: report a NULL yourself
+ * (NB_ERR_NOMEM). A size of 0 is served as 1 byte. Free a block with nb_dealloc giving the size it
+ * was allocated with (for nb_calloc: n * size; after nb_realloc: new_size). */
+void *nb_alloc(size_t size);
+/* n * size zeroed bytes; NULL when the product overflows. */
+void *nb_calloc(size_t n, size_t size);
+/* Resize a block of old_size bytes to new_size (p NULL: nb_alloc(new_size)); on failure NULL, and
+ * the block is unchanged and still yours. */
+void *nb_realloc(void *p, size_t old_size, size_t new_size);
+/* Free a block of size bytes. NULL is ignored. */
+void nb_dealloc(void *p, size_t size);
+/* A copy of s (NULL when s is NULL or memory runs out); free with nb_dealloc(copy, strlen(s) + 1). */
+char *nb_strdup(const char *s);
 
 /* Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
  * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */
@@ -144,6 +164,9 @@ void nb_rng_shuffle(nb_rng *rng, int64_t *a, int64_t n);
 nb_tensor *nb_tensor_zeros(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_ones(nb_dtype dtype, int ndim, const int64_t *shape);
 nb_tensor *nb_tensor_full(nb_dtype dtype, int ndim, const int64_t *shape, double value);
+/* Elements left uninitialised, for code that writes every one before reading any (file readers,
+ * copies): it saves filling a large tensor twice. */
+nb_tensor *nb_tensor_empty(nb_dtype dtype, int ndim, const int64_t *shape);
 /* Copies numel elements of dtype from data. */
 nb_tensor *nb_tensor_from_data(nb_dtype dtype, int ndim, const int64_t *shape, const void *data);
 /* 1-D: start, start+step, ... while < stop (> stop for a negative step). */
@@ -155,8 +178,18 @@ nb_tensor *nb_tensor_normal(nb_dtype dtype, int ndim, const int64_t *shape, doub
                             nb_rng *rng);
 /* A caller-owned deep copy of any tensor (a leaf or an op result): data only, no gradient, no graph. */
 nb_tensor *nb_tensor_clone(const nb_tensor *t);
-/* Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape). */
+/* Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape),
+ * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. */
 void nb_tensor_free(nb_tensor *t);
+/* Ownership of leaves by containers (nb_params, nb_dataset, nb_optim's state, nb_safetensors; your
+ * own containers can use it too): a leaf has at most one owner, so it cannot be freed twice by two
+ * containers, or by its container and you. owner is any non-NULL address naming the container.
+ * Claim an unowned leaf (NB_ERR_STATE if it has an owner, this one included, or is an op result). */
+nb_status nb_tensor_claim(nb_tensor *t, const void *owner);
+/* Give up owner's claim, before the owner frees the leaf (NB_ERR_STATE if owner does not hold it). */
+nb_status nb_tensor_unclaim(nb_tensor *t, const void *owner);
+/* The owner of a leaf, or NULL (unowned leaves and op results). */
+const void *nb_tensor_owner(const nb_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tensor accessors (any tensor)                                                                   */
@@ -202,6 +235,10 @@ int nb_tensor_is_leaf(const nb_tensor *t);
 nb_tensor *nb_tensor_grad(const nb_tensor *t);
 /* Set the gradient of a leaf to zero (keeps its buffer, so steady-state steps do not allocate). */
 void nb_tensor_zero_grad(nb_tensor *t);
+/* Whether a backward has written the leaf's gradient since its last nb_tensor_zero_grad (since its
+ * creation if never zeroed): a gradient that zero_grad left at zero counts as none, like PyTorch's
+ * None after zero_grad(set_to_none=True). Optimizers skip parameters without one. */
+int nb_tensor_has_grad(const nb_tensor *t);
 /* A name shown in graph exports and error messages. The string is copied for leaves; for op results
  * it must outlive the tape's current recording. */
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name);
@@ -209,8 +246,15 @@ const char *nb_tensor_name(const nb_tensor *t);
 
 /* Formats "[2,3]" into buf (always NUL-terminated) and returns buf. */
 char *nb_shape_str(const nb_tensor *t, char *buf, size_t size);
-/* Prints dtype, shape and values (at most max_elems of them, 0 for all) to f. */
+/* Prints "label = " (if label is not NULL), dtype and shape, then the values laid out as PyTorch
+ * prints them: nested brackets per dimension, one row per line, aligned columns, 4 decimals (or
+ * scientific notation, or "3." for whole numbers, as PyTorch chooses), rows wrapped at 80 columns.
+ * With more than max_elems elements (0: 1000, PyTorch's threshold) only the first and last 3 entries
+ * of each dimension are shown, around "...". A 0-d tensor prints on one line. */
 void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
+/* The compact one-line form, "label = f64[2,3] [ 1 2 3; 4 5 6 ]", %.6g per value, at most max_elems
+ * values (0: all). */
+void nb_tensor_print_line(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tapes                                                                                           */
@@ -287,6 +331,11 @@ nb_tensor *nb_detach(nb_tensor *x);
 /* Binary elementwise ops broadcast as NumPy does; both inputs must have the same dtype.           */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* Integers: nb_add, nb_sub, nb_mul, nb_maximum, nb_minimum, the comparisons, nb_where, nb_sum, nb_max,
+ * nb_min, nb_argmax and the everyday ops below also take i64 tensors and give i64 results, which are
+ * never recorded. add, sub, mul and sum wrap on overflow (two's complement), as in PyTorch. nb_div,
+ * nb_pow and nb_mean refuse i64 (no integer division: nb_cast to f64 first). */
+
 nb_tensor *nb_add(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_mul(nb_tensor *a, nb_tensor *b);
@@ -306,10 +355,12 @@ nb_tensor *nb_log(nb_tensor *x);
 nb_tensor *nb_tanh(nb_tensor *x);
 /* 1 / (1 + exp(-x)), computed without overflow for any x. */
 nb_tensor *nb_sigmoid(nb_tensor *x);
-/* max(x, 0); the gradient at 0 is 0. */
+/* max(x, 0); the gradient at 0 is 0. NaN stays NaN and passes the gradient on, as in PyTorch. */
 nb_tensor *nb_relu(nb_tensor *x);
 
-/* Comparisons: 1 where true, 0 where false, in the inputs' dtype. Not differentiable. */
+/* Comparisons: 1 where true, 0 where false, in the inputs' dtype (i64 inputs: i64 0/1, which nb_sum
+ * counts: nb_sum_all(nb_eq(nb_argmax(logits, 1, 0), labels)) is the number of correct predictions).
+ * Not differentiable. */
 nb_tensor *nb_eq(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_ne(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_lt(nb_tensor *a, nb_tensor *b);
@@ -353,7 +404,9 @@ nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype);
 
 /* More elementwise ops. */
 nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b);      /* a ^ b (broadcast); d/db = a^b log(a), 0 where a = 0 */
-nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);  /* ties share the gradient equally, as in PyTorch */
+/* Elementwise max and min: ties share the gradient equally; a NaN in either input gives NaN, and both
+ * inputs the whole gradient there (as in PyTorch). */
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_sub_scalar(nb_tensor *x, double s);   /* x - s */
 nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x);  /* s / x */
@@ -374,7 +427,7 @@ nb_tensor *nb_clamp(nb_tensor *x, double lo, double hi); /* gradient 1 inside [l
 nb_tensor *nb_reciprocal(nb_tensor *x);
 nb_tensor *nb_square(nb_tensor *x);
 /* cond ? a : b elementwise, cond a mask (non-zero is true) of the same dtype; all three broadcast.
- * Differentiable in a and b. */
+ * Differentiable in a and b. All three may be i64. */
 nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
 
 /* Reductions over axes (naxes = 0: all). max/min send the gradient to the first maximal (minimal)
@@ -383,7 +436,9 @@ nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim);
 nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /* log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input. */
 nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim);
-/* Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default). */
+/* Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default): the sum
+ * of squared deviations divided by max(0, count - correction), so NaN or infinity when count <=
+ * correction (an empty axis too), as in PyTorch. */
 nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
 nb_tensor *nb_std(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim);
 /* Index of the first maximal (minimal) element along axis, as an i64 tensor. Not differentiable. */
@@ -420,6 +475,43 @@ nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx);
 nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *idx, nb_tensor *src);
 /* One-hot rows of i64 labels: idx [...] -> [..., num_classes] in dtype. Not differentiable. */
 nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype);
+
+/* Everyday ops: f32, f64 and i64 (einsum: f32 and f64). Results in the current tape's arena. */
+/* x reversed along the listed axes (naxes = 0: all of them). */
+nb_tensor *nb_flip(nb_tensor *x, int naxes, const int *axes);
+/* x shifted by shift places along axis, what falls off the end coming back at the start (torch.roll
+ * over one dim; a negative shift goes the other way). For several axes, roll once per axis. */
+nb_tensor *nb_roll(nb_tensor *x, int64_t shift, int axis);
+/* x tiled reps[d] times along dim d, as torch's x.repeat(reps): nreps >= x's ndim, x's dims aligned to
+ * the end of reps (a longer reps adds leading dims). */
+nb_tensor *nb_repeat(nb_tensor *x, int nreps, const int64_t *reps);
+/* The same, fewer counts than dims allowed: the missing leading counts are 1 (torch.tile). */
+nb_tensor *nb_tile(nb_tensor *x, int nreps, const int64_t *reps);
+/* Running sum / product along axis (f32 accumulates in double; i64 wraps on overflow). The gradient
+ * of cumprod is exact with zeros in x, to second order. */
+nb_tensor *nb_cumsum(nb_tensor *x, int axis);
+nb_tensor *nb_cumprod(nb_tensor *x, int axis);
+/* The positions along axis that sort x (i64, not differentiable), ascending or descending; stable:
+ * equal elements keep their order in x, in both directions; NaN sorts above every number. */
+nb_tensor *nb_argsort(nb_tensor *x, int axis, int descending);
+/* x sorted along axis, differentiable (the gradient goes back to where each value came from; equal
+ * elements are ordered as nb_argsort does); *indices, if not NULL, receives the positions. */
+nb_tensor *nb_sort(nb_tensor *x, int axis, int descending, nb_tensor **indices);
+/* The k largest (largest = 0: smallest) elements along axis, in sorted order, 0 <= k <= the extent;
+ * among equal values the lower position comes first; differentiable; *indices as in nb_sort. */
+nb_tensor *nb_topk(nb_tensor *x, int64_t k, int axis, int largest, nb_tensor **indices);
+/* x with value wherever mask is non-zero; mask (any dtype) broadcasts to x's shape. Differentiable in x
+ * (0 where filled). For i64 x, value must be an integer. */
+nb_tensor *nb_masked_fill(nb_tensor *x, nb_tensor *mask, double value);
+/* The matrices of the last two dims with the elements below (triu) or above (tril) the diagonal
+ * zeroed: triu keeps column - row >= diagonal, tril keeps column - row <= diagonal (0: the main one). */
+nb_tensor *nb_triu(nb_tensor *x, int64_t diagonal);
+nb_tensor *nb_tril(nb_tensor *x, int64_t diagonal);
+/* Einstein summation of 1 or 2 operands, as torch.einsum: "ij,jk->ik", "bij,bkj->bik", "i,j->ij",
+ * "ij->ji", "ij->", "...ij,...jk->...ik". Without "->" the output is the "..." dims then the letters
+ * used once, sorted. Extent-1 dims broadcast. A letter repeated within one operand (a diagonal or a
+ * trace) is refused. Made of sums, permutes, reshapes and one matmul: differentiable to any order. */
+nb_tensor *nb_einsum(const char *subscripts, int n, nb_tensor *const *xs);
 
 /* A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
@@ -557,6 +649,16 @@ int nb_anomaly_mode(void);
  * an op result the hook lasts as long as the tensor. */
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
 nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
+
+/* A post-accumulate hook of a leaf: nb_backward calls it once per pass in which it added to the
+ * leaf's gradient, as soon as the leaf's total for the pass is complete and added into
+ * nb_tensor_grad(leaf) (while the rest of the backward still runs: the leaf's last use on the tape
+ * has been processed). Leaves are finished in decreasing order of the tape position of their first
+ * use, so the same program calls the hooks in the same order every time. Gradient communication
+ * overlaps backward this way (nabla/dist.h). A status other than NB_OK fails the backward with it
+ * (record a message with nb_error_set). nb_grad does not call it. Leaves only; NULL removes it. */
+typedef nb_status (*nb_post_accumulate_hook)(nb_tensor *leaf, void *user);
+nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *leaf, nb_post_accumulate_hook hook, void *user);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Gradient checking                                                                               */

@@ -26,7 +26,8 @@ Roles: in0, in1, ... (the op's inputs, in argument order, numbered from 0 withou
 forward result), seed (the gradient given to nabla's nb_backward for out: same shape and dtype as
 out), grad0, grad1, ... (d<out, seed>/d in_i, from torch.autograd). An input has a grad line exactly
 when it is differentiable (floating and not marked nograd, e.g. i64 indices have none); the test
-makes exactly those inputs require grad. Lines inside a case may come in any order.
+makes exactly those inputs require grad. A value case (an op in VALUE_OPS, or an i64 result) has no
+seed and no grad lines: only its output is compared. Lines inside a case may come in any order.
 
 Values are Python's repr of the float64 value, which round-trips exactly through C's strtod (inf
 and nan would be written as such). float32 tensors are stored as the exact decimal value of each
@@ -41,8 +42,8 @@ Adding ops
    (standard normal), U(lo, hi, *shape), POS(*shape) (uniform in [0.25, 3]), AWAY(*shape) (normal
    pushed at least 0.125 away from 0), NZ(*shape) (magnitude in [0.5, 2], random sign), DISTINCT(*shape)
    (distinct multiples of 0.25: no ties, for max and min), V(values, shape) (explicit values: keep
-   them exact in float32, or the float32 pass sees other inputs), and the wrappers F32(spec) (float32
-   input), I64(values, shape) and NOGRAD(spec). Each case draws from its own generator seeded by its
+   them exact in float32, or the float32 pass sees other inputs), IRAND(lo, hi, *shape) (i64 in
+   [lo, hi)), and the wrappers F32(spec) (float32 input), I64(values, shape) and NOGRAD(spec). Each case draws from its own generator seeded by its
    name, so adding or reordering cases leaves the other cases' numbers unchanged.
    Ops with several outputs (split, chunk) join their pieces into one output; ops with a random part
    (dropout) get their randomness from a seed attribute that both sides turn into the same numbers.
@@ -471,6 +472,144 @@ def _dropout(x, p, seed):
     return x * dropout_mask(tuple(x.shape), p, seed).to(x.dtype)
 
 
+# The everyday ops and integer tensors. Ops in VALUE_OPS are not differentiable (or, for i64 inputs,
+# have i64 results): their cases hold no seed and no gradients, only the output to compare.
+
+VALUE_OPS = set()
+
+
+def value_op(name):
+    VALUE_OPS.add(name)
+    return op(name)
+
+
+@op("flip")  # nb_flip(x, axes); no axes: every axis
+def _flip(x, axes=()):
+    return torch.flip(x, _dims(x, axes))
+
+
+@op("roll")
+def _roll(x, shift, axis):
+    return torch.roll(x, shift, axis)
+
+
+@op("repeat")  # torch.Tensor.repeat
+def _repeat(x, reps):
+    return x.repeat(*reps)
+
+
+@op("tile")
+def _tile(x, reps):
+    return torch.tile(x, tuple(reps))
+
+
+@op("cumsum")
+def _cumsum(x, axis):
+    return torch.cumsum(x, axis)
+
+
+@op("cumprod")  # torch's gradient is exact at zeros too
+def _cumprod(x, axis):
+    return torch.cumprod(x, axis)
+
+
+@op("sort")  # stable, as nb_sort: ties keep their order in both directions
+def _sort(x, axis, descending):
+    return torch.sort(x, dim=axis, descending=bool(descending), stable=True).values
+
+
+@value_op("argsort")
+def _argsort(x, axis, descending):
+    return torch.sort(x, dim=axis, descending=bool(descending), stable=True).indices
+
+
+@op("topk")  # cases have no ties (torch does not specify their order)
+def _topk(x, k, axis, largest):
+    return torch.topk(x, k, dim=axis, largest=bool(largest), sorted=True).values
+
+
+@value_op("topk_indices")
+def _topk_indices(x, k, axis, largest):
+    return torch.topk(x, k, dim=axis, largest=bool(largest), sorted=True).indices
+
+
+@op("masked_fill")  # the runner's mask: nb_gt(m, 0) for a float m, m itself (non-zero) for i64
+def _masked_fill(x, m, value):
+    return x.masked_fill(m > 0 if m.is_floating_point() else m != 0, value)
+
+
+@op("triu")
+def _triu(x, diagonal):
+    return torch.triu(x, diagonal)
+
+
+@op("tril")
+def _tril(x, diagonal):
+    return torch.tril(x, diagonal)
+
+
+# Attributes are numbers, so einsum cases name their equation by its index in EINSUM, a list that
+# tests/test_fixtures.c repeats; eq_check (einsum_check below) catches the two lists drifting apart.
+EINSUM = ["ij,jk->ik", "ij,kj->ik", "ji,jk->ik", "bij,bjk->bik", "bij,bkj->bik", "i,j->ij", "i,i->",
+          "ij,ij->ij", "ij->ji", "ij->", "ij->j", "ij,jk", "ba,ab", "...ij,...jk->...ik", "bhqd,bhkd->bhqk",
+          "ijk,jl->lki", "ij,j->i", "ij,kl->ijkl", "...i,...i->...", "ik,k->"]
+
+
+def einsum_check(eq):
+    return sum((i + 1) * ord(c) for i, c in enumerate(eq))
+
+
+@op("einsum")
+def _einsum(*xs, eq, eq_check):
+    assert einsum_check(EINSUM[eq]) == eq_check
+    return torch.einsum(EINSUM[eq], *xs)
+
+
+def _same_dtype(mask, x):
+    """a comparison's result as nabla gives it: 0/1 in the inputs' dtype"""
+    return mask.to(x.dtype)
+
+
+@value_op("eq")
+def _eq(a, b):
+    return _same_dtype(a == b, a)
+
+
+@value_op("ne")
+def _ne(a, b):
+    return _same_dtype(a != b, a)
+
+
+@value_op("lt")
+def _lt(a, b):
+    return _same_dtype(a < b, a)
+
+
+@value_op("le")
+def _le(a, b):
+    return _same_dtype(a <= b, a)
+
+
+@value_op("gt")
+def _gt(a, b):
+    return _same_dtype(a > b, a)
+
+
+@value_op("ge")
+def _ge(a, b):
+    return _same_dtype(a >= b, a)
+
+
+@value_op("argmax")  # the first maximal element, as torch.argmax
+def _argmax(x, axis, keepdim):
+    return torch.argmax(x, dim=axis, keepdim=bool(keepdim))
+
+
+@value_op("accuracy")  # nb_sum_all(nb_eq(nb_argmax(logits, 1, 0), labels)): the number of correct rows
+def _accuracy(logits, labels):
+    return (torch.argmax(logits, dim=1) == labels).sum()
+
+
 # ----------------------------------------------------------------------------------------------
 # Input specs: each is called with the case's generator and returns a tensor
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +675,11 @@ def NOGRAD(spec):
 def I64(values, shape=None):
     t = torch.tensor(values, dtype=torch.int64)
     return Spec(lambda g: t.reshape(shape) if shape is not None else t.clone(), grad=False)
+
+
+def IRAND(lo, hi, *shape):
+    """i64 uniform in [lo, hi)"""
+    return Spec(lambda g: torch.randint(lo, hi, shape, generator=g, dtype=torch.int64), grad=False)
 
 
 def DISTINCT(*shape):
@@ -696,6 +840,23 @@ case("clamp_bounds", "clamp", [V([-0.5, 0.75, -0.5078125, 0.7578125, 0.0])], lo=
 case("reciprocal_0", "reciprocal", [NZ(2, 3)])
 case("square_0", "square", [N(2, 3)])
 
+# NaN goes through as in PyTorch, forward and backward, so that anomaly mode can see it: relu(NaN)
+# is NaN and passes the gradient on (threshold_backward zeroes only where x <= 0); maximum/minimum
+# with a NaN give NaN and the whole gradient to both inputs; leaky_relu, elu, clamp and abs at NaN
+# and +-inf as torch has them.
+NAN, INF = float("nan"), float("inf")
+EDGE = [NAN, -1.0, 0.0, 2.0, -0.0, INF, -INF]
+case("relu_nan", "relu", [V(EDGE)])
+case("leaky_relu_nan", "leaky_relu", [V(EDGE)], slope=0.125)
+case("elu_nan", "elu", [V(EDGE)], alpha=1.5)
+case("clamp_nan", "clamp", [V(EDGE)], lo=-0.5, hi=1.0)
+case("abs_nan", "abs", [V(EDGE)])
+case("softplus_nan", "softplus", [V([NAN, -1.0, 0.0, 2.0])])
+case("sigmoid_nan", "sigmoid", [V([NAN, -1.0, 0.0, 2.0])])
+case("tanh_nan", "tanh", [V([NAN, -1.0, 0.0, 2.0])])
+for opname in ("maximum", "minimum"):
+    case("%s_nan" % opname, opname, [V([NAN, 1.0, 2.0, NAN, -INF]), V([1.0, NAN, 2.0, NAN, 3.0])])
+
 # where: cond c > 0 (the runner compares with nb_gt), all three broadcast.
 case("where_same", "where", [NOGRAD(N(2, 3)), N(2, 3), N(2, 3)])
 case("where_bcast", "where", [NOGRAD(N(2, 1, 4)), N(3, 1), N(4)])
@@ -734,6 +895,16 @@ for opname in ("var", "std"):
         for corr in (0, 1):
             case("%s_%s_c%d" % (opname, tag, corr), opname, [N(2, 3, 4)], axes=axes, correction=corr,
                  keepdim=keep)
+
+# Too few samples: PyTorch divides by max(0, count - correction), so an empty axis gives NaN (mean too)
+# and one sample with correction 1 gives NaN (0/0), never a finite number. (Fewer samples than the
+# correction give infinity: test_trust_values.c checks that forward; torch's backward there divides by
+# the unclamped count - correction, so it has no fixture.)
+for opname in ("var", "std"):
+    for corr in (0, 1):
+        case("%s_empty_c%d" % (opname, corr), opname, [V([], (0, 3))], axes=(0,), correction=corr, keepdim=0)
+    case("%s_one_c1" % opname, opname, [V([5.0, -2.0], (1, 2))], axes=(0,), correction=1, keepdim=0)
+case("mean_empty", "mean", [V([], (0, 3))], axes=(0,), keepdim=0)
 
 # softmax, log_softmax along each axis, and at +-1e4.
 for opname in ("softmax", "log_softmax"):
@@ -781,6 +952,93 @@ case("scatter_add_a0", "scatter_add", [N(5, 3), I64([[0, 1, 3], [3, 3, 3], [1, 0
 case("dropout_half", "dropout", [N(4, 5)], p=0.5, seed=7)
 case("dropout_fifth", "dropout", [N(3, 8)], p=0.2, seed=123)
 
+# ---- everyday ops ------------------------------------------------------------------------------
+
+case("flip_a1", "flip", [N(2, 3, 4)], axes=(1,))
+case("flip_a02", "flip", [N(2, 3, 4)], axes=(0, -1))
+case("flip_all", "flip", [N(3, 4)], axes=())
+case("flip_ext1", "flip", [N(1, 4)], axes=(0,))  # reversing one element: the input itself
+case("roll_pos", "roll", [N(2, 5)], shift=2, axis=1)
+case("roll_neg", "roll", [N(4, 3)], shift=-1, axis=0)
+case("roll_wrap", "roll", [N(2, 3, 4)], shift=11, axis=-1)  # 11 = 3 (mod 4)
+case("roll_zero", "roll", [N(2, 3)], shift=6, axis=1)
+case("repeat_2d", "repeat", [N(2, 3)], reps=(2, 3))
+case("repeat_lead", "repeat", [N(2, 3)], reps=(2, 1, 2))
+case("repeat_ones", "repeat", [N(3)], reps=(1, 1))
+case("repeat_zero", "repeat", [N(2, 3)], reps=(0, 2))
+case("tile_short", "tile", [N(2, 2, 3)], reps=(2,))  # the missing leading counts are 1
+case("tile_long", "tile", [N(3)], reps=(2, 1, 2))
+case("cumsum_a0", "cumsum", [N(3, 4)], axis=0)
+case("cumsum_a1", "cumsum", [N(2, 5, 3)], axis=1)
+case("cumsum_am1", "cumsum", [N(2, 3, 4)], axis=-1)
+case("cumprod_a1", "cumprod", [NZ(3, 5)], axis=1)
+case("cumprod_a0", "cumprod", [NZ(4, 2, 3)], axis=0)
+# zeros: one, two in a row, two apart, at the start and at the end of a slice
+case("cumprod_zeros", "cumprod", [V([[0.5, 0.0, 2.0, -1.5, 0.75], [1.5, -0.5, 0.0, 0.0, 2.0],
+                                     [0.0, 2.0, 0.5, 0.0, -1.0], [1.25, 2.0, -0.5, 1.5, 0.0]])], axis=1)
+case("cumprod_zeros_a0", "cumprod", [V([[0.5, 0.0, 2.0], [0.0, 1.5, -1.0], [2.0, 0.0, 0.0],
+                                        [-1.5, 3.0, 0.5]])], axis=0)
+case("sort_asc", "sort", [DISTINCT(3, 5)], axis=1, descending=0)
+case("sort_desc", "sort", [DISTINCT(2, 3, 4)], axis=0, descending=1)
+# ties: stable in both directions (the gradient goes back to where each value was)
+case("sort_ties", "sort", [V([[1.0, -0.5, 1.0, 2.0, -0.5, 1.0], [0.0, 0.0, 0.0, 3.0, -1.0, 3.0]])], axis=1,
+     descending=0)
+case("sort_ties_desc", "sort", [V([[1.0, -0.5, 1.0, 2.0, -0.5, 1.0], [0.0, 0.0, 0.0, 3.0, -1.0, 3.0]])], axis=1,
+     descending=1)
+case("argsort_ties", "argsort", [V([[1.0, -0.5, 1.0, 2.0, -0.5, 1.0], [0.0, 0.0, 0.0, 3.0, -1.0, 3.0]])],
+     axis=1, descending=0)
+case("argsort_ties_desc", "argsort", [V([[1.0, -0.5, 1.0, 2.0, -0.5, 1.0], [0.0, 0.0, 0.0, 3.0, -1.0, 3.0]])],
+     axis=-1, descending=1)
+case("argsort_a0", "argsort", [DISTINCT(4, 3)], axis=0, descending=0)
+case("argsort_i64", "argsort", [I64([[3, 1, 3, -2, 1], [0, 0, 7, -7, 0]])], axis=1, descending=1)
+case("topk_largest", "topk", [DISTINCT(3, 6)], k=2, axis=1, largest=1)
+case("topk_smallest", "topk", [DISTINCT(4, 3, 2)], k=3, axis=0, largest=0)
+case("topk_all", "topk", [DISTINCT(2, 4)], k=4, axis=-1, largest=1)
+case("topk_indices", "topk_indices", [DISTINCT(3, 6)], k=3, axis=1, largest=1)
+case("masked_fill_same", "masked_fill", [N(3, 4), NOGRAD(N(3, 4))], value=-2.5)
+case("masked_fill_bcast", "masked_fill", [N(2, 3, 4), NOGRAD(N(3, 1))], value=0.0)
+case("masked_fill_i64mask", "masked_fill", [N(2, 3), I64([1, 0, 2])], value=7.0)
+case("masked_fill_i64", "masked_fill", [I64([[5, -3, 2], [0, 9, 1]]), I64([[1, 0, 0], [0, 1, 1]])], value=-1.0)
+for opname in ("triu", "tril"):
+    for d in (0, 1, -1, 3, -3):
+        case("%s_%s" % (opname, str(d).replace("-", "m")), opname, [N(3, 4)], diagonal=d)
+    case("%s_batch" % opname, opname, [N(2, 4, 3)], diagonal=0)
+case("tril_i64", "tril", [I64([[1, 2, 3], [4, 5, 6]])], diagonal=0)
+EINSUM_SHAPES = {
+    "ij,jk->ik": [(3, 4), (4, 5)], "ij,kj->ik": [(3, 4), (5, 4)], "ji,jk->ik": [(4, 3), (4, 5)],
+    "bij,bjk->bik": [(2, 3, 4), (2, 4, 5)], "bij,bkj->bik": [(2, 3, 4), (2, 5, 4)], "i,j->ij": [(3,), (4,)],
+    "i,i->": [(5,), (5,)], "ij,ij->ij": [(2, 3), (2, 3)], "ij->ji": [(2, 3)], "ij->": [(2, 3)], "ij->j": [(2, 3)],
+    "ij,jk": [(3, 4), (4, 2)], "ba,ab": [(2, 3), (3, 2)], "...ij,...jk->...ik": [(2, 1, 3, 4), (3, 4, 2)],
+    "bhqd,bhkd->bhqk": [(2, 2, 3, 4), (2, 2, 5, 4)], "ijk,jl->lki": [(2, 3, 4), (3, 5)],
+    "ij,j->i": [(3, 4), (4,)], "ij,kl->ijkl": [(2, 3), (2, 2)], "...i,...i->...": [(2, 1, 3), (4, 3)],
+    "ik,k->": [(3, 4), (1,)],  # extent 1 broadcasts: k is summed in the first operand
+}
+assert sorted(EINSUM_SHAPES) == sorted(EINSUM)
+for i, eq in enumerate(EINSUM):
+    case("einsum_%d" % i, "einsum", [N(*s) for s in EINSUM_SHAPES[eq]], eq=i, eq_check=einsum_check(eq))
+
+# ---- integer tensors: exact values (no seed, no gradients) --------------------------------------
+
+for opname in ("add", "sub", "mul", "maximum", "minimum"):
+    case("%s_i64" % opname, opname, [IRAND(-50, 50, 2, 3), IRAND(-50, 50, 3)])
+for opname in ("eq", "ne", "lt", "le", "gt", "ge"):
+    case("%s_i64" % opname, opname, [IRAND(-2, 3, 3, 4), IRAND(-2, 3, 4)])
+    case("%s_f64" % opname, opname, [V([0.5, -1.0, 2.0, 0.5, 3.0, -2.5]), V([0.5, 1.0, 2.0, -0.5, 3.5, -2.5])])
+case("sum_i64", "sum", [IRAND(-100, 100, 2, 3, 4)], axes=(0, 2), keepdim=0)
+case("sum_all_i64", "sum_all", [IRAND(-100, 100, 3, 4)])
+case("max_i64", "max", [IRAND(-9, 9, 3, 5)], axes=(1,), keepdim=1)
+case("min_i64", "min", [IRAND(-9, 9, 3, 5)], axes=(), keepdim=0)
+case("argmax_i64", "argmax", [I64([[3, 7, 7, 1], [-2, -5, -2, -9], [0, 0, 0, 0]])], axis=1, keepdim=0)
+case("argmax_f64", "argmax", [V([[0.5, 2.0, 2.0], [-1.0, -3.0, -0.5]])], axis=0, keepdim=1)
+case("accuracy", "accuracy", [N(6, 4), I64([0, 1, 2, 3, 3, 1])])
+case("where_i64", "where", [I64([1, 0, 2, 0]), I64([[1, 2, 3, 4], [5, 6, 7, 8]]), I64([-1, -2, -3, -4])])
+case("cumsum_i64", "cumsum", [IRAND(-20, 20, 3, 4)], axis=1)
+case("cumprod_i64", "cumprod", [IRAND(-4, 5, 2, 5)], axis=1)
+case("sort_i64", "sort", [I64([[3, 1, 3, -2, 1], [0, 0, 7, -7, 0]])], axis=1, descending=0)
+case("flip_i64", "flip", [I64([[1, 2, 3], [4, 5, 6]])], axes=(1,))
+case("roll_i64", "roll", [I64([1, 2, 3, 4, 5])], shift=-2, axis=0)
+case("repeat_i64", "repeat", [I64([1, 2])], reps=(2, 2))
+
 
 # ----------------------------------------------------------------------------------------------
 # Writing
@@ -795,15 +1053,19 @@ def run_case(name, opname, specs, attrs):
             t.requires_grad_(True)
         inputs.append(t)
     out = OPS[opname](*inputs, **attrs)
-    if not out.is_floating_point() or not out.requires_grad:
-        raise SystemExit("case %s: output is not differentiable" % name)
-    seed = _q(torch.randn(out.shape, generator=gen, dtype=torch.float64)).to(out.dtype)
-    diff = [t for t in inputs if t.requires_grad]
-    grads = torch.autograd.grad(out, diff, seed, allow_unused=True)
     lines = ["case %s %s" % (name, opname)]
     lines += [fw.fmt_attr(k, v) for k, v in attrs.items()]
     lines += [fw.fmt_tensor("in%d" % i, t) for i, t in enumerate(inputs)]
+    if opname in VALUE_OPS or not out.is_floating_point():
+        # not differentiable: the values only
+        lines += [fw.fmt_tensor("out", out.detach()), "end"]
+        return lines
+    if not out.requires_grad:
+        raise SystemExit("case %s: output is not differentiable" % name)
     lines.append(fw.fmt_tensor("out", out))
+    seed = _q(torch.randn(out.shape, generator=gen, dtype=torch.float64)).to(out.dtype)
+    diff = [t for t in inputs if t.requires_grad]
+    grads = torch.autograd.grad(out, diff, seed, allow_unused=True)
     lines.append(fw.fmt_tensor("seed", seed))
     gi = iter(grads)
     for i, t in enumerate(inputs):

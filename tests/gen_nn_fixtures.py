@@ -40,22 +40,29 @@ full float64 precision.
 
 Name mapping (nabla <- torch)
 -------------------------------------------------------------------------------------------------
-    RNN/LSTM/GRU     rnn.weight_ih_l0 ... <- the module's own names (nabla uses PyTorch's); h0/c0 are
-                     torch's hx; with lengths, torch runs a PackedSequence (enforce_sorted=False)
-                     and pads the output with zeros; nabla takes lengths directly
+    RNN/LSTM/GRU     rnn.weight_ih_l0 ... <- the module's own names (nabla uses PyTorch's, also the
+                     reverse direction's rnn.weight_ih_l0_reverse ...); h0/c0 are torch's hx; with
+                     lengths, torch runs a PackedSequence (enforce_sorted=False) and pads the output
+                     with zeros; nabla takes lengths directly; attr bidirectional 1 when present
     MultiheadAttention  mha.{q,k,v}_proj.{weight,bias} <- rows [0:E], [E:2E], [2:E:3E] of
                      in_proj_weight / in_proj_bias; mha.out_proj.* <- out_proj.*. The key padding
                      mask is stored in nabla's convention (1 = real key, 0 = padding) and given to
                      torch as key_padding_mask = (mask == 0) (True = ignore); causal = 1 is torch's
                      attn_mask = triu(ones, diagonal=1) (True = not allowed)
     LayerNorm, Linear   ln.weight/ln.bias, lin.weight/lin.bias <- weight/bias
-    Losses           attr reduction: nabla's nb_reduction numbering, 0 mean, 1 sum, 2 none;
-                     attr ignore_index (present: used); attr label_smoothing
+    Embedding        emb.weight <- weight; attr padding_idx (present: used, torch's value, may be
+                     negative)
+    Losses           attr reduction: nabla's nb_reduction numbering, 0 mean, 1 sum, 2 none,
+                     3 batchmean (kl_div); attr ignore_index (present: used); attr label_smoothing;
+                     in:weight (class weights, or bce's per-element weight), in:pos_weight; float
+                     in:labels are probability targets; attr beta (smooth_l1), delta (huber),
+                     log_target (kl_div)
 """
 
 import math
 import os
 import sys
+import warnings
 import zlib
 
 import torch
@@ -70,7 +77,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "fixtures", "nn_f64.txt")
 F64 = torch.float64
 Q = 2.0 ** -8
-REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}  # nabla's nb_reduction values
+REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}  # nabla's nb_reduction values
 
 
 def q(x):
@@ -144,13 +151,16 @@ RNN_MODULES = {"rnn_tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.
 
 
 @case
-def rnn(c, kind, batch_first=False, lengths=None):
+def rnn(c, kind, batch_first=False, lengths=None, bidirectional=False):
     g = c.gen
-    mod = RNN_MODULES[kind](I, H, num_layers=L, batch_first=batch_first, dtype=F64)
+    d = 2 if bidirectional else 1
+    mod = RNN_MODULES[kind](I, H, num_layers=L, batch_first=batch_first, bidirectional=bidirectional, dtype=F64)
     c.attr("layers", L)
     c.attr("input", I)
     c.attr("hidden", H)
     c.attr("batch_first", int(batch_first))
+    if bidirectional:
+        c.attr("bidirectional", 1)
     if lengths is not None:
         c.attr("lengths", *lengths)
     k = 1.0 / math.sqrt(H)
@@ -159,10 +169,10 @@ def rnn(c, kind, batch_first=False, lengths=None):
         set_param(p, uniform(g, -k, k, *p.shape))
         c.param("rnn." + pname, p)
     x = c.input("x", randn(g, B, T, I) if batch_first else randn(g, T, B, I))
-    h0 = c.input("h0", randn(g, L, B, H, scale=0.5))
+    h0 = c.input("h0", randn(g, L * d, B, H, scale=0.5))
     hx = h0
     if kind == "lstm":
-        hx = (h0, c.input("c0", randn(g, L, B, H, scale=0.5)))
+        hx = (h0, c.input("c0", randn(g, L * d, B, H, scale=0.5)))
     if lengths is None:
         out, hn = mod(x, hx)
     else:
@@ -247,6 +257,21 @@ def linear(c, shape, out_features, bias=True):
 
 
 @case
+def embedding(c, num, dim, idx, padding_idx=None):
+    g = c.gen
+    c.attr("num", num)
+    c.attr("dim", dim)
+    if padding_idx is not None:
+        c.attr("padding_idx", padding_idx)
+    mod = torch.nn.Embedding(num, dim, padding_idx=padding_idx, dtype=F64)
+    # every row random, the padding row too: lookups return it, and its gradient must still be 0
+    set_param(mod.weight, randn(g, num, dim))
+    c.param("emb.weight", mod.weight)
+    i = c.input("idx", torch.tensor(idx, dtype=torch.int64))
+    c.output("y", mod(i))
+
+
+@case
 def mse(c, reduction):
     g = c.gen
     c.attr("reduction", REDUCTIONS[reduction])
@@ -256,7 +281,7 @@ def mse(c, reduction):
 
 
 @case
-def bce(c, reduction, wide=False):
+def bce(c, reduction, wide=False, pos_weight=False, weight=False):
     g = c.gen
     c.attr("reduction", REDUCTIONS[reduction])
     if wide:  # large logits of both signs: the stable form must hold
@@ -265,38 +290,117 @@ def bce(c, reduction, wide=False):
         logits = randn(g, 3, 4, scale=2.0)
     x = c.input("logits", logits)
     t = c.input("target", uniform(g, 0.0, 1.0, *logits.shape))
-    c.output("loss", F.binary_cross_entropy_with_logits(x, t, reduction=reduction))
+    kw = {"reduction": reduction}
+    # torch differentiates neither weight (so nabla's gradients of them are gradchecked in test_nn_losses)
+    if pos_weight:  # one per column, broadcast over rows
+        kw["pos_weight"] = c.input("pos_weight", uniform(g, 0.25, 4.0, logits.shape[-1]), grad=False)
+    if weight:  # one per row
+        kw["weight"] = c.input("weight", uniform(g, 0.0, 2.0, logits.shape[0], 1), grad=False)
+    c.output("loss", F.binary_cross_entropy_with_logits(x, t, **kw))
 
 
 N_CE, C_CE = 6, 5
 
 
-@case
-def cross_entropy(c, reduction, labels, ignore_index=None, label_smoothing=0.0):
-    g = c.gen
-    c.attr("reduction", REDUCTIONS[reduction])
-    kw = {"reduction": reduction, "label_smoothing": label_smoothing}
-    if ignore_index is not None:
-        c.attr("ignore_index", ignore_index)
-        kw["ignore_index"] = ignore_index
-    if label_smoothing:
-        c.attr("label_smoothing", label_smoothing)
-    x = c.input("logits", randn(g, N_CE, C_CE, scale=2.0))
-    y = c.input("labels", torch.tensor(labels, dtype=torch.int64))
-    c.output("loss", F.cross_entropy(x, y, **kw))
-
-
-@case
-def nll(c, reduction, labels, ignore_index=None):
-    g = c.gen
+def ce_kwargs(c, reduction, ignore_index, label_smoothing):
     c.attr("reduction", REDUCTIONS[reduction])
     kw = {"reduction": reduction}
     if ignore_index is not None:
         c.attr("ignore_index", ignore_index)
         kw["ignore_index"] = ignore_index
-    logp = c.input("log_probs", q(torch.log_softmax(randn(g, N_CE, C_CE, scale=2.0), 1)))
-    y = c.input("labels", torch.tensor(labels, dtype=torch.int64))
+    if label_smoothing:
+        c.attr("label_smoothing", label_smoothing)
+        kw["label_smoothing"] = label_smoothing
+    return kw
+
+
+def labels_for(g, shape, ignore_index):
+    """Labels in [0, C_CE) of the given shape; with ignore_index, about a quarter of them ignored
+    (never all)."""
+    y = torch.randint(0, C_CE, shape, generator=g)
+    if ignore_index is not None:
+        drop = torch.rand(shape, generator=g) < 0.25
+        drop.view(-1)[0] = False
+        y[drop] = ignore_index
+    return y
+
+
+@case
+def cross_entropy(c, reduction, labels=None, ignore_index=None, label_smoothing=0.0, shape=(N_CE, C_CE),
+                  weight=False, soft=False):
+    """labels: a list, or None for random ones of the shape without dim 1; weight: class weights;
+    soft: probability targets of the logits' shape"""
+    g = c.gen
+    kw = ce_kwargs(c, reduction, ignore_index, label_smoothing)
+    x = c.input("logits", randn(g, *shape, scale=2.0))
+    if soft:
+        y = c.input("labels", q(torch.softmax(randn(g, *shape, scale=1.5), 1)))
+    else:
+        y = torch.tensor(labels, dtype=torch.int64) if labels is not None else \
+            labels_for(g, shape[:1] + shape[2:], ignore_index)
+        y = c.input("labels", y)
+    if weight:  # torch differentiates class weights only with probability targets
+        kw["weight"] = c.input("weight", uniform(g, 0.25, 2.0, shape[1]), grad=soft)
+    c.output("loss", F.cross_entropy(x, y, **kw))
+
+
+@case
+def nll(c, reduction, labels=None, ignore_index=None, shape=(N_CE, C_CE), weight=False):
+    g = c.gen
+    kw = ce_kwargs(c, reduction, ignore_index, 0.0)
+    logp = c.input("log_probs", q(torch.log_softmax(randn(g, *shape, scale=2.0), 1)))
+    y = torch.tensor(labels, dtype=torch.int64) if labels is not None else labels_for(g, shape[:1] + shape[2:], ignore_index)
+    y = c.input("labels", y)
+    if weight:
+        kw["weight"] = c.input("weight", uniform(g, 0.25, 2.0, shape[1]), grad=False)
     c.output("loss", F.nll_loss(logp, y, **kw))
+
+
+@case
+def l1(c, reduction):
+    g = c.gen
+    c.attr("reduction", REDUCTIONS[reduction])
+    pred = c.input("pred", randn(g, 3, 4))
+    target = c.input("target", randn(g, 3, 4))
+    c.output("loss", F.l1_loss(pred, target, reduction=reduction))
+
+
+@case
+def smooth_l1(c, reduction, beta):
+    g = c.gen
+    c.attr("reduction", REDUCTIONS[reduction])
+    c.attr("beta", beta)
+    pred = c.input("pred", randn(g, 3, 5))  # differences of both sides of beta
+    target = c.input("target", randn(g, 3, 5))
+    c.output("loss", F.smooth_l1_loss(pred, target, reduction=reduction, beta=beta))
+
+
+@case
+def huber(c, reduction, delta):
+    g = c.gen
+    c.attr("reduction", REDUCTIONS[reduction])
+    c.attr("delta", delta)
+    pred = c.input("pred", randn(g, 3, 5))
+    target = c.input("target", randn(g, 3, 5))
+    c.output("loss", F.huber_loss(pred, target, reduction=reduction, delta=delta))
+
+
+@case
+def kl_div(c, reduction, log_target, zeros=False):
+    """input: log-probabilities [4, 5]; target probabilities (with zeros: some exactly 0, then not
+    differentiated, as torch's gradient there is NaN) or log-probabilities"""
+    g = c.gen
+    c.attr("reduction", REDUCTIONS[reduction])
+    c.attr("log_target", int(log_target))
+    x = c.input("input", q(torch.log_softmax(randn(g, 4, 5, scale=1.5), 1)))
+    t = torch.softmax(randn(g, 4, 5, scale=1.5), 1)
+    if zeros:
+        t[0, 1] = t[2, 0] = t[2, 4] = 0.0
+    t = q(torch.log(t)) if log_target else q(t)
+    t = c.input("target", t, grad=not zeros)
+    with warnings.catch_warnings():  # torch's note that 'mean' is not 'batchmean'
+        warnings.simplefilter("ignore")
+        c.output("loss", F.kl_div(x, t, reduction=reduction, log_target=log_target))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,6 +414,11 @@ for kind in ("rnn_tanh", "lstm", "gru"):
 # runs share nabla's masking code, so the Elman one is left out to keep the file small)
 rnn("lstm_len_bf", "lstm", kind="lstm", batch_first=True, lengths=[3, 5, 1])
 rnn("gru_len", "gru", kind="gru", lengths=[4, 5, 2])
+# bidirectional, two layers (layer 1 reads both directions); with lengths, torch's reverse direction
+# starts at each sequence's last real step (three cases: each adds 50 kB to the file)
+rnn("rnn_tanh_bi_bf", "rnn_tanh", kind="rnn_tanh", bidirectional=True, batch_first=True)
+rnn("lstm_bi_len", "lstm", kind="lstm", bidirectional=True, lengths=[3, 5, 1])
+rnn("gru_bi_len", "gru", kind="gru", bidirectional=True, lengths=[4, 5, 2])
 
 mha("mha_cross", "mha", tq=4, tk=5)
 mha("mha_keypad", "mha", tq=4, tk=5, keypad=[[3, 4], [1]])
@@ -322,6 +431,11 @@ layer_norm("layer_norm_3d", "layer_norm", shape=(2, 3, 6), eps=1e-3)
 linear("linear_2d", "linear", shape=(3, 5), out_features=4)
 linear("linear_3d", "linear", shape=(2, 3, 5), out_features=4)
 linear("linear_nobias", "linear", shape=(2, 3, 5), out_features=4, bias=False)
+
+IDX = [[1, 0, 4, 0], [3, 3, 6, 1]]  # row 0 and row 6 (= -1 of 7) looked up, repeats accumulate
+embedding("embedding", "embedding", num=7, dim=3, idx=IDX)
+embedding("embedding_pad", "embedding", num=7, dim=3, idx=IDX, padding_idx=0)
+embedding("embedding_pad_neg", "embedding", num=7, dim=3, idx=IDX, padding_idx=-1)
 
 LABELS = [1, 0, 4, 2, 2, 3]
 LABELS_IGN = [1, -100, 4, 2, -100, 3]
@@ -339,6 +453,37 @@ cross_entropy("ce_smooth_ignore_mean", "cross_entropy", reduction="mean", labels
 cross_entropy("ce_smooth_ignore_none", "cross_entropy", reduction="none", labels=LABELS_IGN, ignore_index=-100,
               label_smoothing=0.1)
 nll("nll_ignore_mean", "nll", reduction="mean", labels=LABELS_IGN, ignore_index=-100)
+
+# class dims after dim 1 ([N, C, d1, d2]), class weights (torch's weighted mean, also with ignored
+# labels and smoothing), probability targets
+ND = (2, C_CE, 3, 2)
+for red in ("mean", "sum", "none"):
+    cross_entropy("ce_nd_%s" % red, "cross_entropy", reduction=red, shape=ND)
+    cross_entropy("ce_weight_ignore_smooth_%s" % red, "cross_entropy", reduction=red, weight=True,
+                  ignore_index=-100, label_smoothing=0.2)
+    cross_entropy("ce_soft_weight_smooth_%s" % red, "cross_entropy", reduction=red, soft=True, weight=True,
+                  label_smoothing=0.1)
+    nll("nll_nd_weight_ignore_%s" % red, "nll", reduction=red, shape=ND, weight=True, ignore_index=1)
+cross_entropy("ce_weight_mean", "cross_entropy", reduction="mean", labels=LABELS, weight=True)
+cross_entropy("ce_nd_weight_ignore_smooth_mean", "cross_entropy", reduction="mean", shape=ND, weight=True,
+              ignore_index=-100, label_smoothing=0.15)
+cross_entropy("ce_soft_mean", "cross_entropy", reduction="mean", soft=True)
+cross_entropy("ce_soft_nd_smooth_none", "cross_entropy", reduction="none", soft=True, shape=ND, label_smoothing=0.3)
+cross_entropy("ce_one_sample_none", "cross_entropy", reduction="none", labels=3, shape=(C_CE,))
+
+for red in ("mean", "sum", "none"):
+    bce("bce_pos_weight_%s" % red, "bce", reduction=red, pos_weight=True)
+    l1("l1_%s" % red, "l1", reduction=red)
+    smooth_l1("smooth_l1_%s" % red, "smooth_l1", reduction=red, beta=0.5)
+    huber("huber_%s" % red, "huber", reduction=red, delta=0.75)
+bce("bce_pos_weight_weight_mean", "bce", reduction="mean", pos_weight=True, weight=True)
+bce("bce_wide_pos_weight_sum", "bce", reduction="sum", wide=True, pos_weight=True)
+smooth_l1("smooth_l1_beta0_mean", "smooth_l1", reduction="mean", beta=0.0)
+smooth_l1("smooth_l1_beta2_sum", "smooth_l1", reduction="sum", beta=2.0)
+for red in ("mean", "sum", "none", "batchmean"):
+    kl_div("kl_div_%s" % red, "kl_div", reduction=red, log_target=False)
+    kl_div("kl_div_log_target_%s" % red, "kl_div", reduction=red, log_target=True)
+kl_div("kl_div_zeros_batchmean", "kl_div", reduction="batchmean", log_target=False, zeros=True)
 
 
 # ----------------------------------------------------------------------------------------------

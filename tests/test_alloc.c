@@ -280,6 +280,92 @@ static void train_cnn(const char *name, nb_dtype dt)
     nb_params_free(m.p);
 }
 
+/* ---- optimizers: every kind, with two parameter groups and a schedule stepped every step ---------- */
+
+typedef struct optim_run {
+    nb_params *ps;
+    nb_tensor *x, *t, *w1, *b1, *w2, *b2;
+    nb_tape *tape;
+} optim_run;
+
+static nb_tensor *run_loss(const optim_run *r)
+{
+    nb_tensor *h = nb_tanh(nb_add(nb_matmul(r->x, r->w1), r->b1));
+    nb_tensor *e = nb_sub(nb_add(nb_matmul(h, r->w2), r->b2), r->t);
+    return nb_mean_all(nb_mul(e, e));
+}
+
+static nb_status run_closure(void *user, double *loss)
+{
+    optim_run *r = user;
+    nb_params_zero_grad(r->ps);
+    nb_tensor *l = run_loss(r);
+    nb_status st = l ? nb_backward(l, NULL, 0) : nb_error_code();
+    if (st == NB_OK) *loss = nb_tensor_item(l);
+    nb_tape_reset(r->tape);
+    return st;
+}
+
+static void train_optim(nb_optim_kind kind, nb_sched_kind sk)
+{
+    optim_run r = {0};
+    nb_rng rng;
+    nb_rng_seed(&rng, 5);
+    r.ps = nb_params_new();
+    r.x = nb_tensor_uniform(NB_F64, NB_SHAPE(16, 8), -1, 1, &rng);
+    r.t = nb_tensor_uniform(NB_F64, NB_SHAPE(16, 2), -1, 1, &rng);
+    r.w1 = nb_params_add(r.ps, "l1.w", nb_tensor_uniform(NB_F64, NB_SHAPE(8, 16), -0.3, 0.3, &rng));
+    r.b1 = nb_params_add(r.ps, "l1.b", nb_tensor_zeros(NB_F64, NB_SHAPE(16)));
+    r.w2 = nb_params_add(r.ps, "l2.w", nb_tensor_uniform(NB_F64, NB_SHAPE(16, 2), -0.25, 0.25, &rng));
+    r.b2 = nb_params_add(r.ps, "l2.b", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    r.tape = nb_tape_new();
+    nb_tape_begin(r.tape);
+    nb_optim_opts o = nb_optim_defaults(kind);
+    o.lr = kind == NB_LBFGS ? 1.0 : kind == NB_ADADELTA ? 1.0 : 0.01;
+    if (kind == NB_SGD || kind == NB_RMSPROP) o.momentum = 0.9;
+    if (kind == NB_LBFGS) o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+    nb_optim_group g = {.prefix = "l2.", .opts = o};
+    g.opts.lr = o.lr / 2;
+    nb_optim *opt = nb_optim_new_groups(kind, r.ps, &o, kind == NB_LBFGS ? 0 : 1, &g);
+    nb_sched_opts so = nb_sched_defaults(sk);
+    so.total_steps = 20;
+    so.t_0 = 3;
+    so.t_mult = 2;
+    so.t_max = 12;
+    nb_sched *s = kind == NB_LBFGS ? NULL : nb_sched_new(sk, opt, &so);
+    CHECK(opt && (s || kind == NB_LBFGS), "%s: %s", nb_optim_kind_name(kind), nb_error_message());
+    double first = NAN, last = NAN;
+    for (int it = 0; opt && it < 10; it++) {
+        long before = total_calls(&g_count);
+        double loss = NAN;
+        if (kind == NB_LBFGS) {
+            CHECK(nb_optim_step_closure(opt, run_closure, &r, &loss) == NB_OK, "lbfgs: %s", nb_error_message());
+        } else {
+            nb_optim_zero_grad(opt);
+            nb_tensor *l = run_loss(&r);
+            loss = l ? nb_tensor_item(l) : NAN;
+            CHECK(l && nb_backward(l, NULL, 0) == NB_OK && nb_optim_step(opt) == NB_OK, "%s: %s",
+                  nb_optim_kind_name(kind), nb_error_message());
+            nb_tape_reset(r.tape);
+            nb_sched_step(s, loss);
+        }
+        long calls = total_calls(&g_count) - before;
+        if (it > 0)
+            CHECK(calls == 0, "%s: step %d made %ld allocator calls, expected 0", nb_optim_kind_name(kind), it + 1, calls);
+        if (it == 0) first = loss;
+        last = loss;
+    }
+    CHECK(last < first, "%s: loss %g -> %g", nb_optim_kind_name(kind), first, last);
+    nb_sched_free(s);
+    nb_optim_free(opt);
+    nb_tape_end(r.tape);
+    nb_tape_free(r.tape);
+    nb_tensor_free(r.x);
+    nb_tensor_free(r.t);
+    nb_params_free(r.ps);
+    CHECK_NO_ERROR();
+}
+
 int main(void)
 {
     nb_allocator a = {count_alloc, count_realloc, count_free, &g_count};
@@ -295,6 +381,13 @@ int main(void)
     /* a CNN (conv, batch norm, pooling, dropout) trained by AdamW */
     train_cnn("cnn f32", NB_F32);
     train_cnn("cnn f64", NB_F64);
+    /* every optimizer, with groups and each kind of schedule in turn (L-BFGS: after its first step) */
+    for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++)
+        train_optim((nb_optim_kind)k, (nb_sched_kind)(k % NB_SCHED_KIND_COUNT == NB_SCHED_LAMBDA
+                                                          ? NB_SCHED_ONECYCLE
+                                                          : k % NB_SCHED_KIND_COUNT));
+    train_optim(NB_ADAM, NB_SCHED_WARM_RESTARTS);
+    train_optim(NB_SGD, NB_SCHED_ONECYCLE);
 
     /* every object freed: nothing live, and every free named the right size */
     CHECK(!g_count.overflow, "tracking table overflowed");

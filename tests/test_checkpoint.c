@@ -540,10 +540,45 @@ static const bad_case bad_cases[] = {
      "is not an integer"},
     {"{\"__metadata__\":{\"step\":\"\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT, "metadata step \"\" is not an integer"},
     {"{\"__metadata__\":{\"format\":\"nabla-checkpoint\"}," A_OK "," B_OK "}", 40, 1, NB_ERR_FORMAT, "no step in the metadata"},
-    {"{\"__metadata__\":{\"optimizer\":\"lbfgs\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
-     "metadata optimizer \"lbfgs\" is not a known optimizer"},
+    {"{\"__metadata__\":{\"optimizer\":\"lion\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "metadata optimizer \"lion\" is not a known optimizer"},
     {"{\"__metadata__\":{\"optimizer\":\"adam\",\"optimizer_steps\":\"-1\"}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
      "metadata optimizer_steps \"-1\" is not a non-negative integer"},
+    /* strict JSON: what a general parser lets through is an error here too */
+    {"{\"a\" {\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "the header is not valid JSON"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[02,2],\"data_offsets\":[0,16]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "tensor a: shape entry 0 is not an integer"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2e0],\"data_offsets\":[0,16]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "tensor a: shape entry 1 is not an integer"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2.0],\"data_offsets\":[0,16]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "tensor a: shape entry 1 is not an integer"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[[2],2],\"data_offsets\":[0,16]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "tensor a: shape entry 0 is not an integer"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[9007199254740993,0],\"data_offsets\":[0,0]}," B_AT(0, 24) "}", 24, 0,
+     NB_ERR_FORMAT, "tensor a: shape entry 0 is not an integer in [0, 2^53]"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,99999999999999999999999]}," B_OK "}", 40, 0,
+     NB_ERR_FORMAT, "tensor a: data_offsets is not an array of two integers in [0, 2^53]"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16,32]}," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "tensor a: data_offsets is not an array of two integers"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16],\"dtype\":\"F64\"}," B_OK "}", 40, 0,
+     NB_ERR_FORMAT, "tensor a: key \"dtype\" appears twice"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16],\"x\":{\"y\":1}}," B_OK "}", 40, 0,
+     NB_ERR_FORMAT, "tensor a: unknown key \"x\""},
+    {"{\"a\\x\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a bad escape in a string"},
+    {"{\"a\\u00G1\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a bad \\u escape"},
+    {"{\"a\\udc00\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a lone low surrogate"},
+    {"{\"a\\ud800x\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a high surrogate without its low surrogate"},
+    {"{\"a\\u0000\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a string holds \\u0000"},
+    {"{\"a\tb\":{}," B_OK "}", 40, 0, NB_ERR_FORMAT, "a control character in a string"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}," B_OK, 40, 0, NB_ERR_FORMAT,
+     "the header is not valid JSON"},
+    {"{" A_OK "," B_OK "}{}", 40, 0, NB_ERR_FORMAT, "unexpected bytes after the header's JSON value"},
+    {"{\"__metadata__\":{\"step\":{\"x\":\"1\"}}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT,
+     "__metadata__: \"step\" is not a string"},
+    {"{\"__meta\\u0064ata__\":{},\"__metadata__\":{}," A_OK "," B_OK "}", 40, 0, NB_ERR_FORMAT, "__metadata__ appears twice"},
+    {"{\"\\u0061\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}," A_OK "," B_AT(16, 40) "}", 40, 0,
+     NB_ERR_FORMAT, "tensor a appears twice"},
     /* the model */
     {"{" B_AT(0, 24) "}", 24, 0, NB_ERR_SHAPE, "1 tensor(s) of the model missing from the file (a)"},
     {"{" A_OK "," B_OK ",\"c\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[40,44]}}", 44, 0, NB_ERR_SHAPE,
@@ -675,6 +710,15 @@ static void test_malformed(void)
     /* a header padded with whitespace of every JSON kind is fine */
     write_st(path, "{" A_OK "," B_OK "} \t\r\n  ", data, 40);
     CHECK(nb_checkpoint_load(path, p, NULL, NULL) == NB_OK, "padded header: %s", nb_error_message());
+    /* escapes in names are decoded ("\u0061" is a, "\/" is /), whitespace may be anywhere, keys in any order */
+    write_st(path, " {\n \"\\u0061\" : { \"shape\" : [ 2 , 2 ] , \"data_offsets\":[0,16],\"dtype\":\"F\\u0033\\u0032\" } ,\r\n"
+             "\"__metadata__\":{\"x\\/y\":\"\\ud83d\\ude00 \\\"\\\\\\n\"}," B_OK "}", data, 40);
+    CHECK(nb_checkpoint_load(path, p, NULL, NULL) == NB_OK, "escaped names and spacing: %s", nb_error_message());
+    nb_safetensors *sf = NULL;
+    CHECK(nb_safetensors_read(path, &sf) == NB_OK && nb_safetensors_find(sf, "a") &&
+              nb_safetensors_meta(sf, "x/y") && !strcmp(nb_safetensors_meta(sf, "x/y"), "\xf0\x9f\x98\x80 \"\\\n"),
+          "decoded metadata: %s", nb_error_message());
+    nb_safetensors_free(sf);
 #undef CHECK_UNCHANGED
     free(orig.bytes);
     nb_params_free(p);

@@ -838,6 +838,85 @@ static void test_rng(void)
     CHECK_NO_ERROR();
 }
 
+
+/* ---- post-accumulate hooks -------------------------------------------------------------------- */
+
+typedef struct post_log {
+    int n;
+    nb_tensor *order[8];
+    double grad_at_call[8];  /* the hooked leaf's .grad[0] when its hook ran */
+    double other_at_call[8]; /* another leaf's .grad[0] at that moment */
+    nb_tensor *other;
+    nb_status fail_with;
+} post_log;
+
+static nb_status post_record(nb_tensor *leaf, void *user)
+{
+    post_log *lg = user;
+    if (lg->n < 8) {
+        lg->order[lg->n] = leaf;
+        lg->grad_at_call[lg->n] = nb_tensor_get(nb_tensor_grad(leaf), 0);
+        lg->other_at_call[lg->n] = lg->other && nb_tensor_grad(lg->other) ? nb_tensor_get(nb_tensor_grad(lg->other), 0) : 0;
+    }
+    lg->n++;
+    if (lg->fail_with != NB_OK) nb_error_set(lg->fail_with, "post hook refuses");
+    return lg->fail_with;
+}
+
+static void test_post_accumulate_hook(void)
+{
+    /* y = w2 * tanh(w1 * x) + w1: w1 is used first (node 0) and last (the add), w2 in between.
+     * dy/dw2 = tanh(w1 x); dy/dw1 = w2 (1 - tanh^2(w1 x)) x + 1. Leaves finish in decreasing order of
+     * their first use: w2 (first used by node 2) before w1 (first used by node 0), and w2's hook runs
+     * while w1's gradient is still untouched. */
+    nb_tensor *x = leaf64(1, (const double[]){0.5});
+    nb_tensor *w1 = leaf64(1, (const double[]){0.8});
+    nb_tensor *w2 = leaf64(1, (const double[]){-1.5});
+    nb_tensor_set_requires_grad(x, 0);
+    post_log lg = {.other = w1};
+    CHECK(nb_tensor_set_post_accumulate_hook(w1, post_record, &lg) == NB_OK, "set hook w1");
+    CHECK(nb_tensor_set_post_accumulate_hook(w2, post_record, &lg) == NB_OK, "set hook w2");
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *y = nb_add(nb_mul(w2, nb_tanh(nb_mul(w1, x))), w1);
+    CHECK(nb_backward(nb_sum_all(y), NULL, NB_RETAIN_GRAPH) == NB_OK, "backward: %s", nb_error_message());
+    double th = tanh(0.4), g2 = th, g1 = -1.5 * (1 - th * th) * 0.5 + 1;
+    CHECK(lg.n == 2, "each hooked leaf once per pass, got %d calls", lg.n);
+    CHECK(lg.order[0] == w2 && lg.order[1] == w1, "w2 finishes before w1");
+    CHECK_CLOSE(lg.grad_at_call[0], g2, 1e-15, 0);
+    CHECK(lg.other_at_call[0] == 0, "w1's gradient is not yet stored when w2's hook runs (%g)", lg.other_at_call[0]);
+    CHECK_CLOSE(lg.grad_at_call[1], g1, 1e-15, 0);
+    /* a second pass: the hooks see the accumulated totals */
+    lg.n = 0;
+    CHECK(nb_backward(nb_sum_all(y), NULL, NB_RETAIN_GRAPH) == NB_OK, "second backward");
+    CHECK(lg.n == 2, "second pass: %d calls", lg.n);
+    CHECK_CLOSE(lg.grad_at_call[0], 2 * g2, 1e-15, 0);
+    CHECK_CLOSE(lg.grad_at_call[1], 2 * g1, 1e-15, 0);
+    /* nb_grad does not call them */
+    lg.n = 0;
+    nb_tensor *gs[2];
+    nb_tensor *wrt[2] = {w1, w2};
+    CHECK(nb_grad(nb_sum_all(y), NULL, 2, wrt, gs, NB_RETAIN_GRAPH) == NB_OK && lg.n == 0, "nb_grad calls no post hook");
+    /* a failing hook fails the backward with its status and message */
+    lg.n = 0;
+    lg.fail_with = NB_ERR_IO;
+    CHECK_ERROR(nb_backward(nb_sum_all(y), NULL, NB_RETAIN_GRAPH) != NB_OK, NB_ERR_IO, "post hook refuses");
+    CHECK(lg.n == 1, "the backward stops at the first failing hook (%d calls)", lg.n);
+    lg.fail_with = NB_OK;
+    /* op results have no post-accumulate hook; NULL removes one */
+    CHECK_ERROR(nb_tensor_set_post_accumulate_hook(y, post_record, &lg) != NB_OK, NB_ERR_STATE, "op result");
+    CHECK(nb_tensor_set_post_accumulate_hook(w1, NULL, NULL) == NB_OK, "remove");
+    nb_tensor_zero_grad(w1);
+    nb_tensor_zero_grad(w2);
+    lg.n = 0;
+    CHECK(nb_backward(nb_sum_all(y), NULL, 0) == NB_OK && lg.n == 1 && lg.order[0] == w2, "only w2 is hooked now");
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    nb_tensor_free(w1);
+    nb_tensor_free(w2);
+}
+
 int main(void)
 {
     test_accumulate();
@@ -852,5 +931,6 @@ int main(void)
     test_free_op_result();
     test_f32_vs_f64();
     test_rng();
+    test_post_accumulate_hook();
     return nbt_report("engine");
 }

@@ -73,7 +73,7 @@ static void test_elementwise(fixture *x)
     ERR(nb_pow(x->f2, x->d2) == NULL, NB_ERR_DTYPE, "nb_pow: f32 [2] and f64 [2]: dtypes differ");
     ERR(nb_maximum(x->a23, x->a5) == NULL, NB_ERR_SHAPE, "nb_maximum: [2,3] and [5]: shapes do not broadcast");
     ERR(nb_maximum(x->d2, x->f2) == NULL, NB_ERR_DTYPE, "nb_maximum: f64 [2] and f32 [2]: dtypes differ");
-    ERR(nb_minimum(x->i3, x->i3) == NULL, NB_ERR_DTYPE, "nb_minimum: i64 tensor [3]: expected f32 or f64");
+    ERR(nb_pow(x->i3, x->i3) == NULL, NB_ERR_DTYPE, "nb_pow: i64 tensor [3]: expected f32 or f64");
     ERR(nb_minimum(NULL, x->a23) == NULL, NB_ERR_ARG, "nb_minimum: input a is NULL");
 
     /* unary and scalar forms: i64 input, named after the function called */
@@ -102,7 +102,7 @@ static void test_elementwise(fixture *x)
     ERR(nb_where(x->a4, x->a23, x->a23) == NULL, NB_ERR_SHAPE, "nb_where: cond [4], a [2,3], b [2,3]: shapes do not broadcast");
     ERR(nb_where(x->a23, x->a23, x->a4) == NULL, NB_ERR_SHAPE, "nb_where: [2,3] and [4]: shapes do not broadcast");
     ERR(nb_where(x->a23, x->f23, x->a23) == NULL, NB_ERR_DTYPE, "nb_where: f32 [2,3] and f64 [2,3]: dtypes differ");
-    ERR(nb_where(x->i3, x->i3, x->i3) == NULL, NB_ERR_DTYPE, "nb_where: i64 tensor [3]");
+    ERR(nb_where(x->i3, x->a23, x->a23) == NULL, NB_ERR_DTYPE, "nb_where: cond i64 [3] and values f64");
 }
 
 /* ---- matmul, reductions ----------------------------------------------------------------------- */
@@ -122,14 +122,14 @@ static void test_matmul_reduce(fixture *x)
     ERR(nb_max(x->a234, NB_AXES(1, -2), 0) == NULL, NB_ERR_ARG, "nb_max: axis -2 repeated for [2,3,4]");
     ERR(nb_max(x->a234, -1, NULL, 0) == NULL, NB_ERR_ARG, "nb_max: -1 axes");
     ERR(nb_min(x->e20, NB_AXES(1), 0) == NULL, NB_ERR_SHAPE, "nb_min: [2,0] is empty along axis 1");
-    ERR(nb_min(x->i3, 0, NULL, 0) == NULL, NB_ERR_DTYPE, "nb_min: i64 tensor [3]");
+    ERR(nb_logsumexp(x->i3, 0, NULL, 0) == NULL, NB_ERR_DTYPE, "nb_logsumexp: i64 tensor [3]");
     ERR(nb_logsumexp(x->a234, NB_AXES(-4), 0) == NULL, NB_ERR_ARG, "nb_logsumexp: axis -4 out of range for [2,3,4]");
     ERR(nb_logsumexp(x->e20, NB_AXES(1), 0) == NULL, NB_ERR_SHAPE, "nb_logsumexp: [2,0] is empty along axis 1");
     ERR(nb_var(x->a234, NB_AXES(0), -1, 0) == NULL, NB_ERR_ARG, "nb_var: [2,3,4]: correction -1 is negative");
     ERR(nb_var(x->a234, NB_AXES(5), 1, 0) == NULL, NB_ERR_ARG, "nb_var: axis 5 out of range for [2,3,4]");
     ERR(nb_argmax(x->a234, 3, 0) == NULL, NB_ERR_ARG, "nb_argmax: axis 3 out of range for [2,3,4]");
     ERR(nb_argmin(x->e20, 1, 0) == NULL, NB_ERR_SHAPE, "nb_argmin: [2,0] is empty along axis 1");
-    ERR(nb_argmax(x->i3, 0, 0) == NULL, NB_ERR_DTYPE, "nb_argmax: i64 tensor [3]");
+    ERR(nb_softmax(x->i3, 0) == NULL, NB_ERR_DTYPE, "nb_softmax: i64 tensor [3]");
     ERR(nb_softmax(x->a234, 3) == NULL, NB_ERR_ARG, "nb_softmax: axis 3 out of range for [2,3,4]");
     ERR(nb_log_softmax(x->a234, -4) == NULL, NB_ERR_ARG, "nb_log_softmax: axis -4 out of range for [2,3,4]");
     ERR(nb_softmax(x->s0, 0) == NULL, NB_ERR_ARG, "nb_softmax: axis 0 out of range for []");
@@ -239,6 +239,135 @@ static void test_composed_names(fixture *x)
     ERR(nb_std(x->a234, NB_AXES(5), 1, 0) == NULL, NB_ERR_ARG, "nb_std: axis 5 out of range for [2,3,4]");
     ERR(nb_dropout(x->a23, 1.5, &rng) == NULL, NB_ERR_ARG, "nb_dropout:");
     ERR(nb_dropout(x->i3, 0.5, &rng) == NULL, NB_ERR_DTYPE, "nb_dropout: i64 tensor [3]");
+}
+
+/* ---- everyday ops and integer tensors --------------------------------------------------------- */
+
+/* A call given NULL returns NULL and keeps the first message: `first` failed before it. */
+#define STICKY(first, call, first_needle)                                                              \
+    do {                                                                                               \
+        n_cases++;                                                                                     \
+        nb_error_clear();                                                                              \
+        int nbt_first_failed = (first) == NULL;                                                        \
+        nb_tensor *nbt_r = (call);                                                                     \
+        CHECK(nbt_first_failed && nbt_r == NULL && strstr(nb_error_message(), first_needle),           \
+              "%s after a failed %s: result %p, message \"%s\"", #call, #first, (void *)nbt_r,          \
+              nb_error_message());                                                                     \
+        nb_error_clear();                                                                              \
+    } while (0)
+
+static void test_everyday(fixture *x)
+{
+    nb_tensor *i23 = nb_tensor_zeros(NB_I64, NB_SHAPE(2, 3));
+    nb_tensor *e = NULL;
+
+    /* integers: the ops that refuse i64, and i64 mixed with floats */
+    ERR(nb_div(x->i3, x->i3) == NULL, NB_ERR_DTYPE, "nb_div: i64 tensor [3]: expected f32 or f64");
+    ERR(nb_mean(x->i3, 0, NULL, 0) == NULL, NB_ERR_DTYPE,
+        "nb_mean: i64 tensor [3]: the mean of integers is not an integer (nb_sum counts; nb_cast to f64 first");
+    ERR(nb_add(x->i3, x->d2) == NULL, NB_ERR_DTYPE, "nb_add: i64 [3] and f64 [2]: dtypes differ");
+    ERR(nb_eq(x->i3, x->a4) == NULL, NB_ERR_DTYPE, "nb_eq: i64 [3] and f64 [4]: dtypes differ");
+    ERR(nb_eq(x->idx2, i23) == NULL, NB_ERR_SHAPE, "nb_eq: [2] and [2,3]: shapes do not broadcast");
+    ERR(nb_mul(i23, x->idx2) == NULL, NB_ERR_SHAPE, "nb_mul: [2,3] and [2]: shapes do not broadcast");
+    ERR(nb_add_scalar(x->i3, 1.0) == NULL, NB_ERR_DTYPE, "nb_add_scalar: i64 tensor [3]: expected f32 or f64");
+    ERR(nb_max(i23, NB_AXES(2), 0) == NULL, NB_ERR_ARG, "nb_max: axis 2 out of range for [2,3]");
+    ERR(nb_argmax(i23, -3, 0) == NULL, NB_ERR_ARG, "nb_argmax: axis -3 out of range for [2,3]");
+    ERR(nb_where(x->i3, x->i3, x->a4) == NULL, NB_ERR_DTYPE, "nb_where: i64 [3] and f64 [4]: dtypes differ");
+
+    /* flip, roll, repeat, tile */
+    ERR(nb_flip(x->a234, NB_AXES(3)) == NULL, NB_ERR_ARG, "nb_flip: axis 3 out of range for [2,3,4]");
+    ERR(nb_flip(x->a234, NB_AXES(0, -3)) == NULL, NB_ERR_ARG, "nb_flip: axis -3 repeated for [2,3,4]");
+    ERR(nb_flip(NULL, NB_AXES(0)) == NULL, NB_ERR_ARG, "nb_flip: input is NULL");
+    ERR(nb_roll(x->a234, 1, 3) == NULL, NB_ERR_ARG, "nb_roll: axis 3 out of range for [2,3,4]");
+    ERR(nb_roll(x->s0, 1, 0) == NULL, NB_ERR_ARG, "nb_roll: axis 0 out of range for []");
+    ERR(nb_repeat(x->a23, NB_SHAPE(2)) == NULL, NB_ERR_ARG, "nb_repeat: 1 repeat counts for [2,3]: need 2..8");
+    ERR(nb_repeat(x->a23, NB_SHAPE(2, -1)) == NULL, NB_ERR_ARG, "nb_repeat: [2,3]: repeat count -1 for dim 1 is negative");
+    ERR(nb_repeat(x->a23, 2, NULL) == NULL, NB_ERR_ARG, "nb_repeat: 2 repeat counts for [2,3]");
+    ERR(nb_repeat(x->a23, NB_SHAPE((int64_t)1 << 40, (int64_t)1 << 30)) == NULL, NB_ERR_SHAPE,
+        "nb_repeat: [2199023255552,3221225472]: too many elements");
+    ERR(nb_tile(x->a23, NB_SHAPE(-2)) == NULL, NB_ERR_ARG, "nb_tile: [2,3]: repeat count -2 for dim 1 is negative");
+    ERR(nb_tile(x->a23, 9, (const int64_t[]){1, 1, 1, 1, 1, 1, 1, 1, 1}) == NULL, NB_ERR_ARG,
+        "nb_tile: 9 repeat counts for [2,3]: need 0..8");
+
+    /* cumsum, cumprod, argsort, sort, topk */
+    ERR(nb_cumsum(x->a234, -4) == NULL, NB_ERR_ARG, "nb_cumsum: axis -4 out of range for [2,3,4]");
+    ERR(nb_cumsum(x->s0, 0) == NULL, NB_ERR_ARG, "nb_cumsum: axis 0 out of range for []");
+    ERR(nb_cumprod(x->a23, 2) == NULL, NB_ERR_ARG, "nb_cumprod: axis 2 out of range for [2,3]");
+    ERR(nb_cumprod(NULL, 0) == NULL, NB_ERR_ARG, "nb_cumprod: input is NULL");
+    ERR(nb_argsort(x->a23, 2, 0) == NULL, NB_ERR_ARG, "nb_argsort: axis 2 out of range for [2,3]");
+    ERR(nb_sort(x->a23, -3, 1, &e) == NULL && e == NULL, NB_ERR_ARG, "nb_sort: axis -3 out of range for [2,3]");
+    ERR(nb_sort(x->s0, 0, 0, NULL) == NULL, NB_ERR_ARG, "nb_sort: axis 0 out of range for []");
+    ERR(nb_topk(x->a234, 5, -1, 1, &e) == NULL && e == NULL, NB_ERR_ARG,
+        "nb_topk: k = 5 for [2,3,4] along axis -1 of extent 4: need 0 <= k <= 4");
+    ERR(nb_topk(x->a234, -1, 0, 0, NULL) == NULL, NB_ERR_ARG,
+        "nb_topk: k = -1 for [2,3,4] along axis 0 of extent 2: need 0 <= k <= 2");
+    ERR(nb_topk(x->a234, 1, 3, 1, NULL) == NULL, NB_ERR_ARG, "nb_topk: axis 3 out of range for [2,3,4]");
+
+    /* masked_fill, triu, tril */
+    ERR(nb_masked_fill(x->a23, x->a4, 0.0) == NULL, NB_ERR_SHAPE,
+        "nb_masked_fill: mask [4] does not broadcast to the input's shape [2,3]");
+    ERR(nb_masked_fill(x->a23, x->a234, 0.0) == NULL, NB_ERR_SHAPE,
+        "nb_masked_fill: mask [2,3,4] does not broadcast to the input's shape [2,3]");
+    ERR(nb_masked_fill(x->i3, x->i3, 0.5) == NULL, NB_ERR_ARG, "nb_masked_fill: value 0.5 is not an i64 for [3]");
+    ERR(nb_masked_fill(x->a23, NULL, 0.0) == NULL, NB_ERR_ARG, "nb_masked_fill: mask is NULL");
+    ERR(nb_triu(x->a4, 0) == NULL, NB_ERR_SHAPE, "nb_triu: [4]: needs at least 2 dims");
+    ERR(nb_tril(x->s0, 1) == NULL, NB_ERR_SHAPE, "nb_tril: []: needs at least 2 dims");
+    ERR(nb_tril(NULL, 0) == NULL, NB_ERR_ARG, "nb_tril: input is NULL");
+
+    /* einsum: strings it cannot read, operands that do not fit them */
+    nb_tensor *ab[2] = {x->a23, x->a35}, *aa[2] = {x->a23, x->a23}, *af[2] = {x->a23, x->f23};
+    nb_tensor *ai[2] = {x->i3, x->i3}, *an[2] = {x->a23, NULL};
+    ERR(nb_einsum("ij,j$->i", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,j$->i\": bad character '$' in operand 1");
+    ERR(nb_einsum("ij->i", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij->i\": 1 operand subscripts for 2 operands");
+    ERR(nb_einsum("i,i,i", 3, (nb_tensor *[]){x->a4, x->a4, x->a4}) == NULL, NB_ERR_ARG,
+        "nb_einsum: \"i,i,i\" with 3 operands: 1 or 2 are supported");
+    ERR(nb_einsum("ijk,jk->ik", 2, ab) == NULL, NB_ERR_SHAPE,
+        "nb_einsum: \"ijk,jk->ik\": operand 0 [2,3] has 2 dims, its subscripts name 3");
+    ERR(nb_einsum("ij,jk->ik", 2, aa) == NULL, NB_ERR_SHAPE,
+        "nb_einsum: \"ij,jk->ik\": subscript 'j' has extent 3 in operand 0 [2,3] and 2 in operand 1 [2,3]");
+    ERR(nb_einsum("ij,jk->iz", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk->iz\": output subscript 'z' is not in any operand");
+    ERR(nb_einsum("ij,jk->ii", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk->ii\": output subscript 'i' repeated");
+    ERR(nb_einsum("ii->i", 1, &x->d22) == NULL, NB_ERR_ARG,
+        "nb_einsum: \"ii->i\": subscript 'i' repeated in operand 0 (diagonals and traces are not supported)");
+    ERR(nb_einsum("ij,jk->ik->i", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk->ik->i\": more than one \"->\"");
+    ERR(nb_einsum("ij,jk-ik", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk-ik\": a '-' or '>' that is not part of \"->\"");
+    ERR(nb_einsum("ij,jk->i,k", 2, ab) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk->i,k\": one output only");
+    ERR(nb_einsum("..ij", 1, &x->a23) == NULL, NB_ERR_ARG, "nb_einsum: \"..ij\": a '.' that is not part of \"...\" in operand 0");
+    ERR(nb_einsum("...i...", 1, &x->a23) == NULL, NB_ERR_ARG, "nb_einsum: \"...i...\": operand 0 has more than one \"...\"");
+    ERR(nb_einsum("ij,jk->ik", 2, af) == NULL, NB_ERR_DTYPE, "nb_einsum: \"ij,jk->ik\": operand 1 is f32 [2,3], operand 0 is f64 [2,3]");
+    ERR(nb_einsum("i,i->", 2, ai) == NULL, NB_ERR_DTYPE, "nb_einsum: i64 tensor [3]: expected f32 or f64");
+    ERR(nb_einsum("ij,jk->ik", 2, an) == NULL, NB_ERR_ARG, "nb_einsum: \"ij,jk->ik\": operand 1 is NULL");
+    ERR(nb_einsum(NULL, 1, &x->a23) == NULL, NB_ERR_ARG, "nb_einsum: subscripts is NULL");
+    ERR(nb_einsum("abcdefgh,ijk->abcdefghijk", 2, (nb_tensor *[]){x->a8, x->a345}) == NULL, NB_ERR_ARG,
+        "nb_einsum: \"abcdefgh,ijk->abcdefghijk\": the output has more than 8 subscripts");
+    /* empty operands with long dims whose outer product would have 2^70 elements */
+    nb_tensor *big[2] = {nb_tensor_zeros(NB_F64, NB_SHAPE((int64_t)1 << 40, 0)),
+                         nb_tensor_zeros(NB_F64, NB_SHAPE((int64_t)1 << 30, 0))};
+    ERR(nb_einsum("ij,kl->ik", 2, big) == NULL, NB_ERR_SHAPE, "nb_einsum: [1099511627776,1073741824]: too many elements");
+    nb_tensor_free(big[0]);
+    nb_tensor_free(big[1]);
+    ERR(nb_einsum("abcdefgh,ijk", 2, (nb_tensor *[]){x->a8, x->a345}) == NULL, NB_ERR_SHAPE,
+        "nb_einsum: \"abcdefgh,ijk\": the output would have more than 8 dims");
+
+    /* NULL in, NULL out, the first message kept */
+    nb_tensor *bad = x->a234;
+#define FIRST nb_flip(bad, NB_AXES(7))
+    STICKY(FIRST, nb_roll(NULL, 1, 0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_repeat(NULL, NB_SHAPE(2)), "nb_flip: axis 7");
+    STICKY(FIRST, nb_tile(NULL, NB_SHAPE(2)), "nb_flip: axis 7");
+    STICKY(FIRST, nb_cumsum(NULL, 0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_cumprod(NULL, 0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_argsort(NULL, 0, 0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_sort(NULL, 0, 0, NULL), "nb_flip: axis 7");
+    STICKY(FIRST, nb_topk(NULL, 1, 0, 1, NULL), "nb_flip: axis 7");
+    STICKY(FIRST, nb_masked_fill(NULL, x->a23, 0.0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_triu(NULL, 0), "nb_flip: axis 7");
+    STICKY(FIRST, nb_einsum("ij->ji", 1, (nb_tensor *[]){NULL}), "nb_flip: axis 7");
+    STICKY(nb_cumsum(bad, 9), nb_flip(NULL, 0, NULL), "nb_cumsum: axis 9");
+    STICKY(nb_cumsum(bad, 9), nb_add(NULL, x->i3), "nb_cumsum: axis 9");
+    STICKY(nb_cumsum(bad, 9), nb_sum_all(nb_eq(nb_argmax(NULL, 1, 0), x->i3)), "nb_cumsum: axis 9");
+#undef FIRST
+    nb_tensor_free(i23);
 }
 
 /* ---- custom ops, hooks, DOT export ------------------------------------------------------------ */
@@ -394,6 +523,7 @@ int main(void)
     test_matmul_reduce(&x);
     test_shape_index(&x);
     test_composed_names(&x);
+    test_everyday(&x);
     test_custom_hooks_dot(&x);
     CHECK_NO_ERROR();
     nb_tape_end(tape);

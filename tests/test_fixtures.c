@@ -9,6 +9,8 @@
  *     nb_backward(out, seed, 0), then out and every gradient against PyTorch to 1e-12 relative;
  *   - with every float64 input (and the seed) cast to float32, to check that the float32 kernels agree
  *     with the float64 reference to 1e-5 relative (ops whose point is a dtype, casts, skip this).
+ * A value case (no seed, no gradients: comparisons, argsort, results of i64 ops) compares the output
+ * only; i64 outputs must match exactly.
  *
  * To add an op: a runner below and a row in OPS (name as in gen_fixtures.py's OPS, number of inputs,
  * whether the float32 pass applies). The test fails on a fixture op without a runner and on a runner
@@ -109,6 +111,9 @@ static bool op_finish(fx_parser *p, fx_case *c)
                            ts.grad[i]->line, i);
     }
     if (!ts.out) return fx_fail(p, "case %s: no out tensor", c->name);
+    bool any_grad = false;
+    for (int i = 0; i < ts.nin; i++) any_grad = any_grad || ts.grad[i];
+    if (!ts.seed && !any_grad) return true; /* a value case */
     if (!ts.seed) return fx_fail(p, "case %s: no seed tensor", c->name);
     if (ts.out->dtype == NB_I64) return fx_fail(p, "case %s: an i64 out has no gradient to check", c->name);
     if (ts.seed->dtype != ts.out->dtype || !fx_same_shape(ts.seed, ts.out))
@@ -666,6 +671,164 @@ RUN(batch_norm_eval)
     return nb_channel_norm(in[0], nb_concat(2, rows, 0), in[3], in[4], eps);
 }
 
+/* ---- everyday ops and integer tensors --------------------------------------------------------- */
+
+RUN(flip)
+{
+    (void)nin;
+    int n, axes[FX_MAX_ATTR_VALS];
+    return attr_axes(c, "axes", &n, axes) ? nb_flip(in[0], n, axes) : NULL;
+}
+
+RUN(roll)
+{
+    (void)nin;
+    int64_t shift, axis;
+    if (!attr_int(c, "shift", INT64_MIN, &shift) || !attr_int(c, "axis", INT64_MIN, &axis)) return NULL;
+    return nb_roll(in[0], shift, (int)axis);
+}
+
+RUN(repeat)
+{
+    (void)nin;
+    int n;
+    int64_t reps[FX_MAX_ATTR_VALS];
+    return attr_ints(c, "reps", NB_MAX_DIMS, &n, reps) ? nb_repeat(in[0], n, reps) : NULL;
+}
+
+RUN(tile)
+{
+    (void)nin;
+    int n;
+    int64_t reps[FX_MAX_ATTR_VALS];
+    return attr_ints(c, "reps", NB_MAX_DIMS, &n, reps) ? nb_tile(in[0], n, reps) : NULL;
+}
+
+RUN(cumsum)
+{
+    (void)nin;
+    int64_t axis;
+    return attr_int(c, "axis", INT64_MIN, &axis) ? nb_cumsum(in[0], (int)axis) : NULL;
+}
+
+RUN(cumprod)
+{
+    (void)nin;
+    int64_t axis;
+    return attr_int(c, "axis", INT64_MIN, &axis) ? nb_cumprod(in[0], (int)axis) : NULL;
+}
+
+RUN(sort)
+{
+    (void)nin;
+    int64_t axis, desc;
+    if (!attr_int(c, "axis", INT64_MIN, &axis) || !attr_int(c, "descending", INT64_MIN, &desc)) return NULL;
+    return nb_sort(in[0], (int)axis, (int)desc, NULL);
+}
+
+RUN(argsort)
+{
+    (void)nin;
+    int64_t axis, desc;
+    if (!attr_int(c, "axis", INT64_MIN, &axis) || !attr_int(c, "descending", INT64_MIN, &desc)) return NULL;
+    return nb_argsort(in[0], (int)axis, (int)desc);
+}
+
+/* the values, or (want_indices) the positions */
+static nb_tensor *topk_of(fx_case *c, nb_tensor *x, bool want_indices)
+{
+    int64_t k, axis, largest;
+    if (!attr_int(c, "k", INT64_MIN, &k) || !attr_int(c, "axis", INT64_MIN, &axis) ||
+        !attr_int(c, "largest", INT64_MIN, &largest))
+        return NULL;
+    nb_tensor *idx;
+    nb_tensor *v = nb_topk(x, k, (int)axis, (int)largest, &idx);
+    return want_indices ? idx : v;
+}
+
+RUN(topk)
+{
+    (void)nin;
+    return topk_of(c, in[0], false);
+}
+
+RUN(topk_indices)
+{
+    (void)nin;
+    return topk_of(c, in[0], true);
+}
+
+/* in1 is the mask's source: nb_gt(in1, 0) for floats, in1 itself (non-zero is true) for i64 */
+RUN(masked_fill)
+{
+    (void)nin;
+    double value;
+    if (!attr_f64(c, "value", &value)) return NULL;
+    nb_tensor *m = in[1];
+    if (nb_tensor_dtype(m) != NB_I64) m = nb_gt(m, nb_zeros(nb_tensor_dtype(m), 0, NULL));
+    return nb_masked_fill(in[0], m, value);
+}
+
+RUN(triu)
+{
+    (void)nin;
+    int64_t d;
+    return attr_int(c, "diagonal", INT64_MIN, &d) ? nb_triu(in[0], d) : NULL;
+}
+
+RUN(tril)
+{
+    (void)nin;
+    int64_t d;
+    return attr_int(c, "diagonal", INT64_MIN, &d) ? nb_tril(in[0], d) : NULL;
+}
+
+/* gen_fixtures.py's EINSUM list, in the same order; eq_check guards against the two drifting apart */
+static const char *const EINSUM[] = {
+    "ij,jk->ik", "ij,kj->ik", "ji,jk->ik", "bij,bjk->bik", "bij,bkj->bik", "i,j->ij", "i,i->",
+    "ij,ij->ij", "ij->ji", "ij->", "ij->j", "ij,jk", "ba,ab", "...ij,...jk->...ik", "bhqd,bhkd->bhqk",
+    "ijk,jl->lki", "ij,j->i", "ij,kl->ijkl", "...i,...i->...", "ik,k->"};
+
+RUN(einsum)
+{
+    int64_t eq, check;
+    if (!attr_int(c, "eq", INT64_MIN, &eq) || !attr_int(c, "eq_check", INT64_MIN, &check)) return NULL;
+    if (eq < 0 || eq >= (int64_t)(sizeof EINSUM / sizeof EINSUM[0])) {
+        snprintf(fx_run_err, sizeof fx_run_err, "attribute eq: %lld is not an index of EINSUM", (long long)eq);
+        return NULL;
+    }
+    int64_t sum = 0;
+    for (int i = 0; EINSUM[eq][i]; i++) sum += (i + 1) * (unsigned char)EINSUM[eq][i];
+    if (sum != check) {
+        snprintf(fx_run_err, sizeof fx_run_err, "EINSUM[%lld] \"%s\" is not the generator's equation (check %lld, "
+                 "expected %lld)", (long long)eq, EINSUM[eq], (long long)sum, (long long)check);
+        return NULL;
+    }
+    return nb_einsum(EINSUM[eq], nin, in);
+}
+
+RUN_BINARY(eq, nb_eq)
+RUN_BINARY(ne, nb_ne)
+RUN_BINARY(lt, nb_lt)
+RUN_BINARY(le, nb_le)
+RUN_BINARY(gt, nb_gt)
+RUN_BINARY(ge, nb_ge)
+
+RUN(argmax)
+{
+    (void)nin;
+    int64_t axis, keep;
+    if (!attr_int(c, "axis", INT64_MIN, &axis) || !attr_int(c, "keepdim", INT64_MIN, &keep)) return NULL;
+    return nb_argmax(in[0], (int)axis, (int)keep);
+}
+
+/* the number of rows whose largest logit is at the label: i64 throughout, no casts */
+RUN(accuracy)
+{
+    (void)c, (void)nin;
+    return nb_sum_all(nb_eq(nb_argmax(in[0], 1, 0), in[1]));
+}
+
 typedef struct fx_op {
     const char *name;
     int arity;    /* number of inputs; -1: any number */
@@ -760,6 +923,29 @@ static const fx_op OPS[] = {
     {"batch_norm_train", 3, true, run_batch_norm_train},
     {"batch_norm_composed", 3, true, run_batch_norm_composed},
     {"batch_norm_eval", 5, true, run_batch_norm_eval},
+    /* everyday ops and integer tensors */
+    {"flip", 1, true, run_flip},
+    {"roll", 1, true, run_roll},
+    {"repeat", 1, true, run_repeat},
+    {"tile", 1, true, run_tile},
+    {"cumsum", 1, true, run_cumsum},
+    {"cumprod", 1, true, run_cumprod},
+    {"sort", 1, true, run_sort},
+    {"argsort", 1, true, run_argsort},
+    {"topk", 1, true, run_topk},
+    {"topk_indices", 1, true, run_topk_indices},
+    {"masked_fill", 2, true, run_masked_fill},
+    {"triu", 1, true, run_triu},
+    {"tril", 1, true, run_tril},
+    {"einsum", -1, true, run_einsum},
+    {"eq", 2, true, run_eq},
+    {"ne", 2, true, run_ne},
+    {"lt", 2, true, run_lt},
+    {"le", 2, true, run_le},
+    {"gt", 2, true, run_gt},
+    {"ge", 2, true, run_ge},
+    {"argmax", 1, true, run_argmax},
+    {"accuracy", 2, true, run_accuracy},
 };
 #define N_OPS ((int)(sizeof(OPS) / sizeof(OPS[0])))
 
@@ -828,6 +1014,7 @@ static void compare(op_stats *st, const char *ctx, int mode, const char *what, c
         if (isfinite(ref->v[i]) && fabs(ref->v[i]) > scale) scale = fabs(ref->v[i]);
     double rtol = mode ? F32_RTOL : F64_RTOL;
     double atol = (mode ? F32_ATOL_SCALE : F64_ATOL_SCALE) * scale;
+    if (want_dt == NB_I64) rtol = atol = 0; /* integers: exactly */
     /* relative errors are measured against the floor's scale for values below it */
     fx_tol tol = {rtol, atol, atol / rtol};
     if (fx_compare(&st->err[mode], ctx, what, t, ref->v, ref->numel, &tol)) {
@@ -872,6 +1059,10 @@ static void run_case(fx_case *c, const fx_op *op, op_stats *st, int mode)
     }
     compare(st, ctx, mode, "out", out, ts.out);
     if (nb_tensor_dtype(out) != (mode && ts.out->dtype == NB_F64 ? NB_F32 : ts.out->dtype)) goto done;
+    if (!ts.seed) { /* a value case */
+        if (nb_error_code() != NB_OK) FAIL_CASE("error left recorded: %s", nb_error_message());
+        goto done;
+    }
     seed = fx_leaf(ts.seed, nb_tensor_dtype(out));
     if (!seed || nb_backward(out, seed, 0) != NB_OK) {
         FAIL_CASE("backward failed: %s", nb_error_message());
@@ -946,12 +1137,16 @@ static void parser_selftest(void)
         {HDR "case a neg\ntensor in0 f64 0 1\ntensor in0 f64 0 1\n", "given twice"},
         {HDR "case a neg\ntensor in1 f64 0 1\ntensor out f64 0 1\ntensor seed f64 0 1\nend\n", "without in0"},
         {HDR "case a neg\ntensor in0 f64 0 1\ntensor seed f64 0 1\nend\n", "no out"},
-        {HDR "case a neg\ntensor in0 f64 0 1\ntensor out f64 0 1\nend\n", "no seed"},
+        {HDR "case a neg\ntensor in0 f64 0 1\ntensor out f64 0 1\nend\n", NULL}, /* a value case */
         {HDR "case a neg\ntensor in0 f64 0 1\ntensor out f64 0 1\ntensor seed f64 1 1 1\nend\n", "seed"},
         {HDR "case a neg\ntensor in0 f64 0 1\ntensor out f64 0 1\ntensor seed f64 0 1\ntensor grad0 f64 1 1 1\nend\n",
          "grad0"},
         {HDR "case a neg\ntensor in0 i64 0 1\ntensor out f64 0 1\ntensor seed f64 0 1\ntensor grad0 i64 0 1\nend\n",
          "grad0 of an i64 input"},
+        {HDR "case a neg\ntensor in0 i64 0 1\ntensor out i64 0 1\nend\n", NULL}, /* a value case */
+        {HDR "case a neg\ntensor in0 i64 0 1\ntensor out i64 0 1\ntensor seed i64 0 1\nend\n",
+         "an i64 out has no gradient"},
+        {HDR "case a neg\ntensor in0 f64 0 1\ntensor out f64 0 1\ntensor grad0 f64 0 1\nend\n", "no seed"},
         {HDR "case a neg\nattr\n", "missing attribute key"},
         {HDR "case a neg\nattr k 1 z\n", "bad attribute value"},
         {HDR "case a neg\nattr k 1 2 3 4 5 6 7 8 9\n", "more than 8 values"},

@@ -443,6 +443,45 @@ static void test_anomaly(void)
     nb_tensor_free(x);
 }
 
+/* A NaN is never turned into a number, so anomaly mode sees it where it appears: relu (which gave 0
+ * for NaN), and a variance over too few samples (which gave 0 for an empty axis with correction 1, and
+ * a negative count for fewer samples than the correction). Both dtypes. */
+static void test_nan_not_hidden(void)
+{
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    for (int dt = NB_F32; dt <= NB_F64; dt++) {
+        nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(3), (const double[]){NAN, -1.0, 2.0});
+        nb_tensor *xt = nb_cast(x, (nb_dtype)dt);
+        nb_tensor *r = nb_relu(xt);
+        CHECK(r && isnan(nb_tensor_get(r, 0)) && nb_tensor_get(r, 1) == 0 && nb_tensor_get(r, 2) == 2,
+              "%s relu([NaN, -1, 2]) = [%g, %g, %g], expected [nan, 0, 2]", nb_dtype_name((nb_dtype)dt),
+              nb_tensor_get(r, 0), nb_tensor_get(r, 1), nb_tensor_get(r, 2));
+        nb_set_anomaly_mode(1);
+        CHECK_ERROR(nb_relu(xt) == NULL, NB_ERR_NUMERIC, "nb_relu");
+        nb_set_anomaly_mode(0);
+
+        nb_tensor *empty = nb_zeros((nb_dtype)dt, NB_SHAPE(0, 3));
+        nb_tensor *v = nb_var(empty, NB_AXES(0), 1, 0), *sd = nb_std(empty, NB_AXES(0), 1, 0);
+        nb_tensor *m = nb_mean(empty, NB_AXES(0), 0);
+        CHECK(v && sd && m && isnan(nb_tensor_get(v, 0)) && isnan(nb_tensor_get(sd, 2)) && isnan(nb_tensor_get(m, 1)),
+              "%s var, std and mean over an empty axis are NaN (%g, %g, %g)", nb_dtype_name((nb_dtype)dt),
+              nb_tensor_get(v, 0), nb_tensor_get(sd, 2), nb_tensor_get(m, 1));
+        nb_tensor *two = nb_cast(nb_constant(NB_F64, NB_SHAPE(2), (const double[]){5.0, 6.0}), (nb_dtype)dt);
+        nb_tensor *v3 = nb_var(two, NB_AXES(0), 3, 0), *v2 = nb_var(two, NB_AXES(0), 2, 0);
+        CHECK(v3 && v2 && isinf(nb_tensor_item(v3)) && nb_tensor_item(v3) > 0 && isinf(nb_tensor_item(v2)),
+              "%s var of 2 samples with correction 3 and 2: %g and %g, expected inf (PyTorch)",
+              nb_dtype_name((nb_dtype)dt), nb_tensor_item(v3), nb_tensor_item(v2));
+        nb_set_anomaly_mode(1);
+        CHECK_ERROR(nb_var(empty, NB_AXES(0), 1, 0) == NULL, NB_ERR_NUMERIC, "NaN");
+        nb_set_anomaly_mode(0);
+        nb_tensor_free(x);
+    }
+    CHECK_NO_ERROR();
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+}
+
 /* ---- gradient hooks --------------------------------------------------------------------------- */
 
 typedef struct hook_ctx {
@@ -574,6 +613,7 @@ int main(void)
     test_custom_ops();
     test_dot_export();
     test_anomaly();
+    test_nan_not_hidden();
     test_hooks();
     return nbt_report("inspect");
 }

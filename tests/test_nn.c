@@ -960,7 +960,8 @@ static void test_cross_entropy(void)
         for (int red = 0; red < 3; red++) {
             char what[96];
             loss_ctx c = {.labels = cfg[k].labels, .which = 2};
-            c.ce = (nb_ce_opts){(nb_reduction)red, cfg[k].ignore, cfg[k].use_ignore, cfg[k].smooth};
+            c.ce = (nb_ce_opts){.reduction = (nb_reduction)red, .ignore_index = cfg[k].ignore,
+                                .use_ignore_index = cfg[k].use_ignore, .label_smoothing = cfg[k].smooth};
             nb_tensor *in[1] = {logits};
             snprintf(what, sizeof what, "cross-entropy %s, %s", cfg[k].name, RED_NAME[red]);
             GRADCHECK(what, f_loss, &c, 1, in);
@@ -1121,7 +1122,8 @@ static void test_second_order(void)
     /* losses: cross-entropy with smoothing and an ignored label, bce */
     nb_tensor *logits = LEAF(&rng, -2, 2, 3, 4), *t = LEAF(&rng, 0, 1, 3, 4);
     nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(3), (const int64_t[]){2, -100, 0});
-    loss_ctx ce = {.labels = labels, .which = 2, .ce = {NB_REDUCE_MEAN, -100, 1, 0.1}};
+    loss_ctx ce = {.labels = labels, .which = 2,
+                   .ce = {.reduction = NB_REDUCE_MEAN, .ignore_index = -100, .use_ignore_index = 1, .label_smoothing = 0.1}};
     nb_tensor *lin[2] = {logits, t};
     GRADGRADCHECK("cross-entropy smoothing + ignore", f_loss, &ce, 1, lin);
     loss_ctx bce = {.red = NB_REDUCE_MEAN, .which = 1};
@@ -1209,7 +1211,7 @@ static void test_f32(void)
     nb_tensor *pad64 = nb_tensor_from_data(NB_F64, NB_SHAPE(2, 4), (const double[]){1, 1, 0, 0, 1, 1, 1, 0});
     nb_tensor *pad32 = nb_tensor_from_data(NB_F32, NB_SHAPE(2, 4), (const float[]){1, 1, 0, 0, 1, 1, 1, 0});
     nb_tensor *labels = nb_tensor_from_data(NB_I64, NB_SHAPE(4), (const int64_t[]){3, -100, 0, 4});
-    nb_ce_opts ce = {NB_REDUCE_MEAN, -100, 1, 0.1};
+    nb_ce_opts ce = {.reduction = NB_REDUCE_MEAN, .ignore_index = -100, .use_ignore_index = 1, .label_smoothing = 0.1};
 
     nb_tape *tape = nb_tape_new();
     nb_tape_begin(tape);
@@ -1375,14 +1377,14 @@ static void test_init(void)
         int normal;
         const char *name;
     } cases[] = {
-        {{NB_INIT_UNIFORM, 0.3}, 0.3, 0, "uniform 0.3"},
-        {{NB_INIT_XAVIER_UNIFORM, 0}, sqrt(6.0 / 70), 0, "xavier uniform"},
-        {{NB_INIT_XAVIER_UNIFORM, 2}, 2 * sqrt(6.0 / 70), 0, "xavier uniform gain 2"},
-        {{NB_INIT_KAIMING_UNIFORM, 0}, sqrt(6.0 / 30), 0, "kaiming uniform"},
-        {{NB_INIT_KAIMING_UNIFORM, sqrt(5.0)}, 1.0 / sqrt(30.0), 0, "kaiming uniform a = sqrt 5"},
-        {{NB_INIT_NORMAL, 0.5}, 0.5, 1, "normal 0.5"},
-        {{NB_INIT_XAVIER_NORMAL, 0}, sqrt(2.0 / 70), 1, "xavier normal"},
-        {{NB_INIT_KAIMING_NORMAL, 0}, sqrt(2.0 / 30), 1, "kaiming normal"},
+        {{.kind = NB_INIT_UNIFORM, .a = 0.3}, 0.3, 0, "uniform 0.3"},
+        {{.kind = NB_INIT_XAVIER_UNIFORM, .a = 0}, sqrt(6.0 / 70), 0, "xavier uniform"},
+        {{.kind = NB_INIT_XAVIER_UNIFORM, .a = 2}, 2 * sqrt(6.0 / 70), 0, "xavier uniform gain 2"},
+        {{.kind = NB_INIT_KAIMING_UNIFORM, .a = 0}, sqrt(6.0 / 30), 0, "kaiming uniform"},
+        {{.kind = NB_INIT_KAIMING_UNIFORM, .a = sqrt(5.0)}, 1.0 / sqrt(30.0), 0, "kaiming uniform a = sqrt 5"},
+        {{.kind = NB_INIT_NORMAL, .a = 0.5}, 0.5, 1, "normal 0.5"},
+        {{.kind = NB_INIT_XAVIER_NORMAL, .a = 0}, sqrt(2.0 / 70), 1, "xavier normal"},
+        {{.kind = NB_INIT_KAIMING_NORMAL, .a = 0}, sqrt(2.0 / 30), 1, "kaiming normal"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(nb_init_tensor(t, cases[i].init, 30, 40, &rng) == NB_OK, "%s: %s", cases[i].name, nb_error_message());
@@ -1393,12 +1395,12 @@ static void test_init(void)
         } else
             check_bound(t, cases[i].bound_or_std, 0.97, cases[i].name);
     }
-    CHECK(nb_init_tensor(t, (nb_init){NB_INIT_CONSTANT, 2.5}, 1, 1, NULL) == NB_OK && max_abs(t) == 2.5 &&
+    CHECK(nb_init_tensor(t, (nb_init){.kind = NB_INIT_CONSTANT, .a = 2.5}, 1, 1, NULL) == NB_OK && max_abs(t) == 2.5 &&
               nb_tensor_get(t, 0) == 2.5 && nb_tensor_get(t, 1199) == 2.5,
           "constant init (no rng needed)");
-    CHECK(nb_init_tensor(t, (nb_init){NB_INIT_ZEROS, 0}, 1, 1, NULL) == NB_OK && max_abs(t) == 0.0, "zeros init");
-    CHECK_ERROR(nb_init_tensor(t, (nb_init){NB_INIT_DEFAULT, 0}, 3, 3, &rng) != NB_OK, NB_ERR_ARG, "not a concrete initialiser");
-    CHECK_ERROR(nb_init_tensor(t, (nb_init){NB_INIT_UNIFORM, 1}, 3, 3, NULL) != NB_OK, NB_ERR_ARG, "rng is NULL");
+    CHECK(nb_init_tensor(t, (nb_init){.kind = NB_INIT_ZEROS, .a = 0}, 1, 1, NULL) == NB_OK && max_abs(t) == 0.0, "zeros init");
+    CHECK_ERROR(nb_init_tensor(t, (nb_init){.kind = NB_INIT_DEFAULT, .a = 0}, 3, 3, &rng) != NB_OK, NB_ERR_ARG, "not a concrete initialiser");
+    CHECK_ERROR(nb_init_tensor(t, (nb_init){.kind = NB_INIT_UNIFORM, .a = 1}, 3, 3, NULL) != NB_OK, NB_ERR_ARG, "rng is NULL");
     nb_tensor_free(t);
 
     nb_params *p = nb_params_new();
@@ -1409,11 +1411,11 @@ static void test_init(void)
     check_bound(l.bias, 1 / sqrt(30.0), 0.5, "Linear default bias");
     /* fans reach the initialiser: Kaiming uses in (10), not out (50) */
     nb_layer_opts ko = F64;
-    ko.weight_init = (nb_init){NB_INIT_KAIMING_UNIFORM, 0};
+    ko.weight_init = (nb_init){.kind = NB_INIT_KAIMING_UNIFORM, .a = 0};
     nb_linear lk;
     nb_linear_init(&lk, p, "lk", 10, 50, &ko, &rng);
     check_bound(lk.weight, sqrt(6.0 / 10), 0.97, "Linear Kaiming weight uses fan_in = in");
-    ko.weight_init = (nb_init){NB_INIT_XAVIER_UNIFORM, 0};
+    ko.weight_init = (nb_init){.kind = NB_INIT_XAVIER_UNIFORM, .a = 0};
     nb_linear lx;
     nb_linear_init(&lx, p, "lx", 10, 50, &ko, &rng);
     check_bound(lx.weight, sqrt(6.0 / 60), 0.97, "Linear Xavier weight");
@@ -1431,7 +1433,7 @@ static void test_init(void)
     check_bound(c.w_ih, 1 / sqrt((double)H), 0.97, "LSTM weight_ih U(+-1/sqrt(H))");
     check_bound(c.w_hh, 1 / sqrt((double)H), 0.97, "LSTM weight_hh U(+-1/sqrt(H))");
     nb_layer_opts fo = F64;
-    fo.forget_bias = (nb_init){NB_INIT_CONSTANT, 2.0};
+    fo.forget_bias = (nb_init){.kind = NB_INIT_CONSTANT, .a = 2.0};
     nb_rnn_cell c2;
     nb_rnn_cell_init(&c2, p, "lstm2", NB_LSTM, 10, H, &fo, &rng);
     fb = 1;
@@ -1573,8 +1575,9 @@ static void test_errors(void)
     CHECK_ERROR(nb_cross_entropy(logits, lab_neg, &ign) == NULL, NB_ERR_ARG, "label -1");
     CHECK_ERROR(nb_nll_loss(logits, lab_hi, NULL) == NULL, NB_ERR_ARG, "out of range for 5 classes");
     CHECK_ERROR(nb_cross_entropy(logits, lab_f64, NULL) == NULL, NB_ERR_DTYPE, "labels must be i64, got f64");
-    CHECK_ERROR(nb_cross_entropy(logits, lab_short, NULL) == NULL, NB_ERR_SHAPE, "expected [N, C] and [N]");
-    CHECK_ERROR(nb_cross_entropy(logits3, lab_ok, NULL) == NULL, NB_ERR_SHAPE, "logits [2,2,5]: expected [N, C]");
+    CHECK_ERROR(nb_cross_entropy(logits, lab_short, NULL) == NULL, NB_ERR_SHAPE,
+                "scores [4,5] and labels [3]: expected [N, C, d1, ...] and [N, d1, ...]");
+    CHECK_ERROR(nb_cross_entropy(logits3, lab_ok, NULL) == NULL, NB_ERR_SHAPE, "scores [2,2,5] and labels [4]");
     nb_ce_opts bad_smooth = {.label_smoothing = 1.5};
     CHECK_ERROR(nb_cross_entropy(logits, lab_ok, &bad_smooth) == NULL, NB_ERR_ARG, "label smoothing 1.5");
     nb_ce_opts bad_red = {.reduction = (nb_reduction)7};

@@ -237,11 +237,12 @@ typedef bool (*nn_run_fn)(nn_run *r);
 
 static bool run_rnn(nn_run *r, nb_rnn_kind kind)
 {
-    int64_t layers = 0, input = 0, hidden = 0, bf = 0;
+    int64_t layers = 0, input = 0, hidden = 0, bf = 0, bidir = 0;
     if (!attr_int(r, "layers", INT64_MIN, &layers) || !attr_int(r, "input", INT64_MIN, &input) ||
-        !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf))
+        !attr_int(r, "hidden", INT64_MIN, &hidden) || !attr_int(r, "batch_first", 0, &bf) ||
+        !attr_int(r, "bidirectional", 0, &bidir))
         return false;
-    nb_rnn_opts o = {.layer = F64_OPTS, .batch_first = (int)bf};
+    nb_rnn_opts o = {.layer = F64_OPTS, .batch_first = (int)bf, .bidirectional = (int)bidir};
     nb_rnn net;
     if (nb_rnn_init(&net, r->p, "rnn", kind, input, hidden, (int)layers, &o, &r->rng) != NB_OK) return false;
     if (!load_params(r)) return false;
@@ -376,6 +377,24 @@ static bool run_conv(nn_run *r)
     return x && put_out(r, "y", nb_conv_forward(&conv, x));
 }
 
+static bool run_embedding(nn_run *r)
+{
+    int64_t num = 0, dim = 0, pad = INT64_MAX;
+    if (!attr_int(r, "num", INT64_MIN, &num) || !attr_int(r, "dim", INT64_MIN, &dim) ||
+        !attr_int(r, "padding_idx", INT64_MAX, &pad))
+        return false;
+    nb_layer_opts o = F64_OPTS;
+    if (pad != INT64_MAX) {
+        o.use_padding_idx = 1;
+        o.padding_idx = pad;
+    }
+    nb_embedding e;
+    if (nb_embedding_init(&e, r->p, "emb", num, dim, &o, &r->rng) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *idx = in_leaf(r, "idx", true);
+    return idx && put_out(r, "y", nb_embedding_forward(&e, idx));
+}
+
 static bool reduction_attr(nn_run *r, nb_reduction *red)
 {
     int64_t v;
@@ -398,7 +417,45 @@ static bool run_bce(nn_run *r)
     nb_reduction red = NB_REDUCE_MEAN;
     if (!reduction_attr(r, &red)) return false;
     nb_tensor *x = in_leaf(r, "logits", true), *t = in_leaf(r, "target", true);
-    return x && t && put_out(r, "loss", nb_bce_with_logits(x, t, red));
+    nb_bce_opts o = {.reduction = red, .pos_weight = in_leaf(r, "pos_weight", false), .weight = in_leaf(r, "weight", false)};
+    if (!x || !t) return false;
+    if (!o.pos_weight && !o.weight) return put_out(r, "loss", nb_bce_with_logits(x, t, red));
+    return put_out(r, "loss", nb_bce_with_logits_ex(x, t, &o));
+}
+
+static bool run_l1(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    if (!reduction_attr(r, &red)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_l1_loss(pred, target, red));
+}
+
+static bool run_smooth_l1(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    double beta = 0;
+    if (!reduction_attr(r, &red) || !attr_f64(r, "beta", 1.0, &beta)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_smooth_l1_loss(pred, target, beta, red));
+}
+
+static bool run_huber(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    double delta = 0;
+    if (!reduction_attr(r, &red) || !attr_f64(r, "delta", 1.0, &delta)) return false;
+    nb_tensor *pred = in_leaf(r, "pred", true), *target = in_leaf(r, "target", true);
+    return pred && target && put_out(r, "loss", nb_huber_loss(pred, target, delta, red));
+}
+
+static bool run_kl_div(nn_run *r)
+{
+    nb_reduction red = NB_REDUCE_MEAN;
+    int64_t log_target = 0;
+    if (!reduction_attr(r, &red) || !attr_int(r, "log_target", 0, &log_target)) return false;
+    nb_tensor *x = in_leaf(r, "input", true), *t = in_leaf(r, "target", true);
+    return x && t && put_out(r, "loss", nb_kl_div_loss(x, t, red, (int)log_target));
 }
 
 static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
@@ -412,6 +469,7 @@ static bool ce_opts_attr(nn_run *r, nb_ce_opts *o)
         o->use_ignore_index = 1;
         o->ignore_index = ign;
     }
+    o->weight = in_leaf(r, "weight", false); /* class weights, when the case has them */
     return true;
 }
 
@@ -443,6 +501,7 @@ static const nn_layer LAYERS[] = {
     {"mha", run_mha},
     {"layer_norm", run_layer_norm},
     {"linear", run_linear},
+    {"embedding", run_embedding},
     {"mse", run_mse},
     {"bce", run_bce},
     {"cross_entropy", run_cross_entropy},
@@ -451,6 +510,10 @@ static const nn_layer LAYERS[] = {
     {"batch_norm", run_batch_norm},
     {"group_norm", run_group_norm},
     {"conv", run_conv},
+    {"l1", run_l1},
+    {"smooth_l1", run_smooth_l1},
+    {"huber", run_huber},
+    {"kl_div", run_kl_div},
 };
 #define N_LAYERS ((int)(sizeof(LAYERS) / sizeof(LAYERS[0])))
 

@@ -15,13 +15,16 @@
  * bias-corrected from their own first step when they get one), state names and counts, and bad
  * options rejected with a message. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* mkdtemp */
 
 #include "fixture.h"
 #include "nbtest.h"
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tolerances                                                                                      */
@@ -49,7 +52,7 @@
 /* ---------------------------------------------------------------------------------------------- */
 
 #define FX_HEADER "nabla-optim-fixtures"
-#define FX_VERSION 1
+#define FX_VERSION 2
 #define MAX_P 64       /* elements of W and b together */
 #define MAX_REC 64     /* recorded steps per case */
 #define MAX_STATES 8   /* state tensors per case */
@@ -68,28 +71,50 @@ typedef struct optim_case {
     char sname[MAX_STATES][FX_MAX_NAME];
     int slen[MAX_STATES];
     double sval[MAX_STATES][MAX_P];
+    bool has_group;          /* b in a group of its own, with group_opts */
+    nb_optim_opts group_opts;
+    int freeze_from, freeze_to; /* b frozen for these steps (0: never) */
 } optim_case;
 
+#define MAX_LB_STEPS 16
+typedef struct lbfgs_case {
+    char name[FX_MAX_NAME];
+    int line;
+    int problem; /* 0 rosenbrock, 1 logreg */
+    nb_optim_opts opts;
+    int nrec;
+    double rec[MAX_LB_STEPS][MAX_P];
+    int nloss, nevals, niters;
+    double loss[MAX_LB_STEPS], evals[MAX_LB_STEPS], iters[MAX_LB_STEPS];
+} lbfgs_case;
+
+#define N_GROUPS 2 /* schedule cases drive two groups */
 typedef struct sched_case {
     char name[FX_MAX_NAME];
     int line;
     nb_sched_kind kind;
     nb_sched_opts opts;
-    double lr0;
-    int nmetric, nlr;
-    double metric[MAX_EPOCHS], lr[MAX_EPOCHS + 1];
+    nb_optim_kind okind;
+    nb_optim_opts oopts;
+    double lr0[N_GROUPS];
+    int nlr0, nmetric, nepochs, nlr[N_GROUPS], nmom[N_GROUPS];
+    double metric[MAX_EPOCHS], epochs[MAX_EPOCHS], lr[N_GROUPS][MAX_EPOCHS + 1], mom[N_GROUPS][MAX_EPOCHS + 1];
 } sched_case;
 
 typedef struct fixture {
-    fx_tensor X, Y, W0, b0; /* float64; values NULL until given */
-    int n_optim, n_sched;
+    fx_tensor X, Y, W0, b0;              /* float64; values NULL until given */
+    fx_tensor RA0, RB0, LX, LY, LW0, LC0; /* the L-BFGS problems' */
+    int n_optim, n_sched, n_lbfgs;
     optim_case *optim; /* MAX_CASES each */
     sched_case *sched;
+    lbfgs_case *lbfgs;
 } fixture;
 
-static const char *const optim_kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
+static const char *const optim_kinds[] = {"sgd",   "adam",  "adamw",  "rmsprop",  "adagrad",
+                                          "nadam", "radam", "adamax", "adadelta", "lbfgs"};
 _Static_assert(sizeof optim_kinds / sizeof optim_kinds[0] == NB_OPTIM_KIND_COUNT, "a name per optimizer");
-static const char *const sched_kinds[] = {"step", "multistep", "exponential", "cosine", "plateau"};
+static const char *const sched_kinds[] = {"step",   "multistep", "exponential",  "cosine",
+                                          "plateau", "lambda",   "onecycle", "warm_restarts"};
 _Static_assert(sizeof sched_kinds / sizeof sched_kinds[0] == NB_SCHED_KIND_COUNT, "a name per schedule");
 
 /* Option fields settable from the file: name, offset, type ('d' double, 'i' int, 'l' int64_t). */
@@ -102,13 +127,18 @@ typedef struct field {
 static const field optim_fields[] = {
     OF(lr, 'd'),    OF(weight_decay, 'd'), OF(momentum, 'd'), OF(dampening, 'd'), OF(nesterov, 'i'),
     OF(beta1, 'd'), OF(beta2, 'd'),        OF(eps, 'd'),      OF(amsgrad, 'i'),   OF(alpha, 'd'),
-    OF(centered, 'i'), OF(lr_decay, 'd'), OF(initial_accumulator, 'd'),
+    OF(centered, 'i'), OF(lr_decay, 'd'), OF(initial_accumulator, 'd'), OF(momentum_decay, 'd'), OF(rho, 'd'),
+    OF(max_iter, 'n'), OF(max_eval, 'n'), OF(tolerance_grad, 'd'), OF(tolerance_change, 'd'), OF(history_size, 'n'),
+    OF(line_search, 'i'),
 };
 #undef OF
 #define SF(f, t) {#f, offsetof(nb_sched_opts, f), t}
 static const field sched_fields[] = {
     SF(step_size, 'l'), SF(gamma, 'd'), SF(t_max, 'l'),     SF(eta_min, 'd'),  SF(warmup, 'l'),   SF(warmup_start, 'd'),
     SF(maximize, 'i'),  SF(factor, 'd'), SF(patience, 'l'), SF(threshold, 'd'), SF(cooldown, 'l'), SF(min_lr, 'd'),
+    SF(total_steps, 'l'), SF(pct_start, 'd'), SF(anneal_linear, 'i'), SF(three_phase, 'i'), SF(div_factor, 'd'),
+    SF(final_div_factor, 'd'), SF(cycle_momentum, 'i'), SF(base_momentum, 'd'), SF(max_momentum, 'd'), SF(t_0, 'l'),
+    SF(t_mult, 'l'),
 };
 #undef SF
 
@@ -147,6 +177,9 @@ static bool parse_field(fx_parser *p, const char *key, char *s, void *base, cons
         } else if (fields[i].type == 'i') { /* the flags */
             if (!fx_int(p, tok, key, 0, 1, &iv)) return false;
             *(int *)(void *)at = (int)iv;
+        } else if (fields[i].type == 'n') { /* int counts */
+            if (!fx_int(p, tok, key, 1, INT32_MAX, &iv)) return false;
+            *(int *)(void *)at = (int)iv;
         } else {
             if (!fx_int(p, tok, key, 0, INT32_MAX, &iv)) return false;
             *(int64_t *)(void *)at = iv;
@@ -154,6 +187,18 @@ static bool parse_field(fx_parser *p, const char *key, char *s, void *base, cons
         return fx_token(&s) ? fx_fail(p, "opt %s: more than one value", key) : true;
     }
     return fx_fail(p, "unknown option \"%s\"", key ? key : "");
+}
+
+/* "<field> <value>" pairs to the end of the line, each set as parse_field does */
+static bool parse_pairs(fx_parser *p, char *s, void *base, const field *fields, int n)
+{
+    for (char *key; (key = fx_token(&s));) {
+        char *val = fx_token(&s);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", val ? val : "");
+        if (!parse_field(p, key, buf, base, fields, n)) return false;
+    }
+    return true;
 }
 
 /* data <name> <ndim> <dims...> <values...> */
@@ -165,8 +210,14 @@ static bool parse_data(fx_parser *p, fixture *f, char *s)
                    : !strcmp(name, "Y") ? &f->Y
                    : !strcmp(name, "W0") ? &f->W0
                    : !strcmp(name, "b0") ? &f->b0
+                   : !strcmp(name, "RA0") ? &f->RA0
+                   : !strcmp(name, "RB0") ? &f->RB0
+                   : !strcmp(name, "LX") ? &f->LX
+                   : !strcmp(name, "LY") ? &f->LY
+                   : !strcmp(name, "LW0") ? &f->LW0
+                   : !strcmp(name, "LC0") ? &f->LC0
                                          : NULL;
-    if (!d) return fx_fail(p, "data: unknown name \"%s\" (X, Y, W0, b0)", name ? name : "");
+    if (!d) return fx_fail(p, "data: unknown name \"%s\" (X, Y, W0, b0, RA0, RB0, LX, LY, LW0, LC0)", name ? name : "");
     if (d->v) return fx_fail(p, "data %s given twice", name);
     d->dtype = NB_F64;
     return fx_parse_array(p, s, name, d);
@@ -182,6 +233,12 @@ static bool check_data(fx_parser *p, const fixture *f)
         return fx_fail(p, "data shapes do not fit X [n, k], Y [n, m], W0 [k, m], b0 [m]");
     if (!f->X.numel || !f->Y.numel || !f->W0.numel) return fx_fail(p, "empty data");
     if (f->W0.numel + f->b0.numel > MAX_P) return fx_fail(p, "more than %d parameters", MAX_P);
+    if (!f->RA0.v || !f->RB0.v || !f->LX.v || !f->LY.v || !f->LW0.v || !f->LC0.v)
+        return fx_fail(p, "data RA0, RB0, LX, LY, LW0 and LC0 must come before the first case");
+    if (f->RA0.ndim != 1 || f->RB0.ndim != 1 || f->RA0.numel != f->RB0.numel || f->LX.ndim != 2 || f->LY.ndim != 1 ||
+        f->LY.shape[0] != f->LX.shape[0] || f->LW0.ndim != 1 || f->LW0.shape[0] != f->LX.shape[1] || f->LC0.ndim != 1 ||
+        f->LC0.numel != 1 || 2 * f->RA0.numel > MAX_P || f->LW0.numel + 1 > MAX_P || !f->RA0.numel || !f->LX.numel)
+        return fx_fail(p, "L-BFGS data shapes do not fit RA0 [k], RB0 [k], LX [n, m], LY [n], LW0 [m], LC0 [1]");
     return true;
 }
 
@@ -209,14 +266,63 @@ static bool parse_optim_line(fx_parser *p, const fixture *f, optim_case *c, cons
         c->nstate++;
         return true;
     }
+    if (!strcmp(kw, "group")) {
+        if (c->has_group) return fx_fail(p, "group given twice");
+        c->has_group = true;
+        c->group_opts = c->opts; /* the opt lines come first */
+        return parse_pairs(p, s, &c->group_opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
+    if (!strcmp(kw, "freeze")) {
+        int64_t a, b;
+        if (!fx_int(p, fx_token(&s), "first", 1, 1000000, &a) || !fx_int(p, fx_token(&s), "last", a, 1000000, &b))
+            return false;
+        c->freeze_from = (int)a;
+        c->freeze_to = (int)b;
+        return fx_token(&s) ? fx_fail(p, "freeze: more than two values") : true;
+    }
     return fx_fail(p, "unexpected \"%s\" in optimizer case %s", kw, c->name);
+}
+
+static bool parse_lbfgs_line(fx_parser *p, const fixture *f, lbfgs_case *c, const char *kw, char *s)
+{
+    int np = c->problem == 0 ? (int)(2 * f->RA0.numel) : (int)(f->LW0.numel + 1), n;
+    if (!strcmp(kw, "opt")) {
+        char *key = fx_token(&s);
+        return parse_field(p, key, s, &c->opts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
+    if (!strcmp(kw, "at")) {
+        int64_t step;
+        if (c->nrec == MAX_LB_STEPS) return fx_fail(p, "more than %d records", MAX_LB_STEPS);
+        if (!fx_int(p, fx_token(&s), "step", c->nrec + 1, c->nrec + 1, &step)) return false;
+        if (!parse_list(p, s, "at", MAX_P, c->rec[c->nrec], &n)) return false;
+        if (n != np) return fx_fail(p, "at %lld: %d values for %d parameters", (long long)step, n, np);
+        c->nrec++;
+        return true;
+    }
+    if (!strcmp(kw, "loss")) return parse_list(p, s, "loss", MAX_LB_STEPS, c->loss, &c->nloss);
+    if (!strcmp(kw, "evals")) return parse_list(p, s, "evals", MAX_LB_STEPS, c->evals, &c->nevals);
+    if (!strcmp(kw, "iters")) return parse_list(p, s, "iters", MAX_LB_STEPS, c->iters, &c->niters);
+    return fx_fail(p, "unexpected \"%s\" in L-BFGS case %s", kw, c->name);
 }
 
 static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *s)
 {
-    if (!strcmp(kw, "lr0")) return fx_finite(p, fx_token(&s), "lr0", &c->lr0);
+    if (!strcmp(kw, "lr0")) return parse_list(p, s, "lr0", N_GROUPS, c->lr0, &c->nlr0);
     if (!strcmp(kw, "metric")) return parse_list(p, s, "metric", MAX_EPOCHS, c->metric, &c->nmetric);
-    if (!strcmp(kw, "lr")) return parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr, &c->nlr);
+    if (!strcmp(kw, "epochs")) return parse_list(p, s, "epochs", MAX_EPOCHS, c->epochs, &c->nepochs);
+    if (!strcmp(kw, "lr") || !strcmp(kw, "mom")) {
+        int64_t g;
+        if (!fx_int(p, fx_token(&s), "group", 0, N_GROUPS - 1, &g)) return false;
+        return kw[0] == 'l' ? parse_list(p, s, "lr", MAX_EPOCHS + 1, c->lr[g], &c->nlr[g])
+                            : parse_list(p, s, "mom", MAX_EPOCHS + 1, c->mom[g], &c->nmom[g]);
+    }
+    if (!strcmp(kw, "optim")) {
+        int kind;
+        if (!parse_kind(p, fx_token(&s), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return false;
+        c->okind = (nb_optim_kind)kind;
+        c->oopts = nb_optim_defaults(c->okind);
+        return parse_pairs(p, s, &c->oopts, optim_fields, (int)(sizeof optim_fields / sizeof *optim_fields));
+    }
     if (!strcmp(kw, "opt")) {
         char *key = fx_token(&s);
         if (key && !strcmp(key, "milestones")) {
@@ -230,16 +336,24 @@ static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *
     return fx_fail(p, "unexpected \"%s\" in schedule case %s", kw, c->name);
 }
 
-static bool finish_case(fx_parser *p, const optim_case *oc, const sched_case *sc)
+static bool finish_case(fx_parser *p, const optim_case *oc, const sched_case *sc, const lbfgs_case *lc)
 {
     if (oc && oc->nrec == 0) return fx_fail(p, "case %s: no records", oc->name);
+    if (lc && (lc->nrec == 0 || lc->nloss != lc->nrec || lc->nevals != lc->nrec || lc->niters != lc->nrec))
+        return fx_fail(p, "case %s: needs a record, a loss, evals and iters for every step", lc->name);
     if (sc) {
-        if (sc->nlr < 2) return fx_fail(p, "case %s: no lr values", sc->name);
-        if (sc->lr0 <= 0) return fx_fail(p, "case %s: no lr0", sc->name);
+        if (sc->nlr[0] < 2 || sc->nlr[1] != sc->nlr[0]) return fx_fail(p, "case %s: no lr values for both groups", sc->name);
+        if (sc->nlr0 != N_GROUPS || sc->lr0[0] <= 0 || sc->lr0[1] <= 0) return fx_fail(p, "case %s: no lr0", sc->name);
         if ((sc->kind == NB_SCHED_PLATEAU) != (sc->nmetric > 0))
             return fx_fail(p, "case %s: metric lines go with plateau schedules, and only with them", sc->name);
-        if (sc->nmetric && sc->nmetric != sc->nlr - 1)
-            return fx_fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr - 1);
+        if (sc->nmetric && sc->nmetric != sc->nlr[0] - 1)
+            return fx_fail(p, "case %s: %d metrics for %d epochs", sc->name, sc->nmetric, sc->nlr[0] - 1);
+        if (sc->nepochs && sc->nepochs != sc->nlr[0] - 1)
+            return fx_fail(p, "case %s: %d epochs for %d lr values", sc->name, sc->nepochs, sc->nlr[0]);
+        if ((sc->nmom[0] || sc->nmom[1]) && (sc->nmom[0] != sc->nlr[0] || sc->nmom[1] != sc->nlr[0]))
+            return fx_fail(p, "case %s: mom lines need a value per lr value, for both groups", sc->name);
+        if (sc->kind == NB_SCHED_LAMBDA && (sc->opts.fn || sc->opts.fn_user))
+            return fx_fail(p, "case %s: lambda: fn is set by the test", sc->name);
     }
     return true;
 }
@@ -250,16 +364,17 @@ static bool parse(fx_parser *p, char *text, fixture *f)
     bool header = false;
     optim_case *oc = NULL;
     sched_case *sc = NULL;
+    lbfgs_case *lc = NULL;
     char *kw, *line;
     while ((kw = fx_next_directive(p, &text, &line))) {
         if (!header) {
             if (!fx_header(p, kw, line, FX_HEADER, FX_VERSION)) return false;
             header = true;
         } else if (!strcmp(kw, "data")) {
-            if (f->n_optim || f->n_sched) return fx_fail(p, "data after the first case");
+            if (f->n_optim || f->n_sched || f->n_lbfgs) return fx_fail(p, "data after the first case");
             if (!parse_data(p, f, line)) return false;
         } else if (!strcmp(kw, "case")) {
-            if (oc || sc) return fx_fail(p, "case inside a case: missing end");
+            if (oc || sc || lc) return fx_fail(p, "case inside a case: missing end");
             if (!check_data(p, f)) return false;
             char *what = fx_token(&line);
             int kind;
@@ -278,18 +393,33 @@ static bool parse(fx_parser *p, char *text, fixture *f)
                 if (!parse_kind(p, fx_token(&line), sched_kinds, NB_SCHED_KIND_COUNT, &kind)) return false;
                 sc->kind = (nb_sched_kind)kind;
                 sc->opts = nb_sched_defaults(sc->kind);
+                sc->okind = NB_SGD;
+                sc->oopts = nb_optim_defaults(NB_SGD);
                 sc->line = p->line;
+            } else if (what && !strcmp(what, "lbfgs")) {
+                if (f->n_lbfgs == MAX_CASES) return fx_fail(p, "more than %d L-BFGS cases", MAX_CASES);
+                lc = &f->lbfgs[f->n_lbfgs++];
+                if (!fx_name(p, fx_token(&line), "case name", lc->name)) return false;
+                char *prob = fx_token(&line);
+                if (!prob || (strcmp(prob, "rosenbrock") && strcmp(prob, "logreg")))
+                    return fx_fail(p, "unknown problem \"%s\" (rosenbrock, logreg)", prob ? prob : "");
+                lc->problem = strcmp(prob, "rosenbrock") != 0;
+                lc->opts = nb_optim_defaults(NB_LBFGS);
+                lc->line = p->line;
             } else {
-                return fx_fail(p, "case: expected optim or sched");
+                return fx_fail(p, "case: expected optim, lbfgs or sched");
             }
             if (fx_token(&line)) return fx_fail(p, "case: unexpected text after the kind");
         } else if (!strcmp(kw, "end")) {
-            if (!oc && !sc) return fx_fail(p, "end outside a case");
-            if (!finish_case(p, oc, sc)) return false;
+            if (!oc && !sc && !lc) return fx_fail(p, "end outside a case");
+            if (!finish_case(p, oc, sc, lc)) return false;
             oc = NULL;
             sc = NULL;
+            lc = NULL;
         } else if (oc) {
             if (!parse_optim_line(p, f, oc, kw, line)) return false;
+        } else if (lc) {
+            if (!parse_lbfgs_line(p, f, lc, kw, line)) return false;
         } else if (sc) {
             if (!parse_sched_line(p, sc, kw, line)) return false;
         } else {
@@ -297,7 +427,7 @@ static bool parse(fx_parser *p, char *text, fixture *f)
         }
     }
     if (!header) return fx_fail(p, "empty file");
-    if (oc || sc) return fx_fail(p, "the last case has no end");
+    if (oc || sc || lc) return fx_fail(p, "the last case has no end");
     return true;
 }
 
@@ -307,8 +437,11 @@ static void fixture_free(fixture *f)
     fx_tensor_free(&f->Y);
     fx_tensor_free(&f->W0);
     fx_tensor_free(&f->b0);
+    fx_tensor *l[] = {&f->RA0, &f->RB0, &f->LX, &f->LY, &f->LW0, &f->LC0};
+    for (int i = 0; i < 6; i++) fx_tensor_free(l[i]);
     free(f->optim);
     free(f->sched);
+    free(f->lbfgs);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -378,7 +511,11 @@ static void compare(fx_err *e, const char *ctx, const char *what, const nb_tenso
 static long g_traj_values, g_steps_compared;
 
 /* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. */
-static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e)
+/* Replay case c with a model of dtype dt for `steps` steps (0: all recorded) and compare. A frozen b
+ * is frozen by nb_tensor_set_requires_grad, or with freeze_group by its group's frozen flag (b then
+ * in a group of its own); frozen, it must keep its values bit for bit. */
+static void run_optim_case_as(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e,
+                              bool freeze_group)
 {
     model m;
     nb_tape *tape = nb_tape_new();
@@ -392,13 +529,33 @@ static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, i
         CHECK(0, "%s: setup failed: %s", c->name, nb_error_message());
         goto done;
     }
-    opt = nb_optim_new(c->kind, m.ps, &c->opts);
+    nb_optim_group b_group = {.prefix = "b", .opts = c->has_group ? c->group_opts : c->opts};
+    bool grouped = c->has_group || freeze_group;
+    opt = nb_optim_new_groups(c->kind, m.ps, &c->opts, grouped ? 1 : 0, grouped ? &b_group : NULL);
     CHECK(opt != NULL, "%s: nb_optim_new: %s", c->name, nb_error_message());
     if (!opt) goto end;
+    CHECK(nb_optim_group_count(opt) == (grouped ? 2 : 1) && nb_optim_param_group(opt, 1) == (grouped ? 1 : 0),
+          "%s: groups", c->name);
+    double b_frozen[MAX_P];
     for (int step = 1, r = 0; step <= last; step++) {
+        bool frozen = c->freeze_from && step >= c->freeze_from && step <= c->freeze_to;
+        if (freeze_group)
+            nb_optim_group_set_frozen(opt, 1, frozen);
+        else
+            nb_tensor_set_requires_grad(m.b, !frozen);
+        if (frozen && step == c->freeze_from)
+            for (int i = 0; i < np - nw; i++) b_frozen[i] = nb_tensor_get(m.b, i);
         if (train_step(&m, opt, tape)) {
             CHECK(0, "%s: step %d failed: %s", c->name, step, nb_error_message());
             break;
+        }
+        if (frozen) {
+            int same = 1;
+            for (int i = 0; i < np - nw; i++) same &= nb_tensor_get(m.b, i) == b_frozen[i];
+            CHECK(same, "%s (%s, frozen by %s): b moved at step %d", c->name, nb_dtype_name(dt),
+                  freeze_group ? "its group" : "requires_grad 0", step);
+            CHECK(nb_optim_param_steps(opt, 1) == c->freeze_from - 1, "%s: b's count %lld while frozen", c->name,
+                  (long long)nb_optim_param_steps(opt, 1));
         }
         if (r < c->nrec && c->at[r] == step) {
             /* the record holds W then b, flattened */
@@ -440,6 +597,12 @@ done:
     CHECK_NO_ERROR();
 }
 
+static void run_optim_case(const fixture *f, const optim_case *c, nb_dtype dt, int steps, fx_err *e)
+{
+    run_optim_case_as(f, c, dt, steps, e, false);
+    if (c->freeze_from) run_optim_case_as(f, c, dt, steps, e, true);
+}
+
 static void test_trajectories(const fixture *f)
 {
     printf("%-30s %8s %12s %12s %12s\n", "optimizer case (f64)", "values", "max rel", "max abs", "f32 max rel");
@@ -447,7 +610,7 @@ static void test_trajectories(const fixture *f)
         const optim_case *c = &f->optim[k];
         fx_err e64 = {0}, e32 = {0};
         run_optim_case(f, c, NB_F64, 0, &e64);
-        run_optim_case(f, c, NB_F32, F32_STEPS, &e32);
+        run_optim_case(f, c, NB_F32, c->freeze_from ? c->freeze_to + 2 : F32_STEPS, &e32);
         printf("%-30s %8lld %12.3g %12.3g %12.3g\n", c->name, e64.compared, e64.max_rel, e64.max_abs, e32.max_rel);
     }
 }
@@ -456,30 +619,189 @@ static void test_trajectories(const fixture *f)
 /* Schedules                                                                                       */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------------------------------------- */
+/* L-BFGS                                                                                          */
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct lb_problem {
+    int kind; /* 0 rosenbrock: a, b; 1 logreg: w, c */
+    nb_params *ps;
+    nb_tensor *p0, *p1;       /* owned by ps */
+    nb_tensor *X, *y;         /* logreg data, owned here */
+    nb_tape *tape;
+    int calls;
+} lb_problem;
+
+static int lb_init(lb_problem *q, const fixture *f, int kind, nb_dtype dt)
+{
+    *q = (lb_problem){.kind = kind};
+    q->ps = nb_params_new();
+    q->tape = nb_tape_new();
+    if (kind == 0) {
+        q->p0 = nb_params_add(q->ps, "a", fx_leaf(&f->RA0, dt));
+        q->p1 = nb_params_add(q->ps, "b", fx_leaf(&f->RB0, dt));
+    } else {
+        q->p0 = nb_params_add(q->ps, "w", fx_leaf(&f->LW0, dt));
+        q->p1 = nb_params_add(q->ps, "c", fx_leaf(&f->LC0, dt));
+        q->X = fx_leaf(&f->LX, dt);
+        q->y = fx_leaf(&f->LY, dt);
+    }
+    return q->ps && q->p0 && q->p1 && q->tape && (kind == 0 || (q->X && q->y)) && nb_tape_begin(q->tape) == NB_OK;
+}
+
+static void lb_free(lb_problem *q)
+{
+    nb_tape_end(q->tape);
+    nb_tape_free(q->tape);
+    nb_params_free(q->ps);
+    nb_tensor_free(q->X);
+    nb_tensor_free(q->y);
+}
+
+/* rosenbrock: sum((1 - a)^2 + 100 (b - a^2)^2); logreg: mean(softplus(z) - y z) + 0.05 sum(w^2),
+ * z = X w + c (as gen_optim_fixtures.py writes them) */
+static nb_status lb_closure(void *user, double *loss)
+{
+    lb_problem *q = user;
+    q->calls++;
+    nb_params_zero_grad(q->ps);
+    nb_tensor *l;
+    if (q->kind == 0) {
+        nb_tensor *fit = nb_pow_scalar(nb_rsub_scalar(1.0, q->p0), 2);
+        nb_tensor *curve = nb_mul_scalar(nb_pow_scalar(nb_sub(q->p1, nb_pow_scalar(q->p0, 2)), 2), 100.0);
+        l = nb_sum_all(nb_add(fit, curve));
+    } else {
+        nb_tensor *z = nb_add(nb_squeeze(nb_matmul(q->X, nb_unsqueeze(q->p0, 1)), 1), q->p1);
+        nb_tensor *nll = nb_mean_all(nb_sub(nb_softplus(z), nb_mul(q->y, z)));
+        l = nb_add(nll, nb_mul_scalar(nb_sum_all(nb_pow_scalar(q->p0, 2)), 0.05));
+    }
+    nb_status st = l ? nb_backward(l, NULL, 0) : nb_error_code();
+    if (st == NB_OK) *loss = nb_tensor_get(l, 0);
+    nb_tape_reset(q->tape);
+    return st;
+}
+
+/* the optimizer's n_iter and func_evals, from its scalars state */
+static double lb_scalar(const nb_optim *opt, int which)
+{
+    for (int i = 0; i < nb_optim_state_count(opt); i++) {
+        const char *n = nb_optim_state_name(opt, i);
+        size_t len = strlen(n);
+        if (len > 8 && !strcmp(n + len - 8, ".scalars")) return nb_tensor_get(nb_optim_state_tensor(opt, i), which);
+    }
+    return NAN;
+}
+
+static long g_lb_values;
+
+static void run_lbfgs_case(const fixture *f, const lbfgs_case *c)
+{
+    fx_err e = {0};
+    const fx_tol tol = {TRAJ_RTOL, TRAJ_ATOL, 0};
+    lb_problem q;
+    nb_optim *opt = NULL;
+    if (!lb_init(&q, f, c->problem, NB_F64)) {
+        CHECK(0, "%s: setup: %s", c->name, nb_error_message());
+        goto done;
+    }
+    opt = nb_optim_new(NB_LBFGS, q.ps, &c->opts);
+    CHECK(opt != NULL, "%s: nb_optim_new: %s", c->name, nb_error_message());
+    int n0 = (int)nb_tensor_numel(q.p0), n1 = (int)nb_tensor_numel(q.p1);
+    char ctx[FX_MAX_NAME + 32];
+    for (int step = 0; opt && step < c->nrec; step++) {
+        double loss = NAN;
+        nb_status st = nb_optim_step_closure(opt, lb_closure, &q, &loss);
+        CHECK(st == NB_OK, "%s: step %d: %s", c->name, step + 1, nb_error_message());
+        if (st) break;
+        snprintf(ctx, sizeof ctx, "%s after step %d", c->name, step + 1);
+        compare(&e, ctx, "first parameter", q.p0, c->rec[step], n0, &tol);
+        compare(&e, ctx, "second parameter", q.p1, c->rec[step] + n0, n1, &tol);
+        double got[3] = {loss, lb_scalar(opt, 4), lb_scalar(opt, 3)}, want[3] = {c->loss[step], c->evals[step], c->iters[step]};
+        nbt_checks += 3;
+        nbt_failures += (int)fx_compare_values(&e, ctx, "loss", got, want, 1, &tol);
+        CHECK(got[1] == want[1] && got[2] == want[2], "%s: func_evals %g, n_iter %g; PyTorch %g, %g", ctx, got[1], got[2],
+              want[1], want[2]);
+        g_lb_values += n0 + n1;
+    }
+    printf("%-30s %8lld %12.3g %12.3g   (%d closure calls)\n", c->name, e.compared, e.max_rel, e.max_abs, q.calls);
+done:
+    nb_optim_free(opt);
+    lb_free(&q);
+    CHECK_NO_ERROR();
+}
+
+static void test_lbfgs(const fixture *f)
+{
+    printf("%-30s %8s %12s %12s\n", "L-BFGS case (f64)", "values", "max rel", "max abs");
+    for (int k = 0; k < f->n_lbfgs; k++) run_lbfgs_case(f, &f->lbfgs[k]);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Schedules                                                                                       */
+/* ---------------------------------------------------------------------------------------------- */
+
 static long g_lr_values;
+
+/* the lambda schedule of the fixture: 1 / (1 + 0.05 epoch) for group 0, 0.95^epoch for group 1 */
+static double lambda_factor(int64_t epoch, int group, void *user)
+{
+    (void)user;
+    return group == 0 ? 1.0 / (1.0 + 0.05 * (double)epoch) : pow(0.95, (double)epoch);
+}
+
+/* the momentum one-cycle drives: beta1 or momentum */
+static double group_momentum(const nb_optim *opt, int g)
+{
+    nb_optim_opts o;
+    nb_optim_group_opts(opt, g, &o);
+    nb_optim_kind k = nb_optim_get_kind(opt);
+    return k == NB_SGD || k == NB_RMSPROP ? o.momentum : o.beta1;
+}
 
 static void run_sched_case(const sched_case *c)
 {
     fx_err e = {0};
     const fx_tol tol = {LR_RTOL, 0, 0};
     nb_params *ps = nb_params_new();
-    nb_params_add(ps, "p", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
-    nb_optim_opts oo = nb_optim_defaults(NB_SGD);
-    oo.lr = c->lr0;
-    nb_optim *opt = nb_optim_new(NB_SGD, ps, &oo);
-    nb_sched *s = nb_sched_new(c->kind, opt, &c->opts);
+    nb_params_add(ps, "p0", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    nb_params_add(ps, "p1", nb_tensor_zeros(NB_F64, NB_SHAPE(2)));
+    nb_optim_opts oo = c->oopts;
+    oo.lr = c->lr0[0];
+    nb_optim_group g1 = {.prefix = "p1", .opts = oo};
+    g1.opts.lr = c->lr0[1];
+    nb_optim *opt = nb_optim_new_groups(c->okind, ps, &oo, 1, &g1);
+    nb_sched_opts so = c->opts;
+    if (c->kind == NB_SCHED_LAMBDA) so.fn = lambda_factor;
+    nb_sched *s = opt ? nb_sched_new(c->kind, opt, &so) : NULL;
     CHECK(s != NULL, "%s: nb_sched_new: %s", c->name, nb_error_message());
     if (s) {
-        double lr[MAX_EPOCHS + 1]; /* lr[epoch]: at construction, then after each step */
-        lr[0] = nb_optim_lr(opt);
-        for (int ep = 1; ep < c->nlr; ep++) {
-            lr[ep] = nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
-            CHECK(lr[ep] == nb_optim_lr(opt), "%s: epoch %d: nb_sched_step returned %g, the optimizer has %g",
-                  c->name, ep, lr[ep], nb_optim_lr(opt));
+        static double lr[N_GROUPS][MAX_EPOCHS + 1], mom[N_GROUPS][MAX_EPOCHS + 1]; /* at construction, then after each step */
+        for (int g = 0; g < N_GROUPS; g++) {
+            lr[g][0] = nb_optim_group_lr(opt, g);
+            mom[g][0] = group_momentum(opt, g);
         }
-        nbt_checks += c->nlr;
-        nbt_failures += (int)fx_compare_values(&e, c->name, "lr", lr, c->lr, c->nlr, &tol);
-        g_lr_values += c->nlr;
+        for (int ep = 1; ep < c->nlr[0]; ep++) {
+            double got = c->nepochs ? nb_sched_set_epoch(s, c->epochs[ep - 1])
+                                    : nb_sched_step(s, c->nmetric ? c->metric[ep - 1] : NAN);
+            CHECK(got == nb_optim_lr(opt), "%s: epoch %d: the step returned %g, the optimizer has %g", c->name, ep, got,
+                  nb_optim_lr(opt));
+            for (int g = 0; g < N_GROUPS; g++) {
+                lr[g][ep] = nb_optim_group_lr(opt, g);
+                mom[g][ep] = group_momentum(opt, g);
+            }
+        }
+        for (int g = 0; g < N_GROUPS; g++) {
+            char what[32];
+            snprintf(what, sizeof what, "group %d lr", g);
+            nbt_checks += c->nlr[g];
+            nbt_failures += (int)fx_compare_values(&e, c->name, what, lr[g], c->lr[g], c->nlr[g], &tol);
+            g_lr_values += c->nlr[g];
+            if (c->nmom[g]) {
+                snprintf(what, sizeof what, "group %d momentum", g);
+                nbt_checks += c->nmom[g];
+                nbt_failures += (int)fx_compare_values(&e, c->name, what, mom[g], c->mom[g], c->nmom[g], &tol);
+            }
+        }
     }
     printf("%-30s %8lld %12.3g %12.3g\n", c->name, e.compared, e.max_rel, e.max_abs);
     nb_sched_free(s);
@@ -682,6 +1004,7 @@ static void test_early_stop(void)
 static void test_no_grad_untouched(void)
 {
     for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++) {
+        if (k == NB_LBFGS) continue; /* steps with a closure: test_lbfgs_known */
         small s;
         small_init(&s);
         nb_tape *tape = nb_tape_new();
@@ -708,8 +1031,9 @@ static void test_no_grad_untouched(void)
             const char *name = nb_optim_state_name(opt, i);
             if (strncmp(name, "unused.", 7)) continue;
             nb_tensor *st = nb_optim_state_tensor(opt, i);
+            double init = strstr(name, "mu_product") ? 1.0 : 0.0;
             for (int j = 0; j < nb_tensor_numel(st); j++)
-                CHECK(nb_tensor_get(st, j) == 0.0, "%s: state %s changed without a gradient", optim_kinds[k], name);
+                CHECK(nb_tensor_get(st, j) == init, "%s: state %s changed without a gradient", optim_kinds[k], name);
         }
         nb_optim_free(opt);
         nb_tape_end(tape);
@@ -915,6 +1239,391 @@ static void test_bad_options(void)
     CHECK_NO_ERROR();
 }
 
+/* Issue 9, finding 4: a parameter that does not require grad is never updated (its zeroed gradient
+ * buffer from earlier steps does not count as a gradient), its state and count are kept, and after
+ * unfreezing it continues from them: 3 steps, 3 frozen, 1 more equal 4 steps without freezing, bit
+ * for bit (the small problem's gradients are the same every step). */
+static void test_freeze(void)
+{
+    const nb_optim_kind kinds[] = {NB_ADAM, NB_SGD, NB_ADAMW, NB_NADAM, NB_RMSPROP};
+    for (int k = 0; k < 5; k++) {
+        nb_optim_opts o = nb_optim_defaults(kinds[k]);
+        o.momentum = kinds[k] == NB_SGD || kinds[k] == NB_RMSPROP ? 0.9 : 0;
+        o.weight_decay = 0.05;
+        small a, b;
+        small_init(&a);
+        small_init(&b);
+        nb_tape *tape = nb_tape_new();
+        nb_tape_begin(tape);
+        nb_optim *oa = nb_optim_new(kinds[k], a.ps, &o), *ob = nb_optim_new(kinds[k], b.ps, &o);
+        for (int i = 0; i < 3; i++) {
+            small_set_grads(&a, tape);
+            nb_optim_step(oa);
+        }
+        double w[6], st[3][6];
+        for (int i = 0; i < 6; i++) w[i] = nb_tensor_get(a.W, i);
+        int nst = 0;
+        for (int j = 0; j < nb_optim_state_count(oa) && nst < 3; j++)
+            if (!strncmp(nb_optim_state_name(oa, j), "W.", 2)) {
+                nb_tensor *t = nb_optim_state_tensor(oa, j);
+                for (int i = 0; i < 6; i++) st[nst][i] = i < nb_tensor_numel(t) ? nb_tensor_get(t, i) : 0;
+                nst++;
+            }
+        nb_tensor_set_requires_grad(a.W, 0);
+        for (int i = 0; i < 3; i++) {
+            small_set_grads(&a, tape); /* zero_grad, then a backward that no longer reaches W */
+            CHECK(!nb_tensor_has_grad(a.W), "%s: W has a gradient while frozen", optim_kinds[kinds[k]]);
+            CHECK(nb_optim_step(oa) == NB_OK, "%s: step", optim_kinds[kinds[k]]);
+        }
+        int same = 1;
+        for (int i = 0; i < 6; i++) same &= nb_tensor_get(a.W, i) == w[i];
+        CHECK(same, "%s: a parameter that does not require grad moved", optim_kinds[kinds[k]]);
+        for (int j = 0, n = 0; j < nb_optim_state_count(oa) && n < nst; j++)
+            if (!strncmp(nb_optim_state_name(oa, j), "W.", 2)) {
+                int kept = 1;
+                nb_tensor *t = nb_optim_state_tensor(oa, j);
+                for (int i = 0; i < nb_tensor_numel(t); i++) kept &= nb_tensor_get(t, i) == st[n][i];
+                CHECK(kept, "%s: state %s changed while frozen", optim_kinds[kinds[k]], nb_optim_state_name(oa, j));
+                n++;
+            }
+        CHECK(nb_optim_param_steps(oa, 0) == 3 && nb_optim_param_steps(oa, 1) == 6, "%s: counts %lld, %lld",
+              optim_kinds[kinds[k]], (long long)nb_optim_param_steps(oa, 0), (long long)nb_optim_param_steps(oa, 1));
+        nb_tensor_set_requires_grad(a.W, 1);
+        small_set_grads(&a, tape);
+        nb_optim_step(oa);
+        for (int i = 0; i < 4; i++) {
+            small_set_grads(&b, tape);
+            nb_optim_step(ob);
+        }
+        same = 1;
+        for (int i = 0; i < 6; i++) same &= nb_tensor_get(a.W, i) == nb_tensor_get(b.W, i);
+        CHECK(same, "%s: after unfreezing, W is not where 4 uninterrupted steps put it", optim_kinds[kinds[k]]);
+        nb_optim_free(oa);
+        nb_optim_free(ob);
+        nb_tape_end(tape);
+        nb_tape_free(tape);
+        nb_params_free(a.ps);
+        nb_params_free(b.ps);
+    }
+    CHECK_NO_ERROR();
+}
+
+/* nb_tensor_has_grad: none before a backward and after zero_grad (the buffer kept, zero), one after a
+ * backward (also one that adds zero, and a create-graph one, also after its tape is reset). */
+static void test_has_grad(void)
+{
+    nb_tensor *x = nb_tensor_from_data(NB_F64, NB_SHAPE(2), (const double[]){1, 2});
+    nb_tensor_set_requires_grad(x, 1);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    CHECK(!nb_tensor_has_grad(x) && !nb_tensor_has_grad(NULL), "a gradient before any backward");
+    nb_backward(nb_sum_all(nb_mul(x, x)), NULL, 0);
+    CHECK(nb_tensor_has_grad(x), "no gradient after a backward");
+    nb_tensor_zero_grad(x);
+    CHECK(!nb_tensor_has_grad(x) && nb_tensor_grad(x) != NULL, "zero_grad: a gradient, or the buffer was freed");
+    nb_backward(nb_sum_all(nb_mul_scalar(x, 0.0)), NULL, 0); /* a gradient of zeros is a gradient */
+    CHECK(nb_tensor_has_grad(x), "a backward of zeros did not count");
+    nb_tensor_zero_grad(x);
+    nb_backward(nb_sum_all(nb_mul(x, x)), NULL, NB_CREATE_GRAPH);
+    CHECK(nb_tensor_has_grad(x), "no gradient after a create-graph backward");
+    nb_tape_reset(tape);
+    CHECK(nb_tensor_has_grad(x) && nb_tensor_get(nb_tensor_grad(x), 1) == 4.0, "the gradient was lost with the tape");
+    nb_tensor_zero_grad(x);
+    CHECK(!nb_tensor_has_grad(x), "zero_grad after a create-graph backward");
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(x);
+    CHECK_NO_ERROR();
+}
+
+/* L-BFGS with the strong Wolfe line search minimises Rosenbrock: every coordinate at 1 (f64; f32 to
+ * its precision); its errors: nb_optim_step refused, a failing closure stops the step with the
+ * parameters at the last iterate (here the start: the failure is inside the first line search). */
+static int g_fail_at;
+static nb_status failing_closure(void *user, double *loss)
+{
+    lb_problem *q = user;
+    if (q->calls + 1 == g_fail_at) {
+        q->calls++;
+        nb_error_set(NB_ERR_ARG, "closure failed on purpose");
+        return NB_ERR_ARG;
+    }
+    return lb_closure(user, loss);
+}
+
+static void test_lbfgs_known(const fixture *f)
+{
+    for (int d = 0; d < 2; d++) {
+        nb_dtype dt = d ? NB_F32 : NB_F64;
+        lb_problem q;
+        CHECK(lb_init(&q, f, 0, dt), "setup");
+        nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+        o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+        o.tolerance_grad = dt == NB_F64 ? 1e-10 : 1e-4;
+        o.tolerance_change = dt == NB_F64 ? 0 : 1e-9;
+        nb_optim *opt = nb_optim_new(NB_LBFGS, q.ps, &o);
+        double loss = NAN;
+        for (int i = 0; i < 10; i++) nb_optim_step_closure(opt, lb_closure, &q, &loss);
+        double tol = dt == NB_F64 ? 1e-8 : 1e-3, worst = 0;
+        for (int i = 0; i < 3; i++) {
+            worst = fmax(worst, fabs(nb_tensor_get(q.p0, i) - 1.0));
+            worst = fmax(worst, fabs(nb_tensor_get(q.p1, i) - 1.0));
+        }
+        CHECK(worst < tol, "L-BFGS (%s) on Rosenbrock: %g from the minimum", nb_dtype_name(dt), worst);
+        CHECK(loss < (dt == NB_F64 ? 1e-14 : 1e-5), "L-BFGS (%s) on Rosenbrock: loss %g", nb_dtype_name(dt), loss);
+        CHECK_ERROR(nb_optim_step(opt) != NB_OK, NB_ERR_ARG, "nb_optim_step_closure");
+        CHECK_ERROR(nb_optim_step_closure(opt, NULL, NULL, NULL) != NB_OK, NB_ERR_ARG, "closure");
+        nb_optim_free(opt);
+        lb_free(&q);
+    }
+    lb_problem q;
+    lb_init(&q, f, 0, NB_F64);
+    nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+    o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+    nb_optim *opt = nb_optim_new(NB_LBFGS, q.ps, &o);
+    g_fail_at = 2; /* the first trial point of the first line search */
+    CHECK_ERROR(nb_optim_step_closure(opt, failing_closure, &q, NULL) == NB_ERR_ARG, NB_ERR_ARG, "on purpose");
+    int same = 1;
+    for (int i = 0; i < 3; i++)
+        same &= nb_tensor_get(q.p0, i) == f->RA0.v[i] && nb_tensor_get(q.p1, i) == f->RB0.v[i];
+    CHECK(same, "a failure in the line search left the parameters at a trial point");
+    CHECK(nb_optim_steps(opt) == 0, "a failed step was counted");
+    nb_optim_free(opt);
+    lb_free(&q);
+    CHECK_NO_ERROR();
+}
+
+/* Groups: selection by prefix and by list, the refusals, set_lr / set_opts / frozen, and a schedule
+ * scaling every group from its own base. */
+static void test_groups(void)
+{
+    small s;
+    small_init(&s);
+    nb_optim_opts o = nb_optim_defaults(NB_SGD);
+    o.momentum = 0.9;
+    nb_optim_group g[2] = {{.prefix = "b", .opts = o}, {.n_params = 1, .params = (nb_tensor *[]){s.c}, .opts = o}};
+    g[0].opts.lr = 0.5;
+    g[1].frozen = 1;
+    nb_optim *opt = nb_optim_new_groups(NB_SGD, s.ps, &o, 2, g);
+    CHECK(opt && nb_optim_group_count(opt) == 3, "groups: %s", nb_error_message());
+    CHECK(nb_optim_param_group(opt, 0) == 0 && nb_optim_param_group(opt, 1) == 1 && nb_optim_param_group(opt, 2) == 2 &&
+              nb_optim_param_group(opt, 3) == 0 && nb_optim_param_group(opt, 4) == -1,
+          "parameter groups");
+    CHECK(nb_optim_group_lr(opt, 1) == 0.5 && nb_optim_group_frozen(opt, 2) == 1 && nb_optim_group_frozen(opt, 0) == 0,
+          "group options");
+    CHECK(nb_optim_group_set_lr(opt, 2, 0.25) == NB_OK && nb_optim_group_lr(opt, 2) == 0.25, "set_lr");
+    nb_optim_opts go;
+    nb_optim_group_opts(opt, 1, &go);
+    go.momentum = 0;
+    CHECK_ERROR(nb_optim_group_set_opts(opt, 1, &go) != NB_OK, NB_ERR_ARG, "decides the state");
+    go.momentum = 0.5;
+    go.lr = -1;
+    CHECK_ERROR(nb_optim_group_set_opts(opt, 1, &go) != NB_OK, NB_ERR_ARG, "lr must be >= 0");
+    CHECK_ERROR(nb_optim_group_set_lr(opt, 3, 0.1) != NB_OK, NB_ERR_ARG, "out of range");
+    CHECK_ERROR(nb_optim_group_set_frozen(opt, -1, 1) != NB_OK, NB_ERR_ARG, "out of range");
+    /* a schedule: every group from its own base */
+    nb_sched_opts so = nb_sched_defaults(NB_SCHED_STEP);
+    so.gamma = 0.5;
+    nb_sched *sc = nb_sched_new(NB_SCHED_STEP, opt, &so);
+    nb_sched_step(sc, 0);
+    CHECK(nb_optim_group_lr(opt, 0) == 0.005 && nb_optim_group_lr(opt, 1) == 0.25 && nb_optim_group_lr(opt, 2) == 0.125,
+          "a schedule scales each group's base: %g %g %g", nb_optim_group_lr(opt, 0), nb_optim_group_lr(opt, 1),
+          nb_optim_group_lr(opt, 2));
+    CHECK(nb_sched_set_epoch(sc, 3) == 0.01 * 0.125 && nb_optim_group_lr(opt, 2) == 0.25 * 0.125, "set_epoch");
+    CHECK_ERROR(isnan(nb_sched_set_epoch(sc, 1.5)), NB_ERR_ARG, "warm restarts only");
+    nb_sched_free(sc);
+    nb_optim_free(opt);
+    /* refusals */
+    nb_optim_group bad = {.prefix = "W", .opts = o}, twice[2] = {{.prefix = "W", .opts = o}, {.prefix = "W", .opts = o}};
+    nb_optim_group none = {.prefix = "zz", .opts = o}, stranger = {.n_params = 1, .params = (nb_tensor *[]){s.buf}, .opts = o};
+    bad.opts.beta1 = 2; /* not read by SGD */
+    bad.opts.lr = NAN;
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &bad), NB_ERR_ARG, "group 1: lr must be >= 0");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 2, twice), NB_ERR_ARG, "two groups");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &none), NB_ERR_ARG, "selects no parameter");
+    CHECK_ERROR(!nb_optim_new_groups(NB_SGD, s.ps, &o, 1, &stranger), NB_ERR_ARG, "not a trainable");
+    nb_optim_opts lo = nb_optim_defaults(NB_LBFGS);
+    nb_optim_group lg = {.prefix = "W", .opts = lo};
+    CHECK_ERROR(!nb_optim_new_groups(NB_LBFGS, s.ps, &lo, 1, &lg), NB_ERR_ARG, "one parameter group");
+    /* one-cycle needs momentum or beta1 */
+    nb_optim *ada = nb_optim_new(NB_ADAGRAD, s.ps, NULL), *sgd0 = nb_optim_new(NB_SGD, s.ps, NULL);
+    nb_sched_opts oc = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    oc.total_steps = 10;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc), NB_ERR_ARG, "cycle_momentum");
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, sgd0, &oc), NB_ERR_ARG, "cycle_momentum");
+    oc.cycle_momentum = 0;
+    nb_sched *s1 = nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc);
+    CHECK(s1 != NULL, "onecycle without momentum: %s", nb_error_message());
+    for (int i = 0; i < 10; i++) nb_sched_step(s1, 0);
+    double final = nb_optim_lr(ada);
+    CHECK_CLOSE(final, 1e-2 / 25 / 1e4, 1e-12, 0);
+    CHECK_ERROR(isnan(nb_sched_step(s1, 0)), NB_ERR_ARG, "past total_steps");
+    CHECK(nb_optim_lr(ada) == final, "a refused step changed the lr");
+    nb_sched_free(s1);
+    oc.total_steps = 0;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_ONECYCLE, ada, &oc), NB_ERR_ARG, "total_steps");
+    nb_sched_opts wr = nb_sched_defaults(NB_SCHED_WARM_RESTARTS);
+    wr.t_0 = 0;
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_WARM_RESTARTS, ada, &wr), NB_ERR_ARG, "t_0");
+    CHECK_ERROR(!nb_sched_new(NB_SCHED_LAMBDA, ada, NULL), NB_ERR_ARG, "fn");
+    nb_optim_free(ada);
+    nb_optim_free(sgd0);
+    nb_params_free(s.ps);
+    CHECK_NO_ERROR();
+}
+
+/* A closure for the fixture's model (L-BFGS in the checkpoint test). */
+typedef struct model_call {
+    const model *m;
+    nb_tape *tape;
+} model_call;
+
+static nb_status model_closure(void *user, double *loss)
+{
+    model_call *c = user;
+    nb_params_zero_grad(c->m->ps);
+    nb_tensor *l = model_loss(c->m);
+    nb_status st = l ? nb_backward(l, NULL, 0) : nb_error_code();
+    if (st == NB_OK) *loss = nb_tensor_get(l, 0);
+    nb_tape_reset(c->tape);
+    return st;
+}
+
+/* An optimizer of kind for m: b in a group of its own with other options (not for L-BFGS). */
+static nb_optim *ckpt_optim(nb_optim_kind kind, const model *m)
+{
+    nb_optim_opts o = nb_optim_defaults(kind);
+    if (kind == NB_SGD || kind == NB_RMSPROP) o.momentum = 0.9;
+    if (kind == NB_LBFGS) {
+        o.line_search = NB_LINE_SEARCH_STRONG_WOLFE;
+        o.max_iter = 4;
+        o.history_size = 3;
+        return nb_optim_new(NB_LBFGS, m->ps, &o);
+    }
+    o.lr = kind == NB_ADADELTA ? 1.0 : 0.01;
+    nb_optim_group g = {.prefix = "b", .opts = o};
+    g.opts.lr = o.lr / 4;
+    g.opts.weight_decay = 0.01;
+    return nb_optim_new_groups(kind, m->ps, &o, 1, &g);
+}
+
+static int ckpt_steps(const model *m, nb_optim *opt, nb_tape *tape, int n)
+{
+    model_call c = {m, tape};
+    for (int i = 0; i < n; i++)
+        if (nb_optim_get_kind(opt) == NB_LBFGS ? nb_optim_step_closure(opt, model_closure, &c, NULL) != NB_OK
+                                               : train_step(m, opt, tape) != 0)
+            return -1;
+    return 0;
+}
+
+/* Checkpoints of every kind, with groups: save after 3 steps (a schedule having moved the lrs, and
+ * one-cycle beta1 or momentum), load into a fresh model and optimizer, and 3 more steps give the
+ * uninterrupted run's parameters bit for bit; the groups' options and frozen flags come back. A file
+ * without the groups (as saved before they existed) still loads, leaving the groups alone; one with
+ * another number of groups is refused, changing nothing. */
+static void test_checkpoint_groups(const fixture *f)
+{
+    char dir[] = "/tmp/nb_optim_XXXXXX", path[64];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/c.safetensors", dir);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++) {
+        const char *kn = optim_kinds[k];
+        model a, b;
+        model_init(&a, f, NB_F64);
+        model_init(&b, f, NB_F64);
+        nb_optim *oa = ckpt_optim((nb_optim_kind)k, &a), *ob = ckpt_optim((nb_optim_kind)k, &b);
+        nb_sched_opts so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+        so.total_steps = 10;
+        so.cycle_momentum = k == NB_SGD || k == NB_RMSPROP || k == NB_ADAM || k == NB_ADAMW || k == NB_NADAM ||
+                            k == NB_RADAM || k == NB_ADAMAX;
+        nb_sched *sa = k == NB_LBFGS ? NULL : nb_sched_new(NB_SCHED_ONECYCLE, oa, &so);
+        CHECK(oa && ob && (sa || k == NB_LBFGS), "%s: %s", kn, nb_error_message());
+        if (!oa || !ob) continue;
+        for (int i = 0; i < 3; i++) {
+            CHECK(ckpt_steps(&a, oa, tape, 1) == 0, "%s: step: %s", kn, nb_error_message());
+            nb_sched_step(sa, 0);
+        }
+        if (k != NB_LBFGS) nb_optim_group_set_frozen(oa, 1, 1);
+        CHECK(nb_checkpoint_save(path, a.ps, oa, 3) == NB_OK, "%s: save: %s", kn, nb_error_message());
+        if (k != NB_LBFGS) nb_optim_group_set_frozen(oa, 1, 0);
+        CHECK(ckpt_steps(&a, oa, tape, 3) == 0, "%s: steps after saving", kn);
+        int64_t step = -1;
+        CHECK(nb_checkpoint_load(path, b.ps, ob, &step) == NB_OK && step == 3, "%s: load: %s", kn, nb_error_message());
+        for (int g = 0; g < nb_optim_group_count(ob); g++) {
+            nb_optim_opts x, y;
+            nb_optim_group_opts(oa, g, &x);
+            nb_optim_group_opts(ob, g, &y);
+            CHECK(x.lr == y.lr && x.beta1 == y.beta1 && x.momentum == y.momentum && x.weight_decay == y.weight_decay,
+                  "%s: group %d's options were not restored (lr %g / %g)", kn, g, y.lr, x.lr);
+        }
+        if (k != NB_LBFGS) {
+            CHECK(nb_optim_group_frozen(ob, 1) == 1, "%s: the frozen flag was not restored", kn);
+            nb_optim_group_set_frozen(ob, 1, 0);
+        }
+        CHECK(ckpt_steps(&b, ob, tape, 3) == 0, "%s: steps after loading", kn);
+        int same = 1;
+        for (int i = 0; i < nb_tensor_numel(a.W); i++) same &= nb_tensor_get(a.W, i) == nb_tensor_get(b.W, i);
+        for (int i = 0; i < nb_tensor_numel(a.b); i++) same &= nb_tensor_get(a.b, i) == nb_tensor_get(b.b, i);
+        CHECK(same, "%s: the resumed run differs from the uninterrupted one", kn);
+        nb_sched_free(sa);
+        nb_optim_free(oa);
+        nb_optim_free(ob);
+        model_free(&a);
+        model_free(&b);
+    }
+    /* a file from before groups: the same file without optim.groups and optim.param_groups */
+    model m;
+    model_init(&m, f, NB_F64);
+    nb_optim *opt = ckpt_optim(NB_ADAM, &m);
+    ckpt_steps(&m, opt, tape, 2);
+    CHECK(nb_checkpoint_save(path, m.ps, opt, 2) == NB_OK, "save: %s", nb_error_message());
+    nb_safetensors *file = NULL;
+    CHECK(nb_safetensors_read(path, &file) == NB_OK, "read: %s", nb_error_message());
+    const char *names[64];
+    nb_tensor *tensors[64];
+    int n = 0;
+    for (int i = 0; file && i < nb_safetensors_count(file) && n < 64; i++) {
+        const char *name = nb_safetensors_name(file, i);
+        if (strcmp(name, "optim.groups") && strcmp(name, "optim.param_groups")) {
+            names[n] = name;
+            tensors[n++] = nb_safetensors_tensor(file, i);
+        }
+    }
+    CHECK(file && n == nb_safetensors_count(file) - 2, "the file has no groups to drop");
+    const char *keys[] = {"format", "step", "optimizer", "optimizer_steps"}, *values[4];
+    for (int i = 0; file && i < 4; i++) values[i] = nb_safetensors_meta(file, keys[i]);
+    char old[80];
+    snprintf(old, sizeof old, "%s/old.safetensors", dir);
+    CHECK(file && nb_safetensors_save(old, n, names, tensors, 4, keys, values) == NB_OK, "save old: %s", nb_error_message());
+    nb_safetensors_free(file);
+    model m2;
+    model_init(&m2, f, NB_F64);
+    nb_optim *o2 = ckpt_optim(NB_ADAM, &m2);
+    nb_optim_group_set_lr(o2, 1, 0.125);
+    CHECK(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_OK, "a file without groups: %s", nb_error_message());
+    CHECK(nb_optim_group_lr(o2, 1) == 0.125 && nb_tensor_get(m2.W, 0) == nb_tensor_get(m.W, 0),
+          "a file without groups: the groups changed or the parameters were not loaded");
+    /* another number of groups: refused, nothing changed */
+    nb_optim *one = nb_optim_new(NB_ADAM, m2.ps, NULL);
+    nb_tensor_set(m2.W, 0, 42.0);
+    CHECK_ERROR(nb_checkpoint_load(path, m2.ps, one, NULL) == NB_ERR_SHAPE, NB_ERR_SHAPE, "2 parameter groups in the file, 1");
+    CHECK(nb_tensor_get(m2.W, 0) == 42.0 && nb_optim_lr(one) == 1e-3, "a refused file changed the model");
+    nb_optim_free(one);
+    nb_optim_free(o2);
+    nb_optim_free(opt);
+    model_free(&m);
+    model_free(&m2);
+    remove(path);
+    remove(old);
+    rmdir(dir);
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    CHECK_NO_ERROR();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -924,26 +1633,33 @@ int main(int argc, char **argv)
     fixture f = {0};
     f.optim = calloc(MAX_CASES, sizeof *f.optim);
     f.sched = calloc(MAX_CASES, sizeof *f.sched);
+    f.lbfgs = calloc(MAX_CASES, sizeof *f.lbfgs);
     char err[512];
     char *text = fx_read_text(argv[1], err, sizeof err);
     fx_parser p = {argv[1], 0, err, sizeof err};
-    bool oom = text && (!f.optim || !f.sched), parsed = text && !oom && parse(&p, text, &f);
+    bool oom = text && (!f.optim || !f.sched || !f.lbfgs), parsed = text && !oom && parse(&p, text, &f);
     free(text);
     if (!parsed) {
         fprintf(stderr, "%s\n", oom ? "out of memory" : err);
         fixture_free(&f);
         return 1;
     }
-    CHECK(f.n_optim > 0 && f.n_sched > 0, "the fixture has no optimizer or no schedule case");
+    CHECK(f.n_optim > 0 && f.n_sched > 0 && f.n_lbfgs > 0, "the fixture has no optimizer, L-BFGS or schedule case");
 
     test_trajectories(&f);
+    test_lbfgs(&f);
     test_schedules(&f);
     printf("compared with PyTorch: %d optimizer trajectories (%ld recorded steps, %ld parameter values), "
-           "%d schedules (%ld lr values)\n",
-           f.n_optim, g_steps_compared, g_traj_values, f.n_sched, g_lr_values);
+           "%d L-BFGS runs (%ld parameter values), %d schedules (%ld lr values)\n",
+           f.n_optim, g_steps_compared, g_traj_values, f.n_lbfgs, g_lb_values, f.n_sched, g_lr_values);
     test_clip();
     test_early_stop();
     test_no_grad_untouched();
+    test_freeze();
+    test_has_grad();
+    test_lbfgs_known(&f);
+    test_groups();
+    test_checkpoint_groups(&f);
     test_late_param();
     test_state_names();
     test_bad_options();

@@ -30,7 +30,10 @@ nb_params *nb_params_new(void);
 /* Frees the collection and every tensor in it. NULL is ignored. */
 void nb_params_free(nb_params *p);
 /* Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
- * collection takes ownership of t, also on failure (then t is freed and NULL returned). */
+ * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
+ * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
+ * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding
+ * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. */
 nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
 /* Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
 nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);
@@ -66,16 +69,25 @@ typedef enum nb_init_kind {
     NB_INIT_XAVIER_NORMAL,   /* N(0, s^2), s = a sqrt(2 / (fan_in + fan_out)) */
     NB_INIT_KAIMING_UNIFORM, /* U(-b, b), b = sqrt(6 / fan_in) (ReLU gain sqrt 2; a: leaky slope) */
     NB_INIT_KAIMING_NORMAL,  /* N(0, s^2), s = sqrt(2 / ((1 + a^2) fan_in)) */
+    NB_INIT_ORTHOGONAL,      /* torch.nn.init.orthogonal_: gain a (0 means 1) times the Q of a QR */
+    NB_INIT_TRUNC_NORMAL,    /* torch.nn.init.trunc_normal_: N(mean, a^2) (a 0 means 1) cut to [lo, hi] */
     NB_INIT_COUNT
 } nb_init_kind;
 
 typedef struct nb_init {
     nb_init_kind kind;
     double a;
+    double mean, lo, hi;     /* NB_INIT_TRUNC_NORMAL only; lo = hi = 0 means [-2, 2], torch's default */
 } nb_init;
 
 /* Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
- * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer). */
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer).
+ * NB_INIT_ORTHOGONAL: t (at least 2-D) viewed as [rows = dim 0, cols = the rest] is gain * Q, Q from
+ * the QR of a [max, min] matrix of N(0, 1) draws (drawn as [rows, cols] in row-major order, then
+ * transposed when rows < cols) with the signs making R's diagonal positive: orthonormal rows when
+ * rows <= cols, orthonormal columns otherwise. NB_INIT_TRUNC_NORMAL: inverse-CDF sampling, one
+ * uniform draw per element; every value lies in [lo, hi] (needs lo < hi and a >= 0); an interval
+ * too far in a tail for double precision (over 37 standard deviations) gives its nearer bound. */
 nb_status nb_init_tensor(nb_tensor *t, nb_init init, int64_t fan_in, int64_t fan_out, nb_rng *rng);
 
 /* Options shared by layer constructors; NULL or a zeroed struct gives the defaults. */
@@ -85,6 +97,8 @@ typedef struct nb_layer_opts {
     nb_init weight_init; /* default: the layer's standard (PyTorch's, except where noted) */
     nb_init bias_init;
     nb_init forget_bias; /* LSTM: the forget gate's input bias; default constant 1 */
+    int use_padding_idx; /* Embedding: 1 to give row padding_idx torch's padding semantics */
+    int64_t padding_idx; /* Embedding: that row (negative: counted from the end) */
 } nb_layer_opts;
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -132,14 +146,20 @@ nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x);
 /* Inverted dropout in training mode of model (identity in evaluation mode or for p = 0). */
 nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
 
-/* Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. */
+/* Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. With
+ * opts->use_padding_idx, row padding_idx (in [-num, num); negative counts from the end) is
+ * initialised to zeros and never receives gradient (its gradient is zero), as torch's padding_idx;
+ * lookups of it still return the row's current values. */
 typedef struct nb_embedding {
     nb_tensor *weight;
     int64_t num, dim;
+    int has_padding;     /* padding_idx (in [0, num)) is the padding row */
+    int64_t padding_idx;
 } nb_embedding;
 nb_status nb_embedding_init(nb_embedding *e, nb_params *p, const char *name, int64_t num, int64_t dim,
                             const nb_layer_opts *opts, nb_rng *rng);
-/* idx: i64 [...] -> [..., dim]; indices must be in [0, num). Repeated indices accumulate gradient. */
+/* idx: i64 [...] -> [..., dim]; indices must be in [0, num). Repeated indices accumulate gradient
+ * (but for the padding row's). */
 nb_tensor *nb_embedding_forward(const nb_embedding *e, nb_tensor *idx);
 
 /* Layer normalisation over the last dim: (x - mean) / sqrt(var + eps) * weight + bias, with the
@@ -255,7 +275,9 @@ nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h);
 #define NB_RNN_MAX_LAYERS 8
 
 /* A multi-layer recurrent network over sequences; layer l's cell is named "name.*_l<l>" as in
- * torch.nn.RNN/LSTM/GRU ("name.weight_ih_l0", ...). */
+ * torch.nn.RNN/LSTM/GRU ("name.weight_ih_l0", ...), and a bidirectional network's reverse cells
+ * "name.*_l<l>_reverse" (registered after the same layer's forward cell, as torch orders them).
+ * Layer l > 0 of a bidirectional network takes both directions' outputs, [.., 2*hidden]. */
 typedef struct nb_rnn {
     nb_rnn_kind kind;
     int layers;
@@ -265,27 +287,35 @@ typedef struct nb_rnn {
     nb_rng *rng;            /* for dropout; borrowed */
     const nb_params *owner;
     nb_rnn_cell cell[NB_RNN_MAX_LAYERS];
+    int bidirectional;      /* 1: cell_reverse runs each layer backwards in time as well */
+    nb_rnn_cell cell_reverse[NB_RNN_MAX_LAYERS];
 } nb_rnn;
 
+/* Options of nb_rnn_init; NULL or a zeroed struct: sequence first, one direction, no dropout. */
 typedef struct nb_rnn_opts {
     nb_layer_opts layer;
     int batch_first;
-    double dropout;
+    double dropout;         /* in [0, 1): on each layer's output but the last, in training mode */
+    int bidirectional;      /* 1: as torch's bidirectional=True */
 } nb_rnn_opts;
 
 nb_status nb_rnn_init(nb_rnn *r, nb_params *p, const char *name, nb_rnn_kind kind, int64_t input,
                       int64_t hidden, int layers, const nb_rnn_opts *opts, nb_rng *rng);
 
-/* Recurrent state: h [layers, B, hidden], and c of the same shape for an LSTM (NULL otherwise). */
+/* Recurrent state: h [layers * D, B, hidden], D = 2 for a bidirectional network (in torch's order:
+ * layer 0 forward, layer 0 reverse, layer 1 forward, ...) and 1 otherwise, and c of the same shape
+ * for an LSTM (NULL otherwise). */
 typedef struct nb_rnn_state {
     nb_tensor *h, *c;
 } nb_rnn_state;
 
 /* Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
  * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
- * length leave its state unchanged and output zeros. out (may be NULL): every step's top-layer
- * output, [T, B, hidden] (or [B, T, hidden]). final (may be NULL): the state after each sequence's
- * last step. The input projection of all steps is one matrix product per layer. */
+ * length leave its state unchanged and output zeros (the reverse direction of a sequence of length L
+ * starts from the initial state at step L-1, as torch's packed sequences do). out (may be NULL):
+ * every step's top-layer output, [T, B, D*hidden] (or [B, T, D*hidden]), the forward direction's
+ * first. final (may be NULL): the state after each sequence's last step (for the reverse direction,
+ * after step 0). The input projection of all steps is one matrix product per layer and direction. */
 nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init, const int64_t *lengths,
                          nb_tensor **out, nb_rnn_state *final);
 
@@ -325,26 +355,63 @@ nb_tensor *nb_mha_forward(const nb_mha *m, nb_tensor *q, nb_tensor *k, nb_tensor
 /* Losses and regularisation                                                                       */
 /* ---------------------------------------------------------------------------------------------- */
 
-typedef enum nb_reduction { NB_REDUCE_MEAN = 0, NB_REDUCE_SUM, NB_REDUCE_NONE, NB_REDUCTION_COUNT } nb_reduction;
+/* How a loss reduces its elementwise values: their mean, their sum, or none (the elementwise
+ * tensor); NB_REDUCE_BATCHMEAN (nb_kl_div_loss only; others refuse it) is the sum / dim 0's extent. */
+typedef enum nb_reduction {
+    NB_REDUCE_MEAN = 0, NB_REDUCE_SUM, NB_REDUCE_NONE, NB_REDUCE_BATCHMEAN, NB_REDUCTION_COUNT
+} nb_reduction;
 
 /* (pred - target)^2, same shapes. */
 nb_tensor *nb_mse_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction);
+/* |pred - target|, same shapes (gradient 0 where they are equal, as torch). */
+nb_tensor *nb_l1_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction);
+/* torch's smooth_l1_loss: with d = pred - target, d^2 / (2 beta) where |d| < beta, else
+ * |d| - beta / 2; beta >= 0 (0: L1). Same shapes. */
+nb_tensor *nb_smooth_l1_loss(nb_tensor *pred, nb_tensor *target, double beta, nb_reduction reduction);
+/* torch's huber_loss: d^2 / 2 where |d| < delta, else delta (|d| - delta / 2); delta > 0. */
+nb_tensor *nb_huber_loss(nb_tensor *pred, nb_tensor *target, double delta, nb_reduction reduction);
+/* torch's kl_div: input holds log-probabilities; target probabilities t (elementwise t log t - t
+ * input, 0 where t = 0) or, with log_target, log-probabilities (e^t (t - input)). Same shapes.
+ * NB_REDUCE_BATCHMEAN divides the sum by dim 0's extent (the KL divergence per sample); MEAN
+ * divides by the element count, as torch. The gradient with respect to a zero target is -input
+ * (torch's is NaN). */
+nb_tensor *nb_kl_div_loss(nb_tensor *input, nb_tensor *target, nb_reduction reduction, int log_target);
 /* Binary cross-entropy from logits x and targets t in [0, 1], same shapes:
  * max(x, 0) - x t + log(1 + exp(-|x|)), finite for any x. */
 nb_tensor *nb_bce_with_logits(nb_tensor *logits, nb_tensor *target, nb_reduction reduction);
+
+/* Options of nb_bce_with_logits_ex; NULL or a zeroed struct: mean, no weights. The tensors are
+ * borrowed, in the logits' dtype, and broadcast to the logits' shape (e.g. [C] for [N, C]); they are
+ * differentiable like any input (torch's are not). */
+typedef struct nb_bce_opts {
+    nb_reduction reduction;
+    nb_tensor *pos_weight; /* weight of the positive term: p t softplus(-x) + (1 - t) softplus(x) */
+    nb_tensor *weight;     /* multiplies each element's loss before the reduction */
+} nb_bce_opts;
+/* torch's binary_cross_entropy_with_logits with weight and pos_weight, as stable as the above. */
+nb_tensor *nb_bce_with_logits_ex(nb_tensor *logits, nb_tensor *target, const nb_bce_opts *opts);
 
 typedef struct nb_ce_opts {
     nb_reduction reduction;
     int64_t ignore_index;    /* labels equal to it add nothing (only when use_ignore_index) */
     int use_ignore_index;
     double label_smoothing;  /* in [0, 1]: the target is (1 - s) one-hot + s / C uniform */
+    nb_tensor *weight;       /* NULL, or class weights [C] in the scores' dtype (borrowed; differentiable) */
 } nb_ce_opts;
 
-/* Cross-entropy from logits [N, C] and i64 labels [N] in [0, C) (or the ignore index). opts NULL:
- * mean, no ignore index, no smoothing. The mean is over the labels not ignored. */
+/* Cross-entropy from logits [N, C] (or [N, C, d1, ...], classes in dim 1 as torch; or one sample
+ * [C]) and either i64 labels [N] ([N, d1, ...]; [] for [C]) in [0, C) (or the ignore index), or
+ * probability targets of the logits' shape and dtype (soft labels; ignore_index refused). opts NULL:
+ * mean, no ignore index, no smoothing, no weights. With labels, element i's loss is
+ * -(1 - s) w[y_i] logp_i[y_i] - (s / C) sum_c w[c] logp_i[c] (w = 1 without weights, 0 for ignored
+ * labels), and the mean divides the sum by sum_i w[y_i] over the labels not ignored (torch's weighted
+ * mean, also with smoothing: torch 1.13's formula). With probabilities p, the loss is
+ * -sum_c w[c] ((1 - s) p[c] + s / C) logp[c] and the mean divides by the element count N d1 ....
+ * NB_REDUCE_NONE gives the labels' shape. */
 nb_tensor *nb_cross_entropy(nb_tensor *logits, nb_tensor *labels, const nb_ce_opts *opts);
-/* Negative log-likelihood of log-probabilities [N, C] at i64 labels [N]. Unlike torch's nll_loss it
- * honours opts->label_smoothing (over the given log-probabilities), so that cross-entropy is exactly
+/* Negative log-likelihood of log-probabilities [N, C] ([N, C, d1, ...], [C]) at i64 labels, with
+ * cross-entropy's weights, ignore index and reductions. Unlike torch's nll_loss it honours
+ * opts->label_smoothing (over the given log-probabilities), so that cross-entropy is exactly
  * nb_nll_loss(nb_log_softmax(logits, 1), ...). */
 nb_tensor *nb_nll_loss(nb_tensor *log_probs, nb_tensor *labels, const nb_ce_opts *opts);
 

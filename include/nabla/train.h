@@ -23,7 +23,16 @@ extern "C" {
 /* Optimizers                                                                                      */
 /* ---------------------------------------------------------------------------------------------- */
 
-typedef enum nb_optim_kind { NB_SGD = 0, NB_ADAM, NB_ADAMW, NB_RMSPROP, NB_ADAGRAD, NB_OPTIM_KIND_COUNT } nb_optim_kind;
+typedef enum nb_optim_kind {
+    NB_SGD = 0, NB_ADAM, NB_ADAMW, NB_RMSPROP, NB_ADAGRAD,
+    NB_NADAM, NB_RADAM, NB_ADAMAX, NB_ADADELTA, /* NAdam as torch >= 2.0 (1.13 multiplies mu_product_next
+                                                    by one mu too many, pytorch/pytorch#92699) */
+    NB_LBFGS, /* full-batch: steps through nb_optim_step_closure */
+    NB_OPTIM_KIND_COUNT
+} nb_optim_kind;
+
+/* L-BFGS line searches (torch.optim.LBFGS's line_search_fn None and "strong_wolfe"). */
+enum { NB_LINE_SEARCH_NONE = 0, NB_LINE_SEARCH_STRONG_WOLFE = 1 };
 
 /* Hyper-parameters, with the meaning (and, from nb_optim_defaults, the defaults) of torch.optim. */
 typedef struct nb_optim_opts {
@@ -32,37 +41,81 @@ typedef struct nb_optim_opts {
     double momentum;      /* SGD, RMSprop */
     double dampening;     /* SGD */
     int nesterov;         /* SGD (needs momentum > 0 and dampening 0) */
-    double beta1, beta2;  /* Adam, AdamW */
-    double eps;           /* Adam, AdamW, RMSprop, Adagrad */
+    double beta1, beta2;  /* Adam, AdamW, NAdam, RAdam, Adamax */
+    double eps;           /* all but SGD and L-BFGS */
     int amsgrad;          /* Adam, AdamW */
     double alpha;         /* RMSprop smoothing constant */
     int centered;         /* RMSprop */
     double lr_decay;      /* Adagrad */
     double initial_accumulator; /* Adagrad */
+    double momentum_decay; /* NAdam (torch's psi, default 4e-3) */
+    double rho;           /* Adadelta */
+    /* L-BFGS (torch.optim.LBFGS) */
+    int max_iter;         /* iterations per step (default 20) */
+    int max_eval;         /* closure calls per step (default 25, torch's max_iter * 5 / 4) */
+    double tolerance_grad;   /* stop when max |g| <= this (default 1e-7) */
+    double tolerance_change; /* stop when the loss or the step change by less (default 1e-9) */
+    int history_size;     /* curvature pairs kept (default 100) */
+    int line_search;      /* NB_LINE_SEARCH_NONE (default) or NB_LINE_SEARCH_STRONG_WOLFE */
 } nb_optim_opts;
 
-/* torch.optim's defaults for kind (lr 1e-3 for Adam/AdamW/Adagrad 1e-2, RMSprop 1e-2, SGD 1e-2). */
+/* torch.optim's defaults for kind (lr 1e-3 for Adam/AdamW/RAdam, 2e-3 NAdam/Adamax, 1e-2 SGD/RMSprop/
+ * Adagrad, 1 Adadelta/L-BFGS). */
 nb_optim_opts nb_optim_defaults(nb_optim_kind kind);
 
 typedef struct nb_optim nb_optim;
 
-/* An optimizer over the trainable tensors of params (opts NULL: the defaults). Its per-parameter
- * state is allocated here, once. */
+/* An optimizer over the trainable tensors of params (opts NULL: the defaults), all in one group.
+ * Its per-parameter state is allocated here, once. */
 nb_optim *nb_optim_new(nb_optim_kind kind, nb_params *params, const nb_optim_opts *opts);
+
+/* A parameter group (torch.optim's param_groups): the parameters whose names start with prefix
+ * (NULL: none by name) and the n_params tensors listed, with their own options (all fields: start from
+ * a copy of the optimizer's and change what differs) and a frozen flag. */
+typedef struct nb_optim_group {
+    const char *prefix;
+    int n_params;
+    nb_tensor *const *params;
+    nb_optim_opts opts;
+    int frozen;
+} nb_optim_group;
+
+/* An optimizer with groups: group 0 holds the parameters no spec selects, with opts (NULL: the
+ * defaults); group k = 1..n_groups those that specs[k - 1] selects. A parameter selected twice, a
+ * listed tensor that is not a trainable parameter of params, or a spec that selects nothing is
+ * refused; so are groups for L-BFGS (one group, as in torch). specs are copied. */
+nb_optim *nb_optim_new_groups(nb_optim_kind kind, nb_params *params, const nb_optim_opts *opts, int n_groups,
+                              const nb_optim_group *specs);
 void nb_optim_free(nb_optim *opt);
 /* One update of every parameter that has a gradient: a single fused pass over the parameter, its
- * gradient and its state. Parameters without a gradient are skipped, as in PyTorch. */
+ * gradient and its state. A parameter is skipped, its state and count kept, when it has no gradient
+ * since the last zero_grad (nb_tensor_has_grad: PyTorch's None), when it does not require grad
+ * (nb_tensor_set_requires_grad(p, 0) freezes it: unfreezing continues from the kept state) or when
+ * its group is frozen. Refused for L-BFGS. */
 nb_status nb_optim_step(nb_optim *opt);
+/* What nb_optim_step_closure calls: zero the gradients, build the loss on the current tape, run
+ * nb_backward, reset the tape if it likes, and store the loss in *loss; a failure status stops the
+ * step (the parameters are left as the optimizer had them then: never between two trial points). */
+typedef nb_status (*nb_optim_closure)(void *user, double *loss);
+/* One step that may evaluate the loss again (torch's step(closure)): L-BFGS calls closure up to
+ * max_eval times, every other kind once before its update. *loss (may be NULL) gets the first
+ * evaluation's loss. */
+nb_status nb_optim_step_closure(nb_optim *opt, nb_optim_closure closure, void *user, double *loss);
 void nb_optim_zero_grad(nb_optim *opt);
+/* Group 0's lr; nb_optim_set_lr sets every group's. */
 double nb_optim_lr(const nb_optim *opt);
 void nb_optim_set_lr(nb_optim *opt, double lr);
 /* Steps taken (restored by nb_checkpoint_load). */
 int64_t nb_optim_steps(const nb_optim *opt);
 nb_optim_kind nb_optim_get_kind(const nb_optim *opt);
-/* "sgd", "adam", "adamw", "rmsprop", "adagrad" ("?" for an unknown kind). */
+/* "sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam", "adamax", "adadelta", "lbfgs"
+ * ("?" for an unknown kind). */
 const char *nb_optim_kind_name(nb_optim_kind kind);
 /* The optimizer's state tensors (exp_avg, momentum buffers...), owned by it, named
- * "<param>.<state>" (e.g. "fc.weight.exp_avg") for checkpoints. */
+ * "<param>.<state>" (e.g. "fc.weight.exp_avg") for checkpoints. L-BFGS keeps per parameter its
+ * slices of d, prev_flat_grad, old_dirs and old_stps ([history_size, numel], a ring), and under the
+ * first parameter's name ro [history_size] and scalars (t, H_diag, prev_loss, n_iter, func_evals,
+ * history length, ring start). */
 int nb_optim_state_count(const nb_optim *opt);
 nb_tensor *nb_optim_state_tensor(const nb_optim *opt, int i);
 const char *nb_optim_state_name(const nb_optim *opt, int i);
@@ -75,10 +128,27 @@ int nb_optim_param_count(const nb_optim *opt);
 int64_t nb_optim_param_steps(const nb_optim *opt, int i);
 nb_status nb_optim_set_param_steps(nb_optim *opt, int i, int64_t steps);
 
+/* Groups: how many (1 + n_groups), the group of parameter i (-1 if out of range), a group's lr,
+ * options and frozen flag (NaN / -1 / NB_ERR_ARG for a bad index). Checkpoints keep them. */
+int nb_optim_group_count(const nb_optim *opt);
+int nb_optim_param_group(const nb_optim *opt, int i);
+double nb_optim_group_lr(const nb_optim *opt, int group);
+nb_status nb_optim_group_set_lr(nb_optim *opt, int group, double lr);
+nb_status nb_optim_group_opts(const nb_optim *opt, int group, nb_optim_opts *out);
+/* New options for a group, checked as nb_optim_new's; the fields that decide which state exists
+ * (momentum zero or not for SGD/RMSprop, amsgrad, centered, history_size, line_search) cannot
+ * change. */
+nb_status nb_optim_group_set_opts(nb_optim *opt, int group, const nb_optim_opts *opts);
+int nb_optim_group_frozen(const nb_optim *opt, int group);
+/* A frozen group's parameters are not updated; their state and counts are kept. */
+nb_status nb_optim_group_set_frozen(nb_optim *opt, int group, int frozen);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Learning-rate schedules                                                                         */
 /* ---------------------------------------------------------------------------------------------- */
 
+/* Every schedule sets each group's lr from that group's base (its lr when the schedule is made), as
+ * torch's schedulers scale each group's initial_lr. An epoch is whatever the caller steps by. */
 typedef enum nb_sched_kind {
     NB_SCHED_STEP = 0,    /* lr = base * gamma^(floor(epoch / step_size)) */
     NB_SCHED_MULTISTEP,   /* lr = base * gamma^(number of milestones <= epoch) */
@@ -86,10 +156,19 @@ typedef enum nb_sched_kind {
     NB_SCHED_COSINE,      /* linear warm-up from base * warmup_start over warmup epochs, then cosine
                              annealing to eta_min at t_max */
     NB_SCHED_PLATEAU,     /* lr *= factor after `patience` epochs without improvement of the metric */
+    NB_SCHED_LAMBDA,      /* lr = base * fn(epoch, group, fn_user) (torch's LambdaLR) */
+    NB_SCHED_ONECYCLE,    /* torch's OneCycleLR over total_steps steps: the base is the peak (max_lr);
+                             from base / div_factor up to base, then down to base / div_factor /
+                             final_div_factor; optionally cycles SGD/RMSprop momentum or beta1 */
+    NB_SCHED_WARM_RESTARTS, /* torch's CosineAnnealingWarmRestarts: cosine from base to eta_min over
+                               t_0 epochs, restarting, each period t_mult times the last */
     NB_SCHED_KIND_COUNT
 } nb_sched_kind;
 
 #define NB_SCHED_MAX_MILESTONES 32
+
+/* LAMBDA's factor of the base lr at epoch for group (>= 0 and finite, else the step fails). */
+typedef double (*nb_sched_fn)(int64_t epoch, int group, void *user);
 
 typedef struct nb_sched_opts {
     int64_t step_size;                               /* STEP */
@@ -97,7 +176,7 @@ typedef struct nb_sched_opts {
     int n_milestones;                                /* MULTISTEP */
     int64_t milestones[NB_SCHED_MAX_MILESTONES];
     int64_t t_max;                                   /* COSINE: total epochs, warm-up included */
-    double eta_min;                                  /* COSINE */
+    double eta_min;                                  /* COSINE, WARM_RESTARTS */
     int64_t warmup;                                  /* COSINE: warm-up epochs (0: none) */
     double warmup_start;                             /* COSINE: first warm-up factor (e.g. 0.1) */
     int maximize;                                    /* PLATEAU: the metric improves upwards */
@@ -106,6 +185,16 @@ typedef struct nb_sched_opts {
     double threshold;                                /* PLATEAU, relative (default 1e-4) */
     int64_t cooldown;                                /* PLATEAU */
     double min_lr;                                   /* PLATEAU */
+    nb_sched_fn fn;                                  /* LAMBDA */
+    void *fn_user;                                   /* LAMBDA: passed to fn */
+    int64_t total_steps;                             /* ONECYCLE: steps of the cycle */
+    double pct_start;                                /* ONECYCLE: share of the rising phase (0.3) */
+    int anneal_linear;                               /* ONECYCLE: linear instead of cosine */
+    int three_phase;                                 /* ONECYCLE: torch's three_phase */
+    double div_factor, final_div_factor;             /* ONECYCLE (25, 1e4) */
+    int cycle_momentum;                              /* ONECYCLE (default 1) */
+    double base_momentum, max_momentum;              /* ONECYCLE (0.85, 0.95) */
+    int64_t t_0, t_mult;                             /* WARM_RESTARTS: first period, its growth (>= 1) */
 } nb_sched_opts;
 
 /* torch.optim.lr_scheduler's defaults where it has them. */
@@ -113,12 +202,17 @@ nb_sched_opts nb_sched_defaults(nb_sched_kind kind);
 
 typedef struct nb_sched nb_sched;
 
-/* A schedule driving opt's learning rate from its current value (the base). */
+/* A schedule driving opt's learning rates from their current values (the bases); it sets them for
+ * epoch 0 now. ONECYCLE with cycle_momentum needs an optimizer with beta1 (Adam, AdamW, NAdam,
+ * RAdam, Adamax) or with momentum > 0 (SGD, RMSprop), and sets it to max_momentum. */
 nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *opts);
 void nb_sched_free(nb_sched *s);
 /* End of an epoch: advance and set the optimizer's lr; metric is read by PLATEAU only. Returns the
- * new lr (NaN on error). */
+ * new lr of group 0 (NaN on error: ONECYCLE past total_steps, a bad LAMBDA factor). */
 double nb_sched_step(nb_sched *s, double metric);
+/* Jump to epoch (torch's step(epoch)): any epoch >= 0 for WARM_RESTARTS, fractional ones included
+ * (epoch + batch / batches), whole epochs for the other kinds but PLATEAU. Returns as nb_sched_step. */
+double nb_sched_set_epoch(nb_sched *s, double epoch);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Clipping and early stopping                                                                     */
@@ -150,9 +244,10 @@ int64_t nb_early_stop_best_epoch(const nb_early_stop *es); /* 0-based; -1 before
 typedef struct nb_dataset nb_dataset;
 
 /* Samples are the rows (dim 0) of inputs and targets (targets may be NULL; same row count). The
- * dataset takes ownership of both leaves (also when it fails, so a constructor call can be passed
- * straight in) and frees them with itself. Leaves that require grad, op results and 0-d tensors
- * are refused. */
+ * dataset takes ownership of both leaves (nb_tensor_claim; also when it fails, so a constructor call
+ * can be passed straight in) and frees them with itself. Leaves that require grad, op results and 0-d
+ * tensors are refused, and so are leaves that have an owner already (a collection, another
+ * dataset...): those, and op results, are left untouched when it fails. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 void nb_dataset_free(nb_dataset *d);
 int64_t nb_dataset_size(const nb_dataset *d);
@@ -194,7 +289,9 @@ int64_t nb_batches_per_epoch(const nb_batches *b);
 /* Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
  * data is converted and, for f32/f64, multiplied by scale (e.g. 1/255); other IDX types keep their
  * values (floating IDX data cannot be read as i64).
- * Validates the magic number, the dimensions and the file length. */
+ * Validates the magic number, the dimensions and the file length; a path that is not a regular file
+ * (a FIFO, a device, a folder) is refused at once (NB_ERR_IO). Memory grows with the data actually
+ * read, whatever the header claims. */
 nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor **out);
 
 typedef struct nb_vocab nb_vocab;
@@ -216,15 +313,17 @@ nb_status nb_vocab_decode(const nb_vocab *v, const int64_t *ids, size_t n, char 
 /* ---------------------------------------------------------------------------------------------- */
 
 /* Write tensors (F32/F64/I64) with their names, and optional string metadata, as a safetensors
- * file. Atomic: the data goes to a temporary file in the same folder, is fsync'ed and renamed over
- * path, so a failure leaves any previous file intact. */
+ * file. Atomic: the data goes to a temporary file in the same folder ("<path>.tmp.<pid>.XXXXXX",
+ * locked while it is written), is fsync'ed and renamed over path, so a failure leaves any previous
+ * file intact. The temporary files of saves to path that were killed midway are removed by the next
+ * save to path (never one a live writer holds). */
 nb_status nb_safetensors_save(const char *path, int n, const char *const *names, nb_tensor *const *tensors,
                               int n_meta, const char *const *meta_keys, const char *const *meta_values);
 
 /* Any safetensors file of F32/F64/I64 tensors, read and validated as nb_checkpoint_load does (but
  * without a model to match): to look into a checkpoint, or to take weights saved elsewhere (PyTorch's
- * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves) and strings;
- * free it with nb_safetensors_free. */
+ * safetensors, say) and copy them where they belong. The handle owns the tensors (leaves, claimed:
+ * add a copy to a collection, nb_tensor_clone) and strings; free it with nb_safetensors_free. */
 typedef struct nb_safetensors nb_safetensors;
 nb_status nb_safetensors_read(const char *path, nb_safetensors **out);
 void nb_safetensors_free(nb_safetensors *f);
@@ -241,8 +340,9 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
 /* Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
  * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model); on any failure nothing of params or opt is changed.
- * step may be NULL. */
+ * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
+ * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
+ * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
 #ifdef __cplusplus

@@ -13,15 +13,24 @@ typedef struct pass {
     nb_tape *tape;
     unsigned flags;
     size_t n;             /* nodes considered: 0..out->node->index */
-    uint8_t *need;        /* [n] */
+    uint8_t *need;        /* [n] NEED: leads to the output; LAST: the last use of some leaf */
     nb_tensor **g;        /* [n] gradient of each node's output */
     uint8_t *owned;       /* [n] g[i] was made here by accumulation, safe to add into in place */
-    nb_tensor **leaf;     /* [n_leaf_cap] leaves reached */
-    nb_tensor **lg;       /* [n_leaf_cap] their gradients */
-    uint8_t *lowned;
+    struct leaf_slot *lf; /* [n_leaf] the leaves reached, in order of first encounter in mark */
     int64_t n_leaf, n_leaf_cap;
     uint64_t epoch;
 } pass;
+
+enum { NEED = 1, LAST = 2 };
+
+/* A leaf's gradient in one pass. */
+typedef struct leaf_slot {
+    nb_tensor *leaf;
+    nb_tensor *g;  /* the pass's total so far */
+    size_t last;   /* the lowest index of a node using it: after that node its total is final */
+    uint8_t owned; /* g was made here by accumulation */
+    uint8_t done;  /* finished: hooks run, stored */
+} leaf_slot;
 
 /* Sum g into *slot. */
 static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
@@ -39,15 +48,25 @@ static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
     return true;
 }
 
-static int64_t leaf_slot(pass *p, nb_tensor *leaf)
+/* The slot of leaf in this pass, made on first use (the array grows in the arena: slots are only
+ * made before the sweep, so pointers into it stay valid while rules run); -1 when out of memory. */
+static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
 {
     if (leaf->bw_epoch == p->epoch) return leaf->bw_slot;
-    if (p->n_leaf >= p->n_leaf_cap) return -1; /* cannot happen: the cap counts every leaf input */
+    if (p->n_leaf == p->n_leaf_cap) {
+        int64_t cap = p->n_leaf_cap ? 2 * p->n_leaf_cap : 16;
+        leaf_slot *a = nb__tape_alloc(p->tape, (size_t)cap * sizeof *a);
+        if (!a) {
+            nb__fail(NB_ERR_NOMEM, "%s: out of memory", p->who);
+            return -1;
+        }
+        if (p->n_leaf) memcpy(a, p->lf, (size_t)p->n_leaf * sizeof *a);
+        p->lf = a;
+        p->n_leaf_cap = cap;
+    }
     leaf->bw_epoch = p->epoch;
     leaf->bw_slot = p->n_leaf;
-    p->leaf[p->n_leaf] = leaf;
-    p->lg[p->n_leaf] = NULL;
-    p->lowned[p->n_leaf] = 0;
+    p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .last = SIZE_MAX};
     return p->n_leaf++;
 }
 
@@ -63,9 +82,9 @@ static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
         *slot = &p->g[x->node->index];
         *owned = &p->owned[x->node->index];
     } else {
-        int64_t s = leaf_slot(p, x);
-        *slot = s >= 0 ? &p->lg[s] : NULL;
-        *owned = s >= 0 ? &p->lowned[s] : NULL;
+        int64_t s = slot_of_leaf(p, x);
+        *slot = s >= 0 ? &p->lf[s].g : NULL;
+        *owned = s >= 0 ? &p->lf[s].owned : NULL;
     }
 }
 
@@ -130,12 +149,12 @@ static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tens
     return true;
 }
 
-/* Mark the nodes leading to out and check that each can still be differentiated. */
+/* Mark the nodes leading to out, check that each can still be differentiated, and give every leaf
+ * reached a slot with the index of its last use. */
 static nb_status mark(pass *p, nb_tensor *out)
 {
     nb_node **nodes = p->tape->nodes;
-    int64_t leaf_inputs = 0;
-    p->need[out->node->index] = 1;
+    p->need[out->node->index] = NEED;
     for (size_t i = p->n; i-- > 0;) {
         if (!p->need[i]) continue;
         nb_node *nd = nodes[i];
@@ -150,23 +169,68 @@ static nb_status mark(pass *p, nb_tensor *out)
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nb__node_name(nd));
             if (!nb__needs_grad(x)) continue;
-            if (x->node && x->tape == p->tape)
-                p->need[x->node->index] = 1;
-            else
-                leaf_inputs++;
+            if (x->node && x->tape == p->tape) {
+                p->need[x->node->index] |= NEED;
+            } else {
+                int64_t s = slot_of_leaf(p, x);
+                if (s < 0) return NB_ERR_NOMEM;
+                p->lf[s].last = i;
+            }
         }
     }
-    p->n_leaf_cap = leaf_inputs;
+    for (int64_t s = 0; s < p->n_leaf; s++) p->need[p->lf[s].last] |= LAST;
     return NB_OK;
 }
 
-static nb_status sweep(pass *p, size_t top)
+/* Store a pass's gradient g of leaf into its .grad. */
+static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g);
+
+/* Leaf slot s has its pass total: run its gradient hook, and for nb_backward add the total into
+ * .grad and call its post-accumulate hook. */
+static nb_status finish_leaf(pass *p, leaf_slot *ls, bool store)
 {
-    nb_node **nodes = p->tape->nodes;
+    ls->done = 1;
+    nb_tensor *leaf = ls->leaf;
+    if (!ls->g) return NB_OK;
+    if (leaf->hook && !(ls->g = run_hook(p, leaf, ls->g))) return nb_error_code();
+    if (!store) return NB_OK;
+    nb_status st = store_leaf_grad(p, leaf, ls->g);
+    if (st != NB_OK || !leaf->post_hook) return st;
+    uint64_t errors = nb__error_count();
+    st = leaf->post_hook(leaf, leaf->post_hook_user);
+    if (st == NB_OK) return NB_OK;
+    if (nb__error_count() == errors)
+        nb__fail(st, "%s: the post-accumulate hook of leaf %s failed (%s)", p->who, NB_SHP(leaf),
+                 nb_status_name(st));
+    return nb_error_code() ? nb_error_code() : st;
+}
+
+/* Finish the leaves whose last use is node nd. */
+static nb_status finish_leaves_of(pass *p, const nb_node *nd, bool store)
+{
+    for (int j = 0; j < nd->n_in; j++) {
+        nb_tensor *x = nd->in[j];
+        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape) || x->bw_epoch != p->epoch) continue;
+        leaf_slot *ls = &p->lf[x->bw_slot];
+        if (ls->done || ls->last != nd->index) continue;
+        nb_status st = finish_leaf(p, ls, store);
+        if (st != NB_OK) return st;
+    }
+    return NB_OK;
+}
+
+static nb_status sweep(pass *p, size_t top, bool store)
+{
     nb_tensor *gin_small[8];
     for (size_t i = top + 1; i-- > 0;) {
-        if (!p->need[i] || !p->g[i]) continue;
-        nb_node *nd = nodes[i];
+        if (!p->need[i]) continue;
+        /* read the node array afresh: rules recording under NB_CREATE_GRAPH may grow (move) it */
+        nb_node *nd = p->tape->nodes[i];
+        if (!p->g[i]) {
+            nb_status st = p->need[i] & LAST ? finish_leaves_of(p, nd, store) : NB_OK;
+            if (st != NB_OK) return st;
+            continue;
+        }
         nb_tensor **gin = gin_small;
         if (nd->n_in > 8) {
             gin = nb__tape_alloc(p->tape, (size_t)nd->n_in * sizeof *gin);
@@ -185,11 +249,7 @@ static nb_status sweep(pass *p, size_t top)
         if (!into) nd->op->backward(nd, g, gin);
         nb__in_backward_of = NULL;
         if (nb__error_count() != errors) return nb_error_code();
-        if (into) {
-            if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;
-            continue;
-        }
-        for (int j = 0; j < nd->n_in; j++) {
+        for (int j = 0; j < nd->n_in && !into; j++) {
             nb_tensor *x = nd->in[j], *gx = gin[j];
             if (!gx || !nb__needs_grad(x)) continue;
             if (nb__anomaly_on && !anomaly_in_backward(p, nd, j, gx)) return nb_error_code();
@@ -204,16 +264,18 @@ static nb_status sweep(pass *p, size_t top)
             if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         }
         if (!(p->flags & NB_RETAIN_GRAPH)) nd->flags |= NB_NODE_RELEASED;
+        nb_status st = p->need[i] & LAST ? finish_leaves_of(p, nd, store) : NB_OK;
+        if (st != NB_OK) return st;
     }
     return NB_OK;
 }
 
-/* Store a pass's gradient g of leaf into its .grad. */
 static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
 {
     if (!leaf->grad) {
         nb_tensor *z = nb_tensor_zeros(leaf->dtype, leaf->ndim, leaf->shape);
         if (!z) return nb_error_code();
+        z->owner = leaf; /* freed with its leaf, never on its own */
         leaf->grad = z;
     }
     if (p->flags & NB_CREATE_GRAPH) {
@@ -299,30 +361,21 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
         memset(p.owned, 0, p.n);
         if ((st = mark(&p, out)) != NB_OK) goto done;
     }
-    p.n_leaf_cap += 1; /* room for a leaf output */
-    p.leaf = nb__tape_alloc(tape, (size_t)p.n_leaf_cap * sizeof *p.leaf);
-    p.lg = nb__tape_alloc(tape, (size_t)p.n_leaf_cap * sizeof *p.lg);
-    p.lowned = nb__tape_alloc(tape, (size_t)p.n_leaf_cap);
-    if (!p.leaf || !p.lg || !p.lowned) {
-        st = nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", who);
-        goto done;
-    }
-
     if (out->node) {
         p.g[out->node->index] = seed;
-        if ((st = sweep(&p, out->node->index)) != NB_OK) goto done;
+        if ((st = sweep(&p, out->node->index, !grads)) != NB_OK) goto done;
     } else if (nb__needs_grad(out)) {
-        int64_t s = leaf_slot(&p, out);
-        p.lg[s] = seed;
-    }
-
-    for (int64_t s = 0; s < p.n_leaf; s++) {
-        nb_tensor *leaf = p.leaf[s];
-        if (p.lg[s] && leaf->hook && !(p.lg[s] = run_hook(&p, leaf, p.lg[s]))) {
+        int64_t s = slot_of_leaf(&p, out);
+        if (s < 0) {
             st = nb_error_code();
             goto done;
         }
+        p.lf[s].g = seed;
     }
+    /* leaves not finished by the sweep (a leaf output) */
+    for (int64_t s = 0; s < p.n_leaf; s++)
+        if (!p.lf[s].done && (st = finish_leaf(&p, &p.lf[s], !grads)) != NB_OK) goto done;
+
     if (grads) {
         for (int i = 0; i < n_wrt; i++) {
             nb_tensor *x = wrt[i], *gx = NULL;
@@ -331,18 +384,13 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
             else if (x->node && x->tape == tape && out->node && x->node->index < p.n)
                 gx = p.g[x->node->index];
             else if (!x->node && x->bw_epoch == p.epoch)
-                gx = p.lg[x->bw_slot];
+                gx = p.lf[x->bw_slot].g;
             if (!gx) gx = nb_zeros_like(x);
             if (!gx) {
                 st = nb_error_code();
                 goto done;
             }
             grads[i] = gx;
-        }
-    } else {
-        for (int64_t s = 0; s < p.n_leaf; s++) {
-            if (!p.lg[s]) continue;
-            if ((st = store_leaf_grad(&p, p.leaf[s], p.lg[s])) != NB_OK) goto done;
         }
     }
 

@@ -52,6 +52,21 @@ nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user)
     return NB_OK;
 }
 
+nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *t, nb_post_accumulate_hook hook, void *user)
+{
+    const char *who = "nb_tensor_set_post_accumulate_hook";
+    if (!t) return nb__fail_status(NB_ERR_ARG, "%s: tensor is NULL", who);
+    if (!(t->flags & NB_TF_LEAF))
+        return nb__fail_status(NB_ERR_STATE, "%s: %s is an op result; only leaves accumulate gradients",
+                               who, NB_SHP(t));
+    if (!nb__is_float(t->dtype))
+        return nb__fail_status(NB_ERR_DTYPE, "%s: %s tensor %s has no gradient", who,
+                               nb_dtype_name(t->dtype), NB_SHP(t));
+    t->post_hook = hook;
+    t->post_hook_user = hook ? user : NULL;
+    return NB_OK;
+}
+
 /* ---- DOT export ------------------------------------------------------------------------------- */
 
 /* Quote a label for DOT (escape quotes and backslashes). */

@@ -30,9 +30,13 @@ struct nb_tensor {
     nb_grad_hook hook;
     void *hook_user;
     /* leaves only */
+    const void *owner;     /* the container that owns it (nb_tensor_claim), or NULL */
+    nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
+    void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */
     nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
     nb_tape *grad_tape;
+    uint32_t grad_zeroed; /* grad->version when nb_tensor_zero_grad last cleared it */
     uint64_t bw_epoch; /* which backward pass bw_slot belongs to */
     int64_t bw_slot;   /* this leaf's gradient slot in that pass */
 };

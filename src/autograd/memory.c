@@ -2,6 +2,7 @@
  * rewinds (coalescing them into one chunk of the peak size), so a steady-state step allocates nothing. */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,25 +26,43 @@ void nb_set_allocator(const nb_allocator *a)
     g_alloc = *a;
 }
 
-void *nb__malloc(size_t size) { return g_alloc.alloc(size ? size : 1, g_alloc.user); }
+/* The library never hands the allocator a size of 0: it asks for (and frees) 1 byte instead. */
+static size_t at_least_1(size_t size) { return size ? size : 1; }
 
-void *nb__calloc(size_t size)
+void *nb_alloc(size_t size) { return g_alloc.alloc(at_least_1(size), g_alloc.user); }
+
+void *nb_calloc(size_t n, size_t size)
 {
-    void *p = nb__malloc(size);
-    if (p) memset(p, 0, size);
+    if (size && n > SIZE_MAX / size) return NULL;
+    void *p = nb_alloc(n * size);
+    if (p) memset(p, 0, at_least_1(n * size));
     return p;
 }
 
-void *nb__realloc(void *p, size_t old_size, size_t new_size)
+void *nb_realloc(void *p, size_t old_size, size_t new_size)
 {
-    if (!p) return nb__malloc(new_size);
-    return g_alloc.realloc(p, old_size, new_size ? new_size : 1, g_alloc.user);
+    if (!p) return nb_alloc(new_size);
+    return g_alloc.realloc(p, at_least_1(old_size), at_least_1(new_size), g_alloc.user);
 }
 
-void nb__free(void *p, size_t size)
+void nb_dealloc(void *p, size_t size)
 {
-    if (p) g_alloc.free(p, size, g_alloc.user);
+    if (p) g_alloc.free(p, at_least_1(size), g_alloc.user);
 }
+
+char *nb_strdup(const char *s)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = nb_alloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void *nb__malloc(size_t size) { return nb_alloc(size); }
+void *nb__calloc(size_t size) { return nb_calloc(1, size); }
+void *nb__realloc(void *p, size_t old_size, size_t new_size) { return nb_realloc(p, old_size, new_size); }
+void nb__free(void *p, size_t size) { nb_dealloc(p, size); }
 
 /* ---- arena ------------------------------------------------------------------------------------ */
 

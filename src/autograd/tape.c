@@ -128,6 +128,7 @@ bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf)
     }
     t->graph_leaves[t->n_graph_leaves++] = leaf;
     leaf->grad_tape = t;
+    if (leaf->grad) leaf->grad->version++; /* a backward wrote the gradient (see nb_tensor_has_grad) */
     return true;
 }
 

@@ -155,6 +155,8 @@ nb_tensor *nb__tape_result(nb_tape *tape, const char *who, nb_dtype dt, int ndim
     t->name = NULL;
     t->hook = NULL;
     t->hook_user = NULL;
+    t->post_hook = NULL;
+    t->post_hook_user = NULL;
     t->grad = t->grad_graph = NULL;
     t->grad_tape = NULL;
     t->bw_epoch = 0;
@@ -213,6 +215,11 @@ nb_tensor *nb_tensor_zeros(nb_dtype dt, int ndim, const int64_t *shape)
     nb_tensor *t = leaf_new("nb_tensor_zeros", dt, ndim, shape);
     if (t) nb__fill(t, 0.0);
     return t;
+}
+
+nb_tensor *nb_tensor_empty(nb_dtype dt, int ndim, const int64_t *shape)
+{
+    return leaf_new("nb_tensor_empty", dt, ndim, shape);
 }
 
 nb_tensor *nb_tensor_ones(nb_dtype dt, int ndim, const int64_t *shape)
@@ -288,11 +295,42 @@ void nb_tensor_free(nb_tensor *t)
                                "instead", NB_SHP(t));
         return;
     }
+    if (t->owner) {
+        nb__fail(NB_ERR_STATE, "nb_tensor_free: %s%s%s: the leaf belongs to a container (a parameter "
+                 "collection, a dataset...); it is freed with it", t->name ? t->name : "", t->name ? " " : "",
+                 NB_SHP(t));
+        return;
+    }
     if (t->grad_tape) nb__tape_forget_leaf(t->grad_tape, t);
+    if (t->grad) t->grad->owner = NULL;
     nb_tensor_free(t->grad);
     if (t->name) nb__free((void *)t->name, strlen(t->name) + 1);
     nb__free(t, leaf_block_size(t));
 }
+
+nb_status nb_tensor_claim(nb_tensor *t, const void *owner)
+{
+    if (!t || !owner) return nb__fail_status(NB_ERR_ARG, "nb_tensor_claim: tensor or owner is NULL");
+    if (!(t->flags & NB_TF_LEAF))
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_claim: %s is an op result; it belongs to its tape",
+                               NB_SHP(t));
+    if (t->owner)
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_claim: %s%s%s has an owner already%s", t->name ? t->name : "",
+                               t->name ? " " : "", NB_SHP(t), t->owner == owner ? " (this one)" : "");
+    t->owner = owner;
+    return NB_OK;
+}
+
+nb_status nb_tensor_unclaim(nb_tensor *t, const void *owner)
+{
+    if (!t || !owner) return nb__fail_status(NB_ERR_ARG, "nb_tensor_unclaim: tensor or owner is NULL");
+    if (!(t->flags & NB_TF_LEAF) || t->owner != owner)
+        return nb__fail_status(NB_ERR_STATE, "nb_tensor_unclaim: %s is not held by this owner", NB_SHP(t));
+    t->owner = NULL;
+    return NB_OK;
+}
+
+const void *nb_tensor_owner(const nb_tensor *t) { return t && (t->flags & NB_TF_LEAF) ? t->owner : NULL; }
 
 /* ---- accessors -------------------------------------------------------------------------------- */
 
@@ -428,11 +466,21 @@ nb_tensor *nb_tensor_grad(const nb_tensor *t)
     return t->grad_graph ? t->grad_graph : t->grad;
 }
 
+/* Every write of a backward into a leaf's gradient bumps the gradient's version (nb__add_inplace, or
+ * nb__tape_track_leaf for a differentiable gradient); zero_grad records the version it leaves. */
 void nb_tensor_zero_grad(nb_tensor *t)
 {
     if (!t) return;
     if (t->grad_tape) nb__tape_forget_leaf(t->grad_tape, t);
-    if (t->grad) nb__fill(t->grad, 0.0);
+    if (t->grad) {
+        nb__fill(t->grad, 0.0);
+        t->grad_zeroed = ++t->grad->version;
+    }
+}
+
+int nb_tensor_has_grad(const nb_tensor *t)
+{
+    return t && (t->flags & NB_TF_LEAF) && (t->grad_graph || (t->grad && t->grad->version != t->grad_zeroed));
 }
 
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name)
@@ -461,28 +509,4 @@ char *nb_shape_str(const nb_tensor *t, char *buf, size_t size)
     if (!buf || !size) return buf;
     snprintf(buf, size, "%s", t ? NB_SHP(t) : "(null)");
     return buf;
-}
-
-void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max_elems)
-{
-    if (!f) f = stdout;
-    if (label) fprintf(f, "%s = ", label);
-    if (!t) {
-        fprintf(f, "(null)\n");
-        return;
-    }
-    fprintf(f, "%s%s", nb_dtype_name(t->dtype), NB_SHP(t));
-    int64_t n = t->numel;
-    if (max_elems > 0 && n > max_elems) n = max_elems;
-    /* nested brackets for the last two dims keep small matrices readable */
-    int64_t row = t->ndim ? t->shape[t->ndim - 1] : 1;
-    fprintf(f, " [");
-    for (int64_t i = 0; i < n; i++) {
-        if (i && row > 0 && i % row == 0) fprintf(f, ";");
-        if (t->dtype == NB_I64)
-            fprintf(f, " %lld", (long long)((const int64_t *)t->data)[i]);
-        else
-            fprintf(f, " %.6g", nb__get(t, i));
-    }
-    fprintf(f, "%s ]\n", n < t->numel ? " ..." : "");
 }

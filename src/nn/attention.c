@@ -58,9 +58,9 @@ nb_status nb_mha_init(nb_mha *m, nb_params *p, const char *name, int64_t embed, 
     /* torch.nn.MultiheadAttention: in-projections Xavier-uniform over the stacked [3E, E] matrix,
      * output projection as a Linear; every bias zero */
     if (proj.weight_init.kind == NB_INIT_DEFAULT)
-        proj.weight_init = (nb_init){NB_INIT_UNIFORM, sqrt(6.0 / (double)(embed + 3 * embed))};
-    if (proj.bias_init.kind == NB_INIT_DEFAULT) proj.bias_init = (nb_init){NB_INIT_ZEROS, 0};
-    if (out.bias_init.kind == NB_INIT_DEFAULT) out.bias_init = (nb_init){NB_INIT_ZEROS, 0};
+        proj.weight_init = (nb_init){.kind = NB_INIT_UNIFORM, .a = sqrt(6.0 / (double)(embed + 3 * embed))};
+    if (proj.bias_init.kind == NB_INIT_DEFAULT) proj.bias_init = (nb_init){.kind = NB_INIT_ZEROS, .a = 0};
+    if (out.bias_init.kind == NB_INIT_DEFAULT) out.bias_init = (nb_init){.kind = NB_INIT_ZEROS, .a = 0};
     const char *names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
     nb_linear *layers[4] = {&m->q_proj, &m->k_proj, &m->v_proj, &m->out_proj};
     for (int i = 0; i < 4; i++) {

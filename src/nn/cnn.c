@@ -10,6 +10,10 @@
 
 static const nb_layer_opts default_opts = {0};
 
+/* initialisers: none (the layer's default), zeros, ones */
+static const nb_init INIT_NONE = {.kind = NB_INIT_DEFAULT}, INIT_ZEROS = {.kind = NB_INIT_ZEROS},
+                     INIT_ONES = {.kind = NB_INIT_CONSTANT, .a = 1.0};
+
 /* Leaf "prefix.suffix" of dtype and shape, initialised with init (fallback when init is DEFAULT),
  * registered in p as a parameter (or a buffer). */
 static nb_tensor *new_tensor(nb_params *p, const char *prefix, const char *suffix, nb_dtype dt, int ndim,
@@ -64,11 +68,11 @@ static nb_status conv_init(nb_conv *c, nb_params *p, const char *name, int dims,
     const double bound = 1.0 / sqrt((double)fan_in);
     int64_t ws[4] = {out, in / co.groups, kernel[0], dims == 2 ? kernel[1] : 0};
     c->weight = new_tensor(p, name, "weight", o->dtype, dims + 2, ws, o->weight_init,
-                           (nb_init){NB_INIT_KAIMING_UNIFORM, sqrt(5.0)}, fan_in, fan_out, rng, 0, who);
+                           (nb_init){.kind = NB_INIT_KAIMING_UNIFORM, .a = sqrt(5.0)}, fan_in, fan_out, rng, 0, who);
     if (!c->weight) return nb_error_code();
     if (!o->no_bias) {
-        c->bias = new_tensor(p, name, "bias", o->dtype, 1, &out, o->bias_init, (nb_init){NB_INIT_UNIFORM, bound},
-                             fan_in, fan_out, rng, 0, who);
+        nb_init def = {.kind = NB_INIT_UNIFORM, .a = bound};
+        c->bias = new_tensor(p, name, "bias", o->dtype, 1, &out, o->bias_init, def, fan_in, fan_out, rng, 0, who);
         if (!c->bias) return nb_error_code();
     }
     return NB_OK;
@@ -116,23 +120,23 @@ static nb_status bn_init(nb_batch_norm *bn, nb_params *p, const char *name, int 
     bn->momentum = o.momentum == 0 ? 0.1 : o.momentum;
     bn->owner = p;
     if (!o.no_affine) {
-        bn->weight = new_tensor(p, name, "weight", o.dtype, 1, &features, (nb_init){NB_INIT_CONSTANT, 1.0},
-                                (nb_init){0}, features, features, NULL, 0, who);
+        bn->weight = new_tensor(p, name, "weight", o.dtype, 1, &features, INIT_ONES, INIT_NONE, features, features,
+                                NULL, 0, who);
         if (!bn->weight) return nb_error_code();
-        bn->bias = new_tensor(p, name, "bias", o.dtype, 1, &features, (nb_init){NB_INIT_ZEROS, 0}, (nb_init){0},
-                              features, features, NULL, 0, who);
+        bn->bias = new_tensor(p, name, "bias", o.dtype, 1, &features, INIT_ZEROS, INIT_NONE, features, features, NULL,
+                              0, who);
         if (!bn->bias) return nb_error_code();
     }
     if (!o.no_running_stats) {
         /* torch's order: running_mean, running_var, num_batches_tracked (an i64 scalar) */
-        bn->running_mean = new_tensor(p, name, "running_mean", o.dtype, 1, &features, (nb_init){NB_INIT_ZEROS, 0},
-                                      (nb_init){0}, features, features, NULL, 1, who);
+        bn->running_mean = new_tensor(p, name, "running_mean", o.dtype, 1, &features, INIT_ZEROS, INIT_NONE, features,
+                                      features, NULL, 1, who);
         if (!bn->running_mean) return nb_error_code();
-        bn->running_var = new_tensor(p, name, "running_var", o.dtype, 1, &features, (nb_init){NB_INIT_CONSTANT, 1.0},
-                                     (nb_init){0}, features, features, NULL, 1, who);
+        bn->running_var = new_tensor(p, name, "running_var", o.dtype, 1, &features, INIT_ONES, INIT_NONE, features,
+                                     features, NULL, 1, who);
         if (!bn->running_var) return nb_error_code();
-        bn->num_batches_tracked = new_tensor(p, name, "num_batches_tracked", NB_I64, 0, NULL,
-                                             (nb_init){NB_INIT_ZEROS, 0}, (nb_init){0}, 1, 1, NULL, 1, who);
+        bn->num_batches_tracked =
+            new_tensor(p, name, "num_batches_tracked", NB_I64, 0, NULL, INIT_ZEROS, INIT_NONE, 1, 1, NULL, 1, who);
         if (!bn->num_batches_tracked) return nb_error_code();
     }
     return NB_OK;
@@ -233,11 +237,11 @@ nb_status nb_group_norm_init(nb_group_norm *gn, nb_params *p, const char *name, 
     gn->eps = o.eps > 0 ? o.eps : 1e-5;
     gn->dtype = o.dtype;
     if (!o.no_affine) {
-        gn->weight = new_tensor(p, name, "weight", o.dtype, 1, &channels, (nb_init){NB_INIT_CONSTANT, 1.0},
-                                (nb_init){0}, channels, channels, NULL, 0, who);
+        gn->weight = new_tensor(p, name, "weight", o.dtype, 1, &channels, INIT_ONES, INIT_NONE, channels, channels,
+                                NULL, 0, who);
         if (!gn->weight) return nb_error_code();
-        gn->bias = new_tensor(p, name, "bias", o.dtype, 1, &channels, (nb_init){NB_INIT_ZEROS, 0}, (nb_init){0},
-                              channels, channels, NULL, 0, who);
+        gn->bias = new_tensor(p, name, "bias", o.dtype, 1, &channels, INIT_ZEROS, INIT_NONE, channels, channels, NULL,
+                              0, who);
         if (!gn->bias) return nb_error_code();
     }
     return NB_OK;

@@ -77,7 +77,7 @@ nb_status nb_linear_init(nb_linear *l, nb_params *p, const char *name, int64_t i
     l->in = in;
     l->out = out;
     double k = 1.0 / sqrt((double)in);
-    nb_init def = {NB_INIT_UNIFORM, k};
+    nb_init def = {.kind = NB_INIT_UNIFORM, .a = k};
     l->weight = new_param(p, name, "weight", o, 2, (const int64_t[]){out, in}, o->weight_init, def, in, out, rng, who);
     if (!l->weight) return nb_error_code();
     if (!o->no_bias) {
@@ -162,11 +162,23 @@ nb_status nb_embedding_init(nb_embedding *e, nb_params *p, const char *name, int
                      name ? name : "?", (long long)num, (long long)dim);
         return NB_ERR_ARG;
     }
+    if (o->use_padding_idx && (o->padding_idx < -num || o->padding_idx >= num)) {
+        nb_error_set(NB_ERR_ARG, "nb_embedding_init: %s: padding_idx %lld is outside [-%lld, %lld) (num)",
+                     name ? name : "?", (long long)o->padding_idx, (long long)num, (long long)num);
+        return NB_ERR_ARG;
+    }
+    memset(e, 0, sizeof *e);
     e->num = num;
     e->dim = dim;
     e->weight = new_param(p, name, "weight", o, 2, (const int64_t[]){num, dim}, o->weight_init,
-                          (nb_init){NB_INIT_NORMAL, 1.0}, dim, num, rng, "nb_embedding_init");
-    return e->weight ? NB_OK : nb_error_code();
+                          (nb_init){.kind = NB_INIT_NORMAL, .a = 1.0}, dim, num, rng, "nb_embedding_init");
+    if (!e->weight) return nb_error_code();
+    if (o->use_padding_idx) {
+        e->has_padding = 1;
+        e->padding_idx = o->padding_idx < 0 ? o->padding_idx + num : o->padding_idx;
+        for (int64_t j = 0; j < dim; j++) nb_tensor_set(e->weight, e->padding_idx * dim + j, 0.0); /* as torch */
+    }
+    return NB_OK;
 }
 
 nb_tensor *nb_embedding_forward(const nb_embedding *e, nb_tensor *idx)
@@ -188,8 +200,29 @@ nb_tensor *nb_embedding_forward(const nb_embedding *e, nb_tensor *idx)
     }
     memcpy(shape, nb_tensor_shape(idx), (size_t)nd * sizeof *shape);
     shape[nd] = e->dim;
-    nb_tensor *flat = nb_reshape(idx, NB_SHAPE(nb_tensor_numel(idx)));
-    return nb_reshape(nb_index_select(e->weight, 0, flat), nd + 1, shape);
+    int64_t n = nb_tensor_numel(idx);
+    nb_tensor *flat = nb_reshape(idx, NB_SHAPE(n));
+    nb_tensor *rows = nb_index_select(e->weight, 0, flat); /* [n, dim] */
+    if (e->has_padding && rows && nb_tensor_requires_grad(rows)) {
+        /* the padding row's lookups: the same values, cut off from the graph (gradient 0) */
+        const int64_t *ix = nb_tensor_cdata(idx);
+        int64_t pads = 0;
+        for (int64_t i = 0; i < n; i++) pads += ix[i] == e->padding_idx;
+        if (pads) {
+            nb_dtype dt = nb_tensor_dtype(rows);
+            nb_tensor *keep = nb_ones(dt, NB_SHAPE(n, 1)); /* a fresh tape constant: ours to fill */
+            if (!keep) return NULL;
+            for (int64_t i = 0; i < n; i++) {
+                if (ix[i] != e->padding_idx) continue;
+                if (dt == NB_F32)
+                    ((float *)nb_tensor_data(keep))[i] = 0;
+                else
+                    ((double *)nb_tensor_data(keep))[i] = 0;
+            }
+            rows = nb_where(keep, rows, nb_detach(rows));
+        }
+    }
+    return nb_reshape(rows, nd + 1, shape);
 }
 
 /* ---- LayerNorm -------------------------------------------------------------------------------- */
@@ -205,11 +238,11 @@ nb_status nb_layer_norm_init(nb_layer_norm *ln, nb_params *p, const char *name, 
     memset(ln, 0, sizeof *ln);
     ln->dim = dim;
     ln->eps = eps;
-    ln->weight = new_param(p, name, "weight", o, 1, &dim, o->weight_init, (nb_init){NB_INIT_CONSTANT, 1.0}, dim,
+    ln->weight = new_param(p, name, "weight", o, 1, &dim, o->weight_init, (nb_init){.kind = NB_INIT_CONSTANT, .a = 1.0}, dim,
                            dim, NULL, "nb_layer_norm_init");
     if (!ln->weight) return nb_error_code();
     if (!o->no_bias) {
-        ln->bias = new_param(p, name, "bias", o, 1, &dim, o->bias_init, (nb_init){NB_INIT_ZEROS, 0}, dim, dim, NULL,
+        ln->bias = new_param(p, name, "bias", o, 1, &dim, o->bias_init, (nb_init){.kind = NB_INIT_ZEROS, .a = 0}, dim, dim, NULL,
                              "nb_layer_norm_init");
         if (!ln->bias) return nb_error_code();
     }

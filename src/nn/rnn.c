@@ -42,7 +42,7 @@ static nb_status cell_init(nb_rnn_cell *c, nb_params *p, const char *name, const
     c->input = input;
     c->hidden = hidden;
     int64_t gh = gates_of(kind) * hidden;
-    nb_init def = {NB_INIT_UNIFORM, 1.0 / sqrt((double)hidden)};
+    nb_init def = {.kind = NB_INIT_UNIFORM, .a = 1.0 / sqrt((double)hidden)};
     nb_init wi = o->weight_init.kind == NB_INIT_DEFAULT ? def : o->weight_init;
     nb_init bi = o->bias_init.kind == NB_INIT_DEFAULT ? def : o->bias_init;
     char s[64];
@@ -60,7 +60,7 @@ static nb_status cell_init(nb_rnn_cell *c, nb_params *p, const char *name, const
     if (kind == NB_LSTM) {
         /* the forget gate's bias (rows hidden..2*hidden of b_ih): 1 by default, so that early in
          * training the cell keeps its state */
-        nb_init fb = o->forget_bias.kind == NB_INIT_DEFAULT ? (nb_init){NB_INIT_CONSTANT, 1.0} : o->forget_bias;
+        nb_init fb = o->forget_bias.kind == NB_INIT_DEFAULT ? (nb_init){.kind = NB_INIT_CONSTANT, .a = 1.0} : o->forget_bias;
         nb_tensor *tmp = nb_tensor_zeros(o->dtype, 1, &hidden);
         if (!tmp || nb_init_tensor(tmp, fb, hidden, hidden, rng) != NB_OK) {
             nb_tensor_free(tmp);
@@ -189,6 +189,11 @@ nb_tensor *nb_gru_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
 
 /* ---- multi-layer sequence runner -------------------------------------------------------------- */
 
+static int directions(const nb_rnn *r) { return r->bidirectional ? 2 : 1; }
+
+/* The cell of layer l in direction d (0 forward, 1 reverse). */
+static const nb_rnn_cell *cell_of(const nb_rnn *r, int l, int d) { return d ? &r->cell_reverse[l] : &r->cell[l]; }
+
 nb_status nb_rnn_init(nb_rnn *r, nb_params *p, const char *name, nb_rnn_kind kind, int64_t input, int64_t hidden,
                       int layers, const nb_rnn_opts *opts, nb_rng *rng)
 {
@@ -204,23 +209,26 @@ nb_status nb_rnn_init(nb_rnn *r, nb_params *p, const char *name, nb_rnn_kind kin
     r->input = input;
     r->hidden = hidden;
     r->batch_first = opts ? opts->batch_first : 0;
+    r->bidirectional = opts && opts->bidirectional ? 1 : 0;
     r->dropout = opts ? opts->dropout : 0;
     r->rng = rng;
     r->owner = p;
-    for (int l = 0; l < layers; l++) {
-        char sfx[16];
-        snprintf(sfx, sizeof sfx, "_l%d", l);
-        nb_status st = cell_init(&r->cell[l], p, name, sfx, kind, l ? hidden : input, hidden,
-                                 opts ? &opts->layer : NULL, rng);
-        if (st != NB_OK) return st;
-    }
+    /* torch.nn.RNN's order: layer by layer, the forward cell's four tensors before the reverse's */
+    for (int l = 0; l < layers; l++)
+        for (int d = 0; d < directions(r); d++) {
+            char sfx[24];
+            snprintf(sfx, sizeof sfx, "_l%d%s", l, d ? "_reverse" : "");
+            nb_status st = cell_init(d ? &r->cell_reverse[l] : &r->cell[l], p, name, sfx, kind,
+                                     l ? directions(r) * hidden : input, hidden, opts ? &opts->layer : NULL, rng);
+            if (st != NB_OK) return st;
+        }
     return NB_OK;
 }
 
-/* Layer l's part of a [layers, B, hidden] state, as [B, hidden]. */
-static nb_tensor *layer_state(nb_tensor *s, int l, int64_t b, int64_t hidden)
+/* Part k of a [layers * directions, B, hidden] state, as [B, hidden]. */
+static nb_tensor *layer_state(nb_tensor *s, int k, int64_t b, int64_t hidden)
 {
-    return nb_reshape(nb_slice(s, 0, l, l + 1, 1), NB_SHAPE(b, hidden));
+    return nb_reshape(nb_slice(s, 0, k, k + 1, 1), NB_SHAPE(b, hidden));
 }
 
 static int check_state(const nb_rnn *r, nb_tensor *s, int64_t b, const char *what)
@@ -229,14 +237,53 @@ static int check_state(const nb_rnn *r, nb_tensor *s, int64_t b, const char *wha
         nb_error_set(NB_ERR_ARG, "nb_rnn_forward: initial %s is NULL", what);
         return 0;
     }
-    if (nb_tensor_ndim(s) != 3 || nb_tensor_dim(s, 0) != r->layers || nb_tensor_dim(s, 1) != b ||
+    int64_t n = (int64_t)r->layers * directions(r);
+    if (nb_tensor_ndim(s) != 3 || nb_tensor_dim(s, 0) != n || nb_tensor_dim(s, 1) != b ||
         nb_tensor_dim(s, 2) != r->hidden) {
         char ss[96];
-        nb_error_set(NB_ERR_SHAPE, "nb_rnn_forward: initial %s %s: expected [%d, %lld, %lld]", what,
-                     nb_shape_str(s, ss, sizeof ss), r->layers, (long long)b, (long long)r->hidden);
+        nb_error_set(NB_ERR_SHAPE, "nb_rnn_forward: initial %s %s: expected [%lld, %lld, %lld]%s", what,
+                     nb_shape_str(s, ss, sizeof ss), (long long)n, (long long)b, (long long)r->hidden,
+                     r->bidirectional ? " (layers * 2 directions first)" : "");
         return 0;
     }
     return 1;
+}
+
+/* One direction of one layer over every step. gx_all [T, B, G*H]: the input projection with its
+ * biases; *h, *cell [B, H]: the initial state (cell NULL but for an LSTM); lens [B, 1] or NULL.
+ * The forward direction runs t = 0 .. T-1, the reverse one t = T-1 .. 0; either way a step t at or
+ * past a sequence's length keeps its state and outputs zeros, so the reverse direction of a sequence
+ * of length L starts from the initial state at step L-1. outs[t] receives step t's output [B, H];
+ * *h and *cell end as the final state. */
+static nb_status run_direction(const nb_rnn_cell *c, nb_tensor *gx_all, nb_tensor *lens, int reverse, int64_t T,
+                               int64_t B, nb_tensor **h, nb_tensor **cell, nb_tensor **outs)
+{
+    const int64_t gh = gates_of(c->kind) * c->hidden;
+    const nb_dtype dt = nb_tensor_dtype(gx_all);
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        nb_tensor *gx = nb_reshape(nb_slice(gx_all, 0, t, t + 1, 1), NB_SHAPE(B, gh));
+        nb_tensor *h2 = NULL, *c2 = NULL;
+        if (c->kind == NB_LSTM)
+            lstm_step(c, gx, *h, *cell, &h2, &c2);
+        else if (c->kind == NB_GRU)
+            h2 = gru_step(c, gx, *h);
+        else
+            h2 = elman_step(c, gx, *h);
+        if (lens) {
+            /* past a sequence's end its state stays and its output is zero */
+            nb_tensor *m = nb_gt(lens, nb_full(dt, 0, NULL, (double)t));
+            outs[t] = nb_mul(h2, m);
+            h2 = nb_where(m, h2, *h);
+            if (c2) c2 = nb_where(m, c2, *cell);
+        } else {
+            outs[t] = h2;
+        }
+        *h = h2;
+        *cell = c2;
+        if (!h2) return nb_error_code();
+    }
+    return NB_OK;
 }
 
 nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init, const int64_t *lengths,
@@ -245,7 +292,7 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
     const char *who = "nb_rnn_forward";
     if (out) *out = NULL;
     if (final) final->h = final->c = NULL;
-    if (!r || r->layers < 1) {
+    if (!r || r->layers < 1 || r->layers > NB_RNN_MAX_LAYERS) {
         nb_error_set(NB_ERR_ARG, "%s: network is NULL or not initialised", who);
         return NB_ERR_ARG;
     }
@@ -259,6 +306,18 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
                      r->batch_first ? "B, T" : "T, B", (long long)r->input);
         return NB_ERR_SHAPE;
     }
+    /* every cell present and sized for its place (a struct edited by hand could say otherwise) */
+    for (int l = 0; l < r->layers; l++)
+        for (int d = 0; d < directions(r); d++) {
+            const nb_rnn_cell *c = cell_of(r, l, d);
+            int64_t in = l ? directions(r) * r->hidden : r->input;
+            if (!c->w_ih || c->kind != r->kind || c->input != in || c->hidden != r->hidden) {
+                nb_error_set(NB_ERR_ARG, "%s: the %s cell of layer %d is missing or does not fit (input %lld, hidden "
+                             "%lld; expected %lld, %lld)", who, d ? "reverse" : "forward", l, (long long)c->input,
+                             (long long)c->hidden, (long long)in, (long long)r->hidden);
+                return NB_ERR_ARG;
+            }
+        }
     nb_dtype dt = nb_tensor_dtype(x);
     if (dt != nb_tensor_dtype(r->cell[0].w_ih)) {
         nb_error_set(NB_ERR_DTYPE, "%s: input is %s, parameters are %s", who, nb_dtype_name(dt),
@@ -292,49 +351,36 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
         }
     }
 
-    nb_tensor *h_last[NB_RNN_MAX_LAYERS] = {0}, *c_last[NB_RNN_MAX_LAYERS] = {0};
+    /* final states in torch's order: layer 0 forward, layer 0 reverse, layer 1 forward, ... */
+    const int D = directions(r);
+    nb_tensor *h_last[2 * NB_RNN_MAX_LAYERS] = {0}, *c_last[2 * NB_RNN_MAX_LAYERS] = {0};
     nb_tensor *seq = x;
     for (int l = 0; l < r->layers; l++) {
-        const nb_rnn_cell *c = &r->cell[l];
         if (l > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng);
-        /* the input projection of every step at once, with the biases: [T, B, G*H] */
-        nb_tensor *gx_all = affine(seq, c->w_ih, input_bias(c));
-        int64_t gh = gates_of(r->kind) * H;
-        nb_tensor *h = init ? layer_state(init->h, l, B, H) : nb_zeros(dt, NB_SHAPE(B, H));
-        nb_tensor *cell = r->kind != NB_LSTM ? NULL : init ? layer_state(init->c, l, B, H) : nb_zeros(dt, NB_SHAPE(B, H));
-        nb_tensor **outs = nb_scratch((size_t)T * sizeof *outs); /* no heap allocation per call */
-        if (!outs) return nb_error_code();
-        for (int64_t t = 0; t < T; t++) {
-            nb_tensor *gx = nb_reshape(nb_slice(gx_all, 0, t, t + 1, 1), NB_SHAPE(B, gh));
-            nb_tensor *h2 = NULL, *c2 = NULL;
-            if (r->kind == NB_LSTM)
-                lstm_step(c, gx, h, cell, &h2, &c2);
-            else if (r->kind == NB_GRU)
-                h2 = gru_step(c, gx, h);
-            else
-                h2 = elman_step(c, gx, h);
-            if (lens) {
-                /* past a sequence's end its state stays and its output is zero */
-                nb_tensor *m = nb_gt(lens, nb_full(dt, 0, NULL, (double)t));
-                outs[t] = nb_mul(h2, m);
-                h2 = nb_where(m, h2, h);
-                if (c2) c2 = nb_where(m, c2, cell);
-            } else {
-                outs[t] = h2;
-            }
-            h = h2;
-            cell = c2;
-            if (!h) return nb_error_code();
+        nb_tensor *dir_out[2] = {0};
+        for (int d = 0; d < D; d++) {
+            const nb_rnn_cell *c = cell_of(r, l, d);
+            int k = l * D + d;
+            /* the input projection of every step at once, with the biases: [T, B, G*H] */
+            nb_tensor *gx_all = affine(seq, c->w_ih, input_bias(c));
+            nb_tensor *h = init ? layer_state(init->h, k, B, H) : nb_zeros(dt, NB_SHAPE(B, H));
+            nb_tensor *cell = r->kind != NB_LSTM ? NULL : init ? layer_state(init->c, k, B, H) : nb_zeros(dt, NB_SHAPE(B, H));
+            nb_tensor **outs = nb_scratch((size_t)T * sizeof *outs); /* no heap allocation per call */
+            if (!outs || !gx_all) return nb_error_code();
+            nb_status st = run_direction(c, gx_all, lens, d, T, B, &h, &cell, outs);
+            if (st != NB_OK) return st;
+            dir_out[d] = nb_stack((int)T, outs, 0);
+            h_last[k] = h;
+            c_last[k] = cell;
         }
-        seq = nb_stack((int)T, outs, 0);
-        h_last[l] = h;
-        c_last[l] = cell;
+        /* [T, B, H], or both directions side by side: [T, B, 2H] */
+        seq = D == 1 ? dir_out[0] : nb_concat(2, dir_out, 2);
         if (!seq) return nb_error_code();
     }
     if (out) *out = r->batch_first ? nb_transpose(seq, 0, 1) : seq;
     if (final) {
-        final->h = nb_stack(r->layers, h_last, 0);
-        final->c = r->kind == NB_LSTM ? nb_stack(r->layers, c_last, 0) : NULL;
+        final->h = nb_stack(r->layers * D, h_last, 0);
+        final->c = r->kind == NB_LSTM ? nb_stack(r->layers * D, c_last, 0) : NULL;
     }
     if ((out && !*out) || (final && !final->h)) return nb_error_code();
     return NB_OK;

@@ -4,7 +4,9 @@
 
 /* ---- shared machinery ------------------------------------------------------------------------- */
 
-bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape)
+/* nb__check_binary, with i64 inputs allowed when int_ok. */
+static bool check_pair(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape,
+                       bool int_ok)
 {
     if (!a || !b) {
         nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
@@ -15,12 +17,17 @@ bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, i
                  nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
         return false;
     }
-    if (!nb__check_float(who, a)) return false;
+    if (!(int_ok && a->dtype == NB_I64) && !nb__check_float(who, a)) return false;
     if (!nb__broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, ndim, shape)) {
         nb__fail(NB_ERR_SHAPE, "%s: %s and %s: shapes do not broadcast", who, NB_SHP(a), NB_SHP(b));
         return false;
     }
     return true;
+}
+
+bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape)
+{
+    return check_pair(who, a, b, ndim, shape, false);
 }
 
 bool nb__broadcast_shapes(int na, const int64_t *a, int nbd, const int64_t *b, int *out_ndim, int64_t *out)
@@ -54,8 +61,17 @@ static void binary_kernel(nb_binop op, nb_tensor *out, const nb_tensor *a, const
     }
     if (out->dtype == NB_F32)
         nb_k_binary_f32(op, &bc, a->data, b->data, out->data);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_binary_f64(op, &bc, a->data, b->data, out->data);
+    else
+        nb_k_binary_i64(op, &bc, a->data, b->data, out->data);
+}
+
+/* Ops that also take two i64 tensors (an i64 result, never recorded: i64 inputs need no gradient). */
+static bool takes_int(nb_op_id op)
+{
+    return op == NB_OP_ADD || op == NB_OP_SUB || op == NB_OP_MUL || op == NB_OP_CMP || op == NB_OP_MAXIMUM ||
+           op == NB_OP_MINIMUM;
 }
 
 static nb_tensor *binary(const char *who, nb_op_id op, nb_tensor *a, nb_tensor *b, int kind)
@@ -66,7 +82,7 @@ static nb_tensor *binary(const char *who, nb_op_id op, nb_tensor *a, nb_tensor *
         return nb__apply(who, op, 2, in, &at, a->dtype, a->ndim, a->shape); /* no broadcasting */
     int ndim;
     int64_t shape[NB_MAX_DIMS];
-    if (!nb__check_binary(who, a, b, &ndim, shape)) return NULL;
+    if (!check_pair(who, a, b, &ndim, shape, takes_int(op))) return NULL;
     return nb__apply(who, op, 2, in, &at, a->dtype, ndim, shape);
 }
 
@@ -90,6 +106,7 @@ nb_tensor *nb__scalar(nb_dtype dtype, double v) { return nb_full(dtype, 0, NULL,
 
 nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x)
 {
+    y->version++; /* an in-place change (nb_tensor_has_grad counts a leaf gradient's writes by it) */
     if (y->dtype == NB_F32)
         nb_k_axpy_f32(y->numel, 1.0, x->data, y->data);
     else
@@ -203,7 +220,7 @@ NB_BW(sigmoid)
 nb_tensor *nb_sigmoid(nb_tensor *x) { return unary("nb_sigmoid", NB_OP_SIGMOID, x, 0, 0); }
 
 NB_FW(relu) { (void)at; unary_kernel(NB_U_RELU, out, in[0], 0, 0); }
-/* d relu(x) = [x > 0] dx (0 at the kink, as in PyTorch) */
+/* d relu(x) = [not x <= 0] dx (0 at the kink; NaN passes dx on, as in PyTorch) */
 NB_BW(relu)
 {
     if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[0], 0);
@@ -226,30 +243,31 @@ NB_BW(pow)
 }
 nb_tensor *nb_pow(nb_tensor *a, nb_tensor *b) { return binary("nb_pow", NB_OP_POW, a, b, 0); }
 
-/* The share of the gradient that goes to a in max(a, b) (min: swap the comparisons): 1 where a wins,
- * 1/2 at ties, 0 where b wins. */
-static nb_tensor *winner_share(nb_tensor *wins, nb_tensor *a, nb_tensor *b)
+/* The share of the gradient that goes to a in max(a, b) (min: swap the comparisons), given
+ * loses = [a < b]: 0 where a loses, 1/2 at ties, 1 where it wins, and also 1 where a or b is NaN (the
+ * result is NaN, and PyTorch passes the gradient to both sides, so that a NaN is never hidden). */
+static nb_tensor *winner_share(nb_tensor *loses, nb_tensor *a, nb_tensor *b)
 {
-    return nb_add(wins, nb_mul_scalar(nb_eq(a, b), 0.5));
+    return nb_rsub_scalar(1.0, nb_add(loses, nb_mul_scalar(nb_eq(a, b), 0.5)));
 }
 
 NB_FW(maximum) { (void)at; binary_kernel(NB_B_MAX, out, in[0], in[1]); }
-/* d max(a,b) = [a > b] da + [a < b] db, ties split evenly */
+/* d max(a,b) = [a > b] da + [a < b] db, ties split evenly; with a NaN, both get the gradient */
 NB_BW(maximum)
-{
-    nb_tensor *a = n->in[0], *b = n->in[1];
-    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
-    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
-}
-nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b) { return binary("nb_maximum", NB_OP_MAXIMUM, a, b, 0); }
-
-NB_FW(minimum) { (void)at; binary_kernel(NB_B_MIN, out, in[0], in[1]); }
-/* d min(a,b) = [a < b] da + [a > b] db, ties split evenly */
-NB_BW(minimum)
 {
     nb_tensor *a = n->in[0], *b = n->in[1];
     if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
     if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+}
+nb_tensor *nb_maximum(nb_tensor *a, nb_tensor *b) { return binary("nb_maximum", NB_OP_MAXIMUM, a, b, 0); }
+
+NB_FW(minimum) { (void)at; binary_kernel(NB_B_MIN, out, in[0], in[1]); }
+/* d min(a,b) = [a < b] da + [a > b] db, ties split evenly; with a NaN, both get the gradient */
+NB_BW(minimum)
+{
+    nb_tensor *a = n->in[0], *b = n->in[1];
+    if (NB_NEED(0)) gin[0] = TO_IN(0, nb_mul(g, winner_share(nb_gt(a, b), a, b)));
+    if (NB_NEED(1)) gin[1] = TO_IN(1, nb_mul(g, winner_share(nb_lt(a, b), a, b)));
 }
 nb_tensor *nb_minimum(nb_tensor *a, nb_tensor *b) { return binary("nb_minimum", NB_OP_MINIMUM, a, b, 0); }
 
@@ -273,8 +291,10 @@ NB_FW(where)
     nb__bcast_strides(in[2], out->ndim, out->shape, sb);
     if (out->dtype == NB_F32)
         nb_k_where_f32(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_where_f64(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
+    else
+        nb_k_where_i64(out->ndim, out->shape, sc, sa, sb, in[0]->data, in[1]->data, in[2]->data, out->data);
 }
 /* d where(c, a, b) = where(c, 1, 0) da + where(c, 0, 1) db */
 NB_BW(where)
@@ -290,7 +310,7 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
     int nd1, nd2;
     int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
     if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
-    if (!nb__check_binary(who, a, b, &nd1, s1)) return NULL;
+    if (!check_pair(who, a, b, &nd1, s1, true)) return NULL;
     if (cond->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "
                         "have the values' dtype)", who, nb_dtype_name(cond->dtype), NB_SHP(cond),
@@ -378,12 +398,12 @@ NB_BW(leaky_relu)
 nb_tensor *nb_leaky_relu(nb_tensor *x, double slope) { return unary("nb_leaky_relu", NB_OP_LEAKY_RELU, x, slope, 0); }
 
 UNARY_FW(elu, NB_U_ELU)
-/* d elu(x) = dx for x > 0, (elu(x) + alpha) dx otherwise */
+/* d elu(x) = (elu(x) + alpha) dx for x <= 0, dx otherwise (NaN included, as in PyTorch) */
 NB_BW(elu)
 {
     if (NB_NEED(0)) {
-        nb_tensor *pos = nb_gt(n->in[0], nb__scalar(g->dtype, 0.0));
-        gin[0] = nb_mul(g, nb_where(pos, nb__scalar(g->dtype, 1.0), nb_add_scalar(n->out, n->attrs.f[0])));
+        nb_tensor *neg = nb_le(n->in[0], nb__scalar(g->dtype, 0.0));
+        gin[0] = nb_mul(g, nb_where(neg, nb_add_scalar(n->out, n->attrs.f[0]), nb__scalar(g->dtype, 1.0)));
     }
 }
 nb_tensor *nb_elu(nb_tensor *x, double alpha) { return unary("nb_elu", NB_OP_ELU, x, alpha, 0); }
@@ -479,7 +499,7 @@ NB_BW(sigmoid_bw)
 }
 
 NB_FW(relu_bw) { (void)at; binary_kernel(NB_B_RELU_BW, out, in[0], in[1]); }
-/* out = g [x > 0]: d out = [x > 0] dg (the step has zero derivative) */
+/* out = g [not x <= 0]: d out = [not x <= 0] dg (the step has zero derivative) */
 NB_BW(relu_bw)
 {
     if (NB_NEED(0)) gin[0] = binary("relu_backward", NB_OP_RELU_BW, g, n->in[1], 0);

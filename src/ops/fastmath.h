@@ -11,18 +11,23 @@
 #include <string.h>
 
 /* e^x for x in [-87, 88] (clamped outside): x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series
- * to r^7 (truncation below 1e-9 relative), 2^n put into the exponent bits. */
+ * to r^7 (truncation below 1e-9 relative), 2^n put into the exponent bits. NaN gives NaN. */
 static inline float nb_fast_expf(float x)
 {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     /* n = round(x / ln 2): adding and removing 1.5 * 2^23 rounds to an integer (|x / ln 2| < 2^22),
      * in plain IEEE arithmetic, which vectorises where floorf does not */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float t = x * 1.44269504088896341f + 12582912.0f, n = t - 12582912.0f;
     float r = x - n * 0.693145751953125f;   /* ln 2, high bits (exact product for |n| < 2^9) */
     r = r - n * 1.42860682030941723e-06f;   /* ln 2, the rest */
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f +
               r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    /* 2^n: n is t's low mantissa bits (t's exponent is 23), so the integer n + 127 is read from t's
+     * bits in unsigned arithmetic: a NaN x (NaN r, NaN p) then makes garbage bits, not an undefined
+     * float-to-int conversion or a shift of a negative number, and the result is NaN */
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    uint32_t bits = (tb - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -43,6 +43,19 @@
 #undef NB_SIGMOID
 #undef NB_TANH
 
+/* int64 (indices, labels, counts): the kernels that make sense for integers. Arithmetic and sums wrap
+ * on overflow like two's complement (as PyTorch's int64 does): they are computed in uint64_t, where
+ * wrapping is defined, so the accumulator is uint64_t rather than int64_t (the same bits). */
+#define NB_T int64_t
+#define NB_ACC uint64_t
+#define NB_UT uint64_t
+#define NB_SFX i64
+#include "kernels_impl.h"
+#undef NB_T
+#undef NB_ACC
+#undef NB_UT
+#undef NB_SFX
+
 /* OpenBLAS's own thread control (declared in its cblas.h on Debian; repeated here for others) */
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);

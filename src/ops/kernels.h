@@ -78,6 +78,9 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
 
 NB_K_DECLARE(float, double, f32)
 NB_K_DECLARE(double, double, f64)
+/* int64: only binary (not div, pow or the fused backward steps), axpy, sum, where, argmax and
+ * add_strided are defined (kernels.c); a call of another fails to link. Overflow wraps. */
+NB_K_DECLARE(int64_t, uint64_t, i64)
 
 /* Element strides of t seen from an output of (ndim, shape) that t broadcasts to: 0 on broadcast
  * dims. */

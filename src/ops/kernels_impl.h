@@ -3,11 +3,27 @@
  *   NB_SFX name suffix           NB_M(f) the math function of that type (expf or exp)
  *   NB_GEMM the cblas gemm of that type
  *   NB_SIGMOID(v), NB_TANH(v), NB_EXP(v)  those functions for the type (f32: fastmath.h; f64: libm)
+ *   NB_UT  integer instantiations only (i64): the unsigned type of NB_T's width; see below
  * No include guard: kernels.c includes this file once per type. */
 
 #define NB_CAT_(a, b) a##_##b
 #define NB_CAT(a, b) NB_CAT_(a, b)
 #define NB_K(name) NB_CAT(nb_k_##name, NB_SFX)
+
+/* An integer instantiation defines NB_UT, the unsigned type of NB_T's width: add, sub and mul then
+ * wrap on overflow (two's complement, as PyTorch's integers do), computed in NB_UT so that the wrap is
+ * defined behaviour; the float-only kernels are left out, and nothing is NaN. */
+#ifdef NB_UT
+#define NB_WADD(x, y) ((NB_T)((NB_UT)(x) + (NB_UT)(y)))
+#define NB_WSUB(x, y) ((NB_T)((NB_UT)(x) - (NB_UT)(y)))
+#define NB_WMUL(x, y) ((NB_T)((NB_UT)(x) * (NB_UT)(y)))
+#define NB_ISNAN(v) 0
+#else
+#define NB_WADD(x, y) ((x) + (y))
+#define NB_WSUB(x, y) ((x) - (y))
+#define NB_WMUL(x, y) ((x) * (y))
+#define NB_ISNAN(v) ((v) != (v))
+#endif
 
 /* Run BODY for every output element of a broadcast plan: x and y are the a and b elements, o[k] the
  * output. The innermost dimension is specialised for the stride patterns (1,1), (1,0), (0,1). */
@@ -47,14 +63,16 @@
 void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b, NB_T *out)
 {
     switch (op) {
-    case NB_B_ADD: NB_BCAST_LOOP(o[k] = x + y); break;
-    case NB_B_SUB: NB_BCAST_LOOP(o[k] = x - y); break;
-    case NB_B_MUL: NB_BCAST_LOOP(o[k] = x * y); break;
+    case NB_B_ADD: NB_BCAST_LOOP(o[k] = NB_WADD(x, y)); break;
+    case NB_B_SUB: NB_BCAST_LOOP(o[k] = NB_WSUB(x, y)); break;
+    case NB_B_MUL: NB_BCAST_LOOP(o[k] = NB_WMUL(x, y)); break;
     case NB_B_DIV: NB_BCAST_LOOP(o[k] = x / y); break;
     /* NaN propagates, as in torch.maximum */
-    case NB_B_MAX: NB_BCAST_LOOP(o[k] = (x != x || x > y) ? x : y); break;
-    case NB_B_MIN: NB_BCAST_LOOP(o[k] = (x != x || x < y) ? x : y); break;
+    case NB_B_MAX: NB_BCAST_LOOP(o[k] = (NB_ISNAN(x) || x > y) ? x : y); break;
+    case NB_B_MIN: NB_BCAST_LOOP(o[k] = (NB_ISNAN(x) || x < y) ? x : y); break;
+#ifndef NB_UT
     case NB_B_POW: NB_BCAST_LOOP(o[k] = NB_M(pow)(x, y)); break;
+#endif
     case NB_B_EQ: NB_BCAST_LOOP(o[k] = (NB_T)(x == y)); break;
     case NB_B_NE: NB_BCAST_LOOP(o[k] = (NB_T)(x != y)); break;
     case NB_B_LT: NB_BCAST_LOOP(o[k] = (NB_T)(x < y)); break;
@@ -63,11 +81,13 @@ void NB_K(binary)(nb_binop op, const nb_bcast *bc, const NB_T *a, const NB_T *b,
     case NB_B_GE: NB_BCAST_LOOP(o[k] = (NB_T)(x >= y)); break;
     case NB_B_TANH_BW: NB_BCAST_LOOP(o[k] = x * ((NB_T)1 - y * y)); break;
     case NB_B_SIGMOID_BW: NB_BCAST_LOOP(o[k] = x * y * ((NB_T)1 - y)); break;
-    case NB_B_RELU_BW: NB_BCAST_LOOP(o[k] = y > 0 ? x : (NB_T)0); break;
+    /* zero where x <= 0: a NaN x passes the gradient on (PyTorch's threshold_backward) */
+    case NB_B_RELU_BW: NB_BCAST_LOOP(o[k] = y <= 0 ? (NB_T)0 : x); break;
     default: break;
     }
 }
 
+#ifndef NB_UT /* float-only */
 #define NB_MAP(EXPR)                                                                                   \
     do {                                                                                               \
         for (int64_t i = 0; i < n; i++) {                                                              \
@@ -86,7 +106,8 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     case NB_U_TANH: NB_MAP(NB_TANH(v)); break;
     /* never exp of a large positive number: exp(-|v|) is in (0, 1] */
     case NB_U_SIGMOID: NB_MAP(NB_SIGMOID(v)); break;
-    case NB_U_RELU: NB_MAP(v > 0 ? v : (NB_T)0); break;
+    /* NaN stays NaN (and -0 stays -0), as in PyTorch, so that anomaly mode sees it */
+    case NB_U_RELU: NB_MAP(v < 0 ? (NB_T)0 : v); break;
     case NB_U_SQRT: NB_MAP(NB_M(sqrt)(v)); break;
     case NB_U_ABS: NB_MAP(NB_M(fabs)(v)); break;
     case NB_U_SIGN: NB_MAP((NB_T)((v > 0) - (v < 0))); break;
@@ -107,6 +128,8 @@ void NB_K(unary)(nb_unop op, int64_t n, const NB_T *x, NB_T *y, double p0, doubl
     default: break;
     }
 }
+
+#endif /* float-only */
 
 void NB_K(axpy)(int64_t n, double alpha, const NB_T *x, NB_T *y)
 {
@@ -147,6 +170,7 @@ void NB_K(sum)(const nb_reduce_plan *p, const NB_T *x, NB_T *out, NB_ACC *acc, d
     for (int64_t j = 0; j < p->out_numel; j++) out[j] = (NB_T)(acc[j] * (NB_ACC)scale);
 }
 
+#ifndef NB_UT /* float-only */
 void NB_K(gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const NB_T *a, int64_t lda,
                 const NB_T *b, int64_t ldb, NB_T *c, double beta)
 {
@@ -159,6 +183,8 @@ void NB_K(gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
             (blasint)m, (blasint)n, (blasint)k, (NB_T)1, a, (blasint)lda, b, (blasint)ldb, (NB_T)beta, c,
             (blasint)n);
 }
+
+#endif /* float-only */
 
 void NB_K(where)(int ndim, const int64_t *shape, const int64_t *sc, const int64_t *sa, const int64_t *sb,
                  const NB_T *c, const NB_T *a, const NB_T *b, NB_T *out)
@@ -192,9 +218,9 @@ void NB_K(argmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, int64_
             const NB_T *p = x + o * n * inner + i;
             int64_t best = 0;
             NB_T bv = p[0];
-            for (int64_t k = 1; k < n && bv == bv; k++) {
+            for (int64_t k = 1; k < n && !NB_ISNAN(bv); k++) {
                 NB_T v = p[k * inner];
-                if (v != v || (is_min ? v < bv : v > bv)) {
+                if (NB_ISNAN(v) || (is_min ? v < bv : v > bv)) {
                     bv = v;
                     best = k;
                 }
@@ -204,6 +230,7 @@ void NB_K(argmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, int64_
     }
 }
 
+#ifndef NB_UT /* float-only */
 void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T *y, int take_log)
 {
     for (int64_t o = 0; o < outer; o++) {
@@ -226,6 +253,8 @@ void NB_K(softmax)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, NB_T 
         }
     }
 }
+
+#endif /* float-only */
 
 void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, const NB_T *src, NB_T *dst)
 {
@@ -251,6 +280,10 @@ void NB_K(add_strided)(int ndim, const int64_t *shape, const int64_t *dst_st, co
 
 #undef NB_MAP
 #undef NB_BCAST_LOOP
+#undef NB_WADD
+#undef NB_WSUB
+#undef NB_WMUL
+#undef NB_ISNAN
 #undef NB_K
 #undef NB_CAT
 #undef NB_CAT_

@@ -85,6 +85,11 @@
     X(INDEX_SELECT, index_select, "index_select", 2, Y, Y, Y, N) /* x, idx (i64 1-D); i[0] = axis */   \
     X(INDEX_ADD, index_add, "index_add", 2, Y, Y, N, N)  /* idx, src: adjoint of index_select */       \
     X(GATHER, gather, "gather", 2, Y, Y, N, N)           /* x, idx (i64, x's ndim); i[0] = axis */     \
-    X(SCATTER_ADD, scatter_add, "scatter_add", 2, Y, Y, N, N) /* idx, src: adjoint of gather */
+    X(SCATTER_ADD, scatter_add, "scatter_add", 2, Y, Y, N, N) /* idx, src: adjoint of gather */        \
+    /* scan.c: everyday ops; roll, repeat, sort, topk, masked_fill, triu, einsum are compositions */   \
+    X(FLIP, flip, "flip", 1, Y, Y, N, N)                 /* i[0] = axes bitmask */                     \
+    X(CUMSUM, cumsum, "cumsum", 1, Y, Y, N, N)           /* i[0] = axis, i[1] = 1: from the end */     \
+    X(CUMPROD, cumprod, "cumprod", 1, Y, Y, N, N)        /* i[0] = axis */                             \
+    X(ARGSORT, argsort, "argsort", 1, Y, N, N, N)        /* i[0] = axis, i[1] = descending */
 
 #endif

@@ -28,6 +28,8 @@ NB_OP_LIST(NB__OP_DECL)
 
 /* Shared argument checks. Each records a message naming `who` and returns false on failure. */
 bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);
+/* Axes of x (negative ones count from the end) as a bitmask; naxes = 0: every axis. */
+bool nb__axes_mask(const char *who, const nb_tensor *x, int naxes, const int *axes, uint32_t *mask);
 /* Scalar 0-d constant of dtype on the current tape. */
 nb_tensor *nb__scalar(nb_dtype dtype, double v);
 

@@ -12,6 +12,8 @@ NB_FW(sum)
     nb__reduce_plan(&p, x, (uint32_t)at->i[0]);
     if (out->dtype == NB_F64) {
         nb_k_sum_f64(&p, x->data, out->data, out->data, 1.0);
+    } else if (out->dtype == NB_I64) {
+        nb_k_sum_i64(&p, x->data, out->data, out->data, 1.0); /* wraps on overflow */
     } else {
         double *acc = nb__tape_alloc(out->tape, (size_t)p.out_numel * sizeof(double));
         if (!acc) {
@@ -46,7 +48,7 @@ NB_BW(sum)
 }
 
 /* Validate axes into a bitmask (0 axes: all). Returns false with a message on bad input. */
-static bool axes_mask(const char *who, const nb_tensor *x, int naxes, const int *axes, uint32_t *mask)
+bool nb__axes_mask(const char *who, const nb_tensor *x, int naxes, const int *axes, uint32_t *mask)
 {
     *mask = 0;
     if (naxes < 0 || (naxes > 0 && !axes)) {
@@ -74,25 +76,35 @@ static bool axes_mask(const char *who, const nb_tensor *x, int naxes, const int 
 
 static nb_tensor *sum_mask(const char *who, nb_tensor *x, uint32_t mask, int keepdim)
 {
+    if (!x) return NULL; /* an op before it failed (out of memory, anomaly mode): its error stands */
     int64_t shape[NB_MAX_DIMS];
     int nd = reduced_dims(x, mask, keepdim, shape);
     nb_attrs at = {.i = {(int64_t)mask, keepdim ? 1 : 0}};
     return nb__apply(who, NB_OP_SUM, 1, &x, &at, x->dtype, nd, shape);
 }
 
+/* f32 and f64; i64 too when int_ok. */
+static bool check_dtype(const char *who, const nb_tensor *x, bool int_ok)
+{
+    return (int_ok && x->dtype == NB_I64) || nb__check_float(who, x);
+}
+
 nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum: input is NULL");
     uint32_t mask;
-    if (!nb__check_float("nb_sum", x) || !axes_mask("nb_sum", x, naxes, axes, &mask)) return NULL;
+    if (!check_dtype("nb_sum", x, true) || !nb__axes_mask("nb_sum", x, naxes, axes, &mask)) return NULL;
     return sum_mask("nb_sum", x, mask, keepdim);
 }
 
 nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_mean: input is NULL");
+    if (x->dtype == NB_I64)
+        return nb__fail(NB_ERR_DTYPE, "nb_mean: i64 tensor %s: the mean of integers is not an integer (nb_sum "
+                        "counts; nb_cast to f64 first for a mean)", NB_SHP(x));
     uint32_t mask;
-    if (!nb__check_float("nb_mean", x) || !axes_mask("nb_mean", x, naxes, axes, &mask)) return NULL;
+    if (!nb__check_float("nb_mean", x) || !nb__axes_mask("nb_mean", x, naxes, axes, &mask)) return NULL;
     int64_t count = 1;
     for (int d = 0; d < x->ndim; d++)
         if (mask & (1u << d)) count *= x->shape[d];
@@ -146,14 +158,16 @@ NB_FW(argmax)
     around_axis(x, (int)at->i[0], &outer, &n, &inner);
     if (x->dtype == NB_F32)
         nb_k_argmax_f32(outer, n, inner, x->data, out->data, (int)at->i[1]);
-    else
+    else if (x->dtype == NB_F64)
         nb_k_argmax_f64(outer, n, inner, x->data, out->data, (int)at->i[1]);
+    else
+        nb_k_argmax_i64(outer, n, inner, x->data, out->data, (int)at->i[1]);
 }
 
 static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
-    if (!nb__check_float(who, x)) return NULL;
+    if (!check_dtype(who, x, true)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (x->shape[d] == 0) return nb__fail(NB_ERR_SHAPE, "%s: %s is empty along axis %d", who, NB_SHP(x), axis);
@@ -203,7 +217,7 @@ static nb_tensor *extreme(const char *who, nb_tensor *x, int naxes, const int *a
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
     uint32_t mask;
-    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    if (!check_dtype(who, x, true) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
         if ((mask & (1u << d)) && x->shape[d] == 0)
             return nb__fail(NB_ERR_SHAPE, "%s: %s is empty along axis %d", who, NB_SHP(x), d);
@@ -226,7 +240,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
     const char *who = "nb_logsumexp";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
     uint32_t mask;
-    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
     nb_tensor *m = extreme(who, x, naxes, axes, 1, 0);
     nb_no_grad_end();
@@ -244,15 +258,17 @@ static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
     uint32_t mask;
-    if (!nb__check_float(who, x) || !axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: %s: correction %d is negative", who, NB_SHP(x), correction);
     int64_t count = 1;
     for (int d = 0; d < x->ndim; d++)
         if (mask & (1u << d)) count *= x->shape[d];
     nb_tensor *mean = nb_mul_scalar(sum_mask(who, x, mask, 1), 1.0 / (double)count);
     nb_tensor *d2 = nb_square(nb_sub(x, mean));
-    /* count <= correction gives inf or NaN, as in PyTorch */
-    return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)(count - correction));
+    /* divided by max(0, count - correction), as in PyTorch: count <= correction gives NaN (a sum of 0,
+     * an empty axis included) or infinity, never a finite number */
+    int64_t dof = count > correction ? count - correction : 0;
+    return nb_mul_scalar(sum_mask(who, d2, mask, keepdim), 1.0 / (double)dof);
 }
 
 nb_tensor *nb_var(nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)

@@ -7,8 +7,9 @@
 #include <nabla.h>
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "sort.h"
 
 struct nb_dataset {
     nb_tensor *inputs, *targets; /* owned by a root dataset, borrowed by a view */
@@ -19,10 +20,11 @@ struct nb_dataset {
 
 /* ---- datasets --------------------------------------------------------------------------------- */
 
-/* Free a leaf handed to nb_dataset_new (an op result is not ours to free). */
+/* Free a leaf handed to nb_dataset_new on failure (an op result, or a leaf with an owner, is not
+ * ours to free). */
 static void drop_leaf(nb_tensor *t)
 {
-    if (t && nb_tensor_is_leaf(t)) nb_tensor_free(t);
+    if (t && nb_tensor_is_leaf(t) && !nb_tensor_owner(t)) nb_tensor_free(t);
 }
 
 /* Whether t can hold samples: a leaf with a row dimension that does not require grad. */
@@ -31,6 +33,12 @@ static int check_rows(const nb_tensor *t, const char *what)
     char buf[96];
     if (!nb_tensor_is_leaf(t)) {
         nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves", what,
+                     nb_shape_str(t, buf, sizeof buf));
+        return 0;
+    }
+    if (nb_tensor_owner(t)) {
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s belongs to another container (a dataset, a parameter "
+                     "collection...); a tensor has one owner (pass a copy: nb_tensor_clone)", what,
                      nb_shape_str(t, buf, sizeof buf));
         return 0;
     }
@@ -66,11 +74,14 @@ nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets)
                      nb_shape_str(inputs, a, sizeof a), nb_shape_str(targets, b, sizeof b));
         goto fail;
     }
-    nb_dataset *d = calloc(1, sizeof *d);
+    nb_dataset *d = nb_calloc(1, sizeof *d);
     if (!d) {
         nb_error_set(NB_ERR_NOMEM, "%s: out of memory", who);
         goto fail;
     }
+    /* both are unowned leaves (checked above): the claims cannot fail */
+    nb_tensor_claim(inputs, d);
+    if (targets) nb_tensor_claim(targets, d);
     d->inputs = inputs;
     d->targets = targets;
     d->size = nb_tensor_dim(inputs, 0);
@@ -85,12 +96,14 @@ void nb_dataset_free(nb_dataset *d)
 {
     if (!d) return;
     if (d->is_view) {
-        free(d->rows);
+        nb_dealloc(d->rows, (size_t)d->size * sizeof(int64_t));
     } else {
+        nb_tensor_unclaim(d->inputs, d);
         nb_tensor_free(d->inputs);
+        if (d->targets) nb_tensor_unclaim(d->targets, d);
         nb_tensor_free(d->targets);
     }
-    free(d);
+    nb_dealloc(d, sizeof *d);
 }
 
 int64_t nb_dataset_size(const nb_dataset *d)
@@ -124,10 +137,10 @@ nb_tensor *nb_dataset_targets(const nb_dataset *d)
 static int64_t row_of(const nb_dataset *d, int64_t i) { return d->rows ? d->rows[i] : i; }
 
 
-/* A view of d's tensors over n rows (taken over by the view). */
+/* A view of d's tensors over n rows (rows [n], taken over by the view). */
 static nb_dataset *view_new(const nb_dataset *d, int64_t *rows, int64_t n)
 {
-    nb_dataset *v = calloc(1, sizeof *v);
+    nb_dataset *v = nb_calloc(1, sizeof *v);
     if (!v) return NULL;
     v->inputs = d->inputs;
     v->targets = d->targets;
@@ -155,11 +168,10 @@ nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t se
     if (n_val > n) n_val = n;
     /* perm: a seeded permutation of d's samples; its first n_val go to val. Each view keeps its
      * samples in d's order, so an unshuffled pass over a view reads the data in storage order. */
-    size_t bytes = (size_t)(n ? n : 1) * sizeof(int64_t);
-    int64_t *perm = malloc(bytes);
-    unsigned char *is_val = calloc((size_t)(n ? n : 1), 1);
-    int64_t *rows_train = malloc((size_t)(n - n_val ? n - n_val : 1) * sizeof(int64_t));
-    int64_t *rows_val = malloc((size_t)(n_val ? n_val : 1) * sizeof(int64_t));
+    int64_t *perm = nb_alloc((size_t)n * sizeof(int64_t));
+    unsigned char *is_val = nb_calloc((size_t)n, 1);
+    int64_t *rows_train = nb_alloc((size_t)(n - n_val) * sizeof(int64_t));
+    int64_t *rows_val = nb_alloc((size_t)n_val * sizeof(int64_t));
     nb_dataset *t = NULL, *v = NULL;
     if (!perm || !is_val || !rows_train || !rows_val) goto nomem;
     for (int64_t i = 0; i < n; i++) perm[i] = i;
@@ -178,16 +190,16 @@ nb_status nb_dataset_split(const nb_dataset *d, double val_fraction, uint64_t se
     rows_train = NULL;
     v = view_new(d, rows_val, n_val);
     if (!v) goto nomem;
-    free(perm);
-    free(is_val);
+    nb_dealloc(perm, (size_t)n * sizeof(int64_t));
+    nb_dealloc(is_val, (size_t)n);
     *train = t;
     *val = v;
     return NB_OK;
 nomem:
-    free(perm);
-    free(is_val);
-    free(rows_train);
-    free(rows_val);
+    nb_dealloc(perm, (size_t)n * sizeof(int64_t));
+    nb_dealloc(is_val, (size_t)n);
+    nb_dealloc(rows_train, (size_t)(n - n_val) * sizeof(int64_t));
+    nb_dealloc(rows_val, (size_t)n_val * sizeof(int64_t));
     nb_dataset_free(t);
     nb_error_set(NB_ERR_NOMEM, "%s: out of memory splitting %lld samples", who, (long long)n);
     return NB_ERR_NOMEM;
@@ -200,8 +212,9 @@ struct nb_batches {
     int64_t batch_size;
     int shuffle, drop_last;
     nb_rng rng;         /* seeded once; every epoch's shuffle continues the stream */
-    int64_t *order;     /* this epoch's rows of d's tensors, in batch order [d->size] */
-    int64_t *last;      /* rows of the last batch returned [min(batch_size, size)] */
+    int64_t n, cap;     /* d's size; min(batch_size, n) */
+    int64_t *order;     /* this epoch's rows of d's tensors, in batch order [n] */
+    int64_t *last;      /* rows of the last batch returned [cap] */
     int64_t last_count;
     int64_t pos;        /* next position in order */
     int in_epoch;       /* order is set up for the current epoch */
@@ -209,8 +222,9 @@ struct nb_batches {
     int64_t *len;       /* length of each sample of d [d->size], or NULL */
     int64_t *last_len;  /* lengths of the last batch [cap] */
     int64_t window;     /* batches per sorting window */
-    uint64_t *keys;     /* sorting scratch [window * batch_size] */
-    int64_t *tmp;       /* reordering scratch [d->size] */
+    uint64_t *keys;     /* sorting scratch [wcap = min(window * batch_size, n)] */
+    int64_t wcap;
+    int64_t *tmp;       /* reordering scratch [n + n / batch_size + 2] */
 };
 
 nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_rows, int drop_last,
@@ -226,10 +240,13 @@ nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_
         return NULL;
     }
     int64_t n = d->size, cap = batch_size < n ? batch_size : n;
-    nb_batches *b = calloc(1, sizeof *b);
+    nb_batches *b = nb_calloc(1, sizeof *b);
     if (b) {
-        b->order = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
-        b->last = malloc((size_t)(cap ? cap : 1) * sizeof(int64_t));
+        b->n = n;
+        b->cap = cap;
+        b->batch_size = batch_size;
+        b->order = nb_alloc((size_t)n * sizeof(int64_t));
+        b->last = nb_alloc((size_t)cap * sizeof(int64_t));
     }
     if (!b || !b->order || !b->last) {
         nb_batches_free(b);
@@ -237,7 +254,6 @@ nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_
         return NULL;
     }
     b->d = d;
-    b->batch_size = batch_size;
     b->shuffle = shuffle_rows ? 1 : 0;
     b->drop_last = drop_last ? 1 : 0;
     nb_rng_seed(&b->rng, seed);
@@ -247,13 +263,13 @@ nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_
 void nb_batches_free(nb_batches *b)
 {
     if (!b) return;
-    free(b->order);
-    free(b->last);
-    free(b->len);
-    free(b->last_len);
-    free(b->keys);
-    free(b->tmp);
-    free(b);
+    nb_dealloc(b->order, (size_t)b->n * sizeof(int64_t));
+    nb_dealloc(b->last, (size_t)b->cap * sizeof(int64_t));
+    nb_dealloc(b->len, (size_t)b->n * sizeof(int64_t));
+    nb_dealloc(b->last_len, (size_t)b->cap * sizeof(int64_t));
+    nb_dealloc(b->keys, (size_t)b->wcap * sizeof(uint64_t));
+    nb_dealloc(b->tmp, (size_t)(b->n + b->n / b->batch_size + 2) * sizeof(int64_t));
+    nb_dealloc(b, sizeof *b);
 }
 
 nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, int64_t batch_size, int64_t window,
@@ -273,10 +289,11 @@ nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, in
     if (window > ((int64_t)1 << 31) / batch_size) window = ((int64_t)1 << 31) / batch_size + 1;
     int64_t wcap = window * batch_size < n ? window * batch_size : n;
     b->window = window;
-    b->len = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
-    b->last_len = malloc((size_t)(cap ? cap : 1) * sizeof(int64_t));
-    b->keys = malloc((size_t)(wcap ? wcap : 1) * sizeof(uint64_t));
-    b->tmp = malloc((size_t)(n + n / batch_size + 2) * sizeof(int64_t));
+    b->wcap = wcap;
+    b->len = nb_alloc((size_t)n * sizeof(int64_t));
+    b->last_len = nb_alloc((size_t)cap * sizeof(int64_t));
+    b->keys = nb_alloc((size_t)wcap * sizeof(uint64_t));
+    b->tmp = nb_alloc((size_t)(n + n / batch_size + 2) * sizeof(int64_t));
     if (!b->len || !b->last_len || !b->keys || !b->tmp) {
         nb_batches_free(b);
         nb_error_set(NB_ERR_NOMEM, "%s: out of memory for %lld samples", who, (long long)n);
@@ -294,12 +311,6 @@ nb_batches *nb_batches_by_length(const nb_dataset *d, const int64_t *lengths, in
     return b;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* order[0..n) (sample positions) sorted by length within windows of window * batch_size samples, then
  * (when shuffling) the full batches put in a shuffled order. tmp has room for n positions followed by
  * one entry per batch. */
@@ -310,7 +321,7 @@ static void group_by_length(nb_batches *b, int64_t n)
         int64_t m = n - start < w ? n - start : w;
         /* key: the length above, the position within the window below, so the sort is stable */
         for (int64_t k = 0; k < m; k++) b->keys[k] = (uint64_t)b->len[b->order[start + k]] << 32 | (uint64_t)k;
-        qsort(b->keys, (size_t)m, sizeof *b->keys, cmp_u64);
+        nbs_sort_u64(b->keys, (size_t)m);
         for (int64_t k = 0; k < m; k++) b->tmp[k] = b->order[start + (int64_t)(b->keys[k] & 0xffffffffu)];
         memcpy(b->order + start, b->tmp, (size_t)m * sizeof(int64_t));
     }

@@ -1,16 +1,27 @@
-/* IDX files (the MNIST format), gzip-compressed or raw: zlib's gzread reads both. Written against
- * nabla.h only.
+/* IDX files (the MNIST format), gzip-compressed or raw. Written against nabla.h only: the file is
+ * read with read(2) and decompressed with zlib's inflate, whose allocations go through nb_alloc (gzopen
+ * would malloc behind the allocator's back).
  *
  * Layout: magic (0, 0, type, ndim), ndim big-endian uint32 extents, then the elements big-endian in
  * row-major order. Everything is checked before it is trusted: the magic, the type, the rank, each
  * extent and their product, and the length (header + data exactly: a short file or trailing bytes
- * are errors). A corrupt or truncated gzip stream is reported from zlib's own diagnosis. */
+ * are errors). A raw file's length is known before anything is allocated. A gzip file's is not: its
+ * data is gathered in a buffer that grows (geometrically, up to the size the header declares) as the
+ * stream delivers it, so a small file whose header claims gigabytes fails on its short data having
+ * allocated about what it holds; the tensor is made once all the data is there. A corrupt or
+ * truncated gzip stream, or bytes after it, are reported with zlib's own diagnosis where it has one.
+ * The file is opened without blocking and refused unless it is a regular file (a FIFO would block). */
+#define _DEFAULT_SOURCE
+
 #include <nabla.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
-#include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define WHO "nb_idx_read"
@@ -41,68 +52,127 @@ static const idx_type *find_type(unsigned char code)
     return NULL;
 }
 
-/* Size of the file at path in bytes (-1 if it cannot be told); NB_ERR_IO recorded when it cannot be
- * opened at all. */
-static nb_status file_size(const char *path, long long *size)
+/* Compressed bytes read from the file at a time. */
+#define IN_SIZE ((size_t)1 << 16)
+/* The gzip data buffer's first size. */
+#define STAGE_MIN ((size_t)1 << 20)
+
+/* zlib's allocations through nb_alloc: zfree is not told the size, so each block carries it in front
+ * (16 bytes, keeping the allocator's alignment). */
+static voidpf z_alloc(voidpf opaque, uInt items, uInt size)
 {
-    *size = -1;
-    errno = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        nb_error_set(NB_ERR_IO, WHO ": cannot open %s: %s", path, errno ? strerror(errno) : "fopen failed");
-        return NB_ERR_IO;
+    (void)opaque;
+    if (size && items > (SIZE_MAX - 16) / size) return Z_NULL;
+    size_t n = (size_t)items * size + 16;
+    unsigned char *p = nb_alloc(n);
+    if (!p) return Z_NULL;
+    memcpy(p, &n, sizeof n);
+    return p + 16;
+}
+
+static void z_free(voidpf opaque, voidpf address)
+{
+    (void)opaque;
+    if (!address) return;
+    unsigned char *p = (unsigned char *)address - 16;
+    size_t n;
+    memcpy(&n, p, sizeof n);
+    nb_dealloc(p, n);
+}
+
+/* The file as a stream of IDX bytes: raw, or decompressed from gzip members. */
+typedef struct source {
+    const char *path;
+    int fd;
+    int gz;                  /* gzip (else raw) */
+    int z_ready;             /* inflateInit2 done */
+    int member_done;         /* the last gzip member ended; another may follow */
+    int eof;                 /* read(2) has returned 0 */
+    z_stream z;
+    unsigned char *in;       /* [IN_SIZE] file bytes not yet used: in[pos .. len) */
+    size_t pos, len;
+} source;
+
+static nb_status src_fail_io(const source *s, const char *what, int err)
+{
+    nb_error_set(NB_ERR_IO, WHO ": %s: read error in the %s: %s", s->path, what, strerror(err));
+    return NB_ERR_IO;
+}
+
+/* More file bytes into in (when all of it was used); at the end of the file, eof is set. */
+static nb_status src_fill(source *s, const char *what)
+{
+    if (s->pos < s->len || s->eof) return NB_OK;
+    for (;;) {
+        ssize_t r = read(s->fd, s->in, IN_SIZE);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return src_fail_io(s, what, errno);
+        s->pos = 0;
+        s->len = (size_t)r;
+        if (r == 0) s->eof = 1;
+        return NB_OK;
     }
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long end = ftell(f);
-        if (end >= 0) *size = end;
+}
+
+/* Up to len stream bytes into buf; *got is short only at the end of the data. Errors: a read error,
+ * a corrupt or truncated gzip stream, bytes after it. */
+static nb_status src_read(source *s, void *buf, size_t len, const char *what, size_t *got)
+{
+    unsigned char *out = buf;
+    nb_status st;
+    *got = 0;
+    while (*got < len) {
+        if ((st = src_fill(s, what))) return st;
+        size_t avail = s->len - s->pos;
+        if (!s->gz) {
+            if (avail == 0) return NB_OK; /* the end of the file */
+            size_t n = avail < len - *got ? avail : len - *got;
+            memcpy(out + *got, s->in + s->pos, n);
+            s->pos += n;
+            *got += n;
+            continue;
+        }
+        if (s->member_done) {
+            if (avail == 0) return NB_OK; /* the end of the last member and of the file */
+            /* another member must start here: its magic, or the file has bytes that are not gzip */
+            if (s->in[s->pos] != 0x1f || (avail > 1 && s->in[s->pos + 1] != 0x8b)) {
+                nb_error_set(NB_ERR_FORMAT, WHO ": %s: bytes after the end of the gzip stream (reading the %s)", s->path,
+                             what);
+                return NB_ERR_FORMAT;
+            }
+            if (inflateReset(&s->z) != Z_OK) {
+                nb_error_set(NB_ERR_FORMAT, WHO ": %s: corrupt gzip stream (zlib: cannot reset) reading the %s", s->path, what);
+                return NB_ERR_FORMAT;
+            }
+            s->member_done = 0;
+        }
+        if (avail == 0) {
+            nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated gzip stream (the file ends inside it) reading the %s",
+                         s->path, what);
+            return NB_ERR_FORMAT;
+        }
+        size_t want = len - *got;
+        s->z.next_in = s->in + s->pos;
+        s->z.avail_in = (uInt)avail;
+        s->z.next_out = out + *got;
+        s->z.avail_out = want < (size_t)UINT32_MAX ? (uInt)want : (uInt)UINT32_MAX;
+        int ret = inflate(&s->z, Z_NO_FLUSH);
+        int progress = s->z.avail_in != avail || (size_t)(s->z.next_out - out) != *got;
+        s->pos += avail - s->z.avail_in;
+        *got = (size_t)(s->z.next_out - out);
+        if (ret == Z_BUF_ERROR && !progress) ret = Z_DATA_ERROR; /* cannot happen with both buffers non-empty */
+        if (ret == Z_STREAM_END) {
+            s->member_done = 1;
+        } else if (ret == Z_MEM_ERROR) {
+            nb_error_set(NB_ERR_NOMEM, WHO ": %s: out of memory decompressing the %s", s->path, what);
+            return NB_ERR_NOMEM;
+        } else if (ret != Z_OK && ret != Z_BUF_ERROR) { /* Z_DATA_ERROR, Z_NEED_DICT, Z_STREAM_ERROR */
+            nb_error_set(NB_ERR_FORMAT, WHO ": %s: corrupt gzip stream (zlib: %s) reading the %s", s->path,
+                         s->z.msg ? s->z.msg : "invalid data", what);
+            return NB_ERR_FORMAT;
+        }
     }
-    fclose(f);
     return NB_OK;
-}
-
-/* Record the error zlib holds for f, met while reading the `what` of path (zlib decompresses ahead,
- * so a fault in a small stream may surface while the header is read). */
-static nb_status gz_fail(gzFile f, const char *path, const char *what)
-{
-    int err = Z_OK;
-    const char *msg = gzerror(f, &err);
-    if (!msg) msg = "?";
-    size_t plen = strlen(path); /* zlib's message is "<path>: <what went wrong>" */
-    if (strncmp(msg, path, plen) == 0 && msg[plen] == ':' && msg[plen + 1] == ' ') msg += plen + 2;
-    switch (err) {
-    case Z_ERRNO:
-        nb_error_set(NB_ERR_IO, WHO ": %s: read error in the %s: %s", path, what, msg);
-        return NB_ERR_IO;
-    case Z_MEM_ERROR:
-        nb_error_set(NB_ERR_NOMEM, WHO ": %s: out of memory decompressing the %s", path, what);
-        return NB_ERR_NOMEM;
-    case Z_BUF_ERROR:
-        nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated gzip stream (zlib: %s) reading the %s", path, msg, what);
-        return NB_ERR_FORMAT;
-    default:
-        nb_error_set(NB_ERR_FORMAT, WHO ": %s: corrupt gzip stream (zlib: %s) reading the %s", path, msg, what);
-        return NB_ERR_FORMAT;
-    }
-}
-
-/* Read up to len bytes; returns the count (short only at the end of the data), or -1 when zlib
- * reports an error (a read error, a corrupt or truncated stream). */
-static long long read_full(gzFile f, void *buf, size_t len)
-{
-    size_t got = 0;
-    while (got < len) {
-        size_t want = len - got < CHUNK ? len - got : CHUNK;
-        int n = gzread(f, (unsigned char *)buf + got, (unsigned)want);
-        if (n < 0) return -1;
-        if (n == 0) break;
-        got += (size_t)n;
-    }
-    if (got < len) {
-        int err = Z_OK;
-        gzerror(f, &err);
-        if (err != Z_OK && err != Z_STREAM_END) return -1;
-    }
-    return (long long)got;
 }
 
 static uint32_t be32(const unsigned char *p)
@@ -183,18 +253,19 @@ static void dims_str(char *buf, size_t size, int ndim, const int64_t *dims)
 }
 
 /* Everything after the open: header, checks, data. *out set on success. */
-static nb_status read_idx(gzFile f, const char *path, long long fsize, nb_dtype dtype, double scale,
-                          nb_tensor **out)
+static nb_status read_idx(source *src, long long fsize, nb_dtype dtype, double scale, nb_tensor **out)
 {
+    const char *path = src->path;
     unsigned char head[4 * (1 + NB_MAX_DIMS)];
-    long long got = read_full(f, head, 4);
-    if (got < 0) return gz_fail(f, path, "header");
+    size_t got;
+    nb_status st = src_read(src, head, 4, "header", &got);
+    if (st) return st;
     if (got == 0) {
         nb_error_set(NB_ERR_FORMAT, WHO ": %s: empty file (no IDX header)", path);
         return NB_ERR_FORMAT;
     }
     if (got < 4) {
-        nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated header: %lld of 4 magic bytes", path, got);
+        nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated header: %zu of 4 magic bytes", path, got);
         return NB_ERR_FORMAT;
     }
     if (head[0] != 0 || head[1] != 0) {
@@ -219,10 +290,9 @@ static nb_status read_idx(gzFile f, const char *path, long long fsize, nb_dtype 
                      t->name);
         return NB_ERR_DTYPE;
     }
-    got = read_full(f, head + 4, 4 * (size_t)ndim);
-    if (got < 0) return gz_fail(f, path, "header");
-    if (got < 4 * ndim) {
-        nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated header: %lld of %d dimension bytes for %d dimensions",
+    if ((st = src_read(src, head + 4, 4 * (size_t)ndim, "header", &got))) return st;
+    if (got < 4 * (size_t)ndim) {
+        nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated header: %zu of %d dimension bytes for %d dimensions",
                      path, got, 4 * ndim, ndim);
         return NB_ERR_FORMAT;
     }
@@ -244,58 +314,84 @@ static nb_status read_idx(gzFile f, const char *path, long long fsize, nb_dtype 
         numel *= dims[i];
     }
     long long header_bytes = 4 + 4LL * ndim, data_bytes = numel * (long long)t->size;
-    int direct = gzdirect(f);
-    if (direct && fsize >= 0 && fsize != header_bytes + data_bytes) {
+    if (!src->gz && fsize != header_bytes + data_bytes) {
         nb_error_set(NB_ERR_FORMAT, WHO ": %s: %s: file is %lld bytes, header says %s %s: %lld header + %lld data "
                      "bytes", path, fsize < header_bytes + data_bytes ? "truncated data" : "trailing bytes",
                      fsize, t->name, shape, header_bytes, data_bytes);
         return NB_ERR_FORMAT;
     }
-    if (!direct && fsize >= 0 && data_bytes / MAX_DEFLATE_RATIO > fsize) {
+    if (src->gz && data_bytes / MAX_DEFLATE_RATIO > fsize) {
         nb_error_set(NB_ERR_FORMAT, WHO ": %s: header says %s %s (%lld data bytes), more than a gzip file of "
                      "%lld bytes can hold", path, t->name, shape, data_bytes, fsize);
         return NB_ERR_FORMAT;
     }
 
-    nb_tensor *res = nb_tensor_zeros(dtype, ndim, dims);
-    if (!res) return nb_error_code() != NB_OK ? nb_error_code() : NB_ERR_NOMEM;
-    unsigned char *buf = malloc(CHUNK);
+    /* The data: a raw file holds exactly what the header says (checked above), so the tensor is made
+     * now and filled chunk by chunk; gzip data is first gathered in a buffer that grows as it arrives. */
+    nb_tensor *res = NULL;
+    unsigned char *buf = NULL;
+    size_t cap = 0; /* bytes of buf */
+    if (!src->gz) {
+        res = nb_tensor_empty(dtype, ndim, dims); /* every element is written below */
+        if (!res) return nb_error_code() != NB_OK ? nb_error_code() : NB_ERR_NOMEM;
+        cap = CHUNK;
+    } else {
+        cap = (size_t)data_bytes < STAGE_MIN ? (size_t)data_bytes : STAGE_MIN;
+    }
+    buf = nb_alloc(cap);
     if (!buf) {
         nb_tensor_free(res);
         nb_error_set(NB_ERR_NOMEM, WHO ": %s: out of memory", path);
         return NB_ERR_NOMEM;
     }
-    void *dst = nb_tensor_data(res);
-    nb_status st = NB_OK;
-    long long done = 0; /* data bytes read */
-    while (done < data_bytes) {
-        size_t want = data_bytes - done < (long long)CHUNK ? (size_t)(data_bytes - done) : CHUNK;
-        got = read_full(f, buf, want);
-        if (got < 0) {
-            st = gz_fail(f, path, "data");
-            break;
+    size_t done = 0; /* data bytes read */
+    while (st == NB_OK && done < (size_t)data_bytes) {
+        size_t want, at;
+        if (!src->gz) {
+            want = (size_t)data_bytes - done < CHUNK ? (size_t)data_bytes - done : CHUNK;
+            at = 0;
+        } else {
+            if (done == cap) { /* full: twice the size, at most the declared size */
+                size_t grown = cap > (size_t)data_bytes / 2 ? (size_t)data_bytes : 2 * cap;
+                unsigned char *nb = nb_realloc(buf, cap, grown);
+                if (!nb) {
+                    nb_error_set(NB_ERR_NOMEM, WHO ": %s: out of memory for %zu bytes of data", path, grown);
+                    st = NB_ERR_NOMEM;
+                    break;
+                }
+                buf = nb;
+                cap = grown;
+            }
+            want = cap - done;
+            at = done;
         }
-        if ((size_t)got < want) {
+        if ((st = src_read(src, buf + at, want, "data", &got))) break;
+        if (got < want) {
             nb_error_set(NB_ERR_FORMAT, WHO ": %s: truncated data: %lld of %lld data bytes for %s %s", path,
-                         done + got, data_bytes, t->name, shape);
+                         (long long)(done + got), data_bytes, t->name, shape);
             st = NB_ERR_FORMAT;
             break;
         }
-        decode(t, buf, (int64_t)(want / t->size), dtype, scale, dst, (int64_t)(done / (long long)t->size));
+        if (!src->gz) decode(t, buf, (int64_t)(want / t->size), dtype, scale, nb_tensor_data(res), (int64_t)(done / t->size));
         done += got;
     }
     if (st == NB_OK) {
         /* one more byte must not exist; the read also makes zlib check the gzip trailer (CRC, length) */
-        got = read_full(f, buf, 1);
-        if (got < 0) {
-            st = gz_fail(f, path, "end of the data");
-        } else if (got > 0) {
+        unsigned char extra;
+        st = src_read(src, &extra, 1, "end of the data", &got);
+        if (st == NB_OK && got > 0) {
             nb_error_set(NB_ERR_FORMAT, WHO ": %s: trailing bytes after the %lld header + %lld data bytes of %s %s",
                          path, header_bytes, data_bytes, t->name, shape);
             st = NB_ERR_FORMAT;
         }
     }
-    free(buf);
+    if (st == NB_OK && src->gz) {
+        /* all the data is there: now the tensor, without zeroing what is written next */
+        res = nb_tensor_empty(dtype, ndim, dims);
+        if (!res) st = nb_error_code() != NB_OK ? nb_error_code() : NB_ERR_NOMEM;
+        else decode(t, buf, numel, dtype, scale, nb_tensor_data(res), 0);
+    }
+    nb_dealloc(buf, cap);
     if (st != NB_OK) {
         nb_tensor_free(res);
         return st;
@@ -315,19 +411,57 @@ nb_status nb_idx_read(const char *path, nb_dtype dtype, double scale, nb_tensor 
         nb_error_set(NB_ERR_ARG, WHO ": %s: invalid dtype %d", path, (int)dtype);
         return NB_ERR_ARG;
     }
-    long long fsize;
-    nb_status st = file_size(path, &fsize);
-    if (st != NB_OK) return st;
-    errno = 0;
-    gzFile f = gzopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        nb_error_set(e ? NB_ERR_IO : NB_ERR_NOMEM, WHO ": cannot open %s: %s", path,
-                     e ? strerror(e) : "out of memory");
-        return e ? NB_ERR_IO : NB_ERR_NOMEM;
+    /* opened without blocking (a FIFO would wait for a writer forever), then refused unless regular */
+    source src = {.path = path, .fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)};
+    if (src.fd < 0) {
+        nb_error_set(NB_ERR_IO, WHO ": cannot open %s: %s", path, strerror(errno));
+        return NB_ERR_IO;
     }
-    gzbuffer(f, 1u << 17);
-    st = read_idx(f, path, fsize, dtype, scale, out);
-    gzclose_r(f);
+    struct stat sb;
+    nb_status st = NB_OK;
+    int fl;
+    if (fstat(src.fd, &sb) != 0) {
+        nb_error_set(NB_ERR_IO, WHO ": cannot stat %s: %s", path, strerror(errno));
+        st = NB_ERR_IO;
+    } else if (!S_ISREG(sb.st_mode)) {
+        nb_error_set(NB_ERR_IO, WHO ": cannot read %s: not a regular file (%s)", path, S_ISDIR(sb.st_mode) ? "a folder"
+                     : S_ISFIFO(sb.st_mode) ? "a FIFO" : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device"
+                     : "a socket or another kind");
+        st = NB_ERR_IO;
+    } else if ((fl = fcntl(src.fd, F_GETFL)) < 0 || fcntl(src.fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        nb_error_set(NB_ERR_IO, WHO ": %s: fcntl: %s", path, strerror(errno));
+        st = NB_ERR_IO;
+    }
+    if (st == NB_OK && !(src.in = nb_alloc(IN_SIZE))) {
+        nb_error_set(NB_ERR_NOMEM, WHO ": %s: out of memory", path);
+        st = NB_ERR_NOMEM;
+    }
+    /* gzip or raw: the first two bytes tell (an IDX file starts with 00 00) */
+    if (st == NB_OK) st = src_fill(&src, "header");
+    if (st == NB_OK && src.len - src.pos < 2 && !src.eof) {
+        /* a read returned a single byte: get one more behind it */
+        ssize_t r;
+        while ((r = read(src.fd, src.in + src.len, IN_SIZE - src.len)) < 0 && errno == EINTR) {}
+        if (r < 0) st = src_fail_io(&src, "header", errno);
+        else if (r == 0) src.eof = 1;
+        else src.len += (size_t)r;
+    }
+    if (st == NB_OK && src.len - src.pos >= 2 && src.in[src.pos] == 0x1f && src.in[src.pos + 1] == 0x8b) {
+        src.gz = 1;
+        src.z.zalloc = z_alloc;
+        src.z.zfree = z_free;
+        int zr = inflateInit2(&src.z, 15 + 16); /* gzip wrapper only */
+        if (zr == Z_OK) {
+            src.z_ready = 1;
+        } else {
+            nb_error_set(zr == Z_MEM_ERROR ? NB_ERR_NOMEM : NB_ERR_FORMAT, WHO ": %s: %s", path,
+                         zr == Z_MEM_ERROR ? "out of memory for the decompressor" : "zlib cannot start");
+            st = zr == Z_MEM_ERROR ? NB_ERR_NOMEM : NB_ERR_FORMAT;
+        }
+    }
+    if (st == NB_OK) st = read_idx(&src, (long long)sb.st_size, dtype, scale, out);
+    if (src.z_ready) inflateEnd(&src.z);
+    nb_dealloc(src.in, IN_SIZE);
+    close(src.fd);
     return st;
 }

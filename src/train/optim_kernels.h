@@ -108,6 +108,119 @@ static void NB_K(adagrad)(int64_t n, NB_T *p, const NB_T *g, NB_T *sum, double c
     }
 }
 
+/* NAdam: g += wd p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; den = sqrt(v / bc2) + eps;
+ * p -= cg g / den; p -= cm m / den, with the step's cg = lr (1 - mu) / (1 - mu_prod) and
+ * cm = lr mu_next / (1 - mu_prod mu_next) */
+static void NB_K(nadam)(int64_t n, NB_T *p, const NB_T *g, NB_T *m, NB_T *v, double wd, double b1, double b2,
+                        double eps, double bc2, double cg, double cm)
+{
+    const NB_T w = (NB_T)wd, B1 = (NB_T)b1, B2 = (NB_T)b2, one_b1 = (NB_T)(1.0 - b1), one_b2 = (NB_T)(1.0 - b2);
+    const NB_T e = (NB_T)eps, c2 = (NB_T)bc2, kg = (NB_T)cg, km = (NB_T)cm;
+    for (int64_t i = 0; i < n; i++) {
+        NB_T pi = p[i], gi = g[i] + w * pi;
+        NB_T mi = B1 * m[i] + one_b1 * gi;
+        NB_T vi = B2 * v[i] + one_b2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        NB_T den = NB_M(sqrt)(vi / c2) + e;
+        pi -= kg * (gi / den);
+        p[i] = pi - km * (mi / den);
+    }
+}
+
+/* RAdam: g += wd p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; rectified steps (rect > 0):
+ * p -= (m / bc1) lr (sqrt(bc2) / (sqrt(v) + eps)) rect, else p -= (m / bc1) lr */
+static void NB_K(radam)(int64_t n, NB_T *p, const NB_T *g, NB_T *m, NB_T *v, double lr, double wd, double b1,
+                        double b2, double eps, double bc1, double bc2_sqrt, double rect)
+{
+    const NB_T w = (NB_T)wd, B1 = (NB_T)b1, B2 = (NB_T)b2, one_b1 = (NB_T)(1.0 - b1), one_b2 = (NB_T)(1.0 - b2);
+    const NB_T e = (NB_T)eps, c1 = (NB_T)bc1, c2s = (NB_T)bc2_sqrt, l = (NB_T)lr, r = (NB_T)rect;
+    for (int64_t i = 0; i < n; i++) {
+        NB_T pi = p[i], gi = g[i] + w * pi;
+        NB_T mi = B1 * m[i] + one_b1 * gi;
+        NB_T vi = B2 * v[i] + one_b2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        NB_T u = mi / c1 * l;
+        if (rect > 0) u = u * (c2s / (NB_M(sqrt)(vi) + e)) * r;
+        p[i] = pi - u;
+    }
+}
+
+/* Adamax: g += wd p; m = b1 m + (1 - b1) g; u = max(b2 u, |g| + eps); p -= clr m / u */
+static void NB_K(adamax)(int64_t n, NB_T *p, const NB_T *g, NB_T *m, NB_T *u, double clr, double wd, double b1,
+                         double b2, double eps)
+{
+    const NB_T w = (NB_T)wd, B1 = (NB_T)b1, B2 = (NB_T)b2, one_b1 = (NB_T)(1.0 - b1), e = (NB_T)eps, c = (NB_T)clr;
+    for (int64_t i = 0; i < n; i++) {
+        NB_T pi = p[i], gi = g[i] + w * pi;
+        NB_T mi = B1 * m[i] + one_b1 * gi;
+        NB_T a = B2 * u[i], b = NB_M(fabs)(gi) + e;
+        NB_T ui = b > a ? b : a;
+        m[i] = mi;
+        u[i] = ui;
+        p[i] = pi - c * (mi / ui);
+    }
+}
+
+/* Adadelta: g += wd p; s = rho s + (1 - rho) g^2; delta = sqrt(acc + eps) / sqrt(s + eps) g;
+ * acc = rho acc + (1 - rho) delta^2; p -= lr delta */
+static void NB_K(adadelta)(int64_t n, NB_T *p, const NB_T *g, NB_T *sq, NB_T *acc, double lr, double wd, double rho,
+                           double eps)
+{
+    const NB_T w = (NB_T)wd, r = (NB_T)rho, one_r = (NB_T)(1.0 - rho), e = (NB_T)eps, l = (NB_T)lr;
+    for (int64_t i = 0; i < n; i++) {
+        NB_T pi = p[i], gi = g[i] + w * pi;
+        NB_T si = r * sq[i] + one_r * (gi * gi);
+        sq[i] = si;
+        NB_T delta = NB_M(sqrt)(acc[i] + e) / NB_M(sqrt)(si + e) * gi;
+        acc[i] = r * acc[i] + one_r * (delta * delta);
+        p[i] = pi - l * delta;
+    }
+}
+
+/* Vector operations of L-BFGS on one parameter's slice of the flat vectors (x, y, z [n]). */
+static double NB_K(vdot)(int64_t n, const NB_T *x, const NB_T *y) /* sum x y, accumulated in double */
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * (double)y[i];
+    return s;
+}
+
+static void NB_K(vaxpy)(int64_t n, NB_T *y, double a, const NB_T *x) /* y += a x */
+{
+    const NB_T k = (NB_T)a;
+    for (int64_t i = 0; i < n; i++) y[i] += k * x[i];
+}
+
+static void NB_K(vscale)(int64_t n, NB_T *y, double a, const NB_T *x) /* y = a x (x may be y) */
+{
+    const NB_T k = (NB_T)a;
+    for (int64_t i = 0; i < n; i++) y[i] = k * x[i];
+}
+
+static void NB_K(vsub)(int64_t n, NB_T *z, const NB_T *x, const NB_T *y) /* z = x - y */
+{
+    for (int64_t i = 0; i < n; i++) z[i] = x[i] - y[i];
+}
+
+static double NB_K(vabsmax)(int64_t n, const NB_T *x) /* max |x| (0 for n = 0; NaN if any is NaN) */
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double a = NB_M(fabs)(x[i]);
+        if (a > m || a != a) m = a;
+    }
+    return m;
+}
+
+static double NB_K(vabssum)(int64_t n, const NB_T *x) /* sum |x|, accumulated in double */
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += NB_M(fabs)(x[i]);
+    return s;
+}
+
 /* sum of g^2, accumulated in double */
 static double NB_K(sumsq)(int64_t n, const NB_T *g)
 {

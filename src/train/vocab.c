@@ -3,7 +3,6 @@
 #include <nabla.h>
 
 #include <stdio.h>
-#include <stdlib.h>
 
 struct nb_vocab {
     int size;
@@ -17,7 +16,7 @@ nb_vocab *nb_vocab_build(const char *text, size_t len)
         nb_error_set(NB_ERR_ARG, "nb_vocab_build: text is NULL");
         return NULL;
     }
-    nb_vocab *v = malloc(sizeof *v);
+    nb_vocab *v = nb_alloc(sizeof *v);
     if (!v) {
         nb_error_set(NB_ERR_NOMEM, "nb_vocab_build: out of memory");
         return NULL;
@@ -34,7 +33,7 @@ nb_vocab *nb_vocab_build(const char *text, size_t len)
     return v;
 }
 
-void nb_vocab_free(nb_vocab *v) { free(v); }
+void nb_vocab_free(nb_vocab *v) { nb_dealloc(v, sizeof *v); }
 
 int nb_vocab_size(const nb_vocab *v)
 {

@@ -9,5 +9,5 @@ mkdir -p "$out/corpus"
 cp tests/fixtures/*.safetensors "$out/corpus/"
 clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -Iinclude tests/fuzz/fuzz_readers.c \
     src/autograd/*.c src/ops/*.c src/nn/*.c src/train/*.c \
-    $(pkg-config --cflags --libs openblas zlib libcjson) -lm -o "$out/fuzz_readers"
+    $(pkg-config --cflags --libs openblas zlib) -lm -o "$out/fuzz_readers"
 cd "$out" && ./fuzz_readers -max_total_time="$seconds" -rss_limit_mb=4096 corpus
