@@ -211,12 +211,12 @@ static const config grid[] = {
     {"2d 1x1 stride 2", G2(.s = {2, 2}, .op = {1, 1}), 3, 2, 2, {5, 5}, {1, 1}},
     {"2d kernel = input", G2(.s = {1, 1}), 3, 2, 2, {3, 2}, {3, 2}},
     /* rows wide enough for the wide grid of stride-1 convolutions (padded copies, one copy per tap) */
-    {"2d wide: pad (1, 2) dilation (1, 2)", G2(.p = {1, 2}, .d = {1, 2}), 3, 2, 2, {4, 20}, {2, 3}},
+    {"2d wide: pad (1, 2) dilation (1, 2)", G2(.p = {1, 2}, .d = {1, 2}), 1, 2, 2, {3, 20}, {2, 3}},
     {"2d wide: same, groups 2", G2(.same = 1, .groups = 2), 1, 4, 4, {3, 16}, {3, 3}},
-    {"2d wide: no padding", G2(.s = {1, 1}), 3, 2, 3, {3, 18}, {2, 3}},
+    {"2d wide: no padding", G2(.s = {1, 1}), 2, 2, 3, {2, 18}, {2, 3}},
     /* K = 4 x 3 x 3 = 36 > 32 taps: the products on the wide grid (below: the sums of shifted rows) */
     {"2d wide products: pad 1", G2(.p = {1, 1}), 1, 4, 2, {3, 16}, {3, 3}},
-    {"2d wide products: groups 2, dilation 2", G2(.p = {2, 1}, .d = {2, 1}, .groups = 2), 3, 8, 2, {5, 14}, {3, 3}},
+    {"2d wide products: groups 2, dilation 2", G2(.p = {2, 1}, .d = {2, 1}, .groups = 2), 1, 8, 2, {4, 14}, {3, 3}},
     /* 1-D */
     {"1d plain", G1(.s = {1}), 3, 2, 3, {7}, {3}},
     {"1d stride 2 pad 1", G1(.s = {2}, .p = {1}, .op = {1}), 1, 2, 2, {9}, {3}},
@@ -226,7 +226,7 @@ static const config grid[] = {
     {"1d groups 2", G1(.groups = 2, .p = {2}), 3, 4, 6, {6}, {3}},
     {"1d depthwise", G1(.groups = 4, .p = {1}, .s = {2}, .op = {1}), 1, 4, 4, {9}, {3}},
     {"1d 1x1 (direct)", G1(.s = {1}), 1, 2, 3, {64}, {1}},
-    {"1d wide: same", G1(.same = 1), 3, 2, 2, {24}, {3}},
+    {"1d wide: same", G1(.same = 1), 2, 2, 2, {24}, {3}},
 };
 #define N_GRID ((int)(sizeof grid / sizeof grid[0]))
 
@@ -316,12 +316,14 @@ static void grad_grid(void)
 /* Shapes big enough that the tiles of the folded product split the batch, and an image mid-row (the
  * workspace budget is 1 MiB: the first runs the wide grid 3 images at a time in float64, 6 in float32;
  * the second the plain im2col, 3276 columns of a 36 + 4-row block in float64, 6553 in float32, of
- * 40 x 11 x 19). */
+ * 40 x 11 x 19; the last the wide grid with the small-K backward, 11 images at a time in float64). */
 static const config big[] = {
-    {"tiles: 26 images of 20x20, 8 -> 8 channels", G2(.p = {1, 1}, .s = {1, 1}), 26, 8, 8, {20, 20}, {3, 3}},
+    {"tiles: 8 images of 20x20, 8 -> 8 channels", G2(.p = {1, 1}, .s = {1, 1}), 8, 8, 8, {20, 20}, {3, 3}},
     {"tiles: groups 2, stride (2, 1)", G2(.groups = 2, .s = {2, 1}, .p = {1, 1}, .op = {1, 0}), 40, 8, 8, {21, 19},
      {3, 3}},
     {"tiles: 1x1 direct", G2(.s = {1, 1}), 5, 16, 24, {9, 10}, {1, 1}},
+    /* a first layer (K = 9 <= 32): the backward by dot products, several images per tile */
+    {"tiles: 1 -> 8 channels, small K", G2(.p = {1, 1}), 12, 1, 8, {24, 24}, {3, 3}},
 };
 #define N_BIG ((int)(sizeof big / sizeof big[0]))
 

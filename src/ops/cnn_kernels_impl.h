@@ -244,8 +244,11 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
                     for (int64_t o = 0; o < ov; o++) {
                         const NB_T *go = gt + o * len;
                         NB_T lanes[NB_CONV_SMALL_K][NB_SMALL_BLOCK];
-                        memset(lanes, 0, sizeof lanes);
-                        double tail[NB_CONV_SMALL_K] = {0};
+                        double tail[NB_CONV_SMALL_K];
+                        for (int64_t k = 0; k < K; k++) {
+                            tail[k] = 0;
+                            if (len >= NB_SMALL_BLOCK) memset(lanes[k], 0, sizeof lanes[k]);
+                        }
                         int64_t t0 = 0;
                         for (; t0 + NB_SMALL_BLOCK <= len; t0 += NB_SMALL_BLOCK)
                             for (int64_t k = 0; k < K; k++) {
@@ -255,7 +258,7 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
                         for (int64_t k = 0; k < K; k++) {
                             for (int64_t t = t0; t < len; t++) tail[k] += (double)go[t] * (double)up[off[k] + t];
                             double sum = tail[k];
-                            for (int t = 0; t < NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
+                            for (int t = 0; t < NB_SMALL_BLOCK && len >= NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
                             dw[(grp * ov + o) * K + k] += (NB_T)sum;
                         }
                     }
