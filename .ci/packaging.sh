@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks (run by .ci/run): nabla as a meson subproject of a consumer builds only its
 # library and installs nothing; an installed nabla is found by pkg-config and links shared, and
-# statically with `pkg-config --static`. Prints one "ok: ..." or "FAIL: ..." line per check and
+# statically with `pkg-config --static`; the tutorial's project (docs/tutorial.md) builds against it. Prints one "ok: ..." or "FAIL: ..." line per check and
 # exits non-zero when any failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,4 +64,31 @@ for kind in shared static; do
         bad "linking with pkg-config ${flags[*]}:"; cat "$work/cc-$kind.log"
     fi
 done
+# 3. docs/tutorial.md's project (tests/tutorial_extract.sh) in a folder of its own, against the
+#    installed shared nabla: its meson.build (dependency('nabla') through pkg-config), then its cc lines
+t="$work/tutorial"
+if [ -e "$work/prefix-shared/lib/pkgconfig/nabla.pc" ] && mkdir -p "$t/fashion" &&
+    sh "$root/tests/tutorial_extract.sh" "$root/docs/tutorial.md" "$t/blocks"; then
+    cp "$t/blocks"/*.[ch] "$t/blocks/meson.build" "$t/fashion/"
+    ccblock=$(grep -l 'pkg-config --cflags --libs nabla' "$t"/blocks/tutorial_*.sh | head -n 1)
+    (
+        export PKG_CONFIG_PATH="$work/prefix-shared/lib/pkgconfig" LD_LIBRARY_PATH="$work/prefix-shared/lib"
+        cd "$t/fashion" || exit 1
+        if meson setup build >"$t/meson.log" 2>&1 && meson compile -C build >>"$t/meson.log" 2>&1 &&
+            ./build/check_block >>"$t/meson.log" 2>&1 && ./build/train --quick --out runs >>"$t/meson.log" 2>&1; then
+            ok "the tutorial's project builds with its meson.build against the installed nabla and runs"
+        else
+            bad "the tutorial's project with its meson.build:"; tail -n 20 "$t/meson.log"
+        fi
+        if [ -n "$ccblock" ] && sh -e "$ccblock" >"$t/cc.log" 2>&1 && ./check_block >>"$t/cc.log" 2>&1 &&
+            ./train --quick --out runs-cc >>"$t/cc.log" 2>&1; then
+            ok "the tutorial's cc lines build it with pkg-config"
+        else
+            bad "the tutorial's cc lines (${ccblock:-no shell block with the pkg-config line}):"; cat "$t/cc.log" 2>/dev/null
+        fi
+    ) | tee "$t/result.log"
+    fails=$((fails + $(grep -c '^FAIL: ' "$t/result.log")))
+else
+    bad "the tutorial's project could not be set up (no installed shared nabla, or its code blocks)"
+fi
 exit $((fails > 0))

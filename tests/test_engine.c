@@ -917,6 +917,58 @@ static void test_post_accumulate_hook(void)
     nb_tensor_free(w2);
 }
 
+/* Tape constants (the contract in nabla.h): nb_constant copies its data at call time; a constant's
+ * buffer may be written before an op uses it; written after, nb_tensor_mark_dirty makes the backward
+ * report it, also when it was written and marked through a view (a reshape shares the counter). */
+static void test_tape_constant_writes(void)
+{
+    nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(2), 2.0);
+    nb_tensor_set_requires_grad(x, 1);
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+
+    double src[2] = {3, 4};
+    nb_tensor *c = nb_constant(NB_F64, NB_SHAPE(2), src);
+    src[0] = -1; /* the constant holds its own copy */
+    CHECK(c && nb_tensor_get(c, 0) == 3 && !nb_tensor_requires_grad(c) && !nb_tensor_is_leaf(c),
+          "nb_constant copies at call time");
+    ((double *)nb_tensor_data(c))[1] = 5; /* before any use: an ordinary initialisation */
+    nb_tensor *y = nb_sum_all(nb_mul(x, c));
+    CHECK(nb_backward(y, NULL, NB_RETAIN_GRAPH) == NB_OK && nb_tensor_get(nb_tensor_grad(x), 1) == 5,
+          "a constant written before its use: %s", nb_error_message());
+    ((double *)nb_tensor_data(c))[0] = 100;
+    nb_tensor_mark_dirty(c);
+    nb_status st = nb_backward(y, NULL, 0);
+    CHECK(st == NB_ERR_STATE && strstr(nb_error_message(), "modified in place"),
+          "a constant written after its use and marked dirty: %s", nb_status_name(st));
+    nb_error_clear();
+
+    /* written and marked through a view: the view shares its base's counter */
+    nb_tensor_zero_grad(x);
+    nb_tensor *c2 = nb_constant(NB_F64, NB_SHAPE(2), (const double[]){3, 4});
+    nb_tensor *v = nb_reshape(c2, NB_SHAPE(2, 1));
+    y = nb_sum_all(nb_mul(nb_reshape(x, NB_SHAPE(2, 1)), v));
+    ((double *)nb_tensor_data(v))[0] = 100;
+    nb_tensor_mark_dirty(v);
+    st = nb_backward(y, NULL, 0);
+    CHECK(st == NB_ERR_STATE && strstr(nb_error_message(), "modified in place"),
+          "a view of a constant written and marked dirty: status %s, grad[0] %g (was silently 100)",
+          nb_status_name(st), nb_tensor_has_grad(x) ? nb_tensor_get(nb_tensor_grad(x), 0) : 0.0);
+    nb_error_clear();
+
+    /* a leaf marked through a view of it, after a node saved the leaf itself */
+    nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(2), 1.0);
+    y = nb_sum_all(nb_mul(x, w));
+    nb_tensor_mark_dirty(nb_reshape(w, NB_SHAPE(1, 2)));
+    CHECK(nb_backward(y, NULL, 0) == NB_ERR_STATE, "a leaf marked dirty through a view");
+    nb_error_clear();
+
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(w);
+    nb_tensor_free(x);
+}
+
 int main(void)
 {
     test_accumulate();
@@ -932,5 +984,6 @@ int main(void)
     test_f32_vs_f64();
     test_rng();
     test_post_accumulate_hook();
+    test_tape_constant_writes();
     return nbt_report("engine");
 }

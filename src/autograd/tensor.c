@@ -441,7 +441,7 @@ nb_status nb_tensor_axpy(nb_tensor *y, double alpha, const nb_tensor *x)
 
 void nb_tensor_mark_dirty(nb_tensor *t)
 {
-    if (t) t->version++;
+    if (t) (*t->vp)++; /* a view's counter is its base's: nodes that saved the base or a view see it */
 }
 
 nb_status nb_tensor_set_requires_grad(nb_tensor *t, int requires_grad)
