@@ -47,6 +47,8 @@ def parse_args():
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--channels", default="32,64", help="as given to fashion_mnist --channels")
     p.add_argument("--hidden", type=int, default=128, help="as given to fashion_mnist --hidden")
+    p.add_argument("--dropout", type=float, default=0.3, help="as given to fashion_mnist --dropout (used by the "
+                   "PyTorch steps of the check that goes back)")
     p.add_argument("--tolerance", type=int, default=2, help="predictions allowed to differ (2)")
     p.add_argument("--smoke", action="store_true",
                    help="first train for one short epoch into a temporary folder and check that checkpoint "
@@ -67,39 +69,42 @@ def read_idx(path):
     return np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def make_model(torch, c1, c2, hidden):
+def make_model(torch, channels, hidden, dropout):
     nn, F = torch.nn, torch.nn.functional
 
     class CNN(nn.Module):
-        """examples/fashion_mnist.c's logits_of for --model cnn"""
+        """examples/fashion_mnist.c's logits_of for --model cnn: conv-bn-relu-pool blocks (conv1, bn1,
+        conv2, bn2[, conv3, bn3]), fc1, fc2"""
 
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c1)
-            self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c2)
-            self.fc1 = nn.Linear(c2 * 7 * 7, hidden)
+            side, cin = 28, 1
+            for k, c in enumerate(channels):
+                setattr(self, f"conv{k + 1}", nn.Conv2d(cin, c, 3, padding=1, bias=False))
+                setattr(self, f"bn{k + 1}", nn.BatchNorm2d(c))
+                cin, side = c, side // 2
+            self.fc1 = nn.Linear(cin * side * side, hidden)
             self.fc2 = nn.Linear(hidden, 10)
 
         def forward(self, x):
             # x: images scaled to [0, 1] in float32, as nb_idx_read gives them; then nabla's affine map
             x = (x * np.float32(1.0 / 0.3530) + np.float32(-0.2860 / 0.3530)).reshape(-1, 1, 28, 28)
-            x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-            x = F.dropout2d(x, 0.1, self.training)
-            x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-            x = F.dropout(torch.flatten(x, 1), 0.3, self.training)
-            x = F.dropout(F.relu(self.fc1(x)), 0.3, self.training)
+            for k in range(len(channels)):
+                x = F.max_pool2d(F.relu(getattr(self, f"bn{k + 1}")(getattr(self, f"conv{k + 1}")(x))), 2)
+                if k == 0:
+                    x = F.dropout2d(x, dropout / 3, self.training)
+            x = F.dropout(torch.flatten(x, 1), dropout, self.training)
+            x = F.dropout(F.relu(self.fc1(x)), dropout, self.training)
             return self.fc2(x)
 
     return CNN()
 
 
-def nabla_predictions(a, ckpt, c1, c2):
+def nabla_predictions(a, ckpt):
     """fashion_mnist --eval's predictions, and its printed accuracy line."""
     with tempfile.TemporaryDirectory() as d:
         pred = os.path.join(d, "pred.txt")
-        cmd = [a.nabla, "--model", "cnn", "--channels", f"{c1},{c2}", "--hidden", str(a.hidden), "--data", a.data,
+        cmd = [a.nabla, "--model", "cnn", "--channels", a.channels, "--hidden", str(a.hidden), "--data", a.data,
                "--eval", ckpt, "--predictions", pred]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
@@ -128,7 +133,7 @@ def main():
             return 77
         sys.exit("fashion_cnn_torch_check: torch is not importable; run it with /usr/bin/python3 (python3-torch)")
     torch.set_num_threads(1)
-    c1, c2 = (int(v) for v in a.channels.split(","))
+    channels = [int(v) for v in a.channels.split(",")]
     ok = True
     if a.smoke:
         smoke = tempfile.TemporaryDirectory()
@@ -142,7 +147,7 @@ def main():
     # 1. nabla -> PyTorch
     tensors, _ = ts.read(a.checkpoint)
     state = {k: torch.from_numpy(v.copy()) for k, v, _ in tensors if not k.startswith(ts.OPTIM_PREFIX)}
-    model = make_model(torch, c1, c2, a.hidden)
+    model = make_model(torch, channels, a.hidden, a.dropout)
     model.load_state_dict(state, strict=True)  # raises on a missing or extra name, or another shape
     print(f"{a.checkpoint}: {len(state)} tensors loaded into torch.nn with load_state_dict(strict=True) "
           f"({sum(v.numel() for v in state.values())} numbers; buffers included)")
@@ -153,7 +158,7 @@ def main():
     model.eval()
     with torch.no_grad():
         logits = model(images).double().numpy()
-    nb_pred, nb_line = nabla_predictions(a, a.checkpoint, c1, c2)
+    nb_pred, nb_line = nabla_predictions(a, a.checkpoint)
     t_acc, n_acc = (logits.argmax(1) == labels).mean(), (nb_pred == labels).mean()
     print(f"test accuracy: PyTorch {100 * t_acc:.2f}%, nabla {100 * n_acc:.2f}% ({nb_line})")
     ok &= compare("nabla's checkpoint", logits, nb_pred, a.tolerance)
@@ -175,7 +180,7 @@ def main():
         back = os.path.join(d, "from_torch.safetensors")
         arrays = [(k, v.detach().numpy(), SAFETENSORS[v.detach().numpy().dtype]) for k, v in model.state_dict().items()]
         ts.write(back, arrays, {"format": "nabla-checkpoint", "step": "0"})
-        nb_pred2, nb_line2 = nabla_predictions(a, back, c1, c2)
+        nb_pred2, nb_line2 = nabla_predictions(a, back)
     print(f"after 10 PyTorch SGD steps: PyTorch {100 * (logits2.argmax(1) == labels).mean():.2f}%, "
           f"nabla on PyTorch's state_dict {100 * (nb_pred2 == labels).mean():.2f}%")
     ok &= compare("PyTorch's state_dict in nabla", logits2, nb_pred2, a.tolerance)

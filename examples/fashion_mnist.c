@@ -30,7 +30,8 @@ typedef struct options {
     int cnn;             /* --model cnn */
     int64_t layers[NB_MLP_MAX_LAYERS + 1];
     int n_layers; /* hidden layers */
-    int64_t channels[2], hidden; /* the CNN's conv channels and hidden units */
+    int64_t channels[3], hidden; /* the CNN's conv channels (2 or 3 blocks) and hidden units */
+    int blocks;
     int augment;
     int epochs, patience, threads, quiet;
     int64_t batch, train_limit;
@@ -47,7 +48,7 @@ static void usage(FILE *f)
             "  --data DIR         folder with the IDX files (default /usr/share/datasets/fashion-mnist)\n"
             "  --out DIR          where the checkpoint and metrics go (default runs)\n"
             "  --layers A,B,...   mlp: hidden layer sizes (default 512,256)\n"
-            "  --channels A,B     cnn: channels of the two conv blocks (default 32,64)\n"
+            "  --channels A,B[,C] cnn: channels of the two or three conv blocks (default 32,64)\n"
             "  --hidden N         cnn: units of the hidden linear layer (default 128)\n"
             "  --augment          cnn: random shifts of up to 2 pixels and horizontal flips\n"
             "  --epochs N         at most N epochs (default 25 / 15)\n"
@@ -83,18 +84,22 @@ static int parse_layers(const char *s, options *o)
     return o->n_layers > 0;
 }
 
-/* "A,B": the CNN's two channel counts */
+/* "A,B" or "A,B,C": the CNN's channel counts, one per block */
 static int parse_channels(const char *s, options *o)
 {
-    char *end;
-    errno = 0;
-    long long a = strtoll(s, &end, 10), b;
-    if (errno || end == s || *end != ',' || a < 1 || a > 4096) return 0;
-    s = end + 1;
-    b = strtoll(s, &end, 10);
-    if (errno || end == s || *end || b < 1 || b > 4096) return 0;
-    o->channels[0] = a;
-    o->channels[1] = b;
+    int n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(s, &end, 10);
+        if (errno || end == s || v < 1 || v > 4096 || n == 3) return 0;
+        o->channels[n++] = v;
+        if (*end == ',') end++;
+        else if (*end) return 0;
+        s = end;
+    }
+    if (n < 2) return 0;
+    o->blocks = n;
     return 1;
 }
 
@@ -109,7 +114,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.data_dir = "/usr/share/datasets/fashion-mnist", .out_dir = "runs", .layers = {512, 256},
                    .n_layers = 2, .epochs = 25, .patience = 6, .batch = 256, .lr = 2e-3, .weight_decay = 1e-4,
-                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .hidden = 128};
+                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .blocks = 2, .hidden = 128};
     /* the model first: it sets the defaults of the other options */
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--model") && !strcmp(argv[i + 1], "cnn")) {
@@ -193,8 +198,9 @@ static int load_split(const char *dir, const char *prefix, nb_tensor **x, nb_ten
 typedef struct model {
     int cnn;
     nb_mlp mlp;
-    nb_conv conv1, conv2;    /* 3x3, padding 1, no bias (batch norm follows) */
-    nb_batch_norm bn1, bn2;
+    int blocks;              /* conv-bn-relu-pool blocks: 2 or 3 */
+    nb_conv conv[3];         /* conv1..: 3x3, padding 1, no bias (batch norm follows) */
+    nb_batch_norm bn[3];     /* bn1.. */
     nb_linear fc1, fc2;
     double dropout;
     const nb_params *params; /* whose training mode applies */
@@ -221,12 +227,19 @@ static nb_status model_init(model *m, nb_params *p, const options *o, nb_rng *rn
     nb_layer_opts no_bias = lo;
     no_bias.no_bias = 1;
     nb_norm_opts bo = {.dtype = NB_F32};
-    const int64_t c1 = o->channels[0], c2 = o->channels[1];
-    nb_status st = nb_conv2d_init(&m->conv1, p, "conv1", 1, c1, 3, 3, &co, &no_bias, rng);
-    if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn1, p, "bn1", c1, &bo);
-    if (st == NB_OK) st = nb_conv2d_init(&m->conv2, p, "conv2", c1, c2, 3, 3, &co, &no_bias, rng);
-    if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn2, p, "bn2", c2, &bo);
-    if (st == NB_OK) st = nb_linear_init(&m->fc1, p, "fc1", c2 * 7 * 7, o->hidden, &lo, rng);
+    m->blocks = o->blocks;
+    nb_status st = NB_OK;
+    int64_t in = 1, side = 28;
+    for (int k = 0; k < m->blocks && st == NB_OK; k++) {
+        char cn[16], bn[16];
+        snprintf(cn, sizeof cn, "conv%d", k + 1);
+        snprintf(bn, sizeof bn, "bn%d", k + 1);
+        st = nb_conv2d_init(&m->conv[k], p, cn, in, o->channels[k], 3, 3, &co, &no_bias, rng);
+        if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn[k], p, bn, o->channels[k], &bo);
+        in = o->channels[k];
+        side /= 2; /* 28 -> 14 -> 7 -> 3 */
+    }
+    if (st == NB_OK) st = nb_linear_init(&m->fc1, p, "fc1", in * side * side, o->hidden, &lo, rng);
     if (st == NB_OK) st = nb_linear_init(&m->fc2, p, "fc2", o->hidden, N_CLASSES, &lo, rng);
     return st;
 }
@@ -241,10 +254,12 @@ static nb_tensor *logits_of(const model *m, nb_tensor *images)
         return nb_mlp_forward(&m->mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
     }
     nb_tensor *x = nb_affine(nb_reshape(images, NB_SHAPE(b, 1, 28, 28)), 1.0 / 0.3530, -0.2860 / 0.3530);
-    /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] */
-    x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn1, nb_conv_forward(&m->conv1, x))), 2, 2, NULL);
-    x = nb_train_dropout2d(m->params, x, m->dropout / 3, m->rng);
-    x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn2, nb_conv_forward(&m->conv2, x))), 2, 2, NULL);
+    /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] (-> [B, c3, 3, 3]); channel dropout after the
+     * first block */
+    for (int k = 0; k < m->blocks; k++) {
+        x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x))), 2, 2, NULL);
+        if (k == 0) x = nb_train_dropout2d(m->params, x, m->dropout / 3, m->rng);
+    }
     x = nb_train_dropout(m->params, nb_flatten(x, 1, -1), m->dropout, m->rng);
     x = nb_train_dropout(m->params, nb_relu(nb_linear_forward(&m->fc1, x)), m->dropout, m->rng);
     return nb_linear_forward(&m->fc2, x);
@@ -465,9 +480,9 @@ int main(int argc, char **argv)
     if (!o.quiet)
         printf("Fashion-MNIST: %lld train / %lld validation / %lld test images; ", (long long)nb_dataset_size(train),
                (long long)nb_dataset_size(val), (long long)nb_dataset_size(test));
-    if (!o.quiet && o.cnn)
-        printf("CNN conv%lld-bn-relu-pool, conv%lld-bn-relu-pool, fc%lld, fc10", (long long)o.channels[0],
-               (long long)o.channels[1], (long long)o.hidden);
+    for (int k = 0; k < o.blocks && !o.quiet && o.cnn; k++) printf("%sconv%lld-bn-relu-pool", k ? ", " : "CNN ",
+                                                                    (long long)o.channels[k]);
+    if (!o.quiet && o.cnn) printf(", fc%lld, fc10", (long long)o.hidden);
     if (!o.quiet && !o.cnn) printf("MLP 784-");
     for (int i = 0; i < o.n_layers && !o.quiet && !o.cnn; i++) printf("%lld-", (long long)o.layers[i]);
     if (!o.quiet && !o.cnn) printf("10");

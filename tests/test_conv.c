@@ -699,6 +699,57 @@ static void check_norm(nb_dtype dt)
     nb_tensor_free(b);
 }
 
+/* ---- threads -------------------------------------------------------------------------------- */
+
+/* A small CNN's forward and no-graph backward give the same bits on 1 and 2 threads (every output is
+ * computed by one thread in a fixed order; weight gradients are summed in fixed chunks). Returns the
+ * loss and fills g[4] with copies of the gradients (freed by the caller). */
+static double cnn_pass(nb_dtype dt, int threads, nb_tensor **g)
+{
+    nb_set_num_threads(threads);
+    nb_rng rng;
+    nb_rng_seed(&rng, 21);
+    nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(24, 3, 20, 20), -1, 1, &rng);
+    nb_tensor *w1 = nb_tensor_uniform(dt, NB_SHAPE(8, 3, 3, 3), -0.3, 0.3, &rng);
+    nb_tensor *w2 = nb_tensor_uniform(dt, NB_SHAPE(16, 8, 3, 3), -0.2, 0.2, &rng);
+    nb_tensor *gamma = nb_tensor_uniform(dt, NB_SHAPE(8), 0.5, 1.5, &rng);
+    nb_tensor *in[4] = {x, w1, w2, gamma};
+    for (int i = 0; i < 4; i++) nb_tensor_set_requires_grad(in[i], 1);
+    nb_conv_opts o = nb_conv_defaults();
+    o.padding[0] = o.padding[1] = 1;
+    nb_pool_opts po = nb_pool_defaults();
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *h = nb_relu(nb_batch_norm_train(nb_conv2d(x, w1, NULL, &o), gamma, NULL, 1e-5, NULL));
+    h = nb_max_pool2d(h, 2, 2, &po);
+    h = nb_avg_pool2d(nb_conv2d(h, w2, NULL, &o), 2, 2, NULL);
+    nb_tensor *loss = nb_sum_all(nb_mul(h, h));
+    double value = loss ? nb_tensor_item(loss) : NAN;
+    nb_tensor *gr[4] = {0};
+    CHECK(loss && nb_grad(loss, NULL, 4, in, gr, 0) == NB_OK, "threads %d: %s", threads, nb_error_message());
+    for (int i = 0; i < 4; i++) g[i] = gr[i] ? nb_tensor_clone(gr[i]) : NULL;
+    nb_tape_end(t);
+    nb_tape_free(t);
+    for (int i = 0; i < 4; i++) nb_tensor_free(in[i]);
+    nb_set_num_threads(0);
+    return value;
+}
+
+static void threads_same_bits(nb_dtype dt)
+{
+    nb_tensor *g1[4], *g2[4];
+    double l1 = cnn_pass(dt, 1, g1), l2 = cnn_pass(dt, 2, g2);
+    CHECK(l1 == l2, "%s: loss %.17g on 1 thread, %.17g on 2", nb_dtype_name(dt), l1, l2);
+    for (int i = 0; i < 4; i++) {
+        int same = g1[i] && g2[i] && nb_tensor_numel(g1[i]) == nb_tensor_numel(g2[i]) &&
+                   !memcmp(nb_tensor_cdata(g1[i]), nb_tensor_cdata(g2[i]),
+                           (size_t)nb_tensor_numel(g1[i]) * nb_dtype_size(dt));
+        CHECK(same, "%s: gradient %d differs between 1 and 2 threads", nb_dtype_name(dt), i);
+        nb_tensor_free(g1[i]);
+        nb_tensor_free(g2[i]);
+    }
+}
+
 /* ---- bad input --------------------------------------------------------------------------------- */
 
 static void errors(void)
@@ -904,6 +955,8 @@ int main(void)
         for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
     }
     errors();
+    threads_same_bits(NB_F32);
+    threads_same_bits(NB_F64);
     printf("gradcheck grid: %d of %d rows passed\n", grid_passed, grid_rows);
     return nbt_report("conv");
 }

@@ -34,6 +34,10 @@ typedef struct nb_conv_geom {
  *   plain:  any stride: im2col position by position. */
 typedef struct nb_conv_plan {
     int direct, wide;
+    int threads;      /* threads that run the tiles (1: in order on the calling thread) */
+    int64_t tiles;    /* wide and plain: the number of tiles */
+    int64_t chunks;   /* wide: groups of consecutive tiles, each summing its own weight gradient (the sums
+                         are added in chunk order: the result does not depend on the thread count) */
     int small;        /* wide with K <= NB_CONV_SMALL_K (a first layer): the backward has no product,
                          each weight's gradient a sum of dot products with shifted rows of the padded
                          planes, read in place */
@@ -41,7 +45,7 @@ typedef struct nb_conv_plan {
     int64_t nb;       /* wide: images per tile */
     int64_t hp, wp;   /* wide: padded plane extents */
     int64_t plane;    /* wide: elements per padded plane (hp wp and slack for the last taps) */
-    int64_t ws_elems; /* workspace elements */
+    int64_t ws_elems; /* workspace elements per thread */
 } nb_conv_plan;
 
 #define NB_CONV_SMALL_K 32
@@ -51,6 +55,30 @@ typedef struct nb_conv_plan {
 #define NB_CONV_WS_BYTES ((int64_t)1 << 20)
 
 void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p);
+/* Elements of workspace a call needs: ws_elems per thread, and with weight (a weight gradient on the
+ * wide grid) chunks partial sums of [cv, cu / groups, kh, kw]. */
+int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weight);
+
+/* ---- threads -----------------------------------------------------------------------------------
+ * The CNN kernels split channels, planes or tiles over OpenMP threads (when built with OpenMP), as many
+ * as the library's thread count (nb_set_num_threads) and the work allow: each output is computed by one
+ * thread in a fixed order, so results do not depend on the thread count. Inside a convolution's
+ * parallel tiles the matrix products run single-threaded (nb__blas_single). */
+#define NB_CNN_GRAIN ((int64_t)32768)
+/* Threads for a loop touching work elements: 1 below 2 grains or without OpenMP. */
+int nb__cnn_threads(int64_t work);
+/* The calling thread's number inside a parallel loop (0 outside). */
+int nb__cnn_tid(void);
+/* With threads > 1: OpenBLAS to one thread, the previous count returned for nb__blas_restore (0: no
+ * change made). */
+int nb__blas_single(int threads);
+void nb__blas_restore(int saved);
+#ifdef _OPENMP
+/* the loop that follows on nb_nt_ threads (a local int), statically split */
+#define NB_CNN_PARALLEL_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static) if (nb_nt_ > 1)")
+#else
+#define NB_CNN_PARALLEL_FOR
+#endif
 
 /* ---- pooling geometry ------------------------------------------------------------------------- */
 

@@ -4,6 +4,49 @@
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* OpenBLAS's own thread control (as in kernels.c) */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+
+int nb__cnn_threads(int64_t work)
+{
+#ifdef _OPENMP
+    int n = openblas_get_num_threads(); /* the library's knob: nb_set_num_threads */
+    if (n > omp_get_max_threads()) n = omp_get_max_threads();
+    if (n <= 1 || work < 2 * NB_CNN_GRAIN) return 1;
+    int64_t t = work / NB_CNN_GRAIN;
+    return t < n ? (int)t : n;
+#else
+    (void)work;
+    return 1;
+#endif
+}
+
+int nb__cnn_tid(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int nb__blas_single(int threads)
+{
+    if (threads <= 1) return 0;
+    int saved = openblas_get_num_threads();
+    if (saved > 1) openblas_set_num_threads(1);
+    return saved > 1 ? saved : 0;
+}
+
+void nb__blas_restore(int saved)
+{
+    if (saved > 1) openblas_set_num_threads(saved);
+}
 
 #define NB_T float
 #define NB_SFX f32
@@ -29,15 +72,23 @@
  * im2col is a plain copy) rather than one small product per image. */
 #define NB_CONV_DIRECT_MIN_POSITIONS 64
 
+/* Weight-gradient chunks of the wide grid: a fixed number, so that the sums' order is the same on any
+ * number of threads. */
+#define NB_CONV_CHUNKS 8
+
 void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
 {
     const int64_t P = g->hv * g->wv, K = (g->cu / g->groups) * g->kh * g->kw, ov = g->cv / g->groups;
     const int64_t rows = K + ov > 0 ? K + ov : 1, total = g->n * P;
     memset(p, 0, sizeof *p);
+    p->threads = 1;
+    p->tiles = p->chunks = 1;
     p->direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 &&
                 g->hu == g->hv && g->wu == g->wv && P >= NB_CONV_DIRECT_MIN_POSITIONS;
     if (p->direct || total == 0) return;
     const int64_t budget = NB_CONV_WS_BYTES / (int64_t)esize;
+    /* the work of the tiles: output positions times taps (and the input it reads) */
+    const int64_t work = total * (g->cv + K) + g->n * g->cu * g->hu * g->wu;
     if (g->sh == 1 && g->sw == 1) {
         /* the padded plane holds the input at (ph, pw) and every tap of every wide position */
         int64_t hp = g->hv + (g->kh - 1) * g->dh, wp = g->wv + (g->kw - 1) * g->dw;
@@ -56,6 +107,10 @@ void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
             p->q = nb * g->hv * wp;
             p->ws_elems = nb * per_image;
             p->small = K <= NB_CONV_SMALL_K; /* its backward needs less: nb planes and an [ov, hv wp] block */
+            p->tiles = (g->n + nb - 1) / nb;
+            p->chunks = p->tiles < NB_CONV_CHUNKS ? p->tiles : NB_CONV_CHUNKS;
+            p->threads = nb__cnn_threads(work);
+            if (p->threads > p->chunks) p->threads = (int)p->chunks;
             return;
         }
     }
@@ -66,4 +121,14 @@ void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
     if (q > total) q = total;
     p->q = q;
     p->ws_elems = rows * q;
+    p->tiles = (total + q - 1) / q;
+    p->threads = nb__cnn_threads(work); /* the forward's tiles; its backward runs in order */
+    if (p->threads > p->tiles) p->threads = (int)p->tiles;
+}
+
+int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weight)
+{
+    int64_t n = p->threads * p->ws_elems;
+    if (weight && p->wide) n += p->chunks * g->cv * (g->cu / g->groups) * g->kh * g->kw;
+    return n;
 }

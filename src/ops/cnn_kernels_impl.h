@@ -195,6 +195,17 @@ static void NB_CS(col2im_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, in
     }
 }
 
+/* dw (+)= the chunks' partial weight gradients parts [chunks, n], added in chunk order (the result does
+ * not depend on how many threads ran the chunks) */
+static void NB_CS(sum_parts)(const nb_conv_plan *pl, const NB_T *parts, int64_t n, NB_T *dw, int dw_acc)
+{
+    for (int64_t i = 0; i < n; i++) {
+        NB_T s = dw_acc ? dw[i] : (NB_T)0;
+        for (int64_t c = 0; c < pl->chunks; c++) s += parts[c * n + i];
+        dw[i] = s;
+    }
+}
+
 /* Small K (cug kh kw, a network's first layer), backward: no matrix product (whose [ov, K] result
  * is too small to pay for packing the gradient). The weight gradient is a dot product per (o, k) of
  * the gradient on the wide grid with the padded plane of c shifted by (i dh, j dw), read in place; the
@@ -219,77 +230,84 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
 {
     const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
     const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp, wp = pl->wp;
-    NB_T *up = ws, *gt = up + pl->nb * g->cu * pl->plane;
-    int64_t off[NB_CONV_SMALL_K];
-    if (dw && !dw_acc) memset(dw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
-    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
-        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb;
-        if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
-        for (int64_t bl = 0; bl < nb; bl++)
-            for (int64_t grp = 0; grp < G; grp++) {
-                /* gt [ov, len]: the image's gradient on the wide grid, zeros in the extra columns */
-                for (int64_t o = 0; o < ov; o++) {
-                    const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
-                    NB_T *d = gt + o * len;
-                    for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += wp) {
-                        int64_t x = 0;
-                        for (; x < g->wv; x++) d[x] = s[x];
-                        for (; x < wp; x++) d[x] = 0;
-                    }
-                }
-                NB_CS(tap_offsets)(g, pl, grp, bl, off);
-                if (dw) {
-                    /* dw[o, k] += sum over positions of gt[o] times tap k's shifted plane: lane sums in
-                     * blocks, added up in double per image */
+    NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
+    const int nb_nt_ = pl->threads;
+    NB_CNN_PARALLEL_FOR
+    for (int64_t ch = 0; ch < pl->chunks; ch++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *gt = up + pl->nb * g->cu * pl->plane;
+        NB_T *pdw = parts + ch * g->cv * K;
+        int64_t off[NB_CONV_SMALL_K];
+        if (dw) memset(pdw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
+        for (int64_t tile = ch * pl->tiles / pl->chunks; tile < (ch + 1) * pl->tiles / pl->chunks; tile++) {
+            const int64_t b0 = tile * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb;
+            if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+            for (int64_t bl = 0; bl < nb; bl++)
+                for (int64_t grp = 0; grp < G; grp++) {
+                    /* gt [ov, len]: the image's gradient on the wide grid, zeros in the extra columns */
                     for (int64_t o = 0; o < ov; o++) {
-                        const NB_T *go = gt + o * len;
-                        NB_T lanes[NB_CONV_SMALL_K][NB_SMALL_BLOCK];
-                        double tail[NB_CONV_SMALL_K];
-                        for (int64_t k = 0; k < K; k++) {
-                            tail[k] = 0;
-                            if (len >= NB_SMALL_BLOCK) memset(lanes[k], 0, sizeof lanes[k]);
-                        }
-                        int64_t t0 = 0;
-                        for (; t0 + NB_SMALL_BLOCK <= len; t0 += NB_SMALL_BLOCK)
-                            for (int64_t k = 0; k < K; k++) {
-                                const NB_T *s = up + off[k] + t0;
-                                for (int t = 0; t < NB_SMALL_BLOCK; t++) lanes[k][t] = NB_FMA(go[t0 + t], s[t], lanes[k][t]);
-                            }
-                        for (int64_t k = 0; k < K; k++) {
-                            for (int64_t t = t0; t < len; t++) tail[k] += (double)go[t] * (double)up[off[k] + t];
-                            double sum = tail[k];
-                            for (int t = 0; t < NB_SMALL_BLOCK && len >= NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
-                            dw[(grp * ov + o) * K + k] += (NB_T)sum;
+                        const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                        NB_T *d = gt + o * len;
+                        for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += wp) {
+                            int64_t x = 0;
+                            for (; x < g->wv; x++) d[x] = s[x];
+                            for (; x < wp; x++) d[x] = 0;
                         }
                     }
-                }
-                if (!du) continue;
-                /* the padded planes of the group, zeroed, receive each tap's sum over the outputs */
-                for (int64_t c = 0; c < cug; c++)
-                    memset(up + (bl * g->cu + grp * cug + c) * pl->plane, 0, (size_t)pl->plane * sizeof(NB_T));
-                for (int64_t k = 0; k < K; k++)
-                    for (int64_t t0 = 0; t0 < len; t0 += NB_SMALL_BLOCK) {
-                        const int64_t n = len - t0 < NB_SMALL_BLOCK ? len - t0 : NB_SMALL_BLOCK;
-                        NB_T acc[NB_SMALL_BLOCK] = {0};
+                    NB_CS(tap_offsets)(g, pl, grp, bl, off);
+                    if (dw) {
+                        /* dw[o, k] += sum over positions of gt[o] times tap k's shifted plane: lane sums in
+                         * blocks, added up in double per image */
                         for (int64_t o = 0; o < ov; o++) {
-                            const NB_T a = w[(grp * ov + o) * K + k], *r = gt + o * len + t0;
-                            for (int64_t t = 0; t < n; t++) acc[t] = NB_FMA(a, r[t], acc[t]);
+                            const NB_T *go = gt + o * len;
+                            NB_T lanes[NB_CONV_SMALL_K][NB_SMALL_BLOCK];
+                            double tail[NB_CONV_SMALL_K];
+                            for (int64_t k = 0; k < K; k++) {
+                                tail[k] = 0;
+                                if (len >= NB_SMALL_BLOCK) memset(lanes[k], 0, sizeof lanes[k]);
+                            }
+                            int64_t t0 = 0;
+                            for (; t0 + NB_SMALL_BLOCK <= len; t0 += NB_SMALL_BLOCK)
+                                for (int64_t k = 0; k < K; k++) {
+                                    const NB_T *s = up + off[k] + t0;
+                                    for (int t = 0; t < NB_SMALL_BLOCK; t++) lanes[k][t] = NB_FMA(go[t0 + t], s[t], lanes[k][t]);
+                                }
+                            for (int64_t k = 0; k < K; k++) {
+                                for (int64_t t = t0; t < len; t++) tail[k] += (double)go[t] * (double)up[off[k] + t];
+                                double sum = tail[k];
+                                for (int t = 0; t < NB_SMALL_BLOCK && len >= NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
+                                pdw[(grp * ov + o) * K + k] += (NB_T)sum;
+                            }
                         }
-                        NB_T *d = up + off[k] + t0;
-                        for (int64_t t = 0; t < n; t++) d[t] += acc[t];
                     }
-                for (int64_t c = 0; c < cug; c++) {
-                    NB_T *od = du + (b0 + bl) * U + (grp * cug + c) * g->hu * g->wu;
-                    const NB_T *sp = up + (bl * g->cu + grp * cug + c) * pl->plane + g->ph * wp + g->pw;
-                    for (int64_t y = 0; y < g->hu; y++, od += g->wu, sp += wp) {
-                        if (du_acc)
-                            for (int64_t x = 0; x < g->wu; x++) od[x] += sp[x];
-                        else
-                            memcpy(od, sp, (size_t)g->wu * sizeof(NB_T));
+                    if (!du) continue;
+                    /* the padded planes of the group, zeroed, receive each tap's sum over the outputs */
+                    for (int64_t c = 0; c < cug; c++)
+                        memset(up + (bl * g->cu + grp * cug + c) * pl->plane, 0, (size_t)pl->plane * sizeof(NB_T));
+                    for (int64_t k = 0; k < K; k++)
+                        for (int64_t t0 = 0; t0 < len; t0 += NB_SMALL_BLOCK) {
+                            const int64_t n = len - t0 < NB_SMALL_BLOCK ? len - t0 : NB_SMALL_BLOCK;
+                            NB_T acc[NB_SMALL_BLOCK] = {0};
+                            for (int64_t o = 0; o < ov; o++) {
+                                const NB_T a = w[(grp * ov + o) * K + k], *r = gt + o * len + t0;
+                                for (int64_t t = 0; t < n; t++) acc[t] = NB_FMA(a, r[t], acc[t]);
+                            }
+                            NB_T *d = up + off[k] + t0;
+                            for (int64_t t = 0; t < n; t++) d[t] += acc[t];
+                        }
+                    for (int64_t c = 0; c < cug; c++) {
+                        NB_T *od = du + (b0 + bl) * U + (grp * cug + c) * g->hu * g->wu;
+                        const NB_T *sp = up + (bl * g->cu + grp * cug + c) * pl->plane + g->ph * wp + g->pw;
+                        for (int64_t y = 0; y < g->hu; y++, od += g->wu, sp += wp) {
+                            if (du_acc)
+                                for (int64_t x = 0; x < g->wu; x++) od[x] += sp[x];
+                            else
+                                memcpy(od, sp, (size_t)g->wu * sizeof(NB_T));
+                        }
                     }
                 }
-            }
+        }
     }
+    if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
 }
 
 static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *w,
@@ -297,9 +315,12 @@ static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
 {
     const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
     const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
-    NB_T *up = ws, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
-    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
-        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+    const int nb_nt_ = pl->threads;
+    /* tiles of nb images, each on one thread with its own workspace */
+    NB_CNN_PARALLEL_FOR
+    for (int64_t t = 0; t < pl->tiles; t++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
+        const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
         NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
         for (int64_t grp = 0; grp < G; grp++) {
             for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
@@ -322,33 +343,42 @@ static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
 {
     const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
     const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
-    NB_T *up = ws, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
-    for (int64_t b0 = 0; b0 < g->n; b0 += pl->nb) {
-        const int64_t nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
-        if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
-        for (int64_t grp = 0; grp < G; grp++) {
-            /* gt [ov, qn]: gv on the wide grid, zeros in the extra columns */
-            for (int64_t bl = 0; bl < nb; bl++)
-                for (int64_t o = 0; o < ov; o++) {
-                    const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
-                    NB_T *d = gt + o * qn + bl * len;
-                    for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += pl->wp) {
-                        int64_t x = 0;
-                        for (; x < g->wv; x++) d[x] = s[x];
-                        for (; x < pl->wp; x++) d[x] = 0;
-                    }
-                }
-            if (dw) {
-                for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
-                NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, dw + grp * ov * K, b0 == 0 && !dw_acc ? 0.0 : 1.0);
-            }
-            if (du) {
-                NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+    NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
+    const int nb_nt_ = pl->threads;
+    /* chunk c: tiles [c T / C, (c + 1) T / C), its weight gradient in parts[c] */
+    NB_CNN_PARALLEL_FOR
+    for (int64_t c = 0; c < pl->chunks; c++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
+        NB_T *pdw = parts + c * g->cv * K;
+        for (int64_t t = c * pl->tiles / pl->chunks; t < (c + 1) * pl->tiles / pl->chunks; t++) {
+            const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+            const int first = t == c * pl->tiles / pl->chunks;
+            if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+            for (int64_t grp = 0; grp < G; grp++) {
+                /* gt [ov, qn]: gv on the wide grid, zeros in the extra columns */
                 for (int64_t bl = 0; bl < nb; bl++)
-                    NB_CS(col2im_wide)(g, pl, grp, col, qn, bl, up, du + (b0 + bl) * U, du_acc);
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                        NB_T *d = gt + o * qn + bl * len;
+                        for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += pl->wp) {
+                            int64_t x = 0;
+                            for (; x < g->wv; x++) d[x] = s[x];
+                            for (; x < pl->wp; x++) d[x] = 0;
+                        }
+                    }
+                if (dw) {
+                    for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
+                    NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, pdw + grp * ov * K, first ? 0.0 : 1.0);
+                }
+                if (du) {
+                    NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+                    for (int64_t bl = 0; bl < nb; bl++)
+                        NB_CS(col2im_wide)(g, pl, grp, col, qn, bl, up, du + (b0 + bl) * U, du_acc);
+                }
             }
         }
     }
+    if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
 }
 
 /* ---- convolution ------------------------------------------------------------------------------ */
@@ -390,9 +420,11 @@ void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
         NB_CS(conv_fw_wide)(g, pl, u, w, bias, v, ws);
         return;
     }
-    NB_T *col = ws, *tmp = ws + K * pl->q;
-    for (int64_t q0 = 0; q0 < total; q0 += pl->q) {
-        const int64_t qn = total - q0 < pl->q ? total - q0 : pl->q;
+    const int nb_nt_ = pl->threads;
+    NB_CNN_PARALLEL_FOR
+    for (int64_t tile = 0; tile < pl->tiles; tile++) {
+        NB_T *col = ws + nb__cnn_tid() * pl->ws_elems, *tmp = col + K * pl->q;
+        const int64_t q0 = tile * pl->q, qn = total - q0 < pl->q ? total - q0 : pl->q;
         for (int64_t grp = 0; grp < G; grp++) {
             NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
             /* tmp [ov, qn] = w_g [ov, K] col [K, qn] */
@@ -471,6 +503,8 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
 
 void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
 {
+    const int nb_nt_ = nb__cnn_threads(n * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t k = 0; k < c; k++) {
         double s = 0;
         for (int64_t b = 0; b < n; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
@@ -543,6 +577,8 @@ static inline int NB_CS(max4)(NB_T v0, NB_T v1, NB_T v2, NB_T v3, NB_T *out)
 void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *idx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
     for (int64_t pl = 0; pl < g->planes; pl++) {
         const NB_T *xp = x + pl * in_plane;
         NB_T *yp = y + pl * out_plane;
@@ -588,6 +624,8 @@ void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *i
 void NB_CK(maxpool_idx)(const nb_pool_geom *g, const NB_T *x, int64_t *idx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
     for (int64_t pl = 0; pl < g->planes; pl++)
         for (int64_t oy = 0; oy < g->ho; oy++)
             for (int64_t ox = 0; ox < g->wo; ox++)
@@ -597,9 +635,11 @@ void NB_CK(maxpool_idx)(const nb_pool_geom *g, const NB_T *x, int64_t *idx)
 void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_T *dx, int acc)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
     if (NB_CS(is_2x2)(g)) {
         /* the windows tile the plane: each element is written once (an odd extent's last row or column,
          * in no window, gets 0) */
+        NB_CNN_PARALLEL_FOR
         for (int64_t pl = 0; pl < g->planes; pl++) {
             const NB_T *xp = x + pl * in_plane, *gp = gy + pl * out_plane;
             NB_T *dp = dx + pl * in_plane;
@@ -619,14 +659,16 @@ void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_
         }
         return;
     }
-    if (!acc) memset(dx, 0, (size_t)(g->planes * in_plane) * sizeof(NB_T));
-    for (int64_t pl = 0; pl < g->planes; pl++)
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        if (!acc) memset(dx + pl * in_plane, 0, (size_t)in_plane * sizeof(NB_T));
         for (int64_t oy = 0; oy < g->ho; oy++)
             for (int64_t ox = 0; ox < g->wo; ox++) {
                 int64_t at;
                 NB_CS(window_max)(g, x + pl * in_plane, oy, ox, &at);
                 dx[pl * in_plane + at] += gy[pl * out_plane + oy * g->wo + ox];
             }
+    }
 }
 
 /* The window of output oy along one axis: [*s, *e) clipped to [0, n), and its size for the divisor. */
@@ -650,6 +692,8 @@ static inline int64_t NB_CS(pool_window)(const nb_pool_geom *g, int rows, int64_
 void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
     for (int64_t pl = 0; pl < g->planes; pl++) {
         const NB_T *xp = x + pl * in_plane;
         NB_T *yp = y + pl * out_plane;
@@ -676,9 +720,11 @@ void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
 void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
-    memset(dx, 0, (size_t)(g->planes * in_plane) * sizeof(NB_T));
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
     for (int64_t pl = 0; pl < g->planes; pl++) {
         NB_T *dp = dx + pl * in_plane;
+        memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
         const NB_T *gp = gy + pl * out_plane;
         for (int64_t oy = 0; oy < g->ho; oy++) {
             int64_t r0, r1;
@@ -701,6 +747,8 @@ void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
 void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
 {
     const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t k = 0; k < c; k++) {
         double s = 0;
         for (int64_t b = 0; b < a; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
@@ -722,6 +770,8 @@ void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T
         coef[k] = sc;
         coef[c + k] = (b ? (double)b[k] : 0.0) - (double)st[k] * sc;
     }
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t i = 0; i < a; i++)
         for (int64_t k = 0; k < c; k++) {
             const NB_T *xr = x + (i * c + k) * d;
@@ -734,6 +784,8 @@ void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T
 void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, double *sg,
                         double *sgx)
 {
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t k = 0; k < c; k++) {
         const double mean = (double)st[k];
         double s = 0, sx = 0;
@@ -749,6 +801,8 @@ void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB
 
 void NB_CK(chscale)(int64_t a, int64_t c, int64_t d, const NB_T *g, const double *k, NB_T *dx, int acc)
 {
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t i = 0; i < a; i++)
         for (int64_t ch = 0; ch < c; ch++) {
             const NB_T *gr = g + (i * c + ch) * d;
@@ -765,6 +819,8 @@ void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_
                        int acc)
 {
     const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t i = 0; i < a; i++)
         for (int64_t ch = 0; ch < c; ch++) {
             const NB_T *xr = x + (i * c + ch) * d;
@@ -785,6 +841,8 @@ void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w,
                   NB_T *st)
 {
     const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t k = 0; k < c; k++) {
         double s = 0, v = 0;
         for (int64_t i = 0; i < a; i++) s += NB_CS(sum8)(x + (i * c + k) * d, d);
@@ -807,6 +865,8 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
                   double eps, NB_T *dx, int acc, double *sg, double *sgx)
 {
     const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
     for (int64_t k = 0; k < c; k++) {
         const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = w ? (double)w[k] * r : r;
         double s = 0, sx = 0;

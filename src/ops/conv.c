@@ -25,15 +25,26 @@ static nb_conv_geom geom_of(const nb_tensor *u, const nb_tensor *v, int64_t kh, 
                           .dw = at->i[5], .groups = at->i[6]};
 }
 
-/* Workspace of a plan on the current tape (NULL with nothing needed); false when out of memory. */
-static bool workspace(const char *who, const nb_conv_plan *p, size_t esize, void **ws)
+/* Workspace of a plan on the current tape (NULL with nothing needed); false when out of memory. weight:
+ * the call computes a weight gradient. */
+static bool workspace(const char *who, const nb_conv_plan *p, const nb_conv_geom *g, int weight, size_t esize,
+                      void **ws)
 {
     *ws = NULL;
-    if (p->ws_elems == 0) return true;
+    int64_t n = nb__conv_ws_total(p, g, weight);
+    if (n == 0) return true;
     nb_tape *t = nb__current_tape();
-    *ws = t ? nb__tape_alloc(t, (size_t)p->ws_elems * esize) : NULL;
-    if (!*ws) nb__fail(NB_ERR_NOMEM, "%s: out of memory for a %lld-element workspace", who, (long long)p->ws_elems);
+    *ws = t ? nb__tape_alloc(t, (size_t)n * esize) : NULL;
+    if (!*ws) nb__fail(NB_ERR_NOMEM, "%s: out of memory for a %lld-element workspace", who, (long long)n);
     return *ws != NULL;
+}
+
+/* The kernels of a plan run their tiles on p->threads threads (the forward) or, in the backward, only
+ * on the wide grid; the products inside then run single-threaded. */
+static int backward_threads(nb_conv_plan *p)
+{
+    if (!p->wide) p->threads = 1;
+    return p->threads;
 }
 
 /* ---- the primitives, unchecked (their callers validated the shapes) --------------------------- */
@@ -82,8 +93,10 @@ NB_FW(conv2d)
     nb_conv_plan p;
     nb__conv_plan(&g, nb_dtype_size(out->dtype), &p);
     void *ws;
-    if (!workspace("nb_conv2d", &p, nb_dtype_size(out->dtype), &ws)) return;
+    if (!workspace("nb_conv2d", &p, &g, 0, nb_dtype_size(out->dtype), &ws)) return;
+    int blas = nb__blas_single(p.threads);
     CNN_CALL(out->dtype, conv_fw, &g, &p, x->data, w->data, b ? b->data : NULL, out->data, ws);
+    nb__blas_restore(blas);
 }
 
 /* y = conv(x, w) + b, bilinear in (x, w):
@@ -114,9 +127,11 @@ bool nb__into_conv2d(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
         size_t es = nb_dtype_size(g->dtype);
         nb__conv_plan(&geo, es, &p);
         void *ws;
-        if (!workspace(who, &p, es, &ws)) return true;
+        if (!workspace(who, &p, &geo, dw != NULL, es, &ws)) return true;
+        int blas = nb__blas_single(backward_threads(&p));
         CNN_CALL(g->dtype, conv_bw, &geo, &p, x->data, g->data, w->data, dx ? dx->data : NULL, !fx,
                  dw ? dw->data : NULL, !fw, ws);
+        nb__blas_restore(blas);
     }
     if (n->attrs.i[7] && NB_NEED(2)) {
         nb_tensor *db = nb__sink_slot(sink, 2, &fb);
@@ -137,10 +152,12 @@ NB_FW(conv_transpose2d)
     nb_conv_plan p;
     nb__conv_plan(&g, nb_dtype_size(out->dtype), &p);
     void *ws;
-    if (!workspace("nb_conv_transpose2d", &p, nb_dtype_size(out->dtype), &ws)) return;
+    if (!workspace("nb_conv_transpose2d", &p, &g, 0, nb_dtype_size(out->dtype), &ws)) return;
     CNN_CALL(out->dtype, channel_fill, out->shape[0], out->shape[1], out->shape[2] * out->shape[3],
              b ? b->data : NULL, out->data);
+    int blas = nb__blas_single(backward_threads(&p));
     CNN_CALL(out->dtype, conv_bw, &g, &p, NULL, x->data, w->data, out->data, 1, NULL, 0, ws);
+    nb__blas_restore(blas);
 }
 
 /* y = conv_transpose(x, w) + b, bilinear in (x, w):
@@ -165,8 +182,10 @@ NB_FW(conv2d_weight)
     nb_conv_plan p;
     nb__conv_plan(&g, nb_dtype_size(out->dtype), &p);
     void *ws;
-    if (!workspace("nb_conv2d_weight", &p, nb_dtype_size(out->dtype), &ws)) return;
+    if (!workspace("nb_conv2d_weight", &p, &g, 1, nb_dtype_size(out->dtype), &ws)) return;
+    int blas = nb__blas_single(backward_threads(&p));
     CNN_CALL(out->dtype, conv_bw, &g, &p, u->data, v->data, NULL, NULL, 0, out->data, 0, ws);
+    nb__blas_restore(blas);
 }
 
 /* W = conv2d_weight(u, v) is bilinear, <G, W> = <conv(u, G), v> = <u, conv_transpose(v, G)>:
