@@ -5,10 +5,11 @@
  *                data); and, for the same shapes, the matrix products alone (the "sgemm limit": the
  *                three products of an im2col convolution over the whole batch, [O, K] x [K, N P],
  *                [O, N P] x [N P, K] and [K, O] x [O, N P], K = C k k, P = Ho Wo, timed by themselves);
- *   --case cnn   one training step of examples/fashion_mnist's CNN at its defaults (conv 1->32 and
- *                32->64, 3x3 padding 1 without bias, batch norm, ReLU, 2x2 max pooling, channel dropout
- *                0.1 after the first block, dropout 0.3, fc 3136->128->10, label smoothing 0.1, AdamW
- *                lr 2e-3 weight decay 5e-4) on a batch of images [N, 1, 28, 28].
+ *   --case cnn   one training step of examples/fashion_mnist's CNN (--model cnn; its defaults unless
+ *                --channels, --hidden, --dropout say otherwise): conv-bn-relu-pool blocks (3x3 padding 1
+ *                without bias, batch norm, ReLU, 2x2 max pooling), channel dropout p/3 after the first,
+ *                dropout p on the flattened features and after fc1, fc2 to 10 classes, label smoothing
+ *                0.1, AdamW lr 2e-3 weight decay 5e-4, on a batch of images [N, 1, 28, 28].
  *
  * Prints median milliseconds per pass over R passes in wall time and in this thread's CPU time.
  * bench/conv.py runs the same workloads in PyTorch and compares. Weights and inputs are closed forms
@@ -34,6 +35,8 @@ typedef struct options {
     bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
     int cnn;      /* --case cnn */
     long batch, in, out, size, kernel;
+    long channels[3], blocks, hidden; /* cnn */
+    double dropout;
 } options;
 
 static void usage(FILE *f, const char *prog)
@@ -50,6 +53,9 @@ static void usage(FILE *f, const char *prog)
             "  --out O       output channels (default 64)\n"
             "  --size H      input height and width (default 14)\n"
             "  --kernel K    kernel extent, odd (default 3); each size is 1..%ld\n"
+            "  --channels A,B[,C]  cnn: channels of the conv blocks (default 32,64, as fashion_mnist)\n"
+            "  --hidden H    cnn: units of fc1 (default 256)\n"
+            "  --dropout P   cnn: dropout (default 0.2)\n"
             "  --repeats R   timed passes, 1..%ld (default 20)\n"
             "  --warmup W    untimed passes first, 0..%ld (default 3), and at least\n"
             "  --warmup-ms MS  milliseconds of them, 0..%ld (default 500)\n"
@@ -71,6 +77,32 @@ static int own_option(void *opts, const char *name, const char *v, const char **
             return BENCH_ARG_BAD;
         return BENCH_ARG_VALUE;
     }
+    if (!strcmp(name, "--channels")) {
+        *want = "two or three channel counts, A,B[,C]";
+        long n = 0;
+        const char *s = v;
+        while (s && *s && n < 3) {
+            char *end;
+            errno = 0;
+            long c = strtol(s, &end, 10);
+            if (errno || end == s || c < 1 || c > 4096) return BENCH_ARG_BAD;
+            o->channels[n++] = c;
+            s = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',') return BENCH_ARG_BAD;
+        }
+        if (!s || *s || n < 2) return BENCH_ARG_BAD;
+        o->blocks = n;
+        return BENCH_ARG_VALUE;
+    }
+    if (!strcmp(name, "--hidden")) return bench_long(v, 1, MAX_DIM, &o->hidden);
+    if (!strcmp(name, "--dropout")) {
+        *want = "a probability in [0, 0.9]";
+        char *end;
+        double p = v ? strtod(v, &end) : -1;
+        if (!v || *end || !(p >= 0 && p <= 0.9)) return BENCH_ARG_BAD;
+        o->dropout = p;
+        return BENCH_ARG_VALUE;
+    }
     if (!strcmp(name, "--batch")) return bench_long(v, 1, MAX_DIM, &o->batch);
     if (!strcmp(name, "--in")) return bench_long(v, 1, MAX_DIM, &o->in);
     if (!strcmp(name, "--out")) return bench_long(v, 1, MAX_DIM, &o->out);
@@ -86,7 +118,8 @@ static int own_option(void *opts, const char *name, const char *v, const char **
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.c = {.repeats = 20, .warmup = 3, .warmup_ms = 500, .max_repeats = MAX_REPEATS, .dtype = NB_F32},
-                   .batch = 128, .in = 32, .out = 64, .size = 14, .kernel = 3};
+                   .batch = 128, .in = 32, .out = 64, .size = 14, .kernel = 3, .channels = {32, 64},
+                   .blocks = 2, .hidden = 256, .dropout = 0.2};
     return bench_parse_args(argc, argv, "bench_conv", usage, &o->c, own_option, o);
 }
 
@@ -257,8 +290,9 @@ typedef struct cnn_bench {
     nb_tape *tape;
     nb_params *p;
     nb_optim *opt;
-    nb_conv c1, c2;
-    nb_batch_norm b1, b2;
+    int blocks;
+    nb_conv conv[3];
+    nb_batch_norm bn[3];
     nb_linear fc1, fc2;
     nb_tensor *x, *y;
     nb_rng rng;
@@ -268,9 +302,11 @@ typedef struct cnn_bench {
 /* examples/fashion_mnist.c's logits_of for --model cnn (the input already standardised) */
 static nb_tensor *cnn_logits(cnn_bench *m)
 {
-    nb_tensor *h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b1, nb_conv_forward(&m->c1, m->x))), 2, 2, NULL);
-    h = nb_train_dropout2d(m->p, h, m->dropout / 3, &m->rng);
-    h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b2, nb_conv_forward(&m->c2, h))), 2, 2, NULL);
+    nb_tensor *h = m->x;
+    for (int k = 0; k < m->blocks; k++) {
+        h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], h))), 2, 2, NULL);
+        if (k == 0) h = nb_train_dropout2d(m->p, h, m->dropout / 3, &m->rng);
+    }
     h = nb_train_dropout(m->p, nb_flatten(h, 1, -1), m->dropout, &m->rng);
     h = nb_train_dropout(m->p, nb_relu(nb_linear_forward(&m->fc1, h)), m->dropout, &m->rng);
     return nb_linear_forward(&m->fc2, h);
@@ -288,7 +324,7 @@ static int cnn_step(void *ctx)
 
 static int run_cnn(const options *o, double *samples)
 {
-    cnn_bench m = {.tape = nb_tape_new(), .p = nb_params_new(), .dropout = 0.3};
+    cnn_bench m = {.tape = nb_tape_new(), .p = nb_params_new(), .blocks = (int)o->blocks};
     nb_rng_seed(&m.rng, 1);
     const long N = o->batch;
     nb_layer_opts lo = {.dtype = o->c.dtype}, nob = {.dtype = o->c.dtype, .no_bias = 1};
@@ -296,20 +332,28 @@ static int run_cnn(const options *o, double *samples)
     nb_conv_opts co = nb_conv_defaults();
     co.padding[0] = co.padding[1] = 1;
     double ms = -1, cpu_ms = 0, loss0 = 0, *cpu = samples + o->c.repeats;
-    if (m.tape && m.p && nb_conv2d_init(&m.c1, m.p, "conv1", 1, 32, 3, 3, &co, &nob, &m.rng) == NB_OK &&
-        nb_batch_norm2d_init(&m.b1, m.p, "bn1", 32, &bo) == NB_OK &&
-        nb_conv2d_init(&m.c2, m.p, "conv2", 32, 64, 3, 3, &co, &nob, &m.rng) == NB_OK &&
-        nb_batch_norm2d_init(&m.b2, m.p, "bn2", 64, &bo) == NB_OK &&
-        nb_linear_init(&m.fc1, m.p, "fc1", 64 * 7 * 7, 128, &lo, &m.rng) == NB_OK &&
-        nb_linear_init(&m.fc2, m.p, "fc2", 128, 10, &lo, &m.rng) == NB_OK &&
-        (m.x = nb_tensor_zeros(o->c.dtype, NB_SHAPE(N, 1, 28, 28))) != NULL &&
-        (m.y = nb_tensor_zeros(NB_I64, NB_SHAPE(N))) != NULL) {
-        fill_sin(m.c1.weight, 1.0 / 3.0, 0.7, 0.1);
-        fill_sin(m.c2.weight, 1.0 / sqrt(32.0 * 9.0), 0.7, 0.1);
-        fill_sin(m.fc1.weight, 1.0 / sqrt(3136.0), 1.3, 0.2);
-        fill_sin(m.fc1.bias, 1.0 / sqrt(3136.0), 0.9, 0.3);
-        fill_sin(m.fc2.weight, 1.0 / sqrt(128.0), 1.3, 0.2);
-        fill_sin(m.fc2.bias, 1.0 / sqrt(128.0), 0.9, 0.3);
+    int ok = m.tape && m.p;
+    long in = 1, side = 28;
+    for (int k = 0; k < m.blocks && ok; k++) {
+        char cn[16], bn[16];
+        snprintf(cn, sizeof cn, "conv%d", k + 1);
+        snprintf(bn, sizeof bn, "bn%d", k + 1);
+        ok = nb_conv2d_init(&m.conv[k], m.p, cn, in, o->channels[k], 3, 3, &co, &nob, &m.rng) == NB_OK &&
+             nb_batch_norm2d_init(&m.bn[k], m.p, bn, o->channels[k], &bo) == NB_OK;
+        if (ok) fill_sin(m.conv[k].weight, 1.0 / sqrt((double)(in * 9)), 0.7, 0.1);
+        in = o->channels[k];
+        side /= 2;
+    }
+    const long flat = in * side * side;
+    ok = ok && nb_linear_init(&m.fc1, m.p, "fc1", flat, o->hidden, &lo, &m.rng) == NB_OK &&
+         nb_linear_init(&m.fc2, m.p, "fc2", o->hidden, 10, &lo, &m.rng) == NB_OK &&
+         (m.x = nb_tensor_zeros(o->c.dtype, NB_SHAPE(N, 1, 28, 28))) != NULL &&
+         (m.y = nb_tensor_zeros(NB_I64, NB_SHAPE(N))) != NULL;
+    if (ok) {
+        fill_sin(m.fc1.weight, 1.0 / sqrt((double)flat), 1.3, 0.2);
+        fill_sin(m.fc1.bias, 1.0 / sqrt((double)flat), 0.9, 0.3);
+        fill_sin(m.fc2.weight, 1.0 / sqrt((double)o->hidden), 1.3, 0.2);
+        fill_sin(m.fc2.bias, 1.0 / sqrt((double)o->hidden), 0.9, 0.3);
         fill_sin(m.x, 1.0, 0.37, 0.5);
         for (long j = 0; j < N; j++) nb_tensor_set(m.y, j, (double)(j % 10));
         nb_optim_opts oo = nb_optim_defaults(NB_ADAMW);
@@ -322,7 +366,7 @@ static int run_cnn(const options *o, double *samples)
             nb_tensor *l = nb_cross_entropy(cnn_logits(&m), m.y, &(nb_ce_opts){.label_smoothing = 0.1});
             loss0 = l ? nb_tensor_item(l) : NAN;
             nb_tape_reset(m.tape);
-            m.dropout = 0.3;
+            m.dropout = o->dropout;
             if (l && bench_time(cnn_step, &m, &o->c, samples, cpu) >= 0) {
                 ms = bench_median(samples, o->c.repeats) / 1e6;
                 cpu_ms = bench_median(cpu, o->c.repeats) / 1e6;
@@ -351,7 +395,8 @@ static int run_cnn(const options *o, double *samples)
     } else {
         printf("nabla: one training step of the Fashion-MNIST CNN, batch %ld, %s: median of %ld steps\n", N,
                nb_dtype_name(o->c.dtype), o->c.repeats);
-        printf("  %.3f ms wall, %.3f ms CPU; first batch's loss without dropout %.8g\n", ms, cpu_ms, loss0);
+        printf("  %.3f ms wall, %.3f ms CPU of this thread; first batch's loss without dropout %.8g\n", ms, cpu_ms,
+               loss0);
     }
     return 0;
 }

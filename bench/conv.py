@@ -48,10 +48,20 @@ def parse_args():
     p.add_argument("--warmup-ms", type=bl.int_in(0, 60000), default=500,
                    help="...this many milliseconds of them (500)")
     p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    p.add_argument("--channels", default="32,64", help="the CNN's conv channels, as fashion_mnist --channels "
+                   "(32,64)")
+    p.add_argument("--hidden", type=bl.int_in(1, 100000), default=256, help="the CNN's fc1 units (256)")
+    p.add_argument("--dropout", type=float, default=0.2, help="the CNN's dropout (0.2)")
     p.add_argument("--rounds", type=bl.int_in(1, 100), default=3,
                    help="alternating nabla/PyTorch rounds; medians over rounds are shown (3)")
     a = p.parse_args()
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    try:
+        a.channel_list = [int(c) for c in a.channels.split(",")]
+    except ValueError:
+        p.error("--channels: two or three whole numbers, A,B[,C]")
+    if len(a.channel_list) not in (2, 3):
+        p.error("--channels: two or three whole numbers, A,B[,C]")
     if not a.cases or any(c not in ("conv", "cnn") for c in a.cases):
         p.error("--cases: a comma-separated list of conv, cnn")
     return a
@@ -112,29 +122,34 @@ def make_cnn(torch, a):
 
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(32)
-            self.conv2 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(64)
-            self.fc1 = nn.Linear(64 * 7 * 7, 128)
-            self.fc2 = nn.Linear(128, 10)
-            self.p = 0.3
+            cin, side = 1, 28
+            for k, c in enumerate(a.channel_list):
+                setattr(self, f"conv{k + 1}", nn.Conv2d(cin, c, 3, padding=1, bias=False))
+                setattr(self, f"bn{k + 1}", nn.BatchNorm2d(c))
+                cin, side = c, side // 2
+            self.flat = cin * side * side
+            self.fc1 = nn.Linear(self.flat, a.hidden)
+            self.fc2 = nn.Linear(a.hidden, 10)
+            self.p = a.dropout
 
         def forward(self, x):
-            x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-            x = F.dropout2d(x, self.p / 3, self.training)
-            x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+            for k in range(len(a.channel_list)):
+                x = F.max_pool2d(F.relu(getattr(self, f"bn{k + 1}")(getattr(self, f"conv{k + 1}")(x))), 2)
+                if k == 0:
+                    x = F.dropout2d(x, self.p / 3, self.training)
             x = F.dropout(torch.flatten(x, 1), self.p, self.training)
             x = F.dropout(F.relu(self.fc1(x)), self.p, self.training)
             return self.fc2(x)
 
     m = CNN().to(dt)
-    fill(torch, m.conv1.weight, 1 / 3, 0.7, 0.1)
-    fill(torch, m.conv2.weight, 1 / math.sqrt(32 * 9), 0.7, 0.1)
-    fill(torch, m.fc1.weight, 1 / math.sqrt(3136), 1.3, 0.2)
-    fill(torch, m.fc1.bias, 1 / math.sqrt(3136), 0.9, 0.3)
-    fill(torch, m.fc2.weight, 1 / math.sqrt(128), 1.3, 0.2)
-    fill(torch, m.fc2.bias, 1 / math.sqrt(128), 0.9, 0.3)
+    cin = 1
+    for k, c in enumerate(a.channel_list):
+        fill(torch, getattr(m, f"conv{k + 1}").weight, 1 / math.sqrt(cin * 9), 0.7, 0.1)
+        cin = c
+    fill(torch, m.fc1.weight, 1 / math.sqrt(m.flat), 1.3, 0.2)
+    fill(torch, m.fc1.bias, 1 / math.sqrt(m.flat), 0.9, 0.3)
+    fill(torch, m.fc2.weight, 1 / math.sqrt(a.hidden), 1.3, 0.2)
+    fill(torch, m.fc2.bias, 1 / math.sqrt(a.hidden), 0.9, 0.3)
     x = sin_form(torch, a.batch * 784, 1.0, 0.37, 0.5, dt).view(a.batch, 1, 28, 28)
     y = torch.arange(a.batch) % 10
     return m, x, y
@@ -197,13 +212,15 @@ def main():
               "their share of nabla's time, the fraction of the sgemm limit it reaches")
     met = None
     if "cnn" in a.cases:
-        args = ["--case", "cnn", "--batch", a.batch] + common(a)
+        args = ["--case", "cnn", "--batch", a.batch, "--channels", a.channels, "--hidden", a.hidden,
+                "--dropout", a.dropout] + common(a)
         nb_r, pt_r = bl.alternate(a.rounds, lambda: bl.run_nabla("conv.py", binary, args),
                                   lambda: run_torch_cnn(torch, a))
         keys = ("step_cpu_ms", "step_ms")
         nb, pt = bl.medians(nb_r, keys), bl.medians(pt_r, keys)
-        print(f"\nFashion-MNIST CNN, one training step at batch {a.batch} ({a.dtype}; conv-bn-relu-pool x2, "
-              f"dropout, fc 3136-128-10, AdamW); median of {a.repeats} steps, median of {a.rounds} rounds")
+        print(f"\nFashion-MNIST CNN, one training step at batch {a.batch} ({a.dtype}; conv-bn-relu-pool blocks "
+              f"{a.channels}, dropout {a.dropout}, fc {a.hidden}, fc 10, AdamW); median of {a.repeats} steps, "
+              f"median of {a.rounds} rounds")
         print(f"{'':26s} {'nabla':>8s} {'PyTorch':>8s} {'ratio':>6s}")
         print(f"{'CPU ms':26s} {nb['step_cpu_ms']:8.2f} {pt['step_cpu_ms']:8.2f} "
               f"{nb['step_cpu_ms'] / pt['step_cpu_ms']:6.2f}{bl.spread(nb_r, pt_r, 'step_cpu_ms', 1)}")

@@ -46,8 +46,8 @@ def parse_args():
                    help="the fashion_mnist binary (default build/examples/fashion_mnist)")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--channels", default="32,64", help="as given to fashion_mnist --channels")
-    p.add_argument("--hidden", type=int, default=128, help="as given to fashion_mnist --hidden")
-    p.add_argument("--dropout", type=float, default=0.3, help="as given to fashion_mnist --dropout (used by the "
+    p.add_argument("--hidden", type=int, default=256, help="as given to fashion_mnist --hidden")
+    p.add_argument("--dropout", type=float, default=0.2, help="as given to fashion_mnist --dropout (used by the "
                    "PyTorch steps of the check that goes back)")
     p.add_argument("--tolerance", type=int, default=2, help="predictions allowed to differ (2)")
     p.add_argument("--smoke", action="store_true",

@@ -49,13 +49,14 @@ static void usage(FILE *f)
             "  --out DIR          where the checkpoint and metrics go (default runs)\n"
             "  --layers A,B,...   mlp: hidden layer sizes (default 512,256)\n"
             "  --channels A,B[,C] cnn: channels of the two or three conv blocks (default 32,64)\n"
-            "  --hidden N         cnn: units of the hidden linear layer (default 128)\n"
+            "  --hidden N         cnn: units of the hidden linear layer (default 256)\n"
             "  --augment          cnn: random shifts of up to 2 pixels and horizontal flips\n"
             "  --epochs N         at most N epochs (default 25 / 15)\n"
             "  --batch N          batch size (default 256 / 128)\n"
             "  --lr X             AdamW learning rate (default 2e-3)\n"
             "  --weight-decay X   AdamW decoupled weight decay (default 1e-4 / 5e-4)\n"
-            "  --dropout P        dropout between layers (default 0.2 / 0.3)\n"
+            "  --dropout P        dropout between layers (default 0.2; cnn: a third of it on channels after\n"
+            "                     the first block)\n"
             "  --smoothing S      label smoothing of the training loss (default 0.1)\n"
             "  --patience N       early-stopping patience in epochs (default 6 / 4)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
@@ -114,7 +115,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.data_dir = "/usr/share/datasets/fashion-mnist", .out_dir = "runs", .layers = {512, 256},
                    .n_layers = 2, .epochs = 25, .patience = 6, .batch = 256, .lr = 2e-3, .weight_decay = 1e-4,
-                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .blocks = 2, .hidden = 128};
+                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .blocks = 2, .hidden = 256};
     /* the model first: it sets the defaults of the other options */
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--model") && !strcmp(argv[i + 1], "cnn")) {
@@ -122,7 +123,7 @@ static int parse_args(int argc, char **argv, options *o)
             o->epochs = 15;
             o->batch = 128;
             o->weight_decay = 5e-4;
-            o->dropout = 0.3;
+            o->dropout = 0.2;
             o->patience = 4;
         }
     for (int i = 1; i < argc; i++) {
