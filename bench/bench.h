@@ -131,21 +131,29 @@ static inline int bench_parse_args(int argc, char **argv, const char *name, void
 
 /* Runs run(ctx) untimed until it has run at least o->warmup times and for o->warmup_ms
  * milliseconds, then o->repeats times, each timed alone: wall[r] in wall-time ns and, unless cpu is
- * NULL, cpu[r] in this thread's CPU ns. run returns non-zero on failure. Returns the number of untimed
- * runs, or -1 on a failure. */
-static inline long bench_time(int (*run)(void *ctx), void *ctx, const bench_opts *o, double *wall, double *cpu)
+ * NULL, cpu[r] in CPU ns of the clock cpu_clock (CLOCK_THREAD_CPUTIME_ID: this thread's;
+ * CLOCK_PROCESS_CPUTIME_ID: all threads', for work on several threads). run returns non-zero on
+ * failure. Returns the number of untimed runs, or -1 on a failure. */
+static inline long bench_time_clock(int (*run)(void *ctx), void *ctx, const bench_opts *o, double *wall, double *cpu,
+                                    clockid_t cpu_clock)
 {
     long warm = 0;
     double start = bench_now_ns();
     for (; warm < o->warmup || bench_now_ns() - start < 1e6 * (double)o->warmup_ms; warm++)
         if (run(ctx)) return -1;
     for (long r = 0; r < o->repeats; r++) {
-        double t0 = bench_now_ns(), c0 = cpu ? bench_cpu_ns() : 0;
+        double t0 = bench_now_ns(), c0 = cpu ? bench_clock_ns(cpu_clock) : 0;
         if (run(ctx)) return -1;
-        if (cpu) cpu[r] = bench_cpu_ns() - c0;
+        if (cpu) cpu[r] = bench_clock_ns(cpu_clock) - c0;
         wall[r] = bench_now_ns() - t0;
     }
     return warm;
+}
+
+/* bench_time_clock with this thread's CPU time. */
+static inline long bench_time(int (*run)(void *ctx), void *ctx, const bench_opts *o, double *wall, double *cpu)
+{
+    return bench_time_clock(run, ctx, o, wall, cpu, CLOCK_THREAD_CPUTIME_ID);
 }
 
 /* ---- the JSON line ---------------------------------------------------------------------------- */

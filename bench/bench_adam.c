@@ -29,7 +29,7 @@
 
 typedef struct options {
     bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
-    long n, tensors, check_steps;
+    long n, tensors, check_steps, threads;
     int amsgrad;
     double weight_decay;
 } options;
@@ -38,7 +38,7 @@ static void usage(FILE *f, const char *prog)
 {
     fprintf(f,
             "usage: %s [--n N] [--tensors T] [--repeats R] [--warmup W] [--warmup-ms MS] [--check-steps S]\n"
-            "          [--dtype f32|f64] [--amsgrad] [--weight-decay WD] [--json]\n"
+            "          [--dtype f32|f64] [--amsgrad] [--weight-decay WD] [--threads N] [--json]\n"
             "  Times nb_optim_step of Adam over N parameters in T tensors; prints the median time of\n"
             "  R timed steps.\n"
             "  --n N            parameters in all, 1..%ld (default 1000000)\n"
@@ -50,6 +50,7 @@ static void usage(FILE *f, const char *prog)
             "  --dtype T        f32 (default) or f64\n"
             "  --amsgrad        Adam with amsgrad\n"
             "  --weight-decay WD  L2 weight decay (default 0)\n"
+            "  --threads N      nb_set_num_threads(N) (default: the environment's setting)\n"
             "  --json           print one JSON line instead of text\n",
             prog, MAX_N, MAX_TENSORS, MAX_REPEATS, MAX_REPEATS, BENCH_MAX_WARMUP_MS);
 }
@@ -62,6 +63,7 @@ static int own_option(void *opts, const char *name, const char *v, const char **
         return BENCH_ARG_FLAG;
     }
     if (!strcmp(name, "--n")) return bench_long(v, 1, MAX_N, &o->n);
+    if (!strcmp(name, "--threads")) return bench_long(v, 1, 1024, &o->threads);
     if (!strcmp(name, "--tensors")) return bench_long(v, 1, MAX_TENSORS, &o->tensors);
     if (!strcmp(name, "--check-steps")) return bench_long(v, 1, 1000, &o->check_steps);
     if (!strcmp(name, "--weight-decay")) {
@@ -166,6 +168,7 @@ int main(int argc, char **argv)
     options o;
     int st = parse_args(argc, argv, &o);
     if (st) return st == 1 ? 0 : 2;
+    if (o.threads) nb_set_num_threads((int)o.threads);
 
     nb_tape *tape = nb_tape_new();
     double *samples = malloc((size_t)o.c.repeats * sizeof *samples);
@@ -207,6 +210,7 @@ int main(int argc, char **argv)
         bench_json_str("dtype", nb_dtype_name(o.c.dtype));
         bench_json_long("n", o.n);
         bench_json_long("tensors", o.tensors);
+        bench_json_long("threads", nb_num_threads());
         bench_json_long("amsgrad", o.amsgrad);
         bench_json_exact("weight_decay", o.weight_decay);
         bench_json_long("repeats", o.c.repeats);

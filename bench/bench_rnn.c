@@ -14,10 +14,14 @@
  * One timed pass, forward + backward:
  *     zero the parameters' gradients; nb_rnn_forward; y = sum(out); nb_backward(y); nb_tape_reset
  * forward only: the same without nb_backward (the graph is still recorded). Untimed passes come first
- * (at least --warmup of them and --warmup-ms of work). */
-#define _POSIX_C_SOURCE 200809L
+ * (at least --warmup of them and --warmup-ms of work).
+ *
+ * The GEMM floor (gemm_floor.h): the matrix products of one forward + backward pass, recorded and
+ * replayed alone on the same memory, median of --repeats replays. */
+#define _GNU_SOURCE
 
 #include "bench.h"
+#include "gemm_floor.h"
 
 #include <nabla.h>
 
@@ -30,14 +34,14 @@
 typedef struct options {
     bench_opts c; /* --repeats, --warmup, --warmup-ms, --dtype, --json */
     nb_rnn_kind kind;
-    long input, hidden, steps, batch;
+    long input, hidden, steps, batch, threads;
 } options;
 
 static void usage(FILE *f, const char *prog)
 {
     fprintf(f,
             "usage: %s [--kind lstm|gru] [--input I] [--hidden H] [--steps T] [--batch B] [--repeats R]\n"
-            "          [--warmup W] [--warmup-ms MS] [--dtype f32|f64] [--json]\n"
+            "          [--warmup W] [--warmup-ms MS] [--dtype f32|f64] [--threads N] [--json]\n"
             "  Times one recurrent layer (nb_rnn_forward) over x [T, B, I], forward + backward of\n"
             "  sum(out) and forward only, and prints the median ms per pass over R timed passes.\n"
             "  --kind K      lstm (default) or gru\n"
@@ -49,6 +53,7 @@ static void usage(FILE *f, const char *prog)
             "  --warmup W    untimed passes first, 0..%ld (default 3), and at least\n"
             "  --warmup-ms MS  milliseconds of them, 0..%ld (default 500)\n"
             "  --dtype T     f32 (default) or f64\n"
+            "  --threads N   nb_set_num_threads(N) (default: the environment's setting)\n"
             "  --json        print one JSON line instead of text\n",
             prog, MAX_DIM, MAX_REPEATS, MAX_REPEATS, BENCH_MAX_WARMUP_MS);
 }
@@ -70,6 +75,7 @@ static int own_option(void *opts, const char *name, const char *v, const char **
     if (!strcmp(name, "--hidden")) return bench_long(v, 1, MAX_DIM, &o->hidden);
     if (!strcmp(name, "--steps")) return bench_long(v, 1, MAX_DIM, &o->steps);
     if (!strcmp(name, "--batch")) return bench_long(v, 1, MAX_DIM, &o->batch);
+    if (!strcmp(name, "--threads")) return bench_long(v, 1, 1024, &o->threads);
     return BENCH_ARG_UNKNOWN;
 }
 
@@ -101,6 +107,9 @@ typedef struct bench {
     nb_rnn rnn;
     nb_tensor *x; /* [T, B, input], no gradient */
     int backward; /* what timed_pass runs */
+    int floor;    /* record the products of the next pass and time their replay */
+    long floor_repeats, calls;
+    double floor_ns, floor_cpu_ns, flops;
 } bench;
 
 /* One pass; y_out (may be NULL) receives sum(out). 0 on success. */
@@ -108,11 +117,19 @@ static int pass(bench *bn, int backward, double *y_out)
 {
     nb_params_zero_grad(bn->params);
     nb_tensor *out = NULL;
+    if (bn->floor) gemm_floor_record(1);
     if (nb_rnn_forward(&bn->rnn, bn->x, NULL, NULL, &out, NULL) != NB_OK) return -1;
     nb_tensor *y = nb_sum_all(out);
     if (!y) return -1;
     if (y_out) *y_out = nb_tensor_item(y);
     if (backward && nb_backward(y, NULL, 0) != NB_OK) return -1;
+    if (bn->floor) {
+        gemm_floor_record(0);
+        bn->calls = gemm_floor_calls();
+        bn->flops = gemm_floor_flops();
+        bn->floor_ns = gemm_floor_time(3, bn->floor_repeats, &bn->floor_cpu_ns);
+        bn->floor = 0;
+    }
     nb_tape_reset(bn->tape);
     return 0;
 }
@@ -148,6 +165,7 @@ int main(int argc, char **argv)
     options o;
     int st = parse_args(argc, argv, &o);
     if (st) return st == 1 ? 0 : 2;
+    if (o.threads) nb_set_num_threads((int)o.threads);
 
     bench bn = {0};
     nb_rng rng;
@@ -177,6 +195,9 @@ int main(int argc, char **argv)
             g[1] = grad_abs_sum(c->w_hh);
             g[2] = grad_abs_sum(c->b_ih);
             g[3] = grad_abs_sum(c->b_hh);
+            bn.floor = 1;
+            bn.floor_repeats = o.c.repeats;
+            if (pass(&bn, 1, NULL) != 0 || bn.floor_ns < 0) fb = -1;
         } else {
             fb = -1;
         }
@@ -208,6 +229,11 @@ int main(int argc, char **argv)
         bench_json_fixed("fwd_ms", 4, fw);
         bench_json_fixed("fwd_bwd_cpu_ms", 4, fb_cpu);
         bench_json_fixed("fwd_cpu_ms", 4, fw_cpu);
+        bench_json_long("threads", nb_num_threads());
+        bench_json_fixed("floor_ms", 4, bn.floor_ns / 1e6);
+        bench_json_fixed("floor_cpu_ms", 4, bn.floor_cpu_ns / 1e6);
+        bench_json_long("gemm_calls", bn.calls);
+        bench_json_fixed("gemm_gflops", 2, bn.flops / bn.floor_ns);
         bench_json_exact("y", y);
         bench_json_exact("grad_weight_ih", g[0]);
         bench_json_exact("grad_weight_hh", g[1]);
@@ -220,6 +246,9 @@ int main(int argc, char **argv)
         printf("                        wall ms     CPU ms\n");
         printf("  forward + backward  %9.3f  %9.3f\n", fb, fb_cpu);
         printf("  forward only        %9.3f  %9.3f\n", fw, fw_cpu);
+        printf("  GEMM floor          %9.3f  %9.3f  (%ld products, %.1f GFLOP/s)\n", bn.floor_ns / 1e6,
+               bn.floor_cpu_ns / 1e6, bn.calls, bn.flops / bn.floor_ns);
+        printf("  pass / floor        %9.3f  %9.3f\n", fb / (bn.floor_ns / 1e6), fb_cpu / (bn.floor_cpu_ns / 1e6));
         printf("  sum(out) = %.8g; sum |grad|: weight_ih %.8g, weight_hh %.8g, bias_ih %.8g, bias_hh %.8g\n", y,
                g[0], g[1], g[2], g[3]);
     }

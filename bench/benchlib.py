@@ -57,12 +57,13 @@ def find_binary(path):
     return in_repo if os.path.exists(in_repo) else path
 
 
-def run_nabla(script, binary, args):
-    """Runs `binary --json args...` and returns the JSON line it printed last, as a dict; exits with a
-    message (naming `script`) when it cannot run or fails."""
+def run_nabla(script, binary, args, env=None):
+    """Runs `binary --json args...` (in env, default this process's environment) and returns the JSON
+    line it printed last, as a dict; exits with a message (naming `script`) when it cannot run or
+    fails."""
     cmd = [binary, "--json"] + [str(x) for x in args]
     try:
-        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
+        r = subprocess.run(cmd, env=dict(os.environ) if env is None else env, capture_output=True, text=True)
     except OSError as e:
         sys.exit(f"{script}: cannot run {binary}: {e.strerror} (build it with `ninja -C build`, or pass "
                  "--nabla-bin)")
@@ -72,6 +73,56 @@ def run_nabla(script, binary, args):
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         sys.exit(f"{script}: no JSON line from {binary}; it printed:\n{r.stdout}")
+
+
+THREAD_VARS = ("NB_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+               "TORCH_THREADS")
+
+
+def has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+def thread_env(nabla=None, torch_threads=None, blas=None, passive=False):
+    """This process's environment with the thread settings replaced: NB_NUM_THREADS=nabla (nabla's one
+    knob), TORCH_THREADS/OMP_NUM_THREADS=torch_threads (PyTorch's intra-op threads),
+    OPENBLAS_NUM_THREADS=blas, OMP_WAIT_POLICY=passive when asked (else OpenMP's default); None leaves
+    a setting out. OPENBLAS_CORETYPE=SkylakeX on CPUs with AVX-512 (OpenBLAS 0.3.21 does not know
+    recent ones)."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    if has_avx512():
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"
+    if nabla is not None:
+        env["NB_NUM_THREADS"] = str(nabla)
+    if torch_threads is not None:
+        env["TORCH_THREADS"] = env["OMP_NUM_THREADS"] = str(torch_threads)
+    if blas is not None:
+        env["OPENBLAS_NUM_THREADS"] = str(blas)
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def run_torch_worker(script, workload, args, env):
+    """Runs torchbench.py WORKLOAD args... with Debian's python in env; returns its JSON line."""
+    cmd = ["/usr/bin/python3", os.path.join(REPO, "bench", "torchbench.py"), workload] + [str(x) for x in args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{script}: {' '.join(cmd)} exited with {r.returncode}:\n{r.stderr.strip()}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        sys.exit(f"{script}: no JSON line from torchbench.py; it printed:\n{r.stdout}")
+
+
+def load_line():
+    """'load average 1.23 (1, 5, 15 min: ...)' of the machine now."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} CPUs"
 
 
 def time_calls(fn, a, cpu=False):

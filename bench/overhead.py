@@ -12,7 +12,8 @@ Run with Debian's python, which has torch (python3-torch):
         [--repeats 200] [--dtype f64|f32] [--rounds 5]
 Each round runs the nabla binary once (subprocess, --json) and then PyTorch; the figures shown are the
 medians over rounds of each round's median, so that a noisy neighbour on a small machine moves them
-little.
+little. --baseline-bin BIN also runs another build's bench_overhead in each round (say, of main, built
+in another folder) and shows this build's cost against it, to see what a change costs per op.
 """
 import argparse
 import os
@@ -43,6 +44,8 @@ def parse_args():
     p.add_argument("--dtype", choices=["f64", "f32"], default="f64")
     p.add_argument("--rounds", type=bl.int_in(1, 100), default=5,
                    help="alternating nabla/PyTorch rounds; medians over rounds are shown (5)")
+    p.add_argument("--baseline-bin", default=None,
+                   help="another build's bench_overhead, timed in the same rounds (before/after a change)")
     return p.parse_args()
 
 
@@ -89,7 +92,11 @@ def main():
     torch = bl.import_torch("overhead.py")
 
     keys = ("fwd_bwd_ns_per_op", "fwd_ns_per_op")
-    nb_rounds, pt_rounds = bl.alternate(a.rounds, lambda: run_nabla(binary, a), lambda: run_torch(torch, a))
+    runs = [lambda: run_nabla(binary, a), lambda: run_torch(torch, a)]
+    if a.baseline_bin:
+        base_bin = bl.find_binary(a.baseline_bin)
+        runs.append(lambda: run_nabla(base_bin, a))
+    nb_rounds, pt_rounds, *base = bl.alternate(a.rounds, *runs)
     nb, pt = bl.medians(nb_rounds, keys), bl.medians(pt_rounds, keys)
     # both sides must compute the same function and gradients
     same = bl.agree(nb_rounds[-1], pt_rounds[-1], ("y", "grad_x", "grad_w", "grad_b"),
@@ -107,6 +114,12 @@ def main():
     ratio = nb[keys[0]] / pt[keys[0]]
     verdict = "met" if ratio <= TARGET else "NOT met"
     print(f"target nabla/PyTorch <= 1/50 = {TARGET:.4f} (forward + backward): {verdict}")
+    if a.baseline_bin:
+        bs = bl.medians(base[0], keys)
+        for k, label in zip(keys, ("forward + backward", "forward only")):
+            lo, hi = bl.span(base[0], k)
+            print(f"baseline {label:20s} {bs[k]:8.1f} ns/op ({lo:.1f}-{hi:.1f}); this build / baseline "
+                  f"{nb[k] / bs[k]:.3f}")
     print("values and gradients agree" if same else "values or gradients DIFFER (see above)")
     return 0 if same else 1
 

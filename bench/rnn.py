@@ -30,6 +30,7 @@ import benchlib as bl  # noqa: E402
 bl.single_thread_env()  # before torch loads
 
 TARGET = 0.6  # the goal: nabla's forward + backward at most 0.6x PyTorch's time
+TARGET_FLOOR = 1.10  # and at most 1.10x its own GEMM floor (the pass's products replayed alone, gemm_floor.h)
 KEYS = ("fwd_bwd_ms", "fwd_ms", "fwd_bwd_cpu_ms", "fwd_cpu_ms")
 LABELS = ("forward + backward", "forward only", "fwd + bwd, CPU time", "forward, CPU time")
 PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -148,6 +149,14 @@ def main():
                   f"{bl.spread(nb_rounds, pt_rounds, k, 1)}")
         all_met &= nb[KEYS[0]] / pt[KEYS[0]] <= TARGET
         all_same &= check_values(kind, nb_rounds[-1], pt_rounds[-1], a.dtype)
+        fl = bl.medians(nb_rounds, ("floor_ms", "floor_cpu_ms"))
+        for r in nb_rounds:
+            r["floor_ratio"] = r["fwd_bwd_cpu_ms"] / r["floor_cpu_ms"]
+        lo, hi = bl.span(nb_rounds, "floor_ratio")
+        print(f"{kind.upper() + ' GEMM floor':28s} {fl['floor_cpu_ms']:10.2f} ms CPU ({fl['floor_ms']:.2f} wall): "
+              f"nabla's pass is {nb['fwd_bwd_cpu_ms'] / fl['floor_cpu_ms']:.3f}x its floor, CPU time ({lo:.3f}-{hi:.3f}; "
+              f"target <= {TARGET_FLOOR}); the floor alone is {fl['floor_cpu_ms'] / pt['fwd_bwd_cpu_ms']:.3f}x "
+              "PyTorch's pass")
     print(f"target nabla/PyTorch <= {TARGET} (forward + backward, wall time): "
           f"{'met' if all_met else 'NOT met'}")
     print("CPU time is this thread's: unlike wall time it does not grow while other processes hold the "

@@ -59,7 +59,7 @@ static void usage(FILE *f)
             "  --schedule S        cosine (to lr/10 over the run) or constant (default cosine)\n"
             "  --val-fraction X    share of the quotes held out for validation (default 0.1)\n"
             "  --seed N            seed of initialisation, split and sampling (default 1)\n"
-            "  --threads N         BLAS threads (default: all cores)\n"
+            "  --threads N         threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
             "  --prompt TEXT       text the samples start from (default: the start of a quote)\n"
             "  --temperature X     sampling temperature, 0 for the most likely byte (default 0.8)\n"
             "  --length N          bytes per sample (default 300)\n"
@@ -652,6 +652,9 @@ static int train(const options *o, model *m, const corpus *c, nb_tape *tape)
     nb_optim *opt = nb_optim_new(NB_ADAM, m->params, &oo);
     if (opt && o->load_path && nb_checkpoint_load(o->load_path, m->params, opt, NULL) != NB_OK)
         nb_error_clear(); /* no Adam state in the file (nothing was changed): start it afresh */
+    /* the file's Adam state is kept, but this run's lr is --lr: the loaded one is where the saved run's
+     * schedule ended (lr / 10 after a cosine), which the schedule below would take as its start */
+    if (opt) nb_optim_set_lr(opt, o->lr);
     nb_sched *sched = NULL;
     if (opt && o->schedule && total_steps > 1) {
         nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);

@@ -8,6 +8,10 @@
  *
  *   fashion_mnist [options]              train (reads Debian's dataset-fashion-mnist by default)
  *   fashion_mnist --eval FILE [options]  load a checkpoint and evaluate it on the test set
+ *   mpirun -np N fashion_mnist [options] the same training on N processes (nabla/dist.h): each takes
+ *                                        its part of every batch of --batch images (the global batch),
+ *                                        gradients are averaged, metrics summed over the processes,
+ *                                        rank 0 prints and writes the checkpoint
  */
 #include <nabla.h>
 
@@ -60,7 +64,7 @@ static void usage(FILE *f)
             "  --smoothing S      label smoothing of the training loss (default 0.1)\n"
             "  --patience N       early-stopping patience in epochs (default 6 / 4)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
-            "  --threads N        BLAS threads (default: all cores)\n"
+            "  --threads N        threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
             "  --eval FILE        evaluate a saved checkpoint (same --model and sizes as when trained)\n"
@@ -246,43 +250,72 @@ static nb_status model_init(model *m, nb_params *p, const options *o, nb_rng *rn
     return st;
 }
 
-/* The logits of images [B, 28, 28], standardised with the data set's mean and deviation: the MLP sees
- * them flattened to [B, 784], the CNN as [B, 1, 28, 28]. */
-static nb_tensor *logits_of(const model *m, nb_tensor *images)
+/* Dropout of x's rows with the masks drawn for a whole batch of `global` rows, of which x holds rows
+ * first.. : every process draws the same masks from the same stream and uses its rows, so N processes
+ * make exactly the masks one process makes (run alone: first 0, global all of x, and the same masks as
+ * nb_train_dropout and nb_train_dropout2d). x [B, F], or with channels x [B, C, H, W] whose channels
+ * are dropped whole (torch.nn.Dropout2d). With x NULL only draws the masks of an empty part: c is then
+ * F or C. */
+static nb_tensor *dropout_rows(const model *m, nb_tensor *x, double p, int channels, int64_t c, int64_t first,
+                               int64_t global)
 {
-    int64_t b = nb_tensor_dim(images, 0);
+    if (p <= 0 || !nb_params_training(m->params)) return x;
+    nb_tensor *mask = channels ? nb_dropout_mask(NB_F32, NB_SHAPE(global, c, 1, 1), p, m->rng)
+                               : nb_dropout_mask(NB_F32, NB_SHAPE(global, c), p, m->rng);
+    return x ? nb_mul(x, nb_slice(mask, 0, first, first + nb_tensor_dim(x, 0), 1)) : NULL;
+}
+
+/* The logits of images [B, 28, 28], standardised with the data set's mean and deviation: the MLP
+ * (nb_mlp's layers) sees them flattened to [B, 784], the CNN as [B, 1, 28, 28]. first and global:
+ * where the rows sit in the global batch (dropout, in training); with images NULL only draws the
+ * dropout masks of such a batch (an empty part of it). */
+static nb_tensor *logits_of(const model *m, nb_tensor *images, int64_t first, int64_t global)
+{
+    const int64_t b = images ? nb_tensor_dim(images, 0) : 0;
     if (!m->cnn) {
-        nb_tensor *flat = nb_reshape(images, NB_SHAPE(b, 784));
-        return nb_mlp_forward(&m->mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530));
+        nb_tensor *x = images ? nb_affine(nb_reshape(images, NB_SHAPE(b, 784)), 1.0 / 0.3530, -0.2860 / 0.3530) : NULL;
+        for (int i = 0; i < m->mlp.n_layers; i++) {
+            if (x) x = nb_linear_forward(&m->mlp.layer[i], x);
+            if (i + 1 == m->mlp.n_layers) break;
+            if (x) x = nb_activate(x, m->mlp.act);
+            x = dropout_rows(m, x, m->dropout, 0, m->mlp.layer[i].out, first, global);
+        }
+        return x;
     }
-    nb_tensor *x = nb_affine(nb_reshape(images, NB_SHAPE(b, 1, 28, 28)), 1.0 / 0.3530, -0.2860 / 0.3530);
+    nb_tensor *x = images ? nb_affine(nb_reshape(images, NB_SHAPE(b, 1, 28, 28)), 1.0 / 0.3530, -0.2860 / 0.3530)
+                          : NULL;
     /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] (-> [B, c3, 3, 3]); channel dropout after the
      * first block */
     for (int k = 0; k < m->blocks; k++) {
-        x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x))), 2, 2, NULL);
-        if (k == 0) x = nb_train_dropout2d(m->params, x, m->dropout / 3, m->rng);
+        if (x) x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x))), 2, 2, NULL);
+        if (k == 0) x = dropout_rows(m, x, m->dropout / 3, 1, m->conv[0].out, first, global);
     }
-    x = nb_train_dropout(m->params, nb_flatten(x, 1, -1), m->dropout, m->rng);
-    x = nb_train_dropout(m->params, nb_relu(nb_linear_forward(&m->fc1, x)), m->dropout, m->rng);
-    return nb_linear_forward(&m->fc2, x);
+    if (x) x = nb_flatten(x, 1, -1);
+    x = dropout_rows(m, x, m->dropout, 0, m->fc1.in, first, global);
+    if (x) x = nb_relu(nb_linear_forward(&m->fc1, x));
+    x = dropout_rows(m, x, m->dropout, 0, m->fc1.out, first, global);
+    return x ? nb_linear_forward(&m->fc2, x) : NULL;
 }
 
 /* A training batch with each image mirrored left-right with probability 1/2 (clothes and shoes look
- * alike both ways): a new tensor on the tape. */
-static nb_tensor *augment(nb_tensor *images, nb_rng *rng)
+ * alike both ways): a new tensor on the tape. The coins are tossed for the whole batch of `global`
+ * images, of which images holds first.. (as the dropout masks); images NULL: only toss them. */
+static nb_tensor *augment(nb_tensor *images, nb_rng *rng, int64_t first, int64_t global)
 {
-    int64_t b = nb_tensor_dim(images, 0);
-    const float *src = nb_tensor_cdata(images);
-    float *dst = nb_scratch((size_t)b * 784 * sizeof(float));
-    if (!dst) return NULL;
-    for (int64_t i = 0; i < b; i++) {
+    const int64_t b = images ? nb_tensor_dim(images, 0) : 0;
+    const float *src = images ? nb_tensor_cdata(images) : NULL;
+    float *dst = images ? nb_scratch((size_t)b * 784 * sizeof(float)) : NULL;
+    if (images && !dst) return NULL;
+    for (int64_t g = 0; g < global; g++) {
         const int flip = (int)nb_rng_below(rng, 2);
+        const int64_t i = g - first;
+        if (i < 0 || i >= b) continue;
         const float *s = src + i * 784;
         float *d = dst + i * 784;
         for (int r = 0; r < 28; r++)
             for (int c = 0; c < 28; c++) d[r * 28 + c] = s[r * 28 + (flip ? 27 - c : c)];
     }
-    return nb_constant(NB_F32, NB_SHAPE(b, 28, 28), dst);
+    return images ? nb_constant(NB_F32, NB_SHAPE(b, 28, 28), dst) : NULL;
 }
 
 /* The number of correct predictions; each is also counted in confusion and written to out (both may
@@ -301,14 +334,24 @@ static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusi
     return c;
 }
 
+/* Sum values over the processes of a distributed run (nothing to do when run alone). */
+static int sum_over_ranks(nb_dist *dist, double *v, int n)
+{
+    return !dist || nb_dist_allreduce(dist, v, n, NB_DIST_SUM) == NB_OK;
+}
+
 /* Loss and accuracy of the model over a data set, in evaluation mode without recording (predictions
- * written to pred unless it is NULL). */
-static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_tape *tape, double *loss,
-                    double *acc, int64_t *confusion, FILE *pred)
+ * written to pred unless it is NULL; only when run alone). In a distributed run each process evaluates
+ * its part of every batch and the sums are added up, so that every process gets the same figures. */
+static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_tape *tape, nb_dist *dist,
+                    double *loss, double *acc, int64_t *confusion, FILE *pred)
 {
     nb_params_set_training(params, 0);
     nb_batches *b = nb_batches_new(d, m->cnn ? 250 : 1000, 0, 0, 0); /* the CNN's activations are 32x larger */
-    if (!b) return 0;
+    if (!b || nb_batches_set_shard(b, nb_dist_rank(dist), nb_dist_size(dist)) != NB_OK) {
+        nb_batches_free(b);
+        return 0;
+    }
     double total = 0;
     int64_t correct = 0, n = 0;
     nb_tensor *x, *y;
@@ -316,7 +359,8 @@ static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_t
     nb_no_grad_begin();
     int r;
     while ((r = nb_batches_next(b, &x, &y)) == 1) {
-        nb_tensor *logits = logits_of(m, x);
+        if (nb_tensor_dim(x, 0) == 0) continue; /* an empty part of a short last batch */
+        nb_tensor *logits = logits_of(m, x, 0, nb_tensor_dim(x, 0));
         nb_tensor *l = nb_cross_entropy(logits, y, &(nb_ce_opts){.reduction = NB_REDUCE_SUM});
         int64_t c = correct_of(logits, y, confusion, pred);
         if (!l || c < 0) {
@@ -334,8 +378,12 @@ static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_t
     nb_batches_free(b);
     nb_params_set_training(params, 1);
     if (r < 0) return 0;
-    *loss = total / (double)n;
-    *acc = (double)correct / (double)n;
+    double sums[3 + N_CLASSES * N_CLASSES] = {total, (double)correct, (double)n};
+    for (int i = 0; confusion && i < N_CLASSES * N_CLASSES; i++) sums[3 + i] = (double)confusion[i];
+    if (!sum_over_ranks(dist, sums, confusion ? 3 + N_CLASSES * N_CLASSES : 3)) return 0;
+    for (int i = 0; confusion && i < N_CLASSES * N_CLASSES; i++) confusion[i] = (int64_t)sums[3 + i];
+    *loss = sums[0] / sums[2];
+    *acc = sums[1] / sums[2];
     return 1;
 }
 
@@ -376,7 +424,19 @@ int main(int argc, char **argv)
     options o;
     int pr = parse_args(argc, argv, &o);
     if (pr) return pr == 1 ? 0 : 2;
+    /* started by mpirun: one of several processes (without, nabla/dist.h is not used at all) */
+    nb_dist *dist = NULL;
+    if (nb_dist_launched() && nb_dist_init(&argc, &argv, &dist) != NB_OK) {
+        fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
+        return 1;
+    }
+    int rank = nb_dist_rank(dist), nranks = nb_dist_size(dist);
     if (o.threads) nb_set_num_threads(o.threads);
+    else if (nb_dist_local_size(dist) > 1) { /* share this machine's cores between its processes */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        nb_set_num_threads(cores > nb_dist_local_size(dist) ? (int)(cores / nb_dist_local_size(dist)) : 1);
+    }
+    if (rank > 0) o.quiet = 1; /* rank 0 speaks for all */
     int tty = isatty(STDOUT_FILENO) && !o.quiet;
 
     nb_tensor *train_x = NULL, *train_y = NULL, *test_x = NULL, *test_y = NULL;
@@ -412,6 +472,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         return 1;
     }
+    /* every process made the same initial weights from the same seed, and goes on drawing the same
+     * dropout masks (mlp_forward) */
     nb_tape *tape = nb_tape_new();
     char ckpt[1024], csv_path[1024];
     const char *stem = o.cnn ? "fashion_cnn" : "fashion_mnist";
@@ -420,20 +482,25 @@ int main(int argc, char **argv)
     int status = 0;
 
     if (o.eval_path) {
-        if (nb_checkpoint_load(o.eval_path, params, NULL, NULL) != NB_OK) {
+        nb_status st = dist ? nb_dist_checkpoint_load(dist, o.eval_path, params, NULL, NULL)
+                            : nb_checkpoint_load(o.eval_path, params, NULL, NULL);
+        if (st != NB_OK) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
         } else {
             int64_t confusion[N_CLASSES * N_CLASSES] = {0};
             double loss, acc;
-            FILE *pred = o.predictions_path ? fopen(o.predictions_path, "w") : NULL;
-            if (o.predictions_path && !pred) {
+            FILE *pred = o.predictions_path && !dist ? fopen(o.predictions_path, "w") : NULL;
+            if (o.predictions_path && dist) {
+                fprintf(stderr, "fashion_mnist: --predictions needs a run alone (not under mpirun)\n");
+                status = 1;
+            } else if (o.predictions_path && !pred) {
                 fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", o.predictions_path, strerror(errno));
                 status = 1;
-            } else if (!evaluate(&mlp, params, test, tape, &loss, &acc, confusion, pred)) {
+            } else if (!evaluate(&mlp, params, test, tape, dist, &loss, &acc, confusion, pred)) {
                 fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
                 status = 1;
-            } else {
+            } else if (rank == 0) {
                 printf("%s: test loss %.4f, test accuracy %.2f%%\n", o.eval_path, loss, 100 * acc);
                 print_confusion(confusion);
             }
@@ -445,18 +512,21 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", o.out_dir, strerror(errno));
-        status = 1;
-        goto done;
+    /* rank 0 writes the metrics and the checkpoint */
+    FILE *csv = NULL;
+    if (rank == 0) {
+        if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", o.out_dir, strerror(errno));
+            status = 1;
+        } else if (!(csv = fopen(csv_path, "w"))) {
+            fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", csv_path, strerror(errno));
+            status = 1;
+        } else {
+            fprintf(csv, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+        }
     }
-    FILE *csv = fopen(csv_path, "w");
-    if (!csv) {
-        fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", csv_path, strerror(errno));
-        status = 1;
-        goto done;
-    }
-    fprintf(csv, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n");
+    if (dist && nb_dist_agree(dist, status ? NB_ERR_IO : NB_OK) != NB_OK) status = 1; /* all stop together */
+    if (status) goto done;
 
     nb_optim_opts oo = nb_optim_defaults(NB_ADAMW);
     oo.lr = o.lr;
@@ -469,8 +539,15 @@ int main(int argc, char **argv)
     so.eta_min = o.lr * 0.01;
     nb_sched *sched = opt ? nb_sched_new(NB_SCHED_COSINE, opt, &so) : NULL;
     nb_early_stop *es = nb_early_stop_new(params, o.patience, 0.0, 1); /* maximise the validation accuracy */
+    /* every process shuffles alike and takes its part of each batch of o.batch images */
     nb_batches *batches = nb_batches_new(train, o.batch, 1, 0, o.seed + 1);
-    if (!opt || !sched || !es || !batches) {
+    if (batches && nb_batches_set_shard(batches, rank, nranks) != NB_OK) {
+        nb_batches_free(batches);
+        batches = NULL;
+    }
+    /* averages the gradients over the processes during backward (checks that they start alike) */
+    nb_ddp *ddp = dist ? nb_ddp_new(dist, params, NULL) : NULL;
+    if (!opt || !sched || !es || !batches || (dist && !ddp)) {
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         status = 1;
         goto train_done;
@@ -487,6 +564,9 @@ int main(int argc, char **argv)
     if (!o.quiet)
         printf(" (%lld parameters), AdamW, dropout %g%s\n", (long long)nb_params_numel(params), o.dropout,
                o.augment ? ", random flips" : "");
+    if (!o.quiet && dist)
+        printf("%d processes (MPI), each %lld of every %lld images in a batch, %d BLAS thread%s each\n", nranks,
+               (long long)(o.batch / nranks), (long long)o.batch, nb_num_threads(), nb_num_threads() > 1 ? "s" : "");
 
     double t_start = now(), cpu_start = cpu_seconds();
     int64_t per_epoch = nb_batches_per_epoch(batches);
@@ -497,26 +577,48 @@ int main(int argc, char **argv)
         int r;
         nb_tape_begin(tape);
         while ((r = nb_batches_next(batches, &x, &y)) == 1) {
-            if (o.augment) x = augment(x, &aug_rng);
-            nb_tensor *logits = logits_of(&mlp, x);
-            nb_tensor *loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
-            if (o.graph_path && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
+            int64_t bsz = nb_tensor_dim(x, 0);
+            /* with several processes: weight each one's mean loss by its rows, so that the average of
+             * the gradients is the mean over the whole batch even when parts differ by a row */
+            if (ddp && nb_ddp_set_samples(ddp, (double)bsz) != NB_OK) {
                 r = -1;
                 break;
             }
-            if (!loss || nb_backward(loss, NULL, 0) != NB_OK || nb_optim_step(opt) != NB_OK) {
+            nb_tensor *logits = NULL, *loss = NULL;
+            const int64_t first = nb_batches_shard_offset(batches), global = nb_batches_global_count(batches);
+            /* (a part is empty only when a batch has fewer images than processes: it still tosses the
+             * batch's coins and draws its dropout masks, to keep the streams in step) */
+            if (bsz == 0) {
+                if (o.augment) augment(NULL, &aug_rng, first, global);
+                logits_of(&mlp, NULL, first, global);
+            }
+            if (bsz > 0) {
+                if (o.augment) x = augment(x, &aug_rng, first, global);
+                logits = logits_of(&mlp, x, first, global);
+                loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
+                if (o.graph_path && rank == 0 && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
+                    r = -1;
+                    break;
+                }
+                if (!loss || nb_backward(loss, NULL, 0) != NB_OK) {
+                    r = -1;
+                    break;
+                }
+            }
+            if ((ddp && nb_ddp_finish(ddp) != NB_OK) || nb_optim_step(opt) != NB_OK) {
                 r = -1;
                 break;
             }
             nb_optim_zero_grad(opt);
-            int64_t bsz = nb_tensor_dim(x, 0);
-            /* report the plain cross-entropy (the objective adds smoothing), comparable with validation */
-            nb_no_grad_begin();
-            nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
-            nb_no_grad_end();
-            loss_sum += nb_tensor_item(plain) * (double)bsz;
-            correct += correct_of(logits, y, NULL, NULL);
-            seen += bsz;
+            if (bsz > 0) {
+                /* report the plain cross-entropy (the objective adds smoothing), comparable with validation */
+                nb_no_grad_begin();
+                nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
+                nb_no_grad_end();
+                loss_sum += nb_tensor_item(plain) * (double)bsz;
+                correct += correct_of(logits, y, NULL, NULL);
+                seen += bsz;
+            }
             done++;
             nb_tape_reset(tape);
             if (tty && (done % 20 == 0 || done == per_epoch)) {
@@ -529,31 +631,47 @@ int main(int argc, char **argv)
         }
         nb_tape_end(tape);
         nb_tape_reset(tape);
+        /* a process that failed ends the whole job: the others would wait for it */
+        if (r < 0 && dist) nb_dist_abort(dist, nb_error_message());
         if (r < 0) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
+        double sums[3] = {loss_sum, (double)correct, (double)seen}; /* the training figures of all processes */
         double val_loss, val_acc;
-        if (!evaluate(&mlp, params, val, tape, &val_loss, &val_acc, NULL, NULL)) {
+        /* the CNN's batch-norm running statistics are each process's own: take rank 0's (as PyTorch's
+         * DistributedDataParallel does with its buffers), so that all evaluate the same model */
+        if (dist && o.cnn && nb_dist_broadcast_params(dist, params, 0) != NB_OK) {
+            fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
+            status = 1;
+            break;
+        }
+        if (!sum_over_ranks(dist, sums, 3) || !evaluate(&mlp, params, val, tape, dist, &val_loss, &val_acc, NULL, NULL)) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
         double lr = nb_optim_lr(opt), secs = now() - t0;
-        fprintf(csv, "%d,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f\n", epoch, loss_sum / (double)seen, (double)correct / (double)seen,
-                val_loss, val_acc, lr, secs);
-        fflush(csv);
+        if (csv) {
+            fprintf(csv, "%d,%.6f,%.6f,%.6f,%.6f,%.6g,%.3f\n", epoch, sums[0] / sums[2], sums[1] / sums[2], val_loss,
+                    val_acc, lr, secs);
+            fflush(csv);
+        }
+        /* the same validation figures everywhere: every process takes the same decisions */
         int stop = nb_early_stop_update(es, val_acc);
         int best = nb_early_stop_best_epoch(es) == epoch - 1;
-        if (best && nb_checkpoint_save(ckpt, params, opt, epoch) != NB_OK) {
+        nb_status saved = !best ? NB_OK
+                          : dist ? nb_dist_checkpoint_save(dist, ckpt, params, opt, epoch)
+                                 : nb_checkpoint_save(ckpt, params, opt, epoch);
+        if (saved != NB_OK) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
         }
         if (!o.quiet)
             printf("%sepoch %2d/%d  train loss %.4f acc %5.2f%%  val loss %.4f acc %5.2f%%  lr %.2e  %.1fs%s\n",
-                   tty ? "\r" : "", epoch, o.epochs, loss_sum / (double)seen, 100.0 * (double)correct / (double)seen,
+                   tty ? "\r" : "", epoch, o.epochs, sums[0] / sums[2], 100.0 * sums[1] / sums[2],
                    val_loss, 100 * val_acc, lr, secs, best ? "  *" : "   ");
         if (stop) {
             if (!o.quiet) printf("early stop: no better validation accuracy for %d epochs\n", o.patience);
@@ -565,10 +683,10 @@ int main(int argc, char **argv)
         nb_early_stop_restore(es);
         int64_t confusion[N_CLASSES * N_CLASSES] = {0};
         double test_loss, test_acc;
-        if (!evaluate(&mlp, params, test, tape, &test_loss, &test_acc, confusion, NULL)) {
+        if (!evaluate(&mlp, params, test, tape, dist, &test_loss, &test_acc, confusion, NULL)) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
-        } else {
+        } else if (rank == 0) {
             printf("best epoch %lld (validation accuracy %.2f%%); test loss %.4f, test accuracy %.2f%%; %.1fs in all "
                    "(%.1fs of CPU)\n", (long long)nb_early_stop_best_epoch(es) + 1, 100 * nb_early_stop_best(es), test_loss,
                    100 * test_acc, now() - t_start, cpu_seconds() - cpu_start);
@@ -577,7 +695,8 @@ int main(int argc, char **argv)
         }
     }
 train_done:
-    fclose(csv);
+    if (csv) fclose(csv);
+    nb_ddp_free(ddp);
     nb_batches_free(batches);
     nb_early_stop_free(es);
     nb_sched_free(sched);
@@ -589,5 +708,6 @@ done:
     nb_dataset_free(train);
     nb_dataset_free(all);
     nb_dataset_free(test);
+    nb_dist_free(dist);
     return status;
 }

@@ -62,7 +62,7 @@ static void usage(FILE *f)
             "  --max-len N         quotes are cut after N bytes, 1..1000 (default 300)\n"
             "  --limit N           at most N quotes per category (default: all)\n"
             "  --seed N            seed of the split, initialisation, shuffling, dropout (default 1)\n"
-            "  --threads N         BLAS threads (default 1: the matrices are small)\n"
+            "  --threads N         threads for nabla and BLAS (default 1: the matrices are small)\n"
             "  --quiet             only the final result\n"
             "  --short             a run of seconds for CI: 2 epochs, a small model, 40 quotes per\n"
             "                      category, 100 bytes (later options override it)\n",

@@ -66,7 +66,7 @@ static void usage(FILE *f)
                "  --lr X           Adam learning rate (default 3e-3)\n"
                "  --clip X         gradient-norm clipping threshold (default 1)\n"
                "  --seed N         seed of data, split, initialisation, shuffling (default 1)\n"
-               "  --threads N      BLAS threads (default 1: the matrices are small)\n"
+               "  --threads N      threads for nabla and BLAS (default 1: the matrices are small)\n"
                "  --quiet          only the final result\n"
                "  --short          a run of seconds for CI: 600 examples, 2 epochs, a small model\n"
                "                   (later options override it)\n");

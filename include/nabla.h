@@ -14,8 +14,24 @@
  *   - Errors are sticky: a failing call returns NULL (or a status) and records a message; a call given
  *     NULL returns NULL and keeps the first message, so a chain of calls can be checked once.
  *
- * Leaves must outlive every tape that recorded them until that tape is reset. Op results must not be
- * used after their tape is reset. A tape belongs to one thread at a time.
+ * Lifetimes, and what is checked (docs/architecture.md, "Lifetimes"):
+ *   - An op result lives until its tape is reset (nb_tape_reset starts a new generation) or freed.
+ *     Using a result after one reset of its tape, in any op, accessor, nb_backward / nb_grad (output,
+ *     seed, inputs), hook setter or nb_tape_write_dot, fails with NB_ERR_STATE naming the call ("tensor
+ *     belongs to a tape that was reset (recorded in generation 3, tape is at 4)"). After two or more
+ *     resets the pointer may denote a newer result of the same tape, which it then reads (never other
+ *     memory): that use is not detected. Results of a tape that was freed are freed memory.
+ *   - A backward (and the DOT export) refuses a graph that holds a leaf freed since it was recorded, or
+ *     a result of another tape reset since: NB_ERR_STATE, always.
+ *   - A freed leaf's pointer fails with NB_ERR_STATE while any leaf or tape is live, unless a new leaf
+ *     has taken its header (then it is that leaf). A view made on a tape (reshape, slice, detach) of a
+ *     leaf reads the leaf's data: freeing the leaf first leaves that view dangling (not detected). A
+ *     view made with no current tape (nb_reshape, nb_squeeze, nb_unsqueeze of a leaf) is a leaf of its
+ *     own that keeps the data alive: base and views may be freed in any order.
+ *   - Resetting or freeing a tape from a hook during a backward on it is refused (NB_ERR_STATE).
+ *   - A tape belongs to one thread at a time. Leaves may be shared read-only by threads that record them
+ *     on their own tapes and call nb_grad (which writes nothing into a leaf); nb_backward adds into
+ *     .grad, so one thread at a time per leaf.
  */
 #ifndef NABLA_H
 #define NABLA_H
@@ -156,12 +172,17 @@ char *nb_strdup(const char *s);
 
 /** @}
  * @defgroup threads Threads
- * How many threads nabla's matrix products use.
+ * How many threads nabla's own kernels and its matrix products use: one knob for both.
  * @{ */
-/** Threads used for matrix products (OpenBLAS's pool); n < 1 restores the default (all cores, or
- * OPENBLAS_NUM_THREADS). Results are deterministic for a given thread count. */
+/** The one thread knob: n threads for nabla's own kernels (OpenMP) and for OpenBLAS's matrix products
+ * together (and the calling thread's OpenMP default). n < 1 restores the default, read once at start
+ * from NB_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS, else every core. Small tensors
+ * stay on the calling thread. nabla's kernels give bit-identical results for any thread count;
+ * OpenBLAS's products may differ in the last bits between thread counts. Idle threads spin for a while
+ * (OpenMP's default): where other programs want the cores, start the program with
+ * OMP_WAIT_POLICY=passive, or extra threads make it slower. */
 void nb_set_num_threads(int n);
-/** The number of threads matrix products use now. */
+/** The current setting of that knob. */
 int nb_num_threads(void);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -220,7 +241,10 @@ nb_tensor *nb_tensor_normal(nb_dtype dtype, int ndim, const int64_t *shape, doub
 /** A caller-owned deep copy of any tensor (a leaf or an op result): data only, no gradient, no graph. */
 nb_tensor *nb_tensor_clone(const nb_tensor *t);
 /** Frees a leaf and its gradient. NULL is ignored; an op result is refused (it belongs to its tape),
- * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. */
+ * and so is a leaf that a container owns (see nb_tensor_claim): it is freed with its container. A
+ * tape that recorded the leaf may still be live: its backward then fails with NB_ERR_STATE. The data
+ * of a leaf that has views made without a tape (nb_reshape) lives until the last of them is freed;
+ * the freed leaf's pointer is refused (NB_ERR_STATE) all the same. */
 void nb_tensor_free(nb_tensor *t);
 /** Ownership of leaves by containers (nb_params, nb_dataset, nb_optim's state, nb_safetensors; your
  * own containers can use it too): a leaf has at most one owner, so it cannot be freed twice by two
@@ -275,12 +299,18 @@ nb_status nb_tensor_axpy(nb_tensor *y, double alpha, const nb_tensor *x);
  * be marked: a view shares its base's counter, so marking either marks both. */
 void nb_tensor_mark_dirty(nb_tensor *t);
 
-/** Leaves only: whether backward computes a gradient for this tensor. */
+/** Leaves only: whether backward computes a gradient for this tensor. Turning it on is refused
+ * (NB_ERR_STATE) for a view made without a tape (nb_tensor_is_view: it is not recorded on its base, so
+ * its gradient would reach nothing) and for a leaf that has such views alive (their uses would not
+ * reach its gradient; the message counts them): make views of a leaf that requires grad on the tape. */
 nb_status nb_tensor_set_requires_grad(nb_tensor *t, int requires_grad);
 /** Whether ops with this input are recorded (a leaf's flag, or an op result on the graph). */
 int nb_tensor_requires_grad(const nb_tensor *t);
 /** Whether the tensor is a leaf (made by a constructor, owned by the caller). */
 int nb_tensor_is_leaf(const nb_tensor *t);
+/** Whether the tensor is a view made without a tape: a leaf made by nb_reshape, nb_squeeze or
+ * nb_unsqueeze of a leaf while no tape was current, sharing that leaf's data and version counter. */
+int nb_tensor_is_view(const nb_tensor *t);
 /** The accumulated gradient of a leaf, owned by the leaf; NULL until a backward reaches it. After a
  * backward with NB_CREATE_GRAPH it is a tensor on that tape, itself differentiable, valid until the
  * tape is reset. */
@@ -291,6 +321,10 @@ void nb_tensor_zero_grad(nb_tensor *t);
  * creation if never zeroed): a gradient that zero_grad left at zero counts as none, like PyTorch's
  * None after zero_grad(set_to_none=True). Optimizers skip parameters without one. */
 int nb_tensor_has_grad(const nb_tensor *t);
+/** The gradient buffer of a leaf that requires grad, allocated as zeros if no backward has reached it
+ * yet: for code that writes gradients itself (nabla/dist.h averages them over processes). It counts as
+ * a gradient (nb_tensor_has_grad) once written and marked with nb_tensor_mark_dirty. NULL on error. */
+nb_tensor *nb_tensor_ensure_grad(nb_tensor *t);
 /** A name shown in graph exports and error messages. The string is copied for leaves; for op results
  * it must outlive the tape's current recording. */
 nb_status nb_tensor_set_name(nb_tensor *t, const char *name);
@@ -329,13 +363,17 @@ nb_status nb_tape_end(nb_tape *tape);
 /** The current tape of this thread, or NULL. */
 nb_tape *nb_tape_current(void);
 /** Release every node and op result on the tape at once; the arena's memory is kept for reuse, so a
- * steady-state step allocates nothing. */
+ * steady-state step allocates nothing. Results kept from before are stale (see the top of this file).
+ * Refused (NB_ERR_STATE, nothing released) while a backward runs on the tape (from a hook). */
 void nb_tape_reset(nb_tape *tape);
 /** Nodes recorded, and bytes of arena in use / reserved. @{ */
 size_t nb_tape_node_count(const nb_tape *tape);
 size_t nb_tape_bytes_used(const nb_tape *tape);
 size_t nb_tape_bytes_reserved(const nb_tape *tape);
 /** @} */
+/** The tape's generation: 1 when made, bumped by every nb_tape_reset. Op results remember the
+ * generation they were made in (error messages about stale results quote both). */
+uint64_t nb_tape_generation(const nb_tape *tape);
 /** Name of the op of node i ("matmul"), NULL if out of range; its output tensor. @{ */
 const char *nb_tape_node_op(const nb_tape *tape, size_t i);
 nb_tensor *nb_tape_node_output(const nb_tape *tape, size_t i);
@@ -415,9 +453,10 @@ nb_tensor *nb_detach(nb_tensor *x);
  * Each returns its result on the current tape, or NULL on error. Binary elementwise ops broadcast as
  * NumPy does; both inputs must have the same dtype. */
 /** @addtogroup ops
- * Integers: nb_add, nb_sub, nb_mul, nb_maximum, nb_minimum, the comparisons, nb_where, nb_sum, nb_max,
- * nb_min, nb_argmax and the everyday ops below also take i64 tensors and give i64 results, which are
- * never recorded. add, sub, mul and sum wrap on overflow (two's complement), as in PyTorch. nb_div,
+ * Integers: nb_add, nb_sub, nb_mul, nb_neg, nb_abs, nb_sign, nb_maximum, nb_minimum, the comparisons,
+ * nb_where, nb_sum, nb_max, nb_min, nb_argmax and the everyday ops below also take i64 tensors and give
+ * i64 results, which are never recorded. add, sub, mul, neg, abs and sum wrap on overflow (two's
+ * complement: -INT64_MIN is INT64_MIN), as in PyTorch. nb_div,
  * nb_pow and nb_mean refuse i64 (no integer division: nb_cast to f64 first). */
 
 /**
@@ -504,7 +543,13 @@ nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape);
  * Reshaping, transposing, broadcasting, casting, slicing, joining, splitting, padding.
  * @{ */
 /** The same elements in a new shape (numel must match; one extent may be -1 and is inferred).
- * No copy is made. */
+ * No copy is made: on the current tape, a view recorded like any op. With no current tape and x a
+ * leaf (a view of a dataset tensor, say), a leaf view that you own and free with nb_tensor_free,
+ * sharing x's data and version counter (writes through either are seen by both, and by any backward
+ * that recorded either); freeing x first keeps the data alive for the view. Such a view never
+ * requires grad, so a leaf that requires grad is refused (NB_ERR_STATE): reshape it on the tape. A
+ * dataset may own it (nb_dataset_new); a parameter collection may not (it needs a gradient). With no
+ * tape, an op result is refused. */
 nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape);
 /** Swap two dimensions (a copy in the new row-major order). */
 nb_tensor *nb_transpose(nb_tensor *x, int dim0, int dim1);
@@ -558,7 +603,8 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b);
 nb_tensor *nb_max(nb_tensor *x, int naxes, const int *axes, int keepdim);
 nb_tensor *nb_min(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /** @} */
-/** log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input. */
+/** log(sum(exp(x))) over the axes, shifted by the maximum so that it is finite for any finite input.
+ * Over an empty axis it is -inf (the log of an empty sum) with an empty gradient, as in PyTorch. */
 nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim);
 /** Variance with `correction` subtracted from the count (1: unbiased, as torch.var's default): the sum
  * of squared deviations divided by max(0, count - correction), so NaN or infinity when count <=
@@ -591,7 +637,8 @@ nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tenso
 /** Split into n pieces of ceil(extent / n) (the last may be smaller; fewer if the extent is short:
  * the rest of outs is set to NULL); returns the number of pieces, or -1. */
 int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs);
-/** Remove an extent-1 axis / insert one (views). @{ */
+/** Remove an extent-1 axis / insert one (views; with no current tape and a leaf x, a leaf view that
+ * you free, as nb_reshape). @{ */
 nb_tensor *nb_squeeze(nb_tensor *x, int axis);
 nb_tensor *nb_unsqueeze(nb_tensor *x, int axis);
 /** @} */
@@ -629,7 +676,8 @@ nb_tensor *nb_repeat(nb_tensor *x, int nreps, const int64_t *reps);
 /** The same, fewer counts than dims allowed: the missing leading counts are 1 (torch.tile). */
 nb_tensor *nb_tile(nb_tensor *x, int nreps, const int64_t *reps);
 /** Running sum / product along axis (f32 accumulates in double; i64 wraps on overflow). The gradient
- * of cumprod is exact with zeros in x, to second order. @{ */
+ * of cumprod is exact with zeros in x, to every order, and its graph under NB_CREATE_GRAPH is a few
+ * tensors of x's size however many zeros x holds. @{ */
 nb_tensor *nb_cumsum(nb_tensor *x, int axis);
 nb_tensor *nb_cumprod(nb_tensor *x, int axis);
 /** @} */
@@ -658,13 +706,32 @@ nb_tensor *nb_tril(nb_tensor *x, int64_t diagonal);
 nb_tensor *nb_einsum(const char *subscripts, int n, nb_tensor *const *xs);
 
 /** @}
+ * @defgroup ops_recurrent Fused recurrent steps
+ * @ingroup ops
+ * The pointwise part of an LSTM or GRU step as one op: one pass forward, one backward; the same
+ * values as the equations written with nb_sigmoid, nb_tanh, nb_mul and nb_add.
+ * @{ */
+/** LSTM: gates [..., 4H] are the pre-activations of the input, forget, cell and output gates
+ * (PyTorch's order), c [..., H] the cell state; returns [2, ..., H] holding h' = o tanh(c') and
+ * c' = f c + i g (i, f, o = sigmoid, g = tanh); nb_slice along axis 0 gives each as a view. */
+nb_tensor *nb_lstm_gates(nb_tensor *gates, nb_tensor *c);
+/** GRU: xg = x W_ih^T + b_ih and hg = h W_hh^T + b_hh, both [..., 3H] (reset, update, new parts), h
+ * [..., H]; returns h' = (1 - z) n + z h with r = sigmoid(xr + hr), z = sigmoid(xz + hz),
+ * n = tanh(xn + r hn). */
+nb_tensor *nb_gru_gates(nb_tensor *xg, nb_tensor *hg, nb_tensor *h);
+
+/** @}
  * @defgroup ops_dropout Dropout
  * @ingroup ops
  * Random masks drawn from an explicit generator.
  * @{ */
-/** A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0 (drawn from rng). */
+/** A tape constant: each element 1 / (1 - p) with probability 1 - p, else 0. It takes exactly one draw
+ * from rng (nb_rng_u64), the key of a counter-based stream: element i is a pure function of the key
+ * and i, so the mask does not depend on the number of threads that make it. */
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng);
-/** x * nb_dropout_mask(...): inverted dropout. p = 0 returns x itself. */
+/** x * nb_dropout_mask(x's dtype and shape, p, rng), bit for bit, in one pass: inverted dropout (the
+ * mask is remade from its key for the backward, never stored). Takes one draw from rng; p = 0
+ * returns a view of x and draws nothing. */
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -819,7 +886,8 @@ int nb_anomaly_mode(void);
  * dtype made with nabla ops), or NULL to fail the backward. One hook per tensor; NULL removes it. For
  * an op result the hook lasts as long as the tensor. */
 typedef nb_tensor *(*nb_grad_hook)(nb_tensor *grad, void *user);
-/** Set t's gradient hook (see nb_grad_hook); user is passed to it. */
+/** Set t's gradient hook (see nb_grad_hook); user is passed to it. Refused for a view made without a
+ * tape (it has no gradient). */
 nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
 
 /** A post-accumulate hook of a leaf: nb_backward calls it once per pass in which it added to the
@@ -830,7 +898,8 @@ nb_status nb_tensor_set_hook(nb_tensor *t, nb_grad_hook hook, void *user);
  * overlaps backward this way (nabla/dist.h). A status other than NB_OK fails the backward with it
  * (record a message with nb_error_set). nb_grad does not call it. Leaves only; NULL removes it. */
 typedef nb_status (*nb_post_accumulate_hook)(nb_tensor *leaf, void *user);
-/** Set leaf's post-accumulate hook (see nb_post_accumulate_hook); user is passed to it. */
+/** Set leaf's post-accumulate hook (see nb_post_accumulate_hook); user is passed to it. Refused for a
+ * view made without a tape (it has no gradient). */
 nb_status nb_tensor_set_post_accumulate_hook(nb_tensor *leaf, nb_post_accumulate_hook hook, void *user);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -899,5 +968,6 @@ void nb_gradcheck_report_print(const nb_gradcheck_report *report, FILE *f);
 
 #include "nabla/nn.h"
 #include "nabla/train.h"
+#include "nabla/dist.h"
 
 #endif /* NABLA_H */

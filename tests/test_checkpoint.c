@@ -824,6 +824,53 @@ static void test_optimizer(void)
 
 /* ---- 4. a write that fails midway ------------------------------------------------------------- */
 
+/* nb_params_add refuses the names a checkpoint could not save, at once, taking the tensor as on any
+ * failure: safetensors' "__metadata__", names that are not UTF-8, and names in the "optim." prefix that
+ * checkpoints keep for the optimizer's state (a parameter "optim.w.exp_avg" beside an Adam over "w" made
+ * nb_checkpoint_save fail at the first save, "given twice"). Names just beside them save and load. */
+static void test_param_names(void)
+{
+    static const struct {
+        const char *name, *why;
+    } bad[] = {{"__metadata__", "\"__metadata__\" is safetensors' metadata key"},
+               {"optim.w.exp_avg", "names beginning with \"optim.\" are the optimizer's state"},
+               {"optim.", "names beginning with \"optim.\""},
+               {"bad\xff", "it is not valid UTF-8"},
+               {"cut\xc3", "it is not valid UTF-8"},
+               {"overlong\xc0\xaf", "it is not valid UTF-8"},
+               {"surrogate\xed\xa0\x80", "it is not valid UTF-8"}};
+    nb_params *p = nb_params_new();
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char needle[160];
+        snprintf(needle, sizeof needle, "is not allowed: %s", bad[i].why);
+        CHECK_ERROR(nb_params_add(p, bad[i].name, nb_tensor_ones(NB_F64, NB_SHAPE(2))) == NULL, NB_ERR_ARG, needle);
+        CHECK_ERROR(nb_params_add_buffer(p, bad[i].name, nb_tensor_ones(NB_F64, NB_SHAPE(2))) == NULL, NB_ERR_ARG,
+                    needle);
+    }
+    CHECK(nb_params_count(p) == 0, "nothing added (%d)", nb_params_count(p));
+    /* their neighbours are fine, and save and load with an optimizer's state beside them */
+    const char *good[] = {"w", "optim", "optimizer.w", "__metadata", "poids.\xc3\xa9", "x.optim.y"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        CHECK(nb_params_add(p, good[i], nb_tensor_full(NB_F64, NB_SHAPE(2), (double)i)) != NULL, "%s: %s", good[i],
+              nb_error_message());
+    nb_optim *adam = nb_optim_new(NB_ADAM, p, NULL);
+    nb_tape *tape = nb_tape_new();
+    train_step(p, adam, tape);
+    char path[512];
+    in_dir(path, sizeof path, "names.ckpt");
+    CHECK(nb_checkpoint_save(path, p, adam, 1) == NB_OK, "save: %s", nb_error_message());
+    snapshot saved = snap(p, adam);
+    scribble(p, adam, 7.0);
+    CHECK(nb_checkpoint_load(path, p, adam, NULL) == NB_OK, "load: %s", nb_error_message());
+    snapshot back = snap(p, adam);
+    CHECK(snap_equal(&saved, &back), "the names round-trip");
+    free(saved.bytes);
+    free(back.bytes);
+    nb_tape_free(tape);
+    nb_optim_free(adam);
+    nb_params_free(p);
+}
+
 static void test_failed_write(void)
 {
     char path[512];
@@ -899,6 +946,7 @@ int main(int argc, char **argv)
     test_fixture(fixtures);
     test_malformed();
     test_optimizer();
+    test_param_names();
     test_failed_write();
     remove_dir();
     return nbt_report("checkpoint");

@@ -438,6 +438,17 @@ static nb_tensor *f_pool(void *user, nb_tensor *const *in)
     return p->dims == 2 ? nb_adaptive_avg_pool2d(in[0], p->k[0], p->k[1]) : nb_adaptive_avg_pool1d(in[0], p->k[0]);
 }
 
+/* Average pooling's adjoint applied to g (in[1], of the pooled shape) as the gradient of
+ * sum(pool(x) g) with respect to x (in[0]): linear in g, independent of x. Records the adjoint op
+ * itself, so that its rule is gradchecked (the rows of f_pool meet it only in their second order). */
+static nb_tensor *f_avg_adjoint(void *user, nb_tensor *const *in)
+{
+    nb_tensor *x = in[0], *gx = NULL;
+    nb_tensor *y = f_pool(user, &x);
+    if (!y || nb_grad(nb_sum_all(nb_mul(y, in[1])), NULL, 1, &x, &gx, NB_CREATE_GRAPH) != NB_OK) return NULL;
+    return gx;
+}
+
 /* The window of output o along a dim of extent n: [*s, *e) inside the input, and the divisor size
  * (PyTorch's definitions, written out again). */
 static int64_t window(const pool_config *p, int64_t n, int64_t no, int64_t k, int64_t st, int64_t pad, int64_t o,
@@ -898,6 +909,19 @@ int main(void)
         snprintf(name, sizeof name, "pool %s", p->name);
         grid_rows++;
         grid_passed += gradtable_check(name, f_pool, p, 1, in, LINEAR, NULL, 600u + (uint64_t)r);
+        if (p->kind != MAXP) { /* the adjoint, on its own */
+            nb_tensor *x = nb_tensor_zeros(NB_F64, p->dims + 2, xs);
+            nb_tape *t = nb_tape_new();
+            nb_tape_begin(t);
+            nb_tensor *y = f_pool((void *)p, &x);
+            input_spec ain[2] = {in[0], y ? spec(nb_tensor_ndim(y), nb_tensor_shape(y), 0) : in[0]};
+            nb_tape_end(t);
+            nb_tape_free(t);
+            nb_tensor_free(x);
+            snprintf(name, sizeof name, "pool adjoint %s", p->name);
+            grid_rows++;
+            grid_passed += gradtable_check(name, f_avg_adjoint, p, 2, ain, LINEAR, NULL, 650u + (uint64_t)r);
+        }
         for (int d = 0; d < 2; d++) {
             nb_dtype dt = d ? NB_F32 : NB_F64;
             nb_rng rng;
@@ -915,6 +939,7 @@ int main(void)
         grid_passed += gradtable_check(norm_rows[r].name, norm_rows[r].f, NULL, norm_rows[r].n_in, norm_rows[r].in,
                                        norm_rows[r].order, NULL, 800u + (uint64_t)r);
     }
+    gradtable_require(gradtable_cnn_ops, GRADTABLE_N_CNN); /* test_grad_primitives counts on it */
     check_norm(NB_F64);
     check_norm(NB_F32);
     pool_nan();

@@ -224,6 +224,12 @@ typedef nb_tensor *(*fx_run_fn)(fx_case *c, int nin, nb_tensor *const *in);
     }
 
 RUN_BINARY(add, nb_add)
+RUN_BINARY(lstm_gates, nb_lstm_gates)
+RUN(gru_gates)
+{
+    (void)c, (void)nin;
+    return nb_gru_gates(in[0], in[1], in[2]);
+}
 RUN_BINARY(sub, nb_sub)
 RUN_BINARY(mul, nb_mul)
 RUN_BINARY(div, nb_div)
@@ -344,6 +350,7 @@ RUN(pow_scalar)
 }
 RUN_UNARY(sqrt, nb_sqrt)
 RUN_UNARY(abs, nb_abs)
+RUN_UNARY(sign, nb_sign)
 RUN_UNARY(sin, nb_sin)
 RUN_UNARY(cos, nb_cos)
 RUN_UNARY(erf, nb_erf)
@@ -874,6 +881,7 @@ static const fx_op OPS[] = {
     {"pow_scalar", 1, true, run_pow_scalar},
     {"sqrt", 1, true, run_sqrt},
     {"abs", 1, true, run_abs},
+    {"sign", 1, true, run_sign},
     {"sin", 1, true, run_sin},
     {"cos", 1, true, run_cos},
     {"erf", 1, true, run_erf},
@@ -906,6 +914,8 @@ static const fx_op OPS[] = {
     {"gather", 2, true, run_gather},
     {"scatter_add", 2, true, run_scatter_add},
     {"dropout", 1, true, run_dropout},
+    {"lstm_gates", 2, true, run_lstm_gates},
+    {"gru_gates", 3, true, run_gru_gates},
     /* convolutional networks (cnn_ops_f64.txt) */
     {"conv2d", -1, true, run_conv2d},
     {"conv1d", -1, true, run_conv1d},

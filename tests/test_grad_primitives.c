@@ -210,6 +210,84 @@ static nb_tensor *f_dropout_tanh(void *user, nb_tensor *const *in)
     return nb_tanh(f_dropout(user, in));
 }
 
+/* the fused recurrent steps: both outputs of the LSTM step, and the GRU step */
+static nb_tensor *f_lstm_gates(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_lstm_gates(in[0], in[1]);
+}
+static nb_tensor *f_gru_gates(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_gru_gates(in[0], in[1], in[2]);
+}
+
+/* addmm: c broadcast over the product (a bias [4], a full [3,4], a column [3,1]), transposes */
+static nb_tensor *f_addmm(void *user, nb_tensor *const *in) { return nb_addmm(in[0], in[1], in[2], *(const unsigned *)user); }
+static const unsigned k_none = 0;
+/* an addmm whose output is curved in every input */
+static nb_tensor *f_addmm_tanh(void *user, nb_tensor *const *in) { return nb_tanh(f_addmm(user, in)); }
+
+/* The fused backward ops and the adjoints that only backward rules record: each row's function is a
+ * gradient taken with NB_CREATE_GRAPH, so the op is recorded by the function under test, and the
+ * checks differentiate it (first order) and its rule (second order). */
+static nb_tensor *grad_of(nb_tensor *y, nb_tensor *x)
+{
+    nb_tensor *g = NULL;
+    return nb_grad(y, NULL, 1, &x, &g, NB_CREATE_GRAPH) == NB_OK ? g : NULL;
+}
+/* d/dx sum(w tanh(x)) = w (1 - tanh^2 x): tanh_backward(w, tanh x); in: x, w */
+static nb_tensor *f_tanh_bw(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return grad_of(nb_sum_all(nb_mul(in[1], nb_tanh(in[0]))), in[0]);
+}
+static nb_tensor *f_sigmoid_bw(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return grad_of(nb_sum_all(nb_mul(in[1], nb_sigmoid(in[0]))), in[0]);
+}
+static nb_tensor *f_relu_bw(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return grad_of(nb_sum_all(nb_mul(in[1], nb_relu(in[0]))), in[0]);
+}
+/* d/dx sum(slice(x)^2) = slice_embed(2 slice(x)) */
+static nb_tensor *f_slice_embed(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return grad_of(nb_sum_all(nb_square(nb_slice(in[0], 1, 1, 5, 2))), in[0]);
+}
+/* d/dx sum(index_select(x)^2) = index_add(2 index_select(x)) (repeated rows) */
+static nb_tensor *f_index_add(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    nb_tensor *idx = nb_constant(NB_I64, NB_SHAPE(4), (const int64_t[]){2, 0, 2, 2});
+    return grad_of(nb_sum_all(nb_square(nb_index_select(in[0], 0, idx))), in[0]);
+}
+
+/* a custom op with a composed backward: y = x^3, dy = 3 x^2 dx */
+static nb_status cube_fw(void *user, int n_in, const nb_tensor *const *in, nb_tensor *out)
+{
+    (void)user, (void)n_in;
+    const double *x = nb_tensor_cdata(in[0]);
+    double *y = nb_tensor_data(out);
+    for (int64_t i = 0; i < nb_tensor_numel(out); i++) y[i] = x[i] * x[i] * x[i];
+    return NB_OK;
+}
+static nb_status cube_bw(void *user, int n_in, nb_tensor *const *in, nb_tensor *out, nb_tensor *gout, nb_tensor **gin)
+{
+    (void)user, (void)n_in, (void)out;
+    gin[0] = nb_mul(gout, nb_mul_scalar(nb_square(in[0]), 3.0));
+    return gin[0] ? NB_OK : nb_error_code();
+}
+static const nb_custom_op k_cube = {"cube", cube_fw, cube_bw, NULL, NULL};
+static nb_tensor *f_custom(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_custom(&k_cube, 1, in, NB_F64, nb_tensor_ndim(in[0]), nb_tensor_shape(in[0]));
+}
+
 /* ---- the table -------------------------------------------------------------------------------- */
 
 typedef struct row {
@@ -377,18 +455,98 @@ static const row rows[] = {
     {"one_hot", "sum(x * one_hot)", f_one_hot_pick, NULL, 1, {R1(3, 4)}, LINEAR},
     {"dropout", "dropout p=0.5 fixed mask", f_dropout, SC(0.5, 0), 1, {R1(4, 5)}, LINEAR},
     {"dropout", "tanh(dropout p=0.25)", f_dropout_tanh, SC(0.25, 0), 1, {R1(4, 5)}, CURVED},
+    {"lstm_gates", "lstm_gates [3,8], [3,2]", f_lstm_gates, NULL, 2, {IN(-2, 2, 3, 8), R1(3, 2)}, CURVED},
+    {"lstm_gates", "lstm_gates [2,2,12], c held", f_lstm_gates, NULL, 2, {IN(-2, 2, 2, 2, 12), INC(-1, 1, 2, 2, 3)},
+     CURVED},
+    {"gru_gates", "gru_gates [3,6], [3,6], [3,2]", f_gru_gates, NULL, 3, {IN(-2, 2, 3, 6), IN(-2, 2, 3, 6), R1(3, 2)},
+     CURVED},
+    {"gru_gates", "gru_gates [2,1,9], hg held", f_gru_gates, NULL, 3, {IN(-2, 2, 2, 1, 9), INC(-2, 2, 2, 1, 9),
+                                                                      R1(2, 1, 3)}, CURVED},
+
+    /* ---- addmm ---- */
+    {"addmm", "addmm [4] + [3,2]x[2,4]", f_addmm, &k_none, 3, {R1(4), R1(3, 2), R1(2, 4)}, CURVED},
+    {"addmm", "addmm [3,4] + [2,3]^T x[2,4]", f_addmm, &k_tn, 3, {R1(3, 4), R1(2, 3), R1(2, 4)}, CURVED},
+    {"addmm", "addmm [3,1] + [3,2]x[4,2]^T", f_addmm, &k_nt, 3, {R1(3, 1), R1(3, 2), R1(4, 2)}, CURVED},
+    {"addmm", "addmm [4] + [2,3,2]x[2,4]", f_addmm, &k_none, 3, {R1(4), R1(2, 3, 2), R1(2, 4)}, CURVED},
+    {"addmm", "tanh(addmm [1,4] + [3,2]x[2,4])", f_addmm_tanh, &k_none, 3, {R1(1, 4), R1(3, 2), R1(2, 4)}, CURVED},
+    {"addmm", "addmm [3] + [1,2]x[2,3] (c has fewer dims)", f_addmm, &k_none, 3, {R1(3), R1(1, 2), R1(2, 3)}, CURVED},
+
+    /* ---- ops recorded by backward rules, as functions of their own ---- */
+    {"tanh_backward", "d/dx sum(w tanh x)", f_tanh_bw, NULL, 2, {IN(-2, 2, 2, 3), R1(2, 3)}, CURVED},
+    {"sigmoid_backward", "d/dx sum(w sigmoid x)", f_sigmoid_bw, NULL, 2, {IN(-3, 3, 2, 3), R1(2, 3)}, CURVED},
+    {"relu_backward", "d/dx sum(w relu x)", f_relu_bw, NULL, 2, {INALT(0.1, 1.5, 2, 3), R1(2, 3)}, LINEAR},
+    {"slice_embed", "d/dx sum(slice(x)^2)", f_slice_embed, NULL, 1, {R1(3, 6)}, LINEAR},
+    {"index_add", "d/dx sum(index_select(x)^2)", f_index_add, NULL, 1, {R1(3, 2)}, LINEAR},
+    {"custom", "custom cube (composed backward)", f_custom, NULL, 1, {R1(2, 3)}, CURVED},
 };
 
 #define N_ROWS ((int)(sizeof rows / sizeof rows[0]))
 
-/* ---- running one row -------------------------------------------------------------------------- */
+/* ---- running one row (gradtable_check notes the ops its function records) ------------------- */
 
+/* The registry (src/ops/oplist.h, private: included for the names and the Y/N of each op's backward
+ * rule). Every op with a rule must be recorded by some row's function while nb_gradcheck and
+ * nb_gradgradcheck run it, so that a new op without a row fails this test. */
+#include "../src/ops/oplist.h"
+#define REG_BW_Y 1
+#define REG_BW_N 0
+#define REG_ROW(ID, fn, name, n_in, fw, bw, into, view) {name, REG_BW_##bw},
+static const struct {
+    const char *name;
+    int differentiable;
+} registry[] = {NB_OP_LIST(REG_ROW)};
+#undef REG_ROW
+#define N_REGISTRY ((int)(sizeof registry / sizeof registry[0]))
 static int rows_passed;
 
 static void run_row(int r)
 {
     const row *rw = &rows[r];
     rows_passed += gradtable_check(rw->name, rw->f, rw->arg, rw->n_in, rw->in, rw->order, NULL, 5000u + (uint64_t)r);
+}
+
+/* The ops without a backward rule are never recorded; each has its values checked by a forward test
+ * of this file (test_nondiff_values, and the comparisons in the where rows). */
+static const char *const forward_tested[] = {"compare", "sign", "argmax",
+                                             "argsort" /* test_grad_everyday.c: test_order */};
+
+/* Whether op k of the registry was recorded by a row (of this table, or of test_grad_everyday.c's or
+ * test_conv.c's, which check that themselves); a custom op's node has the custom op's own name. */
+static int op_recorded(int k)
+{
+    const char *name = registry[k].name;
+    for (int e = 0; e < GRADTABLE_N_EVERYDAY; e++)
+        if (!strcmp(gradtable_everyday_ops[e], name)) return 1;
+    for (int e = 0; e < GRADTABLE_N_CNN; e++)
+        if (!strcmp(gradtable_cnn_ops[e], name)) return 1;
+    if (strcmp(name, "custom")) return gradtable_was_seen(name);
+    for (int s = 0; s < gradtable_n_seen; s++) {
+        int known = 0;
+        for (int q = 0; q < N_REGISTRY && !known; q++) known = !strcmp(registry[q].name, gradtable_seen[s]);
+        if (!known) return 1;
+    }
+    return 0;
+}
+
+static void check_registry_coverage(void)
+{
+    int covered = 0, n_diff = 0;
+    for (int k = 0; k < N_REGISTRY; k++) {
+        if (registry[k].differentiable) {
+            n_diff++;
+            covered += op_recorded(k);
+            CHECK(op_recorded(k), "op \"%s\" (src/ops/oplist.h) has a backward rule but no row of the gradcheck "
+                  "table records it: add a row", registry[k].name);
+        } else {
+            int found = 0;
+            for (size_t f = 0; f < sizeof forward_tested / sizeof forward_tested[0]; f++)
+                found |= !strcmp(forward_tested[f], registry[k].name);
+            CHECK(found, "op \"%s\" (src/ops/oplist.h) has no backward rule and no forward test: add one and list "
+                  "it in forward_tested", registry[k].name);
+        }
+    }
+    printf("grad_primitives: registry: %d ops, %d with a backward rule, %d of them gradchecked to first and second "
+           "order\n", N_REGISTRY, n_diff, covered);
 }
 
 static int count_distinct_ops(void)
@@ -655,6 +813,7 @@ int main(void)
     printf("grad_primitives: %d rows (%d passed), %d distinct ops in the gradcheck table\n", N_ROWS, rows_passed,
            n_ops);
     CHECK(n_ops >= 50, "the gradcheck table covers %d distinct ops, expected at least 50", n_ops);
+    check_registry_coverage();
     test_ties();
     test_nondiff_values();
     test_large_inputs();

@@ -1,7 +1,7 @@
 /* Bidirectional recurrent networks (nb_rnn_opts.bidirectional): float64 gradient checks of LSTM and GRU
  * networks with per-sequence lengths (first order over every input and parameter, second order on a
  * smaller one), the reverse direction against a one-directional run over each sequence reversed,
- * dropout between layers against the same network run layer by layer with the same masks, torch's
+ * padding values past each length that change nothing (NaN, inf), dropout between layers against the same network run layer by layer with the same masks, torch's
  * parameter names, order and shapes, bad states, and a training step of a bidirectional model (padded
  * embedding, lengths, dropout, weighted cross-entropy) that makes no heap allocation after the
  * first. Values against PyTorch are in nn_f64.txt (test_nn_fixtures). */
@@ -157,6 +157,95 @@ static void test_reverse(void)
     check_reverse(NB_LSTM, "lstm");
     check_reverse(NB_GRU, "gru");
     check_reverse(NB_RNN_TANH, "rnn tanh");
+}
+
+/* What lies past a sequence's length is padding, never read (as torch's packed sequences): x padded
+ * with NaN, inf and -inf gives the same outputs, final states and gradients (parameters, initial
+ * state, x) as x padded with zeros, and x's gradient is zero on the padding; f32 and f64, one and
+ * two directions, two layers. (The padding's NaN used to reach the outputs and every weight's
+ * gradient through the product by the 0/1 mask and through the input projection.) */
+static void check_padding(nb_rnn_kind kind, const char *kname, nb_dtype dt, int bidir)
+{
+    enum { T = 4, B = 3, I = 2, H = 3 };
+    const int64_t lengths[B] = {4, 1, 2};
+    nb_rng rng;
+    nb_rng_seed(&rng, 70 + (uint64_t)kind);
+    nb_params *p = nb_params_new();
+    nb_rnn r;
+    nb_rnn_opts o = {.layer = {.dtype = dt}, .bidirectional = bidir};
+    CHECK(nb_rnn_init(&r, p, "rnn", kind, I, H, 2, &o, &rng) == NB_OK, "%s: %s", kname, nb_error_message());
+    const int D = bidir ? 2 : 1, lstm = kind == NB_LSTM;
+    nb_tensor *x[2], *h0 = nb_tensor_uniform(dt, NB_SHAPE(2 * D, B, H), -0.5, 0.5, &rng);
+    nb_tensor *c0 = lstm ? nb_tensor_uniform(dt, NB_SHAPE(2 * D, B, H), -0.5, 0.5, &rng) : NULL;
+    x[0] = nb_tensor_uniform(dt, NB_SHAPE(T, B, I), -1, 1, &rng);
+    x[1] = nb_tensor_clone(x[0]);
+    const double pads[3] = {NAN, INFINITY, -INFINITY};
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t k = 0; t >= lengths[b] && k < I; k++) {
+                nb_tensor_set(x[0], (t * B + b) * I + k, 0.0);
+                nb_tensor_set(x[1], (t * B + b) * I + k, pads[(t + b + k) % 3]);
+            }
+    nb_tensor *leaves[3] = {x[0], h0, c0};
+    nb_tensor *vals[2] = {0}, *grads[2][32] = {{0}};
+    int ng = 0;
+    nb_tape *tape = nb_tape_new();
+    nb_tape_begin(tape);
+    for (int v = 0; v < 2; v++) {
+        leaves[0] = x[v];
+        for (int i = 0; i < 3; i++)
+            if (leaves[i]) nb_tensor_set_requires_grad(leaves[i], 1);
+        nb_params_zero_grad(p);
+        nb_rnn_state init = {h0, c0}, fin;
+        nb_tensor *y = NULL;
+        CHECK(nb_rnn_forward(&r, x[v], &init, lengths, &y, &fin) == NB_OK, "%s: %s", kname, nb_error_message());
+        /* a loss that weighs every output and final state differently */
+        nb_tensor *flat = nnt_cat_flat(lstm ? 3 : 2, (nb_tensor *[]){y, fin.h, fin.c});
+        nb_tensor *w = nb_sin(nb_cumsum(nb_ones(dt, NB_SHAPE(nb_tensor_numel(flat))), 0));
+        vals[v] = flat;
+        nb_tensor *inputs[32];
+        int n = 0;
+        for (int i = 0; i < 3; i++)
+            if (leaves[i]) inputs[n++] = leaves[i];
+        nnt_add_params(p, inputs, &n);
+        ng = n;
+        CHECK(nb_grad(nb_sum_all(nb_mul(flat, w)), NULL, n, inputs, grads[v], 0) == NB_OK, "%s: %s", kname,
+              nb_error_message());
+    }
+    int finite = 1;
+    for (int64_t i = 0; vals[0] && vals[1] && i < nb_tensor_numel(vals[1]); i++) finite &= isfinite(nb_tensor_get(vals[1], i));
+    CHECK(vals[0] && vals[1] && finite && nnt_max_diff(vals[0], vals[1]) == 0.0,
+          "%s %s%s: outputs and final states do not depend on the padding's values", kname, nb_dtype_name(dt),
+          bidir ? " bidirectional" : "");
+    double worst = 0, on_pad = 0;
+    for (int i = 0; i < ng && grads[0][i] && grads[1][i]; i++) {
+        for (int64_t k = 0; k < nb_tensor_numel(grads[1][i]); k++)
+            if (!isfinite(nb_tensor_get(grads[1][i], k))) worst = INFINITY;
+        worst = fmax(worst, nnt_max_diff(grads[0][i], grads[1][i]));
+    }
+    for (int64_t t = 0; grads[1][0] && t < T; t++)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t k = 0; t >= lengths[b] && k < I; k++) on_pad = fmax(on_pad, fabs(nb_tensor_get(grads[1][0], (t * B + b) * I + k)));
+    CHECK(ng > 0 && worst == 0.0 && on_pad == 0.0,
+          "%s %s%s: gradients do not depend on the padding (off by %g) and x's is 0 there (%g)", kname,
+          nb_dtype_name(dt), bidir ? " bidirectional" : "", worst, on_pad);
+    CHECK_NO_ERROR();
+    nb_tape_end(tape);
+    nb_tape_free(tape);
+    nb_tensor_free(x[0]);
+    nb_tensor_free(x[1]);
+    nb_tensor_free(h0);
+    nb_tensor_free(c0);
+    nb_params_free(p);
+}
+
+static void test_padding(void)
+{
+    for (int bidir = 0; bidir < 2; bidir++) {
+        check_padding(NB_LSTM, "lstm", NB_F64, bidir);
+        check_padding(NB_GRU, "gru", NB_F32, bidir);
+        check_padding(NB_RNN_RELU, "rnn relu", NB_F64, bidir);
+    }
 }
 
 /* Dropout between layers: a 3-layer bidirectional GRU in training mode equals its layers run one at
@@ -405,6 +494,7 @@ int main(void)
     test_steady_state();
     test_gradcheck();
     test_reverse();
+    test_padding();
     test_dropout();
     test_names();
     test_misuse();

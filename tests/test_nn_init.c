@@ -118,6 +118,29 @@ static void test_orthogonal(void)
     CHECK_ERROR(nb_init_tensor(v, (nb_init){.kind = NB_INIT_ORTHOGONAL}, 1, 1, &rng) != NB_OK, NB_ERR_SHAPE,
                 "orthogonal init needs a tensor of 2 or more dims, got [4]");
     CHECK_ERROR(nb_init_tensor(e, (nb_init){.kind = NB_INIT_ORTHOGONAL}, 1, 1, NULL) != NB_OK, NB_ERR_ARG, "rng is NULL");
+    /* random kinds refuse an i64 tensor (the draws were truncated into 0 and +-1) and a non-finite a
+     * (a NaN gain or bound filled the tensor with NaN); zeros and constants still fill i64 */
+    nb_tensor *iw = nb_tensor_full(NB_I64, NB_SHAPE(3, 3), 7), *fw = nb_tensor_full(NB_F32, NB_SHAPE(3, 3), 7);
+    const nb_init_kind random_kinds[] = {NB_INIT_UNIFORM, NB_INIT_NORMAL, NB_INIT_XAVIER_UNIFORM, NB_INIT_XAVIER_NORMAL,
+                                         NB_INIT_KAIMING_UNIFORM, NB_INIT_KAIMING_NORMAL, NB_INIT_ORTHOGONAL,
+                                         NB_INIT_TRUNC_NORMAL};
+    for (int k = 0; k < 8; k++) {
+        CHECK_ERROR(nb_init_tensor(iw, (nb_init){.kind = random_kinds[k], .a = 1}, 3, 3, &rng) != NB_OK, NB_ERR_DTYPE,
+                    "needs an f32 or f64 tensor, got i64 [3,3]");
+        CHECK_ERROR(nb_init_tensor(fw, (nb_init){.kind = random_kinds[k], .a = NAN}, 3, 3, &rng) != NB_OK, NB_ERR_ARG,
+                    "must be finite");
+        CHECK_ERROR(nb_init_tensor(fw, (nb_init){.kind = random_kinds[k], .a = -INFINITY}, 3, 3, &rng) != NB_OK,
+                    NB_ERR_ARG, "must be finite");
+    }
+    int untouched = 1;
+    for (int i = 0; i < 9; i++) untouched &= nb_tensor_get(iw, i) == 7 && nb_tensor_get(fw, i) == 7;
+    CHECK(untouched, "a refused initialiser changed the tensor");
+    CHECK(nb_init_tensor(iw, (nb_init){.kind = NB_INIT_CONSTANT, .a = -3}, 3, 3, NULL) == NB_OK &&
+              nb_tensor_get(iw, 4) == -3 && nb_init_tensor(iw, (nb_init){.kind = NB_INIT_ZEROS}, 3, 3, NULL) == NB_OK &&
+              nb_tensor_get(iw, 8) == 0,
+          "zeros and constants fill an i64 tensor: %s", nb_error_message());
+    nb_tensor_free(iw);
+    nb_tensor_free(fw);
     nb_tensor_free(e);
     nb_tensor_free(e0);
     nb_tensor_free(v);

@@ -283,6 +283,28 @@ static void test_regression(void)
     CHECK(l && nb_grad(l, NULL, 1, &lp, &g, 0) == NB_OK && nb_tensor_get(g, 0) == 1.0 && nb_tensor_item(l) == 0.25,
           "smooth l1 at d = beta: value beta / 2, slope 1");
     nb_tensor_free(lp);
+    /* far outside the quadratic zone the slope is lin sign(d), as torch: also for an infinite d, and
+     * in f32 for |d| > 1.7e38, where 2 d overflows (the branch not picked, d^2 / 2, gave 0 * inf =
+     * NaN there) */
+    for (int f32 = 0; f32 < 2; f32++) {
+        nb_dtype dt = f32 ? NB_F32 : NB_F64;
+        const double far[4] = {INFINITY, -INFINITY, f32 ? 3e38 : 1e308, f32 ? -3e38 : -1e308};
+        nb_tensor *fp = nb_tensor_from_data(NB_F64, NB_SHAPE(4), far), *fz = nb_zeros(dt, NB_SHAPE(4));
+        nb_tensor *fpd = nb_tensor_clone(nb_cast(fp, dt));
+        nb_tensor_set_requires_grad(fpd, 1);
+        for (int k = 0; k < 2; k++) {
+            nb_tensor *fl = k ? nb_huber_loss(fpd, fz, 2.0, NB_REDUCE_SUM) : nb_smooth_l1_loss(fpd, fz, 2.0, NB_REDUCE_SUM);
+            nb_tensor *fg = NULL;
+            int ok = fl && nb_grad(fl, NULL, 1, &fpd, &fg, 0) == NB_OK;
+            double want = k ? 2.0 : 1.0;
+            for (int i = 0; ok && i < 4; i++) ok = nb_tensor_get(fg, i) == (i % 2 ? -want : want);
+            CHECK(ok, "%s %s: slope %g sign(d) for d = +-inf, +-%g (got %g %g %g %g)", k ? "huber" : "smooth l1",
+                  nb_dtype_name(dt), want, far[2], fg ? nb_tensor_get(fg, 0) : NAN, fg ? nb_tensor_get(fg, 1) : NAN,
+                  fg ? nb_tensor_get(fg, 2) : NAN, fg ? nb_tensor_get(fg, 3) : NAN);
+        }
+        nb_tensor_free(fp);
+        nb_tensor_free(fpd);
+    }
     CHECK_NO_ERROR();
     nb_tape_end(tape);
     nb_tape_free(tape);

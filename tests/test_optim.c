@@ -1211,6 +1211,11 @@ static void test_bad_options(void)
 
     nb_optim *opt = nb_optim_new(NB_SGD, s.ps, NULL);
     CHECK(opt != NULL, "nb_optim_new with NULL options: %s", nb_error_message());
+    /* nb_optim_set_lr refuses what nb_optim_group_set_lr refuses (it set every group's lr to NaN) */
+    CHECK_ERROR((nb_optim_set_lr(opt, NAN), nb_error_code() != NB_OK), NB_ERR_ARG, "nb_optim_set_lr");
+    CHECK_ERROR((nb_optim_set_lr(opt, -1), nb_error_code() != NB_OK), NB_ERR_ARG, "lr -1");
+    CHECK_ERROR((nb_optim_set_lr(NULL, 0.1), nb_error_code() != NB_OK), NB_ERR_ARG, "NULL");
+    CHECK(nb_optim_lr(opt) == 1e-2, "a refused lr was set: %g", nb_optim_lr(opt));
     nb_sched_opts so = nb_sched_defaults(NB_SCHED_COSINE);
     so.t_max = 10;
     so.warmup = 10;
@@ -1229,6 +1234,41 @@ static void test_bad_options(void)
     so = nb_sched_defaults(NB_SCHED_MULTISTEP);
     so.n_milestones = NB_SCHED_MAX_MILESTONES + 1;
     CHECK_ERROR(sched_fails(NB_SCHED_MULTISTEP, opt, &so), NB_ERR_ARG, "milestones");
+    /* one-cycle through a momentum of 0 for sgd (whose buffer exists only for momentum > 0): refused
+     * when made, not left half-applied at the step that reaches 0 (the momentum kept its old value
+     * and the refusal stayed pending as the thread's error) */
+    nb_optim_opts mo = nb_optim_defaults(NB_SGD);
+    mo.momentum = 0.9;
+    nb_optim *sgdm = nb_optim_new(NB_SGD, s.ps, &mo);
+    for (int which = 0; which < 2; which++) {
+        so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+        so.total_steps = 10;
+        if (which) so.max_momentum = 0;
+        else so.base_momentum = 0;
+        CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "> 0 as sgd/rmsprop momentum");
+    }
+    /* a rising phase of no length: said so, not "lr nan at epoch 0" */
+    so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    so.total_steps = 10;
+    so.pct_start = 0.1;
+    CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "leaves the rising phase no length");
+    so.three_phase = 1;
+    CHECK_ERROR(sched_fails(NB_SCHED_ONECYCLE, sgdm, &so), NB_ERR_ARG, "leaves the rising phase no length");
+    so = nb_sched_defaults(NB_SCHED_ONECYCLE);
+    so.total_steps = 10;
+    so.base_momentum = 1e-3;
+    nb_sched *cyc = nb_sched_new(NB_SCHED_ONECYCLE, sgdm, &so);
+    double lowest = 1;
+    for (int i = 0; cyc && i < 10; i++) {
+        nb_sched_step(cyc, 0);
+        nb_optim_opts go;
+        nb_optim_group_opts(sgdm, 0, &go);
+        lowest = fmin(lowest, go.momentum);
+    }
+    CHECK(cyc && lowest == 1e-3, "one-cycle: sgd's momentum reaches base_momentum (lowest %g)", lowest);
+    CHECK_NO_ERROR();
+    nb_sched_free(cyc);
+    nb_optim_free(sgdm);
     CHECK_ERROR(sched_fails(NB_SCHED_STEP, NULL, NULL), NB_ERR_ARG, "nb_sched_new");
     CHECK_ERROR(isnan(nb_sched_step(NULL, 0)), NB_ERR_ARG, "NULL");
     CHECK(nb_optim_lr(opt) == 1e-2, "a refused schedule changed the lr to %g", nb_optim_lr(opt));
@@ -1349,6 +1389,42 @@ static nb_status failing_closure(void *user, double *loss)
         return NB_ERR_ARG;
     }
     return lb_closure(user, loss);
+}
+
+/* A closure for a collection with nothing to optimise: counts its calls. */
+static nb_status counting_closure(void *user, double *loss)
+{
+    ++*(int *)user;
+    *loss = 1.5;
+    return NB_OK;
+}
+
+/* L-BFGS over a collection with no trainable tensor (empty, or buffers only, one of them i64): a
+ * step evaluates the closure once and changes nothing, as every other kind's step does (it
+ * dereferenced the state made with the first parameter, which does not exist: a crash). */
+static void test_lbfgs_nothing(void)
+{
+    for (int fill = 0; fill < 2; fill++) {
+        nb_params *p = nb_params_new();
+        nb_tensor *buf = fill ? nb_params_add_buffer(p, "running", nb_tensor_full(NB_F64, NB_SHAPE(3), 2.0)) : NULL;
+        if (fill) nb_params_add_buffer(p, "ids", nb_tensor_zeros(NB_I64, NB_SHAPE(2)));
+        for (int ls = 0; ls < 2; ls++) {
+            nb_optim_opts o = nb_optim_defaults(NB_LBFGS);
+            o.line_search = ls ? NB_LINE_SEARCH_STRONG_WOLFE : NB_LINE_SEARCH_NONE;
+            nb_optim *opt = nb_optim_new(NB_LBFGS, p, &o);
+            CHECK(opt && nb_optim_param_count(opt) == 0, "L-BFGS over no parameters: %s", nb_error_message());
+            int calls = 0;
+            double loss = NAN;
+            CHECK(nb_optim_step_closure(opt, counting_closure, &calls, &loss) == NB_OK && calls == 1 && loss == 1.5 &&
+                      nb_optim_steps(opt) == 1,
+                  "L-BFGS over no parameters (%s): one evaluation, loss reported (%d calls, loss %g): %s",
+                  fill ? "buffers only" : "empty", calls, loss, nb_error_message());
+            CHECK(!buf || nb_tensor_get(buf, 0) == 2.0, "L-BFGS changed a buffer");
+            nb_optim_free(opt);
+        }
+        nb_params_free(p);
+    }
+    CHECK_NO_ERROR();
 }
 
 static void test_lbfgs_known(const fixture *f)
@@ -1606,6 +1682,36 @@ static void test_checkpoint_groups(const fixture *f)
     CHECK(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_OK, "a file without groups: %s", nb_error_message());
     CHECK(nb_optim_group_lr(o2, 1) == 0.125 && nb_tensor_get(m2.W, 0) == nb_tensor_get(m.W, 0),
           "a file without groups: the groups changed or the parameters were not loaded");
+    /* half of the groups: either entry without the other is refused (it was a NULL dereference) */
+    for (int drop = 0; drop < 2; drop++) {
+        const char *gone = drop ? "optim.param_groups" : "optim.groups", *kept = drop ? "optim.groups" : "optim.param_groups";
+        CHECK(nb_safetensors_read(path, &file) == NB_OK, "read: %s", nb_error_message());
+        n = 0;
+        for (int i = 0; file && i < nb_safetensors_count(file) && n < 64; i++)
+            if (strcmp(nb_safetensors_name(file, i), gone)) {
+                names[n] = nb_safetensors_name(file, i);
+                tensors[n++] = nb_safetensors_tensor(file, i);
+            }
+        for (int i = 0; file && i < 4; i++) values[i] = nb_safetensors_meta(file, keys[i]);
+        CHECK(file && nb_safetensors_save(old, n, names, tensors, 4, keys, values) == NB_OK, "save: %s", nb_error_message());
+        nb_safetensors_free(file);
+        char needle[64];
+        snprintf(needle, sizeof needle, "%s without %s", kept, gone);
+        CHECK_ERROR(nb_checkpoint_load(old, m2.ps, o2, NULL) == NB_ERR_FORMAT, NB_ERR_FORMAT, needle);
+    }
+    /* an optimizer over no parameter: its one group is saved with an empty param_groups, and loads back */
+    for (int k = 0; k < 2; k++) {
+        nb_params *none = nb_params_new();
+        nb_optim *on = nb_optim_new(k ? NB_LBFGS : NB_ADAM, none, NULL), *on2 = nb_optim_new(k ? NB_LBFGS : NB_ADAM, none, NULL);
+        nb_optim_set_lr(on, 0.25);
+        CHECK(nb_checkpoint_save(old, none, on, 5) == NB_OK, "save with no parameter: %s", nb_error_message());
+        int64_t st5 = 0;
+        CHECK(nb_checkpoint_load(old, none, on2, &st5) == NB_OK && st5 == 5 && nb_optim_lr(on2) == 0.25,
+              "%s over no parameter: save and load back: %s", k ? "lbfgs" : "adam", nb_error_message());
+        nb_optim_free(on);
+        nb_optim_free(on2);
+        nb_params_free(none);
+    }
     /* another number of groups: refused, nothing changed */
     nb_optim *one = nb_optim_new(NB_ADAM, m2.ps, NULL);
     nb_tensor_set(m2.W, 0, 42.0);
@@ -1658,6 +1764,7 @@ int main(int argc, char **argv)
     test_freeze();
     test_has_grad();
     test_lbfgs_known(&f);
+    test_lbfgs_nothing();
     test_groups();
     test_checkpoint_groups(&f);
     test_late_param();

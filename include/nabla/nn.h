@@ -35,11 +35,16 @@ typedef struct nb_params nb_params;
 nb_params *nb_params_new(void);
 /** Frees the collection and every tensor in it. NULL is ignored. */
 void nb_params_free(nb_params *p);
-/** Register leaf t under name (copied; names must be unique) and mark it as requiring grad. The
+/** Register leaf t under name (copied; names must be unique, and such that nb_checkpoint_save can write
+ * them: valid UTF-8, not "__metadata__", not beginning with "optim.", which checkpoints keep for the
+ * optimizer's state; others are refused with NB_ERR_ARG) and mark it as requiring grad. The
  * collection takes ownership of t (nb_tensor_claim), also on failure: then t is freed and NULL
  * returned. Except when t is not yours to give, and then it is left untouched: an op result (its
  * tape's), or a leaf that has an owner already (this collection, another one, a dataset...): adding
- * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. */
+ * a tensor twice, or to two collections, is an NB_ERR_ARG error, never a double free. A view made
+ * without a tape (nb_tensor_is_view) is refused, here and as a buffer: a parameter needs data of its
+ * own (add nb_tensor_clone of it); nb_params_add also refuses a leaf that has such views (it could not
+ * require grad). */
 nb_tensor *nb_params_add(nb_params *p, const char *name, nb_tensor *t);
 /** Register a leaf that is state, not trained (running statistics...): owned, no gradient. */
 nb_tensor *nb_params_add_buffer(nb_params *p, const char *name, nb_tensor *t);
@@ -98,7 +103,8 @@ typedef struct nb_init {
 } nb_init;
 
 /** Fill leaf t according to init, drawing from rng. fan_in/fan_out are the layer's (for a weight
- * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer).
+ * [out, in]: in and out). NB_INIT_DEFAULT is refused here (it only means something to a layer), and
+ * so are the random kinds for an i64 tensor or with a non-finite a (zeros and constants take any).
  * NB_INIT_ORTHOGONAL: t (at least 2-D) viewed as [rows = dim 0, cols = the rest] is gain * Q, Q from
  * the QR of a [max, min] matrix of N(0, 1) draws (drawn as [rows, cols] in row-major order, then
  * transposed when rows < cols) with the signs making R's diagonal positive: orthonormal rows when
@@ -141,7 +147,8 @@ typedef enum nb_activation {
     NB_ACT_COUNT       /**< the number of activations (not one) */
 } nb_activation;
 
-/** Apply an activation (leaky ReLU slope 0.01, ELU alpha 1). */
+/** Apply an activation (leaky ReLU slope 0.01, ELU alpha 1). NB_ACT_NONE gives x's values as a
+ * tensor of its own (a view on the tape), never x itself. */
 nb_tensor *nb_activate(nb_tensor *x, nb_activation act);
 /** "none", "relu", "tanh", ...; "?" for an unknown activation. */
 const char *nb_activation_name(nb_activation act);
@@ -180,7 +187,8 @@ nb_status nb_mlp_init(nb_mlp *m, nb_params *p, const char *name, int n_sizes, co
 /** x [..., sizes[0]] -> [..., sizes[n_sizes - 1]] */
 nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x);
 
-/** Inverted dropout in training mode of model (identity in evaluation mode or for p = 0). */
+/** Inverted dropout in training mode of model (identity in evaluation mode or for p = 0: x's values
+ * as a tensor of its own, a view on the tape, never x itself, as every op). */
 nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
 
 /** Lookup table: weight [num, dim] ("name.weight"), default N(0, 1) as PyTorch. With
@@ -301,7 +309,8 @@ nb_status nb_group_norm_init(nb_group_norm *gn, nb_params *p, const char *name, 
 nb_tensor *nb_group_norm_forward(const nb_group_norm *gn, nb_tensor *x);
 
 /** Channel dropout (torch.nn.Dropout2d) in training mode of model: whole channels of x [N, C, ...] are
- * zeroed with probability p, the others scaled by 1 / (1 - p). Identity in evaluation mode. */
+ * zeroed with probability p, the others scaled by 1 / (1 - p). In evaluation mode or with p = 0 a view of
+ * x with a node of its own (never x itself), as nb_train_dropout. */
 nb_tensor *nb_train_dropout2d(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
 /** Merge dims start_dim..end_dim (negative: from the end) into one, as torch.flatten (a view). */
 nb_tensor *nb_flatten(nb_tensor *x, int start_dim, int end_dim);
@@ -392,8 +401,9 @@ typedef struct nb_rnn_state {
 
 /** Run the network over x ([T, B, input], or [B, T, input] when batch_first). init: the initial state
  * or NULL for zeros. lengths: NULL, or B sequence lengths in 1..T; a sequence's steps past its
- * length leave its state unchanged and output zeros (the reverse direction of a sequence of length L
- * starts from the initial state at step L-1, as torch's packed sequences do). out (may be NULL):
+ * length leave its state unchanged and output zeros, and what x holds there does not matter (any
+ * padding, NaN included, changes no output and no gradient); the reverse direction of a sequence of
+ * length L starts from the initial state at step L-1, as torch's packed sequences do. out (may be NULL):
  * every step's top-layer output, [T, B, D*hidden] (or [B, T, D*hidden]), the forward direction's
  * first. final (may be NULL): the state after each sequence's last step (for the reverse direction,
  * after step 0). The input projection of all steps is one matrix product per layer and direction.

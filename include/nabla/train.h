@@ -111,7 +111,10 @@ void nb_optim_free(nb_optim *opt);
 nb_status nb_optim_step(nb_optim *opt);
 /** What nb_optim_step_closure calls: zero the gradients, build the loss on the current tape, run
  * nb_backward, reset the tape if it likes, and store the loss in *loss; a failure status stops the
- * step (the parameters are left as the optimizer had them then: never between two trial points). */
+ * step (the parameters are left as the optimizer had them then: never between two trial points).
+ * L-BFGS does not look for NaN or infinity in the loss or the gradients (torch.optim.LBFGS neither,
+ * and nabla follows it step for step, to NaN parameters): return a failure status for them (with
+ * nb_set_anomaly_mode(1) the first op or backward rule that makes one fails). */
 typedef nb_status (*nb_optim_closure)(void *user, double *loss);
 /** One step that may evaluate the loss again (torch's step(closure)): L-BFGS calls closure up to
  * max_eval times, every other kind once before its update. *loss (may be NULL) gets the first
@@ -119,7 +122,8 @@ typedef nb_status (*nb_optim_closure)(void *user, double *loss);
 nb_status nb_optim_step_closure(nb_optim *opt, nb_optim_closure closure, void *user, double *loss);
 /** Zero the gradients of the optimizer's parameters (nb_tensor_zero_grad: buffers kept). */
 void nb_optim_zero_grad(nb_optim *opt);
-/** Group 0's lr; nb_optim_set_lr sets every group's. @{ */
+/** Group 0's lr; nb_optim_set_lr sets every group's (a NULL optimizer or an lr that is not >= 0, NaN
+ * included, records NB_ERR_ARG and changes nothing). @{ */
 double nb_optim_lr(const nb_optim *opt);
 void nb_optim_set_lr(nb_optim *opt, double lr);
 /** @} */
@@ -237,7 +241,8 @@ typedef struct nb_sched nb_sched;
 
 /** A schedule driving opt's learning rates from their current values (the bases); it sets them for
  * epoch 0 now. ONECYCLE with cycle_momentum needs an optimizer with beta1 (Adam, AdamW, NAdam,
- * RAdam, Adamax) or with momentum > 0 (SGD, RMSprop), and sets it to max_momentum. */
+ * RAdam, Adamax; momenta in [0, 1)) or with momentum > 0 (SGD, RMSprop; momenta > 0, where torch
+ * also takes 0: their momentum buffer exists only for a momentum > 0), and sets it to max_momentum. */
 nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *opts);
 /** Frees the schedule (the optimizer keeps its last lr). NULL is ignored. */
 void nb_sched_free(nb_sched *s);
@@ -293,7 +298,9 @@ typedef struct nb_dataset nb_dataset;
  * dataset takes ownership of both leaves (nb_tensor_claim; also when it fails, so a constructor call
  * can be passed straight in) and frees them with itself. Leaves that require grad, op results and 0-d
  * tensors are refused, and so are leaves that have an owner already (a collection, another
- * dataset...): those, and op results, are left untouched when it fails. */
+ * dataset...): those, and op results, are left untouched when it fails. A view made without a tape is
+ * a leaf like any other: nb_dataset_new(nb_reshape(x, NB_SHAPE(n, 1, 28, 28)), y) with no current tape
+ * owns the view, which keeps x's data alive whether x is freed before or after the dataset. */
 nb_dataset *nb_dataset_new(nb_tensor *inputs, nb_tensor *targets);
 /** Frees the dataset (and the leaves it owns; a split view owns none). NULL is ignored. */
 void nb_dataset_free(nb_dataset *d);
@@ -337,6 +344,23 @@ const int64_t *nb_batches_lengths(const nb_batches *b, int64_t *count);
 const int64_t *nb_batches_indices(const nb_batches *b, int64_t *count);
 /** The number of batches in an epoch (-1 for NULL). */
 int64_t nb_batches_per_epoch(const nb_batches *b);
+/** Data-parallel sharding (nabla/dist.h): from now on nb_batches_next returns only part `rank` of
+ * `nranks` of each batch, rows [rank * n / nranks, (rank + 1) * n / nranks) of a batch of n. Every rank
+ * makes the same batcher (same data, batch_size and seed), so all draw the same shuffle and the ranks
+ * together see exactly the batches one unsharded batcher returns. A part is empty (a batch of 0 rows,
+ * still returned as 1) when a batch has fewer rows than ranks; parts differ by at most one row when
+ * nranks does not divide n (weight the gradients: nb_ddp_set_samples). Call before the first batch. */
+nb_status nb_batches_set_shard(nb_batches *b, int rank, int nranks);
+/** Rows of the last batch over all shards (its own rows: nb_batches_indices), 0 before the first; and
+ * where this shard's rows start among them (0 unsharded). With these a rank can draw per-sample
+ * randomness (dropout masks) for the whole global batch from a stream every rank shares, and use its
+ * rows: then N ranks draw exactly what one process draws. -1 for NULL. @{ */
+int64_t nb_batches_global_count(const nb_batches *b);
+int64_t nb_batches_shard_offset(const nb_batches *b);
+/** @} */
+/** Skip n batches, drawing the shuffles nb_batches_next would (an epoch's end is not counted): to
+ * resume a run from a checkpoint taken after n steps. */
+nb_status nb_batches_skip(nb_batches *b, int64_t n);
 
 /** Read an IDX file (MNIST format; gzip-compressed or raw) into a new leaf of dtype: unsigned-byte
  * data is converted and, for f32/f64, multiplied by scale (1/255, say); other IDX types keep their
@@ -402,11 +426,14 @@ const char *nb_safetensors_meta(const nb_safetensors *f, const char *key);
 
 /** The parameters of params, the state of opt (may be NULL) and the step counter in one file. */
 nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb_optim *opt, int64_t step);
-/** Load what nb_checkpoint_save wrote. Everything is validated first (header against file size,
- * offsets inside the data and not overlapping, shape x dtype size equal to the byte range, names,
- * dtypes and shapes matching the model; the header's JSON strictly, see src/train/checkpoint.c); on
- * any failure nothing of params or opt is changed. A path that is not a regular file is refused at
- * once (NB_ERR_IO). Tensors need not be aligned in the file. step may be NULL. */
+/** Load what nb_checkpoint_save wrote: with opt, its state, step counts and groups' options too (lr,
+ * weight decay, momentum, betas, eps, frozen: the saved run's last values, as torch's
+ * load_state_dict; set the lr after loading to train on with another). Everything is validated
+ * first (header against file size, offsets inside the data and not overlapping, shape x dtype size
+ * equal to the byte range, names, dtypes and shapes matching the model; the header's JSON strictly,
+ * see src/train/checkpoint.c); on any failure nothing of params or opt is changed. A path that is
+ * not a regular file is refused at once (NB_ERR_IO). Tensors need not be aligned in the file. step
+ * may be NULL. */
 nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt, int64_t *step);
 
 /** @} */

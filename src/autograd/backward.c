@@ -8,6 +8,8 @@
 #include <string.h>
 
 
+/* All state of one pass lives here, in arrays on the tape's arena: nothing is written into a tensor
+ * (leaves may be shared by passes on other threads, or seen again by a later pass on this one). */
 typedef struct pass {
     const char *who;
     nb_tape *tape;
@@ -18,8 +20,20 @@ typedef struct pass {
     uint8_t *owned;       /* [n] g[i] was made here by accumulation, safe to add into in place */
     struct leaf_slot *lf; /* [n_leaf] the leaves reached, in order of first encounter in mark */
     int64_t n_leaf, n_leaf_cap;
-    uint64_t epoch;
+    struct map_entry *map; /* [map_cap] open addressing, leaf pointer -> slot (key NULL: empty); used
+                              by mark only: the sweep reads the slots mark wrote into lsl */
+    size_t map_cap;        /* a power of two, at least twice n_leaf */
+    int64_t hit;           /* the slot found last */
+    int32_t *lsoff;        /* [n] for a needed node with leaf inputs: 1 + where its inputs' slots start
+                              in lsl (0: none) */
+    int64_t *lsl;          /* [n_lsl] leaf slot of input j of such a node at lsl[lsoff[i] - 1 + j] */
+    size_t n_lsl, cap_lsl;
 } pass;
+
+typedef struct map_entry {
+    const nb_tensor *key;
+    int64_t slot;
+} map_entry;
 
 enum { NEED = 1, LAST = 2 };
 
@@ -48,25 +62,56 @@ static bool accumulate(pass *p, nb_tensor **slot, uint8_t *owned, nb_tensor *g)
     return true;
 }
 
-/* The slot of leaf in this pass, made on first use (the array grows in the arena: slots are only
- * made before the sweep, so pointers into it stay valid while rules run); -1 when out of memory. */
-static int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
+static inline size_t map_home(const pass *p, const nb_tensor *leaf)
 {
-    if (leaf->bw_epoch == p->epoch) return leaf->bw_slot;
+    uint64_t h = (uint64_t)(uintptr_t)leaf * UINT64_C(0x9E3779B97F4A7C15);
+    return (size_t)(h >> 40) & (p->map_cap - 1);
+}
+
+/* The slot of leaf in this pass, or -1 if the pass has none. */
+static inline int64_t find_leaf(const pass *p, const nb_tensor *leaf)
+{
+    if (!p->map_cap) return -1;
+    for (size_t i = map_home(p, leaf);; i = (i + 1) & (p->map_cap - 1)) {
+        const map_entry *e = &p->map[i];
+        if (e->key == leaf) return e->slot;
+        if (!e->key) return -1;
+    }
+}
+
+static void map_put(pass *p, int64_t slot)
+{
+    size_t i = map_home(p, p->lf[slot].leaf);
+    while (p->map[i].key) i = (i + 1) & (p->map_cap - 1);
+    p->map[i] = (map_entry){p->lf[slot].leaf, slot};
+}
+
+/* The slot of leaf in this pass, made on first use (mark makes every slot, before any rule runs; the
+ * arrays grow in the arena); -1 when out of memory. */
+static inline int64_t slot_of_leaf(pass *p, nb_tensor *leaf)
+{
+    if (p->n_leaf && p->lf[p->hit].leaf == leaf) return p->hit; /* runs of one leaf are common */
+    int64_t s = find_leaf(p, leaf);
+    if (s >= 0) return p->hit = s;
     if (p->n_leaf == p->n_leaf_cap) {
         int64_t cap = p->n_leaf_cap ? 2 * p->n_leaf_cap : 16;
         leaf_slot *a = nb__tape_alloc(p->tape, (size_t)cap * sizeof *a);
-        if (!a) {
+        map_entry *map = nb__tape_alloc(p->tape, (size_t)(2 * cap) * sizeof *map);
+        if (!a || !map) {
             nb__fail(NB_ERR_NOMEM, "%s: out of memory", p->who);
             return -1;
         }
         if (p->n_leaf) memcpy(a, p->lf, (size_t)p->n_leaf * sizeof *a);
+        memset(map, 0, (size_t)(2 * cap) * sizeof *map);
         p->lf = a;
         p->n_leaf_cap = cap;
+        p->map = map;
+        p->map_cap = (size_t)(2 * cap);
+        for (int64_t k = 0; k < p->n_leaf; k++) map_put(p, k);
     }
-    leaf->bw_epoch = p->epoch;
-    leaf->bw_slot = p->n_leaf;
     p->lf[p->n_leaf] = (leaf_slot){.leaf = leaf, .last = SIZE_MAX};
+    map_put(p, p->n_leaf);
+    p->hit = p->n_leaf;
     return p->n_leaf++;
 }
 
@@ -76,13 +121,22 @@ struct nb_grad_sink {
 };
 
 /* The accumulation slot of tensor x in this pass, and whether this pass owns its tensor. */
-static void slot_of(pass *p, nb_tensor *x, nb_tensor ***slot, uint8_t **owned)
+/* The leaf slot mark gave input j of node nd (a leaf that needs a gradient), -1 if none. */
+static inline int64_t leaf_slot_of_input(const pass *p, const nb_node *nd, int j)
 {
+    int32_t off = p->lsoff[nd->index];
+    return off ? p->lsl[off - 1 + j] : -1;
+}
+
+/* The accumulation slot of input j of node nd in this pass, and whether this pass owns its tensor. */
+static void slot_of(pass *p, const nb_node *nd, int j, nb_tensor ***slot, uint8_t **owned)
+{
+    nb_tensor *x = nd->in[j];
     if (x->node && x->tape == p->tape) {
         *slot = &p->g[x->node->index];
         *owned = &p->owned[x->node->index];
     } else {
-        int64_t s = slot_of_leaf(p, x);
+        int64_t s = leaf_slot_of_input(p, nd, j);
         *slot = s >= 0 ? &p->lf[s].g : NULL;
         *owned = s >= 0 ? &p->lf[s].owned : NULL;
     }
@@ -93,7 +147,7 @@ nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh)
     pass *p = sink->p;
     nb_tensor *x = sink->nd->in[i], **slot;
     uint8_t *owned;
-    slot_of(p, x, &slot, &owned);
+    slot_of(p, sink->nd, i, &slot, &owned);
     if (fresh) *fresh = false;
     if (!slot) return nb__fail(NB_ERR_STATE, "%s: no gradient slot", p->who);
     if (!*slot) {
@@ -116,7 +170,7 @@ bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g)
 {
     nb_tensor **slot;
     uint8_t *owned;
-    slot_of(sink->p, sink->nd->in[i], &slot, &owned);
+    slot_of(sink->p, sink->nd, i, &slot, &owned);
     return slot && accumulate(sink->p, slot, owned, g);
 }
 
@@ -130,6 +184,7 @@ static nb_tensor *run_hook(pass *p, nb_tensor *t, nb_tensor *g)
             nb__fail(NB_ERR_STATE, "%s: the gradient hook of %s returned NULL", p->who, NB_SHP(t));
         return NULL;
     }
+    if (!nb__live(p->who, r)) return NULL;
     if (r->dtype != t->dtype || !nb__same_shape(r, t))
         return nb__fail(NB_ERR_SHAPE, "%s: the gradient hook of %s %s returned %s %s", p->who,
                         nb_dtype_name(t->dtype), NB_SHP(t), nb_dtype_name(r->dtype), NB_SHP(r));
@@ -149,32 +204,61 @@ static bool anomaly_in_backward(pass *p, const nb_node *nd, int j, const nb_tens
     return true;
 }
 
-/* Mark the nodes leading to out, check that each can still be differentiated, and give every leaf
- * reached a slot with the index of its last use. */
+/* Why input x (recorded with stamp `stamp`) of a node can no longer be read, or NULL if it can: a
+ * leaf freed since (its pool header has stamp 0, or a new leaf's serial), or a result of another
+ * tape that was reset since (its header keeps the old generation, or holds a newer result). A result
+ * of the pass's own tape with its recorded stamp is current: the tape's nodes are of its generation. */
+static inline const char *input_gone(const pass *p, const nb_tensor *x, uint64_t stamp)
+{
+    if (x->stamp == stamp && (!x->tape || x->tape == p->tape || x->stamp == x->tape->gen)) return NULL;
+    return x->tape ? "belongs to a tape that was reset" : "was freed";
+}
+
+/* Mark the nodes leading to out, check that each can still be differentiated (not released, inputs
+ * alive and unchanged), and give every leaf reached a slot with the index of its last use. */
 static nb_status mark(pass *p, nb_tensor *out)
 {
-    nb_node **nodes = p->tape->nodes;
     p->need[out->node->index] = NEED;
     for (size_t i = p->n; i-- > 0;) {
         if (!p->need[i]) continue;
-        nb_node *nd = nodes[i];
+        const nb_node *nd = p->tape->nodes[i];
         if (nd->flags & NB_NODE_RELEASED)
             return nb__fail_status(NB_ERR_STATE, "%s: node %zu (%s) was released by an earlier backward; "
                                    "pass NB_RETAIN_GRAPH to that backward to run another", p->who, i,
                                    nb__node_name(nd));
         for (int j = 0; j < nd->n_in; j++) {
             nb_tensor *x = nd->in[j];
+            /* a result of this tape is of its current generation (a stale one is refused when an op
+             * is recorded); anything else is checked against the stamp the node recorded */
+            const char *gone = x->tape == p->tape ? NULL : input_gone(p, x, nd->in_stamp[j]);
+            if (gone)
+                return nb__fail_status(NB_ERR_STATE, "%s: input %d of node %zu (%s) %s after it was "
+                                       "recorded", p->who, j, i, nb__node_name(nd), gone);
             if (*x->vp != nd->in_version[j])
                 return nb__fail_status(NB_ERR_STATE, "%s: input %d %s of node %zu (%s) was modified in "
                                        "place after it was recorded", p->who, j, NB_SHP(x), i,
                                        nb__node_name(nd));
             if (!nb__needs_grad(x)) continue;
-            if (x->node && x->tape == p->tape) {
+            if (x->tape == p->tape) {
                 p->need[x->node->index] |= NEED;
             } else {
                 int64_t s = slot_of_leaf(p, x);
                 if (s < 0) return NB_ERR_NOMEM;
                 p->lf[s].last = i;
+                if (!p->lsoff[i]) {
+                    /* this node's row of leaf slots, for the sweep */
+                    if (p->n_lsl + (size_t)nd->n_in > p->cap_lsl) {
+                        size_t cap = p->cap_lsl ? 2 * p->cap_lsl + (size_t)nd->n_in : 2 * p->n + (size_t)nd->n_in;
+                        int64_t *a = nb__tape_alloc(p->tape, cap * sizeof *a);
+                        if (!a || cap > INT32_MAX) return nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", p->who);
+                        if (p->n_lsl) memcpy(a, p->lsl, p->n_lsl * sizeof *a);
+                        p->lsl = a;
+                        p->cap_lsl = cap;
+                    }
+                    p->lsoff[i] = (int32_t)p->n_lsl + 1;
+                    p->n_lsl += (size_t)nd->n_in;
+                }
+                p->lsl[p->lsoff[i] - 1 + j] = s;
             }
         }
     }
@@ -210,8 +294,10 @@ static nb_status finish_leaves_of(pass *p, const nb_node *nd, bool store)
 {
     for (int j = 0; j < nd->n_in; j++) {
         nb_tensor *x = nd->in[j];
-        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape) || x->bw_epoch != p->epoch) continue;
-        leaf_slot *ls = &p->lf[x->bw_slot];
+        if (!nb__needs_grad(x) || (x->node && x->tape == p->tape)) continue;
+        int64_t s = leaf_slot_of_input(p, nd, j);
+        if (s < 0) continue;
+        leaf_slot *ls = &p->lf[s];
         if (ls->done || ls->last != nd->index) continue;
         nb_status st = finish_leaf(p, ls, store);
         if (st != NB_OK) return st;
@@ -259,7 +345,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
                                        NB_SHP(gx), j, nb_dtype_name(x->dtype), NB_SHP(x));
             nb_tensor **slot;
             uint8_t *owned;
-            slot_of(p, x, &slot, &owned);
+            slot_of(p, nd, j, &slot, &owned);
             bool ok = slot && accumulate(p, slot, owned, gx);
             if (!ok) return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         }
@@ -280,7 +366,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
     }
     if (p->flags & NB_CREATE_GRAPH) {
         /* a differentiable gradient from another tape enters as its values */
-        nb_tensor *prev = leaf->grad_tape == p->tape ? leaf->grad_graph : NULL;
+        nb_tensor *prev = nb__grad_tape(leaf) == p->tape ? leaf->grad_graph : NULL;
         nb_tensor *sum = g;
         if (prev) {
             sum = nb_add(prev, g);
@@ -290,6 +376,8 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
             for (int64_t i = 0; i < leaf->grad->numel && !any; i++) any = nb__get(leaf->grad, i) != 0;
             if (any) sum = nb_add(nb_constant(leaf->dtype, leaf->ndim, leaf->shape, leaf->grad->data), g);
         }
+        /* the differentiable gradient is a result of this tape (the tape lists the leaf to clear it) */
+        if (sum && sum->tape != p->tape) sum = nb_affine(sum, 1.0, 0.0);
         if (!sum || !nb__tape_track_leaf(p->tape, leaf))
             return nb_error_code() ? nb_error_code() : NB_ERR_NOMEM;
         leaf->grad_graph = sum;
@@ -297,7 +385,7 @@ static nb_status store_leaf_grad(pass *p, nb_tensor *leaf, nb_tensor *g)
         return NB_OK;
     }
     /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
-    if (leaf->grad_tape) nb__tape_forget_leaf(leaf->grad_tape, leaf);
+    if (nb__grad_tape(leaf)) nb__tape_forget_leaf(nb__grad_tape(leaf), leaf);
     return nb__add_inplace(leaf->grad, g);
 }
 
@@ -306,6 +394,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
 {
     if (flags & NB_CREATE_GRAPH) flags |= NB_RETAIN_GRAPH;
     if (!out) return nb__fail_status(NB_ERR_ARG, "%s: output is NULL", who);
+    if (!nb__live(who, out) || !nb__live_opt(who, seed)) return NB_ERR_STATE;
     if (!nb__is_float(out->dtype))
         return nb__fail_status(NB_ERR_DTYPE, "%s: output %s %s is not a floating-point tensor", who,
                                nb_dtype_name(out->dtype), NB_SHP(out));
@@ -321,8 +410,10 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
     if (grads)
         for (int i = 0; i < n_wrt; i++) grads[i] = NULL;
-    for (int i = 0; i < n_wrt; i++)
+    for (int i = 0; i < n_wrt; i++) {
         if (!wrt[i]) return nb__fail_status(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+        if (!nb__live(who, wrt[i])) return NB_ERR_STATE;
+    }
 
     nb_tape *tape = out->tape;
     if (!out->node && !grads) {
@@ -337,7 +428,8 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_tape *prev_tape = nb__swap_current(tape);
     int saved_mode = nb__set_grad_mode((flags & NB_CREATE_GRAPH) != 0);
     nb_status st = NB_OK;
-    pass p = {.who = who, .tape = tape, .flags = flags, .epoch = nb__next_epoch()};
+    pass p = {.who = who, .tape = tape, .flags = flags};
+    tape->busy++;
 
     /* the seed enters as a copy on the tape, so no gradient handed back aliases the caller's tensor
      * (under NB_CREATE_GRAPH the copy is recorded: gradients can flow on into the seed) */
@@ -352,13 +444,15 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
         p.need = nb__tape_alloc(tape, p.n);
         p.g = nb__tape_alloc(tape, p.n * sizeof *p.g);
         p.owned = nb__tape_alloc(tape, p.n);
-        if (!p.need || !p.g || !p.owned) {
+        p.lsoff = nb__tape_alloc(tape, p.n * sizeof *p.lsoff);
+        if (!p.need || !p.g || !p.owned || !p.lsoff) {
             st = nb__fail_status(NB_ERR_NOMEM, "%s: out of memory", who);
             goto done;
         }
         memset(p.need, 0, p.n);
         memset(p.g, 0, p.n * sizeof *p.g);
         memset(p.owned, 0, p.n);
+        memset(p.lsoff, 0, p.n * sizeof *p.lsoff);
         if ((st = mark(&p, out)) != NB_OK) goto done;
     }
     if (out->node) {
@@ -383,8 +477,8 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
                 gx = seed;
             else if (x->node && x->tape == tape && out->node && x->node->index < p.n)
                 gx = p.g[x->node->index];
-            else if (!x->node && x->bw_epoch == p.epoch)
-                gx = p.lf[x->bw_slot].g;
+            else if (!x->node && find_leaf(&p, x) >= 0)
+                gx = p.lf[find_leaf(&p, x)].g;
             if (!gx) gx = nb_zeros_like(x);
             if (!gx) {
                 st = nb_error_code();
@@ -395,6 +489,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     }
 
 done:
+    tape->busy--;
     nb__in_backward_of = NULL;
     nb__restore_grad_mode(saved_mode);
     nb__swap_current(prev_tape);

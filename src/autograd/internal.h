@@ -13,19 +13,27 @@
 enum {
     NB_TF_LEAF = 1u << 0,          /* made by a constructor, owned by the caller */
     NB_TF_REQUIRES_GRAD = 1u << 1, /* leaf: wants a gradient; op result: lies on a recorded graph */
+    NB_TF_VIEW = 1u << 2,          /* leaf made by a view op without a tape: shares its base's data block
+                                      and version counter (vp), never requires grad (nb__leaf_view) */
 };
 
 struct nb_tensor {
+    /* first cache line: what every op, accessor and the backward's mark read */
     nb_dtype dtype;
-    int ndim;
-    uint32_t flags;
-    uint32_t version; /* bumped by every in-place change of a leaf */
+    int16_t ndim;
+    uint16_t flags;
+    uint32_t version;     /* bumped by every in-place change of a leaf */
+    uint32_t grad_zeroed; /* leaves: grad->version when nb_tensor_zero_grad last cleared it */
     uint32_t *vp;     /* the version counter that guards this data: &version, or a view's base's */
     int64_t numel;
-    int64_t shape[NB_MAX_DIMS];
     void *data;
     nb_tape *tape;        /* owning tape of an op result; NULL for leaves */
     struct nb_node *node; /* the node that made it, when recorded */
+    /* what identifies this tensor's lifetime: an op result's tape generation (tape->gen when it was
+     * made; stale once the tape is reset), a leaf's serial (unique per process; 0 once freed). Nodes
+     * record it per input and the backward compares. Nothing of a backward pass is stored in a tensor. */
+    uint64_t stamp;
+    int64_t shape[NB_MAX_DIMS];
     const char *name;     /* leaves: an owned copy; op results: borrowed */
     nb_grad_hook hook;
     void *hook_user;
@@ -34,14 +42,20 @@ struct nb_tensor {
     nb_post_accumulate_hook post_hook; /* called once .grad holds this pass's total */
     void *post_hook_user;
     nb_tensor *grad;       /* accumulated values, owned (heap) */
-    nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient on grad_tape */
-    nb_tape *grad_tape;
-    uint32_t grad_zeroed; /* grad->version when nb_tensor_zero_grad last cleared it */
-    uint64_t bw_epoch; /* which backward pass bw_slot belongs to */
-    int64_t bw_slot;   /* this leaf's gradient slot in that pass */
+    nb_tensor *grad_graph; /* after a create-graph backward: the differentiable gradient, a result of
+                              the tape that tracks this leaf (nb__grad_tape) */
 };
+/* The header stays within three cache lines (the arena rounds headers up to 64 bytes). */
+_Static_assert(sizeof(struct nb_tensor) <= 192, "nb_tensor header over 192 bytes");
 
 static inline bool nb__is_float(nb_dtype dt) { return dt == NB_F32 || dt == NB_F64; }
+/* nb_dtype_size of a valid dtype, inline for the hot paths. */
+static inline size_t nb__esize(nb_dtype dt) { return dt == NB_F32 ? 4 : 8; }
+
+/* A caller-owned leaf of the given shape (x's element count) sharing leaf x's data and version counter,
+ * for view ops called with no current tape; refused when x requires grad. The data block lives until
+ * its last leaf is freed (tensor.c). */
+nb_tensor *nb__leaf_view(const char *who, nb_tensor *x, int ndim, const int64_t *shape);
 
 /* ---- ops -------------------------------------------------------------------------------------- */
 
@@ -104,6 +118,8 @@ struct nb_node {
     const nb_opdef *op;
     nb_tensor *out;
     nb_tensor **in;
+    uint64_t *in_stamp;   /* each input's stamp when recorded: a freed leaf or a reset tape's result
+                             no longer matches */
     uint32_t *in_version;
     int n_in;
     uint32_t flags;
@@ -111,6 +127,8 @@ struct nb_node {
     nb_attrs attrs;
 };
 
+/* The tape on which a leaf's differentiable gradient lives (it lists the leaf, to clear it at reset). */
+static inline nb_tape *nb__grad_tape(const nb_tensor *leaf) { return leaf->grad_graph ? leaf->grad_graph->tape : NULL; }
 static inline bool nb__needs_grad(const nb_tensor *t) { return t && (t->flags & NB_TF_REQUIRES_GRAD); }
 
 /* Run op on in with attrs into a new tensor of the given dtype and shape on the current tape,
@@ -141,8 +159,31 @@ void *nb__arena_alloc(nb_arena *a, size_t size);
 void nb__arena_reset(nb_arena *a);
 void nb__arena_free(nb_arena *a);
 
+/* Op result headers live apart from the arena, in two regions of fixed-size slots used in turn by
+ * the tape's generations (even generations in hdr[0], odd ones in hdr[1]); their memory is kept until
+ * nb_tape_free. A result kept across one reset therefore still reads its own header (stamp included),
+ * and any header pointer of a live tape reads some result's header, never other bytes. */
+typedef struct nb_hslab nb_hslab;
+/* A slot: a header, then room for the data of a small result (up to NB_INLINE_BYTES), so that a small
+ * result is one contiguous block (64-byte aligned) and takes nothing from the arena. */
+#define NB_INLINE_BYTES 64
+typedef struct nb_hslot {
+    nb_tensor t;
+    _Alignas(64) unsigned char data[NB_INLINE_BYTES];
+} nb_hslot;
+typedef struct nb_hregion {
+    nb_hslab *head, *cur;
+    nb_hslot *next;  /* the next free slot of cur */
+    size_t left;     /* free slots left in cur */
+    size_t slots;    /* slots in all slabs */
+} nb_hregion;
+
 struct nb_tape {
     nb_arena arena;
+    nb_hregion hdr[2];
+    nb_hregion *hcur; /* &hdr[gen & 1] */
+    uint64_t gen;     /* generation: 1 when made, bumped by every reset; results carry it as stamp */
+    int busy;         /* backward passes running on this tape (a reset or free from a hook is refused) */
     nb_node **nodes;
     size_t n_nodes, cap_nodes;
     nb_tape *prev;  /* the tape that was current before nb_tape_begin */
@@ -160,7 +201,18 @@ nb_tape *nb__swap_current(nb_tape *t);
 /* Set grad mode for internal work; returns the previous no-grad depth for nb__restore_grad_mode. */
 int nb__set_grad_mode(bool enabled);
 void nb__restore_grad_mode(int saved);
-void *nb__tape_alloc(nb_tape *t, size_t size);
+static inline void *nb__tape_alloc(nb_tape *t, size_t size) { return nb__arena_alloc(&t->arena, size); }
+/* A header slot for a new op result of tape t (uninitialised); NULL when out of memory. */
+nb_tensor *nb__tape_header_slow(nb_tape *t);
+static inline nb_tensor *nb__tape_header(nb_tape *t)
+{
+    nb_hregion *h = t->hcur;
+    if (!h->left) return nb__tape_header_slow(t);
+    h->left--;
+    return &(h->next++)->t;
+}
+/* A tape was made or freed (the leaf header pool is released once no leaf and no tape is live). */
+void nb__pool_tape_count(int delta);
 void nb__tape_forget_leaf(nb_tape *t, nb_tensor *leaf);
 bool nb__tape_track_leaf(nb_tape *t, nb_tensor *leaf);
 
@@ -192,8 +244,25 @@ static inline uint64_t nb__error_count(void) { return nb__t_error_count; }
 
 /* The name of a node's op (a custom op's own name). */
 const char *nb__node_name(const nb_node *n);
-/* A fresh pass number for per-tensor scratch stamps (bw_epoch / bw_slot). */
-uint64_t nb__next_epoch(void);
+/* ---- lifetimes -------------------------------------------------------------------------------- */
+
+/* Record NB_ERR_STATE for a tensor that is no longer usable (a result of a tape reset since it was
+ * made, or a freed leaf), naming `who`; returns false. */
+bool nb__stale_fail(const char *who, const nb_tensor *t);
+/* Whether t may be used: an op result of its tape's current generation, or a leaf not freed. Reads
+ * only t's header and its tape's generation: cheap enough for every op and accessor. */
+static inline bool nb__usable(const nb_tensor *t)
+{
+    const nb_tape *tp = t->tape;
+    return tp ? t->stamp == tp->gen : (t->flags & NB_TF_LEAF) != 0;
+}
+/* nb__usable, recording the error (naming who) when not. */
+static inline bool nb__live(const char *who, const nb_tensor *t)
+{
+    return nb__usable(t) || nb__stale_fail(who, t);
+}
+/* The same for an optional argument: NULL passes. */
+static inline bool nb__live_opt(const char *who, const nb_tensor *t) { return !t || nb__live(who, t); }
 /* Anomaly mode: scan t for NaN/inf; on one, record NB_ERR_NUMERIC with a message built from `what`
  * and return false. */
 bool nb__anomaly_check(const nb_tensor *t, const char *what);
@@ -208,7 +277,13 @@ const char *nb__shape_str(int ndim, const int64_t *shape);
 /* ---- shape helpers ---------------------------------------------------------------------------- */
 
 int64_t nb__numel(int ndim, const int64_t *shape);
-bool nb__same_shape(const nb_tensor *a, const nb_tensor *b);
+static inline bool nb__same_shape(const nb_tensor *a, const nb_tensor *b)
+{
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
 /* Broadcast shapes a and b into out (ndim returned through out_ndim); false if they do not fit. */
 bool nb__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *out_ndim,
                           int64_t *out);

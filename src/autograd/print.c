@@ -167,6 +167,10 @@ void nb_tensor_print(const nb_tensor *t, const char *label, FILE *f, int64_t max
         fprintf(f, "(null)\n");
         return;
     }
+    if (!nb__live("nb_tensor_print", t)) {
+        fprintf(f, "(stale)\n");
+        return;
+    }
     fprintf(f, "%s%s", nb_dtype_name(t->dtype), NB_SHP(t));
     if (t->numel == 0) {
         fprintf(f, " []\n");
@@ -193,6 +197,10 @@ void nb_tensor_print_line(const nb_tensor *t, const char *label, FILE *f, int64_
     if (label) fprintf(f, "%s = ", label);
     if (!t) {
         fprintf(f, "(null)\n");
+        return;
+    }
+    if (!nb__live("nb_tensor_print_line", t)) {
+        fprintf(f, "(stale)\n");
         return;
     }
     fprintf(f, "%s%s", nb_dtype_name(t->dtype), NB_SHP(t));

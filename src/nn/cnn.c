@@ -276,8 +276,16 @@ nb_tensor *nb_group_norm_forward(const nb_group_norm *gn, nb_tensor *x)
 
 nb_tensor *nb_train_dropout2d(const nb_params *model, nb_tensor *x, double p, nb_rng *rng)
 {
-    if (!x || p == 0.0 || (model && !nb_params_training(model))) return x;
+    if (!x) return NULL;
     int nd = nb_tensor_ndim(x);
+    if (p == 0.0 || (model && !nb_params_training(model))) {
+        /* a view with a node of its own, never x itself (as nb_train_dropout) */
+        if (!nb_tape_current()) {
+            nb_error_set(NB_ERR_STATE, "nb_train_dropout2d: no current tape (call nb_tape_begin first)");
+            return NULL;
+        }
+        return nb_reshape(x, nd, nb_tensor_shape(x));
+    }
     if (nd < 3) {
         char s[96];
         nb_error_set(NB_ERR_SHAPE, "nb_train_dropout2d: input %s: expected [N, C, ...] with spatial dims",

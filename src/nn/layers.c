@@ -37,10 +37,23 @@ static nb_tensor *new_param(nb_params *p, const char *prefix, const char *suffix
 
 /* ---- activations ------------------------------------------------------------------------------ */
 
+/* x's values as a tensor of its own (a reshape to x's shape: a view, recorded when x requires grad), so
+ * that a hook or nb_grad on what a layer returns concerns that result, never its input. With no
+ * current tape it fails as any op does (nb_reshape would make a leaf view, the caller's to free). */
+static nb_tensor *same(const char *who, nb_tensor *x)
+{
+    if (!x) return NULL;
+    if (!nb_tape_current()) {
+        nb_error_set(NB_ERR_STATE, "%s: no current tape (call nb_tape_begin first)", who);
+        return NULL;
+    }
+    return nb_reshape(x, nb_tensor_ndim(x), nb_tensor_shape(x));
+}
+
 nb_tensor *nb_activate(nb_tensor *x, nb_activation act)
 {
     switch (act) {
-    case NB_ACT_NONE: return x;
+    case NB_ACT_NONE: return same("nb_activate", x);
     case NB_ACT_RELU: return nb_relu(x);
     case NB_ACT_TANH: return nb_tanh(x);
     case NB_ACT_SIGMOID: return nb_sigmoid(x);
@@ -140,14 +153,17 @@ nb_tensor *nb_mlp_forward(const nb_mlp *m, nb_tensor *x)
     }
     for (int i = 0; i < m->n_layers; i++) {
         x = nb_linear_forward(&m->layer[i], x);
-        if (i + 1 < m->n_layers) x = nb_train_dropout(m->owner, nb_activate(x, m->act), m->dropout, m->rng);
+        if (i + 1 == m->n_layers) break;
+        /* between layers nothing reaches the caller: no identity view for "none", p = 0 or evaluation */
+        if (m->act != NB_ACT_NONE) x = nb_activate(x, m->act);
+        if (m->dropout > 0 && (!m->owner || nb_params_training(m->owner))) x = nb_dropout(x, m->dropout, m->rng);
     }
     return x;
 }
 
 nb_tensor *nb_train_dropout(const nb_params *model, nb_tensor *x, double p, nb_rng *rng)
 {
-    if (!x || p == 0.0 || (model && !nb_params_training(model))) return x;
+    if (!x || p == 0.0 || (model && !nb_params_training(model))) return same("nb_train_dropout", x);
     return nb_dropout(x, p, rng);
 }
 

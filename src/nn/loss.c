@@ -51,14 +51,18 @@ nb_tensor *nb_l1_loss(nb_tensor *pred, nb_tensor *target, nb_reduction reduction
 
 /* d = pred - target: quad d^2 / 2 where |d| < beta, else lin (|d| - beta / 2); smooth L1 has
  * quad = 1 / beta, lin = 1, Huber quad = 1, lin = delta (= beta). Both branches are evaluated; where
- * picks one, so the gradient is d quad inside and lin sign(d) outside, continuous at |d| = beta. */
+ * picks one, so the gradient is d quad inside and lin sign(d) outside, continuous at |d| = beta. The
+ * quadratic branch squares d clamped to [-beta, beta] (the same where it is picked): the branch not
+ * picked gets a zero gradient, and 0 times the square's derivative of an infinite d (or, in f32, of
+ * one past 1.7e38) would make it NaN. */
 static nb_tensor *smooth_abs(nb_tensor *pred, nb_tensor *target, double beta, double quad, double lin,
                              nb_reduction reduction, const char *who)
 {
     if (!same_shape(pred, target, who)) return NULL;
     nb_tensor *d = nb_sub(pred, target), *ad = nb_abs(d);
     nb_tensor *inside = nb_lt(ad, nb_full(nb_tensor_dtype(pred), 0, NULL, beta));
-    nb_tensor *l = nb_where(inside, nb_mul_scalar(nb_square(d), 0.5 * quad), nb_affine(ad, lin, -0.5 * beta * lin));
+    nb_tensor *dq = nb_clamp(d, -beta, beta);
+    nb_tensor *l = nb_where(inside, nb_mul_scalar(nb_square(dq), 0.5 * quad), nb_affine(ad, lin, -0.5 * beta * lin));
     return reduce(l, reduction, who);
 }
 

@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "../train/names.h"
+
 typedef struct entry {
     char *name;
     nb_tensor *t;
@@ -62,9 +64,22 @@ static nb_tensor *add(nb_params *p, const char *name, nb_tensor *t, int trainabl
                          name ? name : "(null)");
         return NULL; /* t stays with its owner */
     }
+    if (nb_tensor_is_view(t)) {
+        nb_tensor_free(t); /* the caller's to give: the collection takes it, as on every failure below */
+        nb_error_set(NB_ERR_ARG, "%s: %s: the tensor is a view of another leaf (made without a tape); a "
+                     "parameter or buffer needs data of its own: add nb_tensor_clone(view)", who,
+                     name ? name : "(null)");
+        return NULL;
+    }
     if (!p || !name || !*name) {
         nb_tensor_free(t);
         nb_error_set(NB_ERR_ARG, "%s: collection or name missing", who);
+        return NULL;
+    }
+    const char *bad = nbn_param_name_problem(name); /* what nb_checkpoint_save would refuse */
+    if (bad) {
+        nb_tensor_free(t);
+        nb_error_set(NB_ERR_ARG, "%s: name \"%s\" is not allowed: %s", who, name, bad);
         return NULL;
     }
     if (nb_params_find(p, name)) {
@@ -331,6 +346,20 @@ nb_status nb_init_tensor(nb_tensor *t, nb_init init, int64_t fan_in, int64_t fan
     if (random && !rng) {
         nb_error_set(NB_ERR_ARG, "%s: rng is NULL", who);
         return NB_ERR_ARG;
+    }
+    if (random && (unsigned)init.kind < NB_INIT_COUNT && init.kind != NB_INIT_DEFAULT) {
+        /* draws truncated into integers, and a NaN bound or gain, fill a tensor with nonsense */
+        char s[96];
+        nb_dtype dt = nb_tensor_dtype(t);
+        if (dt != NB_F32 && dt != NB_F64) {
+            nb_error_set(NB_ERR_DTYPE, "%s: a random initialiser needs an f32 or f64 tensor, got %s %s", who,
+                         nb_dtype_name(dt), nb_shape_str(t, s, sizeof s));
+            return NB_ERR_DTYPE;
+        }
+        if (!isfinite(init.a)) {
+            nb_error_set(NB_ERR_ARG, "%s: init kind %d with a = %g (it must be finite)", who, (int)init.kind, init.a);
+            return NB_ERR_ARG;
+        }
     }
     if (fan_in < 1) fan_in = 1;
     if (fan_out < 1) fan_out = 1;

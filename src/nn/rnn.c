@@ -140,26 +140,19 @@ static nb_tensor *elman_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
     return c->kind == NB_RNN_RELU ? nb_relu(pre) : nb_tanh(pre);
 }
 
+/* i, f, g, o = gates of gx + h W_hh^T; c' = f c + i g, h' = o tanh(c') (nb_lstm_gates: one fused op) */
 static void lstm_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h, nb_tensor *cell, nb_tensor **h_out,
                       nb_tensor **c_out)
 {
-    nb_tensor *g[4] = {0};
-    nb_chunk(affine(h, c->w_hh, gx), 4, -1, g);
-    nb_tensor *in = nb_sigmoid(g[0]), *forget = nb_sigmoid(g[1]), *cand = nb_tanh(g[2]), *out = nb_sigmoid(g[3]);
-    nb_tensor *c2 = nb_add(nb_mul(forget, cell), nb_mul(in, cand));
-    *c_out = c2;
-    *h_out = nb_mul(out, nb_tanh(c2));
+    nb_tensor *hc = nb_lstm_gates(affine(h, c->w_hh, gx), cell); /* [2, B, H]: h', c' */
+    *h_out = nb_reshape(nb_slice(hc, 0, 0, 1, 1), nb_tensor_ndim(cell), nb_tensor_shape(cell));
+    *c_out = nb_reshape(nb_slice(hc, 0, 1, 2, 1), nb_tensor_ndim(cell), nb_tensor_shape(cell));
 }
 
+/* r, z, n from gx and h W_hh^T + b_hh; (1 - z) n + z h (nb_gru_gates: one fused op) */
 static nb_tensor *gru_step(const nb_rnn_cell *c, nb_tensor *gx, nb_tensor *h)
 {
-    nb_tensor *xi[3] = {0}, *hh[3] = {0};
-    nb_chunk(gx, 3, -1, xi);
-    nb_chunk(affine(h, c->w_hh, c->b_hh), 3, -1, hh);
-    nb_tensor *r = nb_sigmoid(nb_add(xi[0], hh[0]));
-    nb_tensor *z = nb_sigmoid(nb_add(xi[1], hh[1]));
-    nb_tensor *n = nb_tanh(nb_add(xi[2], nb_mul(r, hh[2])));
-    return nb_add(n, nb_mul(z, nb_sub(h, n))); /* (1 - z) n + z h */
+    return nb_gru_gates(gx, affine(h, c->w_hh, c->b_hh), h);
 }
 
 nb_tensor *nb_elman_cell(const nb_rnn_cell *c, nb_tensor *x, nb_tensor *h)
@@ -260,6 +253,8 @@ static nb_status run_direction(const nb_rnn_cell *c, nb_tensor *gx_all, nb_tenso
 {
     const int64_t gh = gates_of(c->kind) * c->hidden;
     const nb_dtype dt = nb_tensor_dtype(gx_all);
+    nb_tensor *zero = lens ? nb_zeros(dt, 0, NULL) : NULL;
+    if (lens && !zero) return nb_error_code();
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         nb_tensor *gx = nb_reshape(nb_slice(gx_all, 0, t, t + 1, 1), NB_SHAPE(B, gh));
@@ -271,9 +266,10 @@ static nb_status run_direction(const nb_rnn_cell *c, nb_tensor *gx_all, nb_tenso
         else
             h2 = elman_step(c, gx, *h);
         if (lens) {
-            /* past a sequence's end its state stays and its output is zero */
+            /* past a sequence's end its state stays and its output is zero (a where, not a product:
+             * nothing of the step computed there reaches the result, whatever its values) */
             nb_tensor *m = nb_gt(lens, nb_full(dt, 0, NULL, (double)t));
-            outs[t] = nb_mul(h2, m);
+            outs[t] = nb_where(m, h2, zero);
             h2 = nb_where(m, h2, *h);
             if (c2) c2 = nb_where(m, c2, *cell);
         } else {
@@ -349,6 +345,21 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
             else
                 ((double *)nb_tensor_data(lens))[b] = (double)lengths[b];
         }
+        /* x past each sequence's end is padding that torch's packed sequences never read: zeroed here
+         * by a where (a NaN or an infinity there must not reach the outputs, the states or, through
+         * the input projection's backward, the gradients) */
+        nb_tensor *valid = nb_zeros(dt, NB_SHAPE(T, B, 1));
+        if (!valid) return nb_error_code();
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t b = 0; b < B; b++) {
+                if (t >= lengths[b]) continue;
+                if (dt == NB_F32)
+                    ((float *)nb_tensor_data(valid))[t * B + b] = 1;
+                else
+                    ((double *)nb_tensor_data(valid))[t * B + b] = 1;
+            }
+        x = nb_where(valid, x, nb_zeros(dt, 0, NULL));
+        if (!x) return nb_error_code();
     }
 
     /* final states in torch's order: layer 0 forward, layer 0 reverse, layer 1 forward, ... */
@@ -356,7 +367,7 @@ nb_status nb_rnn_forward(const nb_rnn *r, nb_tensor *x, const nb_rnn_state *init
     nb_tensor *h_last[2 * NB_RNN_MAX_LAYERS] = {0}, *c_last[2 * NB_RNN_MAX_LAYERS] = {0};
     nb_tensor *seq = x;
     for (int l = 0; l < r->layers; l++) {
-        if (l > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng);
+        if (l > 0 && r->dropout > 0) seq = nb_train_dropout(r->owner, seq, r->dropout, r->rng); /* no identity view */
         nb_tensor *dir_out[2] = {0};
         for (int d = 0; d < D; d++) {
             const nb_rnn_cell *c = cell_of(r, l, d);

@@ -5,6 +5,7 @@
 #define NB_CNN_H
 
 #include "ops.h"
+#include "parallel.h"
 
 /* ---- convolution geometry --------------------------------------------------------------------- */
 
@@ -61,16 +62,16 @@ int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weig
 
 /* ---- threads -----------------------------------------------------------------------------------
  * The CNN kernels split channels, planes or tiles over OpenMP threads (when built with OpenMP), as many
- * as the library's thread count (nb_set_num_threads) and the work allow: each output is computed by one
+ * as the library's thread count (nb_set_num_threads, src/ops/parallel.h) and the work allow: each output is computed by one
  * thread in a fixed order, so results do not depend on the thread count. Inside a convolution's
  * parallel tiles the matrix products run single-threaded (nb__blas_single). */
-#define NB_CNN_GRAIN ((int64_t)32768)
-/* Threads for a loop touching work elements: 1 below 2 grains or without OpenMP. */
+#define NB_CNN_GRAIN NB_GRAIN_MEM
+/* Threads for a loop touching work elements (nb__threads_for): 1 below 2 grains or without OpenMP. */
 int nb__cnn_threads(int64_t work);
 /* The calling thread's number inside a parallel loop (0 outside). */
 int nb__cnn_tid(void);
-/* With threads > 1: OpenBLAS to one thread, the previous count returned for nb__blas_restore (0: no
- * change made). */
+/* With threads > 1 and a pthreads OpenBLAS: OpenBLAS to one thread, the previous count returned for
+ * nb__blas_restore (0: no change made; an OpenMP OpenBLAS is single-threaded inside our regions). */
 int nb__blas_single(int threads);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP

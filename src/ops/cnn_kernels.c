@@ -8,23 +8,12 @@
 #include <omp.h>
 #endif
 
-/* OpenBLAS's own thread control (as in kernels.c) */
+/* OpenBLAS's own thread control (as in threads.c) */
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
+int openblas_get_parallel(void); /* 0 sequential, 1 pthreads, 2 OpenMP */
 
-int nb__cnn_threads(int64_t work)
-{
-#ifdef _OPENMP
-    int n = openblas_get_num_threads(); /* the library's knob: nb_set_num_threads */
-    if (n > omp_get_max_threads()) n = omp_get_max_threads();
-    if (n <= 1 || work < 2 * NB_CNN_GRAIN) return 1;
-    int64_t t = work / NB_CNN_GRAIN;
-    return t < n ? (int)t : n;
-#else
-    (void)work;
-    return 1;
-#endif
-}
+int nb__cnn_threads(int64_t work) { return nb__threads_for(work, NB_CNN_GRAIN); }
 
 int nb__cnn_tid(void)
 {
@@ -37,7 +26,11 @@ int nb__cnn_tid(void)
 
 int nb__blas_single(int threads)
 {
-    if (threads <= 1) return 0;
+    /* an OpenMP OpenBLAS runs single-threaded inside a parallel region by itself; a pthreads one would
+     * start its own threads from each of ours */
+    static int kind = -1;
+    if (kind < 0) kind = openblas_get_parallel();
+    if (threads <= 1 || kind != 1) return 0;
     int saved = openblas_get_num_threads();
     if (saved > 1) openblas_set_num_threads(1);
     return saved > 1 ? saved : 0;

@@ -17,7 +17,7 @@ nb_tensor *nb_roll(nb_tensor *x, int64_t shift, int axis)
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     int64_t n = x->shape[ax];
     int64_t s = n ? ((shift % n) + n) % n : 0;
-    if (s == 0) return x;
+    if (s == 0) return nb__alias(who, x); /* a tensor of its own all the same */
     /* out[i] = x[(i - s) mod n]: the last s elements, then the first n - s */
     nb_tensor *parts[2] = {nb_slice(x, ax, n - s, n, 1), nb_slice(x, ax, 0, n - s, 1)};
     return parts[0] && parts[1] ? nb_concat(2, parts, ax) : NULL;

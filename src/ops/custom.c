@@ -56,6 +56,8 @@ nb_tensor *nb_custom(const nb_custom_op *op, int n_in, nb_tensor *const *in, nb_
         return nb__fail(NB_ERR_ARG, "%s: %s: %d inputs (0..16)", who, op->name ? op->name : "custom", n_in);
     for (int i = 0; i < n_in; i++)
         if (!in[i]) return nb__fail(NB_ERR_ARG, "%s: %s: input %d is NULL", who, op->name ? op->name : "custom", i);
+    for (int i = 0; i < n_in; i++)
+        if (!nb__live(who, in[i])) return NULL;
     if (!nb__is_float(dtype))
         return nb__fail(NB_ERR_DTYPE, "%s: %s: result dtype %s is not f32 or f64", who,
                         op->name ? op->name : "custom", nb_dtype_name(dtype));

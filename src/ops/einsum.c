@@ -256,7 +256,10 @@ nb_tensor *nb_einsum(const char *subscripts, int n, nb_tensor *const *xs)
     for (int d = 0; d < tb.ndim; d++)
         if (find(&p.out, tb.label[d]) < 0 && find(&ta, tb.label[d]) < 0) sb |= 1u << d;
     a = drop_dims(a, &ta, sa, 1);
-    if (!b) return a ? arrange(a, &ta, p.out.label, p.out.ndim) : NULL;
+    if (!b) {
+        nb_tensor *r = a ? arrange(a, &ta, p.out.label, p.out.ndim) : NULL;
+        return r && r == xs[0] ? nb__alias(WHO, r) : r; /* "ij->ij": a tensor of its own all the same */
+    }
     b = drop_dims(b, &tb, sb, 1);
     if (!a || !b) return NULL;
 

@@ -12,6 +12,7 @@ static bool check_pair(const char *who, const nb_tensor *a, const nb_tensor *b, 
         nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
         return false;
     }
+    if (!nb__live(who, a) || !nb__live(who, b)) return false;
     if (a->dtype != b->dtype) {
         nb__fail(NB_ERR_DTYPE, "%s: %s %s and %s %s: dtypes differ (use nb_cast)", who,
                  nb_dtype_name(a->dtype), NB_SHP(a), nb_dtype_name(b->dtype), NB_SHP(b));
@@ -90,16 +91,30 @@ static void unary_kernel(nb_unop op, nb_tensor *out, const nb_tensor *x, double 
 {
     if (out->dtype == NB_F32)
         nb_k_unary_f32(op, x->numel, x->data, out->data, p0, p1);
-    else
+    else if (out->dtype == NB_F64)
         nb_k_unary_f64(op, x->numel, x->data, out->data, p0, p1);
+    else
+        nb_k_unary_i64(op, x->numel, x->data, out->data, p0, p1); /* neg, abs, sign (int_unary) */
+}
+
+static nb_tensor *unary_ex(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1, bool int_ok)
+{
+    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
+    if (!(int_ok && x->dtype == NB_I64) && !nb__check_float(who, x)) return NULL;
+    nb_attrs at = {.f = {p0, p1}};
+    return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }
 
 static nb_tensor *unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
 {
-    if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
-    if (!nb__check_float(who, x)) return NULL;
-    nb_attrs at = {.f = {p0, p1}};
-    return nb__apply(who, op, 1, &x, &at, x->dtype, x->ndim, x->shape);
+    return unary_ex(who, op, x, p0, p1, false);
+}
+
+/* The unary ops that also take an i64 tensor (an i64 result, never recorded: i64 needs no gradient). */
+static nb_tensor *int_unary(const char *who, nb_op_id op, nb_tensor *x, double p0, double p1)
+{
+    return unary_ex(who, op, x, p0, p1, true);
 }
 
 nb_tensor *nb__scalar(nb_dtype dtype, double v) { return nb_full(dtype, 0, NULL, v); }
@@ -115,7 +130,7 @@ nb_status nb__add_inplace(nb_tensor *y, const nb_tensor *x)
 }
 
 /* Reduce a gradient to input i's shape (undoing broadcasting). */
-#define TO_IN(i, t) nb_sum_to((t), n->in[i]->ndim, n->in[i]->shape)
+#define TO_IN(i, t) nb__sum_to((t), n->in[i]->ndim, n->in[i]->shape)
 
 /* ---- add, sub, mul, div ----------------------------------------------------------------------- */
 
@@ -174,7 +189,7 @@ NB_BW(affine)
     if (NB_NEED(0)) gin[0] = nb_affine(g, n->attrs.f[0], 0.0);
 }
 nb_tensor *nb_affine(nb_tensor *x, double a, double b) { return unary("nb_affine", NB_OP_AFFINE, x, a, b); }
-nb_tensor *nb_neg(nb_tensor *x) { return unary("nb_neg", NB_OP_AFFINE, x, -1.0, 0.0); }
+nb_tensor *nb_neg(nb_tensor *x) { return int_unary("nb_neg", NB_OP_AFFINE, x, -1.0, 0.0); }
 nb_tensor *nb_add_scalar(nb_tensor *x, double s) { return unary("nb_add_scalar", NB_OP_AFFINE, x, 1.0, s); }
 nb_tensor *nb_mul_scalar(nb_tensor *x, double s) { return unary("nb_mul_scalar", NB_OP_AFFINE, x, s, 0.0); }
 nb_tensor *nb_rsub_scalar(double s, nb_tensor *x) { return unary("nb_rsub_scalar", NB_OP_AFFINE, x, -1.0, s); }
@@ -275,6 +290,7 @@ nb_tensor *nb_sub_scalar(nb_tensor *x, double s) { return unary("nb_sub_scalar",
 nb_tensor *nb_rdiv_scalar(double s, nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_rdiv_scalar: input is NULL");
+    if (!nb__live("nb_rdiv_scalar", x)) return NULL;
     if (!nb__check_float("nb_rdiv_scalar", x)) return NULL;
     return nb_mul_scalar(nb_reciprocal(x), s);
 }
@@ -310,6 +326,7 @@ nb_tensor *nb_where(nb_tensor *cond, nb_tensor *a, nb_tensor *b)
     int nd1, nd2;
     int64_t s1[NB_MAX_DIMS], s2[NB_MAX_DIMS];
     if (!cond) return nb__fail(NB_ERR_ARG, "%s: cond is NULL", who);
+    if (!nb__live(who, cond)) return NULL;
     if (!check_pair(who, a, b, &nd1, s1, true)) return NULL;
     if (cond->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: cond %s %s and values %s: dtypes differ (masks from nb_gt etc. "
@@ -341,10 +358,10 @@ NB_BW(abs)
 {
     if (NB_NEED(0)) gin[0] = nb_mul(g, nb_sign(n->in[0]));
 }
-nb_tensor *nb_abs(nb_tensor *x) { return unary("nb_abs", NB_OP_ABS, x, 0, 0); }
+nb_tensor *nb_abs(nb_tensor *x) { return int_unary("nb_abs", NB_OP_ABS, x, 0, 0); }
 
 UNARY_FW(sign, NB_U_SIGN)
-nb_tensor *nb_sign(nb_tensor *x) { return unary("nb_sign", NB_OP_SIGN, x, 0, 0); }
+nb_tensor *nb_sign(nb_tensor *x) { return int_unary("nb_sign", NB_OP_SIGN, x, 0, 0); }
 
 UNARY_FW(sin, NB_U_SIN)
 /* d sin(x) = cos(x) dx */

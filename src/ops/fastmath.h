@@ -14,7 +14,9 @@
  * to r^7 (truncation below 1e-9 relative), 2^n put into the exponent bits. NaN gives NaN. */
 static inline float nb_fast_expf(float x)
 {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float in = x;
+    /* NaN goes through as 0 (no float-to-int conversion of NaN, which is undefined) and comes out NaN */
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : (x == x ? x : 0.0f));
     /* n = round(x / ln 2): adding and removing 1.5 * 2^23 rounds to an integer (|x / ln 2| < 2^22),
      * in plain IEEE arithmetic, which vectorises where floorf does not */
     float t = x * 1.44269504088896341f + 12582912.0f, n = t - 12582912.0f;
@@ -30,7 +32,7 @@ static inline float nb_fast_expf(float x)
     uint32_t bits = (tb - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return in == in ? p * scale : in;
 }
 
 /* 1 / (1 + e^-x): e^-x is clamped, so no overflow and no NaN for any finite x */

@@ -4,8 +4,10 @@
  * data all work; the adjoints add values and are float-only, accumulating in double. Indices are i64
  * and are checked against their extent before any op runs. */
 #include "ops.h"
+#include "parallel.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- shared helpers --------------------------------------------------------------------------- */
@@ -55,13 +57,14 @@ static void acc_finish(nb_tensor *out, const double *acc)
 {
     if (out->dtype != NB_F32) return;
     float *o = out->data;
-    for (int64_t i = 0; i < out->numel; i++) o[i] = (float)acc[i];
+    NB_PARALLEL_FOR(out->numel, NB_GRAIN_MEM, lo, hi, { for (int64_t i = lo; i < hi; i++) o[i] = (float)acc[i]; });
 }
 
 /* Check that idx is an i64 tensor whose entries lie in [0, extent), extent being dim `axis` of `shape`
  * (the tensor indexed). Records a message naming `who` and the first bad index otherwise. */
 static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const int64_t *shape, int axis)
 {
+    if (!nb__live(who, idx)) return false;
     if (idx->dtype != NB_I64) {
         nb__fail(NB_ERR_DTYPE, "%s: idx is %s %s: expected i64", who, nb_dtype_name(idx->dtype), NB_SHP(idx));
         return false;
@@ -75,12 +78,6 @@ static bool check_indices(const char *who, const nb_tensor *idx, int ndim, const
         }
     }
     return true;
-}
-
-/* The same data as x in another shape (the reshape view), with errors naming `who`. */
-static nb_tensor *view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
-{
-    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, shape);
 }
 
 /* ---- slice and slice_embed -------------------------------------------------------------------- */
@@ -135,7 +132,7 @@ void *nb__view_slice(nb_tensor *const *in, const nb_attrs *at)
 bool nb__into_slice(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     int64_t st[NB_MAX_DIMS];
     contiguous_strides(dst->ndim, dst->shape, st);
@@ -182,6 +179,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
 {
     const char *who = "nb_slice";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (step <= 0)
@@ -189,7 +187,7 @@ nb_tensor *nb_slice(nb_tensor *x, int axis, int64_t start, int64_t stop, int64_t
                         (long long)step, axis, NB_SHP(x));
     int64_t n = x->shape[ax], b = clamp_bound(start, n), e = clamp_bound(stop, n);
     int64_t m = e > b ? (e - b - 1) / step + 1 : 0;
-    if (m == n) return x; /* the whole axis */
+    if (m == n) return nb__alias(who, x); /* the whole axis: a view */
     int64_t shape[NB_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[ax] = m;
@@ -203,6 +201,7 @@ nb_status nb_split(nb_tensor *x, int axis, int n, const int64_t *sizes, nb_tenso
     if (!outs) return nb__fail_status(NB_ERR_ARG, "%s: outs is NULL", who);
     for (int i = 0; i < n; i++) outs[i] = NULL;
     if (!x) return nb__fail_status(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return nb_error_code();
     if (n < 1 || !sizes)
         return nb__fail_status(NB_ERR_ARG, "%s: %s into %d pieces with sizes=%p", who, NB_SHP(x), n,
                                (const void *)sizes);
@@ -239,6 +238,7 @@ int nb_chunk(nb_tensor *x, int n, int axis, nb_tensor **outs)
         nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "outs");
         return -1;
     }
+    if (!nb__live(who, x)) return -1;
     if (n < 1) {
         nb__fail(NB_ERR_ARG, "%s: %s into %d pieces: need at least 1", who, NB_SHP(x), n);
         return -1;
@@ -267,6 +267,7 @@ nb_tensor *nb_squeeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_squeeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (x->shape[ax] != 1)
@@ -275,13 +276,14 @@ nb_tensor *nb_squeeze(nb_tensor *x, int axis)
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d < x->ndim; d++)
         if (d != ax) shape[k++] = x->shape[d];
-    return view(who, x, x->ndim - 1, shape);
+    return nb__view(who, x, x->ndim - 1, shape);
 }
 
 nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
 {
     const char *who = "nb_unsqueeze";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim >= NB_MAX_DIMS)
         return nb__fail(NB_ERR_SHAPE, "%s: %s already has the most dimensions, %d", who, NB_SHP(x), NB_MAX_DIMS);
     int ax = nb__axis(axis, x->ndim + 1);
@@ -289,7 +291,7 @@ nb_tensor *nb_unsqueeze(nb_tensor *x, int axis)
         return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for inserting into %s", who, axis, NB_SHP(x));
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d <= x->ndim; d++) shape[d] = d == ax ? 1 : x->shape[k++];
-    return view(who, x, x->ndim + 1, shape);
+    return nb__view(who, x, x->ndim + 1, shape);
 }
 
 /* ---- pad -------------------------------------------------------------------------------------- */
@@ -321,6 +323,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
 {
     const char *who = "nb_pad";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (x->ndim > 0 && !pads) return nb__fail(NB_ERR_ARG, "%s: pads is NULL for %s", who, NB_SHP(x));
     if (x->dtype == NB_I64 && !(value >= -9.2e18 && value <= 9.2e18 && value == floor(value)))
         return nb__fail(NB_ERR_ARG, "%s: value %g is not an i64 for %s", who, value, NB_SHP(x));
@@ -336,7 +339,7 @@ nb_tensor *nb_pad(nb_tensor *x, const int64_t *pads, double value)
         shape[d] = b + x->shape[d] + a;
         any = any || b || a;
     }
-    if (!any) return x;
+    if (!any) return nb__alias(who, x);
     if (!nb__check_shape(who, x->ndim, shape)) return NULL;
     return nb__apply(who, NB_OP_PAD, 1, &x, &at, x->dtype, x->ndim, shape);
 }
@@ -351,14 +354,17 @@ NB_FW(concat)
     size_t es = nb_dtype_size(out->dtype);
     int64_t outer, inner;
     around_axis(out, axis, &outer, &inner);
-    char *o = out->data;
-    for (int64_t r = 0; r < outer; r++) {
-        for (int i = 0; i < k; i++) {
-            size_t bytes = (size_t)(in[i]->shape[axis] * inner) * es;
-            memcpy(o, (const char *)in[i]->data + (size_t)r * bytes, bytes);
-            o += bytes;
+    size_t out_row = (size_t)(out->shape[axis] * inner) * es;
+    NB_PARALLEL_PIECES(nb__threads_for(out->numel, NB_GRAIN_MEM), outer, lo, hi, {
+        char *o = (char *)out->data + (size_t)lo * out_row;
+        for (int64_t r = lo; r < hi; r++) {
+            for (int i = 0; i < k; i++) {
+                size_t bytes = (size_t)(in[i]->shape[axis] * inner) * es;
+                memcpy(o, (const char *)in[i]->data + (size_t)r * bytes, bytes);
+                o += bytes;
+            }
         }
-    }
+    });
 }
 
 /* d concat(x_0, .., x_{k-1}) = concat(dx_0, ..): input i's gradient is its own block of dout */
@@ -380,6 +386,8 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     if (x0->ndim == 0) return nb__fail(NB_ERR_SHAPE, "%s: input 0 is 0-d: nothing to join along (use nb_stack)", who);
     int ax = nb__axis(axis, x0->ndim);
@@ -401,7 +409,7 @@ nb_tensor *nb_concat(int n, nb_tensor *const *xs, int axis)
             return nb__fail(NB_ERR_SHAPE, "%s: the extents along axis %d add up to too many", who, axis);
         shape[ax] += x->shape[ax];
     }
-    if (n == 1) return xs[0];
+    if (n == 1) return nb__alias(who, xs[0]);
     nb_attrs at = {.i = {ax, n}};
     return nb__apply(who, NB_OP_CONCAT, n, xs, &at, x0->dtype, x0->ndim, shape);
 }
@@ -413,6 +421,8 @@ nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
                                       (const void *)xs);
     for (int i = 0; i < n; i++)
         if (!xs[i]) return nb__fail(NB_ERR_ARG, "%s: input %d is NULL", who, i);
+    for (int i = 0; i < n; i++)
+        if (!nb__live(who, xs[i])) return NULL;
     const nb_tensor *x0 = xs[0];
     for (int i = 1; i < n; i++) {
         if (xs[i]->dtype != x0->dtype)
@@ -434,7 +444,7 @@ nb_tensor *nb_stack(int n, nb_tensor *const *xs, int axis)
     int64_t shape[NB_MAX_DIMS];
     for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
     for (int i = 0; i < n; i++)
-        if (!(u[i] = view(who, xs[i], x0->ndim + 1, shape))) return NULL;
+        if (!(u[i] = nb__view(who, xs[i], x0->ndim + 1, shape))) return NULL;
     return nb_concat(n, u, ax);
 }
 
@@ -449,10 +459,13 @@ NB_FW(index_select)
     around_axis(x, axis, &outer, &inner);
     size_t row = (size_t)inner * nb_dtype_size(x->dtype);
     const int64_t *ix = idx->data;
-    const char *xr = x->data;
-    char *o = out->data;
-    for (int64_t r = 0; r < outer; r++, xr += (size_t)n * row)
-        for (int64_t k = 0; k < m; k++, o += row) memcpy(o, xr + (size_t)ix[k] * row, row);
+    /* output rows q = r m + k, each a copy of x's row idx[k] of block r */
+    NB_PARALLEL_PIECES(nb__threads_for(out->numel, NB_GRAIN_MEM), outer * m, lo, hi, {
+        for (int64_t q = lo; q < hi; q++) {
+            int64_t r = q / m, k = q - r * m;
+            memcpy((char *)out->data + (size_t)q * row, (const char *)x->data + (size_t)(r * n + ix[k]) * row, row);
+        }
+    });
 }
 
 /* Zeros of shape with src's rows added at idx along axis (repeats add up): the adjoint of
@@ -475,14 +488,22 @@ NB_BW(index_select)
     gin[0] = index_add("nb_index_select (backward)", x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
 }
 
-#define INDEX_ADD_ROWS(T)                                                                              \
+/* Threads split the blocks r of [outer, ., inner] when there are several, else the columns j < inner:
+ * every output element gets its rows k in order, whatever the split. */
+#define INDEX_ADD_ROWS(T, ACC, dst, n_ax)                                                              \
     do {                                                                                               \
-        const T *s = src->data;                                                                        \
-        for (int64_t r = 0; r < outer; r++)                                                            \
-            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
-                double *a = acc + (r * n + ix[k]) * inner;                                             \
-                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
-            }                                                                                          \
+        const T *s0 = src_data;                                                                        \
+        const int64_t units = outer > 1 ? outer : inner;                                               \
+        NB_PARALLEL_PIECES(nb__threads_for(outer * m * inner, NB_GRAIN_MEM), units, lo, hi, {          \
+            const int64_t r0 = outer > 1 ? lo : 0, r1 = outer > 1 ? hi : outer;                        \
+            const int64_t j0 = outer > 1 ? 0 : lo, j1 = outer > 1 ? inner : hi;                        \
+            for (int64_t r = r0; r < r1; r++)                                                          \
+                for (int64_t k = 0; k < m; k++) {                                                      \
+                    const T *s = s0 + (r * m + k) * inner;                                             \
+                    ACC *a = (dst) + (r * (n_ax) + ix[k]) * inner;                                     \
+                    for (int64_t j = j0; j < j1; j++) a[j] += s[j];                                    \
+                }                                                                                      \
+        });                                                                                            \
     } while (0)
 
 /* out [outer, n, inner] = 0, then row idx[k] += src [outer, m, inner] row k; idx [m], axis i[0] */
@@ -496,10 +517,11 @@ NB_FW(index_add)
     double *acc = acc_begin("nb_index_select (backward)", out);
     if (!acc) return;
     const int64_t *ix = idx->data;
+    const void *src_data = src->data;
     if (src->dtype == NB_F32)
-        INDEX_ADD_ROWS(float);
+        INDEX_ADD_ROWS(float, double, acc, n);
     else
-        INDEX_ADD_ROWS(double);
+        INDEX_ADD_ROWS(double, double, acc, n);
     acc_finish(out, acc);
 }
 
@@ -510,26 +532,61 @@ NB_BW(index_add)
 }
 
 /* Without a graph: add g [outer, m, inner] row k into the gradient of x at row idx[k] directly,
- * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). */
+ * instead of building a zero tensor of x's shape per use (embeddings, per-step slices). The sums are
+ * the rule's (index_add): the rows of g that go to one row of x are added in double, in increasing k,
+ * from 0, and the total is rounded once and added to the buffer. The k are grouped by target row with
+ * a stable sort of (idx[k], k). */
+typedef struct idx_pos {
+    int64_t row, k;
+} idx_pos;
+
+static int idx_pos_cmp(const void *pa, const void *pb)
+{
+    const idx_pos *a = pa, *b = pb;
+    if (a->row != b->row) return a->row < b->row ? -1 : 1;
+    return (a->k > b->k) - (a->k < b->k);
+}
+
+/* Threads split the columns j < inner (acc[j] is then each thread's own): every sum keeps its order. */
 #define INDEX_ADD_INTO(T)                                                                              \
     do {                                                                                               \
         const T *s = g->data;                                                                          \
         T *d = dst->data;                                                                              \
-        for (int64_t r = 0; r < outer; r++)                                                            \
-            for (int64_t k = 0; k < m; k++, s += inner) {                                              \
-                T *a = d + (r * n_ax + ix[k]) * inner;                                                 \
-                for (int64_t j = 0; j < inner; j++) a[j] += s[j];                                      \
+        NB_PARALLEL_PIECES(nb__threads_for(outer * m * inner, NB_GRAIN_MEM), inner, j0, j1, {          \
+            for (int64_t r = 0; r < outer; r++) {                                                      \
+                for (int64_t a = 0; a < m;) {                                                          \
+                    int64_t e = a, row = pos[a].row;                                                   \
+                    while (e < m && pos[e].row == row) e++;                                            \
+                    for (int64_t j = j0; j < j1; j++) acc[j] = 0;                                      \
+                    for (int64_t q = a; q < e; q++) {                                                  \
+                        const T *sr = s + (r * m + pos[q].k) * inner;                                  \
+                        for (int64_t j = j0; j < j1; j++) acc[j] += sr[j];                             \
+                    }                                                                                  \
+                    T *dr = d + (r * n_ax + row) * inner;                                              \
+                    for (int64_t j = j0; j < j1; j++) dr[j] += (T)acc[j];                              \
+                    a = e;                                                                             \
+                }                                                                                      \
             }                                                                                          \
+        });                                                                                            \
     } while (0)
 
 bool nb__into_index_select(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *dst = nb__sink_slot(sink, 0, NULL);
-    if (!dst) return true;
+    if (!dst || g->numel == 0) return true;
     int axis = (int)n->attrs.i[0];
     const int64_t *ix = n->in[1]->data;
     int64_t outer, inner, n_ax = dst->shape[axis], m = n->in[1]->numel;
     around_axis(dst, axis, &outer, &inner);
+    nb_tape *tape = nb__current_tape(); /* the backward's tape */
+    idx_pos *pos = nb__tape_alloc(tape, (size_t)m * sizeof *pos);
+    double *acc = nb__tape_alloc(tape, (size_t)inner * sizeof *acc);
+    if (!pos || !acc) {
+        nb__fail(NB_ERR_NOMEM, "nb_index_select (backward): out of memory");
+        return true;
+    }
+    for (int64_t k = 0; k < m; k++) pos[k] = (idx_pos){ix[k], k};
+    qsort(pos, (size_t)m, sizeof *pos, idx_pos_cmp);
     if (dst->dtype == NB_F32)
         INDEX_ADD_INTO(float);
     else
@@ -541,6 +598,7 @@ nb_tensor *nb_index_select(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_index_select";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (idx->ndim != 1)
@@ -576,6 +634,17 @@ static void walk_init(gather_walk *w, const nb_tensor *idx, const int64_t *tshap
     w->st[axis] = 0;
 }
 
+/* Move the walk to element e (from the start). */
+static void walk_seek(gather_walk *w, int64_t e)
+{
+    w->base = 0;
+    for (int d = w->ndim - 1; d >= 0; d--) {
+        w->c[d] = w->shape[d] ? e % w->shape[d] : 0;
+        e = w->shape[d] ? e / w->shape[d] : 0;
+        w->base += w->c[d] * w->st[d];
+    }
+}
+
 static inline void walk_next(gather_walk *w)
 {
     for (int d = w->ndim - 1; d >= 0; d--) {
@@ -590,7 +659,11 @@ static inline void walk_next(gather_walk *w)
     do {                                                                                               \
         const T *xv = x->data;                                                                         \
         T *o = out->data;                                                                              \
-        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) o[e] = xv[w.base + ix[e] * w.sa];      \
+        NB_PARALLEL_FOR(idx->numel, NB_GRAIN_MEM, lo, hi, {                                            \
+            gather_walk w = w0;                                                                        \
+            if (lo) walk_seek(&w, lo);                                                                 \
+            for (int64_t e = lo; e < hi; e++, walk_next(&w)) o[e] = xv[w.base + ix[e] * w.sa];         \
+        });                                                                                            \
     } while (0)
 
 /* out [idx's shape] = x [.., n, ..] at e's coordinates with the axis one (i[0]) replaced by idx[e] */
@@ -598,8 +671,8 @@ NB_FW(gather)
 {
     const nb_tensor *x = in[0], *idx = in[1];
     const int64_t *ix = idx->data;
-    gather_walk w;
-    walk_init(&w, idx, x->shape, (int)at->i[0]);
+    gather_walk w0;
+    walk_init(&w0, idx, x->shape, (int)at->i[0]);
     if (nb_dtype_size(x->dtype) == 4)
         GATHER(uint32_t);
     else
@@ -614,10 +687,17 @@ NB_BW(gather)
     gin[0] = nb_scatter_add(x->ndim, x->shape, (int)n->attrs.i[0], n->in[1], g);
 }
 
+/* Threads split idx's first dim when it is not the axis (different targets); otherwise serial. */
 #define SCATTER_ADD(T)                                                                                 \
     do {                                                                                               \
         const T *s = src->data;                                                                        \
-        for (int64_t e = 0; e < idx->numel; e++, walk_next(&w)) acc[w.base + ix[e] * w.sa] += s[e];    \
+        const int64_t rows = at->i[0] != 0 && idx->ndim > 1 ? idx->shape[0] : 1;                      \
+        const int64_t per = rows ? idx->numel / rows : 0;                                              \
+        NB_PARALLEL_PIECES(nb__threads_for(idx->numel, NB_GRAIN_MEM), rows, lo, hi, {                  \
+            gather_walk w = w0;                                                                        \
+            if (lo) walk_seek(&w, lo * per);                                                           \
+            for (int64_t e = lo * per; e < hi * per; e++, walk_next(&w)) acc[w.base + ix[e] * w.sa] += s[e]; \
+        });                                                                                            \
     } while (0)
 
 /* out [shape] = 0, then out at e's coordinates with the axis one (i[0]) replaced by idx[e] += src[e];
@@ -629,8 +709,8 @@ NB_FW(scatter_add)
     double *acc = acc_begin("nb_scatter_add", out);
     if (!acc) return;
     const int64_t *ix = idx->data;
-    gather_walk w;
-    walk_init(&w, idx, out->shape, (int)at->i[0]);
+    gather_walk w0;
+    walk_init(&w0, idx, out->shape, (int)at->i[0]);
     if (src->dtype == NB_F32)
         SCATTER_ADD(float);
     else
@@ -660,6 +740,7 @@ nb_tensor *nb_gather(nb_tensor *x, int axis, nb_tensor *idx)
 {
     const char *who = "nb_gather";
     if (!x || !idx) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : "idx");
+    if (!nb__live(who, x) || !nb__live(who, idx)) return NULL;
     int ax = nb__axis(axis, x->ndim);
     if (ax < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
     if (!check_gather_shape(who, idx, x->ndim, x->shape, ax, "input") ||
@@ -674,6 +755,7 @@ nb_tensor *nb_scatter_add(int ndim, const int64_t *shape, int axis, nb_tensor *i
 {
     const char *who = "nb_scatter_add";
     if (!idx || !src) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !idx ? "idx" : "src");
+    if (!nb__live(who, idx) || !nb__live(who, src)) return NULL;
     if (ndim < 1 || ndim > NB_MAX_DIMS || !shape)
         return nb__fail(NB_ERR_SHAPE, "%s: target of %d dimensions (shape=%p): expected 1..%d", who, ndim,
                         (const void *)shape, NB_MAX_DIMS);
@@ -700,6 +782,7 @@ nb_tensor *nb_one_hot(nb_tensor *idx, int64_t num_classes, nb_dtype dtype)
 {
     const char *who = "nb_one_hot";
     if (!idx) return nb__fail(NB_ERR_ARG, "%s: idx is NULL", who);
+    if (!nb__live(who, idx)) return NULL;
     if (idx->dtype != NB_I64)
         return nb__fail(NB_ERR_DTYPE, "%s: labels are %s %s: expected i64", who, nb_dtype_name(idx->dtype),
                         NB_SHP(idx));

@@ -1,6 +1,7 @@
 /* Instantiates kernels_impl.h for float and double, and the type-independent plans and copies. */
 #include "kernels.h"
 #include "fastmath.h"
+#include "parallel.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -55,20 +56,6 @@
 #undef NB_ACC
 #undef NB_UT
 #undef NB_SFX
-
-/* OpenBLAS's own thread control (declared in its cblas.h on Debian; repeated here for others) */
-void openblas_set_num_threads(int num_threads);
-int openblas_get_num_threads(void);
-
-static int g_default_threads = 0;
-
-void nb_set_num_threads(int n)
-{
-    if (!g_default_threads) g_default_threads = openblas_get_num_threads();
-    openblas_set_num_threads(n >= 1 ? n : g_default_threads);
-}
-
-int nb_num_threads(void) { return openblas_get_num_threads(); }
 
 /* Row-major element strides of t as seen from an output of `ndim` dims (right-aligned), 0 where t
  * is broadcast. */
@@ -150,28 +137,37 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t mask)
     p->ndim = n;
 }
 
+/* rows [lo, hi) of shape (rows: the last dim) from src at sst to dst at dst_st */
 #define STRIDED_COPY(T)                                                                                \
     do {                                                                                               \
         const T *s = src;                                                                              \
         T *o = dst;                                                                                    \
-        int64_t idx[NB_MAX_DIMS] = {0}, so = 0, doff = 0;                                              \
         const int last = ndim - 1;                                                                     \
         const int64_t inner = ndim ? shape[last] : 1;                                                  \
         const int64_t si = ndim ? sst[last] : 0, di = ndim ? dst_st[last] : 0;                         \
-        for (int64_t r = 0, outer = inner ? total / inner : 0; r < outer; r++) {                       \
-            if (si == 1 && di == 1)                                                                    \
-                memcpy(o + doff, s + so, (size_t)inner * sizeof(T));                                   \
-            else                                                                                       \
-                for (int64_t k = 0; k < inner; k++) o[doff + k * di] = s[so + k * si];                 \
-            for (int d = last - 1; d >= 0; d--) {                                                      \
-                so += sst[d];                                                                          \
-                doff += dst_st[d];                                                                     \
-                if (++idx[d] < shape[d]) break;                                                        \
-                so -= sst[d] * shape[d];                                                               \
-                doff -= dst_st[d] * shape[d];                                                          \
-                idx[d] = 0;                                                                            \
+        NB_PARALLEL_PIECES(nb__threads_for(total, NB_GRAIN_MEM), inner ? total / inner : 0, lo, hi, {  \
+            int64_t idx[NB_MAX_DIMS] = {0}, so = 0, doff = 0;                                          \
+            for (int64_t d = last - 1, r = lo; d >= 0 && lo; d--) {                                    \
+                idx[d] = r % shape[d];                                                                 \
+                r /= shape[d];                                                                         \
+                so += idx[d] * sst[d];                                                                 \
+                doff += idx[d] * dst_st[d];                                                            \
             }                                                                                          \
-        }                                                                                              \
+            for (int64_t r = lo; r < hi; r++) {                                                        \
+                if (si == 1 && di == 1)                                                                \
+                    memcpy(o + doff, s + so, (size_t)inner * sizeof(T));                               \
+                else                                                                                   \
+                    for (int64_t k = 0; k < inner; k++) o[doff + k * di] = s[so + k * si];             \
+                for (int d = last - 1; d >= 0; d--) {                                                  \
+                    so += sst[d];                                                                      \
+                    doff += dst_st[d];                                                                 \
+                    if (++idx[d] < shape[d]) break;                                                    \
+                    so -= sst[d] * shape[d];                                                           \
+                    doff -= dst_st[d] * shape[d];                                                      \
+                    idx[d] = 0;                                                                        \
+                }                                                                                      \
+            }                                                                                          \
+        });                                                                                            \
     } while (0)
 
 void nb__strided_copy2(size_t esize, int ndim, const int64_t *shape, const int64_t *src_st, const void *src,

@@ -74,13 +74,49 @@ void nb__reduce_plan(nb_reduce_plan *p, const nb_tensor *x, uint32_t axes_mask);
     /* x, y [outer, n, inner]: y = softmax of x along n (log-softmax when take_log), max-shifted */    \
     void nb_k_softmax_##SFX(int64_t outer, int64_t n, int64_t inner, const T *x, T *y, int take_log); \
     /* dst[sum_d i_d dst_st[d]] += src[i] for every index i of shape; src contiguous [shape] */         \
-    void nb_k_add_strided_##SFX(int ndim, const int64_t *shape, const int64_t *dst_st, const T *src, T *dst);
+    void nb_k_add_strided_##SFX(int ndim, const int64_t *shape, const int64_t *dst_st, const T *src, T *dst); \
+    /* out[n] = x[n] * mask[n] (x NULL: out = mask), mask[i] = keep if nb__dropout_bits of element i of   \
+     * stream key >= thr, else 0 */                                                                     \
+    void nb_k_dropout_##SFX(int64_t n, const T *x, T *out, uint64_t key, uint32_t thr, double keep);     \
+    /* LSTM cell on R rows: gates [R, 4H] (pre-activations of the input, forget, cell, output gates),   \
+     * c [R, H] -> out [2, R, H]: out[0] = h' = o tanh(c'), out[1] = c' = f c + i g */                  \
+    void nb_k_lstm_cell_##SFX(int64_t R, int64_t H, const T *gates, const T *c, T *out);               \
+    /* its backward from gout [2, R, H]: dgates [R, 4H] and dc [R, H] (NULL: not wanted; acc: add into \
+     * them, else overwrite) */                                                                        \
+    void nb_k_lstm_cell_bw_##SFX(int64_t R, int64_t H, const T *gates, const T *c, const T *out,       \
+                                 const T *gout, T *dgates, int acc_g, T *dc, int acc_c);               \
+    /* GRU cell on R rows: xg, hg [R, 3H] (reset, update, new parts of x W_ih^T + b_ih and             \
+     * h W_hh^T + b_hh), h [R, H] -> out [R, H] = n + z (h - n), r = sigmoid(xr + hr),                 \
+     * z = sigmoid(xz + hz), n = tanh(xn + r hn) */                                                     \
+    void nb_k_gru_cell_##SFX(int64_t R, int64_t H, const T *xg, const T *hg, const T *h, T *out);      \
+    /* its backward from gout [R, H]: dxg, dhg [R, 3H], dh [R, H] (NULL: not wanted; acc: add) */      \
+    void nb_k_gru_cell_bw_##SFX(int64_t R, int64_t H, const T *xg, const T *hg, const T *h,            \
+                                const T *gout, T *dxg, int acc_x, T *dhg, int acc_hg, T *dh, int acc_h);
 
 NB_K_DECLARE(float, double, f32)
 NB_K_DECLARE(double, double, f64)
-/* int64: only binary (not div, pow or the fused backward steps), axpy, sum, where, argmax and
- * add_strided are defined (kernels.c); a call of another fails to link. Overflow wraps. */
+/* int64: only binary (not div, pow or the fused backward steps), unary (affine, abs and sign), axpy,
+ * sum, where, argmax and add_strided are defined (kernels.c); a call of another fails to link.
+ * Overflow wraps. */
 NB_K_DECLARE(int64_t, uint64_t, i64)
+
+/* Dropout's random bits, a pure function of (key, element index), so that a mask does not depend on
+ * how many threads make it: element i gets half i % 2 (low, then high 32 bits) of splitmix64's output
+ * number i / 2 + 1 from seed key (z = key + (i / 2 + 1) * golden gamma, then the splitmix64 finaliser).
+ * Fills bits[0..m) for elements c..c+m-1; c even; bits has room for m rounded up to even. */
+#define NB_DROPOUT_CHUNK 64
+static inline void nb__dropout_bits(uint64_t key, int64_t c, int64_t m, uint32_t *bits)
+{
+    const uint64_t gamma = 0x9e3779b97f4a7c15ull, base = key + ((uint64_t)c / 2 + 1) * gamma;
+    for (int64_t j = 0; j < (m + 1) / 2; j++) {
+        uint64_t z = base + (uint64_t)j * gamma;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        bits[2 * j] = (uint32_t)z;
+        bits[2 * j + 1] = (uint32_t)(z >> 32);
+    }
+}
 
 /* Element strides of t seen from an output of (ndim, shape) that t broadcasts to: 0 on broadcast
  * dims. */

@@ -74,7 +74,7 @@ NB_BW(matmul)
     if (NB_NEED(0)) {
         nb_tensor *ga = !ta ? nb_matmul_ex(g, b, tb ? 0u : NB_TRANS_B)                   /* G op(B)^T */
                             : nb_matmul_ex(b, g, (tb ? NB_TRANS_A : 0u) | NB_TRANS_B);   /* op(B) G^T */
-        gin[0] = nb_sum_to(ga, a->ndim, a->shape);
+        gin[0] = nb__sum_to(ga, a->ndim, a->shape);
     }
     if (NB_NEED(1)) {
         if (b->ndim == 2 && a->ndim > 2 && !ta) {
@@ -85,7 +85,7 @@ NB_BW(matmul)
         }
         nb_tensor *gb = !tb ? nb_matmul_ex(a, g, ta ? 0u : NB_TRANS_A)                   /* op(A)^T G */
                             : nb_matmul_ex(g, a, NB_TRANS_A | (ta ? NB_TRANS_B : 0u));   /* G^T op(A) */
-        gin[1] = nb_sum_to(gb, b->ndim, b->shape);
+        gin[1] = nb__sum_to(gb, b->ndim, b->shape);
     }
 }
 
@@ -143,26 +143,39 @@ static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad
 
 bool nb__into_matmul(const nb_node *n, nb_tensor *g, nb_grad_sink *sink) { return product_into(n, 0, 1, g, sink); }
 
-/* c's gradient: g itself (c of the product's shape) or g summed over rows (a bias vector) */
+/* c's gradient, as the rule computes it (nb_sum_to: the sum kernel over c's broadcast dims, float32 in
+ * double), added into c's buffer: g itself when c has g's shape, else the sum over the broadcast dims
+ * (a bias vector: the rows; c [3] for a [1,3] product: nothing summed, only the shape differs). */
 bool nb__into_addmm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     const nb_tensor *c = n->in[0], *b = n->in[2];
     int ta = (n->attrs.i[0] & NB_TRANS_A) != 0;
     if (b->ndim != 2 || (n->in[1]->ndim != 2 && ta)) return false;
-    int64_t cols = g->shape[g->ndim - 1];
-    bool same = c->numel == g->numel, bias = c->ndim == 1 && c->shape[0] == cols;
-    if (NB_NEED(0) && !same && !bias) return false;
-    if (NB_NEED(0) && same) {
+    if (NB_NEED(0) && nb__same_shape(c, g)) {
         if (!nb__sink_add(sink, 0, g)) return true; /* dc = g, handed over as it is */
     } else if (NB_NEED(0)) {
+        /* the axes of g that c does not have or has with extent 1 */
+        uint32_t mask = 0;
+        int lead = g->ndim - c->ndim;
+        for (int d = 0; d < g->ndim; d++)
+            if (d < lead || (c->shape[d - lead] == 1 && g->shape[d] != 1)) mask |= 1u << d;
         nb_tensor *d = nb__sink_slot(sink, 0, NULL);
         if (!d) return true;
-        int64_t rows = cols ? g->numel / cols : 0, len = cols;
-        for (int64_t r = 0; r < rows; r++) {
-            if (g->dtype == NB_F32)
-                nb_k_axpy_f32(len, 1.0, (const float *)g->data + r * len, d->data);
-            else
-                nb_k_axpy_f64(len, 1.0, (const double *)g->data + r * len, d->data);
+        nb_reduce_plan p;
+        nb__reduce_plan(&p, g, mask);
+        nb_tape *tape = nb__current_tape(); /* the backward's tape */
+        void *sum = nb__tape_alloc(tape, (size_t)c->numel * sizeof(double));
+        double *acc = g->dtype == NB_F32 ? nb__tape_alloc(tape, (size_t)c->numel * sizeof(double)) : NULL;
+        if (!sum || (g->dtype == NB_F32 && !acc)) {
+            nb__fail(NB_ERR_NOMEM, "nb_addmm (backward): out of memory");
+            return true;
+        }
+        if (g->dtype == NB_F32) {
+            nb_k_sum_f32(&p, g->data, sum, acc, 1.0);
+            nb_k_axpy_f32(c->numel, 1.0, sum, d->data);
+        } else {
+            nb_k_sum_f64(&p, g->data, sum, sum, 1.0);
+            nb_k_axpy_f64(c->numel, 1.0, sum, d->data);
         }
     }
     return product_into(n, 1, 2, g, sink);
@@ -173,6 +186,7 @@ static bool matmul_shape(const char *who, const nb_tensor *a, const nb_tensor *b
                          int64_t *shape)
 {
     if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b"), false;
+    if (!nb__live(who, a) || !nb__live(who, b)) return false;
     if (flags & ~(unsigned)(NB_TRANS_A | NB_TRANS_B))
         return nb__fail(NB_ERR_ARG, "%s: unknown flags 0x%x", who, flags), false;
     if (a->dtype != b->dtype)
@@ -212,6 +226,7 @@ nb_tensor *nb_matmul_ex(nb_tensor *a, nb_tensor *b, unsigned flags)
 nb_tensor *nb_matmul(nb_tensor *a, nb_tensor *b)
 {
     if (!a || !b) return nb__fail(NB_ERR_ARG, "nb_matmul: input %s is NULL", !a ? "a" : "b");
+    if (!nb__live("nb_matmul", a) || !nb__live("nb_matmul", b)) return NULL;
     if (a->ndim == 0 || b->ndim == 0)
         return nb__fail(NB_ERR_SHAPE, "nb_matmul: %s x %s: scalars have no matrix product (use nb_mul)",
                         NB_SHP(a), NB_SHP(b));
@@ -258,7 +273,7 @@ NB_FW(addmm)
 /* d(c + op(A) op(B)) = dc (summed over c's broadcast dims) + the matmul terms */
 NB_BW(addmm)
 {
-    if (NB_NEED(0)) gin[0] = nb_sum_to(g, n->in[0]->ndim, n->in[0]->shape);
+    if (NB_NEED(0)) gin[0] = nb__sum_to(g, n->in[0]->ndim, n->in[0]->shape);
     if (!NB_NEED(1) && !NB_NEED(2)) return;
     /* the product's rule, on a node view holding a and b */
     nb_node prod = *n;
@@ -272,6 +287,7 @@ nb_tensor *nb_addmm(nb_tensor *c, nb_tensor *a, nb_tensor *b, unsigned flags)
 {
     const char *who = "nb_addmm";
     if (!c) return nb__fail(NB_ERR_ARG, "%s: c is NULL", who);
+    if (!nb__live(who, c)) return NULL;
     if (!a || !b) return nb__fail(NB_ERR_ARG, "%s: input %s is NULL", who, !a ? "a" : "b");
     if (c->dtype != a->dtype)
         return nb__fail(NB_ERR_DTYPE, "%s: c %s %s and a %s %s: dtypes differ (use nb_cast)", who,

@@ -71,6 +71,10 @@
     X(ARGMAX, argmax, "argmax", 1, Y, N, N, N)           /* i[0] = axis, i[1] = 1 for argmin */        \
     X(SOFTMAX, softmax, "softmax", 1, Y, Y, N, N)        /* i[0] = axis */                             \
     X(LOG_SOFTMAX, log_softmax, "log_softmax", 1, Y, Y, N, N) /* i[0] = axis */                        \
+    X(DROPOUT, dropout, "dropout", 1, Y, Y, N, N)        /* x * mask: i[0] key, i[1] threshold, f[1] kept value */ \
+    /* cells.c */                                                                                      \
+    X(LSTM_GATES, lstm_gates, "lstm_gates", 2, Y, Y, Y, N) /* gates [.., 4H], c [.., H] -> [2, .., H] */ \
+    X(GRU_GATES, gru_gates, "gru_gates", 3, Y, Y, Y, N)  /* xg, hg [.., 3H], h [.., H] -> [.., H] */   \
     /* custom.c */                                                                                     \
     X(CUSTOM, custom, "custom", -1, Y, Y, N, N)          /* p = the nb_custom_op, i[0] = n inputs */   \
     /* shape.c */                                                                                      \
@@ -90,6 +94,7 @@
     X(FLIP, flip, "flip", 1, Y, Y, N, N)                 /* i[0] = axes bitmask */                     \
     X(CUMSUM, cumsum, "cumsum", 1, Y, Y, N, N)           /* i[0] = axis, i[1] = 1: from the end */     \
     X(CUMPROD, cumprod, "cumprod", 1, Y, Y, N, N)        /* i[0] = axis */                             \
+    X(LINREC, linrec, "linear_recurrence", 2, Y, Y, N, N) /* a, b; i[0] axis, i[1] = 1: from the end */\
     X(ARGSORT, argsort, "argsort", 1, Y, N, N, N)        /* i[0] = axis, i[1] = descending */
 
 #endif

@@ -28,6 +28,16 @@ NB_OP_LIST(NB__OP_DECL)
 
 /* Shared argument checks. Each records a message naming `who` and returns false on failure. */
 bool nb__check_binary(const char *who, const nb_tensor *a, const nb_tensor *b, int *ndim, int64_t *shape);
+/* A new tensor that is x (a view with its own node when recorded): what an op returns when its result
+ * equals its input (a full slice, a zero pad, ...), so that a hook or nb_grad on the result never lands
+ * on the input. */
+nb_tensor *nb__alias(const char *who, nb_tensor *x);
+/* The same data as x in another shape (the element count x's), with errors naming `who`: the reshape
+ * view on the current tape, or with no current tape and x a leaf, a caller-owned leaf view
+ * (nb__leaf_view). */
+nb_tensor *nb__view(const char *who, nb_tensor *x, int ndim, const int64_t *shape);
+/* nb_sum_to for backward rules: x itself when nothing is reduced (rules may return an alias of g). */
+nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape);
 /* Axes of x (negative ones count from the end) as a bitmask; naxes = 0: every axis. */
 bool nb__axes_mask(const char *who, const nb_tensor *x, int naxes, const int *axes, uint32_t *mask);
 /* Scalar 0-d constant of dtype on the current tape. */

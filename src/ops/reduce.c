@@ -1,6 +1,7 @@
 /* Reductions: sum over axes (float32 accumulates in double), and the compositions built on it. */
 #include "ops.h"
 
+#include <math.h>
 #include <string.h>
 
 /* out = sum of x over the axes in mask i[0]; out has x's shape with those axes removed (or kept as 1
@@ -92,6 +93,7 @@ static bool check_dtype(const char *who, const nb_tensor *x, bool int_ok)
 nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum: input is NULL");
+    if (!nb__live("nb_sum", x)) return NULL;
     uint32_t mask;
     if (!check_dtype("nb_sum", x, true) || !nb__axes_mask("nb_sum", x, naxes, axes, &mask)) return NULL;
     return sum_mask("nb_sum", x, mask, keepdim);
@@ -100,6 +102,7 @@ nb_tensor *nb_sum(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_mean: input is NULL");
+    if (!nb__live("nb_mean", x)) return NULL;
     if (x->dtype == NB_I64)
         return nb__fail(NB_ERR_DTYPE, "nb_mean: i64 tensor %s: the mean of integers is not an integer (nb_sum "
                         "counts; nb_cast to f64 first for a mean)", NB_SHP(x));
@@ -114,7 +117,7 @@ nb_tensor *nb_mean(nb_tensor *x, int naxes, const int *axes, int keepdim)
 nb_tensor *nb_sum_all(nb_tensor *x) { return nb_sum(x, 0, NULL, 0); }
 nb_tensor *nb_mean_all(nb_tensor *x) { return nb_mean(x, 0, NULL, 0); }
 
-nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+nb_tensor *nb__sum_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_sum_to: input is NULL");
     if (ndim < 0 || ndim > x->ndim || (ndim > 0 && !shape))
@@ -136,6 +139,13 @@ nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (!mask) return x;
     if (!nb__check_float("nb_sum_to", x)) return NULL;
     return nb_reshape(sum_mask("nb_sum_to", x, mask, 1), ndim, shape);
+}
+
+nb_tensor *nb_sum_to(nb_tensor *x, int ndim, const int64_t *shape)
+{
+    if (x && !nb__live("nb_sum_to", x)) return NULL;
+    nb_tensor *r = nb__sum_to(x, ndim, shape); /* (nb__sum_to, for rules, takes a fresh gradient unchecked) */
+    return r && r == x ? nb__alias("nb_sum_to", x) : r;
 }
 
 /* ---- argmax / argmin -------------------------------------------------------------------------- */
@@ -167,6 +177,7 @@ NB_FW(argmax)
 static nb_tensor *arg_extreme(const char *who, nb_tensor *x, int axis, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!check_dtype(who, x, true)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -216,6 +227,7 @@ static nb_tensor *reduced_shape(nb_tensor *r, const nb_tensor *x, uint32_t mask,
 static nb_tensor *extreme(const char *who, nb_tensor *x, int naxes, const int *axes, int keepdim, int is_min)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!check_dtype(who, x, true) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
@@ -239,8 +251,12 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 {
     const char *who = "nb_logsumexp";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
+    for (int d = 0; d < x->ndim; d++)
+        if ((mask & (1u << d)) && x->shape[d] == 0) /* empty groups: log(0) = -inf, as torch; the sum */
+            return nb_add_scalar(sum_mask(who, x, mask, keepdim), -INFINITY); /* keeps x on the graph */
     nb_no_grad_begin(); /* the shift is a constant: record nothing for it */
     nb_tensor *m = extreme(who, x, naxes, axes, 1, 0);
     nb_no_grad_end();
@@ -257,6 +273,7 @@ nb_tensor *nb_logsumexp(nb_tensor *x, int naxes, const int *axes, int keepdim)
 static nb_tensor *variance(const char *who, nb_tensor *x, int naxes, const int *axes, int correction, int keepdim)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     uint32_t mask;
     if (!nb__check_float(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     if (correction < 0) return nb__fail(NB_ERR_ARG, "%s: %s: correction %d is negative", who, NB_SHP(x), correction);
@@ -317,6 +334,7 @@ NB_BW(log_softmax)
 static nb_tensor *softmax_op(const char *who, nb_op_id op, nb_tensor *x, int axis)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     int d = nb__axis(axis, x->ndim);
     if (d < 0) return nb__fail(NB_ERR_ARG, "%s: axis %d out of range for %s", who, axis, NB_SHP(x));
@@ -329,17 +347,55 @@ nb_tensor *nb_log_softmax(nb_tensor *x, int axis) { return softmax_op("nb_log_so
 
 /* ---- dropout ---------------------------------------------------------------------------------- */
 
+/* The mask's parameters for drop probability p: element i is kept (valued 1 / (1 - p)) when its 32
+ * random bits (nb__dropout_bits) are >= thr, which happens with probability 1 - p (to 2^-32); p = 1
+ * keeps every element with the value 0. */
+static void mask_params(double p, uint32_t *thr, double *keep)
+{
+    if (p >= 1) {
+        *thr = 0;
+        *keep = 0;
+        return;
+    }
+    double t = nearbyint(p * 4294967296.0);
+    *thr = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+    *keep = 1.0 / (1.0 - p);
+}
+
+/* out = x * mask with the mask of stream key i[0] (threshold i[1], kept value f[1]), made on the fly */
+NB_FW(dropout)
+{
+    const nb_tensor *x = in[0];
+    uint64_t key = (uint64_t)at->i[0];
+    uint32_t thr = (uint32_t)at->i[1];
+    if (out->dtype == NB_F32)
+        nb_k_dropout_f32(x->numel, x->data, out->data, key, thr, at->f[1]);
+    else
+        nb_k_dropout_f64(x->numel, x->data, out->data, key, thr, at->f[1]);
+}
+/* d (x * mask) = mask dx: the same op, with the same mask, on the gradient */
+NB_BW(dropout)
+{
+    if (!NB_NEED(0)) return;
+    gin[0] = nb__apply("nb_dropout (backward)", NB_OP_DROPOUT, 1, &g, &n->attrs, g->dtype, g->ndim, g->shape);
+}
+
 nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, double p, nb_rng *rng)
 {
     const char *who = "nb_dropout_mask";
     if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: p = %g is not in [0, 1]", who, p);
     if (!nb__is_float(dtype)) return nb__fail(NB_ERR_DTYPE, "%s: dtype %s is not f32 or f64", who, nb_dtype_name(dtype));
-    nb_tensor *m = nb_zeros(dtype, ndim, shape);
-    if (!m || p >= 1) return m;
-    double keep = 1.0 / (1.0 - p);
-    for (int64_t i = 0; i < m->numel; i++)
-        if (nb_rng_uniform(rng) >= p) nb__set(m, i, keep);
+    nb_tensor *m = nb__tape_tensor(who, dtype, ndim, shape);
+    if (!m) return NULL;
+    uint64_t key = nb_rng_u64(rng);
+    uint32_t thr;
+    double keep;
+    mask_params(p, &thr, &keep);
+    if (dtype == NB_F32)
+        nb_k_dropout_f32(m->numel, NULL, m->data, key, thr, keep);
+    else
+        nb_k_dropout_f64(m->numel, NULL, m->data, key, thr, keep);
     return m;
 }
 
@@ -347,8 +403,14 @@ nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng)
 {
     const char *who = "nb_dropout";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (!nb__check_float(who, x)) return NULL;
     if (!(p >= 0 && p <= 1)) return nb__fail(NB_ERR_ARG, "%s: %s: p = %g is not in [0, 1]", who, NB_SHP(x), p);
-    if (p == 0.0) return x;
-    return nb_mul(x, nb_dropout_mask(x->dtype, x->ndim, x->shape, p, rng));
+    if (p == 0.0) return nb__alias(who, x);
+    if (!rng) return nb__fail(NB_ERR_ARG, "%s: rng is NULL", who);
+    uint32_t thr;
+    double keep;
+    mask_params(p, &thr, &keep);
+    nb_attrs at = {.i = {(int64_t)nb_rng_u64(rng), thr}, .f = {p, keep}};
+    return nb__apply(who, NB_OP_DROPOUT, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }

@@ -1,11 +1,13 @@
-/* Scans and orderings: flip, cumsum, cumprod and argsort (the primitives), and sort and topk (argsort,
- * then gather: the gradient flows to the values through gather). cumsum and cumprod accumulate in
+/* Scans and orderings: flip, cumsum, cumprod and argsort (the primitives), the linear recurrence that
+ * cumprod's gradient is made of, and sort and topk (argsort, then gather: the gradient flows to the
+ * values through gather). cumsum and cumprod accumulate in
  * double for f32; on i64 they wrap like two's complement. argsort is stable. Kernels: scan_impl.h,
  * compiled here once per element type. */
 #include "ops.h"
 
 #include <string.h>
 
+#define NB_SCAN_LINREC /* the float types only */
 #define NB_T float
 #define NB_ACC double
 #define NB_SFX f32
@@ -23,6 +25,7 @@
 #undef NB_ACC
 #undef NB_SFX
 #undef NB_ISNAN
+#undef NB_SCAN_LINREC
 
 #define NB_T int64_t
 #define NB_ACC uint64_t
@@ -91,7 +94,7 @@ nb_tensor *nb_flip(nb_tensor *x, int naxes, const int *axes)
     if (!check_dtype(who, x) || !nb__axes_mask(who, x, naxes, axes, &mask)) return NULL;
     for (int d = 0; d < x->ndim; d++)
         if (x->shape[d] < 2) mask &= ~(1u << d); /* reversing one element changes nothing */
-    if (!mask) return x;
+    if (!mask) return nb__alias(who, x); /* a tensor of its own all the same */
     nb_attrs at = {.i = {(int64_t)mask}};
     return nb__apply(who, NB_OP_FLIP, 1, &x, &at, x->dtype, x->ndim, x->shape);
 }
@@ -138,50 +141,78 @@ NB_BW(cumsum)
 
 nb_tensor *nb_cumsum(nb_tensor *x, int axis) { return scan_op("nb_cumsum", NB_OP_CUMSUM, x, axis, 0); }
 
-static bool has_zero(const nb_tensor *x)
+/* ---- the linear recurrence behind cumprod's gradient ------------------------------------------ */
+
+/* h [outer, n, inner] = the linear recurrence of a and b along i[0]: h_k = a_k h_{k-1} + b_k, or with
+ * i[1], from the end, h_k = a_{k+1} h_{k+1} + b_k (a_0 is never read) */
+NB_FW(linrec)
 {
-    for (int64_t i = 0; i < x->numel; i++)
-        if (nb__get(x, i) == 0) return true;
-    return false;
+    int64_t outer, n, inner;
+    around_axis(out, (int)at->i[0], &outer, &n, &inner);
+    double *acc = nb__tape_alloc(out->tape, (size_t)inner * sizeof(double));
+    if (!acc) {
+        nb__fail(NB_ERR_NOMEM, "nb_cumprod (backward): out of memory for the accumulator of %s", NB_SHP(out));
+        return;
+    }
+    if (out->dtype == NB_F32)
+        scan_k_linrec_f32(outer, n, inner, in[0]->data, in[1]->data, out->data, acc, (int)at->i[1]);
+    else
+        scan_k_linrec_f64(outer, n, inner, in[0]->data, in[1]->data, out->data, acc, (int)at->i[1]);
 }
 
-/* The gradient of sum(g * cumprod(x)) along axis, for any x (zeros included), written with nabla ops
- * so that it can be differentiated again; p = cumprod(x). With R the running sum from the end,
- *   dx_k = sum_{i >= k} g_i prod_{j <= i, j != k} x_j
- *        = R(g p)_k / x_k              before the first zero z of the slice (x_k != 0 there),
- *        = R(g p')_z                   at z, where p' = cumprod(x') and x' is x with x_z set to 1,
- *        = x_z * (this gradient at x')_k   after z: 0 in value, but not its derivative in x_z.
- * Each form equals the gradient on a neighbourhood of x (the masks are constants), so differentiating
- * it gives the second derivative, zeros included. Without a graph the last form is just 0. */
-static nb_tensor *cumprod_grad(nb_tensor *x, nb_tensor *p, nb_tensor *g, int axis)
+/* The recurrence of links a and terms b (same float dtype and shape) along axis. */
+static nb_tensor *linrec(nb_tensor *a, nb_tensor *b, int axis, int reverse)
 {
-    const char *who = "nb_cumprod (backward)";
-    nb_tensor *r = scan_op(who, NB_OP_CUMSUM, nb_mul(g, p), axis, 1);
-    if (!r || !has_zero(x)) return nb_div(r, x);
-    nb_tensor *zero = nb__scalar(x->dtype, 0.0), *one = nb__scalar(x->dtype, 1.0);
-    nb_no_grad_begin(); /* the masks: constants */
-    nb_tensor *isz = nb_eq(x, zero);
-    nb_tensor *seen = nb_cumsum(isz, axis); /* zeros up to each position */
-    nb_tensor *before = nb_eq(seen, zero), *first = nb_mul(isz, nb_eq(seen, one));
-    nb_no_grad_end();
-    nb_tensor *x1 = nb_where(first, one, x);
-    nb_tensor *p1 = nb_cumprod(x1, axis), *at_z, *after;
-    if (nb_grad_enabled()) {
-        nb_tensor *g1 = cumprod_grad(x1, p1, g, axis); /* at z it is R(g p')_z / 1 */
-        at_z = g1;
-        after = nb_mul(nb_sum(nb_mul(x, first), 1, &axis, 1), g1);
-    } else {
-        at_z = scan_op(who, NB_OP_CUMSUM, nb_mul(g, p1), axis, 1);
-        after = zero;
+    if (!a || !b) return NULL;
+    nb_attrs at = {.i = {axis, reverse}};
+    nb_tensor *in[2] = {a, b};
+    return nb__apply("nb_cumprod (backward)", NB_OP_LINREC, 2, in, &at, b->dtype, b->ndim, b->shape);
+}
+
+/* t moved one place towards the end of axis (extent > 0): fill enters at position 0, the last drops. */
+static nb_tensor *shift_in(nb_tensor *t, int axis, double fill)
+{
+    if (!t) return NULL;
+    int64_t pads[2 * NB_MAX_DIMS] = {0};
+    pads[2 * axis] = 1;
+    return nb_pad(nb_slice(t, axis, 0, t->shape[axis] - 1, 1), pads, fill);
+}
+
+/* With L = sum(u h), lambda = dL/db runs the recurrence the other way over the same links:
+ *   forward  h_k = a_k h_{k-1} + b_k:     lambda_k = u_k + a_{k+1} lambda_{k+1},  dL/da_k = lambda_k h_{k-1};
+ *   reverse  h_k = a_{k+1} h_{k+1} + b_k: lambda_k = u_k + a_k lambda_{k-1},      dL/da_k = lambda_{k-1} h_k;
+ * dL/da_0 = 0 (never read). Written with itself, so every order of derivative is exact. */
+NB_BW(linrec)
+{
+    int axis = (int)n->attrs.i[0], rev = (int)n->attrs.i[1];
+    nb_tensor *h = n->out;
+    if (h->shape[axis] == 0) {
+        for (int i = 0; i < 2; i++)
+            if (NB_NEED(i)) gin[i] = nb_zeros_like(g);
+        return;
     }
-    return nb_where(before, nb_div(r, nb_where(before, x, one)), nb_where(first, at_z, after));
+    nb_tensor *lambda = linrec(n->in[0], g, axis, !rev);
+    if (NB_NEED(1)) gin[1] = lambda;
+    if (NB_NEED(0)) gin[0] = rev ? nb_mul(shift_in(lambda, axis, 0.0), h) : nb_mul(lambda, shift_in(h, axis, 0.0));
 }
 
 /* y_k = prod_{j <= k} x_j along i[0] */
 NB_FW(cumprod) { scan_kernel(out, in[0], (int)at->i[0], 1, 0); }
+/* dy_i / dx_k = prod_{j <= i, j != k} x_j for k <= i, so with p = cumprod(x)
+ *   dx_k = sum_{i >= k} g_i prod_{j <= i, j != k} x_j = E_k F_k,
+ *   E_k = prod_{j < k} x_j (p moved one place, 1 entering),  F_k = g_k + x_{k+1} F_{k+1} (the recurrence
+ * from the end with links x). No division: exact with any zeros, to every order (the recurrence's rule
+ * is written with itself), and the graph of each order is a fixed handful of ops whatever the zeros. */
 NB_BW(cumprod)
 {
-    if (NB_NEED(0)) gin[0] = cumprod_grad(n->in[0], n->out, g, (int)n->attrs.i[0]);
+    if (!NB_NEED(0)) return;
+    int axis = (int)n->attrs.i[0];
+    nb_tensor *x = n->in[0];
+    if (x->shape[axis] == 0) {
+        gin[0] = nb_zeros_like(g);
+        return;
+    }
+    gin[0] = nb_mul(shift_in(n->out, axis, 1.0), linrec(x, g, axis, 1));
 }
 
 nb_tensor *nb_cumprod(nb_tensor *x, int axis) { return scan_op("nb_cumprod", NB_OP_CUMPROD, x, axis, 0); }

@@ -31,6 +31,32 @@ static void NB_K(scan)(int64_t outer, int64_t n, int64_t inner, const NB_T *x, N
     }
 }
 
+#ifdef NB_SCAN_LINREC
+/* a, b, h [outer, n, inner]: the linear recurrence h_k = a_k h_{k-1} + b_k along n (h_0 = b_0), or
+ * from the end when reverse, h_k = a_{k+1} h_{k+1} + b_k (h_{n-1} = b_{n-1}): a_k links positions
+ * k - 1 and k in both directions, and a_0 is never read. acc[inner] is scratch; each step rounds
+ * a h + b in NB_ACC. */
+static void NB_K(linrec)(int64_t outer, int64_t n, int64_t inner, const NB_T *a, const NB_T *b, NB_T *h,
+                         NB_ACC *acc, int reverse)
+{
+    for (int64_t o = 0; o < outer; o++) {
+        const NB_T *ao = a + o * n * inner, *bo = b + o * n * inner;
+        NB_T *ho = h + o * n * inner;
+        for (int64_t s = 0; s < n; s++) {
+            int64_t k = reverse ? n - 1 - s : s;
+            const NB_T *br = bo + k * inner;
+            NB_T *hr = ho + k * inner;
+            if (s == 0) {
+                for (int64_t i = 0; i < inner; i++) hr[i] = (NB_T)(acc[i] = (NB_ACC)br[i]);
+                continue;
+            }
+            const NB_T *ar = ao + (reverse ? k + 1 : k) * inner;
+            for (int64_t i = 0; i < inner; i++) hr[i] = (NB_T)(acc[i] = (NB_ACC)ar[i] * acc[i] + (NB_ACC)br[i]);
+        }
+    }
+}
+#endif
+
 /* Whether a comes strictly before b in ascending order, NaN above every number. */
 #define NB_LESS(a, b) (!NB_ISNAN(a) && (NB_ISNAN(b) || (a) < (b)))
 

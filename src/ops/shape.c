@@ -1,6 +1,7 @@
 /* Shape ops (reshape as a view; permute, transpose, broadcast_to as copies), casts, detach and tape
  * constants. */
 #include "ops.h"
+#include "parallel.h"
 
 #include <string.h>
 
@@ -32,12 +33,14 @@ nb_tensor *nb_constant(nb_dtype dt, int ndim, const int64_t *shape, const void *
 nb_tensor *nb_zeros_like(const nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_zeros_like: input is NULL");
+    if (!nb__live("nb_zeros_like", x)) return NULL;
     return constant("nb_zeros_like", x->dtype, x->ndim, x->shape, 0, NULL);
 }
 
 nb_tensor *nb_full_like(const nb_tensor *x, double v)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_full_like: input is NULL");
+    if (!nb__live("nb_full_like", x)) return NULL;
     return constant("nb_full_like", x->dtype, x->ndim, x->shape, v, NULL);
 }
 
@@ -53,6 +56,7 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
 {
     const char *who = "nb_reshape";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim < 0 || ndim > NB_MAX_DIMS || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "%s: %s to %d dimensions: expected 0..%d", who, NB_SHP(x), ndim,
                         NB_MAX_DIMS);
@@ -67,7 +71,9 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
         if (shape[d] < 0)
             return nb__fail(NB_ERR_SHAPE, "%s: %s to %s: bad extent %lld", who, NB_SHP(x),
                             nb__shape_str(ndim, shape), (long long)shape[d]);
-        known *= shape[d];
+        if (__builtin_mul_overflow(known, shape[d], &known))
+            return nb__fail(NB_ERR_SHAPE, "%s: %s to %s: too many elements", who, NB_SHP(x),
+                            nb__shape_str(ndim, shape));
     }
     if (infer >= 0) {
         if (known == 0 || x->numel % known != 0)
@@ -79,12 +85,27 @@ nb_tensor *nb_reshape(nb_tensor *x, int ndim, const int64_t *shape)
     if (known != x->numel)
         return nb__fail(NB_ERR_SHAPE, "%s: %s (%lld elements) to %s (%lld elements)", who, NB_SHP(x),
                         (long long)x->numel, nb__shape_str(ndim, shape), (long long)known);
-    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, s);
+    /* an empty target's other extents are bounded as for any tensor ([0, 2^62] is refused) */
+    if (!nb__check_shape(who, ndim, s)) return NULL;
+    return nb__view(who, x, ndim, s);
+}
+
+nb_tensor *nb__view(const char *who, nb_tensor *x, int ndim, const int64_t *shape)
+{
+    /* no tape to record on: a leaf gets a view that is a leaf of its own */
+    if (!nb__current_tape() && (x->flags & NB_TF_LEAF)) return nb__leaf_view(who, x, ndim, shape);
+    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, ndim, shape);
+}
+
+nb_tensor *nb__alias(const char *who, nb_tensor *x)
+{
+    return nb__apply(who, NB_OP_VIEW, 1, &x, NULL, x->dtype, x->ndim, x->shape);
 }
 
 nb_tensor *nb_detach(nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_detach: input is NULL");
+    if (!nb__live("nb_detach", x)) return NULL;
     nb_no_grad_begin();
     nb_tensor *v = nb__apply("nb_detach", NB_OP_VIEW, 1, &x, NULL, x->dtype, x->ndim, x->shape);
     nb_no_grad_end();
@@ -119,6 +140,7 @@ nb_tensor *nb_permute(nb_tensor *x, int ndim, const int *perm)
 {
     const char *who = "nb_permute";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim != x->ndim || (ndim > 0 && !perm))
         return nb__fail(NB_ERR_ARG, "%s: %s: a permutation of %d dims, got %d", who, NB_SHP(x), x->ndim, ndim);
     nb_attrs at = {.i = {0}};
@@ -139,6 +161,7 @@ nb_tensor *nb_permute(nb_tensor *x, int ndim, const int *perm)
 nb_tensor *nb_transpose(nb_tensor *x, int dim0, int dim1)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_transpose: input is NULL");
+    if (!nb__live("nb_transpose", x)) return NULL;
     int a = nb__axis(dim0, x->ndim), b = nb__axis(dim1, x->ndim);
     if (a < 0 || b < 0)
         return nb__fail(NB_ERR_ARG, "nb_transpose: dims %d and %d for %s: out of range", dim0, dim1, NB_SHP(x));
@@ -173,13 +196,14 @@ NB_FW(broadcast)
 /* d broadcast(x) = sum of dx over the broadcast dims */
 NB_BW(broadcast)
 {
-    if (NB_NEED(0)) gin[0] = nb_sum_to(g, n->in[0]->ndim, n->in[0]->shape);
+    if (NB_NEED(0)) gin[0] = nb__sum_to(g, n->in[0]->ndim, n->in[0]->shape);
 }
 
 nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
 {
     const char *who = "nb_broadcast_to";
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who);
+    if (!nb__live(who, x)) return NULL;
     if (ndim < x->ndim || ndim > NB_MAX_DIMS || (ndim > 0 && !shape))
         return nb__fail(NB_ERR_SHAPE, "%s: %s to %d dimensions", who, NB_SHP(x), ndim);
     int lead = ndim - x->ndim;
@@ -195,7 +219,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
     if (ndim == x->ndim && nb__numel(ndim, shape) == x->numel) {
         bool same = true;
         for (int d = 0; d < ndim; d++) same = same && shape[d] == x->shape[d];
-        if (same) return x;
+        if (same) return nb__alias(who, x);
     }
     return nb__apply(who, NB_OP_BROADCAST, 1, &x, NULL, x->dtype, ndim, shape);
 }
@@ -206,7 +230,7 @@ nb_tensor *nb_broadcast_to(nb_tensor *x, int ndim, const int64_t *shape)
     do {                                                                                               \
         const FROM *s = x->data;                                                                       \
         TO *o = out->data;                                                                             \
-        for (int64_t i = 0; i < x->numel; i++) o[i] = (TO)s[i];                                        \
+        NB_PARALLEL_FOR(x->numel, NB_GRAIN_MEM, lo, hi, { for (int64_t i = lo; i < hi; i++) o[i] = (TO)s[i]; }); \
     } while (0)
 
 /* out = x converted element by element (float to integer truncates toward zero) */
@@ -233,6 +257,7 @@ NB_BW(cast)
 nb_tensor *nb_cast(nb_tensor *x, nb_dtype dtype)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "nb_cast: input is NULL");
+    if (!nb__live("nb_cast", x)) return NULL;
     if ((unsigned)dtype >= NB_DTYPE_COUNT)
         return nb__fail(NB_ERR_DTYPE, "nb_cast: %s to invalid dtype %d", NB_SHP(x), (int)dtype);
     /* integer results are not differentiable: no node, even from an input that requires grad */

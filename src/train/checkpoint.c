@@ -54,6 +54,7 @@
 #include <dirent.h>
 #endif
 
+#include "names.h"
 #include "sort.h"
 
 #if defined(__GNUC__)
@@ -67,8 +68,8 @@ static const char *const st_dtype[] = {[NB_F32] = "F32", [NB_F64] = "F64", [NB_I
 _Static_assert(sizeof st_dtype / sizeof st_dtype[0] == NB_DTYPE_COUNT, "a safetensors name per dtype");
 
 
-#define META_KEY "__metadata__"
-#define OPTIM_PREFIX "optim."
+#define META_KEY NB_CKPT_META_KEY
+#define OPTIM_PREFIX NB_CKPT_OPTIM_PREFIX
 /* the optimizer's per-parameter update counts (i64 [parameters]); files without it give every
  * parameter the optimizer's count */
 #define PARAM_STEPS OPTIM_PREFIX "param_steps"
@@ -103,45 +104,6 @@ static void swap_bytes(unsigned char *p, size_t n, size_t size)
             p[a] = p[b];
             p[b] = c;
         }
-}
-
-/* Whether s[0, len) is well-formed UTF-8 (no overlong forms, surrogates or code points past
- * U+10FFFF), as the format requires of the header. */
-static int utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i], cp, min;
-        size_t more;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xE0) == 0xC0) {
-            more = 1;
-            cp = c & 0x1F;
-            min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            more = 2;
-            cp = c & 0x0F;
-            min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            more = 3;
-            cp = c & 0x07;
-            min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (len - i <= more) return 0;
-        for (size_t k = 1; k <= more; k++) {
-            unsigned cc = s[i + k];
-            if ((cc & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (cc & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        i += more + 1;
-    }
-    return 1;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(a, b); }
@@ -522,7 +484,7 @@ static nb_status save(const char *who, const char *path, int n, const char *cons
     uint64_t total = 0;
     for (int i = 0; i < n; i++) {
         const char *name = names[i];
-        if (!name || !*name || strcmp(name, META_KEY) == 0 || !utf8_valid((const unsigned char *)name, strlen(name))) {
+        if (!name || !*name || strcmp(name, META_KEY) == 0 || !nbn_utf8_valid((const unsigned char *)name, strlen(name))) {
             nb_error_set(NB_ERR_ARG, "%s: %s: tensor %d: name %s%s%s is not allowed (empty, %s or not UTF-8)", who,
                          path, i, name ? "\"" : "", name ? name : "NULL", name ? "\"" : "", META_KEY);
             return NB_ERR_ARG;
@@ -538,8 +500,8 @@ static nb_status save(const char *who, const char *path, int n, const char *cons
         return NB_ERR_ARG;
     }
     for (int i = 0; i < n_meta; i++)
-        if (!keys[i] || !values[i] || !utf8_valid((const unsigned char *)keys[i], strlen(keys[i])) ||
-            !utf8_valid((const unsigned char *)values[i], strlen(values[i]))) {
+        if (!keys[i] || !values[i] || !nbn_utf8_valid((const unsigned char *)keys[i], strlen(keys[i])) ||
+            !nbn_utf8_valid((const unsigned char *)values[i], strlen(values[i]))) {
             nb_error_set(NB_ERR_ARG, "%s: %s: metadata %d: key or value NULL or not UTF-8", who, path, i);
             return NB_ERR_ARG;
         }
@@ -612,7 +574,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
     /* the groups: their options (those a schedule or a user changes) and who is in which */
     int64_t ng = opt ? nb_optim_group_count(opt) : 0;
     nb_tensor *groups = ng ? nb_tensor_zeros(NB_F64, 2, (const int64_t[]){ng, GROUP_FIELDS}) : NULL;
-    nb_tensor *pgroups = npar ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL;
+    nb_tensor *pgroups = ng ? nb_tensor_zeros(NB_I64, 1, &npar) : NULL; /* with the groups, even empty */
     for (int k = 0; groups && k < ng; k++) {
         nb_optim_opts go;
         nb_optim_group_opts(opt, k, &go);
@@ -621,7 +583,7 @@ nb_status nb_checkpoint_save(const char *path, const nb_params *params, const nb
         memcpy((double *)nb_tensor_data(groups) + k * GROUP_FIELDS, row, sizeof row);
     }
     for (int i = 0; pgroups && i < npar; i++) ((int64_t *)nb_tensor_data(pgroups))[i] = nb_optim_param_group(opt, i);
-    if ((ng && !groups) || (npar && !pgroups)) {
+    if (ng && (!groups || !pgroups)) {
         nb_tensor_free(psteps);
         nb_tensor_free(groups);
         nb_tensor_free(pgroups);
@@ -1069,7 +1031,7 @@ static nb_status read_header(loader *L)
     if ((st = read_exact(L, L->header, n, "header"))) return st;
     L->header[n] = 0;
     if (memchr(L->header, 0, (size_t)n)) return fail(L, NB_ERR_FORMAT, "the header contains a NUL byte");
-    if (!utf8_valid((const unsigned char *)L->header, (size_t)n))
+    if (!nbn_utf8_valid((const unsigned char *)L->header, (size_t)n))
         return fail(L, NB_ERR_FORMAT, "the header is not valid UTF-8");
 
     skip_ws(L);
@@ -1335,7 +1297,8 @@ nb_status nb_checkpoint_load(const char *path, nb_params *params, nb_optim *opt,
         else if (pgroups->dtype != NB_I64 || pgroups->ndim != 1 || pgroups->shape[0] != npar)
             st = fail(&L, NB_ERR_SHAPE, "tensor %s: expected i64 [%lld] (a group per optimized parameter)", PARAM_GROUPS,
                       (long long)npar);
-        groups->used = pgroups->used = 1;
+        if (groups) groups->used = 1;
+        if (pgroups) pgroups->used = 1;
     }
     for (int i = 0; !st && i < L.n; i++) {
         const entry *e = L.by_name[i];

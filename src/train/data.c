@@ -32,7 +32,8 @@ static int check_rows(const nb_tensor *t, const char *what)
 {
     char buf[96];
     if (!nb_tensor_is_leaf(t)) {
-        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves", what,
+        nb_error_set(NB_ERR_ARG, "nb_dataset_new: %s %s is an op result; a dataset needs leaves (a view of a "
+                     "leaf made with no current tape is one: nb_reshape before nb_tape_begin)", what,
                      nb_shape_str(t, buf, sizeof buf));
         return 0;
     }
@@ -225,6 +226,10 @@ struct nb_batches {
     uint64_t *keys;     /* sorting scratch [wcap = min(window * batch_size, n)] */
     int64_t wcap;
     int64_t *tmp;       /* reordering scratch [n + n / batch_size + 2] */
+    /* sharding (data-parallel training): this batcher returns part `rank` of `nranks` of each batch */
+    int rank, nranks;
+    int64_t global_count; /* rows of the last batch over all parts */
+    int64_t shard_first;  /* where this part starts in it */
 };
 
 nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_rows, int drop_last,
@@ -256,6 +261,7 @@ nb_batches *nb_batches_new(const nb_dataset *d, int64_t batch_size, int shuffle_
     b->d = d;
     b->shuffle = shuffle_rows ? 1 : 0;
     b->drop_last = drop_last ? 1 : 0;
+    b->nranks = 1;
     nb_rng_seed(&b->rng, seed);
     return b;
 }
@@ -335,20 +341,10 @@ static void group_by_length(nb_batches *b, int64_t n)
     memcpy(b->order, b->tmp, (size_t)(full * bs) * sizeof(int64_t));
 }
 
-int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
+/* Start an epoch if none is under way; the size of the next batch over all shards, or 0 at the end
+ * of the epoch (which then ends). */
+static int64_t next_global(nb_batches *b)
 {
-    const char *who = "nb_batches_next";
-    if (x) *x = NULL;
-    if (y) *y = NULL;
-    if (!b || !x) {
-        nb_error_set(NB_ERR_ARG, "%s: %s is NULL", who, !b ? "batches" : "x");
-        return -1;
-    }
-    if (!nb_tape_current()) {
-        nb_error_set(NB_ERR_STATE, "%s: no current tape (batches are tape constants: call nb_tape_begin "
-                     "first)", who);
-        return -1;
-    }
     const nb_dataset *d = b->d;
     int64_t n = d->size;
     if (!b->in_epoch) {
@@ -366,12 +362,88 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
         b->in_epoch = 0;
         return 0;
     }
-    int64_t count = left < b->batch_size ? left : b->batch_size, longest = 0;
+    return left < b->batch_size ? left : b->batch_size;
+}
+
+nb_status nb_batches_set_shard(nb_batches *b, int rank, int nranks)
+{
+    if (!b || nranks < 1 || rank < 0 || rank >= nranks) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_set_shard: %s (rank %d of %d)", !b ? "batches is NULL" : "bad rank", rank,
+                     nranks);
+        return NB_ERR_ARG;
+    }
+    if (b->in_epoch || b->last_count || b->global_count) {
+        nb_error_set(NB_ERR_STATE, "nb_batches_set_shard: batches were drawn already; shard before the first");
+        return NB_ERR_STATE;
+    }
+    b->rank = rank;
+    b->nranks = nranks;
+    return NB_OK;
+}
+
+nb_status nb_batches_skip(nb_batches *b, int64_t n)
+{
+    if (!b || n < 0) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_skip: %s", !b ? "batches is NULL" : "n < 0");
+        return NB_ERR_ARG;
+    }
+    if (n > 0 && nb_batches_per_epoch(b) == 0) {
+        nb_error_set(NB_ERR_STATE, "nb_batches_skip: an epoch has no batches (%lld samples, batch %lld%s)",
+                     (long long)b->d->size, (long long)b->batch_size, b->drop_last ? ", drop_last" : "");
+        return NB_ERR_STATE;
+    }
+    while (n > 0) {
+        int64_t global = next_global(b);
+        if (global == 0) continue; /* an epoch's end is not a batch */
+        b->pos += global;
+        n--;
+    }
+    return NB_OK;
+}
+
+int64_t nb_batches_global_count(const nb_batches *b)
+{
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_global_count: batches is NULL");
+        return -1;
+    }
+    return b->global_count;
+}
+
+int64_t nb_batches_shard_offset(const nb_batches *b)
+{
+    if (!b) {
+        nb_error_set(NB_ERR_ARG, "nb_batches_shard_offset: batches is NULL");
+        return -1;
+    }
+    return b->shard_first;
+}
+
+int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
+{
+    const char *who = "nb_batches_next";
+    if (x) *x = NULL;
+    if (y) *y = NULL;
+    if (!b || !x) {
+        nb_error_set(NB_ERR_ARG, "%s: %s is NULL", who, !b ? "batches" : "x");
+        return -1;
+    }
+    if (!nb_tape_current()) {
+        nb_error_set(NB_ERR_STATE, "%s: no current tape (batches are tape constants: call nb_tape_begin "
+                     "first)", who);
+        return -1;
+    }
+    const nb_dataset *d = b->d;
+    int64_t global = next_global(b);
+    if (global == 0) return 0;
+    /* this shard's part of the batch: [rank * global / nranks, (rank + 1) * global / nranks) */
+    int64_t first = b->rank * global / b->nranks, count = (b->rank + 1) * global / b->nranks - first;
+    int64_t longest = 0;
     nb_tensor *idx = nb_zeros(NB_I64, 1, &count);
     if (!idx) return -1;
     int64_t *rows = nb_tensor_data(idx);
     for (int64_t k = 0; k < count; k++) {
-        int64_t at = b->order[b->pos + k];
+        int64_t at = b->order[b->pos + first + k];
         rows[k] = b->len ? row_of(d, at) : at;
         if (b->len) {
             b->last_len[k] = b->len[at];
@@ -384,7 +456,9 @@ int nb_batches_next(nb_batches *b, nb_tensor **x, nb_tensor **y)
     if (!bx || (d->targets && !by)) return -1; /* nb_index_select's error stands */
     memcpy(b->last, rows, (size_t)count * sizeof(int64_t));
     b->last_count = count;
-    b->pos += count;
+    b->global_count = global;
+    b->shard_first = first;
+    b->pos += global;
     *x = bx;
     if (y) *y = by;
     return 1;

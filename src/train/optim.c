@@ -677,12 +677,13 @@ static nb_status strong_wolfe(nb_optim *opt, lb_call *c, double *t_io, double f,
 static nb_status lbfgs_step(nb_optim *opt, lb_call *c, double *orig_loss)
 {
     const nb_optim_opts *o = &opt->g[0].o;
-    double *sc = nb_tensor_data(opt->lb_sc), *ro = nb_tensor_data(opt->lb_ro), *al = opt->lb_al;
-    const int hs = o->history_size;
     double loss;
     nb_status st = lb_eval(opt, c, &loss, W_G);
     if (st) return st;
     *orig_loss = loss;
+    if (!opt->n) return NB_OK; /* nothing to optimise (and no state: it is made with the first parameter) */
+    double *sc = nb_tensor_data(opt->lb_sc), *ro = nb_tensor_data(opt->lb_ro), *al = opt->lb_al;
+    const int hs = o->history_size;
     sc[SC_FUNC_EVALS] += 1;
     int current_evals = 1;
     if (lb_absmax(opt, W_G) <= o->tolerance_grad) return NB_OK; /* already optimal */
@@ -800,7 +801,11 @@ void nb_optim_zero_grad(nb_optim *opt)
 double nb_optim_lr(const nb_optim *opt) { return opt ? opt->g[0].o.lr : NAN; }
 void nb_optim_set_lr(nb_optim *opt, double lr)
 {
-    for (int k = 0; opt && k < opt->ng; k++) opt->g[k].o.lr = lr;
+    if (!opt || !(lr >= 0)) { /* as nb_optim_group_set_lr: a NaN lr would poison every parameter */
+        nb_error_set(NB_ERR_ARG, "nb_optim_set_lr: optimizer is NULL or lr %g is not >= 0", lr);
+        return;
+    }
+    for (int k = 0; k < opt->ng; k++) opt->g[k].o.lr = lr;
 }
 int64_t nb_optim_steps(const nb_optim *opt) { return opt ? opt->steps : 0; }
 nb_optim_kind nb_optim_get_kind(const nb_optim *opt) { return opt ? opt->kind : NB_OPTIM_KIND_COUNT; }
@@ -1063,12 +1068,20 @@ nb_sched *nb_sched_new(nb_sched_kind kind, nb_optim *opt, const nb_sched_opts *o
     else if (kind == NB_SCHED_ONECYCLE && (o.total_steps < 1 || !(o.pct_start >= 0 && o.pct_start <= 1) ||
                                           !(o.div_factor > 0) || !(o.final_div_factor > 0)))
         bad = "onecycle needs total_steps >= 1, 0 <= pct_start <= 1, div_factor and final_div_factor > 0";
+    else if (kind == NB_SCHED_ONECYCLE && o.pct_start * (double)o.total_steps == 1.0)
+        /* the rising phase ends at pct_start * total_steps - 1 = 0, where it starts: step 0's position
+         * in it is 0 / 0 (torch's ZeroDivisionError) */
+        bad = "onecycle: pct_start * total_steps = 1 leaves the rising phase no length";
     else if (kind == NB_SCHED_ONECYCLE && o.cycle_momentum && !momentum_ok)
         bad = "cycle_momentum needs an optimizer with beta1 (adam, adamw, nadam, radam, adamax) or momentum > 0 in "
               "every group (sgd, rmsprop)";
     else if (kind == NB_SCHED_ONECYCLE && o.cycle_momentum &&
-             !(o.base_momentum >= 0 && o.max_momentum >= 0 && (!use_beta1 || (o.base_momentum < 1 && o.max_momentum < 1))))
-        bad = "momenta must be >= 0 (and < 1 as beta1)";
+             !(use_beta1 ? o.base_momentum >= 0 && o.max_momentum >= 0 && o.base_momentum < 1 && o.max_momentum < 1
+                         : o.base_momentum > 0 && o.max_momentum > 0 && isfinite(o.base_momentum) &&
+                               isfinite(o.max_momentum)))
+        /* sgd and rmsprop keep a momentum buffer only for a momentum > 0, fixed when the optimizer is
+         * made: a cycle through 0 could not be applied (nb_optim_group_set_opts refuses it) */
+        bad = "momenta must be in [0, 1) as beta1, and finite and > 0 as sgd/rmsprop momentum";
     else if (kind == NB_SCHED_WARM_RESTARTS && (o.t_0 < 1 || o.t_mult < 1)) bad = "need t_0 >= 1 and t_mult >= 1";
     if (bad) {
         nb_error_set(NB_ERR_ARG, "nb_sched_new: %s", bad);
