@@ -186,6 +186,7 @@ def main():
     tol = 1e-9 if a.dtype == "f64" else 2e-3
     all_same = True
     print(bl.setup_line(torch, binary, f" (oneDNN for convolutions: {torch.backends.mkldnn.is_available()})"))
+    print("at the start:", bl.load_line())
     if "conv" in a.cases:
         print(f"\nconv2d layer, 3x3 kernel, padding 1, {a.dtype}; forward + backward of sum(y) (the input's "
               f"gradient when C > 1); median of {a.repeats} passes, median of {a.rounds} rounds; CPU ms")
@@ -229,6 +230,7 @@ def main():
         met = nb["step_cpu_ms"] / pt["step_cpu_ms"] <= TARGET
         print(f"target nabla/PyTorch <= {TARGET} (CPU time): {'met' if met else 'NOT met'}")
         all_same &= bl.agree(nb_r[-1], pt_r[-1], ["loss0"], tol, "cnn: ")
+    print("at the end:", bl.load_line())
     print("values and gradients agree" if all_same else "values or gradients DIFFER (see above)")
     return 0 if all_same else 1
 
