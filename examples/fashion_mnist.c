@@ -1,8 +1,10 @@
 /*
- * Fashion-MNIST with an MLP: ReLU and dropout, AdamW, cosine schedule with warm-up, early stopping on
- * a seeded 10% validation split (best weights restored), the best checkpoint saved as safetensors,
- * test accuracy and a confusion matrix at the end. A metrics CSV per epoch feeds
- * examples/plot_curves.gp.
+ * Fashion-MNIST with an MLP (the default) or a CNN (--model cnn: two conv-batchnorm-ReLU-maxpool
+ * blocks, channel dropout, a hidden linear layer with dropout): AdamW, cosine schedule with warm-up,
+ * early stopping on a seeded 10% validation split (best weights restored), the best checkpoint saved
+ * as safetensors, test accuracy and a confusion matrix at the end. A metrics CSV per epoch feeds
+ * examples/plot_curves.gp; examples/fashion_cnn_torch_check.py loads the CNN's checkpoint into the
+ * equivalent torch.nn module and compares predictions.
  *
  *   fashion_mnist [options]              train (reads Debian's dataset-fashion-mnist by default)
  *   fashion_mnist --eval FILE [options]  load a checkpoint and evaluate it on the test set
@@ -28,9 +30,13 @@ static const char *const class_names[N_CLASSES] = {"T-shirt/top", "Trouser", "Pu
                                                    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
 typedef struct options {
-    const char *data_dir, *out_dir, *eval_path, *graph_path;
+    const char *data_dir, *out_dir, *eval_path, *graph_path, *predictions_path;
+    int cnn;             /* --model cnn */
     int64_t layers[NB_MLP_MAX_LAYERS + 1];
     int n_layers; /* hidden layers */
+    int64_t channels[3], hidden; /* the CNN's conv channels (2 or 3 blocks) and hidden units */
+    int blocks;
+    int augment;
     int epochs, patience, threads, quiet;
     int64_t batch, train_limit;
     double lr, weight_decay, dropout, smoothing;
@@ -42,21 +48,27 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: fashion_mnist [options]\n"
             "       fashion_mnist --eval CHECKPOINT [options]\n"
+            "  --model mlp|cnn    the network (default mlp); the defaults below are mlp / cnn\n"
             "  --data DIR         folder with the IDX files (default /usr/share/datasets/fashion-mnist)\n"
             "  --out DIR          where the checkpoint and metrics go (default runs)\n"
-            "  --layers A,B,...   hidden layer sizes (default 512,256)\n"
-            "  --epochs N         at most N epochs (default 25)\n"
-            "  --batch N          batch size (default 256)\n"
+            "  --layers A,B,...   mlp: hidden layer sizes (default 512,256)\n"
+            "  --channels A,B[,C] cnn: channels of the two or three conv blocks (default 32,64)\n"
+            "  --hidden N         cnn: units of the hidden linear layer (default 256)\n"
+            "  --no-augment       cnn: no random horizontal flips of the training images (default: flips)\n"
+            "  --epochs N         at most N epochs (default 25 / 20)\n"
+            "  --batch N          batch size (default 256 / 128)\n"
             "  --lr X             AdamW learning rate (default 2e-3)\n"
-            "  --weight-decay X   AdamW decoupled weight decay (default 1e-4)\n"
-            "  --dropout P        dropout between layers (default 0.2)\n"
+            "  --weight-decay X   AdamW decoupled weight decay (default 1e-4 / 5e-4)\n"
+            "  --dropout P        dropout between layers (default 0.2; cnn: a third of it on channels after\n"
+            "                     the first block)\n"
             "  --smoothing S      label smoothing of the training loss (default 0.1)\n"
-            "  --patience N       early-stopping patience in epochs (default 6)\n"
+            "  --patience N       early-stopping patience in epochs (default 6 / 4)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
             "  --threads N        threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
-            "  --eval FILE        evaluate a saved checkpoint (same --layers as when trained)\n"
+            "  --eval FILE        evaluate a saved checkpoint (same --model and sizes as when trained)\n"
+            "  --predictions FILE with --eval: write each test image's predicted class, one a line\n"
             "  --graph FILE       write the graph of one training step's loss as Graphviz DOT\n"
             "                     (render it with: dot -Tpng FILE -o graph.png)\n");
 }
@@ -77,17 +89,48 @@ static int parse_layers(const char *s, options *o)
     return o->n_layers > 0;
 }
 
+/* "A,B" or "A,B,C": the CNN's channel counts, one per block */
+static int parse_channels(const char *s, options *o)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(s, &end, 10);
+        if (errno || end == s || v < 1 || v > 4096 || n == 3) return 0;
+        o->channels[n++] = v;
+        if (*end == ',') end++;
+        else if (*end) return 0;
+        s = end;
+    }
+    if (n < 2) return 0;
+    o->blocks = n;
+    return 1;
+}
+
 /* The options that take a value (anything else but the flags is unknown). */
 static const char *const value_options[] = {"--data", "--out", "--eval", "--layers", "--epochs", "--batch",
                                             "--patience", "--threads", "--train-limit", "--seed", "--lr",
-                                            "--weight-decay", "--dropout", "--smoothing", "--graph", NULL};
+                                            "--weight-decay", "--dropout", "--smoothing", "--graph", "--model",
+                                            "--channels", "--hidden", "--predictions", NULL};
 
 /* Returns 0 on success, 2 on a usage error (message printed), 1 for --help. */
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.data_dir = "/usr/share/datasets/fashion-mnist", .out_dir = "runs", .layers = {512, 256},
                    .n_layers = 2, .epochs = 25, .patience = 6, .batch = 256, .lr = 2e-3, .weight_decay = 1e-4,
-                   .dropout = 0.2, .smoothing = 0.1, .seed = 1};
+                   .dropout = 0.2, .smoothing = 0.1, .seed = 1, .channels = {32, 64}, .blocks = 2, .hidden = 256};
+    /* the model first: it sets the defaults of the other options */
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--model") && !strcmp(argv[i + 1], "cnn")) {
+            o->cnn = 1;
+            o->augment = 1;
+            o->epochs = 20;
+            o->batch = 128;
+            o->weight_decay = 5e-4;
+            o->dropout = 0.2;
+            o->patience = 4;
+        }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t n;
@@ -98,6 +141,9 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             takes = 0;
+        } else if (!strcmp(a, "--no-augment")) {
+            o->augment = 0;
+            takes = 0;
         } else if (!is_one_of(a, value_options))
             return usage_error(usage, "fashion_mnist: unknown option %s\n", a);
         else if (!v)
@@ -107,6 +153,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--eval")) o->eval_path = v;
         else if (!strcmp(a, "--graph")) o->graph_path = v;
         else if (!strcmp(a, "--layers")) ok = parse_layers(v, o);
+        else if (!strcmp(a, "--model")) ok = !strcmp(v, "mlp") || !strcmp(v, "cnn");
+        else if (!strcmp(a, "--channels")) ok = parse_channels(v, o);
+        else if (!strcmp(a, "--hidden")) ok = parse_int(v, 1, 1 << 16, &o->hidden);
+        else if (!strcmp(a, "--predictions")) o->predictions_path = v;
         else if (!strcmp(a, "--epochs")) ok = parse_int(v, 1, 100000, &n) && (o->epochs = (int)n, 1);
         else if (!strcmp(a, "--batch")) ok = parse_int(v, 1, 60000, &o->batch);
         else if (!strcmp(a, "--patience")) ok = parse_int(v, 1, 100000, &n) && (o->patience = (int)n, 1);
@@ -149,32 +199,128 @@ static int load_split(const char *dir, const char *prefix, nb_tensor **x, nb_ten
     return 1;
 }
 
-/* The MLP (nb_mlp_forward) with its dropout masks drawn for a whole batch of `global` rows, of which
- * x holds rows first.. : every process draws the same masks from the same stream and uses its rows,
- * so N processes make exactly the masks one process makes (run alone: first 0, global all of x). */
-static nb_tensor *mlp_forward(const nb_mlp *m, nb_tensor *x, int64_t first, int64_t global)
+/* The network. The CNN's parameters are named as the attributes of examples/fashion_cnn_torch_check.py's
+ * torch module (conv1.weight, bn1.running_mean, fc2.bias, ...), so its checkpoint loads there. */
+typedef struct model {
+    int cnn;
+    nb_mlp mlp;
+    int blocks;              /* conv-bn-relu-pool blocks: 2 or 3 */
+    nb_conv conv[3];         /* conv1..: 3x3, padding 1, no bias (batch norm follows) */
+    nb_batch_norm bn[3];     /* bn1.. */
+    nb_linear fc1, fc2;
+    double dropout;
+    const nb_params *params; /* whose training mode applies */
+    nb_rng *rng;             /* dropout */
+} model;
+
+static nb_status model_init(model *m, nb_params *p, const options *o, nb_rng *rng)
 {
-    for (int i = 0; i < m->n_layers; i++) {
-        x = nb_linear_forward(&m->layer[i], x);
-        if (i + 1 == m->n_layers) break;
-        x = nb_activate(x, m->act);
-        if (m->dropout > 0 && nb_params_training(m->owner)) {
-            nb_tensor *mask = nb_dropout_mask(NB_F32, NB_SHAPE(global, nb_tensor_dim(x, 1)), m->dropout, m->rng);
-            x = nb_mul(x, nb_slice(mask, 0, first, first + nb_tensor_dim(x, 0), 1));
-        }
+    memset(m, 0, sizeof *m);
+    m->cnn = o->cnn;
+    m->dropout = o->dropout;
+    m->params = p;
+    m->rng = rng;
+    nb_layer_opts lo = {.dtype = NB_F32, .weight_init = {NB_INIT_KAIMING_UNIFORM, 0}};
+    if (!o->cnn) {
+        int64_t sizes[NB_MLP_MAX_LAYERS + 1];
+        sizes[0] = 784;
+        for (int i = 0; i < o->n_layers; i++) sizes[i + 1] = o->layers[i];
+        sizes[o->n_layers + 1] = N_CLASSES;
+        return nb_mlp_init(&m->mlp, p, "mlp", o->n_layers + 2, sizes, NB_ACT_RELU, o->dropout, &lo, rng);
     }
-    return x;
+    nb_conv_opts co = nb_conv_defaults();
+    co.padding[0] = co.padding[1] = 1;
+    nb_layer_opts no_bias = lo;
+    no_bias.no_bias = 1;
+    nb_norm_opts bo = {.dtype = NB_F32};
+    m->blocks = o->blocks;
+    nb_status st = NB_OK;
+    int64_t in = 1, side = 28;
+    for (int k = 0; k < m->blocks && st == NB_OK; k++) {
+        char cn[16], bn[16];
+        snprintf(cn, sizeof cn, "conv%d", k + 1);
+        snprintf(bn, sizeof bn, "bn%d", k + 1);
+        st = nb_conv2d_init(&m->conv[k], p, cn, in, o->channels[k], 3, 3, &co, &no_bias, rng);
+        if (st == NB_OK) st = nb_batch_norm2d_init(&m->bn[k], p, bn, o->channels[k], &bo);
+        in = o->channels[k];
+        side /= 2; /* 28 -> 14 -> 7 -> 3 */
+    }
+    if (st == NB_OK) st = nb_linear_init(&m->fc1, p, "fc1", in * side * side, o->hidden, &lo, rng);
+    if (st == NB_OK) st = nb_linear_init(&m->fc2, p, "fc2", o->hidden, N_CLASSES, &lo, rng);
+    return st;
 }
 
-/* The model's input: flatten to [B, 784] and standardise with the data set's mean and deviation.
- * first and global: where the rows sit in the global batch (dropout, in training). */
-static nb_tensor *logits_of(const nb_mlp *mlp, nb_tensor *images, int64_t first, int64_t global)
+/* Dropout of x's rows with the masks drawn for a whole batch of `global` rows, of which x holds rows
+ * first.. : every process draws the same masks from the same stream and uses its rows, so N processes
+ * make exactly the masks one process makes (run alone: first 0, global all of x, and the same masks as
+ * nb_train_dropout and nb_train_dropout2d). x [B, F], or with channels x [B, C, H, W] whose channels
+ * are dropped whole (torch.nn.Dropout2d). With x NULL only draws the masks of an empty part: c is then
+ * F or C. */
+static nb_tensor *dropout_rows(const model *m, nb_tensor *x, double p, int channels, int64_t c, int64_t first,
+                               int64_t global)
 {
-    nb_tensor *flat = nb_reshape(images, NB_SHAPE(nb_tensor_dim(images, 0), 784));
-    return mlp_forward(mlp, nb_affine(flat, 1.0 / 0.3530, -0.2860 / 0.3530), first, global);
+    if (p <= 0 || !nb_params_training(m->params)) return x;
+    nb_tensor *mask = channels ? nb_dropout_mask(NB_F32, NB_SHAPE(global, c, 1, 1), p, m->rng)
+                               : nb_dropout_mask(NB_F32, NB_SHAPE(global, c), p, m->rng);
+    return x ? nb_mul(x, nb_slice(mask, 0, first, first + nb_tensor_dim(x, 0), 1)) : NULL;
 }
 
-static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion)
+/* The logits of images [B, 28, 28], standardised with the data set's mean and deviation: the MLP
+ * (nb_mlp's layers) sees them flattened to [B, 784], the CNN as [B, 1, 28, 28]. first and global:
+ * where the rows sit in the global batch (dropout, in training); with images NULL only draws the
+ * dropout masks of such a batch (an empty part of it). */
+static nb_tensor *logits_of(const model *m, nb_tensor *images, int64_t first, int64_t global)
+{
+    const int64_t b = images ? nb_tensor_dim(images, 0) : 0;
+    if (!m->cnn) {
+        nb_tensor *x = images ? nb_affine(nb_reshape(images, NB_SHAPE(b, 784)), 1.0 / 0.3530, -0.2860 / 0.3530) : NULL;
+        for (int i = 0; i < m->mlp.n_layers; i++) {
+            if (x) x = nb_linear_forward(&m->mlp.layer[i], x);
+            if (i + 1 == m->mlp.n_layers) break;
+            if (x) x = nb_activate(x, m->mlp.act);
+            x = dropout_rows(m, x, m->dropout, 0, m->mlp.layer[i].out, first, global);
+        }
+        return x;
+    }
+    nb_tensor *x = images ? nb_affine(nb_reshape(images, NB_SHAPE(b, 1, 28, 28)), 1.0 / 0.3530, -0.2860 / 0.3530)
+                          : NULL;
+    /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] (-> [B, c3, 3, 3]); channel dropout after the
+     * first block */
+    for (int k = 0; k < m->blocks; k++) {
+        if (x) x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x))), 2, 2, NULL);
+        if (k == 0) x = dropout_rows(m, x, m->dropout / 3, 1, m->conv[0].out, first, global);
+    }
+    if (x) x = nb_flatten(x, 1, -1);
+    x = dropout_rows(m, x, m->dropout, 0, m->fc1.in, first, global);
+    if (x) x = nb_relu(nb_linear_forward(&m->fc1, x));
+    x = dropout_rows(m, x, m->dropout, 0, m->fc1.out, first, global);
+    return x ? nb_linear_forward(&m->fc2, x) : NULL;
+}
+
+/* A training batch with each image mirrored left-right with probability 1/2 (clothes and shoes look
+ * alike both ways): a new tensor on the tape. The coins are tossed for the whole batch of `global`
+ * images, of which images holds first.. (as the dropout masks); images NULL: only toss them. */
+static nb_tensor *augment(nb_tensor *images, nb_rng *rng, int64_t first, int64_t global)
+{
+    const int64_t b = images ? nb_tensor_dim(images, 0) : 0;
+    const float *src = images ? nb_tensor_cdata(images) : NULL;
+    float *dst = images ? nb_scratch((size_t)b * 784 * sizeof(float)) : NULL;
+    if (images && !dst) return NULL;
+    for (int64_t g = 0; g < global; g++) {
+        const int flip = (int)nb_rng_below(rng, 2);
+        const int64_t i = g - first;
+        if (i < 0 || i >= b) continue;
+        const float *s = src + i * 784;
+        float *d = dst + i * 784;
+        for (int r = 0; r < 28; r++)
+            for (int c = 0; c < 28; c++) d[r * 28 + c] = s[r * 28 + (flip ? 27 - c : c)];
+    }
+    return images ? nb_constant(NB_F32, NB_SHAPE(b, 28, 28), dst) : NULL;
+}
+
+/* The number of correct predictions; each is also counted in confusion and written to out (both may
+ * be NULL). */
+static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusion, FILE *out)
 {
     nb_tensor *pred = nb_argmax(logits, 1, 0);
     if (!pred) return -1;
@@ -183,6 +329,7 @@ static int64_t correct_of(nb_tensor *logits, nb_tensor *labels, int64_t *confusi
     for (int64_t i = 0; i < nb_tensor_numel(pred); i++) {
         c += p[i] == y[i];
         if (confusion) confusion[y[i] * N_CLASSES + p[i]]++;
+        if (out) fprintf(out, "%lld\n", (long long)p[i]);
     }
     return c;
 }
@@ -193,14 +340,14 @@ static int sum_over_ranks(nb_dist *dist, double *v, int n)
     return !dist || nb_dist_allreduce(dist, v, n, NB_DIST_SUM) == NB_OK;
 }
 
-/* Loss and accuracy of the model over a data set, in evaluation mode without recording. In a
- * distributed run each process evaluates its part of every batch and the sums are added up, so that
- * every process gets the same figures. */
-static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, nb_tape *tape, nb_dist *dist,
-                    double *loss, double *acc, int64_t *confusion)
+/* Loss and accuracy of the model over a data set, in evaluation mode without recording (predictions
+ * written to pred unless it is NULL; only when run alone). In a distributed run each process evaluates
+ * its part of every batch and the sums are added up, so that every process gets the same figures. */
+static int evaluate(const model *m, nb_params *params, const nb_dataset *d, nb_tape *tape, nb_dist *dist,
+                    double *loss, double *acc, int64_t *confusion, FILE *pred)
 {
     nb_params_set_training(params, 0);
-    nb_batches *b = nb_batches_new(d, 1000, 0, 0, 0);
+    nb_batches *b = nb_batches_new(d, m->cnn ? 250 : 1000, 0, 0, 0); /* the CNN's activations are 32x larger */
     if (!b || nb_batches_set_shard(b, nb_dist_rank(dist), nb_dist_size(dist)) != NB_OK) {
         nb_batches_free(b);
         return 0;
@@ -213,9 +360,9 @@ static int evaluate(const nb_mlp *mlp, nb_params *params, const nb_dataset *d, n
     int r;
     while ((r = nb_batches_next(b, &x, &y)) == 1) {
         if (nb_tensor_dim(x, 0) == 0) continue; /* an empty part of a short last batch */
-        nb_tensor *logits = logits_of(mlp, x, 0, nb_tensor_dim(x, 0));
+        nb_tensor *logits = logits_of(m, x, 0, nb_tensor_dim(x, 0));
         nb_tensor *l = nb_cross_entropy(logits, y, &(nb_ce_opts){.reduction = NB_REDUCE_SUM});
-        int64_t c = correct_of(logits, y, confusion);
+        int64_t c = correct_of(logits, y, confusion, pred);
         if (!l || c < 0) {
             r = -1;
             break;
@@ -316,16 +463,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    nb_rng rng;
+    nb_rng rng, aug_rng;
     nb_rng_seed(&rng, o.seed);
-    int64_t sizes[NB_MLP_MAX_LAYERS + 1];
-    sizes[0] = 784;
-    for (int i = 0; i < o.n_layers; i++) sizes[i + 1] = o.layers[i];
-    sizes[o.n_layers + 1] = N_CLASSES;
+    nb_rng_seed(&aug_rng, o.seed + 2);
     nb_params *params = nb_params_new();
-    nb_mlp mlp;
-    nb_layer_opts lo = {.dtype = NB_F32, .weight_init = {NB_INIT_KAIMING_UNIFORM, 0}};
-    if (!params || nb_mlp_init(&mlp, params, "mlp", o.n_layers + 2, sizes, NB_ACT_RELU, o.dropout, &lo, &rng) != NB_OK) {
+    model mlp;
+    if (!params || model_init(&mlp, params, &o, &rng) != NB_OK) {
         fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
         return 1;
     }
@@ -333,8 +476,9 @@ int main(int argc, char **argv)
      * dropout masks (mlp_forward) */
     nb_tape *tape = nb_tape_new();
     char ckpt[1024], csv_path[1024];
-    snprintf(ckpt, sizeof ckpt, "%s/fashion_mnist.safetensors", o.out_dir);
-    snprintf(csv_path, sizeof csv_path, "%s/fashion_mnist.csv", o.out_dir);
+    const char *stem = o.cnn ? "fashion_cnn" : "fashion_mnist";
+    snprintf(ckpt, sizeof ckpt, "%s/%s.safetensors", o.out_dir, stem);
+    snprintf(csv_path, sizeof csv_path, "%s/%s.csv", o.out_dir, stem);
     int status = 0;
 
     if (o.eval_path) {
@@ -346,12 +490,23 @@ int main(int argc, char **argv)
         } else {
             int64_t confusion[N_CLASSES * N_CLASSES] = {0};
             double loss, acc;
-            if (!evaluate(&mlp, params, test, tape, dist, &loss, &acc, confusion)) {
+            FILE *pred = o.predictions_path && !dist ? fopen(o.predictions_path, "w") : NULL;
+            if (o.predictions_path && dist) {
+                fprintf(stderr, "fashion_mnist: --predictions needs a run alone (not under mpirun)\n");
+                status = 1;
+            } else if (o.predictions_path && !pred) {
+                fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", o.predictions_path, strerror(errno));
+                status = 1;
+            } else if (!evaluate(&mlp, params, test, tape, dist, &loss, &acc, confusion, pred)) {
                 fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
                 status = 1;
             } else if (rank == 0) {
                 printf("%s: test loss %.4f, test accuracy %.2f%%\n", o.eval_path, loss, 100 * acc);
                 print_confusion(confusion);
+            }
+            if (pred && fclose(pred) != 0 && status == 0) {
+                fprintf(stderr, "fashion_mnist: cannot write %s: %s\n", o.predictions_path, strerror(errno));
+                status = 1;
             }
         }
         goto done;
@@ -398,15 +553,22 @@ int main(int argc, char **argv)
         goto train_done;
     }
     if (!o.quiet)
-        printf("Fashion-MNIST: %lld train / %lld validation / %lld test images; MLP 784-", (long long)nb_dataset_size(train),
+        printf("Fashion-MNIST: %lld train / %lld validation / %lld test images; ", (long long)nb_dataset_size(train),
                (long long)nb_dataset_size(val), (long long)nb_dataset_size(test));
-    for (int i = 0; i < o.n_layers && !o.quiet; i++) printf("%lld-", (long long)o.layers[i]);
-    if (!o.quiet) printf("10 (%lld parameters), AdamW, dropout %g\n", (long long)nb_params_numel(params), o.dropout);
+    for (int k = 0; k < o.blocks && !o.quiet && o.cnn; k++) printf("%sconv%lld-bn-relu-pool", k ? ", " : "CNN ",
+                                                                    (long long)o.channels[k]);
+    if (!o.quiet && o.cnn) printf(", fc%lld, fc10", (long long)o.hidden);
+    if (!o.quiet && !o.cnn) printf("MLP 784-");
+    for (int i = 0; i < o.n_layers && !o.quiet && !o.cnn; i++) printf("%lld-", (long long)o.layers[i]);
+    if (!o.quiet && !o.cnn) printf("10");
+    if (!o.quiet)
+        printf(" (%lld parameters), AdamW, dropout %g%s\n", (long long)nb_params_numel(params), o.dropout,
+               o.augment ? ", random flips" : "");
     if (!o.quiet && dist)
         printf("%d processes (MPI), each %lld of every %lld images in a batch, %d BLAS thread%s each\n", nranks,
                (long long)(o.batch / nranks), (long long)o.batch, nb_num_threads(), nb_num_threads() > 1 ? "s" : "");
 
-    double t_start = now();
+    double t_start = now(), cpu_start = cpu_seconds();
     int64_t per_epoch = nb_batches_per_epoch(batches);
     for (int epoch = 1; epoch <= o.epochs; epoch++) {
         double t0 = now(), loss_sum = 0;
@@ -423,13 +585,16 @@ int main(int argc, char **argv)
                 break;
             }
             nb_tensor *logits = NULL, *loss = NULL;
-            /* (a part is empty only when a batch has fewer images than processes: it still draws the
-             * batch's dropout masks, to keep the stream in step) */
-            if (bsz == 0 && o.dropout > 0)
-                for (int i = 0; i < o.n_layers; i++)
-                    nb_dropout_mask(NB_F32, NB_SHAPE(nb_batches_global_count(batches), o.layers[i]), o.dropout, &rng);
+            const int64_t first = nb_batches_shard_offset(batches), global = nb_batches_global_count(batches);
+            /* (a part is empty only when a batch has fewer images than processes: it still tosses the
+             * batch's coins and draws its dropout masks, to keep the streams in step) */
+            if (bsz == 0) {
+                if (o.augment) augment(NULL, &aug_rng, first, global);
+                logits_of(&mlp, NULL, first, global);
+            }
             if (bsz > 0) {
-                logits = logits_of(&mlp, x, nb_batches_shard_offset(batches), nb_batches_global_count(batches));
+                if (o.augment) x = augment(x, &aug_rng, first, global);
+                logits = logits_of(&mlp, x, first, global);
                 loss = nb_cross_entropy(logits, y, &(nb_ce_opts){.label_smoothing = o.smoothing});
                 if (o.graph_path && rank == 0 && epoch == 1 && done == 0 && loss && !write_graph(o.graph_path, tape, x, loss)) {
                     r = -1;
@@ -451,7 +616,7 @@ int main(int argc, char **argv)
                 nb_tensor *plain = o.smoothing > 0 ? nb_cross_entropy(logits, y, NULL) : loss;
                 nb_no_grad_end();
                 loss_sum += nb_tensor_item(plain) * (double)bsz;
-                correct += correct_of(logits, y, NULL);
+                correct += correct_of(logits, y, NULL, NULL);
                 seen += bsz;
             }
             done++;
@@ -475,7 +640,14 @@ int main(int argc, char **argv)
         }
         double sums[3] = {loss_sum, (double)correct, (double)seen}; /* the training figures of all processes */
         double val_loss, val_acc;
-        if (!sum_over_ranks(dist, sums, 3) || !evaluate(&mlp, params, val, tape, dist, &val_loss, &val_acc, NULL)) {
+        /* the CNN's batch-norm running statistics are each process's own: take rank 0's (as PyTorch's
+         * DistributedDataParallel does with its buffers), so that all evaluate the same model */
+        if (dist && o.cnn && nb_dist_broadcast_params(dist, params, 0) != NB_OK) {
+            fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
+            status = 1;
+            break;
+        }
+        if (!sum_over_ranks(dist, sums, 3) || !evaluate(&mlp, params, val, tape, dist, &val_loss, &val_acc, NULL, NULL)) {
             fprintf(stderr, "\nfashion_mnist: %s\n", nb_error_message());
             status = 1;
             break;
@@ -511,13 +683,13 @@ int main(int argc, char **argv)
         nb_early_stop_restore(es);
         int64_t confusion[N_CLASSES * N_CLASSES] = {0};
         double test_loss, test_acc;
-        if (!evaluate(&mlp, params, test, tape, dist, &test_loss, &test_acc, confusion)) {
+        if (!evaluate(&mlp, params, test, tape, dist, &test_loss, &test_acc, confusion, NULL)) {
             fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
             status = 1;
         } else if (rank == 0) {
-            printf("best epoch %lld (validation accuracy %.2f%%); test loss %.4f, test accuracy %.2f%%; %.1fs in all\n",
-                   (long long)nb_early_stop_best_epoch(es) + 1, 100 * nb_early_stop_best(es), test_loss, 100 * test_acc,
-                   now() - t_start);
+            printf("best epoch %lld (validation accuracy %.2f%%); test loss %.4f, test accuracy %.2f%%; %.1fs in all "
+                   "(%.1fs of CPU)\n", (long long)nb_early_stop_best_epoch(es) + 1, 100 * nb_early_stop_best(es), test_loss,
+                   100 * test_acc, now() - t_start, cpu_seconds() - cpu_start);
             printf("checkpoint %s, metrics %s\n", ckpt, csv_path);
             if (!o.quiet) print_confusion(confusion);
         }

@@ -756,6 +756,93 @@ nb_tensor *nb_dropout_mask(nb_dtype dtype, int ndim, const int64_t *shape, doubl
 nb_tensor *nb_dropout(nb_tensor *x, double p, nb_rng *rng);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Convolutional networks: convolutions, pooling, per-channel normalisation                        */
+/* ---------------------------------------------------------------------------------------------- */
+/** @}
+ * @defgroup ops_cnn Convolutions, pooling, normalisation
+ * @ingroup ops
+ * Tensors are [N, C, H, W] (2-D ops) or [N, C, L] (1-D ops), float32 or float64, all differentiable
+ * to any order; 1-D ops read index 0 of the option arrays.
+ * @{ */
+
+/** Geometry of a convolution, per spatial dim (index 0 height, 1 width). */
+typedef struct nb_conv_opts {
+    int64_t stride[2];         /**< >= 1 */
+    int64_t padding[2];        /**< zeros added before and after, >= 0 */
+    int64_t dilation[2];       /**< spacing of the kernel's taps, >= 1 */
+    int64_t groups;            /**< >= 1, dividing both channel counts (groups = C: depthwise) */
+    int64_t output_padding[2]; /**< transposed convolutions: extra output positions at the end, smaller
+                                    than the stride or the dilation */
+    int same_padding;          /**< convolutions with stride 1: pad so that the output has the input's
+                                    extents (padding ignored; an odd total puts the extra one after) */
+} nb_conv_opts;
+/** Stride 1, no padding, dilation 1, one group. A zeroed struct is invalid (stride 0): start from this. */
+nb_conv_opts nb_conv_defaults(void);
+
+/** Cross-correlation, as torch.nn.functional.conv2d: x [N, C, H, W], weight [O, C / groups, kh, kw],
+ * bias [O] or NULL -> [N, O, Ho, Wo], Ho = (H + 2 padding - dilation (kh - 1) - 1) / stride + 1.
+ * opts NULL: nb_conv_defaults(). */
+nb_tensor *nb_conv2d(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, const nb_conv_opts *opts);
+/** The same in 1-D: x [N, C, L], weight [O, C / groups, k], bias [O] or NULL -> [N, O, Lo]. */
+nb_tensor *nb_conv1d(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, const nb_conv_opts *opts);
+/** The adjoint of conv2d in its input (torch's conv_transpose2d): x [N, C, H, W], weight
+ * [C, O / groups, kh, kw], bias [O] or NULL -> [N, O, Ho, Wo], Ho = (H - 1) stride - 2 padding +
+ * dilation (kh - 1) + output_padding + 1. */
+nb_tensor *nb_conv_transpose2d(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, const nb_conv_opts *opts);
+/** The same in 1-D: x [N, C, L], weight [C, O / groups, k], bias [O] or NULL -> [N, O, Lo]. */
+nb_tensor *nb_conv_transpose1d(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, const nb_conv_opts *opts);
+/** The gradient of conv2d's weight (torch.nn.grad.conv2d_weight): for x [N, C, H, W] and grad_out
+ * [N, O, Ho, Wo] (conv2d's output extents for a kh x kw kernel and opts) -> [O, C / groups, kh, kw]. */
+nb_tensor *nb_conv2d_weight(nb_tensor *x, nb_tensor *grad_out, int64_t kh, int64_t kw, const nb_conv_opts *opts);
+
+/** Pooling windows. A zeroed struct (or NULL) gives the defaults. */
+typedef struct nb_pool_opts {
+    int64_t stride[2];   /**< 0: the kernel size (PyTorch's default) */
+    int64_t padding[2];  /**< at most half the kernel; max pooling pads with -infinity */
+    int64_t dilation[2]; /**< max pooling only; 0: 1 */
+    int ceil_mode;       /**< round the output extents up (a window starting in the right padding is
+                              dropped) */
+    int exclude_pad;     /**< average pooling: divide by the input elements in the window only
+                              (count_include_pad = False) */
+} nb_pool_opts;
+/** The defaults: stride = kernel, no padding, dilation 1, floor, padding counted. */
+nb_pool_opts nb_pool_defaults(void);
+
+/** Max pooling [N, C, H, W] -> [N, C, Ho, Wo] over kh x kw windows, Ho as for conv2d (ceil_mode:
+ * rounded up). The gradient goes to the first maximum of each window (a NaN counts as the maximum). */
+nb_tensor *nb_max_pool2d(nb_tensor *x, int64_t kh, int64_t kw, const nb_pool_opts *opts);
+/** The same, and *indices receives an i64 tensor [N, C, Ho, Wo] on the tape: each maximum's flat
+ * position h W + w in its plane, as torch's return_indices. */
+nb_tensor *nb_max_pool2d_with_indices(nb_tensor *x, int64_t kh, int64_t kw, const nb_pool_opts *opts,
+                                      nb_tensor **indices);
+/** Max pooling in 1-D: [N, C, L] -> [N, C, Lo] over windows of k. */
+nb_tensor *nb_max_pool1d(nb_tensor *x, int64_t k, const nb_pool_opts *opts);
+/** Average pooling over kh x kw (1-D: k) windows; the divisor is the window's size including padding
+ * (exclude_pad: without it). @{ */
+nb_tensor *nb_avg_pool2d(nb_tensor *x, int64_t kh, int64_t kw, const nb_pool_opts *opts);
+nb_tensor *nb_avg_pool1d(nb_tensor *x, int64_t k, const nb_pool_opts *opts);
+/** @} */
+/** Adaptive average pooling to oh x ow outputs (1-D: size), window i spanning floor(i H / oh) to
+ * ceil((i + 1) H / oh) (oh = ow = 1: global average pooling). @{ */
+nb_tensor *nb_adaptive_avg_pool2d(nb_tensor *x, int64_t oh, int64_t ow);
+nb_tensor *nb_adaptive_avg_pool1d(nb_tensor *x, int64_t size);
+/** @} */
+
+/** Per-channel statistics of x [N, C, ...] (at least 2 dims): [2, C], row 0 the mean and row 1 the
+ * biased variance of each channel over every other dim. */
+nb_tensor *nb_channel_moments(nb_tensor *x);
+/** (x - mean) / sqrt(var + eps) * weight + bias per channel of x [N, C, ...], with stats [2, C] holding
+ * mean and var (from nb_channel_moments: batch normalisation in training mode; running statistics:
+ * evaluation mode). weight, bias [C] or NULL (1 and 0). Differentiable in all four. */
+nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb_tensor *bias, double eps);
+/** Batch normalisation with x's own statistics (training mode): the values of
+ * nb_channel_norm(x, nb_channel_moments(x), weight, bias, eps) from one fused op, each channel's passes
+ * running while its values are in cache. stats (may be NULL) receives the [2, C] mean and biased
+ * variance as a constant on the tape (for running statistics); the result stays differentiable in x,
+ * weight and bias to any order. */
+nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Custom ops                                                                                      */
 /* ---------------------------------------------------------------------------------------------- */
 /** @}

@@ -169,6 +169,11 @@ static nb_tensor *gradtable_noting_f(void *user, nb_tensor *const *in)
  * gradtable_require); test_grad_primitives.c counts them as covered. */
 static const char *const gradtable_everyday_ops[] = {"flip", "cumsum", "cumprod", "linear_recurrence"};
 #define GRADTABLE_N_EVERYDAY ((int)(sizeof gradtable_everyday_ops / sizeof gradtable_everyday_ops[0]))
+/* Likewise the convolution, pooling and channel-normalisation ops, whose grid is test_conv.c's. */
+static const char *const gradtable_cnn_ops[] = {"conv2d",      "conv_transpose2d",    "conv2d_weight",
+                                                "max_pool2d",  "avg_pool2d",          "avg_pool2d_backward",
+                                                "channel_moments", "channel_norm",    "batch_norm"};
+#define GRADTABLE_N_CNN ((int)(sizeof gradtable_cnn_ops / sizeof gradtable_cnn_ops[0]))
 
 /* Every op in names was recorded by some row of this program's table. */
 static inline void gradtable_require(const char *const *names, int n)

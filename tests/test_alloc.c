@@ -210,6 +210,76 @@ static void train(const char *name, step_fn stepf, nb_dtype dt, int64_t batch, i
     model_free(&m);
 }
 
+/* ---- a small CNN, as examples/fashion_mnist --model cnn trains it -------------------------------- */
+
+typedef struct cnn {
+    nb_params *p;
+    nb_conv c1, c2;
+    nb_batch_norm b1, b2;
+    nb_linear fc;
+    nb_rng rng; /* dropout */
+} cnn;
+
+/* conv-bn-relu-maxpool twice, channel dropout, flatten, dropout, linear; x [B, 1, 12, 12] */
+static nb_tensor *cnn_logits(cnn *m, nb_tensor *x)
+{
+    nb_tensor *h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b1, nb_conv_forward(&m->c1, x))), 2, 2, NULL);
+    h = nb_train_dropout2d(m->p, h, 0.1, &m->rng);
+    h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b2, nb_conv_forward(&m->c2, h))), 2, 2, NULL);
+    return nb_linear_forward(&m->fc, nb_train_dropout(m->p, nb_flatten(h, 1, -1), 0.2, &m->rng));
+}
+
+/* Ten AdamW steps on one batch: the steps after the first make no allocator call (the convolutions'
+ * workspaces come from the tape's arena, the running statistics are updated in place), and the loss
+ * goes down. */
+static void train_cnn(const char *name, nb_dtype dt)
+{
+    cnn m;
+    nb_rng_seed(&m.rng, 3);
+    m.p = nb_params_new();
+    nb_layer_opts lo = {.dtype = dt, .no_bias = 1};
+    nb_norm_opts no = {.dtype = dt};
+    nb_conv_opts co = nb_conv_defaults();
+    co.padding[0] = co.padding[1] = 1;
+    nb_conv2d_init(&m.c1, m.p, "conv1", 1, 4, 3, 3, &co, &lo, &m.rng);
+    nb_batch_norm2d_init(&m.b1, m.p, "bn1", 4, &no);
+    nb_conv2d_init(&m.c2, m.p, "conv2", 4, 8, 3, 3, &co, &lo, &m.rng);
+    nb_batch_norm2d_init(&m.b2, m.p, "bn2", 8, &no);
+    nb_linear_init(&m.fc, m.p, "fc", 8 * 3 * 3, 5, &(nb_layer_opts){.dtype = dt}, &m.rng);
+    nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(16, 1, 12, 12), 0, 1, &m.rng);
+    nb_tensor *y = nb_tensor_zeros(NB_I64, NB_SHAPE(16));
+    for (int i = 0; i < 16; i++) nb_tensor_set(y, i, i % 5);
+    nb_optim_opts oo = nb_optim_defaults(NB_ADAMW);
+    oo.lr = 0.01;
+    nb_optim *opt = nb_optim_new(NB_ADAMW, m.p, &oo);
+    nb_tape *tape = nb_tape_new();
+    CHECK_NO_ERROR();
+    double loss[10];
+    long calls[10];
+    for (int it = 0; it < 10; it++) {
+        long before = total_calls(&g_count);
+        nb_tape_begin(tape);
+        nb_tensor *l = nb_cross_entropy(cnn_logits(&m, x), y, NULL);
+        loss[it] = l ? nb_tensor_item(l) : NAN;
+        if (!l || nb_backward(l, NULL, 0) != NB_OK || nb_optim_step(opt) != NB_OK) loss[it] = NAN;
+        nb_optim_zero_grad(opt);
+        nb_tape_end(tape);
+        nb_tape_reset(tape);
+        calls[it] = total_calls(&g_count) - before;
+    }
+    CHECK_NO_ERROR();
+    CHECK(calls[0] > 0, "%s: the first step allocated nothing", name);
+    for (int it = 1; it < 10; it++)
+        CHECK(calls[it] == 0, "%s: step %d made %ld allocator calls, expected 0", name, it + 1, calls[it]);
+    CHECK(isfinite(loss[9]) && loss[9] < 0.75 * loss[0], "%s: loss %g -> %g", name, loss[0], loss[9]);
+    CHECK(nb_tensor_get(m.b1.num_batches_tracked, 0) == 10, "%s: 10 batches tracked", name);
+    nb_tape_free(tape);
+    nb_optim_free(opt);
+    nb_tensor_free(x);
+    nb_tensor_free(y);
+    nb_params_free(m.p);
+}
+
 /* ---- optimizers: every kind, with two parameter groups and a schedule stepped every step ---------- */
 
 typedef struct optim_run {
@@ -308,6 +378,9 @@ int main(void)
     train("f64 multi-chunk", step, NB_F64, 512, 32, 256, 4, 0.2, 1);
     /* double backward every step: create-graph gradients live on the tape too */
     train("f64 gradient penalty", step_penalty, NB_F64, 16, 8, 16, 2, 0.2, 0);
+    /* a CNN (conv, batch norm, pooling, dropout) trained by AdamW */
+    train_cnn("cnn f32", NB_F32);
+    train_cnn("cnn f64", NB_F64);
     /* every optimizer, with groups and each kind of schedule in turn (L-BFGS: after its first step) */
     for (int k = 0; k < NB_OPTIM_KIND_COUNT; k++)
         train_optim((nb_optim_kind)k, (nb_sched_kind)(k % NB_SCHED_KIND_COUNT == NB_SCHED_LAMBDA

@@ -2,7 +2,7 @@
  * format is documented there) is run through nabla, and its forward output and input gradients are
  * compared with PyTorch's.
  *
- *   test_fixtures FILE
+ *   test_fixtures FILE...      (ops_f64.txt, and cnn_ops_f64.txt from gen_cnn_fixtures.py)
  *
  * Each case runs twice:
  *   - as stored (float64): leaves from the fixture's inputs, the op through the dispatch table below,
@@ -551,6 +551,133 @@ RUN(dropout)
     return nb_dropout(in[0], p, &rng);
 }
 
+/* ---- convolutional networks (tests/gen_cnn_fixtures.py, cnn_ops_f64.txt) ---------------------- */
+
+/* dims values of attribute key into v (all of them when dims is 0) */
+static bool attr_dims(fx_case *c, const char *key, int dims, int64_t *v)
+{
+    int n;
+    if (!attr_ints(c, key, 2, &n, v)) return false;
+    if (n != dims) {
+        snprintf(fx_run_err, sizeof fx_run_err, "attribute %s: %d values for %d spatial dims", key, n, dims);
+        return false;
+    }
+    return true;
+}
+
+/* stride, padding, dilation, groups, output_padding (transposed), same (optional) */
+static bool conv_attrs(fx_case *c, int dims, int transposed, nb_conv_opts *o)
+{
+    int64_t same = 0;
+    *o = nb_conv_defaults();
+    if (!attr_dims(c, "stride", dims, o->stride) || !attr_dims(c, "padding", dims, o->padding) ||
+        !attr_dims(c, "dilation", dims, o->dilation) || !attr_int(c, "groups", INT64_MIN, &o->groups) ||
+        (transposed && !attr_dims(c, "output_padding", dims, o->output_padding)) || !attr_int(c, "same", 0, &same))
+        return false;
+    o->same_padding = (int)same;
+    return true;
+}
+
+/* in0 x, in1 weight, in2 bias (optional) */
+#define RUN_CONV(name, dims, transposed, fn)                                                           \
+    RUN(name)                                                                                          \
+    {                                                                                                  \
+        nb_conv_opts o;                                                                                \
+        return conv_attrs(c, dims, transposed, &o) ? fn(in[0], in[1], nin > 2 ? in[2] : NULL, &o) : NULL; \
+    }
+RUN_CONV(conv2d, 2, 0, nb_conv2d)
+RUN_CONV(conv1d, 1, 0, nb_conv1d)
+RUN_CONV(conv_transpose2d, 2, 1, nb_conv_transpose2d)
+RUN_CONV(conv_transpose1d, 1, 1, nb_conv_transpose1d)
+
+/* in0 x, in1 the output's gradient; attribute kernel */
+RUN(conv2d_weight)
+{
+    (void)nin;
+    nb_conv_opts o;
+    int64_t k[2];
+    if (!conv_attrs(c, 2, 0, &o) || !attr_dims(c, "kernel", 2, k)) return NULL;
+    return nb_conv2d_weight(in[0], in[1], k[0], k[1], &o);
+}
+
+/* kernel, stride, padding, ceil_mode, and dilation (max) or count_include_pad (average) */
+static bool pool_attrs(fx_case *c, int dims, int max, int64_t *k, nb_pool_opts *o)
+{
+    int64_t ceil = 0, incl = 1;
+    *o = nb_pool_defaults();
+    if (!attr_dims(c, "kernel", dims, k) || !attr_dims(c, "stride", dims, o->stride) ||
+        !attr_dims(c, "padding", dims, o->padding) || !attr_int(c, "ceil_mode", INT64_MIN, &ceil) ||
+        (max ? !attr_dims(c, "dilation", dims, o->dilation) : !attr_int(c, "count_include_pad", INT64_MIN, &incl)))
+        return false;
+    o->ceil_mode = (int)ceil;
+    o->exclude_pad = !incl;
+    return true;
+}
+
+#define RUN_POOL(name, dims, max, call)                                                                \
+    RUN(name)                                                                                          \
+    {                                                                                                  \
+        (void)nin;                                                                                     \
+        int64_t k[2];                                                                                  \
+        nb_pool_opts o;                                                                                \
+        return pool_attrs(c, dims, max, k, &o) ? call : NULL;                                          \
+    }
+RUN_POOL(max_pool2d, 2, 1, nb_max_pool2d(in[0], k[0], k[1], &o))
+RUN_POOL(max_pool1d, 1, 1, nb_max_pool1d(in[0], k[0], &o))
+RUN_POOL(avg_pool2d, 2, 0, nb_avg_pool2d(in[0], k[0], k[1], &o))
+RUN_POOL(avg_pool1d, 1, 0, nb_avg_pool1d(in[0], k[0], &o))
+
+RUN(adaptive_avg_pool2d)
+{
+    (void)nin;
+    int64_t size[2];
+    return attr_dims(c, "size", 2, size) ? nb_adaptive_avg_pool2d(in[0], size[0], size[1]) : NULL;
+}
+
+RUN(adaptive_avg_pool1d)
+{
+    (void)nin;
+    int64_t size[1];
+    return attr_dims(c, "size", 1, size) ? nb_adaptive_avg_pool1d(in[0], size[0]) : NULL;
+}
+
+RUN_UNARY(channel_moments, nb_channel_moments)
+
+/* in0 x, in1 stats [2, C], in2 weight, in3 bias */
+RUN(channel_norm)
+{
+    (void)nin;
+    double eps;
+    return attr_f64(c, "eps", &eps) ? nb_channel_norm(in[0], in[1], in[2], in[3], eps) : NULL;
+}
+
+/* F.batch_norm in training mode: the batch's own statistics; in0 x, in1 weight, in2 bias */
+RUN(batch_norm_train)
+{
+    (void)nin;
+    double eps;
+    return attr_f64(c, "eps", &eps) ? nb_batch_norm_train(in[0], in[1], in[2], eps, NULL) : NULL;
+}
+
+/* the same as the composition of the two primitives */
+RUN(batch_norm_composed)
+{
+    (void)nin;
+    double eps;
+    return attr_f64(c, "eps", &eps) ? nb_channel_norm(in[0], nb_channel_moments(in[0]), in[1], in[2], eps) : NULL;
+}
+
+/* F.batch_norm in evaluation mode: in0 x, in1 running mean, in2 running variance, in3 weight, in4 bias */
+RUN(batch_norm_eval)
+{
+    (void)nin;
+    double eps;
+    if (!attr_f64(c, "eps", &eps)) return NULL;
+    int64_t C = nb_tensor_dim(in[1], 0);
+    nb_tensor *rows[2] = {nb_reshape(in[1], NB_SHAPE(1, C)), nb_reshape(in[2], NB_SHAPE(1, C))};
+    return nb_channel_norm(in[0], nb_concat(2, rows, 0), in[3], in[4], eps);
+}
+
 /* ---- everyday ops and integer tensors --------------------------------------------------------- */
 
 RUN(flip)
@@ -789,6 +916,23 @@ static const fx_op OPS[] = {
     {"dropout", 1, true, run_dropout},
     {"lstm_gates", 2, true, run_lstm_gates},
     {"gru_gates", 3, true, run_gru_gates},
+    /* convolutional networks (cnn_ops_f64.txt) */
+    {"conv2d", -1, true, run_conv2d},
+    {"conv1d", -1, true, run_conv1d},
+    {"conv_transpose2d", -1, true, run_conv_transpose2d},
+    {"conv_transpose1d", -1, true, run_conv_transpose1d},
+    {"conv2d_weight", 2, true, run_conv2d_weight},
+    {"max_pool2d", 1, true, run_max_pool2d},
+    {"max_pool1d", 1, true, run_max_pool1d},
+    {"avg_pool2d", 1, true, run_avg_pool2d},
+    {"avg_pool1d", 1, true, run_avg_pool1d},
+    {"adaptive_avg_pool2d", 1, true, run_adaptive_avg_pool2d},
+    {"adaptive_avg_pool1d", 1, true, run_adaptive_avg_pool1d},
+    {"channel_moments", 1, true, run_channel_moments},
+    {"channel_norm", 4, true, run_channel_norm},
+    {"batch_norm_train", 3, true, run_batch_norm_train},
+    {"batch_norm_composed", 3, true, run_batch_norm_composed},
+    {"batch_norm_eval", 5, true, run_batch_norm_eval},
     /* everyday ops and integer tensors */
     {"flip", 1, true, run_flip},
     {"roll", 1, true, run_roll},
@@ -1029,45 +1173,47 @@ static void parser_selftest(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s FIXTURE_FILE\n", argc ? argv[0] : "test_fixtures");
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_FILE...\n", argc ? argv[0] : "test_fixtures");
         return 2;
     }
     parser_selftest();
 
-    fx_file f;
-    char err[512];
-    if (!fx_load(&OPS_FORMAT, argv[1], &f, err, sizeof err)) {
-        fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
-        return 1;
-    }
-
-    /* Every case has a runner of the right arity; every runner has a case. */
+    /* Every case of every file has a runner of the right arity; every runner has a case. */
     int ncases_run = 0, npasses = 0;
-    for (int i = 0; i < f.ncases; i++) {
-        fx_case *c = &f.cases[i];
-        const fx_op *op = op_find(c->op);
-        op_tensors ts;
-        op_tensors_of(c, &ts);
-        nbt_checks++;
-        if (!op) {
-            NBT_FAIL("case %s (line %d): no runner for op \"%s\" in test_fixtures.c's OPS table", c->name,
-                     c->line, c->op);
-            continue;
+    for (int file = 1; file < argc; file++) {
+        fx_file f;
+        char err[512];
+        if (!fx_load(&OPS_FORMAT, argv[file], &f, err, sizeof err)) {
+            fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
+            return 1;
         }
-        if (op->arity >= 0 && ts.nin != op->arity) {
-            NBT_FAIL("case %s (line %d): %d inputs, op %s takes %d", c->name, c->line, ts.nin, c->op, op->arity);
-            continue;
-        }
-        op_stats *st = &stats[op - OPS];
-        st->cases++;
-        ncases_run++;
-        run_case(c, op, st, 0);
-        npasses++;
-        if (op->f32) {
-            run_case(c, op, st, 1);
+        for (int i = 0; i < f.ncases; i++) {
+            fx_case *c = &f.cases[i];
+            const fx_op *op = op_find(c->op);
+            op_tensors ts;
+            op_tensors_of(c, &ts);
+            nbt_checks++;
+            if (!op) {
+                NBT_FAIL("case %s (line %d): no runner for op \"%s\" in test_fixtures.c's OPS table", c->name,
+                         c->line, c->op);
+                continue;
+            }
+            if (op->arity >= 0 && ts.nin != op->arity) {
+                NBT_FAIL("case %s (line %d): %d inputs, op %s takes %d", c->name, c->line, ts.nin, c->op, op->arity);
+                continue;
+            }
+            op_stats *st = &stats[op - OPS];
+            st->cases++;
+            ncases_run++;
+            run_case(c, op, st, 0);
             npasses++;
+            if (op->f32) {
+                run_case(c, op, st, 1);
+                npasses++;
+            }
         }
+        fx_file_free(&f);
     }
     int nops = 0;
     long long elements_compared = 0;
@@ -1077,7 +1223,7 @@ int main(int argc, char **argv)
         if (stats[k].cases)
             nops++;
         else
-            NBT_FAIL("op %s has a runner but no case in %s", OPS[k].name, argv[1]);
+            NBT_FAIL("op %s has a runner but no case in the files given", OPS[k].name);
         for (int mode = 0; mode < 2; mode++) {
             elements_compared += stats[k].err[mode].compared;
             max_rel_all[mode] = fmax(max_rel_all[mode], stats[k].err[mode].max_rel);
@@ -1095,6 +1241,5 @@ int main(int argc, char **argv)
                    stats[k].failures, stats[k].err[0].max_rel, stats[k].err[1].max_rel,
                    stats[k].failures ? "  <--" : "");
     }
-    fx_file_free(&f);
     return nbt_report("fixtures");
 }

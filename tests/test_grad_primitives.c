@@ -510,13 +510,15 @@ static void run_row(int r)
 static const char *const forward_tested[] = {"compare", "sign", "argmax",
                                              "argsort" /* test_grad_everyday.c: test_order */};
 
-/* Whether op k of the registry was recorded by a row (of this table, or of test_grad_everyday.c's,
- * which checks that itself); a custom op's node has the custom op's own name. */
+/* Whether op k of the registry was recorded by a row (of this table, or of test_grad_everyday.c's or
+ * test_conv.c's, which check that themselves); a custom op's node has the custom op's own name. */
 static int op_recorded(int k)
 {
     const char *name = registry[k].name;
     for (int e = 0; e < GRADTABLE_N_EVERYDAY; e++)
         if (!strcmp(gradtable_everyday_ops[e], name)) return 1;
+    for (int e = 0; e < GRADTABLE_N_CNN; e++)
+        if (!strcmp(gradtable_cnn_ops[e], name)) return 1;
     if (strcmp(name, "custom")) return gradtable_was_seen(name);
     for (int s = 0; s < gradtable_n_seen; s++) {
         int known = 0;

@@ -2,7 +2,8 @@
  * tests/gen_nn_fixtures.py (the file format and the nabla <- torch name mapping are documented there)
  * is run through nabla in float64:
  *
- *   test_nn_fixtures FILE
+ *   test_nn_fixtures FILE...   (nn_f64.txt, and cnn_nn_f64.txt from gen_cnn_fixtures.py, whose buffer:
+ *                               and after: roles give buffers' values before and after the run)
  *
  * For each case: a parameter collection with the layer built by its public constructor (f64), every
  * parameter overwritten with the fixture's values (nb_tensor_copy_from, so nabla's initialisers do
@@ -38,8 +39,9 @@
 /* The fixture format: roles <kind>:<name> (the rest is fixture.h's)                               */
 /* ---------------------------------------------------------------------------------------------- */
 
-typedef enum nn_kind { FX_PARAM, FX_IN, FX_OUT, FX_SEED, FX_GRAD, FX_KIND_COUNT } nn_kind;
-static const char *const nn_kind_names[] = {"param", "in", "out", "seed", "grad"};
+/* buffer: a non-trained tensor's value before the run (running statistics); after: its value after */
+typedef enum nn_kind { FX_PARAM, FX_IN, FX_OUT, FX_SEED, FX_GRAD, FX_BUFFER, FX_AFTER, FX_KIND_COUNT } nn_kind;
+static const char *const nn_kind_names[] = {"param", "in", "out", "seed", "grad", "buffer", "after"};
 _Static_assert(sizeof nn_kind_names / sizeof nn_kind_names[0] == FX_KIND_COUNT, "one name per kind");
 
 static fx_tensor *nn_find(fx_case *c, nn_kind kind, const char *name)
@@ -57,7 +59,7 @@ static bool nn_role(fx_parser *p, fx_tensor *t)
     for (int k = 0; k < FX_KIND_COUNT; k++)
         if ((int)strlen(nn_kind_names[k]) == len && !strncmp(t->role, nn_kind_names[k], (size_t)len)) kind = k;
     if (kind < 0)
-        return fx_fail(p, "tensor: unknown kind \"%.*s\" (param, in, out, seed, grad)", len, t->role);
+        return fx_fail(p, "tensor: unknown kind \"%.*s\" (param, in, out, seed, grad, buffer, after)", len, t->role);
     t->kind = kind;
     return fx_name(p, colon + 1, "tensor name", t->name);
 }
@@ -76,7 +78,14 @@ static bool nn_finish(fx_parser *p, fx_case *c)
                 return fx_fail(p, "case %s: param %s has no grad (every parameter is differentiated)", c->name,
                                t->name);
             break;
-        case FX_IN: break;
+        case FX_IN:
+        case FX_BUFFER: break;
+        case FX_AFTER:
+            o = nn_find(c, FX_BUFFER, t->name);
+            if (!o || o->dtype != t->dtype || !fx_same_shape(t, o))
+                return fx_fail(p, "case %s: after %s (line %d) without a buffer of its dtype and shape", c->name,
+                               t->name, t->line);
+            break;
         case FX_OUT:
             nout++;
             if (t->dtype != NB_F64) return fx_fail(p, "case %s: out %s is not f64", c->name, t->name);
@@ -183,24 +192,29 @@ static nb_tensor *in_leaf(nn_run *r, const char *name, bool required)
     return NULL;
 }
 
-/* Overwrite every parameter of r->p with the fixture's value of the same name. */
+/* Overwrite every parameter (and buffer) of r->p with the fixture's value of the same name. */
 static bool load_params(nn_run *r)
 {
     char s1[96];
     for (int i = 0; i < nb_params_count(r->p); i++) {
         const char *name = nb_params_name(r->p, i);
         nb_tensor *t = nb_params_tensor(r->p, i);
-        fx_tensor *ft = nn_find(r->c, FX_PARAM, name);
-        if (!ft) return run_fail(r, "nabla parameter %s has no fixture value", name);
-        if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ft->ndim ||
+        int trained = nb_params_trainable(r->p, i);
+        fx_tensor *ft = nn_find(r->c, trained ? FX_PARAM : FX_BUFFER, name);
+        if (!ft) return run_fail(r, "nabla %s %s has no fixture value", trained ? "parameter" : "buffer", name);
+        if (nb_tensor_dtype(t) != ft->dtype || nb_tensor_ndim(t) != ft->ndim ||
             memcmp(nb_tensor_shape(t), ft->shape, (size_t)ft->ndim * sizeof(int64_t)))
             return run_fail(r, "nabla parameter %s is %s %s; the fixture's differs (line %d)", name,
                             nb_dtype_name(nb_tensor_dtype(t)), nb_shape_str(t, s1, sizeof s1), ft->line);
-        if (nb_tensor_copy_from(t, ft->v) != NB_OK) return run_fail(r, "copy into %s: %s", name, nb_error_message());
+        if (ft->dtype == NB_I64) {
+            for (int64_t e = 0; e < ft->numel; e++) nb_tensor_set(t, e, ft->v[e]);
+        } else if (nb_tensor_copy_from(t, ft->v) != NB_OK) {
+            return run_fail(r, "copy into %s: %s", name, nb_error_message());
+        }
         ft->used = true;
     }
     for (int i = 0; i < r->c->nt; i++)
-        if (r->c->t[i].kind == FX_PARAM && !r->c->t[i].used)
+        if ((r->c->t[i].kind == FX_PARAM || r->c->t[i].kind == FX_BUFFER) && !r->c->t[i].used)
             return run_fail(r, "fixture parameter %s (line %d) is not a parameter of the nabla layer", r->c->t[i].name,
                             r->c->t[i].line);
     return true;
@@ -290,6 +304,77 @@ static bool run_linear(nn_run *r)
     if (!load_params(r)) return false;
     nb_tensor *x = in_leaf(r, "x", true);
     return x && put_out(r, "y", nb_linear_forward(&l, x));
+}
+
+/* ---- convolutional networks (tests/gen_cnn_fixtures.py, cnn_nn_f64.txt) ---------------------- */
+
+/* `steps` training forwards on x0, x1, ... (the last one's output is y), then y_eval in evaluation mode */
+static bool run_batch_norm(nn_run *r)
+{
+    int64_t dims = 0, features = 0, steps = 0, affine = 1, track = 1;
+    double eps = 0, momentum = 0;
+    if (!attr_int(r, "dims", INT64_MIN, &dims) || !attr_int(r, "features", INT64_MIN, &features) ||
+        !attr_int(r, "steps", INT64_MIN, &steps) || !attr_int(r, "affine", 1, &affine) ||
+        !attr_int(r, "track", 1, &track) || !attr_f64(r, "eps", 1e-5, &eps) || !attr_f64(r, "momentum", 0.1, &momentum))
+        return false;
+    nb_norm_opts o = {.dtype = NB_F64, .eps = eps, .momentum = momentum, .no_affine = !affine, .no_running_stats = !track};
+    nb_batch_norm bn;
+    if ((dims == 2 ? nb_batch_norm2d_init : nb_batch_norm1d_init)(&bn, r->p, "bn", features, &o) != NB_OK) return false;
+    if (!load_params(r)) return false;
+    nb_tensor *y = NULL;
+    for (int64_t k = 0; k < steps; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "x%lld", (long long)k);
+        nb_tensor *x = in_leaf(r, name, true);
+        if (!x || !(y = nb_batch_norm_forward(&bn, x))) return false;
+    }
+    if (!put_out(r, "y", y)) return false;
+    nb_params_set_training(r->p, 0);
+    nb_tensor *xe = in_leaf(r, "x_eval", true);
+    return xe && put_out(r, "y_eval", nb_batch_norm_forward(&bn, xe));
+}
+
+static bool run_group_norm(nn_run *r)
+{
+    int64_t groups = 0, channels = 0, affine = 1;
+    double eps = 0;
+    if (!attr_int(r, "groups", INT64_MIN, &groups) || !attr_int(r, "channels", INT64_MIN, &channels) ||
+        !attr_int(r, "affine", 1, &affine) || !attr_f64(r, "eps", 1e-5, &eps))
+        return false;
+    nb_norm_opts o = {.dtype = NB_F64, .eps = eps, .no_affine = !affine};
+    nb_group_norm gn;
+    if (nb_group_norm_init(&gn, r->p, "gn", groups, channels, &o) != NB_OK || !load_params(r)) return false;
+    nb_tensor *x = in_leaf(r, "x", true);
+    return x && put_out(r, "y", nb_group_norm_forward(&gn, x));
+}
+
+/* dims values of an attribute */
+static bool attr_dims(nn_run *r, const char *key, int64_t dims, int64_t *v)
+{
+    fx_attr *a = fx_attr_find(r->c, key);
+    if (!a || a->n != dims) return run_fail(r, "attribute %s: expected %lld values", key, (long long)dims);
+    for (int i = 0; i < a->n; i++) v[i] = (int64_t)a->v[i];
+    return true;
+}
+
+static bool run_conv(nn_run *r)
+{
+    int64_t dims = 0, in = 0, out = 0, bias = 1, k[2];
+    nb_conv_opts co = nb_conv_defaults();
+    if (!attr_int(r, "dims", INT64_MIN, &dims) || !attr_int(r, "in", INT64_MIN, &in) ||
+        !attr_int(r, "out", INT64_MIN, &out) || !attr_int(r, "bias", 1, &bias) ||
+        !attr_int(r, "groups", 1, &co.groups) || !attr_dims(r, "kernel", dims, k) ||
+        !attr_dims(r, "stride", dims, co.stride) || !attr_dims(r, "padding", dims, co.padding) ||
+        !attr_dims(r, "dilation", dims, co.dilation))
+        return false;
+    nb_layer_opts o = F64_OPTS;
+    o.no_bias = !bias;
+    nb_conv conv;
+    nb_status st = dims == 2 ? nb_conv2d_init(&conv, r->p, "conv", in, out, k[0], k[1], &co, &o, &r->rng)
+                             : nb_conv1d_init(&conv, r->p, "conv", in, out, k[0], &co, &o, &r->rng);
+    if (st != NB_OK || !load_params(r)) return false;
+    nb_tensor *x = in_leaf(r, "x", true);
+    return x && put_out(r, "y", nb_conv_forward(&conv, x));
 }
 
 static bool run_embedding(nn_run *r)
@@ -421,6 +506,10 @@ static const nn_layer LAYERS[] = {
     {"bce", run_bce},
     {"cross_entropy", run_cross_entropy},
     {"nll", run_nll},
+    /* convolutional networks (cnn_nn_f64.txt) */
+    {"batch_norm", run_batch_norm},
+    {"group_norm", run_group_norm},
+    {"conv", run_conv},
     {"l1", run_l1},
     {"smooth_l1", run_smooth_l1},
     {"huber", run_huber},
@@ -459,7 +548,7 @@ static void compare(layer_stats *st, const char *ctx, double atol, const char *w
         FAIL_CASE("%s: no tensor", what);
         return;
     }
-    if (nb_tensor_dtype(t) != NB_F64 || nb_tensor_ndim(t) != ref->ndim ||
+    if (nb_tensor_dtype(t) != ref->dtype || nb_tensor_ndim(t) != ref->ndim ||
         memcmp(nb_tensor_shape(t), ref->shape, (size_t)ref->ndim * sizeof(int64_t))) {
         FAIL_CASE("%s: %s %s; the fixture's (line %d) differs", what, nb_dtype_name(nb_tensor_dtype(t)),
                   nb_shape_str(t, b1, sizeof b1), ref->line);
@@ -571,6 +660,19 @@ static void run_case(fx_case *c, const nn_layer *layer, layer_stats *st)
         }
         compare(st, ctx, atol, what, g, &c->t[i], &st->grad);
     }
+    /* the buffers' values after the run (a temporary leaf of their values: compare wants a tensor) */
+    for (int i = 0; i < c->nt; i++) {
+        if (c->t[i].kind != FX_AFTER) continue;
+        nb_tensor *b = nb_params_find(r.p, c->t[i].name);
+        char what[80];
+        snprintf(what, sizeof what, "after %s", c->t[i].name);
+        if (!b) {
+            nbt_checks++;
+            FAIL_CASE("%s: no such buffer", what);
+            continue;
+        }
+        compare(st, ctx, atol, what, b, &c->t[i], &st->out);
+    }
     nbt_checks++;
     if (nb_error_code() != NB_OK) FAIL_CASE("error left recorded: %s", nb_error_message());
 done:
@@ -624,6 +726,14 @@ static void parser_selftest(void)
          "of an i64 input"},
         {HDR "case a linear\ntensor in:x f64 0 1\nend\n", "no out"},
         {HDR "case a linear\nattr k 1\nattr k 2\n", "given twice"},
+        {HDR "case a linear\ntensor buffer:n i64 0 2\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\n"
+             "tensor after:n i64 0 3\nend\n",
+         NULL},
+        {HDR "case a linear\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\ntensor after:n i64 0 3\nend\n",
+         "without a buffer"},
+        {HDR "case a linear\ntensor buffer:n i64 0 2\ntensor out:y f64 0 1\ntensor seed:y f64 0 1\n"
+             "tensor after:n f64 0 3\nend\n",
+         "without a buffer of its dtype"},
     };
     char err[512];
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
@@ -634,37 +744,40 @@ static void parser_selftest(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s FIXTURE_FILE\n", argc ? argv[0] : "test_nn_fixtures");
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_FILE...\n", argc ? argv[0] : "test_nn_fixtures");
         return 2;
     }
     parser_selftest();
 
-    fx_file f;
-    char err[512];
-    if (!fx_load(&NN_FORMAT, argv[1], &f, err, sizeof err)) {
-        fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
-        return 1;
-    }
     int ncases_run = 0;
-    for (int i = 0; i < f.ncases; i++) {
-        fx_case *c = &f.cases[i];
-        int k = 0;
-        while (k < N_LAYERS && strcmp(LAYERS[k].name, c->op)) k++;
-        nbt_checks++;
-        if (k == N_LAYERS) {
-            NBT_FAIL("case %s (line %d): no runner for layer \"%s\" in LAYERS", c->name, c->line, c->op);
-            continue;
+    for (int file = 1; file < argc; file++) {
+        fx_file f;
+        char err[512];
+        if (!fx_load(&NN_FORMAT, argv[file], &f, err, sizeof err)) {
+            fprintf(stderr, "FAIL: cannot read fixtures: %s\n", err);
+            return 1;
         }
-        stats[k].cases++;
-        ncases_run++;
-        run_case(c, &LAYERS[k], &stats[k]);
+        for (int i = 0; i < f.ncases; i++) {
+            fx_case *c = &f.cases[i];
+            int k = 0;
+            while (k < N_LAYERS && strcmp(LAYERS[k].name, c->op)) k++;
+            nbt_checks++;
+            if (k == N_LAYERS) {
+                NBT_FAIL("case %s (line %d): no runner for layer \"%s\" in LAYERS", c->name, c->line, c->op);
+                continue;
+            }
+            stats[k].cases++;
+            ncases_run++;
+            run_case(c, &LAYERS[k], &stats[k]);
+        }
+        fx_file_free(&f);
     }
     long long elements_compared = 0;
     double max_rel_all = 0;
     for (int k = 0; k < N_LAYERS; k++) {
         nbt_checks++;
-        if (!stats[k].cases) NBT_FAIL("layer %s has a runner but no case in %s", LAYERS[k].name, argv[1]);
+        if (!stats[k].cases) NBT_FAIL("layer %s has a runner but no case in the files given", LAYERS[k].name);
         elements_compared += stats[k].out.compared + stats[k].grad.compared;
         max_rel_all = fmax(max_rel_all, fmax(stats[k].out.max_rel, stats[k].grad.max_rel));
     }
@@ -675,6 +788,5 @@ int main(int argc, char **argv)
     for (int k = 0; k < N_LAYERS; k++)
         printf("%-14s %6d %7d %7d %13.3g %13.3g%s\n", LAYERS[k].name, stats[k].cases, stats[k].checks,
                stats[k].failures, stats[k].out.max_rel, stats[k].grad.max_rel, stats[k].failures ? "  <--" : "");
-    fx_file_free(&f);
     return nbt_report("nn_fixtures");
 }

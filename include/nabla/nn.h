@@ -224,6 +224,98 @@ nb_status nb_layer_norm_init(nb_layer_norm *ln, nb_params *p, const char *name, 
 nb_tensor *nb_layer_norm_forward(const nb_layer_norm *ln, nb_tensor *x);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Convolutional layers (names and semantics of torch.nn: checkpoints load both ways)              */
+/* ---------------------------------------------------------------------------------------------- */
+/** @}
+ * @defgroup cnn_layers Convolutional layers
+ * Conv1d/2d, batch and group normalisation, channel dropout, flatten, with torch.nn's names.
+ * @{ */
+
+/** Conv1d / Conv2d: weight [out, in / groups, kh, kw] ([out, in / groups, k] in 1-D) ("name.weight"),
+ * bias [out] ("name.bias", none with opts->no_bias). Default init as PyTorch: kaiming uniform with
+ * a = sqrt(5), that is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both, fan_in = in / groups * kh * kw. */
+typedef struct nb_conv {
+    nb_tensor *weight;  /**< [out, in / groups, kh, kw] (1-D: [out, in / groups, k]) */
+    nb_tensor *bias;    /**< [out]; NULL with no_bias */
+    int dims;           /**< 1 or 2 */
+    int64_t in;         /**< input channels */
+    int64_t out;        /**< output channels */
+    int64_t kernel[2];  /**< kh, kw (1-D: k, 1) */
+    nb_conv_opts conv;  /**< stride, padding, dilation, groups */
+} nb_conv;
+/** Register a Conv2d (kh x kw kernel) or Conv1d (k) layer in p; conv NULL: nb_conv_defaults(). @{ */
+nb_status nb_conv2d_init(nb_conv *c, nb_params *p, const char *name, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                         const nb_conv_opts *conv, const nb_layer_opts *opts, nb_rng *rng);
+nb_status nb_conv1d_init(nb_conv *c, nb_params *p, const char *name, int64_t in, int64_t out, int64_t k,
+                         const nb_conv_opts *conv, const nb_layer_opts *opts, nb_rng *rng);
+/** @} */
+/** x [N, in, H, W] -> [N, out, Ho, Wo] (1-D: [N, in, L] -> [N, out, Lo]) */
+nb_tensor *nb_conv_forward(const nb_conv *c, nb_tensor *x);
+
+/** Options of the normalisation layers; NULL or a zeroed struct gives PyTorch's defaults. */
+typedef struct nb_norm_opts {
+    nb_dtype dtype;       /**< of the tensors (default NB_F32) */
+    double eps;           /**< added to the variance (0: 1e-5) */
+    double momentum;      /**< batch norm: weight of a new batch in the running statistics (0: 0.1);
+                               negative: their cumulative average (PyTorch's momentum=None) */
+    int no_affine;        /**< 1: no weight and bias (affine=False) */
+    int no_running_stats; /**< batch norm: 1: batch statistics in evaluation too, no buffers
+                               (track_running_stats=False) */
+} nb_norm_opts;
+
+/** BatchNorm1d / BatchNorm2d over C features: weight ones and bias zeros ("name.weight", "name.bias"),
+ * buffers "name.running_mean" (zeros), "name.running_var" (ones) and "name.num_batches_tracked" (i64
+ * scalar), as torch.nn.BatchNorm. In training mode of the collection it normalises with the batch's
+ * statistics (biased variance) and updates the buffers outside the graph: running = (1 - momentum)
+ * running + momentum batch, with the unbiased variance; in evaluation mode it uses the buffers. */
+typedef struct nb_batch_norm {
+    nb_tensor *weight;              /**< [C] ones; NULL with no_affine */
+    nb_tensor *bias;                /**< [C] zeros; NULL with no_affine */
+    nb_tensor *running_mean;        /**< buffer [C]; NULL with no_running_stats */
+    nb_tensor *running_var;         /**< buffer [C]; NULL with no_running_stats */
+    nb_tensor *num_batches_tracked; /**< buffer, i64 scalar; NULL with no_running_stats */
+    int dims;                       /**< 1 or 2 */
+    int64_t features;               /**< C */
+    nb_dtype dtype;                 /**< of the tensors */
+    double eps;                     /**< added to the variance */
+    double momentum;                /**< weight of a new batch; negative: cumulative average */
+    const nb_params *owner;         /**< whose training mode applies */
+} nb_batch_norm;
+/** Register a BatchNorm2d (inputs [N, C, H, W]) or BatchNorm1d ([N, C] or [N, C, L]) over features
+ * channels in p. @{ */
+nb_status nb_batch_norm2d_init(nb_batch_norm *bn, nb_params *p, const char *name, int64_t features,
+                               const nb_norm_opts *opts);
+nb_status nb_batch_norm1d_init(nb_batch_norm *bn, nb_params *p, const char *name, int64_t features,
+                               const nb_norm_opts *opts);
+/** @} */
+/** 2d: x [N, C, H, W]; 1d: [N, C] or [N, C, L]. Same shape out. Changes the buffers in training mode
+ * (do not call it twice on one step's graph expecting the same statistics). */
+nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x);
+
+/** GroupNorm: channels split into groups, each (sample, group) normalised over its channels and
+ * positions, then weight [C] and bias [C] per channel ("name.weight" ones, "name.bias" zeros). */
+typedef struct nb_group_norm {
+    nb_tensor *weight; /**< [C] ones; NULL with no_affine */
+    nb_tensor *bias;   /**< [C] zeros; NULL with no_affine */
+    int64_t groups;    /**< dividing channels */
+    int64_t channels;  /**< C */
+    nb_dtype dtype;    /**< of the tensors */
+    double eps;        /**< added to the variance */
+} nb_group_norm;
+/** Register a GroupNorm of groups groups over channels channels in p. */
+nb_status nb_group_norm_init(nb_group_norm *gn, nb_params *p, const char *name, int64_t groups, int64_t channels,
+                             const nb_norm_opts *opts);
+/** x [N, C, ...] -> the same shape */
+nb_tensor *nb_group_norm_forward(const nb_group_norm *gn, nb_tensor *x);
+
+/** Channel dropout (torch.nn.Dropout2d) in training mode of model: whole channels of x [N, C, ...] are
+ * zeroed with probability p, the others scaled by 1 / (1 - p). In evaluation mode or with p = 0 a view of
+ * x with a node of its own (never x itself), as nb_train_dropout. */
+nb_tensor *nb_train_dropout2d(const nb_params *model, nb_tensor *x, double p, nb_rng *rng);
+/** Merge dims start_dim..end_dim (negative: from the end) into one, as torch.flatten (a view). */
+nb_tensor *nb_flatten(nb_tensor *x, int start_dim, int end_dim);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Recurrent layers                                                                                */
 /* ---------------------------------------------------------------------------------------------- */
 /** @}

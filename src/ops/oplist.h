@@ -52,6 +52,20 @@
     /* matmul.c */                                                                                     \
     X(MATMUL, matmul, "matmul", 2, Y, Y, Y, N)           /* i[0] = NB_TRANS_* flags */                 \
     X(ADDMM, addmm, "addmm", 3, Y, Y, Y, N)              /* c, a, b: c + op(a) op(b); i[0] flags */    \
+    /* ---- convolutional networks: conv.c, pool.c, norm.c (kernels: cnn_kernels_impl.h) ---- */       \
+    /* x, w [, b]; i[0..5] stride, padding, dilation (h, w pairs), i[6] groups, i[7] 1 with a bias */  \
+    X(CONV2D, conv2d, "conv2d", -1, Y, Y, Y, N)                                                        \
+    X(CONV_TRANSPOSE2D, conv_transpose2d, "conv_transpose2d", -1, Y, Y, N, N) /* adjoint in x; same */ \
+    X(CONV2D_WEIGHT, conv2d_weight, "conv2d_weight", 2, Y, Y, N, N) /* x, g: conv2d's dw; same attrs */\
+    /* i[0..7] kernel, stride, padding, dilation (h, w pairs); p = NULL or the i64 positions to fill */\
+    X(MAX_POOL2D, max_pool2d, "max_pool2d", 1, Y, Y, Y, N)                                             \
+    X(AVG_POOL2D, avg_pool2d, "avg_pool2d", 1, Y, Y, N, N) /* i[0..5] as max_pool2d, i[6] flags */     \
+    X(AVG_POOL2D_ADJ, avg_pool2d_adj, "avg_pool2d_backward", 1, Y, Y, N, N) /* its adjoint */          \
+    X(CHANNEL_MOMENTS, channel_moments, "channel_moments", 1, Y, Y, Y, N) /* [N,C,..] -> [2,C] */      \
+    /* x, stats [, w] [, b]; i[0], i[1]: w, b present; f[0] = eps */                                   \
+    X(CHANNEL_NORM, channel_norm, "channel_norm", -1, Y, Y, Y, N)                                      \
+    /* x [, w] [, b]: norm(x, moments(x)) fused; same attrs; p = the [2, C] statistics it stores */    \
+    X(BATCH_NORM, batch_norm, "batch_norm", -1, Y, Y, Y, N)                                            \
     /* reduce.c */                                                                                     \
     X(SUM, sum, "sum", 1, Y, Y, N, N)                    /* i[0] = axes bitmask, i[1] = keepdim */     \
     X(ARGMAX, argmax, "argmax", 1, Y, N, N, N)           /* i[0] = axis, i[1] = 1 for argmin */        \

@@ -1,0 +1,159 @@
+/* Private interface of the convolution, pooling and channel-normalisation kernels (cnn_kernels.c,
+ * bodies in cnn_kernels_impl.h compiled for float and double) and the geometry they share with the
+ * op files conv.c, pool.c and norm.c. */
+#ifndef NB_CNN_H
+#define NB_CNN_H
+
+#include "ops.h"
+#include "parallel.h"
+
+/* ---- convolution geometry --------------------------------------------------------------------- */
+
+/* A 2-D convolution between an input space u [n, cu, hu, wu] and an output space v [n, cv, hv, wv]
+ * through a kernel w [cv, cu / groups, kh, kw]:
+ *
+ *   v[b, o, y, x] = sum over c, i, j of  w[o, c, i, j] u[b, g cug + c, y sh - ph + i dh, x sw - pw + j dw]
+ *
+ * with g = o / (cv / groups), cug = cu / groups, and u zero outside its extents. conv maps u to v,
+ * conv_transpose is its adjoint (v to u), and the weight gradient is the bilinear form's derivative in
+ * w. The three are defined for any pair of extents (hu, hv), so each is exactly the adjoint of the
+ * others whatever sizes the public functions chose (output_padding, 'same' padding). 1-D ops are the
+ * case hu = hv = kh = 1. */
+typedef struct nb_conv_geom {
+    int64_t n, cu, hu, wu, cv, hv, wv, kh, kw;
+    int64_t sh, sw, ph, pw, dh, dw, groups;
+} nb_conv_geom;
+
+/* How the kernels cover a convolution: the batch and the output positions are folded into the
+ * columns of one matrix product per group (v_g [cv/G, n hv wv] = w_g [cv/G, K] col [K, n hv wv], with
+ * K = cug kh kw), cut into tiles of q columns so that the workspace stays bounded. Three ways:
+ *   direct: a 1x1 convolution with stride 1 and no padding needs no im2col: the images are multiplied
+ *           in place;
+ *   wide:   stride 1: the tile's images are copied once into zero-padded planes of width wp, and the
+ *           products run over a wide grid of hv x wp positions per image (the wp - wv extra columns are
+ *           computed and dropped), so that each im2col row is one contiguous copy per image and tap;
+ *   plain:  any stride: im2col position by position. */
+typedef struct nb_conv_plan {
+    int direct, wide;
+    int threads;      /* threads that run the tiles (1: in order on the calling thread) */
+    int64_t tiles;    /* wide and plain: the number of tiles */
+    int64_t chunks;   /* wide: groups of consecutive tiles, each summing its own weight gradient (the sums
+                         are added in chunk order: the result does not depend on the thread count) */
+    int small;        /* wide with K <= NB_CONV_SMALL_K (a first layer): the backward has no product,
+                         each weight's gradient a sum of dot products with shifted rows of the padded
+                         planes, read in place */
+    int64_t q;        /* columns per tile */
+    int64_t nb;       /* wide: images per tile */
+    int64_t hp, wp;   /* wide: padded plane extents */
+    int64_t plane;    /* wide: elements per padded plane (hp wp and slack for the last taps) */
+    int64_t ws_elems; /* workspace elements per thread */
+} nb_conv_plan;
+
+#define NB_CONV_SMALL_K 32
+
+/* Workspace budget per tile, in bytes: half the L2 cache of the machines measured (bench/README.md),
+ * so that what im2col writes is still in cache when the product packs it. */
+#define NB_CONV_WS_BYTES ((int64_t)1 << 20)
+
+void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p);
+/* Elements of workspace a call needs: ws_elems per thread, and with weight (a weight gradient on the
+ * wide grid) chunks partial sums of [cv, cu / groups, kh, kw]. */
+int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weight);
+
+/* ---- threads -----------------------------------------------------------------------------------
+ * The CNN kernels split channels, planes or tiles over OpenMP threads (when built with OpenMP), as many
+ * as the library's thread count (nb_set_num_threads, src/ops/parallel.h) and the work allow: each output is computed by one
+ * thread in a fixed order, so results do not depend on the thread count. Inside a convolution's
+ * parallel tiles the matrix products run single-threaded (nb__blas_single). */
+#define NB_CNN_GRAIN NB_GRAIN_MEM
+/* Threads for a loop touching work elements (nb__threads_for): 1 below 2 grains or without OpenMP. */
+int nb__cnn_threads(int64_t work);
+/* The calling thread's number inside a parallel loop (0 outside). */
+int nb__cnn_tid(void);
+/* With threads > 1 and a pthreads OpenBLAS: OpenBLAS to one thread, the previous count returned for
+ * nb__blas_restore (0: no change made; an OpenMP OpenBLAS is single-threaded inside our regions). */
+int nb__blas_single(int threads);
+void nb__blas_restore(int saved);
+#ifdef _OPENMP
+/* the loop that follows on nb_nt_ threads (a local int), statically split */
+#define NB_CNN_PARALLEL_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static) if (nb_nt_ > 1)")
+#else
+#define NB_CNN_PARALLEL_FOR
+#endif
+
+/* ---- pooling geometry ------------------------------------------------------------------------- */
+
+/* Pooling over planes [planes, h, w] -> [planes, ho, wo]. Window of output (y, x): rows y sh - ph + i dh
+ * (i < kh), columns likewise, clipped to the plane. Average pooling divides by the window's size counted
+ * with the padding (count_include_pad; a window that ceil_mode lets run past the padded end is cut
+ * there) or without it. adaptive: rows floor(y h / ho) to ceil((y + 1) h / ho), columns likewise,
+ * divided by the window's size (kernel, stride, padding unused). */
+typedef struct nb_pool_geom {
+    int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw;
+    int count_include_pad, adaptive;
+} nb_pool_geom;
+
+/* ceil(a / b) for b > 0 and any a */
+static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+
+#define NB_CNN_DECLARE(T, SFX)                                                                         \
+    /* v [n, cv, hv, wv] = conv(u [n, cu, hu, wu], w [cv, cu/G, kh, kw]) + bias [cv] (bias NULL: none);\
+     * ws: p->ws_elems elements */                                                                     \
+    void nb_k_conv_fw_##SFX(const nb_conv_geom *g, const nb_conv_plan *p, const T *u, const T *w,     \
+                            const T *bias, T *v, T *ws);                                               \
+    /* The backward products of conv for the gradient gv [n, cv, hv, wv] of v, each optional (NULL):  \
+     * du [n, cu, hu, wu] += conv_transpose(gv, w) (overwritten instead when !du_acc), and             \
+     * dw [cv, cu/G, kh, kw] += the weight gradient of u and gv (overwritten when !dw_acc). Shares the \
+     * gathered gv between the two. u is needed only for dw, w only for du. */                         \
+    void nb_k_conv_bw_##SFX(const nb_conv_geom *g, const nb_conv_plan *p, const T *u, const T *gv,     \
+                            const T *w, T *du, int du_acc, T *dw, int dw_acc, T *ws);                  \
+    /* out [n, c, d...] (+)= nothing but a per-channel sum: s[c] = sum over b and d of x[b, c, :],     \
+     * accumulated in double; out[c] = s[c] (acc: out[c] += s[c]) */                                   \
+    void nb_k_channel_sum_##SFX(int64_t n, int64_t c, int64_t d, const T *x, T *out, int acc);         \
+    /* fill x [n, c, d] with bias[c] (bias NULL: zeros) */                                             \
+    void nb_k_channel_fill_##SFX(int64_t n, int64_t c, int64_t d, const T *bias, T *x);               \
+    /* max pooling: y [planes, ho, wo] = the first maximum of each window (NaN wins), idx (NULL: not    \
+     * wanted) its flat position r w + c in the plane */                                                                \
+    void nb_k_maxpool_fw_##SFX(const nb_pool_geom *g, const T *x, T *y, int64_t *idx);                \
+    /* average pooling: y [planes, ho, wo] = window sums / divisors */                                 \
+    void nb_k_avgpool_fw_##SFX(const nb_pool_geom *g, const T *x, T *y);                              \
+    /* its adjoint: dx [planes, h, w] = each gy / divisor spread over its window (overwrites dx) */     \
+    void nb_k_avgpool_adj_##SFX(const nb_pool_geom *g, const T *gy, T *dx);                           \
+    /* x [a, c, d]: st [2, c] = the mean and the biased variance of each channel over a and d (two     \
+     * passes, double accumulators) */                                                                 \
+    void nb_k_moments_##SFX(int64_t a, int64_t c, int64_t d, const T *x, T *st);                      \
+    /* y [a, c, d] = (x - mean) / sqrt(var + eps) * w + b per channel, st [2, c] holding mean and var; \
+     * w, b [c] or NULL (1, 0); coef: 2c doubles of scratch */                                         \
+    void nb_k_chnorm_fw_##SFX(int64_t a, int64_t c, int64_t d, const T *x, const T *st, const T *w,    \
+                              const T *b, double eps, T *y, double *coef);                             \
+    /* the per-channel sums of the norm's backward: sg[c] = sum g, sgx[c] = sum g (x - mean) */        \
+    void nb_k_chnorm_sums_##SFX(int64_t a, int64_t c, int64_t d, const T *g, const T *x, const T *st,  \
+                                double *sg, double *sgx);                                              \
+    /* dx [a, c, d] (+)= g k[c] (acc: add, else overwrite) */                                          \
+    void nb_k_chscale_##SFX(int64_t a, int64_t c, int64_t d, const T *g, const double *k, T *dx,       \
+                            int acc);                                                                  \
+    /* dx [a, c, d] (+)= (dst[0, c] + 2 dst[1, c] (x - mean[c])) / (a d): the gradient of the moments  \
+     * for their gradient dst [2, c] */                                                                \
+    void nb_k_moments_bw_##SFX(int64_t a, int64_t c, int64_t d, const T *x, const T *st, const T *dst, \
+                               T *dx, int acc);                                                        \
+    /* batch norm with the batch's statistics, channel by channel (each channel's values stay in      \
+     * cache across its passes): st [2, c] = mean and biased variance, y = (x - mean) / sqrt(var + eps)\
+     * w + b (w, b NULL: 1, 0) */                                                                      \
+    void nb_k_bn_fw_##SFX(int64_t a, int64_t c, int64_t d, const T *x, const T *w, const T *b, double eps, \
+                          T *y, T *st);                                                                \
+    /* its backward for the gradient g of y: dx (+)= w r (g - mean g - xhat mean(g xhat)) with          \
+     * r = (var + eps)^-1/2, xhat = (x - mean) r (dx NULL: none); sg[c] = sum g, sgx[c] = sum g xhat */ \
+    void nb_k_bn_bw_##SFX(int64_t a, int64_t c, int64_t d, const T *g, const T *x, const T *st, const T *w, \
+                          double eps, T *dx, int acc, double *sg, double *sgx);                        \
+    /* dx [planes, h, w] (+)= gy scattered to each window's first maximum, found again in x (the      \
+     * positions max pooling would record) */                                                          \
+    void nb_k_maxpool_bw_##SFX(const nb_pool_geom *g, const T *x, const T *gy, T *dx, int acc);        \
+    /* idx [planes, ho, wo] = the positions of the maxima alone */                                     \
+    void nb_k_maxpool_idx_##SFX(const nb_pool_geom *g, const T *x, int64_t *idx);
+
+NB_CNN_DECLARE(float, f32)
+NB_CNN_DECLARE(double, f64)
+
+#endif

@@ -1,0 +1,899 @@
+/* Bodies of the convolution, pooling and channel-normalisation kernels, compiled once per element
+ * type by cnn_kernels.c (declared in cnn.h). Expects NB_T (element type), NB_SFX (name suffix) and
+ * NB_GEMM_K (the nb_k_gemm of that type), NB_FMA (fmaf or fma). No include guard: included once per
+ * type. */
+
+#define NB_CNN_CAT_(a, b) a##_##b
+#define NB_CNN_CAT(a, b) NB_CNN_CAT_(a, b)
+#define NB_CK(name) NB_CNN_CAT(nb_k_##name, NB_SFX)
+#define NB_CS(name) NB_CNN_CAT(name, NB_SFX) /* file-local helpers */
+
+/* ---- sums in double ---------------------------------------------------------------------------- */
+
+/* sum of r[0..n) in double, in 8 interleaved partial sums (independent additions vectorise) */
+static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)r[t + k];
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)r[t];
+    return s;
+}
+
+/* the same for the sum of g (x - m) */
+static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) p[k] += (double)g[t + k] * ((double)x[t + k] - m);
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)g[t] * ((double)x[t] - m);
+    return s;
+}
+
+/* and the sum of (x - m)^2 */
+static inline double NB_CS(sqdev8)(const NB_T *x, double m, int64_t n)
+{
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) {
+            const double e = (double)x[t + k] - m;
+            p[k] += e * e;
+        }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += ((double)x[t] - m) * ((double)x[t] - m);
+    return s;
+}
+
+/* ---- im2col / col2im over one image's output positions [p0, p1) -------------------------------- */
+
+/* col rows (c, i, j) of group grp, columns coff .. coff + p1 - p0 (row length ldc):
+ * col[(c kh + i) kw + j, coff + p - p0] = u[grp cug + c, y sh - ph + i dh, x sw - pw + j dw] for
+ * output position p = y wv + x, zero outside u. un: the image [cu, hu, wu]. */
+static void NB_CS(im2col)(const nb_conv_geom *g, int64_t grp, const NB_T *un, int64_t p0, int64_t p1, NB_T *col,
+                          int64_t ldc, int64_t coff)
+{
+    const int64_t cug = g->cu / g->groups, plane = g->hu * g->wu;
+    for (int64_t c = 0; c < cug; c++) {
+        const NB_T *src = un + (grp * cug + c) * plane;
+        for (int64_t i = 0; i < g->kh; i++) {
+            for (int64_t j = 0; j < g->kw; j++) {
+                NB_T *row = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                /* the columns x whose input column x sw - pw + j dw lies in [0, wu) */
+                const int64_t off = j * g->dw - g->pw;
+                const int64_t xlo = nb__cdiv(-off, g->sw), xhi = nb__cdiv(g->wu - off, g->sw);
+                int64_t y = p0 / g->wv, x = p0 % g->wv, q = 0, len = p1 - p0;
+                while (q < len) {
+                    int64_t run = g->wv - x < len - q ? g->wv - x : len - q;
+                    int64_t iy = y * g->sh - g->ph + i * g->dh;
+                    NB_T *o = row + q;
+                    if (iy < 0 || iy >= g->hu) {
+                        memset(o, 0, (size_t)run * sizeof(NB_T));
+                    } else {
+                        const NB_T *s = src + iy * g->wu + off;
+                        int64_t lo = xlo > x ? xlo : x, hi = xhi < x + run ? xhi : x + run;
+                        if (hi < lo) hi = lo;
+                        int64_t t = 0;
+                        for (; t < lo - x; t++) o[t] = 0;
+                        if (g->sw == 1) {
+                            memcpy(o + t, s + lo, (size_t)(hi - lo) * sizeof(NB_T));
+                            t += hi - lo;
+                        } else {
+                            for (int64_t xx = lo; xx < hi; xx++, t++) o[t] = s[xx * g->sw];
+                        }
+                        for (; t < run; t++) o[t] = 0;
+                    }
+                    q += run;
+                    x = 0;
+                    y++;
+                }
+            }
+        }
+    }
+}
+
+/* The adjoint: un[grp cug + c, ...] += the col entries that im2col would have read from there. */
+static void NB_CS(col2im)(const nb_conv_geom *g, int64_t grp, const NB_T *col, int64_t ldc, int64_t coff,
+                          NB_T *un, int64_t p0, int64_t p1)
+{
+    const int64_t cug = g->cu / g->groups, plane = g->hu * g->wu;
+    for (int64_t c = 0; c < cug; c++) {
+        NB_T *dst = un + (grp * cug + c) * plane;
+        for (int64_t i = 0; i < g->kh; i++) {
+            for (int64_t j = 0; j < g->kw; j++) {
+                const NB_T *row = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                const int64_t off = j * g->dw - g->pw;
+                const int64_t xlo = nb__cdiv(-off, g->sw), xhi = nb__cdiv(g->wu - off, g->sw);
+                int64_t y = p0 / g->wv, x = p0 % g->wv, q = 0, len = p1 - p0;
+                while (q < len) {
+                    int64_t run = g->wv - x < len - q ? g->wv - x : len - q;
+                    int64_t iy = y * g->sh - g->ph + i * g->dh;
+                    if (iy >= 0 && iy < g->hu) {
+                        NB_T *d = dst + iy * g->wu + off;
+                        const NB_T *r = row + q - x;
+                        int64_t lo = xlo > x ? xlo : x, hi = xhi < x + run ? xhi : x + run;
+                        if (g->sw == 1)
+                            for (int64_t xx = lo; xx < hi; xx++) d[xx] += r[xx];
+                        else
+                            for (int64_t xx = lo; xx < hi; xx++) d[xx * g->sw] += r[xx];
+                    }
+                    q += run;
+                    x = 0;
+                    y++;
+                }
+            }
+        }
+    }
+}
+
+/* ---- the wide grid (stride 1) ------------------------------------------------------------------ */
+
+/* up [nb, cu, plane]: channels [c0, c1) of the nb images at u (image-major [cu, hu, wu]) copied into
+ * zero-padded planes of hp x wp (then slack zeros) with the input at (ph, pw). */
+static void NB_CS(pad_planes)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, int64_t nb, int64_t c0,
+                              int64_t c1, NB_T *up)
+{
+    const int64_t wp = pl->wp, right = wp - g->pw - g->wu;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t c = c0; c < c1; c++) {
+            NB_T *d = up + (b * g->cu + c) * pl->plane;
+            const NB_T *s = u + (b * g->cu + c) * g->hu * g->wu;
+            memset(d, 0, (size_t)(g->ph * wp + g->pw) * sizeof(NB_T));
+            NB_T *r = d + g->ph * wp + g->pw;
+            for (int64_t y = 0; y < g->hu; y++, r += wp, s += g->wu) {
+                memcpy(r, s, (size_t)g->wu * sizeof(NB_T));
+                /* the right padding of this row and the left of the next */
+                if (y + 1 < g->hu) memset(r + g->wu, 0, (size_t)(right + g->pw) * sizeof(NB_T));
+            }
+            NB_T *end = d + (g->ph + g->hu - 1) * wp + g->pw + g->wu;
+            memset(end, 0, (size_t)(d + pl->plane - end) * sizeof(NB_T));
+        }
+}
+
+/* col [K, ldc] rows of group grp at column offset coff: for each (c, i, j) the hv wp positions of the
+ * wide grid of local image bl, one contiguous copy each */
+static void NB_CS(im2col_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, const NB_T *up, int64_t bl,
+                               NB_T *col, int64_t ldc)
+{
+    const int64_t cug = g->cu / g->groups, len = g->hv * pl->wp, coff = bl * len;
+    for (int64_t c = 0; c < cug; c++) {
+        const NB_T *src = up + (bl * g->cu + grp * cug + c) * pl->plane;
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++)
+                memcpy(col + ((c * g->kh + i) * g->kw + j) * ldc + coff, src + i * g->dh * pl->wp + j * g->dw,
+                       (size_t)len * sizeof(NB_T));
+    }
+}
+
+/* The adjoint into zeroed padded planes of group grp, image bl, then the interior added into (or, with
+ * !acc, written to) du's image dub. */
+static void NB_CS(col2im_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, const NB_T *col, int64_t ldc,
+                               int64_t bl, NB_T *up, NB_T *dub, int acc)
+{
+    const int64_t cug = g->cu / g->groups, len = g->hv * pl->wp, coff = bl * len;
+    for (int64_t c = 0; c < cug; c++) {
+        NB_T *dst = up + (bl * g->cu + grp * cug + c) * pl->plane;
+        memset(dst, 0, (size_t)pl->plane * sizeof(NB_T));
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const NB_T *r = col + ((c * g->kh + i) * g->kw + j) * ldc + coff;
+                NB_T *d = dst + i * g->dh * pl->wp + j * g->dw;
+                for (int64_t t = 0; t < len; t++) d[t] += r[t];
+            }
+        NB_T *o = dub + (grp * cug + c) * g->hu * g->wu;
+        const NB_T *s = dst + g->ph * pl->wp + g->pw;
+        for (int64_t y = 0; y < g->hu; y++, o += g->wu, s += pl->wp) {
+            if (acc)
+                for (int64_t x = 0; x < g->wu; x++) o[x] += s[x];
+            else
+                memcpy(o, s, (size_t)g->wu * sizeof(NB_T));
+        }
+    }
+}
+
+/* dw (+)= the chunks' partial weight gradients parts [chunks, n], added in chunk order (the result does
+ * not depend on how many threads ran the chunks) */
+static void NB_CS(sum_parts)(const nb_conv_plan *pl, const NB_T *parts, int64_t n, NB_T *dw, int dw_acc)
+{
+    for (int64_t i = 0; i < n; i++) {
+        NB_T s = dw_acc ? dw[i] : (NB_T)0;
+        for (int64_t c = 0; c < pl->chunks; c++) s += parts[c * n + i];
+        dw[i] = s;
+    }
+}
+
+/* Small K (cug kh kw, a network's first layer), backward: no matrix product (whose [ov, K] result
+ * is too small to pay for packing the gradient). The weight gradient is a dot product per (o, k) of
+ * the gradient on the wide grid with the padded plane of c shifted by (i dh, j dw), read in place; the
+ * input gradient is the adjoint sum. (The forward keeps the product: there it is the faster.)
+ * Positions go in blocks of NB_SMALL_BLOCK whose sums stay in registers across the taps; the products
+ * are fused multiply-adds (fma: one rounding, the same with every compiler), as in the BLAS kernels. */
+#define NB_SMALL_BLOCK 32
+
+/* The taps of group grp of image bl: off[k] (offset into the padded planes at up) for k < K. */
+static void NB_CS(tap_offsets)(const nb_conv_geom *g, const nb_conv_plan *pl, int64_t grp, int64_t bl, int64_t *off)
+{
+    const int64_t cug = g->cu / g->groups;
+    for (int64_t c = 0; c < cug; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++)
+                off[(c * g->kh + i) * g->kw + j] =
+                    (bl * g->cu + grp * cug + c) * pl->plane + i * g->dh * pl->wp + j * g->dw;
+}
+
+static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv,
+                                 const NB_T *w, NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp, wp = pl->wp;
+    NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
+    const int nb_nt_ = pl->threads;
+    NB_CNN_PARALLEL_FOR
+    for (int64_t ch = 0; ch < pl->chunks; ch++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *gt = up + pl->nb * g->cu * pl->plane;
+        NB_T *pdw = parts + ch * g->cv * K;
+        int64_t off[NB_CONV_SMALL_K];
+        if (dw) memset(pdw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
+        for (int64_t tile = ch * pl->tiles / pl->chunks; tile < (ch + 1) * pl->tiles / pl->chunks; tile++) {
+            const int64_t b0 = tile * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb;
+            if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+            for (int64_t bl = 0; bl < nb; bl++)
+                for (int64_t grp = 0; grp < G; grp++) {
+                    /* gt [ov, len]: the image's gradient on the wide grid, zeros in the extra columns */
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                        NB_T *d = gt + o * len;
+                        for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += wp) {
+                            int64_t x = 0;
+                            for (; x < g->wv; x++) d[x] = s[x];
+                            for (; x < wp; x++) d[x] = 0;
+                        }
+                    }
+                    NB_CS(tap_offsets)(g, pl, grp, bl, off);
+                    if (dw) {
+                        /* dw[o, k] += sum over positions of gt[o] times tap k's shifted plane: lane sums in
+                         * blocks, added up in double per image */
+                        for (int64_t o = 0; o < ov; o++) {
+                            const NB_T *go = gt + o * len;
+                            NB_T lanes[NB_CONV_SMALL_K][NB_SMALL_BLOCK];
+                            double tail[NB_CONV_SMALL_K];
+                            for (int64_t k = 0; k < K; k++) {
+                                tail[k] = 0;
+                                if (len >= NB_SMALL_BLOCK) memset(lanes[k], 0, sizeof lanes[k]);
+                            }
+                            int64_t t0 = 0;
+                            for (; t0 + NB_SMALL_BLOCK <= len; t0 += NB_SMALL_BLOCK)
+                                for (int64_t k = 0; k < K; k++) {
+                                    const NB_T *s = up + off[k] + t0;
+                                    for (int t = 0; t < NB_SMALL_BLOCK; t++) lanes[k][t] = NB_FMA(go[t0 + t], s[t], lanes[k][t]);
+                                }
+                            for (int64_t k = 0; k < K; k++) {
+                                for (int64_t t = t0; t < len; t++) tail[k] += (double)go[t] * (double)up[off[k] + t];
+                                double sum = tail[k];
+                                for (int t = 0; t < NB_SMALL_BLOCK && len >= NB_SMALL_BLOCK; t++) sum += (double)lanes[k][t];
+                                pdw[(grp * ov + o) * K + k] += (NB_T)sum;
+                            }
+                        }
+                    }
+                    if (!du) continue;
+                    /* the padded planes of the group, zeroed, receive each tap's sum over the outputs */
+                    for (int64_t c = 0; c < cug; c++)
+                        memset(up + (bl * g->cu + grp * cug + c) * pl->plane, 0, (size_t)pl->plane * sizeof(NB_T));
+                    for (int64_t k = 0; k < K; k++)
+                        for (int64_t t0 = 0; t0 < len; t0 += NB_SMALL_BLOCK) {
+                            const int64_t n = len - t0 < NB_SMALL_BLOCK ? len - t0 : NB_SMALL_BLOCK;
+                            NB_T acc[NB_SMALL_BLOCK] = {0};
+                            for (int64_t o = 0; o < ov; o++) {
+                                const NB_T a = w[(grp * ov + o) * K + k], *r = gt + o * len + t0;
+                                for (int64_t t = 0; t < n; t++) acc[t] = NB_FMA(a, r[t], acc[t]);
+                            }
+                            NB_T *d = up + off[k] + t0;
+                            for (int64_t t = 0; t < n; t++) d[t] += acc[t];
+                        }
+                    for (int64_t c = 0; c < cug; c++) {
+                        NB_T *od = du + (b0 + bl) * U + (grp * cug + c) * g->hu * g->wu;
+                        const NB_T *sp = up + (bl * g->cu + grp * cug + c) * pl->plane + g->ph * wp + g->pw;
+                        for (int64_t y = 0; y < g->hu; y++, od += g->wu, sp += wp) {
+                            if (du_acc)
+                                for (int64_t x = 0; x < g->wu; x++) od[x] += sp[x];
+                            else
+                                memcpy(od, sp, (size_t)g->wu * sizeof(NB_T));
+                        }
+                    }
+                }
+        }
+    }
+    if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
+}
+
+static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *w,
+                                const NB_T *bias, NB_T *v, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
+    const int nb_nt_ = pl->threads;
+    /* tiles of nb images, each on one thread with its own workspace */
+    NB_CNN_PARALLEL_FOR
+    for (int64_t t = 0; t < pl->tiles; t++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
+        const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+        NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+        for (int64_t grp = 0; grp < G; grp++) {
+            for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
+            NB_GEMM_K(0, 0, ov, qn, K, w + grp * ov * K, K, col, qn, tmp, 0.0);
+            /* the valid columns of the wide grid into v */
+            for (int64_t bl = 0; bl < nb; bl++)
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = tmp + o * qn + bl * len;
+                    NB_T *d = v + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                    const NB_T bo = bias ? bias[grp * ov + o] : (NB_T)0;
+                    for (int64_t y = 0; y < g->hv; y++, s += pl->wp, d += g->wv)
+                        for (int64_t x = 0; x < g->wv; x++) d[x] = s[x] + bo;
+                }
+        }
+    }
+}
+
+static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv,
+                                const NB_T *w, NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
+    NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
+    const int nb_nt_ = pl->threads;
+    /* chunk c: tiles [c T / C, (c + 1) T / C), its weight gradient in parts[c] */
+    NB_CNN_PARALLEL_FOR
+    for (int64_t c = 0; c < pl->chunks; c++) {
+        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
+        NB_T *pdw = parts + c * g->cv * K;
+        for (int64_t t = c * pl->tiles / pl->chunks; t < (c + 1) * pl->tiles / pl->chunks; t++) {
+            const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
+            const int first = t == c * pl->tiles / pl->chunks;
+            if (dw) NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
+            for (int64_t grp = 0; grp < G; grp++) {
+                /* gt [ov, qn]: gv on the wide grid, zeros in the extra columns */
+                for (int64_t bl = 0; bl < nb; bl++)
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T *s = gv + (b0 + bl) * V + (grp * ov + o) * g->hv * g->wv;
+                        NB_T *d = gt + o * qn + bl * len;
+                        for (int64_t y = 0; y < g->hv; y++, s += g->wv, d += pl->wp) {
+                            int64_t x = 0;
+                            for (; x < g->wv; x++) d[x] = s[x];
+                            for (; x < pl->wp; x++) d[x] = 0;
+                        }
+                    }
+                if (dw) {
+                    for (int64_t bl = 0; bl < nb; bl++) NB_CS(im2col_wide)(g, pl, grp, up, bl, col, qn);
+                    NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, pdw + grp * ov * K, first ? 0.0 : 1.0);
+                }
+                if (du) {
+                    NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+                    for (int64_t bl = 0; bl < nb; bl++)
+                        NB_CS(col2im_wide)(g, pl, grp, col, qn, bl, up, du + (b0 + bl) * U, du_acc);
+                }
+            }
+        }
+    }
+    if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
+}
+
+/* ---- convolution ------------------------------------------------------------------------------ */
+
+/* The images a tile of columns [q0, q0 + qn) of the folded (image, position) index covers: image b,
+ * its positions [p0, p1), at tile column coff. */
+#define NB_FOR_SEGMENTS(q0, qn, P, ...)                                                                \
+    do {                                                                                               \
+        for (int64_t b = (q0) / (P); b * (P) < (q0) + (qn); b++) {                                     \
+            int64_t p0 = (q0) - b * (P) > 0 ? (q0) - b * (P) : 0;                                      \
+            int64_t p1 = (q0) + (qn) - b * (P) < (P) ? (q0) + (qn) - b * (P) : (P);                    \
+            int64_t coff = b * (P) + p0 - (q0);                                                        \
+            __VA_ARGS__;                                                                               \
+        }                                                                                              \
+    } while (0)
+
+void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *w,
+                    const NB_T *bias, NB_T *v, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t P = g->hv * g->wv, U = g->cu * g->hu * g->wu, V = g->cv * P, total = g->n * P;
+    if (P == 0 || g->cv == 0) return;
+    if (pl->direct) {
+        /* v_b[grp] [ov, P] = w_g [ov, cug] u_b[grp] [cug, P], image by image */
+        for (int64_t b = 0; b < g->n; b++)
+            for (int64_t grp = 0; grp < G; grp++) {
+                NB_T *vo = v + b * V + grp * ov * P;
+                NB_GEMM_K(0, 0, ov, P, cug, w + grp * ov * cug, cug, u + b * U + grp * cug * P, P, vo, 0.0);
+                if (bias)
+                    for (int64_t o = 0; o < ov; o++) {
+                        const NB_T bo = bias[grp * ov + o];
+                        NB_T *r = vo + o * P;
+                        for (int64_t t = 0; t < P; t++) r[t] += bo;
+                    }
+            }
+        return;
+    }
+    if (pl->wide) {
+        NB_CS(conv_fw_wide)(g, pl, u, w, bias, v, ws);
+        return;
+    }
+    const int nb_nt_ = pl->threads;
+    NB_CNN_PARALLEL_FOR
+    for (int64_t tile = 0; tile < pl->tiles; tile++) {
+        NB_T *col = ws + nb__cnn_tid() * pl->ws_elems, *tmp = col + K * pl->q;
+        const int64_t q0 = tile * pl->q, qn = total - q0 < pl->q ? total - q0 : pl->q;
+        for (int64_t grp = 0; grp < G; grp++) {
+            NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
+            /* tmp [ov, qn] = w_g [ov, K] col [K, qn] */
+            NB_GEMM_K(0, 0, ov, qn, K, w + grp * ov * K, K, col, qn, tmp, 0.0);
+            NB_FOR_SEGMENTS(q0, qn, P, {
+                for (int64_t o = 0; o < ov; o++) {
+                    const NB_T *s = tmp + o * qn + coff;
+                    NB_T *d = v + b * V + (grp * ov + o) * P + p0;
+                    const int64_t len = p1 - p0;
+                    if (bias) {
+                        const NB_T bo = bias[grp * ov + o];
+                        for (int64_t t = 0; t < len; t++) d[t] = s[t] + bo;
+                    } else {
+                        memcpy(d, s, (size_t)len * sizeof(NB_T));
+                    }
+                }
+            });
+        }
+    }
+}
+
+void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv, const NB_T *w,
+                    NB_T *du, int du_acc, NB_T *dw, int dw_acc, NB_T *ws)
+{
+    const int64_t G = g->groups, cug = g->cu / G, ov = g->cv / G, K = cug * g->kh * g->kw;
+    const int64_t P = g->hv * g->wv, U = g->cu * g->hu * g->wu, V = g->cv * P, total = g->n * P;
+    if (du && !du_acc && (total == 0 || g->cv == 0 || (!pl->direct && !pl->wide)))
+        memset(du, 0, (size_t)(g->n * U) * sizeof(NB_T)); /* col2im adds */
+    if (dw && !dw_acc && (total == 0 || g->cv == 0)) memset(dw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
+    if (total == 0 || g->cv == 0) return;
+    if (pl->direct) {
+        for (int64_t b = 0; b < g->n; b++)
+            for (int64_t grp = 0; grp < G; grp++) {
+                const NB_T *gb = gv + b * V + grp * ov * P;
+                /* dw_g [ov, cug] (+)= gv_b[grp] [ov, P] u_b[grp]^T [P, cug] */
+                if (dw)
+                    NB_GEMM_K(0, 1, ov, cug, P, gb, P, u + b * U + grp * cug * P, P, dw + grp * ov * cug,
+                              b == 0 && !dw_acc ? 0.0 : 1.0);
+                /* du_b[grp] [cug, P] (+)= w_g^T [cug, ov] gv_b[grp] [ov, P] */
+                if (du)
+                    NB_GEMM_K(1, 0, cug, P, ov, w + grp * ov * cug, cug, gb, P, du + b * U + grp * cug * P,
+                              du_acc ? 1.0 : 0.0);
+            }
+        return;
+    }
+    if (pl->small) {
+        NB_CS(conv_bw_small)(g, pl, u, gv, w, du, du_acc, dw, dw_acc, ws);
+        return;
+    }
+    if (pl->wide) {
+        NB_CS(conv_bw_wide)(g, pl, u, gv, w, du, du_acc, dw, dw_acc, ws);
+        return;
+    }
+    NB_T *col = ws, *gt = ws + K * pl->q;
+    for (int64_t q0 = 0; q0 < total; q0 += pl->q) {
+        const int64_t qn = total - q0 < pl->q ? total - q0 : pl->q;
+        for (int64_t grp = 0; grp < G; grp++) {
+            /* gt [ov, qn]: the tile's columns of gv, group grp */
+            NB_FOR_SEGMENTS(q0, qn, P, {
+                for (int64_t o = 0; o < ov; o++)
+                    memcpy(gt + o * qn + coff, gv + b * V + (grp * ov + o) * P + p0, (size_t)(p1 - p0) * sizeof(NB_T));
+            });
+            if (dw) {
+                NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
+                /* dw_g [ov, K] (+)= gt [ov, qn] col^T [qn, K] */
+                NB_GEMM_K(0, 1, ov, K, qn, gt, qn, col, qn, dw + grp * ov * K, q0 == 0 && !dw_acc ? 0.0 : 1.0);
+            }
+            if (du) {
+                /* col [K, qn] = w_g^T [K, ov] gt [ov, qn], then added into du where it came from */
+                NB_GEMM_K(1, 0, K, qn, ov, w + grp * ov * K, K, gt, qn, col, 0.0);
+                NB_FOR_SEGMENTS(q0, qn, P, NB_CS(col2im)(g, grp, col, qn, coff, du + b * U, p0, p1));
+            }
+        }
+    }
+}
+
+void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
+{
+    const int nb_nt_ = nb__cnn_threads(n * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0;
+        for (int64_t b = 0; b < n; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
+        out[k] = acc ? (NB_T)((double)out[k] + s) : (NB_T)s;
+    }
+}
+
+void NB_CK(channel_fill)(int64_t n, int64_t c, int64_t d, const NB_T *bias, NB_T *x)
+{
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t k = 0; k < c; k++) {
+            NB_T *r = x + (b * c + k) * d;
+            const NB_T v = bias ? bias[k] : (NB_T)0;
+            for (int64_t t = 0; t < d; t++) r[t] = v;
+        }
+}
+
+/* ---- pooling ---------------------------------------------------------------------------------- */
+
+/* The maximum of window (oy, ox) of plane xp and its flat position: the first element inside the
+ * window holds it until a larger one comes (or a NaN: as PyTorch, the last NaN wins). */
+static inline NB_T NB_CS(window_max)(const nb_pool_geom *g, const NB_T *xp, int64_t oy, int64_t ox, int64_t *at)
+{
+    const int64_t hs = oy * g->sh - g->ph, ws = ox * g->sw - g->pw;
+    const int64_t i0 = hs < 0 ? nb__cdiv(-hs, g->dh) : 0, j0 = ws < 0 ? nb__cdiv(-ws, g->dw) : 0;
+    int64_t best = (hs + i0 * g->dh) * g->w + ws + j0 * g->dw;
+    NB_T bv = -INFINITY;
+    for (int64_t i = i0; i < g->kh; i++) {
+        const int64_t r = hs + i * g->dh;
+        if (r >= g->h) break;
+        for (int64_t j = j0; j < g->kw; j++) {
+            const int64_t cc = ws + j * g->dw;
+            if (cc >= g->w) break;
+            const NB_T v = xp[r * g->w + cc];
+            if (v > bv || v != v) {
+                bv = v;
+                best = r * g->w + cc;
+            }
+        }
+    }
+    *at = best;
+    return bv;
+}
+
+/* the 2x2 windows of stride 2 without padding or dilation, inside the plane */
+static inline int NB_CS(is_2x2)(const nb_pool_geom *g)
+{
+    return g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0 && g->dh == 1 &&
+           g->dw == 1 && 2 * g->ho <= g->h && 2 * g->wo <= g->w;
+}
+
+/* The position (0..3, row-major) of the maximum of a 2x2 window, and its value: the first maximum,
+ * or the last NaN (as the general loop). Written without data-dependent branches (max instructions,
+ * 0/1 arithmetic): pooled activations go up and down at random, and mispredicted branches cost more
+ * than the work. */
+static inline int NB_CS(max4)(NB_T v0, NB_T v1, NB_T v2, NB_T v3, NB_T *out)
+{
+    NB_T m = v1 > v0 ? v1 : v0;
+    m = v2 > m ? v2 : m;
+    m = v3 > m ? v3 : m;
+    const int n0 = v0 != v0, n1 = v1 != v1, n2 = v2 != v2, n3 = v3 != v3;
+    const int e0 = v0 == m, e1 = v1 == m, e2 = v2 == m;
+    const int first = (1 - e0) * (1 + (1 - e1) * (1 + (1 - e2)));
+    const int last_nan = n3 ? 3 : n2 ? 2 : n1 ? 1 : 0;
+    const int any_nan = n0 | n1 | n2 | n3;
+    *out = any_nan ? v0 + v1 + v2 + v3 : m;
+    return any_nan ? last_nan : first;
+}
+
+void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *idx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const NB_T *xp = x + pl * in_plane;
+        NB_T *yp = y + pl * out_plane;
+        int64_t *ip = idx ? idx + pl * out_plane : NULL;
+        if (NB_CS(is_2x2)(g) && ip) {
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    int bi = NB_CS(max4)(r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1], &yp[oy * g->wo + ox]);
+                    ip[oy * g->wo + ox] = (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
+                }
+            }
+            continue;
+        }
+        if (NB_CS(is_2x2)(g)) {
+            /* values only: the maximum of the two rows, then of the column pairs (NaN propagates),
+             * loops of selects that vectorise */
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                NB_T *yo = yp + oy * g->wo;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    const NB_T a = r0[2 * ox] > r1[2 * ox] ? r0[2 * ox] : r1[2 * ox];
+                    const NB_T b = r0[2 * ox + 1] > r1[2 * ox + 1] ? r0[2 * ox + 1] : r1[2 * ox + 1];
+                    const NB_T m = a > b ? a : b;
+                    const NB_T nan = r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1];
+                    yo[ox] = nan != nan && (r0[2 * ox] != r0[2 * ox] || r0[2 * ox + 1] != r0[2 * ox + 1] ||
+                                            r1[2 * ox] != r1[2 * ox] || r1[2 * ox + 1] != r1[2 * ox + 1])
+                                 ? nan
+                                 : m;
+                }
+            }
+            continue;
+        }
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t at;
+                yp[oy * g->wo + ox] = NB_CS(window_max)(g, xp, oy, ox, &at);
+                if (ip) ip[oy * g->wo + ox] = at;
+            }
+    }
+}
+
+void NB_CK(maxpool_idx)(const nb_pool_geom *g, const NB_T *x, int64_t *idx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++)
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++)
+                NB_CS(window_max)(g, x + pl * in_plane, oy, ox, idx + pl * out_plane + oy * g->wo + ox);
+}
+
+void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_T *dx, int acc)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    if (NB_CS(is_2x2)(g)) {
+        /* the windows tile the plane: each element is written once (an odd extent's last row or column,
+         * in no window, gets 0) */
+        NB_CNN_PARALLEL_FOR
+        for (int64_t pl = 0; pl < g->planes; pl++) {
+            const NB_T *xp = x + pl * in_plane, *gp = gy + pl * out_plane;
+            NB_T *dp = dx + pl * in_plane;
+            if (!acc && (2 * g->ho < g->h || 2 * g->wo < w)) memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
+            for (int64_t oy = 0; oy < g->ho; oy++) {
+                const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+                NB_T *d0 = dp + 2 * oy * w, *d1 = d0 + w;
+                for (int64_t ox = 0; ox < g->wo; ox++) {
+                    NB_T bv;
+                    const int bi = NB_CS(max4)(r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1], &bv);
+                    const NB_T gv = gp[oy * g->wo + ox];
+                    NB_T *at = (bi < 2 ? d0 : d1) + 2 * ox + (bi & 1);
+                    if (!acc) d0[2 * ox] = d0[2 * ox + 1] = d1[2 * ox] = d1[2 * ox + 1] = 0;
+                    *at += gv;
+                }
+            }
+        }
+        return;
+    }
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        if (!acc) memset(dx + pl * in_plane, 0, (size_t)in_plane * sizeof(NB_T));
+        for (int64_t oy = 0; oy < g->ho; oy++)
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t at;
+                NB_CS(window_max)(g, x + pl * in_plane, oy, ox, &at);
+                dx[pl * in_plane + at] += gy[pl * out_plane + oy * g->wo + ox];
+            }
+    }
+}
+
+/* The window of output oy along one axis: [*s, *e) clipped to [0, n), and its size for the divisor. */
+static inline int64_t NB_CS(pool_window)(const nb_pool_geom *g, int rows, int64_t o, int64_t *s, int64_t *e)
+{
+    const int64_t n = rows ? g->h : g->w, no = rows ? g->ho : g->wo;
+    if (g->adaptive) {
+        *s = (o * n) / no;
+        *e = ((o + 1) * n + no - 1) / no;
+        return *e - *s;
+    }
+    const int64_t k = rows ? g->kh : g->kw, st = rows ? g->sh : g->sw, pad = rows ? g->ph : g->pw;
+    int64_t a = o * st - pad, z = a + k;
+    if (z > n + pad) z = n + pad;
+    const int64_t size = z - a;
+    *s = a < 0 ? 0 : a;
+    *e = z > n ? n : z;
+    return size;
+}
+
+void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const NB_T *xp = x + pl * in_plane;
+        NB_T *yp = y + pl * out_plane;
+        for (int64_t oy = 0; oy < g->ho; oy++) {
+            int64_t r0, r1;
+            const int64_t sh = NB_CS(pool_window)(g, 1, oy, &r0, &r1);
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t c0, c1;
+                const int64_t sw = NB_CS(pool_window)(g, 0, ox, &c0, &c1);
+                double s = 0;
+                if (r1 <= r0 || c1 <= c0) { /* a window of padding only: 0, as PyTorch */
+                    yp[oy * g->wo + ox] = 0;
+                    continue;
+                }
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = c0; c < c1; c++) s += (double)xp[r * g->w + c];
+                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
+                yp[oy * g->wo + ox] = (NB_T)(s / (double)div);
+            }
+        }
+    }
+}
+
+void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
+{
+    const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
+    const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        NB_T *dp = dx + pl * in_plane;
+        memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
+        const NB_T *gp = gy + pl * out_plane;
+        for (int64_t oy = 0; oy < g->ho; oy++) {
+            int64_t r0, r1;
+            const int64_t sh = NB_CS(pool_window)(g, 1, oy, &r0, &r1);
+            for (int64_t ox = 0; ox < g->wo; ox++) {
+                int64_t c0, c1;
+                const int64_t sw = NB_CS(pool_window)(g, 0, ox, &c0, &c1);
+                if (r1 <= r0 || c1 <= c0) continue;
+                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
+                const NB_T v = (NB_T)((double)gp[oy * g->wo + ox] / (double)div);
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = c0; c < c1; c++) dp[r * g->w + c] += v;
+            }
+        }
+    }
+}
+
+/* ---- channel moments and normalisation -------------------------------------------------------- */
+
+void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
+{
+    const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0;
+        for (int64_t b = 0; b < a; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
+        const double mean = s / m;
+        double v = 0;
+        for (int64_t b = 0; b < a; b++) v += NB_CS(sqdev8)(x + (b * c + k) * d, mean, d);
+        st[k] = (NB_T)mean;
+        st[c + k] = (NB_T)(v / m);
+    }
+}
+
+void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *w, const NB_T *b,
+                      double eps, NB_T *y, double *coef)
+{
+    /* y = x scale + shift with scale = w / sqrt(var + eps), shift = b - mean scale */
+    for (int64_t k = 0; k < c; k++) {
+        const double r = 1.0 / sqrt((double)st[c + k] + eps);
+        const double sc = w ? r * (double)w[k] : r;
+        coef[k] = sc;
+        coef[c + k] = (b ? (double)b[k] : 0.0) - (double)st[k] * sc;
+    }
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t k = 0; k < c; k++) {
+            const NB_T *xr = x + (i * c + k) * d;
+            NB_T *yr = y + (i * c + k) * d;
+            const NB_T sc = (NB_T)coef[k], sh = (NB_T)coef[c + k];
+            for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * sc + sh;
+        }
+}
+
+void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, double *sg,
+                        double *sgx)
+{
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t k = 0; k < c; k++) {
+        const double mean = (double)st[k];
+        double s = 0, sx = 0;
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
+            s += NB_CS(sum8)(gr, d);
+            sx += NB_CS(dot8)(gr, xr, mean, d);
+        }
+        sg[k] = s;
+        sgx[k] = sx;
+    }
+}
+
+void NB_CK(chscale)(int64_t a, int64_t c, int64_t d, const NB_T *g, const double *k, NB_T *dx, int acc)
+{
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const NB_T *gr = g + (i * c + ch) * d;
+            NB_T *dr = dx + (i * c + ch) * d;
+            const NB_T s = (NB_T)k[ch];
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * s;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * s;
+        }
+}
+
+void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *dst, NB_T *dx,
+                       int acc)
+{
+    const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const NB_T *xr = x + (i * c + ch) * d;
+            NB_T *dr = dx + (i * c + ch) * d;
+            /* (dmean + 2 dvar (x - mean)) / m = x k1 + k0 */
+            const double k1 = 2.0 * (double)dst[c + ch] / m;
+            const NB_T s = (NB_T)k1, o = (NB_T)((double)dst[ch] / m - k1 * (double)st[ch]);
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += xr[t] * s + o;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = xr[t] * s + o;
+        }
+}
+
+/* ---- batch norm, fused ------------------------------------------------------------------------ */
+
+void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w, const NB_T *b, double eps, NB_T *y,
+                  NB_T *st)
+{
+    const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0, v = 0;
+        for (int64_t i = 0; i < a; i++) s += NB_CS(sum8)(x + (i * c + k) * d, d);
+        const double mean = s / m;
+        for (int64_t i = 0; i < a; i++) v += NB_CS(sqdev8)(x + (i * c + k) * d, mean, d);
+        st[k] = (NB_T)mean;
+        st[c + k] = (NB_T)(v / m);
+        /* with the statistics as stored (what the backward reads) */
+        const double r = 1.0 / sqrt((double)st[c + k] + eps), sc = w ? r * (double)w[k] : r;
+        const NB_T scale = (NB_T)sc, shift = (NB_T)((b ? (double)b[k] : 0.0) - (double)st[k] * sc);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *xr = x + (i * c + k) * d;
+            NB_T *yr = y + (i * c + k) * d;
+            for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * scale + shift;
+        }
+    }
+}
+
+void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, const NB_T *w,
+                  double eps, NB_T *dx, int acc, double *sg, double *sgx)
+{
+    const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_PARALLEL_FOR
+    for (int64_t k = 0; k < c; k++) {
+        const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = w ? (double)w[k] * r : r;
+        double s = 0, sx = 0;
+        for (int64_t i = 0; i < a; i++) {
+            s += NB_CS(sum8)(g + (i * c + k) * d, d);
+            sx += NB_CS(dot8)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d);
+        }
+        sg[k] = s;
+        sgx[k] = sx * r; /* sum g xhat */
+        if (!dx) continue;
+        /* dx = wr (g - s / m - (x - mean) r^2 sx / m) = g P + x Q + O */
+        const double q = -wr * r * r * sx / m;
+        const NB_T P = (NB_T)wr, Q = (NB_T)q, O = (NB_T)(-wr * s / m - q * mean);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
+            NB_T *dr = dx + (i * c + k) * d;
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * P + xr[t] * Q + O;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
+        }
+    }
+}
+
+#undef NB_FOR_SEGMENTS
+#undef NB_SMALL_BLOCK
+#undef NB_CS
+#undef NB_CK
+#undef NB_CNN_CAT
+#undef NB_CNN_CAT_
