@@ -93,6 +93,19 @@ typedef struct nb_pool_geom {
     int count_include_pad, adaptive;
 } nb_pool_geom;
 
+/* Geometry arithmetic of the public functions (conv.c, pool.c): every stride, padding, dilation,
+ * output_padding and pooling kernel is at most NB_GEOM_MAX, and a kernel's span d (k - 1) + 1 is
+ * computed with nb__geom_mad, so that the extents and window positions the checks and the kernels
+ * derive from them (sums of a few such terms) cannot overflow int64. */
+#define NB_GEOM_MAX ((int64_t)1 << 61)
+/* *r = a b + c; false when that overflows or leaves [-NB_GEOM_MAX, NB_GEOM_MAX] */
+static inline bool nb__geom_mad(int64_t a, int64_t b, int64_t c, int64_t *r)
+{
+    int64_t p;
+    return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(p, c, r) && *r <= NB_GEOM_MAX &&
+           *r >= -NB_GEOM_MAX;
+}
+
 /* ceil(a / b) for b > 0 and any a */
 static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 

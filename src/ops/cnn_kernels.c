@@ -81,15 +81,19 @@ void nb__conv_plan(const nb_conv_geom *g, size_t esize, nb_conv_plan *p)
     if (p->direct || total == 0) return;
     const int64_t budget = NB_CONV_WS_BYTES / (int64_t)esize;
     /* the work of the tiles: output positions times taps (and the input it reads) */
-    const int64_t work = total * (g->cv + K) + g->n * g->cu * g->hu * g->wu;
+    const double fwork = (double)total * (double)(g->cv + K) + (double)g->n * g->cu * g->hu * g->wu;
+    const int64_t work = fwork < 0x1p62 ? (int64_t)fwork : INT64_MAX / 2;
     if (g->sh == 1 && g->sw == 1) {
         /* the padded plane holds the input at (ph, pw) and every tap of every wide position */
         int64_t hp = g->hv + (g->kh - 1) * g->dh, wp = g->wv + (g->kw - 1) * g->dw;
         if (hp < g->ph + g->hu) hp = g->ph + g->hu;
         if (wp < g->pw + g->wu) wp = g->pw + g->wu;
-        const int64_t plane = hp * wp + (g->kw - 1) * g->dw, per_image = g->cu * plane + rows * g->hv * wp;
+        /* (in double: with a large padding or dilation the products may leave int64) */
+        const double fplane = (double)hp * wp + (double)(g->kw - 1) * g->dw,
+                     fper = g->cu * fplane + (double)rows * g->hv * wp;
         /* worth it while the wide grid wastes little (wp against wv) and one image fits four budgets */
-        if (wp * 4 <= g->wv * 5 && per_image <= 4 * budget) {
+        if ((double)wp * 4 <= (double)g->wv * 5 && fper <= 4.0 * budget) {
+            const int64_t plane = (int64_t)fplane, per_image = (int64_t)fper;
             int64_t nb = per_image <= budget ? budget / per_image : 1;
             if (nb > g->n) nb = g->n;
             p->wide = 1;

@@ -710,8 +710,9 @@ void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
                 }
                 for (int64_t r = r0; r < r1; r++)
                     for (int64_t c = c0; c < c1; c++) s += (double)xp[r * g->w + c];
-                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
-                yp[oy * g->wo + ox] = (NB_T)(s / (double)div);
+                const double div = g->count_include_pad || g->adaptive ? (double)sh * (double)sw
+                                                                       : (double)((r1 - r0) * (c1 - c0));
+                yp[oy * g->wo + ox] = (NB_T)(s / div);
             }
         }
     }
@@ -733,8 +734,9 @@ void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
                 int64_t c0, c1;
                 const int64_t sw = NB_CS(pool_window)(g, 0, ox, &c0, &c1);
                 if (r1 <= r0 || c1 <= c0) continue;
-                const int64_t div = g->count_include_pad || g->adaptive ? sh * sw : (r1 - r0) * (c1 - c0);
-                const NB_T v = (NB_T)((double)gp[oy * g->wo + ox] / (double)div);
+                const double div = g->count_include_pad || g->adaptive ? (double)sh * (double)sw
+                                                                       : (double)((r1 - r0) * (c1 - c0));
+                const NB_T v = (NB_T)((double)gp[oy * g->wo + ox] / div);
                 for (int64_t r = r0; r < r1; r++)
                     for (int64_t c = c0; c < c1; c++) dp[r * g->w + c] += v;
             }

@@ -267,6 +267,12 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         if (mode == 1 && o.output_padding[d] < 0)
             return nb__fail(NB_ERR_ARG, "%s: input %s: output_padding %s must not be negative", who, NB_SHP(x),
                             vals(dims, o.output_padding)), false;
+        if (o.stride[d] > NB_GEOM_MAX || o.dilation[d] > NB_GEOM_MAX || o.padding[d] > NB_GEOM_MAX ||
+            (mode == 1 && o.output_padding[d] > NB_GEOM_MAX) || (mode == 2 && kernel[d] > NB_GEOM_MAX))
+            return nb__fail(NB_ERR_ARG, "%s: input %s: stride %s, padding %s, dilation %s%s%s: each must be at most "
+                            "2^61", who, NB_SHP(x), vals(dims, o.stride), vals(dims, o.padding),
+                            vals(dims, o.dilation), mode == 2 ? ", kernel " : mode == 1 ? ", output_padding " : "",
+                            mode == 2 ? vals(dims, kernel) : mode == 1 ? vals(dims, o.output_padding) : ""), false;
     }
     if (o.groups < 1)
         return nb__fail(NB_ERR_ARG, "%s: input %s: groups %lld must be at least 1 (start from nb_conv_defaults())",
@@ -327,14 +333,19 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
     }
     for (int d = off; d < 2; d++) {
         const int ud = d - off; /* the user's dim */
-        const int64_t span = D[d] * (K[d] - 1) + 1;
+        int64_t span, lmul;
+        if (!nb__geom_mad(D[d], K[d] - 1, 1, &span) || !nb__geom_mad(L[d] > 0 ? L[d] - 1 : 0, S[d], 0, &lmul))
+            return nb__fail(NB_ERR_SHAPE, "%s: input %s, %s %s: the extents overflow along spatial dim %d (stride %s, "
+                            "dilation %s)", who, NB_SHP(x), mode == 2 ? "kernel" : "weight",
+                            mode == 2 ? vals(dims, kernel) : NB_SHP(w), ud, vals(dims, o.stride),
+                            vals(dims, o.dilation)), false;
         if (mode == 1) {
             const int64_t op = o.output_padding[ud];
             if (op >= S[d] && op >= D[d])
                 return nb__fail(NB_ERR_ARG, "%s: input %s: output_padding %s must be smaller than the stride %s or "
                                 "the dilation %s", who, NB_SHP(x), vals(dims, o.output_padding), vals(dims, o.stride),
                                 vals(dims, o.dilation)), false;
-            out[d] = (L[d] - 1) * S[d] - 2 * P[d] + span - 1 + op + 1;
+            out[d] = lmul - 2 * P[d] + span - 1 + op + 1; /* each term within 2^62: no overflow */
             if (L[d] < 1 || out[d] < 1)
                 return nb__fail(NB_ERR_SHAPE, "%s: input %s, weight %s: the output would have extent %lld along "
                                 "spatial dim %d", who, NB_SHP(x), NB_SHP(w), (long long)(L[d] < 1 ? 0 : out[d]),
@@ -384,8 +395,9 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         cc->out[3] = out[1];
     }
     /* the products' dimensions must fit BLAS's integers */
-    const int64_t kdim = (C / G) * K[0] * K[1];
-    if (kdim > INT32_MAX || O > INT32_MAX || C > INT32_MAX || out[0] * out[1] > INT32_MAX || L[0] * L[1] > INT32_MAX)
+    int64_t kdim = 0;
+    if (__builtin_mul_overflow(C / G, K[0], &kdim) || __builtin_mul_overflow(kdim, K[1], &kdim) || kdim > INT32_MAX ||
+        O > INT32_MAX || C > INT32_MAX || out[0] > INT32_MAX / out[1] || (L[1] > 0 && L[0] > INT32_MAX / L[1]))
         return nb__fail(NB_ERR_SHAPE, "%s: input %s, %s %s: dimensions exceed the BLAS integer range", who, NB_SHP(x),
                         wname, NB_SHP(w)), false;
     if (!nb__check_shape(who, 4, cc->out)) return false;

@@ -150,6 +150,9 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
         if (o.dilation[d] < 0 || (!maxpool && o.dilation[d] > 1))
             return nb__fail(NB_ERR_ARG, "%s: input %s: dilation %s: %s", who, NB_SHP(x), vals(dims, o.dilation),
                             maxpool ? "must not be negative (0: 1)" : "average pooling has none"), false;
+        if (kernel[d] > NB_GEOM_MAX || o.stride[d] > NB_GEOM_MAX || o.dilation[d] > NB_GEOM_MAX)
+            return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s, stride %s, dilation %s: each must be at most 2^61",
+                            who, NB_SHP(x), vals(dims, kernel), vals(dims, o.stride), vals(dims, o.dilation)), false;
         if (o.padding[d] < 0 || o.padding[d] > kernel[d] / 2)
             return nb__fail(NB_ERR_ARG, "%s: input %s: padding %s must be between 0 and half the kernel %s", who,
                             NB_SHP(x), vals(dims, o.padding), vals(dims, kernel)), false;
@@ -161,7 +164,11 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
     }
     for (int d = off; d < 2; d++) {
         const int ud = d - off;
-        const int64_t span = D[d] * (K[d] - 1) + 1, room = L[d] + 2 * P[d] - span;
+        int64_t span;
+        if (!nb__geom_mad(D[d], K[d] - 1, 1, &span))
+            return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s with dilation %s spans more than 2^61", who, NB_SHP(x),
+                            vals(dims, kernel), vals(dims, o.dilation)), false;
+        const int64_t room = L[d] + 2 * P[d] - span; /* each term within 2^61: no overflow */
         const int64_t num = room + (o.ceil_mode ? S[d] - 1 : 0);
         int64_t n = (num >= 0 ? num / S[d] : -nb__cdiv(-num, S[d])) + 1; /* floor division, as PyTorch */
         /* with ceil_mode, a last window that would start past the input's padded beginning is dropped */
@@ -172,7 +179,10 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
                             vals(dims, o.dilation), vals(dims, o.padding), ud), false;
         out[d] = n;
         /* every window must reach into the input (a dilated window can skip over a short one) */
+        /* (only the windows that start in the padding, and the last one, can: the others start inside) */
+        const int64_t in_pad = nb__cdiv(P[d], S[d]);
         for (int64_t w = 0; maxpool && w < n; w++) {
+            if (w >= in_pad && w < n - 1) w = n - 1;
             const int64_t s = w * S[d] - P[d], i0 = s < 0 ? nb__cdiv(-s, D[d]) : 0;
             if (i0 >= K[d] || s + i0 * D[d] >= L[d])
                 return nb__fail(NB_ERR_SHAPE, "%s: input %s: window %lld along spatial dim %d covers only padding "

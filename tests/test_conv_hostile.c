@@ -1,0 +1,102 @@
+/* The convolutional family the way hostile users break it (a review of issue 10's merge): geometry
+ * whose arithmetic overflows int64, and further cases added with each fix below. Every case is a clear
+ * error naming the op, or a result checked against known values. */
+#include "nbtest.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ---- geometry that overflows int64 --------------------------------------------------------------
+ * Strides, paddings, dilations and kernels near INT64_MAX made the checks compute the kernel's span,
+ * the padded extent and the transposed output extent with signed overflow (UBSan: "signed integer
+ * overflow" in conv.c, pool.c and the plan; the errors named wrapped extents such as "the padded
+ * input's -9223372036854775805"). They are refused now; large but representable ones still work. */
+static void huge_geometry(void)
+{
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *x = nb_ones(NB_F32, NB_SHAPE(1, 2, 5, 5)), *w = nb_ones(NB_F32, NB_SHAPE(3, 2, 3, 3));
+    nb_tensor *wt = nb_ones(NB_F32, NB_SHAPE(2, 3, 3, 3)), *w31 = nb_ones(NB_F32, NB_SHAPE(1, 1, 3, 1));
+    nb_tensor *x1 = nb_ones(NB_F32, NB_SHAPE(1, 1, 5, 5));
+    const int64_t big = INT64_MAX / 2, max = INT64_MAX;
+    nb_conv_opts o = nb_conv_defaults();
+    o.dilation[0] = big;
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &o), NB_ERR_ARG, "nb_conv2d: input [1,2,5,5]: stride (1, 1), padding (0, 0), "
+                "dilation (4611686018427387903, 1): each must be at most 2^61");
+    o = nb_conv_defaults();
+    o.padding[0] = big;
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &o), NB_ERR_ARG, "padding (4611686018427387903, 0)");
+    o = nb_conv_defaults();
+    o.stride[1] = max;
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &o), NB_ERR_ARG, "stride (1, 9223372036854775807)");
+    o = nb_conv_defaults();
+    o.padding[0] = INT64_MAX / 4; /* representable, but the output's extent is not a BLAS integer */
+    CHECK_ERROR(!nb_conv2d(x, w, NULL, &o), NB_ERR_SHAPE, "dimensions exceed the BLAS integer range");
+    o = nb_conv_defaults();
+    o.stride[0] = big;
+    CHECK_ERROR(!nb_conv_transpose2d(x, wt, NULL, &o), NB_ERR_ARG, "nb_conv_transpose2d: input [1,2,5,5]: stride");
+    o = nb_conv_defaults();
+    o.stride[0] = (int64_t)1 << 60; /* (H - 1) stride fits, the result is too large */
+    o.output_padding[0] = 1;
+    CHECK_ERROR(!nb_conv_transpose2d(x, wt, NULL, &o), NB_ERR_SHAPE, "nb_conv_transpose2d");
+    o = nb_conv_defaults();
+    o.dilation[0] = (int64_t)1 << 61; /* a span of 2^62 + 1 */
+    CHECK_ERROR(!nb_conv_transpose2d(x, wt, NULL, &o), NB_ERR_SHAPE, "the extents overflow along spatial dim 0");
+    o = nb_conv_defaults();
+    o.output_padding[1] = max;
+    o.dilation[1] = max;
+    CHECK_ERROR(!nb_conv_transpose2d(x, wt, NULL, &o), NB_ERR_ARG, "each must be at most 2^61");
+    CHECK_ERROR(!nb_conv2d_weight(x, nb_ones(NB_F32, NB_SHAPE(1, 3, 3, 3)), max, 3, NULL), NB_ERR_ARG,
+                "nb_conv2d_weight: input [1,2,5,5]: stride (1, 1), padding (0, 0), dilation (1, 1), kernel "
+                "(9223372036854775807, 3)");
+    /* 'same' padding with a dilation so large that only the centre tap meets the input: the input itself
+     * (the wide grid's padded plane would be 2^41 rows: the plan must not take it) */
+    o = nb_conv_defaults();
+    o.same_padding = 1;
+    o.dilation[0] = (int64_t)1 << 40;
+    nb_tensor *y = nb_conv2d(x1, w31, NULL, &o);
+    CHECK(y && nb_tensor_dim(y, 2) == 5 && nb_tensor_dim(y, 3) == 5, "'same', dilation 2^40: %s", nb_error_message());
+    for (int64_t i = 0; y && i < 25; i++) CHECK(nb_tensor_get(y, i) == 1, "'same', dilation 2^40: y[%lld]", (long long)i);
+    /* pooling */
+    nb_pool_opts po = nb_pool_defaults();
+    po.dilation[0] = big;
+    CHECK_ERROR(!nb_max_pool2d(x, 3, 3, &po), NB_ERR_ARG, "nb_max_pool2d: input [1,2,5,5]: kernel (3, 3), stride (0, 0), "
+                "dilation (4611686018427387903, 0): each must be at most 2^61");
+    po = nb_pool_defaults();
+    po.padding[0] = big;
+    CHECK_ERROR(!nb_avg_pool2d(x, max, 3, &po), NB_ERR_ARG, "nb_avg_pool2d: input [1,2,5,5]: kernel (9223372036854775807, 3)");
+    po = nb_pool_defaults();
+    po.dilation[0] = (int64_t)1 << 61;
+    CHECK_ERROR(!nb_max_pool2d(x, 3, 3, &po), NB_ERR_ARG, "spans more than 2^61");
+    po = nb_pool_defaults();
+    po.stride[0] = max;
+    po.ceil_mode = 1;
+    CHECK_ERROR(!nb_max_pool2d(x, 2, 2, &po), NB_ERR_ARG, "stride (9223372036854775807, 0)");
+    /* the largest accepted stride: one window per dim (the next would start past the input) */
+    po.stride[0] = (int64_t)1 << 61;
+    y = nb_avg_pool2d(x, 2, 2, &po);
+    CHECK(y && nb_tensor_dim(y, 2) == 1 && nb_tensor_dim(y, 3) == 3 && nb_tensor_get(y, 0) == 1,
+          "stride 2^61, ceil_mode: %s", nb_error_message());
+    /* a window as large as 2^60 x 2^60 counted with its padding: the divisor leaves int64 */
+    po = nb_pool_defaults();
+    po.padding[0] = po.padding[1] = (int64_t)1 << 59;
+    y = nb_avg_pool2d(x, (int64_t)1 << 60, (int64_t)1 << 60, &po);
+    CHECK(y && nb_tensor_numel(y) == 2 && nb_tensor_get(y, 0) >= 0 && nb_tensor_get(y, 0) < 1e-30,
+          "a huge window: %s", nb_error_message());
+    /* huge zero-size inputs: the checks do not walk 2^40 windows */
+    nb_tensor *z = nb_zeros(NB_F32, NB_SHAPE(0, 1, (int64_t)1 << 40, 1));
+    po = nb_pool_defaults();
+    po.padding[0] = 1;
+    po.stride[0] = 1;
+    y = nb_max_pool2d(z, 3, 1, &po);
+    CHECK(y && nb_tensor_dim(y, 2) == ((int64_t)1 << 40), "zero-size, 2^40 windows: %s", nb_error_message());
+    nb_error_clear();
+    nb_tape_end(t);
+    nb_tape_free(t);
+}
+
+int main(void)
+{
+    huge_geometry();
+    return nbt_report("conv_hostile");
+}
