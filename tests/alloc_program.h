@@ -1,5 +1,6 @@
 /* A small training program that touches every part of the library that allocates: leaves and a
- * parameter collection, an MLP and an LSTM step with backward on a tape, an Adam step, a schedule and
+ * parameter collection, an MLP and an LSTM step with backward on a tape, an Adam step, a CNN step
+ * (conv, batch norm with running statistics, max pooling, linear, cross entropy, AdamW), a schedule and
  * early stopping, a dataset split into shuffled batches, a vocabulary, IDX files (raw and gzip), a
  * checkpoint saved and loaded, and a safetensors file read. Every call is checked; on the first
  * failure the program stops, frees everything it made and reports which call failed. Shared by
@@ -18,6 +19,8 @@
 /* What a complete run computes: compared between runs. */
 typedef struct prog_out {
     double loss[2];       /* the training steps' losses */
+    double cnn_loss[2];   /* the CNN steps' losses */
+    double running_mean;  /* an element of the batch norm's running mean after the steps */
     double loaded;        /* a parameter element after the checkpoint load */
     double read_back;     /* the same element from nb_safetensors_read */
     double idx_sum[2];    /* sums of the raw and gzip IDX tensors */
@@ -76,7 +79,8 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
     memset(out, 0, sizeof *out);
     prog_where = "";
     nb_params *model = NULL;
-    nb_optim *opt = NULL;
+    nb_optim *opt = NULL, *cnn_opt = NULL;
+    nb_params *cnn = NULL;
     nb_sched *sched = NULL;
     nb_early_stop *es = NULL;
     nb_dataset *data = NULL, *train = NULL, *val = NULL;
@@ -84,7 +88,7 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
     nb_vocab *vocab = NULL;
     nb_tape *tape = NULL;
     nb_safetensors *sf = NULL;
-    nb_tensor *idx[2] = {NULL, NULL}, *x = NULL, *y = NULL;
+    nb_tensor *idx[2] = {NULL, NULL}, *x = NULL, *y = NULL, *cx = NULL, *cy = NULL;
     int begun = 0;
 
     /* the model: an MLP classifier and an LSTM cell with a linear head, float64 */
@@ -105,6 +109,23 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
     so.t_max = 10;
     PROG_CHECK((sched = nb_sched_new(NB_SCHED_COSINE, opt, &so)) != NULL, "nb_sched_new");
     PROG_CHECK((es = nb_early_stop_new(model, 3, 0.0, 0)) != NULL, "nb_early_stop_new");
+
+    /* a small CNN with its own AdamW: conv 2 -> 4 (3x3, padding 1), batch norm, relu, 2x2 max pooling,
+     * linear 36 -> 3, on a fixed batch [4, 2, 6, 6] */
+    nb_conv conv;
+    nb_batch_norm bn;
+    nb_linear fc;
+    nb_conv_opts co = nb_conv_defaults();
+    co.padding[0] = co.padding[1] = 1;
+    PROG_CHECK((cnn = nb_params_new()) != NULL, "nb_params_new (cnn)");
+    PROG_CHECK(nb_conv2d_init(&conv, cnn, "conv", 2, 4, 3, 3, &co, &lo, &rng) == NB_OK, "nb_conv2d_init");
+    PROG_CHECK(nb_batch_norm2d_init(&bn, cnn, "bn", 4, &(nb_norm_opts){.dtype = NB_F64}) == NB_OK,
+               "nb_batch_norm2d_init");
+    PROG_CHECK(nb_linear_init(&fc, cnn, "fc", 36, 3, &lo, &rng) == NB_OK, "nb_linear_init (cnn)");
+    PROG_CHECK((cnn_opt = nb_optim_new(NB_ADAMW, cnn, NULL)) != NULL, "nb_optim_new (AdamW)");
+    PROG_CHECK((cx = nb_tensor_uniform(NB_F64, NB_SHAPE(4, 2, 6, 6), -1, 1, &rng)) != NULL, "cnn inputs");
+    PROG_CHECK((cy = nb_tensor_zeros(NB_I64, NB_SHAPE(4))) != NULL, "cnn labels");
+    for (int i = 0; i < 4; i++) nb_tensor_set(cy, i, i % 3);
 
     /* data: 20 samples of 6 features with a class label, split and batched */
     PROG_CHECK((x = nb_tensor_uniform(NB_F64, NB_SHAPE(20, 6), -1, 1, &rng)) != NULL, "inputs");
@@ -153,10 +174,21 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
         double lr = nb_sched_step(sched, 0.0);
         PROG_CHECK(lr == lr, "nb_sched_step");
         PROG_CHECK(nb_early_stop_update(es, out->loss[s]) >= 0, "nb_early_stop_update");
+        /* the CNN step */
+        nb_tensor *hc = nb_relu(nb_batch_norm_forward(&bn, nb_conv_forward(&conv, cx)));
+        hc = nb_flatten(nb_max_pool2d(hc, 2, 2, NULL), 1, -1);
+        nb_tensor *cl = nb_cross_entropy(nb_linear_forward(&fc, hc), cy, NULL);
+        PROG_CHECK(cl != NULL, "cnn forward");
+        PROG_CHECK(nb_backward(cl, NULL, 0) == NB_OK, "nb_backward (cnn)");
+        out->cnn_loss[s] = nb_tensor_item(cl);
+        PROG_CHECK(nb_optim_step(cnn_opt) == NB_OK, "nb_optim_step (AdamW)");
+        nb_optim_zero_grad(cnn_opt);
         PROG_CHECK(nb_tape_end(tape) == NB_OK, "nb_tape_end");
         begun = 0;
         nb_tape_reset(tape);
     }
+
+    out->running_mean = nb_tensor_get(bn.running_mean, 1);
 
     /* files: a checkpoint saved and loaded back, read as plain safetensors, and IDX files */
     PROG_CHECK(nb_checkpoint_save(f->ckpt, model, opt, 2) == NB_OK, "nb_checkpoint_save");
@@ -173,6 +205,8 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
 done:
     nb_tensor_free(x); /* only when the dataset was not made */
     nb_tensor_free(y);
+    nb_tensor_free(cx);
+    nb_tensor_free(cy);
     if (begun) nb_tape_end(tape);
     nb_tape_free(tape);
     nb_tensor_free(idx[0]);
@@ -186,7 +220,9 @@ done:
     nb_early_stop_free(es);
     nb_sched_free(sched);
     nb_optim_free(opt);
+    nb_optim_free(cnn_opt);
     nb_params_free(model);
+    nb_params_free(cnn);
     return st;
 }
 

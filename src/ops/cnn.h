@@ -75,11 +75,23 @@ int nb__cnn_tid(void);
 int nb__blas_single(int threads);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP
-/* the loop that follows on nb_nt_ threads (a local int), statically split */
-#define NB_CNN_PARALLEL_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static) if (nb_nt_ > 1)")
+#define NB_CNN_OMP_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static)")
 #else
-#define NB_CNN_PARALLEL_FOR
+#define NB_CNN_OMP_FOR
 #endif
+/* for (int64_t v = 0; v < n; v++) { body } on nb_nt_ threads (a local int), statically split; with one
+ * thread the loop runs with no OpenMP call at all (libgomp mallocs a team even for a parallel region
+ * whose if clause is false: memory that bypassed nb_set_allocator, and when that malloc fails libgomp
+ * exits the process) */
+#define NB_CNN_FOR(v, n, ...)                                                                          \
+    do {                                                                                               \
+        if (nb_nt_ > 1) {                                                                              \
+            NB_CNN_OMP_FOR                                                                             \
+            for (int64_t v = 0; v < (n); v++) { __VA_ARGS__ }                                          \
+        } else {                                                                                       \
+            for (int64_t v = 0; v < (n); v++) { __VA_ARGS__ }                                          \
+        }                                                                                              \
+    } while (0)
 
 /* ---- pooling geometry ------------------------------------------------------------------------- */
 

@@ -232,8 +232,7 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
     const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp, wp = pl->wp;
     NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
     const int nb_nt_ = pl->threads;
-    NB_CNN_PARALLEL_FOR
-    for (int64_t ch = 0; ch < pl->chunks; ch++) {
+    NB_CNN_FOR(ch, pl->chunks, {
         NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *gt = up + pl->nb * g->cu * pl->plane;
         NB_T *pdw = parts + ch * g->cv * K;
         int64_t off[NB_CONV_SMALL_K];
@@ -306,7 +305,7 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
                     }
                 }
         }
-    }
+    });
     if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
 }
 
@@ -317,8 +316,7 @@ static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
     const int64_t U = g->cu * g->hu * g->wu, V = g->cv * g->hv * g->wv, len = g->hv * pl->wp;
     const int nb_nt_ = pl->threads;
     /* tiles of nb images, each on one thread with its own workspace */
-    NB_CNN_PARALLEL_FOR
-    for (int64_t t = 0; t < pl->tiles; t++) {
+    NB_CNN_FOR(t, pl->tiles, {
         NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
         const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
         NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
@@ -335,7 +333,7 @@ static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
                         for (int64_t x = 0; x < g->wv; x++) d[x] = s[x] + bo;
                 }
         }
-    }
+    });
 }
 
 static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv,
@@ -346,8 +344,7 @@ static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
     NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
     const int nb_nt_ = pl->threads;
     /* chunk c: tiles [c T / C, (c + 1) T / C), its weight gradient in parts[c] */
-    NB_CNN_PARALLEL_FOR
-    for (int64_t c = 0; c < pl->chunks; c++) {
+    NB_CNN_FOR(c, pl->chunks, {
         NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
         NB_T *pdw = parts + c * g->cv * K;
         for (int64_t t = c * pl->tiles / pl->chunks; t < (c + 1) * pl->tiles / pl->chunks; t++) {
@@ -377,7 +374,7 @@ static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
                 }
             }
         }
-    }
+    });
     if (dw) NB_CS(sum_parts)(pl, parts, g->cv * K, dw, dw_acc);
 }
 
@@ -421,8 +418,7 @@ void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
         return;
     }
     const int nb_nt_ = pl->threads;
-    NB_CNN_PARALLEL_FOR
-    for (int64_t tile = 0; tile < pl->tiles; tile++) {
+    NB_CNN_FOR(tile, pl->tiles, {
         NB_T *col = ws + nb__cnn_tid() * pl->ws_elems, *tmp = col + K * pl->q;
         const int64_t q0 = tile * pl->q, qn = total - q0 < pl->q ? total - q0 : pl->q;
         for (int64_t grp = 0; grp < G; grp++) {
@@ -443,7 +439,7 @@ void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
                 }
             });
         }
-    }
+    });
 }
 
 void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u, const NB_T *gv, const NB_T *w,
@@ -504,12 +500,11 @@ void NB_CK(conv_bw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
 void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *out, int acc)
 {
     const int nb_nt_ = nb__cnn_threads(n * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t k = 0; k < c; k++) {
+    NB_CNN_FOR(k, c, {
         double s = 0;
         for (int64_t b = 0; b < n; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
         out[k] = acc ? (NB_T)((double)out[k] + s) : (NB_T)s;
-    }
+    });
 }
 
 void NB_CK(channel_fill)(int64_t n, int64_t c, int64_t d, const NB_T *bias, NB_T *x)
@@ -578,8 +573,7 @@ void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *i
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo, w = g->w;
     const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t pl = 0; pl < g->planes; pl++) {
+    NB_CNN_FOR(pl, g->planes, {
         const NB_T *xp = x + pl * in_plane;
         NB_T *yp = y + pl * out_plane;
         int64_t *ip = idx ? idx + pl * out_plane : NULL;
@@ -618,18 +612,18 @@ void NB_CK(maxpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y, int64_t *i
                 yp[oy * g->wo + ox] = NB_CS(window_max)(g, xp, oy, ox, &at);
                 if (ip) ip[oy * g->wo + ox] = at;
             }
-    }
+    });
 }
 
 void NB_CK(maxpool_idx)(const nb_pool_geom *g, const NB_T *x, int64_t *idx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
     const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t pl = 0; pl < g->planes; pl++)
+    NB_CNN_FOR(pl, g->planes, {
         for (int64_t oy = 0; oy < g->ho; oy++)
             for (int64_t ox = 0; ox < g->wo; ox++)
                 NB_CS(window_max)(g, x + pl * in_plane, oy, ox, idx + pl * out_plane + oy * g->wo + ox);
+    });
 }
 
 void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_T *dx, int acc)
@@ -639,8 +633,7 @@ void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_
     if (NB_CS(is_2x2)(g)) {
         /* the windows tile the plane: each element is written once (an odd extent's last row or column,
          * in no window, gets 0) */
-        NB_CNN_PARALLEL_FOR
-        for (int64_t pl = 0; pl < g->planes; pl++) {
+        NB_CNN_FOR(pl, g->planes, {
             const NB_T *xp = x + pl * in_plane, *gp = gy + pl * out_plane;
             NB_T *dp = dx + pl * in_plane;
             if (!acc && (2 * g->ho < g->h || 2 * g->wo < w)) memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
@@ -656,11 +649,10 @@ void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_
                     *at += gv;
                 }
             }
-        }
+        });
         return;
     }
-    NB_CNN_PARALLEL_FOR
-    for (int64_t pl = 0; pl < g->planes; pl++) {
+    NB_CNN_FOR(pl, g->planes, {
         if (!acc) memset(dx + pl * in_plane, 0, (size_t)in_plane * sizeof(NB_T));
         for (int64_t oy = 0; oy < g->ho; oy++)
             for (int64_t ox = 0; ox < g->wo; ox++) {
@@ -668,7 +660,7 @@ void NB_CK(maxpool_bw)(const nb_pool_geom *g, const NB_T *x, const NB_T *gy, NB_
                 NB_CS(window_max)(g, x + pl * in_plane, oy, ox, &at);
                 dx[pl * in_plane + at] += gy[pl * out_plane + oy * g->wo + ox];
             }
-    }
+    });
 }
 
 /* The window of output oy along one axis: [*s, *e) clipped to [0, n), and its size for the divisor. */
@@ -693,8 +685,7 @@ void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
     const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t pl = 0; pl < g->planes; pl++) {
+    NB_CNN_FOR(pl, g->planes, {
         const NB_T *xp = x + pl * in_plane;
         NB_T *yp = y + pl * out_plane;
         for (int64_t oy = 0; oy < g->ho; oy++) {
@@ -715,15 +706,14 @@ void NB_CK(avgpool_fw)(const nb_pool_geom *g, const NB_T *x, NB_T *y)
                 yp[oy * g->wo + ox] = (NB_T)(s / div);
             }
         }
-    }
+    });
 }
 
 void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
 {
     const int64_t in_plane = g->h * g->w, out_plane = g->ho * g->wo;
     const int nb_nt_ = nb__cnn_threads(g->planes * in_plane);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t pl = 0; pl < g->planes; pl++) {
+    NB_CNN_FOR(pl, g->planes, {
         NB_T *dp = dx + pl * in_plane;
         memset(dp, 0, (size_t)in_plane * sizeof(NB_T));
         const NB_T *gp = gy + pl * out_plane;
@@ -741,7 +731,7 @@ void NB_CK(avgpool_adj)(const nb_pool_geom *g, const NB_T *gy, NB_T *dx)
                     for (int64_t c = c0; c < c1; c++) dp[r * g->w + c] += v;
             }
         }
-    }
+    });
 }
 
 /* ---- channel moments and normalisation -------------------------------------------------------- */
@@ -750,8 +740,7 @@ void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
 {
     const double m = (double)(a * d);
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t k = 0; k < c; k++) {
+    NB_CNN_FOR(k, c, {
         double s = 0;
         for (int64_t b = 0; b < a; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
         const double mean = s / m;
@@ -759,7 +748,7 @@ void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
         for (int64_t b = 0; b < a; b++) v += NB_CS(sqdev8)(x + (b * c + k) * d, mean, d);
         st[k] = (NB_T)mean;
         st[c + k] = (NB_T)(v / m);
-    }
+    });
 }
 
 void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *w, const NB_T *b,
@@ -773,22 +762,21 @@ void NB_CK(chnorm_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T
         coef[c + k] = (b ? (double)b[k] : 0.0) - (double)st[k] * sc;
     }
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t i = 0; i < a; i++)
+    NB_CNN_FOR(i, a, {
         for (int64_t k = 0; k < c; k++) {
             const NB_T *xr = x + (i * c + k) * d;
             NB_T *yr = y + (i * c + k) * d;
             const NB_T sc = (NB_T)coef[k], sh = (NB_T)coef[c + k];
             for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * sc + sh;
         }
+    });
 }
 
 void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, double *sg,
                         double *sgx)
 {
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t k = 0; k < c; k++) {
+    NB_CNN_FOR(k, c, {
         const double mean = (double)st[k];
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
@@ -798,14 +786,13 @@ void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB
         }
         sg[k] = s;
         sgx[k] = sx;
-    }
+    });
 }
 
 void NB_CK(chscale)(int64_t a, int64_t c, int64_t d, const NB_T *g, const double *k, NB_T *dx, int acc)
 {
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t i = 0; i < a; i++)
+    NB_CNN_FOR(i, a, {
         for (int64_t ch = 0; ch < c; ch++) {
             const NB_T *gr = g + (i * c + ch) * d;
             NB_T *dr = dx + (i * c + ch) * d;
@@ -815,6 +802,7 @@ void NB_CK(chscale)(int64_t a, int64_t c, int64_t d, const NB_T *g, const double
             else
                 for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * s;
         }
+    });
 }
 
 void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *st, const NB_T *dst, NB_T *dx,
@@ -822,8 +810,7 @@ void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_
 {
     const double m = (double)(a * d);
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t i = 0; i < a; i++)
+    NB_CNN_FOR(i, a, {
         for (int64_t ch = 0; ch < c; ch++) {
             const NB_T *xr = x + (i * c + ch) * d;
             NB_T *dr = dx + (i * c + ch) * d;
@@ -835,6 +822,7 @@ void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_
             else
                 for (int64_t t = 0; t < d; t++) dr[t] = xr[t] * s + o;
         }
+    });
 }
 
 /* ---- batch norm, fused ------------------------------------------------------------------------ */
@@ -844,8 +832,7 @@ void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w,
 {
     const double m = (double)(a * d);
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t k = 0; k < c; k++) {
+    NB_CNN_FOR(k, c, {
         double s = 0, v = 0;
         for (int64_t i = 0; i < a; i++) s += NB_CS(sum8)(x + (i * c + k) * d, d);
         const double mean = s / m;
@@ -860,7 +847,7 @@ void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w,
             NB_T *yr = y + (i * c + k) * d;
             for (int64_t t = 0; t < d; t++) yr[t] = xr[t] * scale + shift;
         }
-    }
+    });
 }
 
 void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, const NB_T *w,
@@ -868,8 +855,7 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
 {
     const double m = (double)(a * d);
     const int nb_nt_ = nb__cnn_threads(a * c * d);
-    NB_CNN_PARALLEL_FOR
-    for (int64_t k = 0; k < c; k++) {
+    NB_CNN_FOR(k, c, {
         const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = w ? (double)w[k] * r : r;
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
@@ -890,7 +876,7 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
             else
                 for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
         }
-    }
+    });
 }
 
 #undef NB_FOR_SEGMENTS
