@@ -95,8 +95,48 @@ static void huge_geometry(void)
     nb_tape_free(t);
 }
 
+/* ---- results kept across a reset -----------------------------------------------------------------
+ * A stale result given to a 1-D convolution or pooling failed in the reshape to [N, C, 1, L]: the
+ * error named nb_reshape, not the call the user made. Every op of the family names itself now. */
+static void stale_names_the_op(void)
+{
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *x = nb_tensor_ones(NB_F64, NB_SHAPE(2, 3, 8)), *w = nb_tensor_ones(NB_F64, NB_SHAPE(4, 3, 3));
+    nb_tensor *sx = nb_mul_scalar(x, 1.0), *sw = nb_mul_scalar(w, 1.0), *sb = nb_ones(NB_F64, NB_SHAPE(4));
+    nb_tensor *sx4 = nb_reshape(sx, NB_SHAPE(2, 3, 2, 4)), *st = nb_ones(NB_F64, NB_SHAPE(2, 3));
+    nb_tape_reset(t); /* one reset: the headers are intact, their stamps old */
+    nb_tensor *b = nb_tensor_ones(NB_F64, NB_SHAPE(4)), *wt = nb_tensor_ones(NB_F64, NB_SHAPE(3, 4, 3));
+    const char *stale = "tensor belongs to a tape that was reset";
+    char msg[160];
+#define STALE(call, name)                                                                              \
+    do {                                                                                               \
+        snprintf(msg, sizeof msg, "%s: %s", name, stale);                                              \
+        CHECK_ERROR(!(call), NB_ERR_STATE, msg);                                                       \
+    } while (0)
+    STALE(nb_conv1d(sx, w, b, NULL), "nb_conv1d");
+    STALE(nb_conv1d(x, sw, b, NULL), "nb_conv1d");
+    STALE(nb_conv1d(x, w, sb, NULL), "nb_conv1d");
+    STALE(nb_conv_transpose1d(sx, wt, NULL, NULL), "nb_conv_transpose1d");
+    STALE(nb_conv2d(sx4, nb_ones(NB_F64, NB_SHAPE(4, 3, 1, 1)), NULL, NULL), "nb_conv2d");
+    STALE(nb_max_pool1d(sx, 2, NULL), "nb_max_pool1d");
+    STALE(nb_avg_pool1d(sx, 2, NULL), "nb_avg_pool1d");
+    STALE(nb_adaptive_avg_pool1d(sx, 3), "nb_adaptive_avg_pool1d");
+    STALE(nb_max_pool2d(sx4, 2, 2, NULL), "nb_max_pool2d");
+    STALE(nb_channel_moments(sx), "nb_channel_moments");
+    STALE(nb_channel_norm(x, st, NULL, NULL, 1e-5), "nb_channel_norm");
+    STALE(nb_batch_norm_train(nb_ones(NB_F64, NB_SHAPE(2, 4, 8)), NULL, sb, 1e-5, NULL), "nb_batch_norm_train");
+#undef STALE
+    nb_error_clear();
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor *all[] = {x, w, b, wt};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+}
+
 int main(void)
 {
     huge_geometry();
+    stale_names_the_op();
     return nbt_report("conv_hostile");
 }

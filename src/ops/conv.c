@@ -239,6 +239,8 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
 {
     const char *wname = mode == 2 ? "grad_out" : "weight";
     if (!x || !w) return nb__fail(NB_ERR_ARG, "%s: %s is NULL", who, !x ? "input" : wname), false;
+    /* stale arguments named by this call, before anything (a 1-D call's reshape) could name itself */
+    if (!nb__live(who, x) || !nb__live(who, w) || !nb__live_opt(who, b)) return false;
     nb_conv_opts o = opts ? *opts : nb_conv_defaults();
     if (!nb__check_float(who, x) || !same_dtype(who, "input", x, wname, w)) return false;
     if (b && !same_dtype(who, "input", x, "bias", b)) return false;

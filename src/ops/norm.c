@@ -252,7 +252,7 @@ bool nb__into_batch_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 static bool channels_input(const char *who, const nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who), false;
-    if (!nb__check_float(who, x)) return false;
+    if (!nb__live(who, x) || !nb__check_float(who, x)) return false; /* stale: named by this call */
     if (x->ndim < 2)
         return nb__fail(NB_ERR_SHAPE, "%s: input %s: expected at least 2 dimensions [N, C, ...]", who, NB_SHP(x)), false;
     return true;
@@ -278,6 +278,7 @@ nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb
     for (int i = 0; i < 3; i++) {
         nb_tensor *t = args[i];
         if (!t) continue;
+        if (!nb__live(who, t)) return NULL;
         if (t->dtype != x->dtype)
             return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
                             nb_dtype_name(x->dtype), NB_SHP(x), names[i], nb_dtype_name(t->dtype), NB_SHP(t));
@@ -307,6 +308,7 @@ nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias,
     for (int i = 0; i < 2; i++) {
         nb_tensor *t = args[i];
         if (!t) continue;
+        if (!nb__live(who, t)) return NULL;
         if (t->dtype != x->dtype)
             return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
                             nb_dtype_name(x->dtype), NB_SHP(x), names[i], nb_dtype_name(t->dtype), NB_SHP(t));

@@ -125,7 +125,7 @@ static const char *vals(int dims, const int64_t *v)
 static bool pool_input(const char *who, int dims, const nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who), false;
-    if (!nb__check_float(who, x)) return false;
+    if (!nb__live(who, x) || !nb__check_float(who, x)) return false; /* stale: named by this call */
     if (x->ndim != dims + 2)
         return nb__fail(NB_ERR_SHAPE, "%s: input %s: expected %d dimensions %s", who, NB_SHP(x), dims + 2,
                         dims == 2 ? "[N, C, H, W]" : "[N, C, L]"), false;
