@@ -839,7 +839,8 @@ nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb
  * nb_channel_norm(x, nb_channel_moments(x), weight, bias, eps) from one fused op, each channel's passes
  * running while its values are in cache. stats (may be NULL) receives the [2, C] mean and biased
  * variance as a constant on the tape (for running statistics); the result stays differentiable in x,
- * weight and bias to any order. */
+ * weight and bias to any order. An input with no values (batch 0) gives an empty result, NaN statistics
+ * and zero gradients for weight and bias, as torch.nn.functional.batch_norm. */
 nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats);
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -134,9 +134,72 @@ static void stale_names_the_op(void)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
 }
 
+/* ---- normalisation of nothing ---------------------------------------------------------------------
+ * torch's batch_norm and group_norm return an empty result for a batch of 0 (and group_norm for a zero
+ * spatial extent); BatchNorm2d then counts the batch in num_batches_tracked and leaves the running
+ * statistics. nabla refused them ("no values to take the statistics of"; group norm of a batch 0 failed
+ * in its reshape: "nb_reshape: [0,4,3,3] to [1,0,-1]: cannot infer the -1 extent"), and a group norm
+ * given the wrong dtype was named by nb_mul. */
+static void empty_norms(void)
+{
+    nb_params *p = nb_params_new();
+    nb_batch_norm bn;
+    nb_group_norm gn;
+    nb_norm_opts o = {.dtype = NB_F64};
+    CHECK(nb_batch_norm2d_init(&bn, p, "bn", 3, &o) == NB_OK && nb_group_norm_init(&gn, p, "gn", 2, 4, &o) == NB_OK,
+          "init: %s", nb_error_message());
+    nb_tensor *x0 = nb_tensor_zeros(NB_F64, NB_SHAPE(0, 3, 4, 4)), *g0 = nb_tensor_zeros(NB_F64, NB_SHAPE(0, 4, 3, 3));
+    nb_tensor *gh = nb_tensor_zeros(NB_F64, NB_SHAPE(2, 4, 0, 3)), *x1 = nb_tensor_ones(NB_F64, NB_SHAPE(1, 3, 1, 1));
+    nb_tensor_set_requires_grad(x0, 1);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    for (int cg = 0; cg < 2; cg++) { /* the fast path, then the rule */
+        nb_tensor *st = NULL, *y = nb_batch_norm_train(x0, bn.weight, bn.bias, 1e-5, &st);
+        CHECK(y && nb_tensor_numel(y) == 0 && nb_tensor_dim(y, 1) == 3, "batch_norm_train of [0,3,4,4]: %s",
+              nb_error_message());
+        CHECK(st && isnan(nb_tensor_get(st, 0)) && isnan(nb_tensor_get(st, 5)), "the statistics of nothing are NaN");
+        nb_tensor *in[3] = {x0, bn.weight, bn.bias}, *gr[3] = {0};
+        nb_tensor *loss = nb_add_scalar(nb_sum_all(nb_mul(y, y)), 1.0);
+        CHECK(loss && nb_grad(loss, NULL, 3, in, gr, cg ? NB_CREATE_GRAPH : 0) == NB_OK, "grad (%d): %s", cg,
+              nb_error_message());
+        CHECK(gr[0] && nb_tensor_numel(gr[0]) == 0, "an empty dx");
+        for (int k = 1; k < 3; k++)
+            for (int64_t i = 0; gr[k] && i < 3; i++)
+                CHECK(nb_tensor_get(gr[k], i) == 0, "%s gradient %lld: %g, expected 0 (create graph %d)",
+                      k == 1 ? "weight" : "bias", (long long)i, nb_tensor_get(gr[k], i), cg);
+    }
+    /* the layer: an empty result, the batch counted, the statistics kept; one value per channel refused */
+    nb_tensor *y = nb_batch_norm_forward(&bn, x0);
+    CHECK(y && nb_tensor_numel(y) == 0, "BatchNorm2d of a batch 0: %s", nb_error_message());
+    CHECK(nb_tensor_get(bn.num_batches_tracked, 0) == 1 && nb_tensor_get(bn.running_mean, 0) == 0 &&
+              nb_tensor_get(bn.running_var, 2) == 1,
+          "an empty batch counts in num_batches_tracked only");
+    CHECK_ERROR(!nb_batch_norm_forward(&bn, x1), NB_ERR_SHAPE, "training needs more than one value per channel");
+    nb_params_set_training(p, 0);
+    y = nb_batch_norm_forward(&bn, x0);
+    CHECK(y && nb_tensor_numel(y) == 0, "BatchNorm2d of a batch 0 in evaluation: %s", nb_error_message());
+    y = nb_batch_norm_forward(&bn, x1);
+    CHECK(y && fabs(nb_tensor_get(y, 0) - 1 / sqrt(1 + 1e-5)) < 1e-12, "one value in evaluation: %s",
+          nb_error_message());
+    /* group norm */
+    y = nb_group_norm_forward(&gn, g0);
+    CHECK(y && nb_tensor_numel(y) == 0 && nb_tensor_dim(y, 1) == 4, "GroupNorm of a batch 0: %s", nb_error_message());
+    y = nb_group_norm_forward(&gn, gh);
+    CHECK(y && nb_tensor_numel(y) == 0 && nb_tensor_dim(y, 0) == 2, "GroupNorm of [2,4,0,3]: %s", nb_error_message());
+    CHECK_ERROR(!nb_group_norm_forward(&gn, nb_ones(NB_F32, NB_SHAPE(2, 4, 3, 3))), NB_ERR_DTYPE,
+                "nb_group_norm_forward: input f32 [2,4,3,3]: the layer's tensors are f64");
+    nb_error_clear();
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor *all[] = {x0, g0, gh, x1};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+    nb_params_free(p);
+}
+
 int main(void)
 {
     huge_geometry();
     stale_names_the_op();
+    empty_norms();
     return nbt_report("conv_hostile");
 }

@@ -267,7 +267,9 @@ typedef struct nb_norm_opts {
  * buffers "name.running_mean" (zeros), "name.running_var" (ones) and "name.num_batches_tracked" (i64
  * scalar), as torch.nn.BatchNorm. In training mode of the collection it normalises with the batch's
  * statistics (biased variance) and updates the buffers outside the graph: running = (1 - momentum)
- * running + momentum batch, with the unbiased variance; in evaluation mode it uses the buffers. */
+ * running + momentum batch, with the unbiased variance; in evaluation mode it uses the buffers. As torch,
+ * training refuses one value per channel, and an empty batch gives an empty result and only counts in
+ * num_batches_tracked. */
 typedef struct nb_batch_norm {
     nb_tensor *weight;              /**< [C] ones; NULL with no_affine */
     nb_tensor *bias;                /**< [C] zeros; NULL with no_affine */

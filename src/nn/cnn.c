@@ -204,13 +204,17 @@ nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
     int training = !bn->owner || nb_params_training(bn->owner);
     if (training || !bn->running_mean) {
         int64_t m = nb_tensor_numel(x) / bn->features;
-        if (training && m < 2) {
+        if (training && m == 1) {
             nb_error_set(NB_ERR_SHAPE, "%s: input %s: training needs more than one value per channel", who,
                          shape_of(x, s, sizeof s));
             return NULL;
         }
         nb_tensor *st, *y = nb_batch_norm_train(x, bn->weight, bn->bias, bn->eps, &st);
-        if (y && training && bn->running_mean && update_running(bn, st, m) != NB_OK) return NULL;
+        if (!y || !training || !bn->running_mean) return y;
+        /* an empty batch (as torch) leaves the running statistics and counts the batch */
+        nb_tensor *nbt = bn->num_batches_tracked;
+        if (m == 0) return nb_tensor_set(nbt, 0, nb_tensor_get(nbt, 0) + 1) == NB_OK ? y : NULL;
+        if (update_running(bn, st, m) != NB_OK) return NULL;
         return y;
     }
     /* evaluation: the running statistics, as a constant */
@@ -262,9 +266,16 @@ nb_tensor *nb_group_norm_forward(const nb_group_norm *gn, nb_tensor *x)
                      (long long)gn->channels);
         return NULL;
     }
-    /* each (sample, group) is one channel of a [1, N G, C/G ...] view: its statistics normalise it */
-    int64_t n = nb_tensor_dim(x, 0);
-    nb_tensor *v = nb_reshape(x, NB_SHAPE(1, n * gn->groups, -1));
+    if (nb_tensor_dtype(x) != gn->dtype) {
+        nb_error_set(NB_ERR_DTYPE, "%s: input %s %s: the layer's tensors are %s (use nb_cast)", who,
+                     nb_dtype_name(nb_tensor_dtype(x)), shape_of(x, s, sizeof s), nb_dtype_name(gn->dtype));
+        return NULL;
+    }
+    /* each (sample, group) is one channel of a [1, N G, C/G ...] view: its statistics normalise it (the
+     * extents named: with a zero batch or extent, -1 could not be inferred) */
+    int64_t n = nb_tensor_dim(x, 0), per = gn->channels / gn->groups;
+    for (int d = 2; d < nd; d++) per *= nb_tensor_dim(x, d);
+    nb_tensor *v = nb_reshape(x, NB_SHAPE(1, n * gn->groups, per));
     nb_tensor *y = nb_reshape(nb_batch_norm_train(v, NULL, NULL, gn->eps, NULL), nd, nb_tensor_shape(x));
     if (!gn->weight || !y) return y;
     int64_t bs[NB_MAX_DIMS];

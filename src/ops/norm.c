@@ -202,6 +202,14 @@ NB_BW(batch_norm)
     nb_tensor *x = n->in[0];
     nb_tensor *w = n->attrs.i[0] ? n->in[1] : NULL;
     int iw = n->attrs.i[0] ? 1 : -1, ib = n->attrs.i[1] ? 1 + (n->attrs.i[0] != 0) : -1;
+    if (x->numel == 0) { /* no values: an empty dx, and sums over nothing for the weight and bias */
+        if (NB_NEED(0)) gin[0] = nb_zeros_like(x);
+        for (int k = 0; k < 2; k++) {
+            int i = k ? ib : iw;
+            if (i >= 0 && NB_NEED(i)) gin[i] = nb_zeros_like(n->in[i]);
+        }
+        return;
+    }
     int axes[NB_MAX_DIMS];
     int64_t bs[NB_MAX_DIMS];
     int na = reduce_axes(x, axes, bs);
@@ -234,8 +242,11 @@ bool nb__into_batch_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     bool fresh = false;
     nb_tensor *dx = NULL;
     if (NB_NEED(0) && !(dx = nb__sink_slot(sink, 0, &fresh))) return true;
-    CNN_CALL(g->dtype, bn_bw, a, c, d, g->data, x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL,
-             n->attrs.f[0], dx ? dx->data : NULL, !fresh, sums, sums + c);
+    if (x->numel == 0) /* no values (the statistics are NaN): sums over nothing */
+        memset(sums, 0, (size_t)(2 * c) * sizeof(double));
+    else
+        CNN_CALL(g->dtype, bn_bw, a, c, d, g->data, x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL,
+                 n->attrs.f[0], dx ? dx->data : NULL, !fresh, sums, sums + c);
     for (int k = 0; k < 2; k++) {
         int i = k ? ib : iw;
         if (i < 0 || !NB_NEED(i)) continue;
@@ -318,10 +329,11 @@ nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias,
     }
     if (!(eps >= 0) || eps == INFINITY)
         return nb__fail(NB_ERR_ARG, "%s: input %s: eps %g must be finite and not negative", who, NB_SHP(x), eps);
-    if (x->numel == 0 && C > 0)
-        return nb__fail(NB_ERR_SHAPE, "%s: input %s: no values to take the statistics of", who, NB_SHP(x));
     nb_tensor *st = nb__tape_tensor(who, x->dtype, 2, (const int64_t[]){2, C});
     if (!st) return NULL;
+    /* an input with no values (batch 0, a spatial extent 0): an empty result, as torch's batch_norm, and
+     * the statistics of nothing, NaN (the forward kernel does not run for an empty result) */
+    for (int64_t i = 0; x->numel == 0 && i < 2 * C; i++) nb__set(st, i, NAN);
     nb_tensor *in[3] = {x, NULL, NULL};
     int k = 1;
     if (weight) in[k++] = weight;
