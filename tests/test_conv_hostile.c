@@ -196,10 +196,85 @@ static void empty_norms(void)
     nb_params_free(p);
 }
 
+/* ---- threads ------------------------------------------------------------------------------------
+ * test_conv's threads_same_bits runs one small CNN on 1 and 2 threads. Here every op of the family, in
+ * the geometries that take the other kernel paths (strided and dilated convolutions on the plain
+ * im2col path, groups, a transposed convolution with output_padding, a 1-D convolution, 3x3 max
+ * pooling with padding and ceil_mode, average pooling without the padding, adaptive pooling, both
+ * normalisations), forward and no-graph backward, on 1, 2 and 3 threads: the same bits. */
+static double family_pass(nb_dtype dt, int threads, nb_tensor **g, int ng)
+{
+    nb_set_num_threads(threads);
+    nb_rng rng;
+    nb_rng_seed(&rng, 77);
+    nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(8, 8, 40, 40), -1, 1, &rng);
+    nb_tensor *w1 = nb_tensor_uniform(dt, NB_SHAPE(8, 4, 3, 3), -0.3, 0.3, &rng); /* groups 2 */
+    nb_tensor *w2 = nb_tensor_uniform(dt, NB_SHAPE(8, 8, 3, 3), -0.3, 0.3, &rng);
+    nb_tensor *wt = nb_tensor_uniform(dt, NB_SHAPE(8, 6, 3, 3), -0.3, 0.3, &rng);
+    nb_tensor *w1d = nb_tensor_uniform(dt, NB_SHAPE(5, 6, 5), -0.3, 0.3, &rng);
+    nb_tensor *gamma = nb_tensor_uniform(dt, NB_SHAPE(8), 0.5, 1.5, &rng);
+    nb_tensor *stats = nb_tensor_uniform(dt, NB_SHAPE(2, 6), 0.5, 1.5, &rng);
+    nb_tensor *in[7] = {x, w1, w2, wt, w1d, gamma, stats};
+    for (int i = 0; i < 6; i++) nb_tensor_set_requires_grad(in[i], 1);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_conv_opts og = nb_conv_defaults(), os = og, ot = og;
+    og.groups = 2;
+    og.dilation[0] = 2;
+    og.padding[0] = og.padding[1] = 2;
+    os.stride[0] = os.stride[1] = 2;
+    os.padding[1] = 1;
+    ot.stride[0] = ot.stride[1] = 2;
+    ot.output_padding[0] = 1;
+    ot.padding[0] = ot.padding[1] = 1;
+    nb_pool_opts pm = nb_pool_defaults(), pa = pm;
+    pm.stride[0] = pm.stride[1] = 2;
+    pm.padding[0] = pm.padding[1] = 1;
+    pm.ceil_mode = 1;
+    pa.padding[0] = pa.padding[1] = 1;
+    pa.exclude_pad = 1;
+    nb_tensor *h = nb_batch_norm_train(nb_conv2d(x, w1, NULL, &og), gamma, NULL, 1e-5, NULL); /* [8,8,38,40] */
+    h = nb_conv2d(nb_tanh(h), w2, NULL, &os);                                                /* [8,8,19,20] */
+    nb_tensor *a = nb_max_pool2d(h, 3, 3, &pm), *b = nb_avg_pool2d(h, 3, 3, &pa);            /* [8,8,10,11], [8,8,19,20] */
+    nb_tensor *c = nb_conv_transpose2d(nb_add(a, nb_adaptive_avg_pool2d(b, 10, 11)), wt, NULL, &ot); /* [8,6,20,21] */
+    c = nb_channel_norm(c, stats, NULL, NULL, 1e-3);
+    nb_tensor *e = nb_conv1d(nb_reshape(c, NB_SHAPE(8, 6, 420)), w1d, NULL, NULL);           /* [8,5,416] */
+    nb_tensor *loss = nb_add(nb_sum_all(nb_mul(e, e)), nb_sum_all(nb_adaptive_avg_pool1d(e, 7)));
+    double value = loss ? nb_tensor_item(loss) : NAN;
+    nb_tensor *gr[6] = {0};
+    CHECK(loss && nb_grad(loss, NULL, ng, in, gr, 0) == NB_OK, "threads %d: %s", threads, nb_error_message());
+    for (int i = 0; i < ng; i++) g[i] = gr[i] ? nb_tensor_clone(gr[i]) : NULL;
+    nb_tape_end(t);
+    nb_tape_free(t);
+    for (int i = 0; i < 7; i++) nb_tensor_free(in[i]);
+    nb_set_num_threads(0);
+    return value;
+}
+
+static void threads_family_bits(nb_dtype dt)
+{
+    nb_tensor *g1[6], *gk[6];
+    double l1 = family_pass(dt, 1, g1, 6);
+    for (int k = 2; k <= 3; k++) {
+        double lk = family_pass(dt, k, gk, 6);
+        CHECK(l1 == lk && l1 == l1, "%s: loss %.17g on 1 thread, %.17g on %d", nb_dtype_name(dt), l1, lk, k);
+        for (int i = 0; i < 6; i++) {
+            int same = g1[i] && gk[i] && nb_tensor_numel(g1[i]) == nb_tensor_numel(gk[i]) &&
+                       !memcmp(nb_tensor_cdata(g1[i]), nb_tensor_cdata(gk[i]),
+                               (size_t)nb_tensor_numel(g1[i]) * nb_dtype_size(dt));
+            CHECK(same, "%s: gradient %d differs between 1 and %d threads", nb_dtype_name(dt), i, k);
+            nb_tensor_free(gk[i]);
+        }
+    }
+    for (int i = 0; i < 6; i++) nb_tensor_free(g1[i]);
+}
+
 int main(void)
 {
     huge_geometry();
     stale_names_the_op();
     empty_norms();
+    threads_family_bits(NB_F32);
+    threads_family_bits(NB_F64);
     return nbt_report("conv_hostile");
 }

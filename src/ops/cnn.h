@@ -63,16 +63,17 @@ int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weig
 /* ---- threads -----------------------------------------------------------------------------------
  * The CNN kernels split channels, planes or tiles over OpenMP threads (when built with OpenMP), as many
  * as the library's thread count (nb_set_num_threads, src/ops/parallel.h) and the work allow: each output is computed by one
- * thread in a fixed order, so results do not depend on the thread count. Inside a convolution's
- * parallel tiles the matrix products run single-threaded (nb__blas_single). */
+ * thread in a fixed order, so results do not depend on the thread count. A convolution's matrix
+ * products run single-threaded (nb__blas_single), in its parallel tiles and in the paths run in order. */
 #define NB_CNN_GRAIN NB_GRAIN_MEM
 /* Threads for a loop touching work elements (nb__threads_for): 1 below 2 grains or without OpenMP. */
 int nb__cnn_threads(int64_t work);
 /* The calling thread's number inside a parallel loop (0 outside). */
 int nb__cnn_tid(void);
-/* With threads > 1 and a pthreads OpenBLAS: OpenBLAS to one thread, the previous count returned for
- * nb__blas_restore (0: no change made; an OpenMP OpenBLAS is single-threaded inside our regions). */
-int nb__blas_single(int threads);
+/* OpenBLAS's products to one thread for a kernel call (the calling thread's OpenMP setting with an OpenMP
+ * OpenBLAS, the global count with a pthreads one), so that they do not round differently with the thread
+ * count; the previous setting is returned for nb__blas_restore (0: no change made). */
+int nb__blas_single(void);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP
 #define NB_CNN_OMP_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static)")

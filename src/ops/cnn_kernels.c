@@ -24,13 +24,22 @@ int nb__cnn_tid(void)
 #endif
 }
 
-int nb__blas_single(int threads)
+int nb__blas_single(void)
 {
-    /* an OpenMP OpenBLAS runs single-threaded inside a parallel region by itself; a pthreads one would
-     * start its own threads from each of ours */
+    /* OpenBLAS's products may round differently with its thread count (float32 weight gradients did here,
+     * test_conv_hostile threads_family_bits): a kernel's products run on one thread wherever they run, on
+     * ours inside our parallel regions (an OpenMP OpenBLAS is single-threaded there by itself) and on the
+     * calling thread in the paths that run in order */
     static int kind = -1;
     if (kind < 0) kind = openblas_get_parallel();
-    if (threads <= 1 || kind != 1) return 0;
+#ifdef _OPENMP
+    if (kind == 2) { /* follows the calling thread's OpenMP setting: this thread's, kept at 1 by
+                        nb__blas_threads_sync before each product while the flag is set */
+        nb__t_blas_one = 1;
+        return 0;
+    }
+#endif
+    if (kind != 1) return 0;
     int saved = openblas_get_num_threads();
     if (saved > 1) openblas_set_num_threads(1);
     return saved > 1 ? saved : 0;
@@ -38,6 +47,7 @@ int nb__blas_single(int threads)
 
 void nb__blas_restore(int saved)
 {
+    nb__t_blas_one = 0; /* the next product's nb__blas_threads_sync gives OpenBLAS the knob's value again */
     if (saved > 1) openblas_set_num_threads(saved);
 }
 

@@ -41,10 +41,9 @@ static bool workspace(const char *who, const nb_conv_plan *p, const nb_conv_geom
 
 /* The kernels of a plan run their tiles on p->threads threads (the forward) or, in the backward, only
  * on the wide grid; the products inside then run single-threaded. */
-static int backward_threads(nb_conv_plan *p)
+static void backward_threads(nb_conv_plan *p)
 {
     if (!p->wide) p->threads = 1;
-    return p->threads;
 }
 
 /* ---- the primitives, unchecked (their callers validated the shapes) --------------------------- */
@@ -94,7 +93,7 @@ NB_FW(conv2d)
     nb__conv_plan(&g, nb_dtype_size(out->dtype), &p);
     void *ws;
     if (!workspace("nb_conv2d", &p, &g, 0, nb_dtype_size(out->dtype), &ws)) return;
-    int blas = nb__blas_single(p.threads);
+    int blas = nb__blas_single();
     CNN_CALL(out->dtype, conv_fw, &g, &p, x->data, w->data, b ? b->data : NULL, out->data, ws);
     nb__blas_restore(blas);
 }
@@ -128,7 +127,8 @@ bool nb__into_conv2d(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
         nb__conv_plan(&geo, es, &p);
         void *ws;
         if (!workspace(who, &p, &geo, dw != NULL, es, &ws)) return true;
-        int blas = nb__blas_single(backward_threads(&p));
+        backward_threads(&p);
+        int blas = nb__blas_single();
         CNN_CALL(g->dtype, conv_bw, &geo, &p, x->data, g->data, w->data, dx ? dx->data : NULL, !fx,
                  dw ? dw->data : NULL, !fw, ws);
         nb__blas_restore(blas);
@@ -155,7 +155,8 @@ NB_FW(conv_transpose2d)
     if (!workspace("nb_conv_transpose2d", &p, &g, 0, nb_dtype_size(out->dtype), &ws)) return;
     CNN_CALL(out->dtype, channel_fill, out->shape[0], out->shape[1], out->shape[2] * out->shape[3],
              b ? b->data : NULL, out->data);
-    int blas = nb__blas_single(backward_threads(&p));
+    backward_threads(&p);
+    int blas = nb__blas_single();
     CNN_CALL(out->dtype, conv_bw, &g, &p, NULL, x->data, w->data, out->data, 1, NULL, 0, ws);
     nb__blas_restore(blas);
 }
@@ -183,7 +184,8 @@ NB_FW(conv2d_weight)
     nb__conv_plan(&g, nb_dtype_size(out->dtype), &p);
     void *ws;
     if (!workspace("nb_conv2d_weight", &p, &g, 1, nb_dtype_size(out->dtype), &ws)) return;
-    int blas = nb__blas_single(backward_threads(&p));
+    backward_threads(&p);
+    int blas = nb__blas_single();
     CNN_CALL(out->dtype, conv_bw, &g, &p, u->data, v->data, NULL, NULL, 0, out->data, 0, ws);
     nb__blas_restore(blas);
 }

@@ -90,6 +90,9 @@ static inline void nb__piece(int64_t n, int64_t align, int64_t *lo, int64_t *hi)
 /* Make OpenBLAS's thread count the knob's value on the calling thread (OpenMP builds of OpenBLAS
  * follow the calling thread's OpenMP setting); before each matrix product. */
 void nb__blas_threads_sync(void);
+/* Set on a thread while its products must run on one OpenBLAS thread (nb__blas_single in cnn.h): then
+ * nb__blas_threads_sync gives OpenBLAS 1 instead of the knob's value. */
+extern _Thread_local int nb__t_blas_one;
 
 /* Fixed blocks for reductions: n elements are summed in blocks of nb__block_len(n) elements (the last
  * one shorter), a length that depends on n only, and the blocks' partial sums are added in block

@@ -69,11 +69,15 @@ void nb__set_kernel_threads(int n) { nb__nthreads = n >= 1 ? n : 1; }
 
 int nb_num_threads(void) { return nb__nthreads; }
 
+_Thread_local int nb__t_blas_one = 0;
+
 void nb__blas_threads_sync(void)
 {
 #ifdef _OPENMP
     /* OpenMP OpenBLAS takes its thread count from the calling thread's OpenMP setting, which is per
-     * thread: make it the knob's value on threads other than the one that called nb_set_num_threads */
-    if (g_blas_openmp && omp_get_max_threads() != g_blas_threads) omp_set_num_threads(g_blas_threads);
+     * thread: make it the knob's value on threads other than the one that called nb_set_num_threads
+     * (1 while a CNN kernel runs its products single-threaded on this thread, nb__blas_single) */
+    const int want = nb__t_blas_one ? 1 : g_blas_threads;
+    if (g_blas_openmp && omp_get_max_threads() != want) omp_set_num_threads(want);
 #endif
 }
