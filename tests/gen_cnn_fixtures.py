@@ -241,6 +241,22 @@ case("batch_norm_composed_3d", "batch_norm_composed", [N(2, 3, 5), N(3), N(3)], 
 case("batch_norm_eval_4d", "batch_norm_eval", [N(2, 3, 3, 3), NOGRAD(N(3)), NOGRAD(POS(3)), N(3), N(3)], eps=1e-5)
 case("batch_norm_eval_3d", "batch_norm_eval", [N(3, 2, 5), NOGRAD(N(2)), NOGRAD(POS(2)), N(2), N(2)], eps=1e-3)
 
+# edge geometries (review of the merge): a kernel that fills the padded input exactly, strides longer
+# than the kernel (skipped positions), output_padding at least the stride but below the dilation, and
+# ceil_mode windows that would start in the right padding (torch drops them)
+conv_case("conv2d_kernel_fills_padded_input", 2, 1, 2, 2, (3, 2), (5, 4), padding=1)
+conv_case("conv2d_stride_beyond_kernel", 2, 2, 2, 3, (9, 8), (2, 2), stride=(4, 3))
+conv_case("conv1d_kernel_equals_input", 1, 2, 3, 2, (4,), (4,))
+convt_case("conv_transpose2d_outpad_below_dilation", 2, 1, 2, 2, (3, 3), (2, 2), dilation=2, output_padding=1)
+convt_case("conv_transpose1d_groups3_stride2", 1, 2, 3, 6, (4,), (3,), stride=2, padding=2, groups=3,
+           output_padding=1)
+pool_case("max_pool2d_ceil_drops_last", "max", 2, 1, 2, (5, 5), 2, stride=2, padding=1, ceil_mode=1)
+pool_case("avg_pool2d_ceil_drops_last", "avg", 2, 1, 2, (5, 5), 2, stride=2, padding=1, ceil_mode=1)
+pool_case("avg_pool1d_ceil_drops_last_exclude_pad", "avg", 1, 2, 1, (7,), 2, stride=3, padding=1, ceil_mode=1,
+          count_include_pad=0)
+pool_case("max_pool1d_stride_beyond_kernel", "max", 1, 1, 2, (11,), 2, stride=4, padding=1, ceil_mode=1)
+case("adaptive_avg_pool1d_3to5", "adaptive_avg_pool1d", [N(1, 2, 3)], size=[5])
+
 # ----------------------------------------------------------------------------------------------
 # Layer cases (format of gen_nn_fixtures.py, plus buffer: and after:)
 # ----------------------------------------------------------------------------------------------
