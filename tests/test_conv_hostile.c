@@ -3,6 +3,7 @@
  * error naming the op, or a result checked against known values. */
 #include "nbtest.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -269,12 +270,111 @@ static void threads_family_bits(nb_dtype dt)
     for (int i = 0; i < 6; i++) nb_tensor_free(g1[i]);
 }
 
-int main(void)
+/* Two user threads, each with its own tape, run a conv + batch norm + pooling step on shared weights at
+ * the same time, 20 times each: nb_grad's gradients equal the serial run's bits every time, and
+ * nb_backward's concurrent additions into the shared .grad lose nothing (the total is 40 times one
+ * step's gradient, to rounding). */
+typedef struct shared_cnn {
+    nb_tensor *w1, *w2, *gamma, *x[2];
+    nb_tensor *ref[2][3]; /* the serial gradients of each thread's input */
+    int bad, failed;
+} shared_cnn;
+
+static nb_tensor *shared_loss(shared_cnn *s, int k)
 {
+    nb_conv_opts o = nb_conv_defaults();
+    o.padding[0] = o.padding[1] = 1;
+    nb_conv_opts o2 = o;
+    o2.stride[0] = o2.stride[1] = 2;
+    nb_tensor *h = nb_relu(nb_batch_norm_train(nb_conv2d(s->x[k], s->w1, NULL, &o), s->gamma, NULL, 1e-5, NULL));
+    h = nb_conv2d(nb_max_pool2d(h, 2, 2, NULL), s->w2, NULL, &o2);
+    return nb_add(nb_sum_all(nb_mul(h, h)), nb_sum_all(nb_square(nb_adaptive_avg_pool2d(h, 2, 3))));
+}
+
+typedef struct worker {
+    shared_cnn *s;
+    int k;
+} worker;
+
+static void *shared_worker(void *arg)
+{
+    worker *wk = arg;
+    shared_cnn *s = wk->s;
+    nb_tape *t = nb_tape_new();
+    nb_tensor *in[3] = {s->w1, s->w2, s->gamma};
+    for (int it = 0; it < 20 && t; it++) {
+        nb_tape_begin(t);
+        nb_tensor *loss = shared_loss(s, wk->k), *g[3] = {0};
+        if (!loss || nb_grad(loss, NULL, 3, in, g, NB_RETAIN_GRAPH) != NB_OK || nb_backward(loss, NULL, 0) != NB_OK) {
+            __atomic_add_fetch(&s->failed, 1, __ATOMIC_RELAXED);
+        } else {
+            for (int i = 0; i < 3; i++)
+                if (memcmp(nb_tensor_cdata(g[i]), nb_tensor_cdata(s->ref[wk->k][i]),
+                           (size_t)nb_tensor_numel(g[i]) * sizeof(float)))
+                    __atomic_add_fetch(&s->bad, 1, __ATOMIC_RELAXED);
+        }
+        nb_tape_end(t);
+        nb_tape_reset(t);
+    }
+    nb_tape_free(t);
+    return NULL;
+}
+
+static void user_threads_shared_weights(void)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 404);
+    shared_cnn s = {0};
+    s.w1 = nb_tensor_uniform(NB_F32, NB_SHAPE(6, 3, 3, 3), -0.4, 0.4, &rng);
+    s.w2 = nb_tensor_uniform(NB_F32, NB_SHAPE(4, 6, 3, 3), -0.3, 0.3, &rng);
+    s.gamma = nb_tensor_uniform(NB_F32, NB_SHAPE(6), 0.5, 1.5, &rng);
+    for (int k = 0; k < 2; k++) s.x[k] = nb_tensor_uniform(NB_F32, NB_SHAPE(4, 3, 16, 16), -1, 1, &rng);
+    nb_tensor *in[3] = {s.w1, s.w2, s.gamma};
+    for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    for (int k = 0; k < 2; k++) {
+        nb_tensor *g[3] = {0}, *loss = shared_loss(&s, k);
+        CHECK(loss && nb_grad(loss, NULL, 3, in, g, 0) == NB_OK, "serial: %s", nb_error_message());
+        for (int i = 0; i < 3; i++) s.ref[k][i] = g[i] ? nb_tensor_clone(g[i]) : nb_tensor_zeros(NB_F32, NB_SHAPE(1));
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    for (int i = 0; i < 3; i++) nb_tensor_zero_grad(in[i]);
+    pthread_t th[2];
+    worker wk[2] = {{&s, 0}, {&s, 1}};
+    for (int k = 0; k < 2; k++) CHECK(pthread_create(&th[k], NULL, shared_worker, &wk[k]) == 0, "pthread_create");
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    CHECK(s.failed == 0, "%d concurrent steps failed", s.failed);
+    CHECK(s.bad == 0, "%d concurrent gradients differ from the serial run's bits", s.bad);
+    for (int i = 0; i < 3; i++) {
+        double e = 0, scale = 0;
+        for (int64_t j = 0; j < nb_tensor_numel(in[i]); j++) {
+            double want = 20 * (nb_tensor_get(s.ref[0][i], j) + nb_tensor_get(s.ref[1][i], j));
+            e = fmax(e, fabs(nb_tensor_get(nb_tensor_grad(in[i]), j) - want));
+            scale = fmax(scale, fabs(want));
+        }
+        CHECK(e <= 1e-4 * scale, "input %d: the shared .grad is off by %g (scale %g)", i, e, scale);
+    }
+    for (int k = 0; k < 2; k++) {
+        nb_tensor_free(s.x[k]);
+        for (int i = 0; i < 3; i++) nb_tensor_free(s.ref[k][i]);
+    }
+    for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
+    nb_error_clear();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
+        user_threads_shared_weights();
+        return nbt_report("conv_hostile user-threads");
+    }
     huge_geometry();
     stale_names_the_op();
     empty_norms();
     threads_family_bits(NB_F32);
     threads_family_bits(NB_F64);
+    user_threads_shared_weights();
     return nbt_report("conv_hostile");
 }
