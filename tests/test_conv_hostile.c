@@ -84,6 +84,19 @@ static void huge_geometry(void)
     y = nb_avg_pool2d(x, (int64_t)1 << 60, (int64_t)1 << 60, &po);
     CHECK(y && nb_tensor_numel(y) == 2 && nb_tensor_get(y, 0) >= 0 && nb_tensor_get(y, 0) < 1e-30,
           "a huge window: %s", nb_error_message());
+    /* layers whose weight would overflow: refused by the layer (the fans wrapped, UBSan "signed integer
+     * overflow" in conv_init, and the error named nb_tensor_zeros) */
+    nb_params *p = nb_params_new();
+    nb_conv c;
+    nb_rng rng;
+    nb_rng_seed(&rng, 1);
+    CHECK_ERROR(nb_conv2d_init(&c, p, "c", 1, 1, (int64_t)1 << 40, (int64_t)1 << 40, NULL, NULL, &rng) != NB_OK,
+                NB_ERR_ARG, "nb_conv2d_init: c: the weight (out 1, in / groups 1, kernel 1099511627776 x 1099511627776) "
+                "has too many elements");
+    CHECK_ERROR(nb_conv1d_init(&c, p, "c", INT64_MAX, 2, 3, NULL, NULL, &rng) != NB_OK, NB_ERR_ARG,
+                "nb_conv1d_init: c: the weight (out 2, in / groups 9223372036854775807, kernel 3 x 1)");
+    CHECK(nb_params_count(p) == 0, "nothing registered by the refused layers");
+    nb_params_free(p);
     /* huge zero-size inputs: the checks do not walk 2^40 windows */
     nb_tensor *z = nb_zeros(NB_F32, NB_SHAPE(0, 1, (int64_t)1 << 40, 1));
     po = nb_pool_defaults();

@@ -55,6 +55,16 @@ static nb_status conv_init(nb_conv *c, nb_params *p, const char *name, int dims,
                      name ? name : "?", (long long)co.groups, (long long)in, (long long)out);
         return NB_ERR_ARG;
     }
+    /* the weight's element count (and so the fans below) must fit: nb_tensor_zeros bounds it at 2^59 */
+    int64_t ntaps = 0, fan = 0, count = 0;
+    if (__builtin_mul_overflow(kernel[0], dims == 2 ? kernel[1] : 1, &ntaps) ||
+        __builtin_mul_overflow(in / co.groups, ntaps, &fan) || __builtin_mul_overflow(out, fan, &count) ||
+        count > INT64_MAX / 16) {
+        nb_error_set(NB_ERR_ARG, "%s: %s: the weight (out %lld, in / groups %lld, kernel %lld x %lld) has too many "
+                     "elements", who, name ? name : "?", (long long)out, (long long)(in / co.groups),
+                     (long long)kernel[0], (long long)(dims == 2 ? kernel[1] : 1));
+        return NB_ERR_ARG;
+    }
     memset(c, 0, sizeof *c);
     c->dims = dims;
     c->in = in;
