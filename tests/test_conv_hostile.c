@@ -377,6 +377,50 @@ static void user_threads_shared_weights(void)
     nb_error_clear();
 }
 
+/* ---- float32 statistics accumulate wide ----------------------------------------------------------
+ * A float32 batch norm over 10^6 values per channel of mean 10^4 and variance about 1: the statistics
+ * agree with float64's to 1e-7 (float sums would lose the variance entirely), the gradients to 1e-6 of
+ * their scale; the normalised values to 2e-3, the rounding of x scale + shift in float32 at 10^4 (torch's
+ * float32 batch_norm is 6.5e-4 off on the same kind of data). */
+static void f32_wide_statistics(void)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, 3);
+    nb_tensor *x64 = nb_tensor_normal(NB_F64, NB_SHAPE(1000, 2, 1000), 1e4, 1.0, &rng);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *x32 = nb_tensor_clone(nb_cast(x64, NB_F32)), *xr = nb_tensor_clone(nb_cast(x32, NB_F64));
+    nb_tape_reset(t);
+    nb_tensor_set_requires_grad(x32, 1);
+    nb_tensor_set_requires_grad(xr, 1);
+    nb_tensor *s32, *s64, *y32 = nb_batch_norm_train(x32, NULL, NULL, 1e-5, &s32);
+    nb_tensor *y64 = nb_batch_norm_train(xr, NULL, NULL, 1e-5, &s64);
+    nb_tensor *m32 = nb_channel_moments(x32), *m64 = nb_channel_moments(xr);
+    nb_tensor *ramp = nb_tensor_arange(NB_F64, 0, 2e6, 1), *seed = nb_sin(nb_reshape(ramp, NB_SHAPE(1000, 2, 1000)));
+    nb_tensor *g32 = NULL, *g64 = NULL;
+    CHECK(y32 && y64 && m32 && seed && nb_grad(y32, nb_cast(seed, NB_F32), 1, &x32, &g32, 0) == NB_OK &&
+              nb_grad(y64, seed, 1, &xr, &g64, 0) == NB_OK,
+          "f32 batch norm: %s", nb_error_message());
+    if (g32 && g64) {
+        for (int i = 0; i < 4; i++) {
+            CHECK_CLOSE(nb_tensor_get(s32, i), nb_tensor_get(s64, i), 1e-7, 0);
+            CHECK_CLOSE(nb_tensor_get(m32, i), nb_tensor_get(m64, i), 1e-7, 0);
+        }
+        double ey = 0, eg = 0, sg = 0;
+        for (int64_t i = 0; i < 2000000; i += 7) {
+            ey = fmax(ey, fabs(nb_tensor_get(y32, i) - nb_tensor_get(y64, i)));
+            eg = fmax(eg, fabs(nb_tensor_get(g32, i) - nb_tensor_get(g64, i)));
+            sg = fmax(sg, fabs(nb_tensor_get(g64, i)));
+        }
+        CHECK(ey < 2e-3, "f32 batch norm output off by %g", ey);
+        CHECK(eg < 1e-6 * sg, "f32 batch norm gradient off by %g (scale %g)", eg, sg);
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor *all[] = {x64, x32, xr, ramp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
@@ -386,6 +430,7 @@ int main(int argc, char **argv)
     huge_geometry();
     stale_names_the_op();
     empty_norms();
+    f32_wide_statistics();
     threads_family_bits(NB_F32);
     threads_family_bits(NB_F64);
     user_threads_shared_weights();
