@@ -256,6 +256,9 @@ pool_case("avg_pool1d_ceil_drops_last_exclude_pad", "avg", 1, 2, 1, (7,), 2, str
           count_include_pad=0)
 pool_case("max_pool1d_stride_beyond_kernel", "max", 1, 1, 2, (11,), 2, stride=4, padding=1, ceil_mode=1)
 case("adaptive_avg_pool1d_3to5", "adaptive_avg_pool1d", [N(1, 2, 3)], size=[5])
+# a tap whose first input column lies past a narrow output row (im2col zeroed the next image's columns)
+conv_case("conv2d_taps_past_the_row", 2, 2, 4, 2, (6, 6), (2, 4), stride=(2, 1), padding=(0, 2), dilation=(2, 3),
+          groups=2)
 
 # ----------------------------------------------------------------------------------------------
 # Layer cases (format of gen_nn_fixtures.py, plus buffer: and after:)

@@ -421,6 +421,75 @@ static void f32_wide_statistics(void)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
 }
 
+/* ---- taps whose input columns start past an output row ---------------------------------------------
+ * im2col zeroed the columns before a tap's first input column without stopping at the end of the run
+ * (one output row of one image): with a narrow output (wv small) and a padding or dilation that puts a
+ * tap's first input column past the row, it zeroed the next image's first columns of the next row,
+ * already written. conv2d of x [2, 4, 6, 6] with weight [2, 2, 2, 4], groups 2, stride (2, 1), padding
+ * (0, 2), dilation (2, 3) gave 0.513 at [0, 0, 0, 0] instead of 3.244 (found by a random comparison
+ * with PyTorch: 1 of 600 geometries; with col2im's adjoint unaffected, the backward's weight gradient
+ * read the same corrupted columns). Checked here against direct loops, forward and weight gradient,
+ * for that geometry and others that take the plain im2col path with taps past the row. */
+typedef struct tap_geo {
+    int64_t n, c, o, h, w, kh, kw, g, s[2], p[2], d[2];
+} tap_geo;
+
+static void taps_past_the_run(void)
+{
+    const tap_geo geos[] = {
+        {2, 4, 2, 6, 6, 2, 4, 2, {2, 1}, {0, 2}, {2, 3}},
+        {3, 2, 3, 5, 3, 3, 3, 1, {1, 1}, {1, 3}, {1, 3}}, /* stride 1, the wide grid refused: plain */
+        {2, 1, 2, 4, 2, 2, 5, 1, {2, 2}, {1, 4}, {1, 2}},
+        {4, 3, 3, 3, 4, 1, 3, 3, {1, 3}, {0, 5}, {1, 4}},
+    };
+    for (size_t k = 0; k < sizeof geos / sizeof geos[0]; k++) {
+        const tap_geo *q = &geos[k];
+        const int64_t cg = q->c / q->g, og = q->o / q->g;
+        nb_tensor *x = nb_tensor_zeros(NB_F64, NB_SHAPE(q->n, q->c, q->h, q->w));
+        nb_tensor *w = nb_tensor_zeros(NB_F64, NB_SHAPE(q->o, cg, q->kh, q->kw));
+        for (int64_t j = 0; j < nb_tensor_numel(x); j++) nb_tensor_set(x, j, sin(0.37 * (double)j));
+        for (int64_t j = 0; j < nb_tensor_numel(w); j++) nb_tensor_set(w, j, cos(0.71 * (double)j));
+        nb_tensor_set_requires_grad(w, 1);
+        nb_conv_opts op = nb_conv_defaults();
+        op.groups = q->g;
+        for (int i = 0; i < 2; i++) op.stride[i] = q->s[i], op.padding[i] = q->p[i], op.dilation[i] = q->d[i];
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        nb_tensor *y = nb_conv2d(x, w, NULL, &op), *gw = NULL;
+        CHECK(y && nb_grad(nb_sum_all(y), NULL, 1, &w, &gw, 0) == NB_OK, "geometry %zu: %s", k, nb_error_message());
+        if (!gw) goto next;
+        const int64_t ho = nb_tensor_dim(y, 2), wo = nb_tensor_dim(y, 3);
+        double ey = 0, ew = 0;
+        double *dw = calloc((size_t)nb_tensor_numel(w), sizeof(double));
+        for (int64_t b = 0; b < q->n; b++)
+            for (int64_t oc = 0; oc < q->o; oc++)
+                for (int64_t yy = 0; yy < ho; yy++)
+                    for (int64_t xx = 0; xx < wo; xx++) {
+                        double sum = 0;
+                        for (int64_t ci = 0; ci < cg; ci++)
+                            for (int64_t i = 0; i < q->kh; i++)
+                                for (int64_t j = 0; j < q->kw; j++) {
+                                    const int64_t r = yy * q->s[0] - q->p[0] + i * q->d[0];
+                                    const int64_t cc = xx * q->s[1] - q->p[1] + j * q->d[1];
+                                    if (r < 0 || r >= q->h || cc < 0 || cc >= q->w) continue;
+                                    const int64_t wi = ((oc * cg + ci) * q->kh + i) * q->kw + j;
+                                    const double xv = nb_tensor_get(x, ((b * q->c + oc / og * cg + ci) * q->h + r) * q->w + cc);
+                                    sum += nb_tensor_get(w, wi) * xv;
+                                    dw[wi] += xv;
+                                }
+                        ey = fmax(ey, fabs(nb_tensor_get(y, ((b * q->o + oc) * ho + yy) * wo + xx) - sum));
+                    }
+        for (int64_t j = 0; j < nb_tensor_numel(w); j++) ew = fmax(ew, fabs(nb_tensor_get(gw, j) - dw[j]));
+        free(dw);
+        CHECK(ey < 1e-12 && ew < 1e-12, "geometry %zu: conv2d off by %g, its weight gradient by %g", k, ey, ew);
+    next:
+        nb_tape_end(t);
+        nb_tape_free(t);
+        nb_tensor_free(x);
+        nb_tensor_free(w);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
@@ -428,6 +497,7 @@ int main(int argc, char **argv)
         return nbt_report("conv_hostile user-threads");
     }
     huge_geometry();
+    taps_past_the_run();
     stale_names_the_op();
     empty_norms();
     f32_wide_statistics();

@@ -75,7 +75,10 @@ static void NB_CS(im2col)(const nb_conv_geom *g, int64_t grp, const NB_T *un, in
                         memset(o, 0, (size_t)run * sizeof(NB_T));
                     } else {
                         const NB_T *s = src + iy * g->wu + off;
+                        /* [lo, hi): the run's columns that read the input, both clamped to the run (a tap
+                         * whose first input column lies past the run zeroes the run only) */
                         int64_t lo = xlo > x ? xlo : x, hi = xhi < x + run ? xhi : x + run;
+                        if (lo > x + run) lo = x + run;
                         if (hi < lo) hi = lo;
                         int64_t t = 0;
                         for (; t < lo - x; t++) o[t] = 0;
