@@ -473,7 +473,8 @@ static void taps_past_the_run(void)
                                     const int64_t cc = xx * q->s[1] - q->p[1] + j * q->d[1];
                                     if (r < 0 || r >= q->h || cc < 0 || cc >= q->w) continue;
                                     const int64_t wi = ((oc * cg + ci) * q->kh + i) * q->kw + j;
-                                    const double xv = nb_tensor_get(x, ((b * q->c + oc / og * cg + ci) * q->h + r) * q->w + cc);
+                                    const int64_t xi = ((b * q->c + oc / og * cg + ci) * q->h + r) * q->w + cc;
+                                    const double xv = nb_tensor_get(x, xi);
                                     sum += nb_tensor_get(w, wi) * xv;
                                     dw[wi] += xv;
                                 }
@@ -490,6 +491,84 @@ static void taps_past_the_run(void)
     }
 }
 
+/* ---- a failed training forward of BatchNorm changes nothing -------------------------------------
+ * The running statistics were updated one after the other (num_batches_tracked first, then the mean,
+ * then the variance, each with its own allocations): an allocation failing in between left the count
+ * incremented and the mean updated without the variance. Each allocation of a first training forward
+ * on a fresh tape is failed in turn: the call fails with NB_ERR_NOMEM and the three buffers are as
+ * before, or it succeeds and all three moved. */
+typedef struct failing {
+    long count, fail_at;
+} failing;
+
+static void *f_alloc(size_t size, void *user)
+{
+    failing *f = user;
+    return ++f->count == f->fail_at ? NULL : malloc(size);
+}
+static void *f_realloc(void *ptr, size_t old_size, size_t new_size, void *user)
+{
+    (void)old_size;
+    failing *f = user;
+    return ++f->count == f->fail_at ? NULL : realloc(ptr, new_size);
+}
+static void f_free(void *ptr, size_t size, void *user)
+{
+    (void)size;
+    (void)user;
+    free(ptr);
+}
+
+static void bn_update_all_or_nothing(void)
+{
+    nb_params *p = nb_params_new();
+    nb_batch_norm bn;
+    /* many channels: each [C] result takes a chunk of the arena of its own, so the update allocates */
+    const int64_t C = 1 << 17;
+    CHECK(nb_batch_norm2d_init(&bn, p, "bn", C, &(nb_norm_opts){.dtype = NB_F64, .momentum = -1}) == NB_OK,
+          "init: %s", nb_error_message());
+    nb_rng rng;
+    nb_rng_seed(&rng, 9);
+    nb_tensor *x = nb_tensor_uniform(NB_F64, NB_SHAPE(2, C, 1, 1), 1, 3, &rng);
+    int failures = 0, successes = 0;
+    for (long k = 1; k < 200 && successes == 0; k++) {
+        double before[7], after[7];
+        for (int i = 0; i < 3; i++) {
+            before[i] = nb_tensor_get(bn.running_mean, 7 * i);
+            before[3 + i] = nb_tensor_get(bn.running_var, 7 * i);
+        }
+        before[6] = nb_tensor_get(bn.num_batches_tracked, 0);
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        failing f = {0, k};
+        nb_set_allocator(&(nb_allocator){f_alloc, f_realloc, f_free, &f});
+        nb_error_clear();
+        nb_tensor *y = nb_batch_norm_forward(&bn, x);
+        nb_set_allocator(NULL);
+        for (int i = 0; i < 3; i++) {
+            after[i] = nb_tensor_get(bn.running_mean, 7 * i);
+            after[3 + i] = nb_tensor_get(bn.running_var, 7 * i);
+        }
+        after[6] = nb_tensor_get(bn.num_batches_tracked, 0);
+        int same = !memcmp(before, after, sizeof before);
+        if (!y) {
+            failures++;
+            CHECK(nb_error_code() == NB_ERR_NOMEM, "k = %ld: %s", k, nb_error_message());
+            CHECK(same, "k = %ld: a failed forward changed the running statistics or the count (%g -> %g batches)", k,
+                  before[6], after[6]);
+        } else {
+            successes += f.count < k; /* no allocation was failed: the last k */
+            CHECK(!same && after[6] == before[6] + 1, "k = %ld: a successful forward must update the buffers", k);
+        }
+        nb_error_clear();
+        nb_tape_end(t);
+        nb_tape_free(t);
+    }
+    CHECK(failures > 3 && successes == 1, "%d failed forwards, %d without a failure", failures, successes);
+    nb_tensor_free(x);
+    nb_params_free(p);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
@@ -501,6 +580,7 @@ int main(int argc, char **argv)
     stale_names_the_op();
     empty_norms();
     f32_wide_statistics();
+    bn_update_all_or_nothing();
     threads_family_bits(NB_F32);
     threads_family_bits(NB_F64);
     user_threads_shared_weights();

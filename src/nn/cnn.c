@@ -164,28 +164,30 @@ nb_status nb_batch_norm1d_init(nb_batch_norm *bn, nb_params *p, const char *name
     return bn_init(bn, p, name, 1, features, opts);
 }
 
-/* buf = (1 - f) buf + f v for a [C] leaf buffer and a [C] tensor v, outside the graph */
-static nb_status blend(nb_tensor *buf, nb_tensor *v, double f)
+/* (1 - f) buf + f v for a [C] leaf buffer and a [C] tensor v, on the tape */
+static nb_tensor *blend(nb_tensor *buf, nb_tensor *v, double f)
 {
-    nb_tensor *mixed = nb_add(nb_mul_scalar(buf, 1.0 - f), nb_mul_scalar(v, f));
-    if (!mixed) return nb_error_code();
-    return nb_tensor_copy_from(buf, nb_tensor_cdata(mixed));
+    return nb_add(nb_mul_scalar(buf, 1.0 - f), nb_mul_scalar(v, f));
 }
 
 /* The running statistics after a training batch with statistics st [2, C] over m values per channel:
  * as torch, an exponential average with the momentum (or, with a negative momentum, the cumulative
- * average over the batches seen) of the mean and of the unbiased variance. */
+ * average over the batches seen) of the mean and of the unbiased variance. Everything is computed
+ * before anything is written: a failure (out of memory) leaves the buffers and the count as they were. */
 static nb_status update_running(const nb_batch_norm *bn, nb_tensor *st, int64_t m)
 {
     nb_no_grad_begin();
     nb_tensor *nbt = bn->num_batches_tracked;
-    nb_status s = nb_tensor_set(nbt, 0, nb_tensor_get(nbt, 0) + 1);
-    double f = bn->momentum < 0 ? 1.0 / nb_tensor_get(nbt, 0) : bn->momentum;
+    const double batches = nb_tensor_get(nbt, 0) + 1;
+    const double f = bn->momentum < 0 ? 1.0 / batches : bn->momentum;
     int64_t c = bn->features;
     nb_tensor *mean = nb_reshape(nb_slice(st, 0, 0, 1, 1), NB_SHAPE(c));
     nb_tensor *var = nb_mul_scalar(nb_reshape(nb_slice(st, 0, 1, 2, 1), NB_SHAPE(c)), (double)m / (double)(m - 1));
-    if (s == NB_OK) s = blend(bn->running_mean, mean, f);
-    if (s == NB_OK) s = blend(bn->running_var, var, f);
+    nb_tensor *new_mean = blend(bn->running_mean, mean, f), *new_var = blend(bn->running_var, var, f);
+    nb_status s = new_mean && new_var ? NB_OK : nb_error_code() != NB_OK ? nb_error_code() : NB_ERR_NOMEM;
+    if (s == NB_OK) s = nb_tensor_set(nbt, 0, batches);
+    if (s == NB_OK) s = nb_tensor_copy_from(bn->running_mean, nb_tensor_cdata(new_mean));
+    if (s == NB_OK) s = nb_tensor_copy_from(bn->running_var, nb_tensor_cdata(new_var));
     nb_no_grad_end();
     return s;
 }
