@@ -58,6 +58,11 @@ static void huge_geometry(void)
     nb_tensor *y = nb_conv2d(x1, w31, NULL, &o);
     CHECK(y && nb_tensor_dim(y, 2) == 5 && nb_tensor_dim(y, 3) == 5, "'same', dilation 2^40: %s", nb_error_message());
     for (int64_t i = 0; y && i < 25; i++) CHECK(nb_tensor_get(y, i) == 1, "'same', dilation 2^40: y[%lld]", (long long)i);
+    /* 'same' padding of a zero extent: an empty result (the BLAS range check divided by the output's 0) */
+    o = nb_conv_defaults();
+    o.same_padding = 1;
+    y = nb_conv2d(nb_ones(NB_F32, NB_SHAPE(1, 2, 3, 0)), w, NULL, &o);
+    CHECK(y && nb_tensor_dim(y, 2) == 3 && nb_tensor_dim(y, 3) == 0, "'same' of width 0: %s", nb_error_message());
     /* pooling */
     nb_pool_opts po = nb_pool_defaults();
     po.dilation[0] = big;

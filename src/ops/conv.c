@@ -401,7 +401,8 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
     /* the products' dimensions must fit BLAS's integers */
     int64_t kdim = 0;
     if (__builtin_mul_overflow(C / G, K[0], &kdim) || __builtin_mul_overflow(kdim, K[1], &kdim) || kdim > INT32_MAX ||
-        O > INT32_MAX || C > INT32_MAX || out[0] > INT32_MAX / out[1] || (L[1] > 0 && L[0] > INT32_MAX / L[1]))
+        O > INT32_MAX || C > INT32_MAX || (out[1] > 0 && out[0] > INT32_MAX / out[1]) ||
+        (L[1] > 0 && L[0] > INT32_MAX / L[1]))
         return nb__fail(NB_ERR_SHAPE, "%s: input %s, %s %s: dimensions exceed the BLAS integer range", who, NB_SHP(x),
                         wname, NB_SHP(w)), false;
     if (!nb__check_shape(who, 4, cc->out)) return false;
