@@ -126,7 +126,7 @@ static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad
     mat A = mat_of(a), B = mat_of(b), G = mat_of(g);
     bool fresh;
     if (NB_NEED(ia)) {
-        nb_tensor *d = nb__sink_slot(sink, ia, &fresh);
+        nb_tensor *d = nb__sink_grad(sink, ia, &fresh);
         if (!d) return true;
         if (!ta)
             gemm_acc(g->dtype, 0, !tb, G, B, d->data, fresh); /* G op(B)^T */
@@ -134,7 +134,7 @@ static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad
             gemm_acc(g->dtype, tb, 1, B, G, d->data, fresh); /* op(B) G^T */
     }
     if (NB_NEED(ib)) {
-        nb_tensor *d = nb__sink_slot(sink, ib, &fresh);
+        nb_tensor *d = nb__sink_grad(sink, ib, &fresh);
         if (!d) return true;
         if (!tb)
             gemm_acc(g->dtype, !ta, 0, A, G, d->data, fresh); /* op(A)^T G */
