@@ -116,7 +116,8 @@ static void gemm_acc(nb_dtype dt, int tx, int ty, mat x, mat y, void *dst, bool 
 
 /* Without a graph: the same products as the rule below, accumulated into the gradient buffers by
  * gemm with beta = 1 (no temporary, no separate add; the per-step weight gradients of a recurrent
- * layer sum up in place). Serves 2-D products and batches against one matrix (folded into rows). */
+ * layer sum up in place); on nb_backward a weight used once goes straight into its leaf's .grad
+ * (nb__sink_grad). Serves 2-D products and batches against one matrix (folded into rows). */
 /* The matmul part: a is input ia of the node, b input ib. */
 static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad_sink *sink)
 {
