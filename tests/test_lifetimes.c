@@ -975,6 +975,55 @@ static void test_threads_shared_backward(void)
     }
 }
 
+/* The same through a product: each pass's weight gradient goes straight into the shared .grad by gemm
+ * (beta 1) under the leaf's lock. x is ones [4, 256], so every pass adds 4 to each element of w [256,
+ * 256]'s .grad; some passes add into a post-accumulate hook's count. 40 passes: 160 everywhere. */
+#define SHARED_K 256
+static atomic_int shared_post_calls;
+static nb_status count_post(nb_tensor *leaf, void *user)
+{
+    (void)leaf;
+    (void)user;
+    atomic_fetch_add(&shared_post_calls, 1);
+    return NB_OK;
+}
+static void *matmul_shared(void *arg)
+{
+    nb_tensor *w = arg;
+    nb_tensor *x = nb_tensor_full(NB_F64, NB_SHAPE(4, SHARED_K), 1.0);
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    for (int i = 0; i < 20; i++) {
+        if (nb_backward(nb_sum_all(nb_matmul(x, w)), NULL, 0) != NB_OK) break;
+        nb_tape_reset(t);
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    return NULL;
+}
+
+static void test_threads_shared_matmul(void)
+{
+    for (int rep = 0; rep < 3; rep++) {
+        nb_tensor *w = nb_tensor_full(NB_F64, NB_SHAPE(SHARED_K, SHARED_K), 0.25);
+        nb_tensor_set_requires_grad(w, 1);
+        nb_tensor_set_post_accumulate_hook(w, count_post, NULL);
+        atomic_store(&shared_post_calls, 0);
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, matmul_shared, w);
+        for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+        const double *g = nb_tensor_cdata(nb_tensor_grad(w));
+        int64_t wrong = 0;
+        for (int64_t i = 0; g && i < SHARED_K * SHARED_K; i++) wrong += g[i] != 160.0;
+        CHECK(g && wrong == 0, "rep %d: %lld of %d elements of .grad are not 160 (first %g)", rep, (long long)wrong,
+              SHARED_K * SHARED_K, g ? g[0] : 0.0);
+        CHECK(atomic_load(&shared_post_calls) == 40, "rep %d: %d post-accumulate hooks, not 40", rep,
+              atomic_load(&shared_post_calls));
+        nb_tensor_free(w);
+    }
+}
+
 /* Anomaly mode is process-wide: one thread switches it on and off while others run steps (a plain int
  * read by every op was a data race, which ThreadSanitizer reports: .ci/run runs this file under it).
  * Whatever the mode, the gradients of finite steps are those of the serial run. */
@@ -1051,6 +1100,7 @@ int main(int argc, char **argv)
         {"thread_handoff", test_thread_handoff},
         {"threads_shared_params", test_threads_shared_params},
         {"threads_shared_backward", test_threads_shared_backward},
+        {"threads_shared_matmul", test_threads_shared_matmul},
         {"anomaly_from_another_thread", test_anomaly_from_another_thread},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {

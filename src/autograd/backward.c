@@ -33,6 +33,9 @@ typedef struct pass {
     bool recheck;          /* something may have changed the graph since mark: user code ran (a hook, a
                               custom op's backward), or a .grad that a node reads was written. Every
                               later node's inputs are checked again before its rule reads them */
+    bool store;            /* nb_backward: leaves' totals go into .grad (nb_grad: handed back) */
+    struct leaf_slot *direct; /* the leaf whose .grad the running rule writes itself (nb__sink_grad),
+                                 its gradient lock held until the rule returns; NULL: none */
 } pass;
 
 typedef struct map_entry {
@@ -50,6 +53,7 @@ typedef struct leaf_slot {
     size_t last;   /* the lowest index of a node using it: after that node its total is final */
     uint8_t owned; /* g was made here by accumulation */
     uint8_t done;  /* finished: hooks run, stored */
+    uint8_t direct; /* the total was written straight into .grad by its one contribution (nb__sink_grad) */
 } leaf_slot;
 
 /* Sum g into *slot. */
@@ -172,6 +176,55 @@ nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh)
         *owned = 1;
     }
     return *slot;
+}
+
+/* Whether input i of node nd, a leaf with slot ls, may take its gradient straight into its .grad: an
+ * nb_backward without a graph, where this node's contribution is the leaf's whole total in the pass
+ * (its last use, nothing accumulated before, the leaf once among the node's inputs), so that writing it
+ * into .grad under the lock is what store_leaf_grad would do with it; no tensor hook (it must see the
+ * total before .grad does), no node reading a .grad (mark's reads_grad: it would see the buffer change
+ * before the leaf is finished), and no other leaf's lock held by this rule. */
+static bool can_write_grad(const pass *p, const nb_node *nd, int i, const leaf_slot *ls)
+{
+    const nb_tensor *x = nd->in[i];
+    if (!p->store || p->reads_grad || p->direct || (p->flags & NB_CREATE_GRAPH)) return false;
+    if (x->tape || !(x->flags & NB_TF_LEAF) || x->hook || x->stamp != ls->stamp) return false;
+    if (ls->g || ls->done || ls->last != nd->index) return false;
+    for (int k = 0; k < nd->n_in; k++)
+        if (k != i && nd->in[k] == x) return false;
+    return true;
+}
+
+nb_tensor *nb__sink_grad(nb_grad_sink *sink, int i, bool *fresh)
+{
+    pass *p = sink->p;
+    const nb_node *nd = sink->nd;
+    nb_tensor *x = nd->in[i];
+    int64_t s = x->tape ? -1 : leaf_slot_of_input(p, nd, i);
+    if (s < 0 || !can_write_grad(p, nd, i, &p->lf[s])) return nb__sink_slot(sink, i, fresh);
+    nb_tensor *gb = nb__grad_buffer(x); /* (takes the lock itself; may allocate, on the first backward) */
+    if (!gb) return NULL;
+    nb__grad_lock(x); /* released by the sweep when the rule returns (end_direct) */
+    /* a graph-less backward after a create-graph one: the values move on, the graph is stale */
+    if (nb__grad_tape(x)) nb__tape_forget_leaf(nb__grad_tape(x), x);
+    p->direct = &p->lf[s];
+    *fresh = false; /* .grad always holds values: zero_grad clears it, backwards add to it */
+    return gb;
+}
+
+/* After the rule of a node that wrote a leaf's .grad itself: the write counts as the leaf's store
+ * (version bumped, as nb__add_inplace does; finish_leaf runs the post-accumulate hook) unless the rule
+ * declined the node (`into` false: it wrote nothing); the lock is released either way. */
+static void end_direct(pass *p, bool into)
+{
+    leaf_slot *ls = p->direct;
+    p->direct = NULL;
+    if (into) {
+        ls->leaf->grad->version++;
+        ls->g = ls->leaf->grad;
+        ls->direct = 1;
+    }
+    nb__grad_unlock(ls->leaf);
 }
 
 bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g)
@@ -325,10 +378,13 @@ static nb_status finish_leaf(pass *p, leaf_slot *ls, bool store)
     nb_tensor *leaf = ls->leaf;
     if (!ls->g) return NB_OK;
     if (leaf->stamp != ls->stamp) return leaf_freed(p);
-    if (leaf->hook && !(ls->g = run_hook(p, leaf, ls->g))) return nb_error_code();
-    if (!store) return NB_OK;
-    nb_status st = store_leaf_grad(p, leaf, ls->g);
-    if (p->reads_grad) p->recheck = true; /* a node may read the .grad just written */
+    nb_status st = NB_OK;
+    if (!ls->direct) {
+        if (leaf->hook && !(ls->g = run_hook(p, leaf, ls->g))) return nb_error_code();
+        if (!store) return NB_OK;
+        st = store_leaf_grad(p, leaf, ls->g);
+        if (p->reads_grad) p->recheck = true; /* a node may read the .grad just written */
+    } /* else its rule wrote the total into .grad already (nb__sink_grad: no hook, nb_backward) */
     if (st != NB_OK || !leaf->post_hook) return st;
     uint64_t errors = nb__error_count();
     p->recheck = true;
@@ -412,6 +468,7 @@ static nb_status sweep(pass *p, size_t top, bool store)
             nb_grad_sink sink = {p, nd};
             into = nd->op->backward_into(nd, g, &sink);
         }
+        if (p->direct) end_direct(p, into);
         if (!into) nd->op->backward(nd, g, gin); /* a custom op's sets p->recheck (nb__t_recheck) */
         nb__in_backward_of = NULL;
         if (p->recheck && !same_current(p)) return NB_ERR_STATE;
@@ -524,7 +581,7 @@ static nb_status run(const char *who, nb_tensor *out, nb_tensor *seed, int n_wrt
     nb_tape *prev_tape = nb__swap_current(tape);
     int saved_mode = nb__set_grad_mode((flags & NB_CREATE_GRAPH) != 0);
     nb_status st = NB_OK;
-    pass p = {.who = who, .tape = tape, .flags = flags};
+    pass p = {.who = who, .tape = tape, .flags = flags, .store = !grads};
     tape->busy++;
     bool *prev_recheck = nb__t_recheck;
     nb__t_recheck = &p.recheck;

@@ -104,6 +104,12 @@ typedef struct nb_grad_sink nb_grad_sink;
  * if nothing was accumulated yet; otherwise *fresh tells whether the buffer is new and uninitialised,
  * in which case the caller must overwrite all of it (gemm with beta 0) instead of adding. */
 nb_tensor *nb__sink_slot(nb_grad_sink *sink, int i, bool *fresh);
+/* nb__sink_slot, except that on a graph-less nb_backward the buffer may be leaf input i's .grad itself,
+ * when this node's contribution is the leaf's whole total in the pass (engine's can_write_grad): the
+ * rule adds into it (*fresh is false), the leaf's gradient lock held until the rule returns, and the
+ * engine then counts it as the leaf's store (version, post-accumulate hook). A rule takes at most one
+ * such buffer (the others are ordinary); it must call nothing that takes a gradient lock. */
+nb_tensor *nb__sink_grad(nb_grad_sink *sink, int i, bool *fresh);
 /* Add g (input i's shape) to input i's gradient; g may be kept as is, so the caller must not change
  * it afterwards. False on error. */
 bool nb__sink_add(nb_grad_sink *sink, int i, nb_tensor *g);

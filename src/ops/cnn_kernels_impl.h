@@ -22,16 +22,22 @@ static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
     return s;
 }
 
-/* the same for the sum of g (x - m) */
-static inline double NB_CS(dot8)(const NB_T *g, const NB_T *x, double m, int64_t n)
+/* sum8(g) and the same for the sum of g (x - m), in one pass over g */
+static inline void NB_CS(sumdot8)(const NB_T *g, const NB_T *x, double m, int64_t n, double *sum, double *dot)
 {
-    double p[8] = {0};
+    double p[8] = {0}, q[8] = {0};
     int64_t t = 0;
     for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) p[k] += (double)g[t + k] * ((double)x[t + k] - m);
+        for (int k = 0; k < 8; k++) {
+            p[k] += (double)g[t + k];
+            q[k] += (double)g[t + k] * ((double)x[t + k] - m);
+        }
     double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += (double)g[t] * ((double)x[t] - m);
-    return s;
+    double d = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+    for (; t < n; t++) s += (double)g[t];
+    for (t = n - n % 8; t < n; t++) d += (double)g[t] * ((double)x[t] - m);
+    *sum = s;
+    *dot = d;
 }
 
 /* and the sum of (x - m)^2 */
@@ -784,8 +790,10 @@ void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
             const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
-            s += NB_CS(sum8)(gr, d);
-            sx += NB_CS(dot8)(gr, xr, mean, d);
+            double a1, a2;
+            NB_CS(sumdot8)(gr, xr, mean, d, &a1, &a2);
+            s += a1;
+            sx += a2;
         }
         sg[k] = s;
         sgx[k] = sx;
@@ -862,8 +870,10 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
         const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = w ? (double)w[k] * r : r;
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
-            s += NB_CS(sum8)(g + (i * c + k) * d, d);
-            sx += NB_CS(dot8)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d);
+            double a1, a2;
+            NB_CS(sumdot8)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d, &a1, &a2);
+            s += a1;
+            sx += a2;
         }
         sg[k] = s;
         sgx[k] = sx * r; /* sum g xhat */

@@ -116,7 +116,8 @@ static void gemm_acc(nb_dtype dt, int tx, int ty, mat x, mat y, void *dst, bool 
 
 /* Without a graph: the same products as the rule below, accumulated into the gradient buffers by
  * gemm with beta = 1 (no temporary, no separate add; the per-step weight gradients of a recurrent
- * layer sum up in place). Serves 2-D products and batches against one matrix (folded into rows). */
+ * layer sum up in place); on nb_backward a weight used once goes straight into its leaf's .grad
+ * (nb__sink_grad). Serves 2-D products and batches against one matrix (folded into rows). */
 /* The matmul part: a is input ia of the node, b input ib. */
 static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad_sink *sink)
 {
@@ -126,7 +127,7 @@ static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad
     mat A = mat_of(a), B = mat_of(b), G = mat_of(g);
     bool fresh;
     if (NB_NEED(ia)) {
-        nb_tensor *d = nb__sink_slot(sink, ia, &fresh);
+        nb_tensor *d = nb__sink_grad(sink, ia, &fresh);
         if (!d) return true;
         if (!ta)
             gemm_acc(g->dtype, 0, !tb, G, B, d->data, fresh); /* G op(B)^T */
@@ -134,7 +135,7 @@ static bool product_into(const nb_node *n, int ia, int ib, nb_tensor *g, nb_grad
             gemm_acc(g->dtype, tb, 1, B, G, d->data, fresh); /* op(B) G^T */
     }
     if (NB_NEED(ib)) {
-        nb_tensor *d = nb__sink_slot(sink, ib, &fresh);
+        nb_tensor *d = nb__sink_grad(sink, ib, &fresh);
         if (!d) return true;
         if (!tb)
             gemm_acc(g->dtype, !ta, 0, A, G, d->data, fresh); /* op(A)^T G */
