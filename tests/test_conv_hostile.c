@@ -4,6 +4,9 @@
 #include "nbtest.h"
 
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -574,6 +577,48 @@ static void bn_update_all_or_nothing(void)
     nb_params_free(p);
 }
 
+/* ---- called from the user's own OpenMP team ------------------------------------------------------
+ * A kernel whose tiles run in order (one thread) took its workspace slot from omp_get_thread_num(),
+ * which inside a user's parallel region is the user's thread number: threads 1..3 of the user's team
+ * wrote past a one-thread workspace (ASan: heap-buffer-overflow in im2col). Each of 3 user OpenMP
+ * threads, on its own tape, runs a strided convolution (the plain path, one tile thread) and gets the
+ * serial result. */
+static void user_openmp_team(void)
+{
+#ifdef _OPENMP
+    nb_rng rng;
+    nb_rng_seed(&rng, 31);
+    nb_tensor *x = nb_tensor_uniform(NB_F32, NB_SHAPE(8, 3, 64, 64), -1, 1, &rng);
+    nb_tensor *w = nb_tensor_uniform(NB_F32, NB_SHAPE(4, 3, 3, 3), -1, 1, &rng);
+    nb_conv_opts o = nb_conv_defaults();
+    o.stride[0] = 2;
+    nb_set_num_threads(1);
+    nb_tape *t0 = nb_tape_new();
+    nb_tape_begin(t0);
+    nb_tensor *ref = nb_tensor_clone(nb_conv2d(x, w, NULL, &o));
+    nb_tape_end(t0);
+    nb_tape_free(t0);
+    int bad = 0;
+#pragma omp parallel num_threads(3) reduction(+ : bad)
+    {
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        for (int it = 0; it < 2; it++) {
+            nb_tensor *y = nb_conv2d(x, w, NULL, &o);
+            bad += !y || !ref || memcmp(nb_tensor_cdata(y), nb_tensor_cdata(ref), 4 * (size_t)nb_tensor_numel(ref));
+            nb_tape_reset(t);
+        }
+        nb_tape_end(t);
+        nb_tape_free(t);
+    }
+    CHECK(bad == 0, "%d convolutions in the user's OpenMP team differ from the serial one", bad);
+    nb_set_num_threads(0);
+    nb_tensor_free(x);
+    nb_tensor_free(w);
+    nb_tensor_free(ref);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
@@ -589,5 +634,6 @@ int main(int argc, char **argv)
     threads_family_bits(NB_F32);
     threads_family_bits(NB_F64);
     user_threads_shared_weights();
+    user_openmp_team();
     return nbt_report("conv_hostile");
 }

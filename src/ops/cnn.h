@@ -87,12 +87,20 @@ void nb__blas_restore(int saved);
 #define NB_CNN_FOR(v, n, ...)                                                                          \
     do {                                                                                               \
         if (nb_nt_ > 1) {                                                                              \
+            const int nb_in_team_ = 1; /* (unused by most bodies) */                                   \
+            (void)nb_in_team_;                                                                         \
             NB_CNN_OMP_FOR                                                                             \
             for (int64_t v = 0; v < (n); v++) { __VA_ARGS__ }                                          \
         } else {                                                                                       \
+            const int nb_in_team_ = 0;                                                                 \
+            (void)nb_in_team_;                                                                         \
             for (int64_t v = 0; v < (n); v++) { __VA_ARGS__ }                                          \
         }                                                                                              \
     } while (0)
+/* Inside an NB_CNN_FOR body: the running thread's slot of a per-thread workspace, 0 in the loop run in
+ * order (where omp_get_thread_num() would be the caller's number in its own OpenMP team: a kernel
+ * called from a user's parallel region ran past its workspace) */
+#define NB_CNN_TID (nb_in_team_ ? nb__cnn_tid() : 0)
 
 /* ---- pooling geometry ------------------------------------------------------------------------- */
 

@@ -242,7 +242,7 @@ static void NB_CS(conv_bw_small)(const nb_conv_geom *g, const nb_conv_plan *pl, 
     NB_T *parts = ws + pl->threads * pl->ws_elems; /* [chunks, cv K] */
     const int nb_nt_ = pl->threads;
     NB_CNN_FOR(ch, pl->chunks, {
-        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *gt = up + pl->nb * g->cu * pl->plane;
+        NB_T *up = ws + NB_CNN_TID * pl->ws_elems, *gt = up + pl->nb * g->cu * pl->plane;
         NB_T *pdw = parts + ch * g->cv * K;
         int64_t off[NB_CONV_SMALL_K];
         if (dw) memset(pdw, 0, (size_t)(g->cv * K) * sizeof(NB_T));
@@ -326,7 +326,7 @@ static void NB_CS(conv_fw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
     const int nb_nt_ = pl->threads;
     /* tiles of nb images, each on one thread with its own workspace */
     NB_CNN_FOR(t, pl->tiles, {
-        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
+        NB_T *up = ws + NB_CNN_TID * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *tmp = col + K * pl->q;
         const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
         NB_CS(pad_planes)(g, pl, u + b0 * U, nb, 0, g->cu, up);
         for (int64_t grp = 0; grp < G; grp++) {
@@ -354,7 +354,7 @@ static void NB_CS(conv_bw_wide)(const nb_conv_geom *g, const nb_conv_plan *pl, c
     const int nb_nt_ = pl->threads;
     /* chunk c: tiles [c T / C, (c + 1) T / C), its weight gradient in parts[c] */
     NB_CNN_FOR(c, pl->chunks, {
-        NB_T *up = ws + nb__cnn_tid() * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
+        NB_T *up = ws + NB_CNN_TID * pl->ws_elems, *col = up + pl->nb * g->cu * pl->plane, *gt = col + K * pl->q;
         NB_T *pdw = parts + c * g->cv * K;
         for (int64_t t = c * pl->tiles / pl->chunks; t < (c + 1) * pl->tiles / pl->chunks; t++) {
             const int64_t b0 = t * pl->nb, nb = g->n - b0 < pl->nb ? g->n - b0 : pl->nb, qn = nb * len;
@@ -428,7 +428,7 @@ void NB_CK(conv_fw)(const nb_conv_geom *g, const nb_conv_plan *pl, const NB_T *u
     }
     const int nb_nt_ = pl->threads;
     NB_CNN_FOR(tile, pl->tiles, {
-        NB_T *col = ws + nb__cnn_tid() * pl->ws_elems, *tmp = col + K * pl->q;
+        NB_T *col = ws + NB_CNN_TID * pl->ws_elems, *tmp = col + K * pl->q;
         const int64_t q0 = tile * pl->q, qn = total - q0 < pl->q ? total - q0 : pl->q;
         for (int64_t grp = 0; grp < G; grp++) {
             NB_FOR_SEGMENTS(q0, qn, P, NB_CS(im2col)(g, grp, u + b * U, p0, p1, col, qn, coff));
