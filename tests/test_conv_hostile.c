@@ -593,9 +593,13 @@ static void user_openmp_team(void)
     nb_conv_opts o = nb_conv_defaults();
     o.stride[0] = 2;
     nb_set_num_threads(1);
+    /* the caller's own OpenMP default is given back after the convolution's single-threaded products
+     * (97056ff left it at 1: the user's later parallel regions ran on one thread) */
+    omp_set_num_threads(3);
     nb_tape *t0 = nb_tape_new();
     nb_tape_begin(t0);
     nb_tensor *ref = nb_tensor_clone(nb_conv2d(x, w, NULL, &o));
+    CHECK(omp_get_max_threads() == 3, "the caller's OpenMP default after a convolution: %d, set 3", omp_get_max_threads());
     nb_tape_end(t0);
     nb_tape_free(t0);
     int bad = 0;

@@ -72,7 +72,8 @@ int nb__cnn_threads(int64_t work);
 int nb__cnn_tid(void);
 /* OpenBLAS's products to one thread for a kernel call (the calling thread's OpenMP setting with an OpenMP
  * OpenBLAS, the global count with a pthreads one), so that they do not round differently with the thread
- * count; the previous setting is returned for nb__blas_restore (0: no change made). */
+ * count; the previous setting is returned for nb__blas_restore (0: no change made; negative: the calling
+ * thread's OpenMP setting, given back). */
 int nb__blas_single(void);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP

@@ -34,9 +34,10 @@ int nb__blas_single(void)
     if (kind < 0) kind = openblas_get_parallel();
 #ifdef _OPENMP
     if (kind == 2) { /* follows the calling thread's OpenMP setting: this thread's, kept at 1 by
-                        nb__blas_threads_sync before each product while the flag is set */
+                        nb__blas_threads_sync before each product while the flag is set, and given
+                        back by nb__blas_restore (the caller's own OpenMP regions keep their default) */
         nb__t_blas_one = 1;
-        return 0;
+        return -omp_get_max_threads();
     }
 #endif
     if (kind != 1) return 0;
@@ -48,6 +49,9 @@ int nb__blas_single(void)
 void nb__blas_restore(int saved)
 {
     nb__t_blas_one = 0; /* the next product's nb__blas_threads_sync gives OpenBLAS the knob's value again */
+#ifdef _OPENMP
+    if (saved < 0 && omp_get_max_threads() != -saved) omp_set_num_threads(-saved);
+#endif
     if (saved > 1) openblas_set_num_threads(saved);
 }
 
