@@ -1,6 +1,10 @@
-/* The convolutional family the way hostile users break it (a review of issue 10's merge): geometry
- * whose arithmetic overflows int64, and further cases added with each fix below. Every case is a clear
- * error naming the op, or a result checked against known values. */
+/* The convolutional family the way hostile users break it (a review of issue 10's merge), one section
+ * per bug found, each naming the symptom it had: geometry whose arithmetic overflows int64 (ops and
+ * layers), im2col zeroing past its run (wrong values), stale arguments named by the op, normalisation
+ * of empty batches, float32 statistics at a large mean, every kernel path on 1, 2 and 3 threads, user
+ * threads and a user's OpenMP team sharing weights, BatchNorm's buffers under allocation failure. Every
+ * case is a clear error naming the op, or a result checked against known values. `test_conv_hostile
+ * user-threads` runs the user-thread case alone (ThreadSanitizer, .ci/run). */
 #include "nbtest.h"
 
 #include <pthread.h>
