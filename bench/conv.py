@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
 import benchlib as bl  # noqa: E402
-from torchbench import make_cnn  # noqa: E402  (shared with scaling.py)
+from torchbench import cnn_step, make_cnn  # noqa: E402  (shared with scaling.py)
 
 bl.single_thread_env()  # before torch loads
 
@@ -120,17 +120,7 @@ def run_torch_cnn(torch, a):
     m.train()
     m.p = 0.0
     loss0 = F.cross_entropy(m(x), y, label_smoothing=0.1).item()
-    m, x, y = make_cnn(torch, a)  # fresh running statistics, as nabla's
-    m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=5e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(m(x), y, label_smoothing=0.1)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = cnn_step(torch, a)  # a fresh model: fresh running statistics, as nabla's
     wall, cpu = bl.time_calls(step, a, cpu=True)
     return {"step_ms": statistics.median(wall) / 1e6, "step_cpu_ms": statistics.median(cpu) / 1e6, "loss0": loss0}
 

@@ -267,8 +267,9 @@ def work_mnist(torch, a):
             "epoch_ms": epoch_ms, "last_loss": loss.item(), "test_acc": acc}
 
 
-def work_cnn(torch, a):
-    """one training step of the CNN (AdamW, label smoothing 0.1), as bench_conv --case cnn"""
+def cnn_step(torch, a):
+    """a fresh CNN (make_cnn) in training mode and its training step (AdamW, label smoothing 0.1), as
+    bench_conv --case cnn; shared with conv.py"""
     F = torch.nn.functional
     m, x, y = make_cnn(torch, a)
     m.train()
@@ -281,7 +282,11 @@ def work_cnn(torch, a):
         opt.step()
         return loss
 
-    wall, cpu = time_steps(step, a)
+    return step
+
+
+def work_cnn(torch, a):
+    wall, cpu = time_steps(cnn_step(torch, a), a)
     return {"step_ms": wall, "step_cpu_ms": cpu}
 
 
