@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
 import benchlib as bl  # noqa: E402
+from torchbench import cnn_step, make_cnn  # noqa: E402  (shared with scaling.py)
 
 bl.single_thread_env()  # before torch loads
 
@@ -113,65 +114,13 @@ def run_torch_conv(torch, shape, a):
 
 # ---- the CNN step ------------------------------------------------------------------------------------
 
-def make_cnn(torch, a):
-    nn, F = torch.nn, torch.nn.functional
-    dt = torch.float32 if a.dtype == "f32" else torch.float64
-
-    class CNN(nn.Module):
-        """examples/fashion_mnist.c's --model cnn (the input already standardised)"""
-
-        def __init__(self):
-            super().__init__()
-            cin, side = 1, 28
-            for k, c in enumerate(a.channel_list):
-                setattr(self, f"conv{k + 1}", nn.Conv2d(cin, c, 3, padding=1, bias=False))
-                setattr(self, f"bn{k + 1}", nn.BatchNorm2d(c))
-                cin, side = c, side // 2
-            self.flat = cin * side * side
-            self.fc1 = nn.Linear(self.flat, a.hidden)
-            self.fc2 = nn.Linear(a.hidden, 10)
-            self.p = a.dropout
-
-        def forward(self, x):
-            for k in range(len(a.channel_list)):
-                x = F.max_pool2d(F.relu(getattr(self, f"bn{k + 1}")(getattr(self, f"conv{k + 1}")(x))), 2)
-                if k == 0:
-                    x = F.dropout2d(x, self.p / 3, self.training)
-            x = F.dropout(torch.flatten(x, 1), self.p, self.training)
-            x = F.dropout(F.relu(self.fc1(x)), self.p, self.training)
-            return self.fc2(x)
-
-    m = CNN().to(dt)
-    cin = 1
-    for k, c in enumerate(a.channel_list):
-        fill(torch, getattr(m, f"conv{k + 1}").weight, 1 / math.sqrt(cin * 9), 0.7, 0.1)
-        cin = c
-    fill(torch, m.fc1.weight, 1 / math.sqrt(m.flat), 1.3, 0.2)
-    fill(torch, m.fc1.bias, 1 / math.sqrt(m.flat), 0.9, 0.3)
-    fill(torch, m.fc2.weight, 1 / math.sqrt(a.hidden), 1.3, 0.2)
-    fill(torch, m.fc2.bias, 1 / math.sqrt(a.hidden), 0.9, 0.3)
-    x = sin_form(torch, a.batch * 784, 1.0, 0.37, 0.5, dt).view(a.batch, 1, 28, 28)
-    y = torch.arange(a.batch) % 10
-    return m, x, y
-
-
 def run_torch_cnn(torch, a):
     F = torch.nn.functional
     m, x, y = make_cnn(torch, a)
     m.train()
     m.p = 0.0
     loss0 = F.cross_entropy(m(x), y, label_smoothing=0.1).item()
-    m, x, y = make_cnn(torch, a)  # fresh running statistics, as nabla's
-    m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=5e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(m(x), y, label_smoothing=0.1)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = cnn_step(torch, a)  # a fresh model: fresh running statistics, as nabla's
     wall, cpu = bl.time_calls(step, a, cpu=True)
     return {"step_ms": statistics.median(wall) / 1e6, "step_cpu_ms": statistics.median(cpu) / 1e6, "loss0": loss0}
 

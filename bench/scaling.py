@@ -6,6 +6,8 @@ Workloads (wall time, the measure once several threads work):
     mnist  one epoch of the Fashion-MNIST training of mnist.py (the median epoch of --mnist-epochs)
     lstm   one LSTM layer forward + backward, input 64, hidden 256, T 50, batch 128 (bench_rnn)
     adam   one Adam step on 10M float32 parameters (bench_adam, torchbench.py adam)
+    cnn    one training step of examples/fashion_mnist's CNN, batch 128 (bench_conv --case cnn,
+           torchbench.py cnn; PyTorch runs oneDNN for the convolutions)
 PyTorch configurations (OpenMP intra-op threads / OpenBLAS threads): 1/1, N/N, 1/N, and N/N with
 OMP_WAIT_POLICY=PASSIVE; its best N-thread figure is the comparison. nabla also runs with N threads and
 OMP_WAIT_POLICY=PASSIVE (the setting for machines shared with other work). The issue's targets on a
@@ -15,7 +17,7 @@ ahead of PyTorch's best 2-thread configuration.
 Run with Debian's python (python3-torch) against a release build, on a machine that is otherwise idle
 (the load average is printed before and after; other work on the cores ruins any scaling figure):
     meson setup build-rel --buildtype=release && ninja -C build-rel
-    /usr/bin/python3 bench/scaling.py --build build-rel [--threads 2] [--rounds 3] [--workloads mlp,mnist,lstm,adam]
+    /usr/bin/python3 bench/scaling.py --build build-rel [--threads 2] [--rounds 3] [--workloads mlp,mnist,lstm,adam,cnn]
 Each round runs every configuration of every workload once, in turn; the figures are medians over
 rounds, with ranges.
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, b
 import benchlib as bl  # noqa: E402
 
 TARGET_SPEEDUP = 1.7
-WORKLOADS = ("mlp", "mnist", "lstm", "adam")
+WORKLOADS = ("mlp", "mnist", "lstm", "adam", "cnn")
 
 
 def parse_args():
@@ -69,6 +71,11 @@ def workload_runs(a, w):
         return (lambda t, pas: bl.run_nabla("scaling.py", b("bench_rnn"), args, bl.thread_env(nabla=t, passive=pas))["fwd_bwd_ms"],
                 lambda o, k, pas: bl.run_torch_worker("scaling.py", "rnn", args, bl.thread_env(torch_threads=o, blas=k, passive=pas))["fwd_bwd_ms"],
                 "LSTM in 64, hidden 256, T 50, batch 128, forward + backward")
+    if w == "cnn":
+        args = ["--repeats", 20]
+        return (lambda t, pas: bl.run_nabla("scaling.py", b("bench_conv"), ["--case", "cnn"] + args, bl.thread_env(nabla=t, passive=pas))["step_ms"],
+                lambda o, k, pas: bl.run_torch_worker("scaling.py", "cnn", args, bl.thread_env(torch_threads=o, blas=k, passive=pas))["step_ms"],
+                "Fashion-MNIST CNN training step, batch 128 (conv32-bn-relu-pool, conv64-bn-relu-pool, fc256, fc10, AdamW)")
     args = ["--n", 10000000, "--repeats", 30]
     return (lambda t, pas: bl.run_nabla("scaling.py", b("bench_adam"), args, bl.thread_env(nabla=t, passive=pas))["median_ns"] / 1e6,
             lambda o, k, pas: bl.run_torch_worker("scaling.py", "adam", args, bl.thread_env(torch_threads=o, blas=k, passive=pas))["median_ns"] / 1e6,

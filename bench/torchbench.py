@@ -5,8 +5,8 @@ benchlib.run_torch_worker):
     /usr/bin/python3 bench/torchbench.py WORKLOAD [options]     # prints one JSON line
 
 WORKLOAD is mlp (one training step of an MLP, as bench_mlp.c), rnn (one LSTM or GRU layer forward +
-backward, as bench_rnn.c), adam (one Adam step, as bench_adam.c) or mnist (Fashion-MNIST training, as
-bench_mnist.c). Threads: torch.set_num_threads(TORCH_THREADS, default OMP_NUM_THREADS, default 1);
+backward, as bench_rnn.c), adam (one Adam step, as bench_adam.c), mnist (Fashion-MNIST training, as
+bench_mnist.c) or cnn (one training step of examples/fashion_mnist's CNN, as bench_conv --case cnn). Threads: torch.set_num_threads(TORCH_THREADS, default OMP_NUM_THREADS, default 1);
 PyTorch's matrix products go to Debian's OpenBLAS, whose threads come from OPENBLAS_NUM_THREADS.
 
 The functions that build a workload (weights as closed forms of the flat index, as the C benchmarks
@@ -117,6 +117,57 @@ def time_steps(fn, a):
     return statistics.median(wall) / 1e6, statistics.median(cpu) / 1e6
 
 
+def fill_form(torch, t, scale, fa, fb):
+    """t = scale * sin(fa j + fb) over its flat index j"""
+    with torch.no_grad():
+        t.copy_(sin_form(torch, t.numel(), scale, fa, fb, t.dtype).view_as(t))
+
+
+def make_cnn(torch, a):
+    """examples/fashion_mnist.c's --model cnn as a torch.nn module with the weights of bench_conv.c (closed
+    forms of the flat index), a batch of a.batch images and labels; a: channel_list, hidden, dropout,
+    batch, dtype. Shared with conv.py."""
+    nn, F = torch.nn, torch.nn.functional
+    dt = torch.float32 if a.dtype == "f32" else torch.float64
+
+    class CNN(nn.Module):
+        """examples/fashion_mnist.c's --model cnn (the input already standardised)"""
+
+        def __init__(self):
+            super().__init__()
+            cin, side = 1, 28
+            for k, c in enumerate(a.channel_list):
+                setattr(self, f"conv{k + 1}", nn.Conv2d(cin, c, 3, padding=1, bias=False))
+                setattr(self, f"bn{k + 1}", nn.BatchNorm2d(c))
+                cin, side = c, side // 2
+            self.flat = cin * side * side
+            self.fc1 = nn.Linear(self.flat, a.hidden)
+            self.fc2 = nn.Linear(a.hidden, 10)
+            self.p = a.dropout
+
+        def forward(self, x):
+            for k in range(len(a.channel_list)):
+                x = F.max_pool2d(F.relu(getattr(self, f"bn{k + 1}")(getattr(self, f"conv{k + 1}")(x))), 2)
+                if k == 0:
+                    x = F.dropout2d(x, self.p / 3, self.training)
+            x = F.dropout(torch.flatten(x, 1), self.p, self.training)
+            x = F.dropout(F.relu(self.fc1(x)), self.p, self.training)
+            return self.fc2(x)
+
+    m = CNN().to(dt)
+    cin = 1
+    for k, c in enumerate(a.channel_list):
+        fill_form(torch, getattr(m, f"conv{k + 1}").weight, 1 / math.sqrt(cin * 9), 0.7, 0.1)
+        cin = c
+    fill_form(torch, m.fc1.weight, 1 / math.sqrt(m.flat), 1.3, 0.2)
+    fill_form(torch, m.fc1.bias, 1 / math.sqrt(m.flat), 0.9, 0.3)
+    fill_form(torch, m.fc2.weight, 1 / math.sqrt(a.hidden), 1.3, 0.2)
+    fill_form(torch, m.fc2.bias, 1 / math.sqrt(a.hidden), 0.9, 0.3)
+    x = sin_form(torch, a.batch * 784, 1.0, 0.37, 0.5, dt).view(a.batch, 1, 28, 28)
+    y = torch.arange(a.batch) % 10
+    return m, x, y
+
+
 # ---- workloads -------------------------------------------------------------------------------------
 
 def work_mlp(torch, a):
@@ -216,9 +267,32 @@ def work_mnist(torch, a):
             "epoch_ms": epoch_ms, "last_loss": loss.item(), "test_acc": acc}
 
 
+def cnn_step(torch, a):
+    """a fresh CNN (make_cnn) in training mode and its training step (AdamW, label smoothing 0.1), as
+    bench_conv --case cnn; shared with conv.py"""
+    F = torch.nn.functional
+    m, x, y = make_cnn(torch, a)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(m(x), y, label_smoothing=0.1)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def work_cnn(torch, a):
+    wall, cpu = time_steps(cnn_step(torch, a), a)
+    return {"step_ms": wall, "step_cpu_ms": cpu}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="A PyTorch workload of nabla's benchmarks; prints one JSON line.")
-    p.add_argument("workload", choices=["mlp", "rnn", "adam", "mnist"])
+    p.add_argument("workload", choices=["mlp", "rnn", "adam", "mnist", "cnn"])
     p.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     p.add_argument("--repeats", type=bl.int_in(1, 100000), default=50)
     p.add_argument("--warmup", type=bl.int_in(0, 100000), default=5)
@@ -241,9 +315,12 @@ def parse_args(argv):
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=bl.int_in(1, 1000), default=5)
     p.add_argument("--lr", type=float, default=1e-3)
+    # cnn
+    p.add_argument("--channels", default="32,64")
     a = p.parse_args(argv)
+    a.channel_list = [int(c) for c in a.channels.split(",")]
     defaults = {"mlp": ("784,512,256,10", 128, 0.0), "rnn": (None, 32, 0.0), "adam": (None, 1, 0.0),
-                "mnist": ("256,128", 128, 0.2)}[a.workload]
+                "mnist": ("256,128", 128, 0.2), "cnn": (None, 128, 0.2)}[a.workload]
     a.layers = a.layers or defaults[0]
     a.batch = a.batch or defaults[1]
     a.dropout = defaults[2] if a.dropout is None else a.dropout
@@ -258,7 +335,7 @@ def main():
         sys.exit("torchbench.py: torch is not importable by this python; run it with /usr/bin/python3")
     threads = int(os.environ.get("TORCH_THREADS", os.environ.get("OMP_NUM_THREADS", "1")))
     torch.set_num_threads(threads)
-    out = {"mlp": work_mlp, "rnn": work_rnn, "adam": work_adam, "mnist": work_mnist}[a.workload](torch, a)
+    out = {"mlp": work_mlp, "rnn": work_rnn, "adam": work_adam, "mnist": work_mnist, "cnn": work_cnn}[a.workload](torch, a)
     out.update({"bench": a.workload, "torch_threads": torch.get_num_threads(),
                 "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
                 "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")})
