@@ -374,6 +374,7 @@ static int run_cnn(const options *o, double *samples)
             nb_tape_end(m.tape);
         }
     }
+    const int64_t n_params = nb_params_numel(m.p);
     nb_optim_free(m.opt);
     nb_tape_free(m.tape);
     nb_tensor_free(m.x);
@@ -387,6 +388,7 @@ static int run_cnn(const options *o, double *samples)
         bench_json_begin("cnn");
         bench_json_str("dtype", nb_dtype_name(o->c.dtype));
         bench_json_long("batch", N);
+        bench_json_long("parameters", n_params);
         bench_json_long("repeats", o->c.repeats);
         bench_json_fixed("step_ms", 4, ms);
         bench_json_fixed("step_cpu_ms", 4, cpu_ms);

@@ -72,31 +72,18 @@ def estimate(step_s, grad_bytes, bandwidths_gbit, latency_us, label):
         print(row)
 
 
-def torch_cnn_step(batch, steps):
-    """Seconds per training step (forward, backward, AdamW) of a small Fashion-MNIST CNN in PyTorch on
-    one thread, and its gradient bytes: conv 1->32 3x3 pad 1, ReLU, max-pool 2; conv 32->64 3x3 pad 1,
-    ReLU, max-pool 2; linear 3136->128, ReLU; linear 128->10 (421,642 float32 parameters). It stands in
-    for nabla's CNN example, which has not landed yet, in the scaling estimate."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import time
-    import torch
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    times = []
-    for i in range(steps + 3):
-        t = time.process_time()  # CPU time: steadier than wall time on a shared machine
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.process_time() - t)
-    return statistics.median(times), 4 * sum(p.numel() for p in model.parameters())
+def nabla_cnn_step(dist_bin, batch):
+    """Seconds per training step (forward, backward, AdamW) of examples/fashion_mnist's CNN in nabla on one
+    thread (bench_conv --case cnn, beside bench_dist; CPU time, steadier than wall time on a shared
+    machine), and its gradient bytes (float32 parameters)."""
+    conv_bin = os.path.join(os.path.dirname(os.path.abspath(dist_bin)), "bench_conv")
+    env = dict(os.environ, NB_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    r = subprocess.run([conv_bin, "--case", "cnn", "--batch", str(batch), "--repeats", "10", "--json"],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"dist.py: {conv_bin} failed:\n{r.stderr}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return res["step_cpu_ms"] / 1e3, 4 * res["parameters"]
 
 
 def main():
@@ -109,7 +96,7 @@ def main():
     ap.add_argument("--train-limit", type=int, default=54000, help="training images per epoch (a quick check: 5120)")
     ap.add_argument("--bandwidth-gbit", default="10,100")
     ap.add_argument("--latency-us", type=float, default=5.0)
-    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN estimate (it needs python3-torch)")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN estimate")
     a = ap.parse_args()
     extra = ["--epochs", str(a.epochs), "--train-limit", str(a.train_limit)] + (["--synthetic"] if a.synthetic else [])
     results = {name: [] for name, _, _ in CONFIGS}
@@ -147,9 +134,9 @@ def main():
     grad_bytes = first["parameters"] * 4
     estimate(step_s, grad_bytes, bws, a.latency_us, "MLP (nabla, measured here: CPU time of 1 process x 1 thread)")
     if not a.no_cnn:
-        cnn_s, cnn_bytes = torch_cnn_step(first["batch"], 10)
+        cnn_s, cnn_bytes = nabla_cnn_step(a.bin, first["batch"])
         estimate(cnn_s, cnn_bytes, bws, a.latency_us,
-                 "CNN (CPU time of PyTorch 1.13 on one thread, standing in for nabla's CNN example, which has not landed)")
+                 "CNN of examples/fashion_mnist --model cnn (nabla, measured here: CPU time of 1 thread, bench_conv)")
     return 0
 
 
