@@ -42,11 +42,19 @@ def load():
         return float(f.read().split()[0])
 
 
+# The network rule (tests/mpi-env.sh, which tests/mpirun.sh sources as well): every job of this script
+# stays on this machine, over shared memory and loopback, whatever the caller's environment says.
+MPI_LOCAL_ENV = {"OMPI_MCA_btl": "self,vader", "OMPI_MCA_oob_tcp_if_include": "lo",
+                 "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+                 "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "HYDRA_IFACE": "lo", "UCX_TLS": "self,sm",
+                 "UCX_NET_DEVICES": "lo", "FI_PROVIDER": "shm"}
+
+
 def run(binary, nprocs, args, mpirun):
     cmd = [binary, "--json"] + args
     if nprocs > 1:
         cmd = ["sh", MPIRUN_SH, "-t", "900", mpirun, str(nprocs)] + cmd
-    env = dict(os.environ, OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "SkylakeX"))
+    env = dict(os.environ, OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE", "SkylakeX"), **MPI_LOCAL_ENV)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"dist.py: {' '.join(cmd)} exited with {r.returncode}:\n{r.stdout}\n{r.stderr}")

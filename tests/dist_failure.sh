@@ -8,6 +8,7 @@
 #   tests/dist_failure.sh MPIRUN TEST_DIST DIR        (exit 77, skipped, without mpirun)
 mpirun=$1 prog=$2 dir=$3
 here=$(dirname "$0")
+. "$here/mpi-env.sh" # shared memory and loopback only (tests/mpirun.sh sets it too)
 log=$dir/dist_failure.log
 bad() { echo "FAIL: $*"; exit 1; }
 

@@ -6,6 +6,7 @@
 # -t ends the job after SECONDS (default 300) so that a hang fails instead of waiting for ever.
 limit=300
 if [ "$1" = "-t" ]; then limit=$2; shift 2; fi
+. "$(dirname "$0")/mpi-env.sh" # shared memory and loopback only, for Open MPI and MPICH alike
 mpirun=$1 np=$2
 shift 2
 if [ -z "$mpirun" ] || ! command -v "$mpirun" >/dev/null 2>&1; then
@@ -13,16 +14,13 @@ if [ -z "$mpirun" ] || ! command -v "$mpirun" >/dev/null 2>&1; then
     exit 77
 fi
 if "$mpirun" --version 2>&1 | grep -q -E "Open MPI|OpenRTE"; then
-    # shared memory between the ranks (vader), the launcher's own channel on loopback only
-    export OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl_tcp_if_include=lo
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    # (tests/mpi-env.sh: vader between the ranks, the launcher's own channel on loopback only)
     # ranks may share cores with each other and with other jobs: yield while waiting
     export OMPI_MCA_mpi_yield_when_idle=1
     set -- --oversubscribe "$@"
 elif "$mpirun" --version 2>&1 | grep -q "HYDRA"; then
     # MPICH's Hydra: processes forked here, its control channel on loopback, and (UCX builds, as
-    # Debian's) shared memory only between the ranks
-    export HYDRA_IFACE=lo UCX_TLS=self,sm UCX_NET_DEVICES=lo FI_PROVIDER=shm
+    # Debian's) shared memory only between the ranks (tests/mpi-env.sh)
     set -- -launcher fork -iface lo "$@"
 else
     echo "$mpirun is neither Open MPI's nor MPICH's (Hydra): not known to stay on loopback: skipped"
