@@ -34,7 +34,8 @@ static void usage(FILE *f, const char *prog)
     fprintf(f,
             "usage: %s [--epochs E] [--batch B] [--threads T] [--data DIR | --synthetic] [--train-limit N]\n"
             "          [--warmup-steps S] [--first-bucket BYTES] [--bucket BYTES] [--no-overlap] [--json]\n"
-            "  Times epochs of the Fashion-MNIST MLP's training, alone or under mpirun (tests/mpirun.sh).\n"
+            "  Times epochs of the Fashion-MNIST MLP's training, alone or under mpirun through tests/mpirun.sh\n"
+            "  (this machine only: shared memory, OMPI_MCA_oob_tcp_if_include=lo; see tests/mpi-env.sh).\n"
             "  --epochs E          timed epochs, 1..100 (default 3)\n"
             "  --batch B           global batch, 1..60000 (default 256)\n"
             "  --threads T         BLAS threads per process (default 1)\n"

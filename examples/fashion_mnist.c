@@ -12,6 +12,8 @@
  *                                        its part of every batch of --batch images (the global batch),
  *                                        gradients are averaged, metrics summed over the processes,
  *                                        rank 0 prints and writes the checkpoint
+ * On one machine keep MPI off the network: `. tests/mpi-env.sh` first (Open MPI: OMPI_MCA_btl=self,vader
+ * OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_btl_tcp_if_include=lo), as README's command does.
  */
 #include <nabla.h>
 
