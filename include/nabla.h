@@ -12,7 +12,10 @@
  *   - nb_backward walks the recorded nodes in reverse and accumulates into leaf gradients; nb_grad
  *     returns gradients as tensors instead (and, with NB_CREATE_GRAPH, records the backward too).
  *   - Errors are sticky: a failing call returns NULL (or a status) and records a message; a call given
- *     NULL returns NULL and keeps the first message, so a chain of calls can be checked once.
+ *     NULL returns NULL and keeps the first message, so a chain of calls can be checked once. An
+ *     optional argument (a bias, a weight, a mask) given as NULL means "none": if it comes from a call
+ *     that can fail, check that call (or nb_error_code() at the end of the chain), since the op cannot
+ *     tell a failed argument from an absent one.
  *
  * Lifetimes, and what is checked (docs/architecture.md, "Lifetimes"):
  *   - An op result lives until its tape is reset (nb_tape_reset starts a new generation) or freed.
