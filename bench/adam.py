@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
 import benchlib as bl  # noqa: E402
+from torchbench import make_adam_problem  # noqa: E402  (shared with scaling.py)
 
 bl.single_thread_env()  # before torch loads
 
@@ -60,32 +61,16 @@ def run_nabla(binary, a):
                                             a.check_steps, "--dtype", a.dtype] + (["--amsgrad"] if a.amsgrad else []))
 
 
-def make_problem(torch, a):
-    """The parameters (leaves with their gradients set) of bench_adam.c, in the same dtype."""
-    dt = torch.float32 if a.dtype == "f32" else torch.float64
-    params, first = [], 0
-    for t in range(a.tensors):
-        length = a.n // a.tensors + (1 if t < a.n % a.tensors else 0)
-        i = torch.arange(first, first + length, dtype=torch.int64)
-        p = ((37 * i) % 1000).to(dt) / 1000 - 0.5
-        g = ((91 * i) % 2000).to(dt) / 1000 - 1
-        p.requires_grad_(True)
-        p.grad = g
-        params.append(p)
-        first += length
-    return params
-
-
 def run_torch(torch, a, foreach):
     """Median ns of one step, and the check sum, for torch.optim.Adam(foreach=foreach)."""
     kw = {} if foreach is None else {"foreach": foreach}
-    params = make_problem(torch, a)
+    params = make_adam_problem(torch, a)
     opt = torch.optim.Adam(params, amsgrad=a.amsgrad, **kw)
     for _ in range(a.check_steps):
         opt.step()
     check = sum((p.detach().double() * p.grad.double()).sum().item() for p in params)
 
-    params = make_problem(torch, a)
+    params = make_adam_problem(torch, a)
     opt = torch.optim.Adam(params, amsgrad=a.amsgrad, **kw)
     samples, cpu = bl.time_calls(opt.step, a, cpu=True)
     return {"median_ns": statistics.median(samples), "min_ns": min(samples),

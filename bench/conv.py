@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
 import benchlib as bl  # noqa: E402
-from torchbench import cnn_step, make_cnn  # noqa: E402  (shared with scaling.py)
+from torchbench import cnn_step, fill_form, make_cnn, sin_form  # noqa: E402  (shared with scaling.py)
 
 bl.single_thread_env()  # before torch loads
 
@@ -72,16 +72,6 @@ def common(a):
     return ["--repeats", a.repeats, "--warmup", a.warmup, "--warmup-ms", a.warmup_ms, "--dtype", a.dtype]
 
 
-def sin_form(torch, n, scale, fa, fb, dtype):
-    j = torch.arange(n, dtype=torch.float64)
-    return (scale * torch.sin(fa * j + fb)).to(dtype)
-
-
-def fill(torch, t, scale, fa, fb):
-    with torch.no_grad():
-        t.copy_(sin_form(torch, t.numel(), scale, fa, fb, t.dtype).view_as(t))
-
-
 # ---- one conv2d layer -------------------------------------------------------------------------------
 
 def run_torch_conv(torch, shape, a):
@@ -89,8 +79,8 @@ def run_torch_conv(torch, shape, a):
     dt = torch.float32 if a.dtype == "f32" else torch.float64
     conv = torch.nn.Conv2d(c, o, 3, padding=1).to(dt)
     k = 1 / math.sqrt(c * 9)
-    fill(torch, conv.weight, k, 0.7, 0.1)
-    fill(torch, conv.bias, k, 0.9, 0.3)
+    fill_form(torch, conv.weight, k, 0.7, 0.1)
+    fill_form(torch, conv.bias, k, 0.9, 0.3)
     x = sin_form(torch, n * c * h * h, 1.0, 0.37, 0.5, dt).view(n, c, h, h).requires_grad_(c > 1)
 
     def step(backward):

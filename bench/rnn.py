@@ -19,13 +19,13 @@ are given in wall time (the target's measure) and in the thread's CPU time, whic
 inflates far less.
 """
 import argparse
-import math
 import os
 import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib.py, beside this file
 import benchlib as bl  # noqa: E402
+from torchbench import RNN_PARAMS, make_rnn, rnn_pass  # noqa: E402  (shared with scaling.py)
 
 bl.single_thread_env()  # before torch loads
 
@@ -33,10 +33,7 @@ TARGET = 0.6  # the issue's goal: nabla's forward + backward at most 0.6x PyTorc
 TARGET_FLOOR = 1.10  # and at most 1.10x its own GEMM floor (the pass's products replayed alone, gemm_floor.h)
 KEYS = ("fwd_bwd_ms", "fwd_ms", "fwd_bwd_cpu_ms", "fwd_cpu_ms")
 LABELS = ("forward + backward", "forward only", "fwd + bwd, CPU time", "forward, CPU time")
-PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# (scale in units of k = 1/sqrt(hidden), a, b) of scale * sin(a j + b), as in bench_rnn.c
-FORMS = {"weight_ih": (1, 0.7, 0.1), "weight_hh": (1, 1.3, 0.2), "bias_ih": (1, 0.9, 0.3),
-         "bias_hh": (1, 1.1, 0.4)}
+# bench_rnn.c's parameters and closed forms, and the torch layer built from them: torchbench.py
 
 
 def kinds(s):
@@ -74,46 +71,18 @@ def run_nabla(binary, kind, a):
                                            "--warmup", a.warmup, "--warmup-ms", a.warmup_ms, "--dtype", a.dtype])
 
 
-def sin_form(torch, n, scale, a, b, dtype):
-    j = torch.arange(n, dtype=torch.float64)
-    return (scale * torch.sin(a * j + b)).to(dtype)
-
-
-def make_torch(torch, kind, a):
-    dt = torch.float32 if a.dtype == "f32" else torch.float64
-    cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
-    layer = cls(a.input, a.hidden, num_layers=1).to(dt)
-    k = 1 / math.sqrt(a.hidden)
-    with torch.no_grad():
-        for name in PARAMS:
-            p = getattr(layer, name + "_l0")
-            scale, fa, fb = FORMS[name]
-            p.copy_(sin_form(torch, p.numel(), scale * k, fa, fb, dt).view_as(p))
-    x = sin_form(torch, a.steps * a.batch * a.input, 1.0, 0.37, 0.5, dt).view(a.steps, a.batch, a.input)
-    return layer, x
-
-
-def torch_pass(layer, x, backward):
-    layer.zero_grad(set_to_none=True)
-    out, _ = layer(x)
-    y = out.sum()
-    if backward:
-        y.backward()
-    return y  # released by the caller, inside the timed region
-
-
 def run_torch(torch, kind, a):
     """Median ms per pass of forward + backward and of forward only, in wall time and in this thread's
     CPU time (all of it with one thread), and the check values."""
-    layer, x = make_torch(torch, kind, a)
+    layer, x = make_rnn(torch, kind, a)
     out = {}
     for key, cpu_key, backward in (("fwd_bwd_ms", "fwd_bwd_cpu_ms", True), ("fwd_ms", "fwd_cpu_ms", False)):
-        samples, cpu_samples = bl.time_calls(lambda: torch_pass(layer, x, backward), a, cpu=True)
+        samples, cpu_samples = bl.time_calls(lambda: rnn_pass(layer, x, backward), a, cpu=True)
         out[key] = statistics.median(samples) / 1e6
         out[cpu_key] = statistics.median(cpu_samples) / 1e6
-    y = torch_pass(layer, x, True)
+    y = rnn_pass(layer, x, True)
     out["y"] = y.item()
-    for name in PARAMS:
+    for name in RNN_PARAMS:
         out["grad_" + name] = getattr(layer, name + "_l0").grad.double().abs().sum().item()
     return out
 
@@ -121,7 +90,7 @@ def run_torch(torch, kind, a):
 def check_values(kind, nb, pt, dtype):
     """Both sides must compute the same function and gradients. Sums over many float32 terms: a
     relative tolerance."""
-    return bl.agree(nb, pt, ["y"] + ["grad_" + n for n in PARAMS], 1e-9 if dtype == "f64" else 2e-3,
+    return bl.agree(nb, pt, ["y"] + ["grad_" + n for n in RNN_PARAMS], 1e-9 if dtype == "f64" else 2e-3,
                     f"{kind}: ")
 
 
