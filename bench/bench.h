@@ -7,6 +7,7 @@
 #include <nabla.h>
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,5 +171,20 @@ static inline void bench_json_fixed(const char *key, int decimals, double v)
 /* a value the scripts compare with PyTorch's: every digit (%.17g round-trips a double) */
 static inline void bench_json_exact(const char *key, double v) { printf(", \"%s\": %.17g", key, v); }
 static inline void bench_json_end(void) { printf("}\n"); }
+
+/* t[j] = scale sin(a j + b), rounded to t's dtype: the closed forms the Python side rebuilds
+ * (torchbench.py's sin_form), so both compute the same function. */
+static inline void bench_fill_sin(nb_tensor *t, double scale, double a, double b)
+{
+    void *d = nb_tensor_data(t);
+    for (int64_t j = 0; j < nb_tensor_numel(t); j++) {
+        double v = scale * sin(a * (double)j + b);
+        if (nb_tensor_dtype(t) == NB_F32)
+            ((float *)d)[j] = (float)v;
+        else
+            ((double *)d)[j] = v;
+    }
+    nb_tensor_mark_dirty(t);
+}
 
 #endif

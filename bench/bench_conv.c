@@ -123,20 +123,6 @@ static int parse_args(int argc, char **argv, options *o)
     return bench_parse_args(argc, argv, "bench_conv", usage, &o->c, own_option, o);
 }
 
-/* t[j] = scale sin(a j + b), rounded to t's dtype. */
-static void fill_sin(nb_tensor *t, double scale, double a, double b)
-{
-    void *d = nb_tensor_data(t);
-    for (int64_t j = 0; j < nb_tensor_numel(t); j++) {
-        double v = scale * sin(a * (double)j + b);
-        if (nb_tensor_dtype(t) == NB_F32)
-            ((float *)d)[j] = (float)v;
-        else
-            ((double *)d)[j] = v;
-    }
-    nb_tensor_mark_dirty(t);
-}
-
 static double grad_abs_sum(const nb_tensor *t)
 {
     const nb_tensor *g = nb_tensor_grad(t);
@@ -209,9 +195,9 @@ static int run_conv(const options *o, double *samples)
     void *ga = calloc((size_t)(O * K), es), *gb = calloc((size_t)(K * N * P), es), *gc = calloc((size_t)(O * N * P), es);
     if (cb.tape && cb.x && cb.w && cb.b && ga && gb && gc && nb_tape_begin(cb.tape) == NB_OK) {
         double kw = 1.0 / sqrt((double)K);
-        fill_sin(cb.w, kw, 0.7, 0.1);
-        fill_sin(cb.b, kw, 0.9, 0.3);
-        fill_sin(cb.x, 1.0, 0.37, 0.5);
+        bench_fill_sin(cb.w, kw, 0.7, 0.1);
+        bench_fill_sin(cb.b, kw, 0.9, 0.3);
+        bench_fill_sin(cb.x, 1.0, 0.37, 0.5);
         nb_tensor_set_requires_grad(cb.w, 1);
         nb_tensor_set_requires_grad(cb.b, 1);
         if (C > 1) nb_tensor_set_requires_grad(cb.x, 1);
@@ -340,7 +326,7 @@ static int run_cnn(const options *o, double *samples)
         snprintf(bn, sizeof bn, "bn%d", k + 1);
         ok = nb_conv2d_init(&m.conv[k], m.p, cn, in, o->channels[k], 3, 3, &co, &nob, &m.rng) == NB_OK &&
              nb_batch_norm2d_init(&m.bn[k], m.p, bn, o->channels[k], &bo) == NB_OK;
-        if (ok) fill_sin(m.conv[k].weight, 1.0 / sqrt((double)(in * 9)), 0.7, 0.1);
+        if (ok) bench_fill_sin(m.conv[k].weight, 1.0 / sqrt((double)(in * 9)), 0.7, 0.1);
         in = o->channels[k];
         side /= 2;
     }
@@ -350,11 +336,11 @@ static int run_cnn(const options *o, double *samples)
          (m.x = nb_tensor_zeros(o->c.dtype, NB_SHAPE(N, 1, 28, 28))) != NULL &&
          (m.y = nb_tensor_zeros(NB_I64, NB_SHAPE(N))) != NULL;
     if (ok) {
-        fill_sin(m.fc1.weight, 1.0 / sqrt((double)flat), 1.3, 0.2);
-        fill_sin(m.fc1.bias, 1.0 / sqrt((double)flat), 0.9, 0.3);
-        fill_sin(m.fc2.weight, 1.0 / sqrt((double)o->hidden), 1.3, 0.2);
-        fill_sin(m.fc2.bias, 1.0 / sqrt((double)o->hidden), 0.9, 0.3);
-        fill_sin(m.x, 1.0, 0.37, 0.5);
+        bench_fill_sin(m.fc1.weight, 1.0 / sqrt((double)flat), 1.3, 0.2);
+        bench_fill_sin(m.fc1.bias, 1.0 / sqrt((double)flat), 0.9, 0.3);
+        bench_fill_sin(m.fc2.weight, 1.0 / sqrt((double)o->hidden), 1.3, 0.2);
+        bench_fill_sin(m.fc2.bias, 1.0 / sqrt((double)o->hidden), 0.9, 0.3);
+        bench_fill_sin(m.x, 1.0, 0.37, 0.5);
         for (long j = 0; j < N; j++) nb_tensor_set(m.y, j, (double)(j % 10));
         nb_optim_opts oo = nb_optim_defaults(NB_ADAMW);
         oo.lr = 2e-3;

@@ -98,20 +98,6 @@ static int own_option(void *opts, const char *name, const char *v, const char **
     return BENCH_ARG_UNKNOWN;
 }
 
-/* t[j] = scale sin(a j + b), rounded to t's dtype. */
-static void fill_sin(nb_tensor *t, double scale, double a, double b)
-{
-    void *d = nb_tensor_data(t);
-    for (int64_t j = 0; j < nb_tensor_numel(t); j++) {
-        double v = scale * sin(a * (double)j + b);
-        if (nb_tensor_dtype(t) == NB_F32)
-            ((float *)d)[j] = (float)v;
-        else
-            ((double *)d)[j] = v;
-    }
-    nb_tensor_mark_dirty(t);
-}
-
 typedef struct bench {
     nb_tape *tape;
     nb_params *params;
@@ -178,10 +164,10 @@ int main(int argc, char **argv)
         (bn.y = nb_tensor_zeros(NB_I64, NB_SHAPE(o.batch))) != NULL) {
         for (int l = 0; l < bn.mlp.n_layers; l++) {
             double k = 1.0 / sqrt((double)o.sizes[l]);
-            fill_sin(bn.mlp.layer[l].weight, k, 0.7 + 0.1 * l, 0.1);
-            fill_sin(bn.mlp.layer[l].bias, k, 0.9 + 0.1 * l, 0.3);
+            bench_fill_sin(bn.mlp.layer[l].weight, k, 0.7 + 0.1 * l, 0.1);
+            bench_fill_sin(bn.mlp.layer[l].bias, k, 0.9 + 0.1 * l, 0.3);
         }
-        fill_sin(bn.x, 1.0, 0.37, 0.5);
+        bench_fill_sin(bn.x, 1.0, 0.37, 0.5);
         for (int64_t r = 0; r < o.batch; r++) nb_tensor_set(bn.y, r, (double)((7 * r) % classes));
         if (o.optim == 1) bn.opt = nb_optim_new(NB_SGD, bn.params, NULL);
         if (o.optim == 2) bn.opt = nb_optim_new(NB_ADAM, bn.params, NULL);

@@ -87,20 +87,6 @@ static int parse_args(int argc, char **argv, options *o)
     return bench_parse_args(argc, argv, "bench_rnn", usage, &o->c, own_option, o);
 }
 
-/* t[j] = scale sin(a j + b), rounded to t's dtype. */
-static void fill_sin(nb_tensor *t, double scale, double a, double b)
-{
-    void *d = nb_tensor_data(t);
-    for (int64_t j = 0; j < nb_tensor_numel(t); j++) {
-        double v = scale * sin(a * (double)j + b);
-        if (nb_tensor_dtype(t) == NB_F32)
-            ((float *)d)[j] = (float)v;
-        else
-            ((double *)d)[j] = v;
-    }
-    nb_tensor_mark_dirty(t);
-}
-
 typedef struct bench {
     nb_tape *tape;
     nb_params *params;
@@ -182,11 +168,11 @@ int main(int argc, char **argv)
         nb_tape_begin(bn.tape) == NB_OK) {
         const nb_rnn_cell *c = &bn.rnn.cell[0];
         double k = 1.0 / sqrt((double)o.hidden);
-        fill_sin(c->w_ih, k, 0.7, 0.1);
-        fill_sin(c->w_hh, k, 1.3, 0.2);
-        fill_sin(c->b_ih, k, 0.9, 0.3);
-        fill_sin(c->b_hh, k, 1.1, 0.4);
-        fill_sin(bn.x, 1.0, 0.37, 0.5);
+        bench_fill_sin(c->w_ih, k, 0.7, 0.1);
+        bench_fill_sin(c->w_hh, k, 1.3, 0.2);
+        bench_fill_sin(c->b_ih, k, 0.9, 0.3);
+        bench_fill_sin(c->b_hh, k, 1.1, 0.4);
+        bench_fill_sin(bn.x, 1.0, 0.37, 0.5);
         fb = time_passes(&bn, &o, 1, samples, &fb_cpu);
         if (fb >= 0) fw = time_passes(&bn, &o, 0, samples, &fw_cpu);
         /* one more pass for the values that rnn.py compares with PyTorch's */

@@ -317,7 +317,7 @@ static bool parse_sched_line(fx_parser *p, sched_case *c, const char *kw, char *
                             : parse_list(p, s, "mom", MAX_EPOCHS + 1, c->mom[g], &c->nmom[g]);
     }
     if (!strcmp(kw, "optim")) {
-        int kind;
+        int kind = 0;
         if (!parse_kind(p, fx_token(&s), optim_kinds, NB_OPTIM_KIND_COUNT, &kind)) return false;
         c->okind = (nb_optim_kind)kind;
         c->oopts = nb_optim_defaults(c->okind);
