@@ -867,6 +867,20 @@ typedef struct shared_net {
     nb_tensor *w1, *b1, *w2;
 } shared_net;
 
+/* the shared, read-only parameters of the thread tests, from a seeded generator */
+static shared_net new_shared_net(uint64_t seed)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, seed);
+    shared_net n = {nb_tensor_uniform(NB_F64, NB_SHAPE(4, 6), -1, 1, &rng),
+                    nb_tensor_uniform(NB_F64, NB_SHAPE(6), -1, 1, &rng),
+                    nb_tensor_uniform(NB_F64, NB_SHAPE(6, 2), -1, 1, &rng)};
+    nb_tensor_set_requires_grad(n.w1, 1);
+    nb_tensor_set_requires_grad(n.b1, 1);
+    nb_tensor_set_requires_grad(n.w2, 1);
+    return n;
+}
+
 typedef struct worker {
     const shared_net *net;
     int id;
@@ -909,14 +923,7 @@ static void *worker_run(void *arg)
 
 static void test_threads_shared_params(void)
 {
-    nb_rng rng;
-    nb_rng_seed(&rng, 5);
-    shared_net n = {nb_tensor_uniform(NB_F64, NB_SHAPE(4, 6), -1, 1, &rng),
-                    nb_tensor_uniform(NB_F64, NB_SHAPE(6), -1, 1, &rng),
-                    nb_tensor_uniform(NB_F64, NB_SHAPE(6, 2), -1, 1, &rng)};
-    nb_tensor_set_requires_grad(n.w1, 1);
-    nb_tensor_set_requires_grad(n.b1, 1);
-    nb_tensor_set_requires_grad(n.w2, 1);
+    shared_net n = new_shared_net(5);
     static worker serial[N_THREADS], par[N_THREADS];
     for (int i = 0; i < N_THREADS; i++) {
         serial[i] = (worker){.net = &n, .id = i};
@@ -1041,14 +1048,7 @@ static void *anomaly_toggler(void *arg)
 
 static void test_anomaly_from_another_thread(void)
 {
-    nb_rng rng;
-    nb_rng_seed(&rng, 11);
-    shared_net n = {nb_tensor_uniform(NB_F64, NB_SHAPE(4, 6), -1, 1, &rng),
-                    nb_tensor_uniform(NB_F64, NB_SHAPE(6), -1, 1, &rng),
-                    nb_tensor_uniform(NB_F64, NB_SHAPE(6, 2), -1, 1, &rng)};
-    nb_tensor_set_requires_grad(n.w1, 1);
-    nb_tensor_set_requires_grad(n.b1, 1);
-    nb_tensor_set_requires_grad(n.w2, 1);
+    shared_net n = new_shared_net(11);
     static worker serial[2], par[2];
     for (int i = 0; i < 2; i++) {
         serial[i] = (worker){.net = &n, .id = i};
