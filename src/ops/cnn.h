@@ -67,6 +67,8 @@ int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weig
  * products run single-threaded (nb__blas_single), in its parallel tiles and in the paths run in order. */
 #define NB_CNN_GRAIN NB_GRAIN_MEM
 /* Threads for a loop touching work elements (nb__threads_for): 1 below 2 grains or without OpenMP. */
+/* "(a, b)" for 2-D, "a" for 1-D, for error messages (four rotating thread-local buffers) */
+const char *nb__cnn_vals(int dims, const int64_t *v);
 int nb__cnn_threads(int64_t work);
 /* The calling thread's number inside a parallel loop (0 outside). */
 int nb__cnn_tid(void);

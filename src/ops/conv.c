@@ -206,8 +206,9 @@ nb_conv_opts nb_conv_defaults(void)
     return (nb_conv_opts){.stride = {1, 1}, .dilation = {1, 1}, .groups = 1};
 }
 
-/* "(a, b)" for 2-D, "a" for 1-D, in one of a few rotating buffers */
-static const char *vals(int dims, const int64_t *v)
+/* "(a, b)" for 2-D, "a" for 1-D, for messages: in one of four rotating thread-local buffers, so that
+ * one message may hold four of them */
+const char *nb__cnn_vals(int dims, const int64_t *v)
 {
     static _Thread_local char buf[4][48];
     static _Thread_local int k;
@@ -261,22 +262,22 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
     for (int d = 0; d < dims; d++) {
         if (o.stride[d] < 1)
             return nb__fail(NB_ERR_ARG, "%s: input %s: stride %s must be at least 1 (start from nb_conv_defaults())",
-                            who, NB_SHP(x), vals(dims, o.stride)), false;
+                            who, NB_SHP(x), nb__cnn_vals(dims, o.stride)), false;
         if (o.dilation[d] < 1)
             return nb__fail(NB_ERR_ARG, "%s: input %s: dilation %s must be at least 1 (start from "
-                            "nb_conv_defaults())", who, NB_SHP(x), vals(dims, o.dilation)), false;
+                            "nb_conv_defaults())", who, NB_SHP(x), nb__cnn_vals(dims, o.dilation)), false;
         if (o.padding[d] < 0)
             return nb__fail(NB_ERR_ARG, "%s: input %s: padding %s must not be negative", who, NB_SHP(x),
-                            vals(dims, o.padding)), false;
+                            nb__cnn_vals(dims, o.padding)), false;
         if (mode == 1 && o.output_padding[d] < 0)
             return nb__fail(NB_ERR_ARG, "%s: input %s: output_padding %s must not be negative", who, NB_SHP(x),
-                            vals(dims, o.output_padding)), false;
+                            nb__cnn_vals(dims, o.output_padding)), false;
         if (o.stride[d] > NB_GEOM_MAX || o.dilation[d] > NB_GEOM_MAX || o.padding[d] > NB_GEOM_MAX ||
             (mode == 1 && o.output_padding[d] > NB_GEOM_MAX) || (mode == 2 && kernel[d] > NB_GEOM_MAX))
             return nb__fail(NB_ERR_ARG, "%s: input %s: stride %s, padding %s, dilation %s%s%s: each must be at most "
-                            "2^61", who, NB_SHP(x), vals(dims, o.stride), vals(dims, o.padding),
-                            vals(dims, o.dilation), mode == 2 ? ", kernel " : mode == 1 ? ", output_padding " : "",
-                            mode == 2 ? vals(dims, kernel) : mode == 1 ? vals(dims, o.output_padding) : ""), false;
+                            "2^61", who, NB_SHP(x), nb__cnn_vals(dims, o.stride), nb__cnn_vals(dims, o.padding),
+                            nb__cnn_vals(dims, o.dilation), mode == 2 ? ", kernel " : mode == 1 ? ", output_padding " : "",
+                            mode == 2 ? nb__cnn_vals(dims, kernel) : mode == 1 ? nb__cnn_vals(dims, o.output_padding) : ""), false;
     }
     if (o.groups < 1)
         return nb__fail(NB_ERR_ARG, "%s: input %s: groups %lld must be at least 1 (start from nb_conv_defaults())",
@@ -287,7 +288,7 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         for (int d = 0; d < dims; d++)
             if (o.stride[d] != 1)
                 return nb__fail(NB_ERR_ARG, "%s: input %s: 'same' padding needs stride 1, got stride %s", who,
-                                NB_SHP(x), vals(dims, o.stride)), false;
+                                NB_SHP(x), nb__cnn_vals(dims, o.stride)), false;
 
     /* channels: x [N, C, ...]; conv w [O, C/G, ...]; transposed w [C, O/G, ...]; weight grad g [N, O, ...] */
     const int64_t G = o.groups, C = x->shape[1];
@@ -333,7 +334,7 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         D[d + off] = o.dilation[d];
         if (K[d + off] < 1)
             return nb__fail(NB_ERR_SHAPE, "%s: %s %s: kernel extents must be at least 1", who,
-                            mode == 2 ? "kernel" : "weight", mode == 2 ? vals(dims, kernel) : NB_SHP(w)), false;
+                            mode == 2 ? "kernel" : "weight", mode == 2 ? nb__cnn_vals(dims, kernel) : NB_SHP(w)), false;
     }
     for (int d = off; d < 2; d++) {
         const int ud = d - off; /* the user's dim */
@@ -341,14 +342,14 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         if (!nb__geom_mad(D[d], K[d] - 1, 1, &span) || !nb__geom_mad(L[d] > 0 ? L[d] - 1 : 0, S[d], 0, &lmul))
             return nb__fail(NB_ERR_SHAPE, "%s: input %s, %s %s: the extents overflow along spatial dim %d (stride %s, "
                             "dilation %s)", who, NB_SHP(x), mode == 2 ? "kernel" : "weight",
-                            mode == 2 ? vals(dims, kernel) : NB_SHP(w), ud, vals(dims, o.stride),
-                            vals(dims, o.dilation)), false;
+                            mode == 2 ? nb__cnn_vals(dims, kernel) : NB_SHP(w), ud, nb__cnn_vals(dims, o.stride),
+                            nb__cnn_vals(dims, o.dilation)), false;
         if (mode == 1) {
             const int64_t op = o.output_padding[ud];
             if (op >= S[d] && op >= D[d])
                 return nb__fail(NB_ERR_ARG, "%s: input %s: output_padding %s must be smaller than the stride %s or "
-                                "the dilation %s", who, NB_SHP(x), vals(dims, o.output_padding), vals(dims, o.stride),
-                                vals(dims, o.dilation)), false;
+                                "the dilation %s", who, NB_SHP(x), nb__cnn_vals(dims, o.output_padding), nb__cnn_vals(dims, o.stride),
+                                nb__cnn_vals(dims, o.dilation)), false;
             out[d] = lmul - 2 * P[d] + span - 1 + op + 1; /* each term within 2^62: no overflow */
             if (L[d] < 1 || out[d] < 1)
                 return nb__fail(NB_ERR_SHAPE, "%s: input %s, weight %s: the output would have extent %lld along "
@@ -364,7 +365,7 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
         if (span > L[d] + 2 * P[d])
             return nb__fail(NB_ERR_SHAPE, "%s: input %s, %s %s: the kernel spans %lld along spatial dim %d, more "
                             "than the padded input's %lld", who, NB_SHP(x), mode == 2 ? "kernel" : "weight",
-                            mode == 2 ? vals(dims, kernel) : NB_SHP(w), (long long)span, ud,
+                            mode == 2 ? nb__cnn_vals(dims, kernel) : NB_SHP(w), (long long)span, ud,
                             (long long)(L[d] + 2 * P[d])), false;
         out[d] = (L[d] + 2 * P[d] - span) / S[d] + 1;
     }
@@ -378,7 +379,7 @@ static bool conv_check(const char *who, int dims, int mode, nb_tensor *x, nb_ten
             int64_t o4[4] = {x->shape[0], O, out[0], out[1]};
             return nb__fail(NB_ERR_SHAPE, "%s: grad_out %s does not match the convolution's output %s for input %s "
                             "and kernel %s", who, NB_SHP(w), nb__shape_str(dims + 2, dims == 2 ? o4 : (int64_t[]){
-                            o4[0], o4[1], o4[3]}), NB_SHP(x), vals(dims, kernel)), false;
+                            o4[0], o4[1], o4[3]}), NB_SHP(x), nb__cnn_vals(dims, kernel)), false;
         }
         cc->w4[0] = w->shape[0];
         cc->w4[1] = O;

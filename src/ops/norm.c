@@ -278,26 +278,32 @@ nb_tensor *nb_channel_moments(nb_tensor *x)
     return nb__apply(who, NB_OP_CHANNEL_MOMENTS, 1, &x, NULL, x->dtype, 2, (const int64_t[]){2, x->shape[1]});
 }
 
+/* A per-channel argument of x [N, C, ...]: absent (NULL, optional ones), or live, of x's dtype, and
+ * [C] ("stats": [2, C]); false after recording the error. */
+static bool channel_arg(const char *who, const nb_tensor *x, const nb_tensor *t, const char *name)
+{
+    if (!t) return true;
+    if (!nb__live(who, t)) return false;
+    if (t->dtype != x->dtype)
+        return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
+                        nb_dtype_name(x->dtype), NB_SHP(x), name, nb_dtype_name(t->dtype), NB_SHP(t)),
+               false;
+    const bool stats = !strcmp(name, "stats");
+    const int64_t C = x->shape[1];
+    if (stats ? t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == C : t->ndim == 1 && t->shape[0] == C) return true;
+    return nb__fail(NB_ERR_SHAPE, "%s: input %s: %s %s, expected [%s%lld]", who, NB_SHP(x), name, NB_SHP(t),
+                    stats ? "2, " : "", (long long)C),
+           false;
+}
+
 nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb_tensor *bias, double eps)
 {
     const char *who = "nb_channel_norm";
     if (!channels_input(who, x)) return NULL;
     if (!stats) return nb__fail(NB_ERR_ARG, "%s: stats is NULL", who);
-    const int64_t C = x->shape[1];
-    nb_tensor *const args[3] = {stats, weight, bias};
-    const char *names[3] = {"stats", "weight", "bias"};
-    for (int i = 0; i < 3; i++) {
-        nb_tensor *t = args[i];
-        if (!t) continue;
-        if (!nb__live(who, t)) return NULL;
-        if (t->dtype != x->dtype)
-            return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
-                            nb_dtype_name(x->dtype), NB_SHP(x), names[i], nb_dtype_name(t->dtype), NB_SHP(t));
-        bool ok = i == 0 ? t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == C : t->ndim == 1 && t->shape[0] == C;
-        if (!ok)
-            return nb__fail(NB_ERR_SHAPE, "%s: input %s: %s %s, expected [%s%lld]", who, NB_SHP(x), names[i], NB_SHP(t),
-                            i == 0 ? "2, " : "", (long long)C);
-    }
+    if (!channel_arg(who, x, stats, "stats") || !channel_arg(who, x, weight, "weight") ||
+        !channel_arg(who, x, bias, "bias"))
+        return NULL;
     if (!(eps >= 0) || eps == INFINITY)
         return nb__fail(NB_ERR_ARG, "%s: input %s: eps %g must be finite and not negative", who, NB_SHP(x), eps);
     nb_tensor *in[4] = {x, stats, NULL, NULL};
@@ -314,19 +320,7 @@ nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias,
     if (stats) *stats = NULL;
     if (!channels_input(who, x)) return NULL;
     const int64_t C = x->shape[1];
-    nb_tensor *const args[2] = {weight, bias};
-    const char *names[2] = {"weight", "bias"};
-    for (int i = 0; i < 2; i++) {
-        nb_tensor *t = args[i];
-        if (!t) continue;
-        if (!nb__live(who, t)) return NULL;
-        if (t->dtype != x->dtype)
-            return nb__fail(NB_ERR_DTYPE, "%s: input %s %s and %s %s %s: dtypes differ (use nb_cast)", who,
-                            nb_dtype_name(x->dtype), NB_SHP(x), names[i], nb_dtype_name(t->dtype), NB_SHP(t));
-        if (t->ndim != 1 || t->shape[0] != C)
-            return nb__fail(NB_ERR_SHAPE, "%s: input %s: %s %s, expected [%lld]", who, NB_SHP(x), names[i], NB_SHP(t),
-                            (long long)C);
-    }
+    if (!channel_arg(who, x, weight, "weight") || !channel_arg(who, x, bias, "bias")) return NULL;
     if (!(eps >= 0) || eps == INFINITY)
         return nb__fail(NB_ERR_ARG, "%s: input %s: eps %g must be finite and not negative", who, NB_SHP(x), eps);
     nb_tensor *st = nb__tape_tensor(who, x->dtype, 2, (const int64_t[]){2, C});

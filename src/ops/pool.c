@@ -110,18 +110,6 @@ NB_BW(avg_pool2d_adj)
 
 nb_pool_opts nb_pool_defaults(void) { return (nb_pool_opts){0}; }
 
-static const char *vals(int dims, const int64_t *v)
-{
-    static _Thread_local char buf[4][48];
-    static _Thread_local int k;
-    char *b = buf[k++ & 3];
-    if (dims == 2)
-        snprintf(b, 48, "(%lld, %lld)", (long long)v[0], (long long)v[1]);
-    else
-        snprintf(b, 48, "%lld", (long long)v[0]);
-    return b;
-}
-
 static bool pool_input(const char *who, int dims, const nb_tensor *x)
 {
     if (!x) return nb__fail(NB_ERR_ARG, "%s: input is NULL", who), false;
@@ -143,19 +131,19 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
     for (int d = 0; d < dims; d++) {
         if (kernel[d] < 1)
             return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s must be at least 1", who, NB_SHP(x),
-                            vals(dims, kernel)), false;
+                            nb__cnn_vals(dims, kernel)), false;
         if (o.stride[d] < 0)
             return nb__fail(NB_ERR_ARG, "%s: input %s: stride %s must not be negative (0: the kernel size)", who,
-                            NB_SHP(x), vals(dims, o.stride)), false;
+                            NB_SHP(x), nb__cnn_vals(dims, o.stride)), false;
         if (o.dilation[d] < 0 || (!maxpool && o.dilation[d] > 1))
-            return nb__fail(NB_ERR_ARG, "%s: input %s: dilation %s: %s", who, NB_SHP(x), vals(dims, o.dilation),
+            return nb__fail(NB_ERR_ARG, "%s: input %s: dilation %s: %s", who, NB_SHP(x), nb__cnn_vals(dims, o.dilation),
                             maxpool ? "must not be negative (0: 1)" : "average pooling has none"), false;
         if (kernel[d] > NB_GEOM_MAX || o.stride[d] > NB_GEOM_MAX || o.dilation[d] > NB_GEOM_MAX)
             return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s, stride %s, dilation %s: each must be at most 2^61",
-                            who, NB_SHP(x), vals(dims, kernel), vals(dims, o.stride), vals(dims, o.dilation)), false;
+                            who, NB_SHP(x), nb__cnn_vals(dims, kernel), nb__cnn_vals(dims, o.stride), nb__cnn_vals(dims, o.dilation)), false;
         if (o.padding[d] < 0 || o.padding[d] > kernel[d] / 2)
             return nb__fail(NB_ERR_ARG, "%s: input %s: padding %s must be between 0 and half the kernel %s", who,
-                            NB_SHP(x), vals(dims, o.padding), vals(dims, kernel)), false;
+                            NB_SHP(x), nb__cnn_vals(dims, o.padding), nb__cnn_vals(dims, kernel)), false;
         L[d + off] = x->shape[2 + d];
         K[d + off] = kernel[d];
         S[d + off] = o.stride[d] ? o.stride[d] : kernel[d];
@@ -167,7 +155,7 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
         int64_t span;
         if (!nb__geom_mad(D[d], K[d] - 1, 1, &span))
             return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s with dilation %s spans more than 2^61", who, NB_SHP(x),
-                            vals(dims, kernel), vals(dims, o.dilation)), false;
+                            nb__cnn_vals(dims, kernel), nb__cnn_vals(dims, o.dilation)), false;
         const int64_t room = L[d] + 2 * P[d] - span; /* each term within 2^61: no overflow */
         const int64_t num = room + (o.ceil_mode ? S[d] - 1 : 0);
         int64_t n = (num >= 0 ? num / S[d] : -nb__cdiv(-num, S[d])) + 1; /* floor division, as PyTorch */
@@ -175,8 +163,8 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
         if (o.ceil_mode && n > 0 && (n - 1) * S[d] >= L[d] + P[d]) n--;
         if (n < 1)
             return nb__fail(NB_ERR_SHAPE, "%s: input %s: kernel %s (dilation %s, padding %s) is larger than the "
-                            "padded input along spatial dim %d", who, NB_SHP(x), vals(dims, kernel),
-                            vals(dims, o.dilation), vals(dims, o.padding), ud), false;
+                            "padded input along spatial dim %d", who, NB_SHP(x), nb__cnn_vals(dims, kernel),
+                            nb__cnn_vals(dims, o.dilation), nb__cnn_vals(dims, o.padding), ud), false;
         out[d] = n;
         /* every window must reach into the input (a dilated window can skip over a short one) */
         /* (only the windows that start in the padding, and the last one, can: the others start inside) */
@@ -187,7 +175,7 @@ static bool pool_check(const char *who, int dims, int maxpool, const nb_tensor *
             if (i0 >= K[d] || s + i0 * D[d] >= L[d])
                 return nb__fail(NB_ERR_SHAPE, "%s: input %s: window %lld along spatial dim %d covers only padding "
                                 "(kernel %s, dilation %s, padding %s)", who, NB_SHP(x), (long long)w, ud,
-                                vals(dims, kernel), vals(dims, o.dilation), vals(dims, o.padding)), false;
+                                nb__cnn_vals(dims, kernel), nb__cnn_vals(dims, o.dilation), nb__cnn_vals(dims, o.padding)), false;
         }
     }
     out4[0] = x->shape[0];
@@ -270,7 +258,7 @@ static nb_tensor *adaptive(const char *who, int dims, nb_tensor *x, const int64_
     for (int d = 0; d < dims; d++) {
         if (size[d] < 1)
             return nb__fail(NB_ERR_ARG, "%s: input %s: output size %s must be at least 1", who, NB_SHP(x),
-                            vals(dims, size));
+                            nb__cnn_vals(dims, size));
         if (x->shape[2 + d] < 1)
             return nb__fail(NB_ERR_SHAPE, "%s: input %s: spatial extents must be at least 1", who, NB_SHP(x));
     }
