@@ -290,7 +290,7 @@ static nb_tensor *cnn_logits(cnn_bench *m)
 {
     nb_tensor *h = m->x;
     for (int k = 0; k < m->blocks; k++) {
-        h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], h))), 2, 2, NULL);
+        h = nb_batch_norm_relu_pool_forward(&m->bn[k], nb_conv_forward(&m->conv[k], h), 2, 2);
         if (k == 0) h = nb_train_dropout2d(m->p, h, m->dropout / 3, &m->rng);
     }
     h = nb_train_dropout(m->p, nb_flatten(h, 1, -1), m->dropout, &m->rng);

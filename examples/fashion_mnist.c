@@ -289,7 +289,7 @@ static nb_tensor *logits_of(const model *m, nb_tensor *images, int64_t first, in
     /* [B, 1, 28, 28] -> [B, c1, 14, 14] -> [B, c2, 7, 7] (-> [B, c3, 3, 3]); channel dropout after the
      * first block */
     for (int k = 0; k < m->blocks; k++) {
-        if (x) x = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x))), 2, 2, NULL);
+        if (x) x = nb_batch_norm_relu_pool_forward(&m->bn[k], nb_conv_forward(&m->conv[k], x), 2, 2);
         if (k == 0) x = dropout_rows(m, x, m->dropout / 3, 1, m->conv[0].out, first, global);
     }
     if (x) x = nb_flatten(x, 1, -1);

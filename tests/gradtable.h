@@ -172,7 +172,8 @@ static const char *const gradtable_everyday_ops[] = {"flip", "cumsum", "cumprod"
 /* Likewise the convolution, pooling and channel-normalisation ops, whose grid is test_conv.c's. */
 static const char *const gradtable_cnn_ops[] = {"conv2d",      "conv_transpose2d",    "conv2d_weight",
                                                 "max_pool2d",  "avg_pool2d",          "avg_pool2d_backward",
-                                                "channel_moments", "channel_norm",    "batch_norm"};
+                                                "channel_moments", "channel_norm",    "batch_norm",
+                                                "batch_norm_relu_max_pool2d"};
 #define GRADTABLE_N_CNN ((int)(sizeof gradtable_cnn_ops / sizeof gradtable_cnn_ops[0]))
 
 /* Every op in names was recorded by some row of this program's table. */

@@ -640,6 +640,35 @@ static nb_tensor *l_batch_norm(const fn_arg *a, nb_tensor *const *in)
     return nb_add(weigh(y), weigh(nb_mul(y, x))); /* x reaches the loss through the norm and besides it */
 }
 
+/* batch norm, relu and max pooling fused */
+static nb_tensor *f_bnrp(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_batch_norm_relu_max_pool2d(in[0], in[1], in[2], 1e-5, 2, 2, NULL);
+}
+static nb_tensor *f_bnrp_3x2(void *user, nb_tensor *const *in) /* bias only, windows 3 x 2 */
+{
+    UNUSED_USER;
+    return nb_batch_norm_relu_max_pool2d(in[0], NULL, in[1], 1e-3, 3, 2, NULL);
+}
+static nb_tensor *f_bnrp_plain(void *user, nb_tensor *const *in)
+{
+    UNUSED_USER;
+    return nb_batch_norm_relu_max_pool2d(in[0], NULL, NULL, 1e-5, 2, 2, NULL);
+}
+static nb_tensor *l_bnrp(const fn_arg *a, nb_tensor *const *in)
+{
+    (void)a;
+    nb_tensor *x = nb_tanh(in[0]), *y = nb_batch_norm_relu_max_pool2d(x, in[1], in[2], 1e-5, 2, 2, NULL);
+    return nb_add(weigh(y), nb_sum_all(nb_affine(y, 0.5, 0.0))); /* (weigh's slope is 0 at a pooled 0) */
+}
+static nb_tensor *l_bnrp_3x2(const fn_arg *a, nb_tensor *const *in)
+{
+    (void)a;
+    nb_tensor *y = nb_batch_norm_relu_max_pool2d(nb_tanh(in[0]), in[1], in[2], 1e-5, 3, 2, NULL);
+    return nb_add(weigh(y), nb_sum_all(nb_affine(y, 0.5, 0.0)));
+}
+
 typedef struct norm_row {
     const char *name;
     nb_func f;
@@ -664,6 +693,12 @@ static const norm_row norm_rows[] = {
     {"batch_norm_train [6,3]", f_bn_train, 3, {IN(-1, 1, 6, 3), IN(-1, 1, 3), IN(-1, 1, 3)}, CURVED},
     {"batch_norm_train, no affine", f_bn_train_plain, 1, {IN(-1, 1, 2, 3, 7)}, CURVED},
     {"batch_norm_train, bias only", f_bn_train_bias, 2, {IN(-1, 1, 3, 2, 5), IN(-1, 1, 2)}, CURVED},
+    {"batch_norm_relu_max_pool2d [3,2,4,6] 2x2", f_bnrp, 3, {IN(-1, 1, 3, 2, 4, 6), IN(0.5, 1.5, 2), IN(-0.5, 0.5, 2)}, CURVED},
+    {"batch_norm_relu_max_pool2d [2,3,5,7] 2x2, a row and a column in no window", f_bnrp, 3,
+     {IN(-1, 1, 2, 3, 5, 7), IN(0.5, 1.5, 3), IN(-0.5, 0.5, 3)}, CURVED},
+    {"batch_norm_relu_max_pool2d, negative weight", f_bnrp, 3, {IN(-1, 1, 2, 3, 4, 4), IN(-1.5, -0.5, 3), IN(-0.5, 0.5, 3)}, CURVED},
+    {"batch_norm_relu_max_pool2d 3x2, bias only [2,2,7,5]", f_bnrp_3x2, 2, {IN(-1, 1, 2, 2, 7, 5), IN(-0.5, 0.5, 2)}, CURVED},
+    {"batch_norm_relu_max_pool2d, no affine", f_bnrp_plain, 1, {IN(-1, 1, 3, 2, 4, 4)}, CURVED},
 };
 #define N_NORM ((int)(sizeof norm_rows / sizeof norm_rows[0]))
 
@@ -716,6 +751,119 @@ static void check_norm(nb_dtype dt)
 }
 
 /* ---- threads -------------------------------------------------------------------------------- */
+
+/* a == b, NaN equal to NaN */
+static int same_value(double a, double b) { return a == b || (a != a && b != b); }
+
+/* The fused op against max_pool2d(relu(batch_norm_train)): the same values and statistics (the same
+ * arithmetic), and gradients equal to the composition's (fast paths and graph rules) to rounding, NaN
+ * where it has NaN. Inputs with ties (a constant patch, as conv outputs on an image's background), a
+ * NaN in channel 1 when nan is set, weights of both signs (a negative scale changes which element is
+ * the maximum). */
+static void bnrp_vs_composition(nb_dtype dt, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int nan,
+                                uint64_t seed)
+{
+    nb_rng rng;
+    nb_rng_seed(&rng, seed);
+    nb_tensor *in[3] = {nb_tensor_uniform(dt, NB_SHAPE(n, c, h, w), -1, 1, &rng),
+                        nb_tensor_uniform(dt, NB_SHAPE(c), -1.5, 1.5, &rng), nb_tensor_uniform(dt, NB_SHAPE(c), -0.5, 0.5, &rng)};
+    for (int64_t i = 0; i < h * w / 2; i++) nb_tensor_set(in[0], i, 0.25); /* ties in image 0, channel 0 */
+    if (nan && c > 1) nb_tensor_set(in[0], h * w + 3, NAN);
+    for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+    char name[128];
+    snprintf(name, sizeof name, "fused bn-relu-pool %s [%lld,%lld,%lld,%lld] %lldx%lld%s", nb_dtype_name(dt),
+             (long long)n, (long long)c, (long long)h, (long long)w, (long long)kh, (long long)kw, nan ? " NaN" : "");
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *st1, *st2;
+    nb_tensor *y1 = nb_batch_norm_relu_max_pool2d(in[0], in[1], in[2], 1e-5, kh, kw, &st1);
+    nb_tensor *y2 = nb_max_pool2d(nb_relu(nb_batch_norm_train(in[0], in[1], in[2], 1e-5, &st2)), kh, kw, NULL);
+    CHECK(y1 && y2, "%s: %s", name, nb_error_message());
+    if (!y1 || !y2) goto done;
+    CHECK(nb_tensor_ndim(y1) == 4 && nb_tensor_dim(y1, 2) == h / kh && nb_tensor_dim(y1, 3) == w / kw, "%s: shape", name);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < nb_tensor_numel(y2); i++) bad += !same_value(nb_tensor_get(y1, i), nb_tensor_get(y2, i));
+    for (int64_t i = 0; i < 2 * c; i++) bad += !same_value(nb_tensor_get(st1, i), nb_tensor_get(st2, i));
+    CHECK(bad == 0, "%s: %lld values or statistics differ from the composition's", name, (long long)bad);
+    /* (not zero where y is: a pooled 0 is where relu's mask matters) */
+    nb_tensor *seedg = nb_sin(nb_affine(nb_detach(y2), 5.0, 1.0));
+    for (int mode = 0; mode < 2; mode++) { /* fast paths, then the graph rules */
+        const int flags = mode ? NB_CREATE_GRAPH : NB_RETAIN_GRAPH;
+        nb_tensor *g1[3] = {0}, *g2[3] = {0};
+        CHECK(nb_grad(y1, seedg, 3, in, g1, flags) == NB_OK && nb_grad(y2, seedg, 3, in, g2, flags) == NB_OK,
+              "%s: gradients: %s", name, nb_error_message());
+        for (int k = 0; k < 3 && g1[k] && g2[k]; k++) {
+            double scale = 0, worst = 0;
+            int64_t nan_mismatch = 0;
+            for (int64_t i = 0; i < nb_tensor_numel(in[k]); i++) {
+                const double a = nb_tensor_get(g1[k], i), b = nb_tensor_get(g2[k], i);
+                if ((a != a) != (b != b)) nan_mismatch++;
+                if (a == a && b == b) {
+                    scale = fmax(scale, fabs(b));
+                    worst = fmax(worst, fabs(a - b));
+                }
+            }
+            const double tol = dt == NB_F64 ? 1e-12 : 1e-5;
+            CHECK(nan_mismatch == 0 && worst <= tol * fmax(scale, 1e-300),
+                  "%s: %s gradient of input %d: differs by %g (scale %g), %lld NaN mismatches", name,
+                  mode ? "graph" : "fast", k, worst, scale, (long long)nan_mismatch);
+        }
+    }
+done:
+    nb_tape_end(t);
+    nb_tape_free(t);
+    for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
+    nb_error_clear();
+}
+
+/* The layer's fused tail against nb_batch_norm_forward + relu + max pooling: the same outputs over
+ * three training steps, the same running statistics and batch count, then the same outputs in
+ * evaluation mode; a BatchNorm1d refuses it. */
+static void bnrp_layer(nb_dtype dt)
+{
+    nb_params *p1 = nb_params_new(), *p2 = nb_params_new();
+    nb_batch_norm b1, b2, b1d;
+    nb_norm_opts o = {.dtype = dt, .momentum = 0.3};
+    CHECK(nb_batch_norm2d_init(&b1, p1, "bn", 3, &o) == NB_OK && nb_batch_norm2d_init(&b2, p2, "bn", 3, &o) == NB_OK &&
+              nb_batch_norm1d_init(&b1d, p1, "bn1d", 3, &o) == NB_OK,
+          "layers: %s", nb_error_message());
+    nb_tensor_set(b1.weight, 1, -0.5); /* a negative scale */
+    nb_tensor_set(b2.weight, 1, -0.5);
+    nb_rng rng;
+    nb_rng_seed(&rng, 970);
+    nb_tape *t = nb_tape_new();
+    int64_t bad = 0;
+    for (int step = 0; step < 4; step++) {
+        if (step == 3) {
+            nb_params_set_training(p1, 0);
+            nb_params_set_training(p2, 0);
+        }
+        nb_tape_begin(t);
+        nb_tensor *x = nb_tensor_uniform(dt, NB_SHAPE(4, 3, 6, 7), -1 + step, 2 + step, &rng);
+        nb_tensor *y1 = nb_batch_norm_relu_pool_forward(&b1, x, 2, 2);
+        nb_tensor *y2 = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&b2, x)), 2, 2, NULL);
+        CHECK(y1 && y2 && nb_tensor_dim(y1, 2) == 3 && nb_tensor_dim(y1, 3) == 3, "layer step %d: %s", step,
+              nb_error_message());
+        for (int64_t i = 0; y1 && y2 && i < nb_tensor_numel(y2); i++)
+            bad += !same_value(nb_tensor_get(y1, i), nb_tensor_get(y2, i));
+        nb_tape_end(t);
+        nb_tape_reset(t);
+        nb_tensor_free(x);
+    }
+    for (int64_t i = 0; i < 3; i++)
+        bad += !same_value(nb_tensor_get(b1.running_mean, i), nb_tensor_get(b2.running_mean, i)) +
+               !same_value(nb_tensor_get(b1.running_var, i), nb_tensor_get(b2.running_var, i));
+    CHECK(bad == 0, "%s: the fused layer differs from the composition in %lld values", nb_dtype_name(dt), (long long)bad);
+    CHECK(nb_tensor_get(b1.num_batches_tracked, 0) == 3 && nb_tensor_get(b1.running_mean, 0) != 0,
+          "three batches tracked (%g), running mean moved", nb_tensor_get(b1.num_batches_tracked, 0));
+    nb_tape_begin(t);
+    CHECK_ERROR(!nb_batch_norm_relu_pool_forward(&b1d, nb_ones(dt, NB_SHAPE(4, 3, 6)), 2, 2), NB_ERR_SHAPE,
+                "nb_batch_norm_relu_pool_forward: input [4,3,6]: expected a BatchNorm2d layer and [N, C, H, W]");
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_params_free(p1);
+    nb_params_free(p2);
+}
 
 /* A small CNN's forward and no-graph backward give the same bits on 1 and 2 threads (every output is
  * computed by one thread in a fixed order; weight gradients are summed in fixed chunks). Returns the
@@ -880,6 +1028,21 @@ static void errors(void)
     CHECK(stn == NULL, "no statistics from a failed call");
     CHECK_ERROR(!nb_batch_norm_train(b3, NULL, NULL, 1e-5, NULL), NB_ERR_SHAPE, "nb_batch_norm_train: input [3]");
     CHECK_ERROR(!nb_batch_norm_train(xf, NULL, b3, 1e-5, NULL), NB_ERR_DTYPE, "input f32 [2,3,5,5] and bias f64 [3]");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x1, NULL, NULL, 1e-5, 2, 2, NULL), NB_ERR_SHAPE,
+                "nb_batch_norm_relu_max_pool2d: input [2,3,5]: expected 4 dimensions [N, C, H, W]");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x, NULL, NULL, 1e-5, 6, 2, &stn), NB_ERR_ARG,
+                "nb_batch_norm_relu_max_pool2d: input [2,3,5,5]: kernel (6, 2) must be at least 1 and fit in [H, W]");
+    CHECK(stn == NULL, "no statistics from a failed call");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x, NULL, NULL, 1e-5, 2, 0, NULL), NB_ERR_ARG, "kernel (2, 0)");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x, b4, NULL, 1e-5, 2, 2, NULL), NB_ERR_SHAPE, "weight [4], expected [3]");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(xf, NULL, b3, 1e-5, 2, 2, NULL), NB_ERR_DTYPE,
+                "input f32 [2,3,5,5] and bias f64 [3]");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x, NULL, NULL, NAN, 2, 2, NULL), NB_ERR_ARG, "eps nan must be finite");
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(xi, NULL, NULL, 1e-5, 2, 2, NULL), NB_ERR_DTYPE, "nb_batch_norm_relu_max_pool2d");
+    /* NULL in: NULL out, the first message kept */
+    CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(nb_batch_norm_relu_max_pool2d(x, NULL, NULL, 1e-5, 9, 9, NULL), NULL,
+                                               NULL, 1e-5, 2, 2, NULL),
+                NB_ERR_ARG, "kernel (9, 9)");
 
     CHECK_NO_ERROR();
     nb_tape_end(t);
@@ -984,6 +1147,27 @@ int main(void)
         compare_paths("fast batch_norm_train, weight constant", l_bn_train, NULL, 3, in);
         for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
     }
+    for (int d = 0; d < 2; d++) {
+        nb_dtype dt = d ? NB_F32 : NB_F64;
+        bnrp_vs_composition(dt, 5, 3, 8, 10, 2, 2, 0, 950);
+        bnrp_vs_composition(dt, 4, 3, 7, 9, 2, 2, 0, 951);   /* a last row and column in no window */
+        bnrp_vs_composition(dt, 3, 2, 9, 8, 3, 2, 0, 952);   /* the general loop */
+        bnrp_vs_composition(dt, 16, 4, 28, 28, 2, 2, 0, 953); /* as the example's first block */
+        bnrp_vs_composition(dt, 3, 3, 6, 6, 2, 2, 1, 954);   /* a NaN */
+        bnrp_vs_composition(dt, 3, 3, 6, 6, 3, 3, 1, 955);
+        nb_rng rng;
+        nb_rng_seed(&rng, 960);
+        nb_tensor *in[3] = {nb_tensor_uniform(dt, NB_SHAPE(4, 3, 6, 8), -1, 1, &rng),
+                            nb_tensor_uniform(dt, NB_SHAPE(3), 0.5, 1.5, &rng), nb_tensor_uniform(dt, NB_SHAPE(3), -1, 1, &rng)};
+        for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+        compare_paths("fast bn-relu-pool", l_bnrp, NULL, 3, in);
+        compare_paths("fast bn-relu-pool 3x2", l_bnrp_3x2, NULL, 3, in);
+        nb_tensor_set_requires_grad(in[1], 0);
+        compare_paths("fast bn-relu-pool, weight constant", l_bnrp, NULL, 3, in);
+        for (int i = 0; i < 3; i++) nb_tensor_free(in[i]);
+    }
+    bnrp_layer(NB_F64);
+    bnrp_layer(NB_F32);
     errors();
     threads_same_bits(NB_F32);
     threads_same_bits(NB_F64);

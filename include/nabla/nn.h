@@ -293,6 +293,10 @@ nb_status nb_batch_norm1d_init(nb_batch_norm *bn, nb_params *p, const char *name
 /** 2d: x [N, C, H, W]; 1d: [N, C] or [N, C, L]. Same shape out. Changes the buffers in training mode
  * (do not call it twice on one step's graph expecting the same statistics). */
 nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x);
+/** A conv-bn-relu-pool block's tail: nb_max_pool2d(nb_relu(nb_batch_norm_forward(bn, x)), kh, kw, NULL)
+ * for a BatchNorm2d, with the buffers updated the same way; in training one fused op
+ * (nb_batch_norm_relu_max_pool2d: windows of stride kh x kw, no padding). */
+nb_tensor *nb_batch_norm_relu_pool_forward(const nb_batch_norm *bn, nb_tensor *x, int64_t kh, int64_t kw);
 
 /** GroupNorm: channels split into groups, each (sample, group) normalised over its channels and
  * positions, then weight [C] and bias [C] per channel ("name.weight" ones, "name.bias" zeros). */

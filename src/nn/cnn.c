@@ -192,9 +192,10 @@ static nb_status update_running(const nb_batch_norm *bn, nb_tensor *st, int64_t 
     return s;
 }
 
-nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
+/* The layer on x, followed by relu and max pooling over kernel [kh, kw] (fused in training) when kernel
+ * is not NULL. */
+static nb_tensor *bn_forward(const char *who, const nb_batch_norm *bn, nb_tensor *x, const int64_t *kernel)
 {
-    const char *who = "nb_batch_norm_forward";
     char s[96];
     if (!bn || bn->features < 1) {
         nb_error_set(NB_ERR_ARG, "%s: layer is NULL or not initialised", who);
@@ -203,9 +204,10 @@ nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
     if (!x) return NULL;
     int nd = nb_tensor_ndim(x);
     int rank_ok = bn->dims == 2 ? nd == 4 : (nd == 2 || nd == 3);
-    if (!rank_ok || nb_tensor_dim(x, 1) != bn->features) {
+    if (!rank_ok || nb_tensor_dim(x, 1) != bn->features || (kernel && bn->dims != 2)) {
         nb_error_set(NB_ERR_SHAPE, "%s: input %s: expected %s with C = %lld", who, shape_of(x, s, sizeof s),
-                     bn->dims == 2 ? "[N, C, H, W]" : "[N, C] or [N, C, L]", (long long)bn->features);
+                     bn->dims == 2 ? "[N, C, H, W]" : kernel ? "a BatchNorm2d layer and [N, C, H, W]" : "[N, C] or [N, C, L]",
+                     (long long)bn->features);
         return NULL;
     }
     if (nb_tensor_dtype(x) != bn->dtype) {
@@ -221,7 +223,9 @@ nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
                          shape_of(x, s, sizeof s));
             return NULL;
         }
-        nb_tensor *st, *y = nb_batch_norm_train(x, bn->weight, bn->bias, bn->eps, &st);
+        nb_tensor *st, *y = kernel ? nb_batch_norm_relu_max_pool2d(x, bn->weight, bn->bias, bn->eps, kernel[0],
+                                                                   kernel[1], &st)
+                                   : nb_batch_norm_train(x, bn->weight, bn->bias, bn->eps, &st);
         if (!y || !training || !bn->running_mean) return y;
         /* an empty batch (as torch) leaves the running statistics and counts the batch */
         nb_tensor *nbt = bn->num_batches_tracked;
@@ -232,7 +236,18 @@ nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
     /* evaluation: the running statistics, as a constant */
     nb_tensor *parts[2] = {nb_reshape(bn->running_mean, NB_SHAPE(1, bn->features)),
                            nb_reshape(bn->running_var, NB_SHAPE(1, bn->features))};
-    return nb_channel_norm(x, nb_concat(2, parts, 0), bn->weight, bn->bias, bn->eps);
+    nb_tensor *y = nb_channel_norm(x, nb_concat(2, parts, 0), bn->weight, bn->bias, bn->eps);
+    return kernel ? nb_max_pool2d(nb_relu(y), kernel[0], kernel[1], NULL) : y;
+}
+
+nb_tensor *nb_batch_norm_forward(const nb_batch_norm *bn, nb_tensor *x)
+{
+    return bn_forward("nb_batch_norm_forward", bn, x, NULL);
+}
+
+nb_tensor *nb_batch_norm_relu_pool_forward(const nb_batch_norm *bn, nb_tensor *x, int64_t kh, int64_t kw)
+{
+    return bn_forward("nb_batch_norm_relu_pool_forward", bn, x, (const int64_t[]){kh, kw});
 }
 
 /* ---- GroupNorm -------------------------------------------------------------------------------- */

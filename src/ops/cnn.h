@@ -70,6 +70,14 @@ int64_t nb__conv_ws_total(const nb_conv_plan *p, const nb_conv_geom *g, int weig
 /* "(a, b)" for 2-D, "a" for 1-D, for error messages (four rotating thread-local buffers) */
 const char *nb__cnn_vals(int dims, const int64_t *v);
 int nb__cnn_threads(int64_t work);
+/* The planes of h w = d elements of `size` bytes that the fused batch norm + relu + pooling backward
+ * keeps per thread (its workspace: nb__bnrp_slots(...) d elements for each thread): all a of a
+ * channel when they fit in 1 MiB, else as many as fit (at least one). */
+static inline int64_t nb__bnrp_slots(int64_t a, int64_t d, int64_t size)
+{
+    const int64_t fit = (int64_t)(1 << 20) / (d * size > 0 ? d * size : 1);
+    return fit >= a ? (a > 0 ? a : 1) : fit > 1 ? fit : 1;
+}
 /* The calling thread's number inside a parallel loop (0 outside). */
 int nb__cnn_tid(void);
 /* OpenBLAS's products to one thread for a kernel call (the calling thread's OpenMP setting with an OpenMP
@@ -80,8 +88,16 @@ int nb__blas_single(void);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP
 #define NB_CNN_OMP_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static)")
+/* a reduction loop that the compiler may split into per-lane partial sums (no runtime call) */
+#define NB_OMP_SIMD_REDUCE(a) _Pragma(NB_OMP_STR(omp simd reduction(+ : a)))
+#define NB_OMP_SIMD_REDUCE2(a, b) _Pragma(NB_OMP_STR(omp simd reduction(+ : a, b)))
+#define NB_OMP_SIMD_OR(a) _Pragma(NB_OMP_STR(omp simd reduction(| : a)))
+#define NB_OMP_STR(x) #x
 #else
 #define NB_CNN_OMP_FOR
+#define NB_OMP_SIMD_REDUCE(a)
+#define NB_OMP_SIMD_REDUCE2(a, b)
+#define NB_OMP_SIMD_OR(a)
 #endif
 /* for (int64_t v = 0; v < n; v++) { body } on nb_nt_ threads (a local int), statically split; with one
  * thread the loop runs with no OpenMP call at all (libgomp mallocs a team even for a parallel region
@@ -188,7 +204,19 @@ static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 
      * positions max pooling would record) */                                                          \
     void nb_k_maxpool_bw_##SFX(const nb_pool_geom *g, const T *x, const T *gy, T *dx, int acc);        \
     /* idx [planes, ho, wo] = the positions of the maxima alone */                                     \
-    void nb_k_maxpool_idx_##SFX(const nb_pool_geom *g, const T *x, int64_t *idx);
+    void nb_k_maxpool_idx_##SFX(const nb_pool_geom *g, const T *x, int64_t *idx);                      \
+    /* y [a, c, h / kh, w / kw] = max pooling over kh x kw windows of stride kh x kw of relu(bn(x)),   \
+     * x [a, c, h, w], bn as bn_fw (st [2, c] receives the statistics); one read of x for the output  \
+     * after the two of the statistics, each channel's values in cache across the three */            \
+    void nb_k_bnrp_fw_##SFX(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,         \
+                            const T *x, const T *wt, const T *b, double eps, T *y, T *st);            \
+    /* its backward for the gradient g [a, c, h / kh, w / kw] of y: gz = g at each window's maximum   \
+     * where the norm's output is not <= 0, else 0; then dx (+)= bn_bw's dx for gz (dx NULL: none),   \
+     * sg[c] = sum gz, sgx[c] = sum gz xhat; maxima and masks found again from x and st; work: h w    \
+     * elements for each of nb__cnn_threads(a c h w) threads */                                         \
+    void nb_k_bnrp_bw_##SFX(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,         \
+                            const T *g, const T *x, const T *st, const T *wt, const T *b, double eps,  \
+                            T *dx, int acc, double *sg, double *sgx, T *work);
 
 NB_CNN_DECLARE(float, f32)
 NB_CNN_DECLARE(double, f64)

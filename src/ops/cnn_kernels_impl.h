@@ -10,48 +10,42 @@
 
 /* ---- sums in double ---------------------------------------------------------------------------- */
 
-/* sum of r[0..n) in double, in 8 interleaved partial sums (independent additions vectorise) */
-static inline double NB_CS(sum8)(const NB_T *r, int64_t n)
+/* Reductions of float32 or float64 values in double accumulators. The omp simd reductions let the
+ * compiler keep one partial sum per vector lane (GCC does not vectorise the widening otherwise): the
+ * order is fixed by the build, not by the thread count. */
+
+/* the sum of r[0..n) */
+static inline double NB_CS(dsum)(const NB_T *r, int64_t n)
 {
-    double p[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) p[k] += (double)r[t + k];
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += (double)r[t];
+    double s = 0;
+    NB_OMP_SIMD_REDUCE(s)
+    for (int64_t t = 0; t < n; t++) s += (double)r[t];
     return s;
 }
 
-/* sum8(g) and the same for the sum of g (x - m), in one pass over g */
-static inline void NB_CS(sumdot8)(const NB_T *g, const NB_T *x, double m, int64_t n, double *sum, double *dot)
+/* the sum of g and the sum of g (x - m), in one pass */
+static inline void NB_CS(dsumdot)(const NB_T *g, const NB_T *x, double m, int64_t n, double *sum, double *dot)
 {
-    double p[8] = {0}, q[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) {
-            p[k] += (double)g[t + k];
-            q[k] += (double)g[t + k] * ((double)x[t + k] - m);
-        }
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    double d = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
-    for (; t < n; t++) s += (double)g[t];
-    for (t = n - n % 8; t < n; t++) d += (double)g[t] * ((double)x[t] - m);
+    double s = 0, d = 0;
+    NB_OMP_SIMD_REDUCE2(s, d)
+    for (int64_t t = 0; t < n; t++) {
+        const double gv = (double)g[t];
+        s += gv;
+        d += gv * ((double)x[t] - m);
+    }
     *sum = s;
     *dot = d;
 }
 
-/* and the sum of (x - m)^2 */
-static inline double NB_CS(sqdev8)(const NB_T *x, double m, int64_t n)
+/* the sum of (x - m)^2 */
+static inline double NB_CS(dsqdev)(const NB_T *x, double m, int64_t n)
 {
-    double p[8] = {0};
-    int64_t t = 0;
-    for (; t + 8 <= n; t += 8)
-        for (int k = 0; k < 8; k++) {
-            const double e = (double)x[t + k] - m;
-            p[k] += e * e;
-        }
-    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    for (; t < n; t++) s += ((double)x[t] - m) * ((double)x[t] - m);
+    double s = 0;
+    NB_OMP_SIMD_REDUCE(s)
+    for (int64_t t = 0; t < n; t++) {
+        const double e = (double)x[t] - m;
+        s += e * e;
+    }
     return s;
 }
 
@@ -511,7 +505,7 @@ void NB_CK(channel_sum)(int64_t n, int64_t c, int64_t d, const NB_T *x, NB_T *ou
     const int nb_nt_ = nb__cnn_threads(n * c * d);
     NB_CNN_FOR(k, c, {
         double s = 0;
-        for (int64_t b = 0; b < n; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
+        for (int64_t b = 0; b < n; b++) s += NB_CS(dsum)(x + (b * c + k) * d, d);
         out[k] = acc ? (NB_T)((double)out[k] + s) : (NB_T)s;
     });
 }
@@ -751,10 +745,10 @@ void NB_CK(moments)(int64_t a, int64_t c, int64_t d, const NB_T *x, NB_T *st)
     const int nb_nt_ = nb__cnn_threads(a * c * d);
     NB_CNN_FOR(k, c, {
         double s = 0;
-        for (int64_t b = 0; b < a; b++) s += NB_CS(sum8)(x + (b * c + k) * d, d);
+        for (int64_t b = 0; b < a; b++) s += NB_CS(dsum)(x + (b * c + k) * d, d);
         const double mean = s / m;
         double v = 0;
-        for (int64_t b = 0; b < a; b++) v += NB_CS(sqdev8)(x + (b * c + k) * d, mean, d);
+        for (int64_t b = 0; b < a; b++) v += NB_CS(dsqdev)(x + (b * c + k) * d, mean, d);
         st[k] = (NB_T)mean;
         st[c + k] = (NB_T)(v / m);
     });
@@ -791,7 +785,7 @@ void NB_CK(chnorm_sums)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB
         for (int64_t i = 0; i < a; i++) {
             const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
             double a1, a2;
-            NB_CS(sumdot8)(gr, xr, mean, d, &a1, &a2);
+            NB_CS(dsumdot)(gr, xr, mean, d, &a1, &a2);
             s += a1;
             sx += a2;
         }
@@ -838,21 +832,36 @@ void NB_CK(moments_bw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_
 
 /* ---- batch norm, fused ------------------------------------------------------------------------ */
 
+/* channel k's y = x scale + shift of batch norm, from the statistics as stored in st [2, c] (what the
+ * backward reads); bn_fw, bnrp_fw and bnrp_bw all take it from here, so they agree to the bit */
+static inline void NB_CS(bn_coef)(int64_t c, int64_t k, const NB_T *st, const NB_T *w, const NB_T *b, double eps,
+                                  NB_T *scale, NB_T *shift)
+{
+    const double r = 1.0 / sqrt((double)st[c + k] + eps), sc = w ? r * (double)w[k] : r;
+    *scale = (NB_T)sc;
+    *shift = (NB_T)((b ? (double)b[k] : 0.0) - (double)st[k] * sc);
+}
+
+/* channel k's mean and biased variance over x [a, c, d] into st [2, c] (two passes in double) */
+static inline void NB_CS(bn_stats)(int64_t a, int64_t c, int64_t d, int64_t k, const NB_T *x, NB_T *st)
+{
+    const double m = (double)(a * d);
+    double s = 0, v = 0;
+    for (int64_t i = 0; i < a; i++) s += NB_CS(dsum)(x + (i * c + k) * d, d);
+    const double mean = s / m;
+    for (int64_t i = 0; i < a; i++) v += NB_CS(dsqdev)(x + (i * c + k) * d, mean, d);
+    st[k] = (NB_T)mean;
+    st[c + k] = (NB_T)(v / m);
+}
+
 void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w, const NB_T *b, double eps, NB_T *y,
                   NB_T *st)
 {
-    const double m = (double)(a * d);
     const int nb_nt_ = nb__cnn_threads(a * c * d);
     NB_CNN_FOR(k, c, {
-        double s = 0, v = 0;
-        for (int64_t i = 0; i < a; i++) s += NB_CS(sum8)(x + (i * c + k) * d, d);
-        const double mean = s / m;
-        for (int64_t i = 0; i < a; i++) v += NB_CS(sqdev8)(x + (i * c + k) * d, mean, d);
-        st[k] = (NB_T)mean;
-        st[c + k] = (NB_T)(v / m);
-        /* with the statistics as stored (what the backward reads) */
-        const double r = 1.0 / sqrt((double)st[c + k] + eps), sc = w ? r * (double)w[k] : r;
-        const NB_T scale = (NB_T)sc, shift = (NB_T)((b ? (double)b[k] : 0.0) - (double)st[k] * sc);
+        NB_CS(bn_stats)(a, c, d, k, x, st);
+        NB_T scale, shift;
+        NB_CS(bn_coef)(c, k, st, w, b, eps, &scale, &shift);
         for (int64_t i = 0; i < a; i++) {
             const NB_T *xr = x + (i * c + k) * d;
             NB_T *yr = y + (i * c + k) * d;
@@ -871,7 +880,7 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
         double s = 0, sx = 0;
         for (int64_t i = 0; i < a; i++) {
             double a1, a2;
-            NB_CS(sumdot8)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d, &a1, &a2);
+            NB_CS(dsumdot)(g + (i * c + k) * d, x + (i * c + k) * d, mean, d, &a1, &a2);
             s += a1;
             sx += a2;
         }
@@ -888,6 +897,171 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
                 for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * P + xr[t] * Q + O;
             else
                 for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
+        }
+    });
+}
+
+/* ---- batch norm, ReLU and max pooling over tiling windows, fused ------------------------------ */
+
+/* relu as nb_relu computes it (NaN stays NaN) */
+static inline NB_T NB_CS(relu1)(NB_T v) { return v < 0 ? (NB_T)0 : v; }
+
+/* The first maximum of z = relu(v), v = x scale + shift, over the kh x kw window at row r0, column c0
+ * of the plane xp (width w), as max pooling's general loop picks it (the first maximum, or the last
+ * NaN): its position in the plane; *zv receives its z and *vv its v (what relu's gradient looks at). */
+static inline int64_t NB_CS(bnrp_window)(const NB_T *xp, int64_t w, int64_t r0, int64_t c0, int64_t kh, int64_t kw,
+                                         NB_T scale, NB_T shift, NB_T *zv, NB_T *vv)
+{
+    int64_t best = r0 * w + c0;
+    NB_T bv = -INFINITY, bvv = 0;
+    for (int64_t i = 0; i < kh; i++)
+        for (int64_t j = 0; j < kw; j++) {
+            const NB_T v = xp[(r0 + i) * w + c0 + j] * scale + shift, z = NB_CS(relu1)(v);
+            if (z > bv || z != z) {
+                bv = z;
+                bvv = v;
+                best = (r0 + i) * w + c0 + j;
+            }
+        }
+    *zv = bv;
+    *vv = bvv;
+    return best;
+}
+
+/* y [ho, wo] = max pooling of relu(x scale + shift) over the 2x2 windows of the plane x [h, w]: the
+ * maximum of the four v = x scale + shift, rectified (relu is monotone), NaN when one is NaN (finite:
+ * none can be, see bnrp_gz); loops of selects that vectorise */
+static inline void NB_CS(bnrp_fw_2x2)(const NB_T *xp, int64_t w, int64_t ho, int64_t wo, NB_T scale, NB_T shift,
+                                      int finite, NB_T *yp)
+{
+    for (int64_t oy = 0; oy < ho && finite; oy++) {
+        const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+        NB_T *yo = yp + oy * wo;
+        for (int64_t ox = 0; ox < wo; ox++) {
+            const NB_T v0 = r0[2 * ox] * scale + shift, v1 = r0[2 * ox + 1] * scale + shift;
+            const NB_T v2 = r1[2 * ox] * scale + shift, v3 = r1[2 * ox + 1] * scale + shift;
+            const NB_T a = v0 > v2 ? v0 : v2, b = v1 > v3 ? v1 : v3, m = a > b ? a : b;
+            yo[ox] = NB_CS(relu1)(m);
+        }
+    }
+    for (int64_t oy = 0; oy < ho && !finite; oy++) {
+        const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
+        NB_T *yo = yp + oy * wo;
+        for (int64_t ox = 0; ox < wo; ox++) {
+            const NB_T v0 = r0[2 * ox] * scale + shift, v1 = r0[2 * ox + 1] * scale + shift;
+            const NB_T v2 = r1[2 * ox] * scale + shift, v3 = r1[2 * ox + 1] * scale + shift;
+            const NB_T a = v0 > v2 ? v0 : v2, b = v1 > v3 ? v1 : v3, m = a > b ? a : b;
+            const NB_T nan = v0 + v1 + v2 + v3;
+            const int any_nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
+            yo[ox] = any_nan ? nan : NB_CS(relu1)(m);
+        }
+    }
+}
+
+void NB_CK(bnrp_fw)(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, const NB_T *x, const NB_T *wt,
+                    const NB_T *b, double eps, NB_T *y, NB_T *st)
+{
+    const int64_t d = h * w, ho = h / kh, wo = w / kw;
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_FOR(k, c, {
+        NB_CS(bn_stats)(a, c, d, k, x, st);
+        NB_T scale, shift;
+        NB_CS(bn_coef)(c, k, st, wt, b, eps, &scale, &shift);
+        const int finite = isfinite(st[k]) && isfinite(scale) && isfinite(shift);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *xp = x + (i * c + k) * d;
+            NB_T *yp = y + (i * c + k) * ho * wo;
+            if (kh == 2 && kw == 2) {
+                NB_CS(bnrp_fw_2x2)(xp, w, ho, wo, scale, shift, finite, yp);
+                continue;
+            }
+            for (int64_t oy = 0; oy < ho; oy++)
+                for (int64_t ox = 0; ox < wo; ox++) {
+                    NB_T v;
+                    NB_CS(bnrp_window)(xp, w, oy * kh, ox * kw, kh, kw, scale, shift, &yp[oy * wo + ox], &v);
+                }
+        }
+    });
+}
+
+/* gz [h, w] = the gradient of the batch norm's output for the gradient gp [ho, wo] of the pooled
+ * output: gp at each window's maximum of z = relu(v) where v = x scale + shift is not <= 0 (relu's
+ * gradient; NaN passes), 0 elsewhere (also in the rows and columns no window covers). finite: the
+ * channel's mean (so every x), scale and shift are finite, so that no v is NaN. */
+static inline void NB_CS(bnrp_gz)(const NB_T *xp, const NB_T *gp, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                  NB_T scale, NB_T shift, int finite, NB_T *gz)
+{
+    const int64_t ho = h / kh, wo = w / kw;
+    if (kh == 2 && kw == 2 && finite) {
+        if (2 * ho < h || 2 * wo < w) memset(gz, 0, (size_t)(h * w) * sizeof(NB_T));
+        /* no NaN (finite: x, scale and shift are): where the largest v is > 0, the first maximum of z
+         * = relu(v) is the first v equal to it and relu passes g there; elsewhere g stops. Float
+         * compares and selects, which vectorise. */
+        for (int64_t oy = 0; oy < ho; oy++) {
+            const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w, *go = gp + oy * wo;
+            NB_T *z0 = gz + 2 * oy * w, *z1 = z0 + w;
+            for (int64_t ox = 0; ox < wo; ox++) {
+                const NB_T v0 = r0[2 * ox] * scale + shift, v1 = r0[2 * ox + 1] * scale + shift;
+                const NB_T v2 = r1[2 * ox] * scale + shift, v3 = r1[2 * ox + 1] * scale + shift;
+                const NB_T a = v0 > v1 ? v0 : v1, b = v2 > v3 ? v2 : v3, m = a > b ? a : b;
+                /* g passed on past each earlier position that holds the maximum */
+                const NB_T g0 = m > 0 ? go[ox] : (NB_T)0, g1 = v0 == m ? (NB_T)0 : g0;
+                const NB_T g2 = v1 == m ? (NB_T)0 : g1, g3 = v2 == m ? (NB_T)0 : g2;
+                z0[2 * ox] = v0 == m ? g0 : (NB_T)0;
+                z0[2 * ox + 1] = v1 == m ? g1 : (NB_T)0;
+                z1[2 * ox] = v2 == m ? g2 : (NB_T)0;
+                z1[2 * ox + 1] = g3;
+            }
+        }
+        return;
+    }
+    memset(gz, 0, (size_t)(h * w) * sizeof(NB_T));
+    for (int64_t oy = 0; oy < ho; oy++)
+        for (int64_t ox = 0; ox < wo; ox++) {
+            NB_T z, v;
+            const int64_t at = NB_CS(bnrp_window)(xp, w, oy * kh, ox * kw, kh, kw, scale, shift, &z, &v);
+            gz[at] = v <= 0 ? (NB_T)0 : gp[oy * wo + ox];
+        }
+}
+
+void NB_CK(bnrp_bw)(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, const NB_T *g, const NB_T *x,
+                    const NB_T *st, const NB_T *wt, const NB_T *b, double eps, NB_T *dx, int acc, double *sg,
+                    double *sgx, NB_T *work)
+{
+    const int64_t d = h * w, q = (h / kh) * (w / kw), slots = nb__bnrp_slots(a, d, (int64_t)sizeof(NB_T));
+    /* the first planes' gz kept from the first pass to the second, the others found again in the last slot */
+    const int64_t kept = a <= slots ? a : slots - 1;
+    const double m = (double)(a * d);
+    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    NB_CNN_FOR(k, c, {
+        NB_T *ws = work + NB_CNN_TID * slots * d;
+        NB_T scale, shift;
+        NB_CS(bn_coef)(c, k, st, wt, b, eps, &scale, &shift);
+        const double mean = (double)st[k], r = 1.0 / sqrt((double)st[c + k] + eps), wr = wt ? (double)wt[k] * r : r;
+        const int finite = isfinite(mean) && isfinite(scale) && isfinite(shift);
+        double s = 0, sx = 0;
+        for (int64_t i = 0; i < a; i++) {
+            NB_T *gz = ws + (i < kept ? i : slots - 1) * d;
+            NB_CS(bnrp_gz)(x + (i * c + k) * d, g + (i * c + k) * q, h, w, kh, kw, scale, shift, finite, gz);
+            double a1, a2;
+            NB_CS(dsumdot)(gz, x + (i * c + k) * d, mean, d, &a1, &a2);
+            s += a1;
+            sx += a2;
+        }
+        sg[k] = s;
+        sgx[k] = sx * r; /* sum gz xhat */
+        if (!dx) continue;
+        /* dx = wr (gz - s / m - (x - mean) r^2 sx / m) = gz P + x Q + O, as bn_bw */
+        const double qq = -wr * r * r * sx / m;
+        const NB_T P = (NB_T)wr, Q = (NB_T)qq, O = (NB_T)(-wr * s / m - qq * mean);
+        for (int64_t i = 0; i < a; i++) {
+            const NB_T *xr = x + (i * c + k) * d;
+            NB_T *dr = dx + (i * c + k) * d, *gz = ws + (i < kept ? i : slots - 1) * d;
+            if (i >= kept) NB_CS(bnrp_gz)(xr, g + (i * c + k) * q, h, w, kh, kw, scale, shift, finite, gz);
+            if (acc)
+                for (int64_t t = 0; t < d; t++) dr[t] += gz[t] * P + xr[t] * Q + O;
+            else
+                for (int64_t t = 0; t < d; t++) dr[t] = gz[t] * P + xr[t] * Q + O;
         }
     });
 }

@@ -226,12 +226,27 @@ NB_BW(batch_norm)
     if (ib >= 0 && NB_NEED(ib)) gin[ib] = nb_sum(g, na, axes, 0);
 }
 
+/* dw = sum g xhat and db = sum g (sums: c of sum g, then c of sum g xhat) into the gradient slots of a
+ * batch norm node's weight and bias, those that want one */
+static void wb_grads(const nb_node *n, nb_grad_sink *sink, const double *sums, int64_t c)
+{
+    const int iw = n->attrs.i[0] ? 1 : -1, ib = n->attrs.i[1] ? 1 + (n->attrs.i[0] != 0) : -1;
+    for (int k = 0; k < 2; k++) {
+        const int i = k ? ib : iw;
+        if (i < 0 || !NB_NEED(i)) continue;
+        bool fresh;
+        nb_tensor *s = nb__sink_slot(sink, i, &fresh);
+        if (!s) return;
+        const double *v = k ? sums : sums + c;
+        for (int64_t ch = 0; ch < c; ch++) nb__set(s, ch, fresh ? v[ch] : nb__get(s, ch) + v[ch]);
+    }
+}
+
 /* Without a graph: per channel, one pass for sum g and sum g xhat and one writing dx, both over the
  * channel's values while in cache; dw and db from the sums. */
 bool nb__into_batch_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
 {
     nb_tensor *x = n->in[0], *w = n->attrs.i[0] ? n->in[1] : NULL;
-    int iw = n->attrs.i[0] ? 1 : -1, ib = n->attrs.i[1] ? 1 + (n->attrs.i[0] != 0) : -1;
     int64_t a, c, d;
     around_channels(x, &a, &c, &d);
     double *sums = nb__tape_alloc(nb__current_tape(), (size_t)(2 * c > 0 ? 2 * c : 1) * sizeof(double));
@@ -247,14 +262,72 @@ bool nb__into_batch_norm(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     else
         CNN_CALL(g->dtype, bn_bw, a, c, d, g->data, x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL,
                  n->attrs.f[0], dx ? dx->data : NULL, !fresh, sums, sums + c);
-    for (int k = 0; k < 2; k++) {
-        int i = k ? ib : iw;
-        if (i < 0 || !NB_NEED(i)) continue;
-        nb_tensor *s = nb__sink_slot(sink, i, &fresh);
-        if (!s) return true;
-        const double *v = k ? sums : sums + c; /* db = sum g, dw = sum g xhat */
-        for (int64_t ch = 0; ch < c; ch++) nb__set(s, ch, fresh ? v[ch] : nb__get(s, ch) + v[ch]);
+    wb_grads(n, sink, sums, c);
+    return true;
+}
+
+/* ---- batch norm, ReLU and max pooling fused -------------------------------------------------- */
+
+/* out [N, C, H / kh, W / kw] = max_pool2d(relu(batch_norm(x, w, b)), kh x kw windows of stride kh x kw):
+ * the statistics, then one pass that normalises, rectifies and pools (p receives the statistics) */
+NB_FW(bn_relu_pool)
+{
+    const nb_tensor *x = in[0];
+    const nb_tensor *w = at->i[0] ? in[1] : NULL, *b = at->i[1] ? in[1 + (at->i[0] != 0)] : NULL;
+    CNN_CALL(out->dtype, bnrp_fw, x->shape[0], x->shape[1], x->shape[2], x->shape[3], at->i[2], at->i[3], x->data,
+             w ? w->data : NULL, b ? b->data : NULL, at->f[0], out->data, ((nb_tensor *)at->p)->data);
+}
+
+/* The composition's rules in turn: z = relu(y), y = batch_norm(x, w, b) recomputed with nabla ops; max
+ * pooling's (g scattered to the maxima of z), relu's (kept where y > 0), then batch_norm's, whose rule
+ * reads the same inputs and attrs as this node's */
+NB_BW(bn_relu_pool)
+{
+    nb_tensor *x = n->in[0];
+    if (x->numel == 0) {
+        nb__bw_batch_norm(n, g, gin); /* zeros */
+        return;
     }
+    nb_tensor *w = n->attrs.i[0] ? n->in[1] : NULL, *b = n->attrs.i[1] ? n->in[1 + (n->attrs.i[0] != 0)] : NULL;
+    nb_tensor *y = nb_batch_norm_train(x, w, b, n->attrs.f[0], NULL), *idx = NULL;
+    if (!nb_max_pool2d_with_indices(nb_relu(y), n->attrs.i[2], n->attrs.i[3], NULL, &idx) || !idx) return;
+    const int64_t planes = x->shape[0] * x->shape[1], q = g->shape[2] * g->shape[3];
+    nb_tensor *gz = nb_reshape(nb_scatter_add(NB_SHAPE(planes, x->shape[2] * x->shape[3]), 1,
+                                              nb_reshape(idx, NB_SHAPE(planes, q)), nb_reshape(g, NB_SHAPE(planes, q))),
+                               x->ndim, x->shape);
+    if (!gz) return;
+    nb_tensor *gy = nb__apply("nb_batch_norm_relu_max_pool2d", NB_OP_RELU_BW, 2, (nb_tensor *[]){gz, y}, NULL,
+                              x->dtype, x->ndim, x->shape);
+    if (gy) nb__bw_batch_norm(n, gy, gin);
+}
+
+/* Without a graph: per channel, one pass over the windows for the sums and one writing dx, the
+ * maxima and relu's mask found again from x and the statistics */
+bool nb__into_bn_relu_pool(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
+{
+    const nb_tensor *x = n->in[0], *w = n->attrs.i[0] ? n->in[1] : NULL;
+    const nb_tensor *b = n->attrs.i[1] ? n->in[1 + (n->attrs.i[0] != 0)] : NULL;
+    const int64_t c = x->shape[1], d = x->shape[2] * x->shape[3];
+    const size_t work = (size_t)nb__cnn_threads(x->numel) *
+                        (size_t)nb__bnrp_slots(x->shape[0], d, (int64_t)nb_dtype_size(x->dtype)) * (size_t)d *
+                        nb_dtype_size(x->dtype);
+    nb_tape *t = nb__current_tape();
+    double *sums = nb__tape_alloc(t, (size_t)(2 * c > 0 ? 2 * c : 1) * sizeof(double));
+    void *ws = x->numel ? nb__tape_alloc(t, work) : NULL;
+    if (!sums || (x->numel && !ws)) {
+        nb__fail(NB_ERR_NOMEM, "nb_batch_norm_relu_max_pool2d: out of memory");
+        return true;
+    }
+    bool fresh = false;
+    nb_tensor *dx = NULL;
+    if (NB_NEED(0) && !(dx = nb__sink_slot(sink, 0, &fresh))) return true;
+    if (x->numel == 0)
+        memset(sums, 0, (size_t)(2 * c) * sizeof(double));
+    else
+        CNN_CALL(g->dtype, bnrp_bw, x->shape[0], c, x->shape[2], x->shape[3], n->attrs.i[2], n->attrs.i[3], g->data,
+                 x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL, b ? b->data : NULL, n->attrs.f[0],
+                 dx ? dx->data : NULL, !fresh, sums, sums + c, ws);
+    wb_grads(n, sink, sums, c);
     return true;
 }
 
@@ -314,15 +387,28 @@ nb_tensor *nb_channel_norm(nb_tensor *x, nb_tensor *stats, nb_tensor *weight, nb
     return nb__apply(who, NB_OP_CHANNEL_NORM, k, in, &at, x->dtype, x->ndim, x->shape);
 }
 
-nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats)
+/* batch_norm (kernel 0) or bn_relu_pool over kernel [kh, kw]: the checks, the statistics tensor and
+ * the node */
+static nb_tensor *bn_apply(const char *who, nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps,
+                           const int64_t *kernel, nb_tensor **stats)
 {
-    const char *who = "nb_batch_norm_train";
     if (stats) *stats = NULL;
     if (!channels_input(who, x)) return NULL;
     const int64_t C = x->shape[1];
     if (!channel_arg(who, x, weight, "weight") || !channel_arg(who, x, bias, "bias")) return NULL;
     if (!(eps >= 0) || eps == INFINITY)
         return nb__fail(NB_ERR_ARG, "%s: input %s: eps %g must be finite and not negative", who, NB_SHP(x), eps);
+    int64_t shape[NB_MAX_DIMS];
+    memcpy(shape, x->shape, (size_t)x->ndim * sizeof(int64_t));
+    if (kernel) {
+        if (x->ndim != 4)
+            return nb__fail(NB_ERR_SHAPE, "%s: input %s: expected 4 dimensions [N, C, H, W]", who, NB_SHP(x));
+        if (kernel[0] < 1 || kernel[1] < 1 || kernel[0] > x->shape[2] || kernel[1] > x->shape[3])
+            return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s must be at least 1 and fit in [H, W]", who,
+                            NB_SHP(x), nb__cnn_vals(2, kernel));
+        shape[2] = x->shape[2] / kernel[0];
+        shape[3] = x->shape[3] / kernel[1];
+    }
     nb_tensor *st = nb__tape_tensor(who, x->dtype, 2, (const int64_t[]){2, C});
     if (!st) return NULL;
     /* an input with no values (batch 0, a spatial extent 0): an empty result, as torch's batch_norm, and
@@ -332,8 +418,20 @@ nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias,
     int k = 1;
     if (weight) in[k++] = weight;
     if (bias) in[k++] = bias;
-    nb_attrs at = {.i = {weight != NULL, bias != NULL}, .f = {eps}, .p = st};
-    nb_tensor *y = nb__apply(who, NB_OP_BATCH_NORM, k, in, &at, x->dtype, x->ndim, x->shape);
+    nb_attrs at = {.i = {weight != NULL, bias != NULL, kernel ? kernel[0] : 0, kernel ? kernel[1] : 0}, .f = {eps},
+                   .p = st};
+    nb_tensor *y = nb__apply(who, kernel ? NB_OP_BN_RELU_POOL : NB_OP_BATCH_NORM, k, in, &at, x->dtype, x->ndim, shape);
     if (y && stats) *stats = st;
     return y;
+}
+
+nb_tensor *nb_batch_norm_train(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, nb_tensor **stats)
+{
+    return bn_apply("nb_batch_norm_train", x, weight, bias, eps, NULL, stats);
+}
+
+nb_tensor *nb_batch_norm_relu_max_pool2d(nb_tensor *x, nb_tensor *weight, nb_tensor *bias, double eps, int64_t kh,
+                                         int64_t kw, nb_tensor **stats)
+{
+    return bn_apply("nb_batch_norm_relu_max_pool2d", x, weight, bias, eps, (const int64_t[]){kh, kw}, stats);
 }

@@ -66,6 +66,9 @@
     X(CHANNEL_NORM, channel_norm, "channel_norm", -1, Y, Y, Y, N)                                      \
     /* x [, w] [, b]: norm(x, moments(x)) fused; same attrs; p = the [2, C] statistics it stores */    \
     X(BATCH_NORM, batch_norm, "batch_norm", -1, Y, Y, Y, N)                                            \
+    /* x [N,C,H,W] [, w] [, b]: max_pool2d(relu(batch_norm)) over tiling windows fused; attrs as       \
+     * batch_norm's, i[2], i[3] = kernel h, w (the stride) */                                         \
+    X(BN_RELU_POOL, bn_relu_pool, "batch_norm_relu_max_pool2d", -1, Y, Y, Y, N)                        \
     /* reduce.c */                                                                                     \
     X(SUM, sum, "sum", 1, Y, Y, N, N)                    /* i[0] = axes bitmask, i[1] = keepdim */     \
     X(ARGMAX, argmax, "argmax", 1, Y, N, N, N)           /* i[0] = axis, i[1] = 1 for argmin */        \
