@@ -627,6 +627,111 @@ static void user_openmp_team(void)
 #endif
 }
 
+/* ---- the thread knob turned during a fused backward ----------------------------------------------
+ * nb_batch_norm_relu_max_pool2d's no-graph backward sized its per-thread workspace from the thread
+ * count, then its kernel asked for the thread count again: a knob turned in between (by another
+ * thread, or, as here, by user code the backward calls: the allocator that gives the workspace its
+ * chunk) ran two threads over a one-thread workspace (ASan: heap-buffer-overflow in bnrp_gz; without
+ * ASan the second thread's planes went past the block). The allocator below keeps a guard zone after
+ * each block and turns the knob from 1 to 2 on the first block of the workspace's size: the guard
+ * must be intact and the gradients those of a backward on one thread. */
+#define GUARD_BYTES ((size_t)3 << 20)
+typedef struct knob_alloc {
+    size_t arm_at;  /* the first block of at least this size turns the knob to 2 (0: done) */
+    long corrupted; /* blocks whose guard zone was written */
+    int n;          /* the live blocks this allocator gave */
+    unsigned char *blocks[32];
+    size_t sizes[32];
+} knob_alloc;
+
+/* a block's guard zone, checked (a written one counted) */
+static void guard_check(knob_alloc *k, const unsigned char *p, size_t size)
+{
+    for (size_t i = 0; i < GUARD_BYTES; i++)
+        if (p[size + i] != 0xA5) {
+            k->corrupted++;
+            return;
+        }
+}
+static void *k_alloc(size_t size, void *user)
+{
+    knob_alloc *k = user;
+    if (k->n == 32) return NULL;
+    unsigned char *p = malloc(size + GUARD_BYTES);
+    if (!p) return NULL;
+    memset(p + size, 0xA5, GUARD_BYTES);
+    k->blocks[k->n] = p;
+    k->sizes[k->n++] = size;
+    if (k->arm_at && size >= k->arm_at) {
+        k->arm_at = 0;
+        nb_set_num_threads(2);
+    }
+    return p;
+}
+static void k_free(void *ptr, size_t size, void *user)
+{
+    knob_alloc *k = user;
+    for (int i = 0; i < k->n; i++)
+        if (k->blocks[i] == ptr) {
+            guard_check(k, ptr, size);
+            k->blocks[i] = k->blocks[--k->n];
+            k->sizes[i] = k->sizes[k->n];
+        }
+    free(ptr); /* (also blocks of the default allocator's, made before this one was set) */
+}
+static void *k_realloc(void *ptr, size_t old_size, size_t new_size, void *user)
+{
+    void *p = k_alloc(new_size, user);
+    if (p && ptr) memcpy(p, ptr, old_size < new_size ? old_size : new_size);
+    if (p) k_free(ptr, old_size, user);
+    return p;
+}
+
+static void bnrp_knob_mid_backward(void)
+{
+#ifdef _OPENMP
+    const int64_t h = 600, w = 600; /* planes of 1.4 MB: one workspace plane per thread */
+    nb_rng rng;
+    nb_rng_seed(&rng, 41);
+    nb_tensor *in[3] = {nb_tensor_uniform(NB_F32, NB_SHAPE(1, 2, h, w), -1, 1, &rng),
+                        nb_tensor_uniform(NB_F32, NB_SHAPE(2), 0.5, 1.5, &rng),
+                        nb_tensor_uniform(NB_F32, NB_SHAPE(2), -0.5, 0.5, &rng)};
+    for (int i = 0; i < 3; i++) nb_tensor_set_requires_grad(in[i], 1);
+    nb_tensor *ref[3] = {0}, *g[3] = {0};
+    knob_alloc k = {.arm_at = (size_t)(h * w) * sizeof(float)};
+    for (int run = 0; run < 2; run++) {
+        nb_set_num_threads(1);
+        nb_tape *t = nb_tape_new();
+        nb_tape_begin(t);
+        /* one window per plane: the forward's results are small, the workspace gets a chunk of its own */
+        nb_tensor *y = nb_batch_norm_relu_max_pool2d(in[0], in[1], in[2], 1e-5, h, w, NULL);
+        nb_tensor *seed = nb_tensor_from_data(NB_F32, NB_SHAPE(1, 2, 1, 1), (const float[]){0.75f, -1.25f});
+        nb_tensor **out = run ? g : ref;
+        if (run) nb_set_allocator(&(nb_allocator){k_alloc, k_realloc, k_free, &k});
+        nb_status st = y ? nb_grad(y, seed, 3, in, out, 0) : nb_error_code();
+        const int knob = nb_num_threads();
+        if (run) nb_set_allocator(NULL);
+        for (int i = 0; run && i < k.n; i++) guard_check(&k, k.blocks[i], k.sizes[i]); /* (freed later by free) */
+        CHECK(st == NB_OK, "fused backward (run %d): %s", run, nb_error_message());
+        if (run) CHECK(k.arm_at == 0 && knob == 2, "the knob was not turned during the backward (now %d)", knob);
+        for (int i = 0; i < 3; i++) out[i] = out[i] ? nb_tensor_clone(out[i]) : NULL;
+        nb_tape_end(t);
+        nb_tape_free(t);
+        nb_tensor_free(seed);
+    }
+    CHECK(k.corrupted == 0, "%ld blocks written past their end by the fused backward", k.corrupted);
+    for (int i = 0; i < 3; i++) {
+        CHECK(g[i] && ref[i] &&
+                  !memcmp(nb_tensor_cdata(g[i]), nb_tensor_cdata(ref[i]), 4 * (size_t)nb_tensor_numel(ref[i])),
+              "gradient %d with the knob turned mid-backward differs from the one-thread backward's", i);
+        nb_tensor_free(g[i]);
+        nb_tensor_free(ref[i]);
+        nb_tensor_free(in[i]);
+    }
+    nb_set_num_threads(0);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "user-threads")) { /* alone, for ThreadSanitizer (.ci/run) */
@@ -643,5 +748,6 @@ int main(int argc, char **argv)
     threads_family_bits(NB_F64);
     user_threads_shared_weights();
     user_openmp_team();
+    bnrp_knob_mid_backward();
     return nbt_report("conv_hostile");
 }

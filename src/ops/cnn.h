@@ -212,11 +212,12 @@ static inline int64_t nb__cdiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 
                             const T *x, const T *wt, const T *b, double eps, T *y, T *st);            \
     /* its backward for the gradient g [a, c, h / kh, w / kw] of y: gz = g at each window's maximum   \
      * where the norm's output is not <= 0, else 0; then dx (+)= bn_bw's dx for gz (dx NULL: none),   \
-     * sg[c] = sum gz, sgx[c] = sum gz xhat; maxima and masks found again from x and st; work: h w    \
-     * elements for each of nb__cnn_threads(a c h w) threads */                                         \
+     * sg[c] = sum gz, sgx[c] = sum gz xhat; maxima and masks found again from x and st; on threads   \
+     * threads (the caller's count, which sized work: nb__bnrp_slots(a, h w, sizeof(T)) h w elements  \
+     * for each) */                                                                                   \
     void nb_k_bnrp_bw_##SFX(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,         \
                             const T *g, const T *x, const T *st, const T *wt, const T *b, double eps,  \
-                            T *dx, int acc, double *sg, double *sgx, T *work);
+                            T *dx, int acc, double *sg, double *sgx, T *work, int threads);
 
 NB_CNN_DECLARE(float, f32)
 NB_CNN_DECLARE(double, f64)

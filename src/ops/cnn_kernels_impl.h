@@ -1026,13 +1026,15 @@ static inline void NB_CS(bnrp_gz)(const NB_T *xp, const NB_T *gp, int64_t h, int
 
 void NB_CK(bnrp_bw)(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, const NB_T *g, const NB_T *x,
                     const NB_T *st, const NB_T *wt, const NB_T *b, double eps, NB_T *dx, int acc, double *sg,
-                    double *sgx, NB_T *work)
+                    double *sgx, NB_T *work, int threads)
 {
     const int64_t d = h * w, q = (h / kh) * (w / kw), slots = nb__bnrp_slots(a, d, (int64_t)sizeof(NB_T));
     /* the first planes' gz kept from the first pass to the second, the others found again in the last slot */
     const int64_t kept = a <= slots ? a : slots - 1;
     const double m = (double)(a * d);
-    const int nb_nt_ = nb__cnn_threads(a * c * d);
+    /* the count the workspace was sized for (asking nb__cnn_threads again could see the knob turned
+     * since, by another thread or by the allocator that gave the workspace) */
+    const int nb_nt_ = threads;
     NB_CNN_FOR(k, c, {
         NB_T *ws = work + NB_CNN_TID * slots * d;
         NB_T scale, shift;

@@ -308,9 +308,9 @@ bool nb__into_bn_relu_pool(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     const nb_tensor *x = n->in[0], *w = n->attrs.i[0] ? n->in[1] : NULL;
     const nb_tensor *b = n->attrs.i[1] ? n->in[1 + (n->attrs.i[0] != 0)] : NULL;
     const int64_t c = x->shape[1], d = x->shape[2] * x->shape[3];
-    const size_t work = (size_t)nb__cnn_threads(x->numel) *
-                        (size_t)nb__bnrp_slots(x->shape[0], d, (int64_t)nb_dtype_size(x->dtype)) * (size_t)d *
-                        nb_dtype_size(x->dtype);
+    const int threads = nb__cnn_threads(x->numel); /* read once: the kernel runs on the threads sized for */
+    const size_t work = (size_t)threads * (size_t)nb__bnrp_slots(x->shape[0], d, (int64_t)nb_dtype_size(x->dtype)) *
+                        (size_t)d * nb_dtype_size(x->dtype);
     nb_tape *t = nb__current_tape();
     double *sums = nb__tape_alloc(t, (size_t)(2 * c > 0 ? 2 * c : 1) * sizeof(double));
     void *ws = x->numel ? nb__tape_alloc(t, work) : NULL;
@@ -326,7 +326,7 @@ bool nb__into_bn_relu_pool(const nb_node *n, nb_tensor *g, nb_grad_sink *sink)
     else
         CNN_CALL(g->dtype, bnrp_bw, x->shape[0], c, x->shape[2], x->shape[3], n->attrs.i[2], n->attrs.i[3], g->data,
                  x->data, ((nb_tensor *)n->attrs.p)->data, w ? w->data : NULL, b ? b->data : NULL, n->attrs.f[0],
-                 dx ? dx->data : NULL, !fresh, sums, sums + c, ws);
+                 dx ? dx->data : NULL, !fresh, sums, sums + c, ws, threads);
     wb_grads(n, sink, sums, c);
     return true;
 }
