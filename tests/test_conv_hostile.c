@@ -627,6 +627,43 @@ static void user_openmp_team(void)
 #endif
 }
 
+/* ---- a pooled zero's sign ------------------------------------------------------------------------
+ * The fused forward's 2x2 windows took the maximum of the normalised values v and rectified it, the
+ * composition rectifies each v and pools: with a bias of -0.0 and a mean of exactly 0, a window
+ * {-1, -0, -1, -1} became max(v) = -0 -> relu -0 in the fused op, but relu: {+0, -0, +0, +0} ->
+ * max pooling +0 in the composition (1 / y: -inf against +inf). The same bits now, in both dtypes, on
+ * the 2x2 path and the general one (3x3 windows of the same values). */
+static void bnrp_signed_zero(void)
+{
+    for (int d = 0; d < 2; d++) {
+        const nb_dtype dt = d ? NB_F64 : NB_F32;
+        /* one channel: a window of {-1, -0, -1, -1}, one of {3, 0, 0, 0} (3x3: eight -1 and a -0, an 8); the
+         * mean is +0 */
+        const double v2[8] = {-1, -0.0, 3, 0, -1, -1, 0, 0};
+        const double v3[18] = {-1, -0.0, -1, 8, 0, 0, -1, -1, -1, 0, 0, 0, -1, -1, -1, 0, 0, 0};
+        for (int k = 2; k <= 3; k++) {
+            nb_tensor *x = nb_tensor_zeros(dt, NB_SHAPE(1, 1, k, 2 * k)), *b = nb_tensor_full(dt, NB_SHAPE(1), -0.0);
+            for (int i = 0; i < 2 * k * k; i++) nb_tensor_set(x, i, k == 2 ? v2[i] : v3[i]);
+            nb_tape *t = nb_tape_new();
+            nb_tape_begin(t);
+            nb_tensor *y1 = nb_batch_norm_relu_max_pool2d(x, NULL, b, 1e-5, k, k, NULL);
+            nb_tensor *y2 = nb_max_pool2d(nb_relu(nb_batch_norm_train(x, NULL, b, 1e-5, NULL)), k, k, NULL);
+            CHECK(y1 && y2, "%s %dx%d: %s", nb_dtype_name(dt), k, k, nb_error_message());
+            for (int i = 0; y1 && y2 && i < 2; i++) {
+                const double a = nb_tensor_get(y1, i), c = nb_tensor_get(y2, i);
+                CHECK(a == c && signbit(a) == signbit(c), "%s %dx%d window %d: fused %g, composition %g",
+                      nb_dtype_name(dt), k, k, i, a, c);
+            }
+            CHECK(y2 && nb_tensor_get(y2, 0) == 0 && !signbit(nb_tensor_get(y2, 0)),
+                  "the composition's pooled zero is +0");
+            nb_tape_end(t);
+            nb_tape_free(t);
+            nb_tensor_free(x);
+            nb_tensor_free(b);
+        }
+    }
+}
+
 /* ---- the thread knob turned during a fused backward ----------------------------------------------
  * nb_batch_norm_relu_max_pool2d's no-graph backward sized its per-thread workspace from the thread
  * count, then its kernel asked for the thread count again: a knob turned in between (by another
@@ -749,5 +786,6 @@ int main(int argc, char **argv)
     user_threads_shared_weights();
     user_openmp_team();
     bnrp_knob_mid_backward();
+    bnrp_signed_zero();
     return nbt_report("conv_hostile");
 }

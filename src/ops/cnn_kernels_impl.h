@@ -928,9 +928,12 @@ static inline int64_t NB_CS(bnrp_window)(const NB_T *xp, int64_t w, int64_t r0, 
     return best;
 }
 
-/* y [ho, wo] = max pooling of relu(x scale + shift) over the 2x2 windows of the plane x [h, w]: the
- * maximum of the four v = x scale + shift, rectified (relu is monotone), NaN when one is NaN (finite:
- * none can be, see bnrp_gz); loops of selects that vectorise */
+/* y [ho, wo] = max pooling of z = relu(x scale + shift) over the 2x2 windows of the plane x [h, w], bit
+ * for bit as maxpool_fw's 2x2 loop pools the z (the maximum of z0, z2 and of z1, z3, then of the two;
+ * a tie keeps the later): with no NaN (finite: none can be, see bnrp_gz), the largest v when it is > 0,
+ * else (every z a zero) z3, the zero the composition keeps, which is -0 for v3 = -0 (relu(max v) gave
+ * -0 for {-1, -0, -1, -1}, the composition +0): max(m, z3) is both, m the maximum of the four v. With a
+ * NaN the composition's own loop over the z. Loops of selects that vectorise. */
 static inline void NB_CS(bnrp_fw_2x2)(const NB_T *xp, int64_t w, int64_t ho, int64_t wo, NB_T scale, NB_T shift,
                                       int finite, NB_T *yp)
 {
@@ -940,20 +943,20 @@ static inline void NB_CS(bnrp_fw_2x2)(const NB_T *xp, int64_t w, int64_t ho, int
         for (int64_t ox = 0; ox < wo; ox++) {
             const NB_T v0 = r0[2 * ox] * scale + shift, v1 = r0[2 * ox + 1] * scale + shift;
             const NB_T v2 = r1[2 * ox] * scale + shift, v3 = r1[2 * ox + 1] * scale + shift;
-            const NB_T a = v0 > v2 ? v0 : v2, b = v1 > v3 ? v1 : v3, m = a > b ? a : b;
-            yo[ox] = NB_CS(relu1)(m);
+            const NB_T a = v0 > v2 ? v0 : v2, b = v1 > v3 ? v1 : v3, m = a > b ? a : b, z3 = NB_CS(relu1)(v3);
+            yo[ox] = m > z3 ? m : z3;
         }
     }
     for (int64_t oy = 0; oy < ho && !finite; oy++) {
         const NB_T *r0 = xp + 2 * oy * w, *r1 = r0 + w;
         NB_T *yo = yp + oy * wo;
         for (int64_t ox = 0; ox < wo; ox++) {
-            const NB_T v0 = r0[2 * ox] * scale + shift, v1 = r0[2 * ox + 1] * scale + shift;
-            const NB_T v2 = r1[2 * ox] * scale + shift, v3 = r1[2 * ox + 1] * scale + shift;
-            const NB_T a = v0 > v2 ? v0 : v2, b = v1 > v3 ? v1 : v3, m = a > b ? a : b;
-            const NB_T nan = v0 + v1 + v2 + v3;
-            const int any_nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
-            yo[ox] = any_nan ? nan : NB_CS(relu1)(m);
+            const NB_T z0 = NB_CS(relu1)(r0[2 * ox] * scale + shift), z1 = NB_CS(relu1)(r0[2 * ox + 1] * scale + shift);
+            const NB_T z2 = NB_CS(relu1)(r1[2 * ox] * scale + shift), z3 = NB_CS(relu1)(r1[2 * ox + 1] * scale + shift);
+            const NB_T a = z0 > z2 ? z0 : z2, b = z1 > z3 ? z1 : z3, m = a > b ? a : b;
+            const NB_T nan = z0 + z1 + z2 + z3;
+            const int any_nan = (z0 != z0) | (z1 != z1) | (z2 != z2) | (z3 != z3);
+            yo[ox] = any_nan ? nan : m;
         }
     }
 }
