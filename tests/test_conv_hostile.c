@@ -664,6 +664,39 @@ static void bnrp_signed_zero(void)
     }
 }
 
+/* ---- a kernel larger than the input: one error code ---------------------------------------------
+ * nb_batch_norm_relu_max_pool2d refused a kernel larger than [H, W] with NB_ERR_ARG, the composition's
+ * nb_max_pool2d with NB_ERR_SHAPE: nb_batch_norm_relu_pool_forward failed with NB_ERR_ARG in training
+ * and NB_ERR_SHAPE in evaluation for the same call. Now NB_ERR_SHAPE for a kernel that does not fit and
+ * NB_ERR_ARG for one below 1, as nb_max_pool2d, in both modes. */
+static void bnrp_kernel_errors(void)
+{
+    nb_params *p = nb_params_new();
+    nb_batch_norm bn;
+    CHECK(nb_batch_norm2d_init(&bn, p, "bn", 3, &(nb_norm_opts){.dtype = NB_F64}) == NB_OK, "init: %s",
+          nb_error_message());
+    nb_tensor *x = nb_tensor_ones(NB_F64, NB_SHAPE(2, 3, 5, 4));
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    const int64_t kernels[3][2] = {{6, 2}, {2, 5}, {0, 2}};
+    for (int k = 0; k < 3; k++) {
+        const int64_t kh = kernels[k][0], kw = kernels[k][1];
+        const nb_status want = kh < 1 ? NB_ERR_ARG : NB_ERR_SHAPE;
+        char needle[64];
+        snprintf(needle, sizeof needle, "kernel (%lld, %lld)", (long long)kh, (long long)kw);
+        CHECK_ERROR(!nb_max_pool2d(x, kh, kw, NULL), want, needle);
+        CHECK_ERROR(!nb_batch_norm_relu_max_pool2d(x, NULL, NULL, 1e-5, kh, kw, NULL), want, needle);
+        for (int training = 1; training >= 0; training--) {
+            nb_params_set_training(p, training);
+            CHECK_ERROR(!nb_batch_norm_relu_pool_forward(&bn, x, kh, kw), want, needle);
+        }
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor_free(x);
+    nb_params_free(p);
+}
+
 /* ---- the thread knob turned during a fused backward ----------------------------------------------
  * nb_batch_norm_relu_max_pool2d's no-graph backward sized its per-thread workspace from the thread
  * count, then its kernel asked for the thread count again: a knob turned in between (by another
@@ -787,5 +820,6 @@ int main(int argc, char **argv)
     user_openmp_team();
     bnrp_knob_mid_backward();
     bnrp_signed_zero();
+    bnrp_kernel_errors();
     return nbt_report("conv_hostile");
 }

@@ -403,9 +403,13 @@ static nb_tensor *bn_apply(const char *who, nb_tensor *x, nb_tensor *weight, nb_
     if (kernel) {
         if (x->ndim != 4)
             return nb__fail(NB_ERR_SHAPE, "%s: input %s: expected 4 dimensions [N, C, H, W]", who, NB_SHP(x));
-        if (kernel[0] < 1 || kernel[1] < 1 || kernel[0] > x->shape[2] || kernel[1] > x->shape[3])
-            return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s must be at least 1 and fit in [H, W]", who,
-                            NB_SHP(x), nb__cnn_vals(2, kernel));
+        /* the codes of nb_max_pool2d's checks, so the layer fails alike in training and evaluation */
+        if (kernel[0] < 1 || kernel[1] < 1)
+            return nb__fail(NB_ERR_ARG, "%s: input %s: kernel %s must be at least 1", who, NB_SHP(x),
+                            nb__cnn_vals(2, kernel));
+        if (kernel[0] > x->shape[2] || kernel[1] > x->shape[3])
+            return nb__fail(NB_ERR_SHAPE, "%s: input %s: kernel %s does not fit in [H, W]", who, NB_SHP(x),
+                            nb__cnn_vals(2, kernel));
         shape[2] = x->shape[2] / kernel[0];
         shape[3] = x->shape[3] / kernel[1];
     }
