@@ -175,8 +175,7 @@ static nb_status prog_run(const prog_files *f, prog_out *out)
         PROG_CHECK(lr == lr, "nb_sched_step");
         PROG_CHECK(nb_early_stop_update(es, out->loss[s]) >= 0, "nb_early_stop_update");
         /* the CNN step */
-        nb_tensor *hc = nb_relu(nb_batch_norm_forward(&bn, nb_conv_forward(&conv, cx)));
-        hc = nb_flatten(nb_max_pool2d(hc, 2, 2, NULL), 1, -1);
+        nb_tensor *hc = nb_flatten(nb_batch_norm_relu_pool_forward(&bn, nb_conv_forward(&conv, cx), 2, 2), 1, -1);
         nb_tensor *cl = nb_cross_entropy(nb_linear_forward(&fc, hc), cy, NULL);
         PROG_CHECK(cl != NULL, "cnn forward");
         PROG_CHECK(nb_backward(cl, NULL, 0) == NB_OK, "nb_backward (cnn)");

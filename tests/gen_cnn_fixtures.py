@@ -137,6 +137,11 @@ def _batch_norm_train(x, w, b, eps):
 gf.OPS["batch_norm_composed"] = _batch_norm_train  # and as norm(x, moments(x))
 
 
+@gf.op("batch_norm_relu_max_pool2d")  # nabla's fused op: max pooling (stride = kernel) of relu(batch norm)
+def _batch_norm_relu_max_pool2d(x, w, b, eps, kernel):
+    return F.max_pool2d(F.relu(F.batch_norm(x, None, None, w, b, True, 0.1, eps)), kernel)
+
+
 @gf.op("batch_norm_eval")  # in1, in2: running mean and variance (constants)
 def _batch_norm_eval(x, rm, rv, w, b, eps):
     return F.batch_norm(x, rm, rv, w, b, False, 0.1, eps)
@@ -238,6 +243,10 @@ case("batch_norm_train_4d", "batch_norm_train", [N(3, 4, 3, 2), N(4), N(4)], eps
 case("batch_norm_train_2d", "batch_norm_train", [N(6, 3), N(3), N(3)], eps=1e-3)
 case("batch_norm_composed_4d", "batch_norm_composed", [N(3, 4, 3, 2), N(4), N(4)], eps=1e-5)
 case("batch_norm_composed_3d", "batch_norm_composed", [N(2, 3, 5), N(3), N(3)], eps=1e-3)
+case("batch_norm_relu_max_pool2d_2x2", "batch_norm_relu_max_pool2d", [N(3, 4, 6, 6), N(4), N(4)], eps=1e-5,
+     kernel=[2, 2])
+case("batch_norm_relu_max_pool2d_3x2_odd", "batch_norm_relu_max_pool2d", [N(2, 3, 7, 5), N(3), N(3)], eps=1e-3,
+     kernel=[3, 2])
 case("batch_norm_eval_4d", "batch_norm_eval", [N(2, 3, 3, 3), NOGRAD(N(3)), NOGRAD(POS(3)), N(3), N(3)], eps=1e-5)
 case("batch_norm_eval_3d", "batch_norm_eval", [N(3, 2, 5), NOGRAD(N(2)), NOGRAD(POS(2)), N(2), N(2)], eps=1e-3)
 

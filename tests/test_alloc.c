@@ -220,10 +220,11 @@ typedef struct cnn {
     nb_rng rng; /* dropout */
 } cnn;
 
-/* conv-bn-relu-maxpool twice, channel dropout, flatten, dropout, linear; x [B, 1, 12, 12] */
+/* conv-bn-relu-maxpool twice (the first fused, the second composed), channel dropout, flatten, dropout,
+ * linear; x [B, 1, 12, 12] */
 static nb_tensor *cnn_logits(cnn *m, nb_tensor *x)
 {
-    nb_tensor *h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b1, nb_conv_forward(&m->c1, x))), 2, 2, NULL);
+    nb_tensor *h = nb_batch_norm_relu_pool_forward(&m->b1, nb_conv_forward(&m->c1, x), 2, 2);
     h = nb_train_dropout2d(m->p, h, 0.1, &m->rng);
     h = nb_max_pool2d(nb_relu(nb_batch_norm_forward(&m->b2, nb_conv_forward(&m->c2, h))), 2, 2, NULL);
     return nb_linear_forward(&m->fc, nb_train_dropout(m->p, nb_flatten(h, 1, -1), 0.2, &m->rng));

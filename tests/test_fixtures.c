@@ -667,6 +667,16 @@ RUN(batch_norm_composed)
     return attr_f64(c, "eps", &eps) ? nb_channel_norm(in[0], nb_channel_moments(in[0]), in[1], in[2], eps) : NULL;
 }
 
+/* max_pool2d(relu(F.batch_norm in training mode), kernel): nabla's fused op; in0 x, in1 weight, in2 bias */
+RUN(batch_norm_relu_max_pool2d)
+{
+    (void)nin;
+    double eps;
+    int64_t k[2];
+    if (!attr_f64(c, "eps", &eps) || !attr_dims(c, "kernel", 2, k)) return NULL;
+    return nb_batch_norm_relu_max_pool2d(in[0], in[1], in[2], eps, k[0], k[1], NULL);
+}
+
 /* F.batch_norm in evaluation mode: in0 x, in1 running mean, in2 running variance, in3 weight, in4 bias */
 RUN(batch_norm_eval)
 {
@@ -932,6 +942,7 @@ static const fx_op OPS[] = {
     {"channel_norm", 4, true, run_channel_norm},
     {"batch_norm_train", 3, true, run_batch_norm_train},
     {"batch_norm_composed", 3, true, run_batch_norm_composed},
+    {"batch_norm_relu_max_pool2d", 3, true, run_batch_norm_relu_max_pool2d},
     {"batch_norm_eval", 5, true, run_batch_norm_eval},
     /* everyday ops and integer tensors */
     {"flip", 1, true, run_flip},
