@@ -91,13 +91,11 @@ void nb__blas_restore(int saved);
 /* a reduction loop that the compiler may split into per-lane partial sums (no runtime call) */
 #define NB_OMP_SIMD_REDUCE(a) _Pragma(NB_OMP_STR(omp simd reduction(+ : a)))
 #define NB_OMP_SIMD_REDUCE2(a, b) _Pragma(NB_OMP_STR(omp simd reduction(+ : a, b)))
-#define NB_OMP_SIMD_OR(a) _Pragma(NB_OMP_STR(omp simd reduction(| : a)))
 #define NB_OMP_STR(x) #x
 #else
 #define NB_CNN_OMP_FOR
 #define NB_OMP_SIMD_REDUCE(a)
 #define NB_OMP_SIMD_REDUCE2(a, b)
-#define NB_OMP_SIMD_OR(a)
 #endif
 /* for (int64_t v = 0; v < n; v++) { body } on nb_nt_ threads (a local int), statically split; with one
  * thread the loop runs with no OpenMP call at all (libgomp mallocs a team even for a parallel region
