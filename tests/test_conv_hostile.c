@@ -697,6 +697,84 @@ static void bnrp_kernel_errors(void)
     nb_params_free(p);
 }
 
+/* ---- channel sums in an order fixed by the source -------------------------------------------------
+ * The channel kernels' double sums (statistics, sum g and sum g (x - m) of the backward) became omp
+ * simd reductions, whose order the compiler picks: the same program gave other statistics built with
+ * clang than with gcc, and at -O0 (the debug and sanitizer builds) than at -O2 (f64 batch norm: means
+ * and variances 1 to 4 ulp apart; before, all four builds agreed to the bit). The order is fixed again:
+ * per plane, 8 partial sums (lane k takes elements t + k of each full block of 8), combined as
+ * ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)), then the tail in order; planes in order. Computed here in
+ * that order, the f64 statistics of nb_channel_moments, nb_batch_norm_train and the fused op, and the
+ * weight and bias gradients of batch norm's fast backward, must be those bits. */
+static double lanes_sum(const double *v, const double *g, double m, int64_t n, int kind)
+{
+    /* kind 0: sum v, 1: sum (v - m)^2, 2: sum g (v - m) */
+    double p[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int k = 0; k < 8; k++) {
+            const double e = v[t + k] - m;
+            p[k] += kind == 0 ? v[t + k] : kind == 1 ? e * e : g[t + k] * e;
+        }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) {
+        const double e = v[t] - m;
+        s += kind == 0 ? v[t] : kind == 1 ? e * e : g[t] * e;
+    }
+    return s;
+}
+
+static void channel_sums_fixed_order(void)
+{
+    const int64_t a = 3, c = 2, h = 5, w = 11, d = h * w; /* 55 per plane: 6 blocks of 8 and a tail of 7 */
+    const double eps = 1e-5;
+    nb_rng rng;
+    nb_rng_seed(&rng, 43);
+    nb_tensor *x = nb_tensor_uniform(NB_F64, NB_SHAPE(a, c, h, w), 99, 101, &rng);
+    nb_tensor *g = nb_tensor_uniform(NB_F64, NB_SHAPE(a, c, h, w), -1, 1, &rng);
+    nb_tensor *wt = nb_tensor_uniform(NB_F64, NB_SHAPE(c), 0.5, 1.5, &rng), *b = nb_tensor_zeros(NB_F64, NB_SHAPE(c));
+    nb_tensor_set_requires_grad(wt, 1);
+    nb_tensor_set_requires_grad(b, 1);
+    const double *xv = nb_tensor_cdata(x), *gv = nb_tensor_cdata(g);
+    double want[2][2], sg[2], sgx[2]; /* mean, variance; sum g, sum g (x - mean) */
+    for (int64_t k = 0; k < c; k++) {
+        double s = 0, v = 0;
+        for (int64_t i = 0; i < a; i++) s += lanes_sum(xv + (i * c + k) * d, NULL, 0, d, 0);
+        const double mean = s / (double)(a * d);
+        for (int64_t i = 0; i < a; i++) v += lanes_sum(xv + (i * c + k) * d, NULL, mean, d, 1);
+        want[k][0] = mean;
+        want[k][1] = v / (double)(a * d);
+        sg[k] = sgx[k] = 0;
+        for (int64_t i = 0; i < a; i++) {
+            sg[k] += lanes_sum(gv + (i * c + k) * d, NULL, 0, d, 0);
+            sgx[k] += lanes_sum(xv + (i * c + k) * d, gv + (i * c + k) * d, mean, d, 2);
+        }
+    }
+    nb_tape *t = nb_tape_new();
+    nb_tape_begin(t);
+    nb_tensor *st[3] = {nb_channel_moments(x), NULL, NULL};
+    nb_tensor *y = nb_batch_norm_train(x, wt, b, eps, &st[1]);
+    CHECK(nb_batch_norm_relu_max_pool2d(x, NULL, NULL, eps, 1, 1, &st[2]) != NULL, "fused: %s", nb_error_message());
+    for (int j = 0; j < 3; j++)
+        for (int64_t k = 0; st[j] && k < c; k++)
+            CHECK(nb_tensor_get(st[j], k) == want[k][0] && nb_tensor_get(st[j], c + k) == want[k][1],
+                  "%s: channel %lld: mean %a, variance %a; in the fixed order %a, %a",
+                  j == 0 ? "channel_moments" : j == 1 ? "batch_norm_train" : "batch_norm_relu_max_pool2d",
+                  (long long)k, nb_tensor_get(st[j], k), nb_tensor_get(st[j], c + k), want[k][0], want[k][1]);
+    nb_tensor *in[2] = {wt, b}, *gr[2] = {0};
+    CHECK(y && nb_grad(y, g, 2, in, gr, 0) == NB_OK, "batch norm backward: %s", nb_error_message());
+    for (int64_t k = 0; gr[0] && gr[1] && k < c; k++) {
+        const double dw = sgx[k] * (1.0 / sqrt(want[k][1] + eps)); /* sum g xhat, as the kernel forms it */
+        CHECK(nb_tensor_get(gr[1], k) == sg[k] && nb_tensor_get(gr[0], k) == dw,
+              "batch norm's fast backward, channel %lld: db %a, dw %a; in the fixed order %a, %a", (long long)k,
+              nb_tensor_get(gr[1], k), nb_tensor_get(gr[0], k), sg[k], dw);
+    }
+    nb_tape_end(t);
+    nb_tape_free(t);
+    nb_tensor *all[] = {x, g, wt, b};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) nb_tensor_free(all[i]);
+}
+
 /* ---- the thread knob turned during a fused backward ----------------------------------------------
  * nb_batch_norm_relu_max_pool2d's no-graph backward sized its per-thread workspace from the thread
  * count, then its kernel asked for the thread count again: a knob turned in between (by another
@@ -821,5 +899,6 @@ int main(int argc, char **argv)
     bnrp_knob_mid_backward();
     bnrp_signed_zero();
     bnrp_kernel_errors();
+    channel_sums_fixed_order();
     return nbt_report("conv_hostile");
 }

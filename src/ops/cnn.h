@@ -88,14 +88,11 @@ int nb__blas_single(void);
 void nb__blas_restore(int saved);
 #ifdef _OPENMP
 #define NB_CNN_OMP_FOR _Pragma("omp parallel for num_threads(nb_nt_) schedule(static)")
-/* a reduction loop that the compiler may split into per-lane partial sums (no runtime call) */
-#define NB_OMP_SIMD_REDUCE(a) _Pragma(NB_OMP_STR(omp simd reduction(+ : a)))
-#define NB_OMP_SIMD_REDUCE2(a, b) _Pragma(NB_OMP_STR(omp simd reduction(+ : a, b)))
-#define NB_OMP_STR(x) #x
+/* a loop of independent iterations to vectorise (no runtime call, no reassociation) */
+#define NB_OMP_SIMD _Pragma("omp simd")
 #else
 #define NB_CNN_OMP_FOR
-#define NB_OMP_SIMD_REDUCE(a)
-#define NB_OMP_SIMD_REDUCE2(a, b)
+#define NB_OMP_SIMD
 #endif
 /* for (int64_t v = 0; v < n; v++) { body } on nb_nt_ threads (a local int), statically split; with one
  * thread the loop runs with no OpenMP call at all (libgomp mallocs a team even for a parallel region

@@ -10,25 +10,44 @@
 
 /* ---- sums in double ---------------------------------------------------------------------------- */
 
-/* Reductions of float32 or float64 values in double accumulators. The omp simd reductions let the
- * compiler keep one partial sum per vector lane (GCC does not vectorise the widening otherwise): the
- * order is fixed by the build, not by the thread count. */
+/* Reductions of float32 or float64 values in double accumulators, in an order fixed by this source: 8
+ * partial sums (lane k takes elements t + k of each full block of 8), combined as ((0 + 1) + (2 + 3)) +
+ * ((4 + 5) + (6 + 7)), then the tail in order. The lane loops are omp simd loops (each lane its own
+ * sum: vectorised with no reassociation), so the bits are the same with any compiler, optimisation
+ * level, vector width or thread count (omp simd reductions, which let the compiler pick the order,
+ * gave other statistics with clang than with gcc, and at -O0 than at -O2). */
+#define NB_SUM_LANES 8
 
 /* the sum of r[0..n) */
 static inline double NB_CS(dsum)(const NB_T *r, int64_t n)
 {
-    double s = 0;
-    NB_OMP_SIMD_REDUCE(s)
-    for (int64_t t = 0; t < n; t++) s += (double)r[t];
+    double p[NB_SUM_LANES] = {0};
+    int64_t t = 0;
+    for (; t + NB_SUM_LANES <= n; t += NB_SUM_LANES) {
+        NB_OMP_SIMD
+        for (int k = 0; k < NB_SUM_LANES; k++) p[k] += (double)r[t + k];
+    }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) s += (double)r[t];
     return s;
 }
 
 /* the sum of g and the sum of g (x - m), in one pass */
 static inline void NB_CS(dsumdot)(const NB_T *g, const NB_T *x, double m, int64_t n, double *sum, double *dot)
 {
-    double s = 0, d = 0;
-    NB_OMP_SIMD_REDUCE2(s, d)
-    for (int64_t t = 0; t < n; t++) {
+    double p[NB_SUM_LANES] = {0}, q[NB_SUM_LANES] = {0};
+    int64_t t = 0;
+    for (; t + NB_SUM_LANES <= n; t += NB_SUM_LANES) {
+        NB_OMP_SIMD
+        for (int k = 0; k < NB_SUM_LANES; k++) {
+            const double gv = (double)g[t + k];
+            p[k] += gv;
+            q[k] += gv * ((double)x[t + k] - m);
+        }
+    }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    double d = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+    for (; t < n; t++) {
         const double gv = (double)g[t];
         s += gv;
         d += gv * ((double)x[t] - m);
@@ -40,9 +59,17 @@ static inline void NB_CS(dsumdot)(const NB_T *g, const NB_T *x, double m, int64_
 /* the sum of (x - m)^2 */
 static inline double NB_CS(dsqdev)(const NB_T *x, double m, int64_t n)
 {
-    double s = 0;
-    NB_OMP_SIMD_REDUCE(s)
-    for (int64_t t = 0; t < n; t++) {
+    double p[NB_SUM_LANES] = {0};
+    int64_t t = 0;
+    for (; t + NB_SUM_LANES <= n; t += NB_SUM_LANES) {
+        NB_OMP_SIMD
+        for (int k = 0; k < NB_SUM_LANES; k++) {
+            const double e = (double)x[t + k] - m;
+            p[k] += e * e;
+        }
+    }
+    double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    for (; t < n; t++) {
         const double e = (double)x[t] - m;
         s += e * e;
     }
