@@ -704,8 +704,17 @@ int main(int argc, char **argv)
                    "(%.1fs of CPU)\n", (long long)nb_early_stop_best_epoch(es) + 1, 100 * nb_early_stop_best(es), test_loss,
                    100 * test_acc, now() - t_start, cpu_seconds() - cpu_start);
             printf("checkpoint %s, metrics %s\n", ckpt, csv_path);
-            if (!o.quiet) print_confusion(confusion);
         }
+        /* with mirror images the accuracy of the images alone too, for comparison */
+        double plain_loss, plain_acc;
+        mlp.tta = 0;
+        if (status == 0 && o.cnn && o.tta &&
+            !evaluate(&mlp, params, test, tape, dist, &plain_loss, &plain_acc, NULL, NULL)) {
+            fprintf(stderr, "fashion_mnist: %s\n", nb_error_message());
+            status = 1;
+        } else if (status == 0 && o.cnn && o.tta && rank == 0)
+            printf("test accuracy of the images alone (--no-tta): %.2f%%\n", 100 * plain_acc);
+        if (status == 0 && rank == 0 && !o.quiet) print_confusion(confusion);
     }
 train_done:
     if (csv) fclose(csv);
