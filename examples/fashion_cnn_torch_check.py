@@ -7,7 +7,8 @@ nabla and PyTorch:
      num_batches_tracked included) under the same name, nothing missing, nothing left over (the
      optimizer's state, "optim.*", is not part of the model);
   2. both evaluate the test set: nabla's predictions (fashion_mnist --eval CKPT --predictions FILE)
-     and PyTorch's must agree image by image, and so must the accuracies;
+     and PyTorch's must agree image by image, and so must the accuracies (both predict from the mean
+     of the logits of an image and of its mirror image, as fashion_mnist does unless --no-tta);
   3. back: PyTorch trains the module for a few steps (its weights and running statistics change),
      saves its state_dict as a safetensors file, nabla evaluates that file, and the predictions must
      again agree with PyTorch's.
@@ -16,7 +17,7 @@ Run with Debian's python, which has torch and numpy (python3-torch), after train
     build/examples/fashion_mnist --model cnn                     # writes runs/fashion_cnn.safetensors
     /usr/bin/python3 examples/fashion_cnn_torch_check.py [--checkpoint runs/fashion_cnn.safetensors]
         [--nabla build/examples/fashion_mnist] [--data /usr/share/datasets/fashion-mnist]
-        [--channels 32,64] [--hidden 128]
+        [--channels 32,64] [--hidden 256] [--no-tta]
 Exit status 0 when everything agrees. Predictions may differ on an image whose two best logits are
 closer than float32 rounding (at most --tolerance images, default 2 of 10000); the script prints how
 many differ and the smallest logit gap among them.
@@ -49,6 +50,9 @@ def parse_args():
     p.add_argument("--hidden", type=int, default=256, help="as given to fashion_mnist --hidden")
     p.add_argument("--dropout", type=float, default=0.2, help="as given to fashion_mnist --dropout (used by the "
                    "PyTorch steps of the check that goes back)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="as given to fashion_mnist --no-tta: predict from the image alone, not from the mean of "
+                        "its and its mirror image's logits")
     p.add_argument("--tolerance", type=int, default=2, help="predictions allowed to differ (2)")
     p.add_argument("--smoke", action="store_true",
                    help="first train for one short epoch into a temporary folder and check that checkpoint "
@@ -105,13 +109,22 @@ def nabla_predictions(a, ckpt):
     with tempfile.TemporaryDirectory() as d:
         pred = os.path.join(d, "pred.txt")
         cmd = [a.nabla, "--model", "cnn", "--channels", a.channels, "--hidden", str(a.hidden), "--data", a.data,
-               "--eval", ckpt, "--predictions", pred]
+               "--eval", ckpt, "--predictions", pred] + (["--no-tta"] if a.no_tta else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"fashion_cnn_torch_check: {' '.join(cmd)} failed:\n{r.stderr}")
         with open(pred) as f:
             p = np.array([int(line) for line in f], dtype=np.int64)
     return p, r.stdout.splitlines()[0]
+
+
+def predict(torch, model, images, tta):
+    """The logits fashion_mnist predicts from: the mean of an image's and its mirror image's (tta)."""
+    with torch.no_grad():
+        logits = model(images)
+        if tta:
+            logits = (logits + model(torch.flip(images, [2]))) * 0.5
+    return logits.double().numpy()
 
 
 def compare(label, torch_logits, nb_pred, tol):
@@ -156,8 +169,7 @@ def main():
     images = torch.from_numpy(read_images(os.path.join(a.data, "t10k-images-idx3-ubyte.gz")))
     labels = read_idx(os.path.join(a.data, "t10k-labels-idx1-ubyte.gz")).astype(np.int64)
     model.eval()
-    with torch.no_grad():
-        logits = model(images).double().numpy()
+    logits = predict(torch, model, images, not a.no_tta)
     nb_pred, nb_line = nabla_predictions(a, a.checkpoint)
     t_acc, n_acc = (logits.argmax(1) == labels).mean(), (nb_pred == labels).mean()
     print(f"test accuracy: PyTorch {100 * t_acc:.2f}%, nabla {100 * n_acc:.2f}% ({nb_line})")
@@ -174,8 +186,7 @@ def main():
         torch.nn.functional.cross_entropy(model(train_x[i:i + 64]), train_y[i:i + 64]).backward()
         opt.step()
     model.eval()
-    with torch.no_grad():
-        logits2 = model(images).double().numpy()
+    logits2 = predict(torch, model, images, not a.no_tta)
     with tempfile.TemporaryDirectory() as d:
         back = os.path.join(d, "from_torch.safetensors")
         arrays = [(k, v.detach().numpy(), SAFETENSORS[v.detach().numpy().dtype]) for k, v in model.state_dict().items()]
