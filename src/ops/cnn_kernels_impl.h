@@ -897,6 +897,25 @@ void NB_CK(bn_fw)(int64_t a, int64_t c, int64_t d, const NB_T *x, const NB_T *w,
     });
 }
 
+/* batch norm's dx = wr (g - s / m - (x - mean) r^2 sx / m) as g P + x Q + O (s = sum g, sx = sum g (x -
+ * mean), m values per channel, r = (var + eps)^-1/2, wr = w r), and its row dr (+)= g P + x Q + O */
+static inline void NB_CS(bn_dx_coef)(double wr, double r, double s, double sx, double m, double mean, NB_T *P, NB_T *Q,
+                                     NB_T *O)
+{
+    const double q = -wr * r * r * sx / m;
+    *P = (NB_T)wr;
+    *Q = (NB_T)q;
+    *O = (NB_T)(-wr * s / m - q * mean);
+}
+
+static inline void NB_CS(bn_dx_row)(const NB_T *gr, const NB_T *xr, NB_T P, NB_T Q, NB_T O, int64_t d, NB_T *dr, int acc)
+{
+    if (acc)
+        for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * P + xr[t] * Q + O;
+    else
+        for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
+}
+
 void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x, const NB_T *st, const NB_T *w,
                   double eps, NB_T *dx, int acc, double *sg, double *sgx)
 {
@@ -914,17 +933,10 @@ void NB_CK(bn_bw)(int64_t a, int64_t c, int64_t d, const NB_T *g, const NB_T *x,
         sg[k] = s;
         sgx[k] = sx * r; /* sum g xhat */
         if (!dx) continue;
-        /* dx = wr (g - s / m - (x - mean) r^2 sx / m) = g P + x Q + O */
-        const double q = -wr * r * r * sx / m;
-        const NB_T P = (NB_T)wr, Q = (NB_T)q, O = (NB_T)(-wr * s / m - q * mean);
-        for (int64_t i = 0; i < a; i++) {
-            const NB_T *gr = g + (i * c + k) * d, *xr = x + (i * c + k) * d;
-            NB_T *dr = dx + (i * c + k) * d;
-            if (acc)
-                for (int64_t t = 0; t < d; t++) dr[t] += gr[t] * P + xr[t] * Q + O;
-            else
-                for (int64_t t = 0; t < d; t++) dr[t] = gr[t] * P + xr[t] * Q + O;
-        }
+        NB_T P, Q, O;
+        NB_CS(bn_dx_coef)(wr, r, s, sx, m, mean, &P, &Q, &O);
+        for (int64_t i = 0; i < a; i++)
+            NB_CS(bn_dx_row)(g + (i * c + k) * d, x + (i * c + k) * d, P, Q, O, d, dx + (i * c + k) * d, acc);
     });
 }
 
@@ -1083,17 +1095,14 @@ void NB_CK(bnrp_bw)(int64_t a, int64_t c, int64_t h, int64_t w, int64_t kh, int6
         sg[k] = s;
         sgx[k] = sx * r; /* sum gz xhat */
         if (!dx) continue;
-        /* dx = wr (gz - s / m - (x - mean) r^2 sx / m) = gz P + x Q + O, as bn_bw */
-        const double qq = -wr * r * r * sx / m;
-        const NB_T P = (NB_T)wr, Q = (NB_T)qq, O = (NB_T)(-wr * s / m - qq * mean);
+        /* dx as bn_bw's for gz */
+        NB_T P, Q, O;
+        NB_CS(bn_dx_coef)(wr, r, s, sx, m, mean, &P, &Q, &O);
         for (int64_t i = 0; i < a; i++) {
             const NB_T *xr = x + (i * c + k) * d;
-            NB_T *dr = dx + (i * c + k) * d, *gz = ws + (i < kept ? i : slots - 1) * d;
+            NB_T *gz = ws + (i < kept ? i : slots - 1) * d;
             if (i >= kept) NB_CS(bnrp_gz)(xr, g + (i * c + k) * q, h, w, kh, kw, scale, shift, finite, gz);
-            if (acc)
-                for (int64_t t = 0; t < d; t++) dr[t] += gz[t] * P + xr[t] * Q + O;
-            else
-                for (int64_t t = 0; t < d; t++) dr[t] = gz[t] * P + xr[t] * Q + O;
+            NB_CS(bn_dx_row)(gz, xr, P, Q, O, d, dx + (i * c + k) * d, acc);
         }
     });
 }
