@@ -41,6 +41,7 @@ typedef struct options {
     int blocks;
     int augment;
     int tta;             /* cnn: evaluate the mean of an image's and its mirror image's logits */
+    int keep_denormals;  /* compute with denormal floats instead of flushing them to zero */
     int epochs, patience, threads, quiet;
     int64_t batch, train_limit;
     double lr, weight_decay, dropout, smoothing;
@@ -72,6 +73,8 @@ static void usage(FILE *f)
             "  --patience N       early-stopping patience in epochs (default 6 / 4)\n"
             "  --seed N           seed of initialisation, split, shuffling, dropout (default 1)\n"
             "  --threads N        threads for nabla and BLAS (default: NB_NUM_THREADS, else all cores)\n"
+            "  --keep-denormals   cnn: compute with denormal floats (default: flushed to zero,\n"
+            "                     nb_set_flush_denormal; the mlp always keeps them)\n"
             "  --train-limit N    use only the first N training images (for a quick run)\n"
             "  --quiet            no per-epoch output\n"
             "  --eval FILE        evaluate a saved checkpoint (same --model and sizes as when trained)\n"
@@ -154,6 +157,9 @@ static int parse_args(int argc, char **argv, options *o)
             takes = 0;
         } else if (!strcmp(a, "--no-tta")) {
             o->tta = 0;
+            takes = 0;
+        } else if (!strcmp(a, "--keep-denormals")) {
+            o->keep_denormals = 1;
             takes = 0;
         } else if (!is_one_of(a, value_options))
             return usage_error(usage, "fashion_mnist: unknown option %s\n", a);
@@ -452,6 +458,9 @@ int main(int argc, char **argv)
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         nb_set_num_threads(cores > nb_dist_local_size(dist) ? (int)(cores / nb_dist_local_size(dist)) : 1);
     }
+    /* Adam's moments of weights that stop getting gradient decay into denormal floats (half of fc1's in
+     * the CNN), which the CPU computes with slowly: flush them to zero, as torch.set_flush_denormal */
+    if (o.cnn && !o.keep_denormals) nb_set_flush_denormal(1);
     if (rank > 0) o.quiet = 1; /* rank 0 speaks for all */
     int tty = isatty(STDOUT_FILENO) && !o.quiet;
 

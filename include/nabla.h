@@ -200,6 +200,14 @@ char *nb_strdup(const char *s);
 void nb_set_num_threads(int n);
 /** The current setting of that knob. */
 int nb_num_threads(void);
+/** Flush denormal floats to zero (on != 0) or compute with them (0, the default), as
+ * torch.set_flush_denormal: the calling thread and the threads of the OpenMP pool that nabla's kernels
+ * and an OpenMP OpenBLAS use (at the current nb_num_threads; threads started later inherit the calling
+ * thread's mode). Values below 1.2e-38 (float32) or 2.2e-308 (float64) become 0, in inputs and results:
+ * gradcheck and fixtures want the default; training loses nothing and can run much faster where
+ * optimizer moments decay into denormals (the Fashion-MNIST CNN: 15 instead of 19 s per epoch). Returns
+ * 1 where the CPU has the mode (x86-64), else 0 and changes nothing. */
+int nb_set_flush_denormal(int on);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Random numbers: explicit, seeded state (xoshiro256**). Copy the struct to fork a stream.        */

@@ -337,8 +337,64 @@ static void across_threads(void (*f)(nb_dtype, run *), nb_dtype dt, const char *
     CHECK_NO_ERROR();
 }
 
+/* nb_set_flush_denormal: a denormal in and out of an op split over 3 threads (every thread's part)
+ * becomes 0 with the mode on, in both dtypes, and stays itself with it off again */
+static void flush_denormal(void)
+{
+    nb_set_num_threads(3);
+    for (int d = 0; d < 2; d++) {
+        const nb_dtype dt = d ? NB_F64 : NB_F32;
+        const double den = d ? 1e-310 : 1e-40; /* below DBL_MIN / FLT_MIN */
+        nb_tensor *x = nb_tensor_zeros(dt, NB_SHAPE(120000));
+        for (int64_t i = 0; i < 120000; i++) nb_tensor_set(x, i, den);
+        CHECK(nb_tensor_get(x, 7) != 0, "%s: the denormal is stored", nb_dtype_name(dt));
+        { /* the pool's threads exist before the mode is set (they do not inherit it then) */
+            nb_tape *t = nb_tape_new();
+            nb_tape_begin(t);
+            CHECK(nb_mul_scalar(x, 1.0) != NULL, "warm-up");
+            nb_tape_end(t);
+            nb_tape_free(t);
+        }
+        for (int mode = 1; mode >= 0; mode--) {
+            CHECK(nb_set_flush_denormal(mode) == 1, "flush mode available on this CPU");
+            nb_tape *t = nb_tape_new();
+            nb_tape_begin(t);
+            nb_tensor *y = nb_mul_scalar(x, 1.0); /* in: a denormal (DAZ); out: a denormal (FTZ) */
+            nb_tensor *small = nb_tensor_full(dt, 0, NULL, 1e-20), *z = nb_mul_scalar(small, 1e-20);
+            /* the bits, not nb_tensor_get: with denormals-are-zero on this thread, converting one to
+             * double reads 0 */
+            int64_t nonzero = 0;
+            const unsigned char *yb = y ? nb_tensor_cdata(y) : NULL;
+            const size_t es = nb_dtype_size(dt);
+            for (int64_t i = 0; yb && i < 120000; i++) {
+                int any = 0;
+                for (size_t b = 0; b < es; b++) any |= yb[(size_t)i * es + b];
+                nonzero += any != 0;
+            }
+            float zf = -1;
+            if (z && !d) memcpy(&zf, nb_tensor_cdata(z), sizeof zf);
+            uint32_t zb = 0;
+            memcpy(&zb, &zf, sizeof zb);
+            const double tiny = zb ? 1 : 0; /* 1e-20 * 1e-20 in float32: a denormal, or 0 flushed */
+            if (mode)
+                CHECK(y && nonzero == 0 && (d || tiny == 0), "%s flushed: %lld of 120000 not zero, 1e-20 * 1e-20 not zero: %g",
+                      nb_dtype_name(dt), (long long)nonzero, tiny);
+            else
+                CHECK(y && nonzero == 120000 && (d || tiny != 0), "%s kept: %lld of 120000 not zero, 1e-20 * 1e-20 not zero: %g",
+                      nb_dtype_name(dt), (long long)nonzero, tiny);
+            nb_tape_end(t);
+            nb_tape_free(t);
+            nb_tensor_free(small);
+        }
+        nb_tensor_free(x);
+    }
+    nb_set_num_threads(0);
+    CHECK_NO_ERROR();
+}
+
 int main(void)
 {
+    flush_denormal();
     /* the knob: the default comes back with n < 1 */
     int def = nb_num_threads();
     CHECK(def >= 1, "default thread count %d", def);

@@ -69,6 +69,38 @@ void nb__set_kernel_threads(int n) { nb__nthreads = n >= 1 ? n : 1; }
 
 int nb_num_threads(void) { return nb__nthreads; }
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define NB_HAVE_MXCSR 1
+/* MXCSR's flush-to-zero (results) and denormals-are-zero (inputs) bits */
+#define NB_MXCSR_FTZ_DAZ 0x8040u
+static void flush_here(int on)
+{
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(on ? csr | NB_MXCSR_FTZ_DAZ : csr & ~NB_MXCSR_FTZ_DAZ);
+}
+#endif
+
+int nb_set_flush_denormal(int on)
+{
+#ifdef NB_HAVE_MXCSR
+    flush_here(on);
+#ifdef _OPENMP
+    /* the threads of the OpenMP pool nabla's kernels (and an OpenMP OpenBLAS) run on: each sets its own
+     * register; threads made later are copies of this one's state */
+    const int n = nb__nthreads;
+    if (n > 1) {
+#pragma omp parallel num_threads(n)
+        flush_here(on);
+    }
+#endif
+    return 1;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
 _Thread_local int nb__t_blas_one = 0;
 
 void nb__blas_threads_sync(void)
